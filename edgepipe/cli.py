@@ -1,0 +1,128 @@
+"""The `edgepipe` command: options in, runner calls out. No logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edgepipe import ui
+from edgepipe.errors import EdgepipeError
+
+
+def _load(recipe: str, profile: str | None, sets: tuple[str, ...]):
+    from edgepipe.recipe import find_recipe, load_recipe
+
+    return load_recipe(find_recipe(recipe), profile=profile, sets=sets)
+
+
+recipe_arg = click.argument("recipe")
+profile_opt = click.option("--profile", "-p", default=None, help="apply the recipe's named profile (e.g. smoke)")
+set_opt = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="override a param (repeatable)")
+until_opt = click.option("--until", default=None, metavar="STAGE", help="run this stage and what it depends on")
+only_opt = click.option("--only", default=None, metavar="STAGE", help="run just this stage on existing inputs")
+root_opt = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+                        show_default=True, help="folder that holds runs/ and models/")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks and diagnostic logs")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """edgepipe: from a dataset to benchmarked LiteRT models, one recipe at a time."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@main.command()
+@recipe_arg
+@profile_opt
+@set_opt
+@until_opt
+@only_opt
+@root_opt
+@click.option("--force", is_flag=True, help="rerun the selected stages even if up to date")
+@click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
+def run(recipe, profile, sets, until, only, root, force, dry_run):
+    """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
+    from edgepipe.runner import Runner
+
+    r = _load(recipe, profile, sets)
+    results = Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run)
+    ran = [x for x in results if x.action == "ran"]
+    total = sum(x.seconds for x in ran)
+    last = next((x.summary for x in reversed(ran) if x.summary), "")
+    ui.say(f"{r.name}: {len(ran)} ran, {len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
+           f"{f' in {total:.1f} s' if ran else ''}" + (f"; {last}" if last else ""))
+
+
+@main.command()
+@recipe_arg
+@profile_opt
+@set_opt
+@root_opt
+def status(recipe, profile, sets, root):
+    """Show each stage of RECIPE as fresh or stale, and why."""
+    from edgepipe.runner import Runner
+
+    Runner(_load(recipe, profile, sets), root).status()
+
+
+@main.command()
+@recipe_arg
+@profile_opt
+@set_opt
+def graph(recipe, profile, sets):
+    """Print the stage graph of RECIPE: each stage, its kind and its inputs."""
+    r = _load(recipe, profile, sets)
+    ui.say(f"{r.name}: {r.description}".rstrip(": "))
+    for name, stage in r.stages.items():
+        ins = ", ".join(f"{role}<-{v if isinstance(v, str) else '+'.join(v)}" for role, v in stage.inputs.items())
+        ui.say(f"  {name:<16} {stage.kind.name:<10} {ins}")
+
+
+@main.command()
+@click.argument("kind", required=False)
+def kinds(kind):
+    """List stage kinds, or the parameters of KIND with defaults and meanings."""
+    from edgepipe.params import describe
+    from edgepipe.stages import kinds as table
+
+    t = table()
+    if kind is None:
+        for k in t.values():
+            ui.say(f"  {k.name:<10} {k.doc}  (inputs: {', '.join(k.inputs) or 'none'})")
+        return
+    if kind not in t:
+        raise EdgepipeError(f"unknown stage kind '{kind}'", f"use one of: {', '.join(t)}", exit_code=2)
+    for name, default, doc in describe(t[kind].params):
+        ui.say(f"  {name:<26} {default:<14} {doc}")
+
+
+def entry() -> None:
+    """Console-script entry: one error line and a non-zero exit for user errors, no traceback."""
+    debug = "--debug" in sys.argv
+    try:
+        main(standalone_mode=False)
+    except EdgepipeError as e:
+        if debug:
+            raise
+        click.echo(f"edgepipe: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("edgepipe: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("edgepipe: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug in edgepipe, not in the user's input
+        if debug:
+            raise
+        click.echo(f"edgepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(1)

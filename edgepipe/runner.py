@@ -1,0 +1,299 @@
+"""The make-like runner: decides which stages are stale, runs them, and records what they produced.
+
+A stage's cache key hashes its kind, the source of the modules that implement it, its resolved
+parameters, the digests of its inputs (upstream outputs) and of the external files it reads. A stage is
+skipped only when its key matches the lock file and every recorded output is still there, unchanged.
+The check runs cheapest first and the reason is always printed.
+
+Layout, for recipe R: ``runs/R/<stage>/`` holds each stage's outputs, ``runs/R/lock.json`` the keys and
+output hashes, ``runs/R/.tmp/`` a stage's output while it runs (renamed into place on success), and
+``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume. ``models/R/`` gets the files
+stages publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from edgepipe import fsio, ui
+from edgepipe.errors import EdgepipeError
+from edgepipe.params import to_dict
+from edgepipe.recipe import Recipe, Stage
+from edgepipe.stages import StageIO
+
+log = logging.getLogger(__name__)
+LOCK_VERSION = 1
+
+
+@dataclasses.dataclass
+class Result:
+    """What happened to one stage in a run (or would happen, in a dry run)."""
+
+    stage: str
+    action: str  # "ran", "skipped", "would run", "would skip"
+    reason: str
+    seconds: float = 0.0
+    summary: str = ""
+
+
+class Runner:
+    """Runs a validated recipe under `root` (which holds runs/ and models/)."""
+
+    def __init__(self, recipe: Recipe, root: Path = Path(".")):
+        self.recipe = recipe
+        self.root = Path(root)
+        self.run_dir = self.root / "runs" / recipe.name
+        self.models_dir = self.root / "models" / recipe.name
+        self.lock_path = self.run_dir / "lock.json"
+        self.lock = self._read_lock()
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def plan(self, until: str | None = None, only: str | None = None) -> list[str]:
+        """Names of the stages a run would consider, in order."""
+        for flag, name in (("--until", until), ("--only", only)):
+            if name is not None and name not in self.recipe.stages:
+                raise EdgepipeError(f"{flag} {name}: no such stage in {self.recipe.path}",
+                                    f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+        if until and only:
+            raise EdgepipeError("--until and --only cannot be combined", "use one of them", exit_code=2)
+        if only:
+            return [only]
+        if until:
+            return self.recipe.ancestors(until)
+        return list(self.recipe.stages)
+
+    def status(self, until: str | None = None, only: str | None = None) -> list[Result]:
+        """Each planned stage as fresh or stale, with the reason; runs nothing."""
+        return self.run(until=until, only=only, dry_run=True)
+
+    def run(self, until: str | None = None, only: str | None = None, force: bool = False,
+            dry_run: bool = False) -> list[Result]:
+        """Run the stale stages of the plan in order; return what happened to each."""
+        plan = self.plan(until, only)
+        results: list[Result] = []
+        rerun: set[str] = set()
+        with self._exclusive(dry_run):
+            self._clean_scratch(dry_run)
+            for i, name in enumerate(plan, 1):
+                stage = self.recipe.stages[name]
+                tag = f"[{i}/{len(plan)}] {name:<14}"
+                pending = [u for u in stage.upstream() if u in rerun]
+                if dry_run and pending:
+                    results.append(Result(name, "would run", f"upstream '{pending[0]}' reruns first"))
+                    rerun.add(name)
+                    ui.say(f"{tag} stale: upstream '{pending[0]}' reruns first")
+                    continue
+                key, parts = self._key(stage)
+                reason = "forced (--force)" if force else self._why_stale(stage, key, parts)
+                if reason is None:
+                    self._republish(stage)
+                    results.append(Result(name, "would skip" if dry_run else "skipped", "up to date"))
+                    ui.say(f"{tag} {'fresh' if dry_run else 'skipped'}: up to date")
+                    continue
+                rerun.add(name)
+                if dry_run:
+                    results.append(Result(name, "would run", reason))
+                    ui.say(f"{tag} stale: {reason}")
+                    continue
+                ui.say(f"{tag} running: {reason}")
+                results.append(self._run_stage(stage, key, parts, reason, tag))
+        return results
+
+    # -- keys and freshness ---------------------------------------------------------------------------
+
+    def _key(self, stage: Stage) -> tuple[str, dict]:
+        inputs = {}
+        for role, ups in stage.inputs.items():
+            names = [ups] if isinstance(ups, str) else ups
+            digests = [self._input_digest(stage, up) for up in names]
+            inputs[role] = digests[0] if isinstance(ups, str) else digests
+        deps = {}
+        if stage.kind.deps:
+            known = self.lock.get("stages", {}).get(stage.name, {}).get("parts", {}).get("deps_records", {})
+            for path in stage.kind.deps(stage.params):
+                rec = fsio.file_record(path, known.get(str(path)))
+                deps[str(path)] = rec
+        parts = {
+            "kind": stage.kind.name,
+            "code": code_version(stage.kind.code),
+            "params": to_dict(stage.params),
+            "inputs": inputs,
+            "deps": {p: r["sha256"] for p, r in deps.items()},
+        }
+        key = fsio.sha256_text(json.dumps(parts, sort_keys=True, default=str))
+        parts["deps_records"] = deps  # for the (size, mtime) shortcut next time; not part of the key
+        return key, parts
+
+    def _input_digest(self, stage: Stage, upstream: str) -> str:
+        entry = self.lock.get("stages", {}).get(upstream)
+        if not entry or not (self.run_dir / upstream).is_dir():
+            raise EdgepipeError(f"stage '{stage.name}' needs the output of '{upstream}', which has not been "
+                                f"produced", f"run `edgepipe run {self.recipe.path} --until {upstream}` first")
+        return entry["digest"]
+
+    def _why_stale(self, stage: Stage, key: str, parts: dict) -> str | None:
+        entry = self.lock.get("stages", {}).get(stage.name)
+        if not entry:
+            return "never run"
+        old = entry.get("parts", {})
+        if entry.get("key") != key:
+            if old.get("kind") != parts["kind"] or old.get("code") != parts["code"]:
+                return f"code of {', '.join(stage.kind.code)} changed"
+            changed = _changed_keys(old.get("params", {}), parts["params"])
+            if changed:
+                return f"param {', '.join(changed[:3])} changed"
+            for role, digest in parts["inputs"].items():
+                if old.get("inputs", {}).get(role) != digest:
+                    return f"input '{role}' changed"
+            for path, sha in parts["deps"].items():
+                if old.get("deps", {}).get(path) != sha:
+                    return f"file {path} changed"
+            return "cache key changed"
+        out_dir = self.run_dir / stage.name
+        recorded = entry.get("outputs", {})
+        for rel, rec in recorded.items():
+            p = out_dir / rel
+            if not p.is_file():
+                return f"output {rel} missing"
+            if fsio.file_record(p, rec)["sha256"] != rec["sha256"]:
+                return f"output {rel} modified"
+        return None
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def _run_stage(self, stage: Stage, key: str, parts: dict, reason: str, tag: str) -> Result:
+        tmp = self.run_dir / ".tmp" / stage.name
+        work = self.run_dir / ".work" / stage.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if work.is_dir() and (work / "KEY").is_file() and (work / "KEY").read_text() == key:
+            log.info("resuming %s from %s", stage.name, work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            (work / "KEY").write_text(key)
+        inputs = {
+            role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
+            for role, ups in stage.inputs.items()
+        }
+        start = time.perf_counter()
+        try:
+            summary = stage.kind.run(stage.params, StageIO(inputs=inputs, out=tmp, work=work)) or ""
+            out_dir = self.run_dir / stage.name
+            fsio.replace_dir(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        records = fsio.dir_records(out_dir)
+        self.lock.setdefault("stages", {})[stage.name] = {
+            "key": key, "parts": parts, "digest": fsio.digest_of(records), "outputs": records,
+        }
+        self._write_lock()
+        self._publish(stage)
+        shutil.rmtree(work, ignore_errors=True)
+        seconds = time.perf_counter() - start
+        main = out_dir / stage.kind.main_output
+        size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
+        ui.say(f"{tag} done in {seconds:.1f} s -> {_rel(main)}{size}" + (f"  | {summary}" if summary else ""))
+        return Result(stage.name, "ran", reason, seconds, summary)
+
+    def _published(self, stage: Stage) -> list[Path]:
+        out_dir = self.run_dir / stage.name
+        files: list[Path] = []
+        for pattern in stage.publish:
+            matches = sorted(p for p in out_dir.glob(pattern) if p.is_file())
+            if not matches:
+                raise EdgepipeError(f"stage '{stage.name}': publish pattern '{pattern}' matched no output file",
+                                    f"use one of: {', '.join(sorted(self.lock['stages'][stage.name]['outputs']))}",
+                                    exit_code=2)
+            files.extend(matches)
+        return files
+
+    def _publish(self, stage: Stage) -> None:
+        for src in self._published(stage):
+            fsio.copy_file(src, self.models_dir / src.name)
+
+    def _republish(self, stage: Stage) -> None:
+        for src in self._published(stage):
+            dest = self.models_dir / src.name
+            if not dest.is_file() or dest.stat().st_size != src.stat().st_size:
+                fsio.copy_file(src, dest)
+                ui.say(f"    republished {_rel(dest)}")
+
+    # -- lock file and scratch ----------------------------------------------------------------------
+
+    def _read_lock(self) -> dict:
+        if not self.lock_path.is_file():
+            return {"version": LOCK_VERSION, "stages": {}}
+        try:
+            lock = json.loads(self.lock_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            ui.warn(f"{self.lock_path} is unreadable; every stage will rerun")
+            return {"version": LOCK_VERSION, "stages": {}}
+        if lock.get("version") != LOCK_VERSION:
+            return {"version": LOCK_VERSION, "stages": {}}
+        return lock
+
+    def _write_lock(self) -> None:
+        # Keep only stages of this recipe so a renamed stage does not linger in the lock forever.
+        stages = {k: v for k, v in self.lock["stages"].items() if k in self.recipe.stages}
+        fsio.write_json(self.lock_path, {"version": LOCK_VERSION, "recipe": str(self.recipe.path), "stages": stages})
+
+    def _clean_scratch(self, dry_run: bool) -> None:
+        if not dry_run:
+            shutil.rmtree(self.run_dir / ".tmp", ignore_errors=True)  # half outputs of a killed run
+
+    @contextlib.contextmanager
+    def _exclusive(self, dry_run: bool) -> Iterator[None]:
+        if dry_run:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".runlock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EdgepipeError(f"another edgepipe run is using {self.run_dir}",
+                                    "wait for it to finish (or stop it) and run again") from None
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+
+
+def code_version(modules: tuple[str, ...]) -> str:
+    """Hash of the source files of `modules`: editing a stage's code makes it stale."""
+    h = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise EdgepipeError(f"cannot find module {name} to version a stage")
+        h.append(fsio.sha256_file(Path(spec.origin)))
+    return fsio.sha256_text("".join(h))
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k} ({a!r} -> {b!r})" if not isinstance(a, (dict, list)) else f"{prefix}{k}")
+    return keys
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

@@ -1,0 +1,60 @@
+"""The table of stage kinds: the single source of truth for what a recipe's `kind:` may name.
+
+A stage kind is a plain function `run(params, io) -> summary` plus the facts the runner needs about it:
+its parameter dataclass, the input roles it takes, the modules whose source versions its cache key,
+and optional external dependencies (files it reads that are not another stage's output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class StageIO:
+    """What the runner hands a stage function.
+
+    Attributes:
+        inputs: role -> the output directory of the upstream stage (a list for roles that take many).
+        out: a fresh, empty directory; renamed into place only if the stage returns normally.
+        work: scratch space that survives a crash (checkpoints), kept while the cache key is the same
+            and removed after success, so a killed run resumes from it.
+    """
+
+    inputs: dict[str, Any]
+    out: Path
+    work: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    """Static facts about one kind of stage.
+
+    Attributes:
+        name: the recipe's `kind:` value.
+        params: dataclass of the stage's parameters (see `edgepipe.params`).
+        run: the stage function, `run(params, io) -> str | None` (a one-line summary).
+        inputs: role -> True if the role takes a list of stages, False for exactly one.
+        code: modules whose source is hashed into the cache key (the stage's code version).
+        main_output: the file named in the stage's closing line.
+        deps: params -> files outside `runs/` the stage reads (hashed into the key), e.g. a dataset.
+    """
+
+    name: str
+    params: type
+    run: Callable[[Any, StageIO], str | None]
+    inputs: dict[str, bool]
+    code: tuple[str, ...]
+    main_output: str
+    deps: Callable[[Any], list[Path]] | None = None
+    doc: str = ""
+
+
+def kinds() -> dict[str, StageKind]:
+    """All stage kinds by name. Stage modules import TensorFlow lazily, so this is cheap."""
+    from edgepipe import data, train
+
+    table = [data.KIND, train.KIND]
+    return {k.name: k for k in table}

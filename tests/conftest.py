@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("EDGEPIPE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or EDGEPIPE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    d = SHARED_DATASETS / "mnist"
+    if not d.is_dir():
+        pytest.fail(f"canonical MNIST IDX files expected in {d} (../shared/datasets beside the repo)")
+    return d
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run the real `edgepipe` console script in tmp_path; returns CompletedProcess."""
+
+    def run(*args, cwd=None, env=None, timeout=600):
+        e = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(SHARED_DATASETS), **(env or {}))
+        exe = Path(sys.executable).with_name("edgepipe")
+        return subprocess.run([str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run
