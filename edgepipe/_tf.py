@@ -1,0 +1,18 @@
+"""The one place TensorFlow is imported, with the Keras 2 API (tf_keras).
+
+tensorflow-model-optimization's QAT and pruning only work with Keras 2, so every edgepipe model is a
+tf_keras model, and TF_USE_LEGACY_KERAS must be set before TensorFlow is first imported. Stage modules
+import this lazily (inside functions) so that recipe validation and "nothing to do" runs stay fast.
+"""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ log noise (cuInit, NodeDef attrs) is not for users
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+__all__ = ["tf", "keras"]

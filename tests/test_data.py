@@ -1,0 +1,140 @@
+"""The data stage on real files: canonical MNIST IDX, keras:NAME via the mirror, PNG folders, npz."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from edgepipe.data import DataParams, load_dataset, preprocess, run_data_stage, dataset_files
+from edgepipe.errors import EdgepipeError
+from edgepipe.params import build
+from edgepipe.stages import StageIO
+from edgepipe.testing import write_idx, write_idx_dataset, write_png_folder
+
+
+def stage(tmp_path, **params):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    p = build(DataParams, params, "test")
+    summary = run_data_stage(p, StageIO(inputs={}, out=out, work=tmp_path))
+    return load_dataset(out), json.loads((out / "dataset.json").read_text()), summary
+
+
+def test_canonical_mnist_idx_keeps_official_test_split(tmp_path, mnist_dir):
+    ds, info, summary = stage(tmp_path, source=f"idx:{mnist_dir}", limit_train=1000, val_fraction=0.2)
+    assert info["sizes"] == {"train": 800, "val": 200, "test": 10000}
+    assert info["input_shape"] == [28, 28, 1]
+    assert ds.splits["test"][0].dtype == np.uint8
+    # stratified: every class in val, in proportion
+    assert min(info["counts"]["val"]) >= 15
+    assert (tmp_path / "out/samples.png").stat().st_size > 1000
+    assert "800 train / 200 val / 10000 test" in summary
+
+
+def test_keras_source_uses_the_offline_mirror(tmp_path, mnist_dir):
+    ds, info, _ = stage(tmp_path, source="keras:mnist", mirror=[str(mnist_dir.parent)], limit_train=200,
+                        limit_test=100)
+    assert info["sizes"]["test"] == 100 and info["classes"][0] == "0"
+    files = dataset_files(build(DataParams, {"source": "keras:mnist", "mirror": [str(mnist_dir.parent)]}, "t"))
+    assert [f.name for f in files][0] == "train-images-idx3-ubyte.gz"
+
+
+def test_fashion_mnist_from_mirror_has_names(tmp_path, mnist_dir):
+    _, info, _ = stage(tmp_path, source="keras:fashion_mnist", mirror=[str(mnist_dir.parent)], limit_train=100,
+                       limit_test=50)
+    assert info["classes"][-1] == "ankle boot"
+
+
+def test_standardize_records_train_statistics(tmp_path):
+    d = write_idx_dataset(tmp_path / "idx")
+    ds, info, _ = stage(tmp_path, source=f"idx:{d}", normalize="standardize")
+    x = ds.preprocess(ds.splits["train"][0])
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+    assert info["preprocessing"]["formula"] == "x = (pixel * scale - mean) / std"
+    assert np.allclose(preprocess(ds.splits["train"][0][:3], info["preprocessing"]), x[:3])
+
+
+def test_png_folder_source_without_test_split_is_60_20_20(tmp_path):
+    root = write_png_folder(tmp_path / "imgs", per_class=20)
+    ds, info, _ = stage(tmp_path, source=f"folder:{root}", val_fraction=0.25, test_fraction=0.2, channels=3)
+    assert info["classes"] == ["circle", "square", "stripe"]
+    assert info["sizes"] == {"train": 36, "val": 12, "test": 12}
+    assert info["input_shape"] == [16, 16, 3]
+
+
+def test_folder_resize_and_grayscale(tmp_path):
+    root = write_png_folder(tmp_path / "imgs", per_class=6)
+    ds, info, _ = stage(tmp_path, source=f"folder:{root}", image_size=[8, 10], channels=1)
+    assert info["input_shape"] == [8, 10, 1]
+
+
+def test_corrupt_png_names_the_file(tmp_path):
+    root = write_png_folder(tmp_path / "imgs", per_class=4)
+    bad = root / "square" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(EdgepipeError, match=r"broken.png: corrupt or unreadable image"):
+        stage(tmp_path, source=f"folder:{root}")
+
+
+def test_empty_class_folder_and_single_class(tmp_path):
+    root = write_png_folder(tmp_path / "imgs", per_class=4)
+    (root / "empty").mkdir()
+    with pytest.raises(EdgepipeError, match="class folder 'empty' has no PNG"):
+        stage(tmp_path, source=f"folder:{root}")
+    one = tmp_path / "npz.npz"
+    np.savez(one, x=np.zeros((10, 4, 4), np.uint8), y=np.zeros(10, np.int64))
+    with pytest.raises(EdgepipeError, match="only one class"):
+        stage(tmp_path, source=f"npz:{one}")
+
+
+def test_missing_directory_is_one_clear_error(tmp_path):
+    with pytest.raises(EdgepipeError, match=r"idx:.*nowhere: dataset directory not found; fix: check the path"):
+        dataset_files(build(DataParams, {"source": f"idx:{tmp_path / 'nowhere'}"}, "t"))
+
+
+def test_bad_idx_magic_and_count_mismatch(tmp_path):
+    d = write_idx_dataset(tmp_path / "idx")
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 16))
+    with pytest.raises(EdgepipeError, match="bad magic number"):
+        stage(tmp_path, source=f"idx:{d}")
+    d = write_idx_dataset(tmp_path / "idx2")
+    write_idx(d / "train-labels-idx1-ubyte", np.zeros(7, np.uint8))
+    with pytest.raises(EdgepipeError, match="train has 120 images but 7 labels"):
+        stage(tmp_path, source=f"idx:{d}")
+
+
+def test_keras_offline_without_files_names_what_to_place(tmp_path, monkeypatch):
+    from edgepipe import data
+
+    monkeypatch.setenv("EDGEPIPE_DATA_MIRROR", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "SYSTEM_DIRS", ())
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    # keras' real download runs and fails here (no network); the error names the files and the mirror
+    with pytest.raises(EdgepipeError, match=r"keras:cifar10: not found locally.*cifar-10-python.tar.gz"):
+        stage(tmp_path, source="keras:cifar10")
+
+
+def test_npz_source_and_balance(tmp_path):
+    x = np.random.default_rng(0).integers(0, 255, (100, 6, 6, 3), np.uint8)
+    y = np.array([0] * 80 + [1] * 20)
+    f = tmp_path / "d.npz"
+    np.savez(f, x_train=x, y_train=y, class_names=np.array(["common", "rare"]))
+    _, info, _ = stage(tmp_path, source=f"npz:{f}", balance="oversample", val_fraction=0.1, test_fraction=0.2)
+    assert info["counts"]["train"][0] == info["counts"]["train"][1]
+    assert info["classes"] == ["common", "rare"]
+    _, info, _ = stage(tmp_path, source=f"npz:{f}")
+    assert info["imbalance_ratio"] == pytest.approx(4.0, rel=0.1)
+    assert info["class_weights_balanced"][1] > info["class_weights_balanced"][0]
+
+
+def test_augmentation_changes_train_batches_only(tmp_path):
+    d = write_idx_dataset(tmp_path / "idx")
+    ds, _, _ = stage(tmp_path, source=f"idx:{d}", augment={"rotate": 0.1, "translate": 0.2, "noise": 0.1})
+    from edgepipe.data import tf_dataset
+
+    train = next(iter(tf_dataset(ds, "train", 8, training=True, seed=1)))[0].numpy()
+    plain = ds.preprocess(ds.splits["train"][0])
+    assert not any(np.allclose(train[0], p, atol=1e-3) for p in plain)
+    test = next(iter(tf_dataset(ds, "test", 8, training=False)))[0].numpy()
+    assert np.allclose(test, ds.preprocess(ds.splits["test"][0][:8]))
