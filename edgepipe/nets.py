@@ -1,0 +1,201 @@
+"""Model builders: the architectures a train-type stage names with `arch:`.
+
+Every builder has the same contract, which user builders (`arch: package.module:function`) follow too:
+
+    builder(input_shape, num_classes, *, dropout, kernel_initializer, kernel_regularizer, **arch_args)
+        -> tf_keras.Model ending in a Softmax layer (its input is the logits, which distillation uses)
+
+The zoo is designed for quantization-aware training: every convolution is Conv2D/DepthwiseConv2D
+without bias or activation, then BatchNormalization, then ReLU, the pattern tfmot folds and quantizes.
+(A BatchNormalization after a convolution with its own activation is rejected by tfmot.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from edgepipe.errors import EdgepipeError
+
+
+def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="he_normal", kernel_regularizer=None,
+                width: float = 1.0):
+    """A VGG-style CNN for small images (28x28, 32x32): 3 stages of conv-BN-ReLU pairs, ~1.5 M MACs at width 1."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
+    c = lambda n: max(8, int(n * width))  # noqa: E731
+    inputs = keras.Input(input_shape)
+    x = conv(inputs, c(24), 3, 1)
+    x = conv(x, c(32), 3, 2)              # 14x14
+    x = conv(x, c(48), 3, 1)
+    x = conv(x, c(64), 3, 2)              # 7x7
+    x = conv(x, c(96), 3, 1)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dropout(dropout)(x)
+    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+                name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name="cnn_teacher")
+
+
+def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_normal", kernel_regularizer=None,
+               alpha: float = 1.0, stem: int = 8):
+    """A tiny depthwise-separable CNN for microcontrollers; `alpha` scales every width (MobileNet's multiplier).
+
+    The stride-2 stem keeps the largest activation small, which is what sets a TFLite Micro arena.
+    """
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    c = lambda n: max(4, int(n * alpha))  # noqa: E731
+    inputs = keras.Input(input_shape)
+    x = conv(inputs, c(stem), 3, 2)       # 14x14
+    x = ds(x, c(16), 1)
+    x = ds(x, c(32), 2)                   # 7x7
+    x = ds(x, c(32), 1)
+    x = ds(x, c(64), 2)                   # 4x4
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dropout(dropout)(x)
+    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+                name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name="ds_student")
+
+
+def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer="he_normal", kernel_regularizer=None,
+                   alpha: float = 0.5):
+    """A MobileNetV1-style net for larger images (96x96 or more), width multiplier `alpha`."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    c = lambda n: max(8, int(n * alpha))  # noqa: E731
+    inputs = keras.Input(input_shape)
+    x = conv(inputs, c(32), 3, 2)
+    for filters, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2)):
+        x = ds(x, c(filters), stride)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dropout(dropout)(x)
+    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+                name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name="mobilenet_tiny")
+
+
+def tiny_conv(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glorot_uniform", kernel_regularizer=None):
+    """One conv and a dense layer: the smallest model that trains, for tests."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = _conv_bn_relu(kernel_initializer, kernel_regularizer)(inputs, 4, 3, 2)
+    x = L.Flatten()(x)  # not pooling: the test data's classes differ by *where* the pattern is
+    x = L.Dropout(dropout)(x)
+    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name="tiny_conv")
+
+
+ARCHITECTURES: dict[str, Callable[..., Any]] = {
+    "cnn_teacher": cnn_teacher,
+    "ds_student": ds_student,
+    "mobilenet_tiny": mobilenet_tiny,
+    "tiny_conv": tiny_conv,
+}
+
+
+def resolve(arch: str) -> Callable[..., Any]:
+    """An architecture name from the zoo, or ``package.module:function`` for a user builder."""
+    if ":" not in arch:
+        if arch not in ARCHITECTURES:
+            raise EdgepipeError(f"unknown architecture '{arch}'",
+                                f"use one of: {', '.join(ARCHITECTURES)}, or package.module:function")
+        return ARCHITECTURES[arch]
+    module_name, _, func = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise EdgepipeError(f"arch '{arch}': cannot import module {module_name} ({e})",
+                            "check the module is on PYTHONPATH or installed") from None
+    builder = getattr(module, func, None)
+    if not callable(builder):
+        raise EdgepipeError(f"arch '{arch}': module {module_name} has no function {func}",
+                            "name a function that returns a tf_keras model")
+    return builder
+
+
+def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, **common):
+    """Build `arch` and check it is a tf_keras model with the right input and output shapes."""
+    from edgepipe._tf import keras
+
+    builder = resolve(arch)
+    try:
+        model = builder(tuple(input_shape), num_classes, **common, **arch_args)
+    except TypeError as e:
+        raise EdgepipeError(f"arch '{arch}': bad arguments ({e})", "check arch_args against the builder") from None
+    if not isinstance(model, keras.Model):
+        raise EdgepipeError(f"arch '{arch}' returned {type(model).__name__}, not a tf_keras model",
+                            "build it with tf_keras (import tf_keras as keras), not Keras 3")
+    if tuple(model.input_shape[1:]) != tuple(input_shape) or model.output_shape[-1] != num_classes:
+        raise EdgepipeError(f"arch '{arch}' maps {model.input_shape} to {model.output_shape}, the data is "
+                            f"{tuple(input_shape)} with {num_classes} classes", "fix the builder's shapes")
+    return model
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one inference of Conv2D, DepthwiseConv2D and Dense layers."""
+    from edgepipe._tf import keras
+
+    macs = 0
+    for layer in _flat_layers(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, c = layer.output_shape
+            macs += h * w * c * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, c = layer.output_shape
+            macs += h * w * c * kh * kw * layer.input_shape[-1] // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            macs += int(layer.input_shape[-1]) * layer.units
+    return int(macs)
+
+
+def _flat_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
+def _conv_bn_relu(initializer, regularizer):
+    from edgepipe._tf import keras
+
+    L = keras.layers
+
+    def block(x, filters, kernel, stride):
+        x = L.Conv2D(filters, kernel, stride, padding="same", use_bias=False, kernel_initializer=initializer,
+                     kernel_regularizer=regularizer)(x)
+        x = L.BatchNormalization()(x)
+        return L.ReLU()(x)
+
+    return block
+
+
+def _ds_block(initializer, regularizer):
+    from edgepipe._tf import keras
+
+    L = keras.layers
+
+    def block(x, filters, stride):
+        x = L.DepthwiseConv2D(3, stride, padding="same", use_bias=False, depthwise_initializer=initializer,
+                              depthwise_regularizer=regularizer)(x)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+        x = L.Conv2D(filters, 1, use_bias=False, kernel_initializer=initializer, kernel_regularizer=regularizer)(x)
+        x = L.BatchNormalization()(x)
+        return L.ReLU()(x)
+
+    return block

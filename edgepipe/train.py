@@ -1,0 +1,310 @@
+"""The train stage: fit a model from the zoo (or a user builder) on a data stage's output.
+
+`Fit` holds the knobs every training-type stage shares (optimizer, schedule, early stopping, ...), and
+`fit()` / `evaluate()` / `write_training_outputs()` are the one implementation of them that the later
+stages (distill, qat, transfer) call too.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgepipe import fsio
+from edgepipe.data import Dataset, load_dataset, tf_dataset
+from edgepipe.params import param
+from edgepipe.stages import StageIO, StageKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Learning-rate schedule."""
+
+    kind: Literal["constant", "step", "cosine", "plateau"] = param("cosine", "how the learning rate evolves")
+    warmup_epochs: int = param(0, "linear warm-up from 0 (cosine only)", min=0)
+    step_epochs: int = param(10, "epochs between decays (step only)", min=1)
+    gamma: float = param(0.1, "decay factor (step, plateau)", min=0.0, max=1.0)
+    patience: int = param(2, "epochs without improvement before decaying (plateau only)", min=1)
+    min_lr: float = param(0.0, "floor of the learning rate (cosine end value, plateau floor)", min=0.0)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop when the monitored metric stops improving."""
+
+    enabled: bool = param(True, "use early stopping")
+    monitor: Literal["val_loss", "val_accuracy"] = param("val_loss", "what to watch")
+    patience: int = param(5, "epochs without improvement before stopping", min=1)
+    min_delta: float = param(0.0, "smallest change that counts as improvement", min=0.0)
+    restore_best: bool = param(True, "keep the weights of the best epoch, not the last")
+
+
+@dataclasses.dataclass
+class Fit:
+    """Training knobs shared by every training-type stage."""
+
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = param("adam", "optimizer")
+    lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
+    momentum: float = param(0.9, "momentum for momentum, nesterov, rmsprop", min=0.0, max=1.0)
+    weight_decay: float = param(1e-4, "decoupled weight decay (adamw only)", min=0.0)
+    schedule: Schedule = param(Schedule(), "learning-rate schedule")
+    batch_size: int = param(128, "samples per step", min=1)
+    epochs: int = param(10, "maximum epochs", min=1)
+    early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
+    label_smoothing: float = param(0.0, "cross-entropy label smoothing", min=0.0, max=0.5)
+    clipnorm: float | None = param(None, "clip each gradient to this L2 norm", min=0.0)
+    class_weights: Literal["none", "balanced"] = param("none", "weight the loss by inverse class frequency")
+    seed: int = param(0, "seed for initialisation, shuffling and augmentation")
+    tensorboard: bool = param(True, "write TensorBoard logs to tb/")
+
+
+@dataclasses.dataclass
+class TrainParams(Fit):
+    """Parameters of the train stage: the model, regularisation, then the shared training knobs."""
+
+    arch: str = param("cnn_teacher", "architecture from edgepipe.nets, or package.module:function")
+    arch_args: dict[str, Any] = param({}, "extra keyword arguments for the builder (e.g. width, alpha)")
+    dropout: float | None = param(None, "dropout before the classifier; null keeps the builder's default",
+                                  min=0.0, max=0.9)
+    l1: float = param(0.0, "L1 penalty on kernels", min=0.0)
+    l2: float = param(0.0, "L2 penalty on kernels", min=0.0)
+    initializer: str = param("he_normal", "kernel initializer (any tf_keras initializer name)")
+
+
+def run_train_stage(params: TrainParams, io: StageIO) -> str:
+    """Build, fit and evaluate a model; write model.keras, history.csv, curves.png, metrics.json, tb/."""
+    from edgepipe import nets
+    from edgepipe._tf import keras
+
+    ds = load_dataset(io.inputs["data"])
+    seed_everything(params.seed)
+    common: dict[str, Any] = {"kernel_initializer": params.initializer}
+    if params.l1 or params.l2:
+        common["kernel_regularizer"] = keras.regularizers.L1L2(l1=params.l1, l2=params.l2)
+    if params.dropout is not None:
+        common["dropout"] = params.dropout
+    model = nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
+    log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
+    fit(model, ds, params, io)
+    metrics = write_training_outputs(model, ds, io)
+    return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+
+
+KIND = StageKind(
+    name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.keras",
+    doc="train a model from the zoo on a dataset",
+)
+
+
+# -- the shared training loop ------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic (same seed -> same weights on CPU)."""
+    from edgepipe._tf import keras, tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True):
+    """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
+
+    Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
+    history to `io.work` first, so only a finished stage's output directory holds it.
+
+    Returns:
+        the list of per-epoch history rows (dicts).
+    """
+    from edgepipe._tf import keras, tf
+
+    train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed), len(ds.classes))
+    val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
+    steps = int(np.ceil(len(ds.splits["train"][1]) / p.batch_size))
+    if compile_model:
+        model.compile(optimizer=make_optimizer(p, steps),
+                      loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    history_csv = io.work / "history.csv"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(io.work / "backup")),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if p.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
+    if p.schedule.kind == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
+                                                           min_lr=p.schedule.min_lr, verbose=1))
+    es = p.early_stopping
+    if es.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
+                                                       min_delta=es.min_delta, restore_best_weights=es.restore_best,
+                                                       mode="min" if es.monitor == "val_loss" else "max"))
+    class_weight = None
+    if p.class_weights == "balanced":
+        class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
+    model.fit(train, validation_data=val, epochs=p.epochs, callbacks=callbacks, class_weight=class_weight,
+              verbose=1 if sys.stdout.isatty() else 2)
+    rows = _read_history(history_csv)
+    _write_history(rows, io.out / "history.csv")
+    return rows
+
+
+def make_optimizer(p: Fit, steps_per_epoch: int):
+    """The optimizer `p` names, with its learning-rate schedule and gradient clipping."""
+    from edgepipe._tf import keras
+
+    s = p.schedule
+    lr: Any = p.lr
+    if s.kind == "step":
+        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_per_epoch, s.gamma, staircase=True)
+    elif s.kind == "cosine":
+        warmup = s.warmup_epochs * steps_per_epoch
+        decay = max(1, (p.epochs - s.warmup_epochs) * steps_per_epoch)
+        alpha = s.min_lr / p.lr if p.lr else 0.0
+        lr = (keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
+              if warmup else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha))
+    kw: dict[str, Any] = {"learning_rate": lr}
+    if p.clipnorm:
+        kw["clipnorm"] = p.clipnorm
+    O = keras.optimizers
+    return {
+        "sgd": lambda: O.SGD(**kw),
+        "momentum": lambda: O.SGD(momentum=p.momentum, **kw),
+        "nesterov": lambda: O.SGD(momentum=p.momentum, nesterov=True, **kw),
+        "adam": lambda: O.Adam(**kw),
+        "adamw": lambda: O.AdamW(weight_decay=p.weight_decay, **kw),
+        "rmsprop": lambda: O.RMSprop(momentum=p.momentum if p.momentum < 1 else 0.0, **kw),
+    }[p.optimizer]()
+
+
+def predict(model, ds: Dataset, split: str, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities for a whole split (preprocessed as recorded)."""
+    x, _ = ds.splits[split]
+    return model.predict(ds.preprocess(x), batch_size=batch_size, verbose=0)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1 with macro and weighted averages, and the confusion matrix."""
+    k = len(classes)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0
+    return {
+        "accuracy": float(tp.sum() / max(1, cm.sum())),
+        "samples": int(cm.sum()),
+        "per_class": [{"class": c, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                       "support": int(support[i])} for i, c in enumerate(classes)],
+        "macro": {m: float(v[present].mean()) for m, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "weighted": {m: float((v * support).sum() / max(1, support.sum()))
+                     for m, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def evaluate(model, ds: Dataset, split: str = "test") -> dict:
+    """classification_metrics() of `model` on a split, plus the cross-entropy loss."""
+    probs = predict(model, ds, split)
+    y = ds.splits[split][1]
+    metrics = classification_metrics(y, probs.argmax(1), ds.classes)
+    metrics["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
+    return metrics
+
+
+def write_training_outputs(model, ds: Dataset, io: StageIO) -> dict:
+    """Save the model and write metrics.json and curves.png for a training-type stage."""
+    from edgepipe import nets
+
+    model.save(io.out / "model.keras")
+    rows = _read_history(io.out / "history.csv")
+    metrics = {
+        "test": evaluate(model, ds, "test"),
+        "val": {k: v for k, v in evaluate(model, ds, "val").items() if k in ("accuracy", "loss")},
+        "epochs_run": len(rows),
+        "params": int(model.count_params()),
+        "macs": nets.count_macs(model),
+    }
+    fsio.write_json(io.out / "metrics.json", metrics)
+    plot_curves(rows, io.out / "curves.png")
+    return metrics
+
+
+def load_model(stage_dir: Path):
+    """Load a training-type stage's model.keras."""
+    from edgepipe._tf import keras
+
+    return keras.models.load_model(Path(stage_dir) / "model.keras")
+
+
+def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train against validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "val")):
+            values = [float(r[prefix + metric]) for r in rows if r.get(prefix + metric) not in (None, "")]
+            if values:
+                ax.plot(epochs[: len(values)], values, marker="o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=90)
+    plt.close(fig)
+
+
+def _one_hot(d, k: int):
+    from edgepipe._tf import tf
+
+    return d.map(lambda x, y: (x, tf.one_hot(y, k)))
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch: dict[str, dict] = {}
+    for r in rows:  # a resumed run may log an epoch twice: keep the last
+        if r.get("epoch") not in (None, "", "epoch"):
+            by_epoch[r["epoch"]] = r
+    return [by_epoch[k] for k in sorted(by_epoch, key=int)]
+
+
+def _write_history(rows: list[dict], dest: Path) -> None:
+    if not rows:
+        fsio.write_text(dest, "")
+        return
+    fields = list(rows[0])
+    lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
+    fsio.write_text(dest, "\n".join(lines) + "\n")
+
+
+def read_metrics(stage_dir: Path) -> dict:
+    """A training-type stage's metrics.json."""
+    return json.loads((Path(stage_dir) / "metrics.json").read_text())

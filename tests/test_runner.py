@@ -1,0 +1,148 @@
+"""The make-like runner on a real data -> train chain over tiny IDX files (seconds)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgepipe.errors import EdgepipeError
+from edgepipe.recipe import load_recipe
+from edgepipe.runner import Runner
+from edgepipe.testing import tiny_recipe, write_idx_dataset, write_recipe
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = write_idx_dataset(tmp_path / "idx")
+    path = write_recipe(tmp_path / "recipes" / "tiny.yaml", tiny_recipe(data))
+    return tmp_path, path
+
+
+def run(root, path, sets=(), **kw):
+    return {r.stage: r for r in Runner(load_recipe(path, sets=sets), root).run(**kw)}
+
+
+def test_first_run_then_everything_skipped(project, capsys):
+    root, path = project
+    first = run(root, path)
+    assert [r.action for r in first.values()] == ["ran", "ran"]
+    assert first["data"].reason == "never run"
+    assert (root / "runs/tiny/model/model.keras").is_file()
+    lock = json.loads((root / "runs/tiny/lock.json").read_text())
+    assert set(lock["stages"]) == {"data", "model"}
+    assert "model.keras" in lock["stages"]["model"]["outputs"]
+    second = run(root, path)
+    assert [(r.action, r.reason) for r in second.values()] == [("skipped", "up to date")] * 2
+    assert "skipped: up to date" in capsys.readouterr().out
+
+
+def test_param_change_reruns_only_that_stage_and_downstream(project):
+    root, path = project
+    run(root, path)
+    only_model = run(root, path, sets=("model.lr=0.02",))
+    assert only_model["data"].action == "skipped"
+    assert only_model["model"].action == "ran" and "param lr (0.01 -> 0.02) changed" in only_model["model"].reason
+    both = run(root, path, sets=("model.lr=0.02", "data.val_fraction=0.3"))
+    assert both["data"].action == "ran" and "val_fraction" in both["data"].reason
+    assert both["model"].action == "ran" and both["model"].reason == "input 'data' changed"
+
+
+def test_missing_or_modified_output_reruns(project):
+    root, path = project
+    run(root, path)
+    (root / "runs/tiny/model/metrics.json").unlink()
+    r = run(root, path)
+    assert r["data"].action == "skipped"
+    assert r["model"].reason == "output metrics.json missing"
+    with open(root / "runs/tiny/data/dataset.json", "a") as f:
+        f.write(" ")
+    r = run(root, path)
+    assert r["data"].reason == "output dataset.json modified"
+
+
+def test_source_file_change_reruns_data(project):
+    root, path = project
+    run(root, path)
+    write_idx_dataset(root / "idx", n_train=100)
+    r = run(root, path)
+    assert r["data"].action == "ran" and "train-images-idx3-ubyte.gz changed" in r["data"].reason
+
+
+def test_dry_run_until_only_and_force(project):
+    root, path = project
+    dry = run(root, path, dry_run=True)
+    assert [r.action for r in dry.values()] == ["would run", "would run"]
+    assert dry["model"].reason == "upstream 'data' reruns first"
+    assert not (root / "runs/tiny/data").exists()
+    assert list(run(root, path, until="data")) == ["data"]
+    assert list(run(root, path, only="model")) == ["model"]
+    forced = run(root, path, force=True)
+    assert all(r.action == "ran" and r.reason == "forced (--force)" for r in forced.values())
+    with pytest.raises(EdgepipeError, match="--until nope: no such stage"):
+        run(root, path, until="nope")
+
+
+def test_only_needs_upstream_output(project):
+    root, path = project
+    with pytest.raises(EdgepipeError, match="needs the output of 'data'"):
+        run(root, path, only="model")
+
+
+def test_publish_copies_to_models_and_restores_deleted_copy(project):
+    root, path = project
+    recipe = tiny_recipe(root / "idx")
+    recipe["stages"]["model"]["publish"] = ["model.keras", "metrics.json"]
+    write_recipe(path, recipe)
+    run(root, path)
+    published = root / "models/tiny/metrics.json"
+    assert published.read_bytes() == (root / "runs/tiny/model/metrics.json").read_bytes()
+    published.unlink()
+    assert run(root, path)["model"].action == "skipped"
+    assert published.is_file()
+
+
+def test_failed_stage_leaves_no_output_and_no_lock_entry(project):
+    root, path = project
+    recipe = tiny_recipe(root / "idx")
+    recipe["stages"]["model"]["params"]["arch"] = "no_such_module:build"
+    write_recipe(path, recipe)
+    with pytest.raises(EdgepipeError, match="cannot import module no_such_module"):
+        run(root, path)
+    assert not (root / "runs/tiny/model").exists()
+    assert not (root / "runs/tiny/.tmp/model").exists()
+    assert "model" not in json.loads((root / "runs/tiny/lock.json").read_text())["stages"]
+
+
+def test_sigkill_during_training_then_resume(tmp_path):
+    """A real SIGKILL mid-training leaves no half output; the rerun skips data and completes."""
+    data = write_idx_dataset(tmp_path / "idx", n_train=400)
+    recipe = tiny_recipe(data, epochs=40)
+    path = write_recipe(tmp_path / "k.yaml", recipe)
+    exe = Path(sys.executable).with_name("edgepipe")
+    proc = subprocess.Popen([str(exe), "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "Epoch 3/" in line or ("3/" in line and "loss" in line):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "model" in seen and "running" in seen, seen
+    assert not (tmp_path / "runs/k/model").exists(), "a killed stage must not leave its output in place"
+    lock = json.loads((tmp_path / "runs/k/lock.json").read_text())
+    assert list(lock["stages"]) == ["data"]
+    rerun = subprocess.run([str(exe), "run", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "data           skipped: up to date" in rerun.stdout
+    assert "model          running: never run" in rerun.stdout
+    assert (tmp_path / "runs/k/model/model.keras").is_file()
+    history = (tmp_path / "runs/k/model/history.csv").read_text().splitlines()
+    assert len(history) == 41  # header + 40 epochs, each once, though some ran before the kill
