@@ -1,0 +1,59 @@
+# edgepipe: `make recipe=NAME` runs recipes/NAME.yaml (setting up .venv first if needed).
+# Variables: recipe (required for a run), profile (e.g. smoke), until (stop after this stage),
+#            args (extra `edgepipe run` options, e.g. args="--force --set teacher.epochs=2").
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+recipe ?=
+profile ?=
+until ?=
+args ?=
+
+# Offline mirror of canonical dataset files, searched before any download (see README, "Data").
+ifneq ($(wildcard ../shared/datasets),)
+export EDGEPIPE_DATA_MIRROR ?= $(abspath ../shared/datasets)
+endif
+
+ifneq ($(recipe),)
+.DEFAULT_GOAL := run
+else
+.DEFAULT_GOAL := help
+endif
+
+.PHONY: help setup run status test test-all bench clean
+
+help:
+	@echo "make recipe=NAME [profile=P] [until=STAGE]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
+	@echo "make status recipe=NAME                       which stages are stale, and why"
+	@echo "make test                                     the fast test suite"
+	@echo "make test-all                                 every test, slow ones included"
+	@echo "make bench                                    benchmarks under benchmarks/"
+	@echo "make setup | make clean"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	@test -n "$(recipe)" || { echo "usage: make recipe=NAME (one of: $$(ls recipes | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+	$(BIN)/edgepipe run $(recipe) $(if $(profile),--profile $(profile)) $(if $(until),--until $(until)) $(args)
+
+status: setup
+	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q --runslow
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf runs models
