@@ -97,7 +97,22 @@ def tiny_conv(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glor
     return keras.Model(inputs, L.Softmax(name="probs")(x), name="tiny_conv")
 
 
+def tfmot_example(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glorot_uniform",
+                  kernel_regularizer=None):
+    """The model of TF-MOT's QAT example (Conv2D 12 3x3 ReLU, MaxPool 2x2, Flatten, Dense): the public reference."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(12, 3, activation="relu", kernel_initializer=kernel_initializer)(inputs)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name="tfmot_example")
+
+
 ARCHITECTURES: dict[str, Callable[..., Any]] = {
+    "tfmot_example": tfmot_example,
     "cnn_teacher": cnn_teacher,
     "ds_student": ds_student,
     "mobilenet_tiny": mobilenet_tiny,
@@ -144,21 +159,26 @@ def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, **com
 
 
 def count_macs(model) -> int:
-    """Multiply-accumulates of one inference of Conv2D, DepthwiseConv2D and Dense layers."""
+    """Multiply-accumulates of one inference of Conv2D, DepthwiseConv2D and Dense layers.
+
+    tfmot's QAT wraps each layer (`QuantizeWrapperV2.layer`), so the wrapped layer's type decides and
+    the wrapper's shapes are used.
+    """
     from edgepipe._tf import keras
 
     macs = 0
-    for layer in _flat_layers(model):
+    for outer in _flat_layers(model):
+        layer = getattr(outer, "layer", outer)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             kh, kw = layer.kernel_size
-            _, h, w, c = layer.output_shape
+            _, h, w, c = outer.output_shape
             macs += h * w * c * kh * kw
         elif isinstance(layer, keras.layers.Conv2D):
             kh, kw = layer.kernel_size
-            _, h, w, c = layer.output_shape
-            macs += h * w * c * kh * kw * layer.input_shape[-1] // layer.groups
+            _, h, w, c = outer.output_shape
+            macs += h * w * c * kh * kw * outer.input_shape[-1] // layer.groups
         elif isinstance(layer, keras.layers.Dense):
-            macs += int(layer.input_shape[-1]) * layer.units
+            macs += int(outer.input_shape[-1]) * layer.units
     return int(macs)
 
 

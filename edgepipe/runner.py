@@ -130,6 +130,7 @@ class Runner:
             "params": to_dict(stage.params),
             "inputs": inputs,
             "deps": {p: r["sha256"] for p, r in deps.items()},
+            "environment": stage.kind.environment(stage.params) if stage.kind.environment else {},
         }
         key = fsio.sha256_text(json.dumps(parts, sort_keys=True, default=str))
         parts["deps_records"] = deps  # for the (size, mtime) shortcut next time; not part of the key
@@ -159,6 +160,8 @@ class Runner:
             for path, sha in parts["deps"].items():
                 if old.get("deps", {}).get(path) != sha:
                     return f"file {path} changed"
+            if old.get("environment") != parts["environment"]:
+                return "machine or runtime changed"
             return "cache key changed"
         out_dir = self.run_dir / stage.name
         recorded = entry.get("outputs", {})

@@ -40,6 +40,8 @@ class StageKind:
         code: modules whose source is hashed into the cache key (the stage's code version).
         main_output: the file named in the stage's closing line.
         deps: params -> files outside `runs/` the stage reads (hashed into the key), e.g. a dataset.
+        environment: params -> facts about the machine the stage measures (CPU, runtime versions),
+            part of the key, so a benchmark reruns on another machine instead of reporting stale figures.
     """
 
     name: str
@@ -49,12 +51,13 @@ class StageKind:
     code: tuple[str, ...]
     main_output: str
     deps: Callable[[Any], list[Path]] | None = None
+    environment: Callable[[Any], dict] | None = None
     doc: str = ""
 
 
 def kinds() -> dict[str, StageKind]:
     """All stage kinds by name. Stage modules import TensorFlow lazily, so this is cheap."""
-    from edgepipe import data, train
+    from edgepipe import bench, convert, data, distill, qat, report, train
 
-    table = [data.KIND, train.KIND]
+    table = [data.KIND, train.KIND, distill.KIND, qat.KIND, convert.KIND, bench.KIND, report.KIND]
     return {k.name: k for k in table}

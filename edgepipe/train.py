@@ -81,7 +81,7 @@ class TrainParams(Fit):
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:
-    """Build, fit and evaluate a model; write model.keras, history.csv, curves.png, metrics.json, tb/."""
+    """Build, fit and evaluate a model; write model.h5, history.csv, curves.png, metrics.json, tb/."""
     from edgepipe import nets
     from edgepipe._tf import keras
 
@@ -101,7 +101,7 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
-    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.keras",
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.h5",
     doc="train a model from the zoo on a dataset",
 )
 
@@ -232,7 +232,7 @@ def write_training_outputs(model, ds: Dataset, io: StageIO) -> dict:
     """Save the model and write metrics.json and curves.png for a training-type stage."""
     from edgepipe import nets
 
-    model.save(io.out / "model.keras")
+    save_model(model, io.out / "model.h5")
     rows = _read_history(io.out / "history.csv")
     metrics = {
         "test": evaluate(model, ds, "test"),
@@ -246,11 +246,27 @@ def write_training_outputs(model, ds: Dataset, io: StageIO) -> dict:
     return metrics
 
 
+def save_model(model, dest: Path) -> None:
+    """Save a model as HDF5, weights only with no optimizer state.
+
+    HDF5, not the `.keras` format: tfmot's quantize-aware layers do not reload from `.keras` (their
+    variables are not restored), and one format must work for every stage's model.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+        model.save(dest, include_optimizer=False)
+
+
 def load_model(stage_dir: Path):
-    """Load a training-type stage's model.keras."""
+    """Load a training-type stage's model.h5 (QAT models included: tfmot's layers are in scope)."""
+    import tensorflow_model_optimization as tfmot
+
     from edgepipe._tf import keras
 
-    return keras.models.load_model(Path(stage_dir) / "model.keras")
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(Path(stage_dir) / "model.h5", compile=False)
 
 
 def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:

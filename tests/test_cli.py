@@ -67,7 +67,8 @@ def test_smoke_recipe_end_to_end(tmp_path, cli):
 
     p = cli("run", REPO / "recipes/smoke.yaml")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "smoke: 2 ran" in p.stdout and "test accuracy" in p.stdout
-    assert (tmp_path / "models/smoke/model.keras").is_file()
+    assert "smoke: 8 ran" in p.stdout and "gates passed" in p.stdout
+    assert (tmp_path / "models/smoke/student_qat_int8.json").is_file()
     again = cli("run", REPO / "recipes/smoke.yaml")
-    assert "smoke: 0 ran, 2 skipped" in again.stdout
+    assert "smoke: 0 ran, 8 skipped" in again.stdout
+    assert (tmp_path / "models/smoke/report.md").is_file() and (tmp_path / "models/smoke/student_qat_int8.tflite").is_file()

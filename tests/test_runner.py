@@ -32,10 +32,10 @@ def test_first_run_then_everything_skipped(project, capsys):
     first = run(root, path)
     assert [r.action for r in first.values()] == ["ran", "ran"]
     assert first["data"].reason == "never run"
-    assert (root / "runs/tiny/model/model.keras").is_file()
+    assert (root / "runs/tiny/model/model.h5").is_file()
     lock = json.loads((root / "runs/tiny/lock.json").read_text())
     assert set(lock["stages"]) == {"data", "model"}
-    assert "model.keras" in lock["stages"]["model"]["outputs"]
+    assert "model.h5" in lock["stages"]["model"]["outputs"]
     second = run(root, path)
     assert [(r.action, r.reason) for r in second.values()] == [("skipped", "up to date")] * 2
     assert "skipped: up to date" in capsys.readouterr().out
@@ -96,7 +96,7 @@ def test_only_needs_upstream_output(project):
 def test_publish_copies_to_models_and_restores_deleted_copy(project):
     root, path = project
     recipe = tiny_recipe(root / "idx")
-    recipe["stages"]["model"]["publish"] = ["model.keras", "metrics.json"]
+    recipe["stages"]["model"]["publish"] = ["model.h5", "metrics.json"]
     write_recipe(path, recipe)
     run(root, path)
     published = root / "models/tiny/metrics.json"
@@ -143,6 +143,6 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert "data           skipped: up to date" in rerun.stdout
     assert "model          running: never run" in rerun.stdout
-    assert (tmp_path / "runs/k/model/model.keras").is_file()
+    assert (tmp_path / "runs/k/model/model.h5").is_file()
     history = (tmp_path / "runs/k/model/history.csv").read_text().splitlines()
     assert len(history) == 41  # header + 40 epochs, each once, though some ran before the kill

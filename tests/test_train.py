@@ -40,7 +40,7 @@ def test_tiny_model_learns_and_writes_outputs(tmp_path, data_dir):
     out, metrics, summary = train(tmp_path, data_dir)
     assert metrics["test"]["accuracy"] > 0.9, metrics["test"]["accuracy"]  # 4 classes: chance is 0.25
     assert summary.startswith("test accuracy")
-    assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "curves.png", "metrics.json"}
+    assert {p.name for p in out.iterdir()} >= {"model.h5", "history.csv", "curves.png", "metrics.json"}
     assert len((out / "history.csv").read_text().splitlines()) == 9
     cm = np.array(metrics["test"]["confusion_matrix"])
     assert cm.sum() == metrics["test"]["samples"] == 60

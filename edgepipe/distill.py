@@ -1,0 +1,123 @@
+"""The distill stage: train a small student to match a frozen teacher (Hinton et al., 2015).
+
+loss = alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes
+(the soft gradients shrink as 1/T^2), so alpha means the same thing at any temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgepipe.data import load_dataset
+from edgepipe.errors import EdgepipeError
+from edgepipe.params import param
+from edgepipe.stages import StageIO, StageKind
+from edgepipe.train import TrainParams, fit, load_model, make_optimizer, seed_everything, write_training_outputs
+
+
+@dataclasses.dataclass
+class DistillParams(TrainParams):
+    """Parameters of the distill stage: the student (as for train), then the distillation loss."""
+
+    arch: str = param("ds_student", "student architecture from edgepipe.nets, or package.module:function")
+    temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
+    alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
+                         max=1.0)
+
+
+def logits_of(model):
+    """A model's pre-softmax output as a model: the zoo (and user builders) end in a Softmax layer."""
+    from edgepipe._tf import keras
+
+    last = model.layers[-1]
+    is_softmax = isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation) and getattr(last.activation, "__name__", "") == "softmax")
+    if not is_softmax:
+        raise EdgepipeError(f"model '{model.name}' does not end in a Softmax layer, so its logits cannot be found",
+                            "end the builder with keras.layers.Softmax() after the last Dense")
+    return keras.Model(model.input, last.input, name=f"{model.name}_logits")
+
+
+def make_distiller(student, teacher, alpha: float, temperature: float, label_smoothing: float = 0.0):
+    """A keras Model whose fit() trains `student` (a softmax model) against frozen `teacher`."""
+    from edgepipe._tf import keras, tf
+
+    class Distiller(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            self.student_logits = logits_of(student)
+            self.teacher_logits = logits_of(teacher)
+            self.teacher_logits.trainable = False
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.acc = keras.metrics.CategoricalAccuracy(name="accuracy")
+            self.ce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.acc]
+
+        def call(self, x, training=False):
+            return self.student(x, training=training)
+
+        def train_step(self, data):
+            x, y = data[0], data[1]
+            sample_weight = data[2] if len(data) > 2 else None
+            teacher = self.teacher_logits(x, training=False)
+            with tf.GradientTape() as tape:
+                logits = self.student_logits(x, training=True)
+                hard = self.ce(y, logits, sample_weight=sample_weight)
+                soft = keras.losses.kl_divergence(tf.nn.softmax(teacher / temperature),
+                                                  tf.nn.softmax(logits / temperature))
+                loss = alpha * hard + (1 - alpha) * temperature**2 * tf.reduce_mean(soft)
+                loss += tf.add_n(self.student.losses) if self.student.losses else 0.0
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.loss_tracker.update_state(loss)
+            self.acc.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y = data[0], data[1]
+            logits = self.student_logits(x, training=False)
+            self.loss_tracker.update_state(self.ce(y, logits))
+            self.acc.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Distiller()
+
+
+def run_distill_stage(params: DistillParams, io: StageIO) -> str:
+    """Distil the teacher's model into a new student; outputs as for train (the student alone is saved)."""
+    import numpy as np
+
+    from edgepipe import nets
+    from edgepipe._tf import keras
+
+    ds = load_dataset(io.inputs["data"])
+    teacher = load_model(io.inputs["teacher"])
+    if tuple(teacher.input_shape[1:]) != ds.input_shape or teacher.output_shape[-1] != len(ds.classes):
+        raise EdgepipeError(f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "
+                            f"{ds.input_shape} with {len(ds.classes)} classes", "distil on the teacher's dataset")
+    seed_everything(params.seed)
+    common = {"kernel_initializer": params.initializer}
+    if params.l1 or params.l2:
+        common["kernel_regularizer"] = keras.regularizers.L1L2(l1=params.l1, l2=params.l2)
+    if params.dropout is not None:
+        common["dropout"] = params.dropout
+    student = nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
+    distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
+    steps = int(np.ceil(len(ds.splits["train"][1]) / params.batch_size))
+    distiller.compile(optimizer=make_optimizer(params, steps))
+    fit(distiller, ds, params, io, compile_model=False)
+    metrics = write_training_outputs(student, ds, io)
+    return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+
+
+KIND = StageKind(
+    name="distill", params=DistillParams, run=run_distill_stage, inputs={"data": False, "teacher": False},
+    code=("edgepipe.distill", "edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.h5",
+    doc="distil a teacher model into a small student",
+)

@@ -1,0 +1,73 @@
+"""Running `.tflite` files with the LiteRT interpreter (`ai_edge_litert`), as a device would.
+
+Inputs are preprocessed floats; for an int8/uint8 model they are quantized with the model's own input
+scale and zero point (q = round(x / scale) + zero_point), and outputs dequantized the same way, so
+accuracy is measured on exactly what the exported file computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.errors import EdgepipeError
+
+
+def interpreter(model: Path | bytes, num_threads: int | None = None, batch: int | None = None):
+    """A LiteRT interpreter for a file or bytes, tensors allocated (for `batch` samples if given)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    name = str(model) if isinstance(model, Path) else "model bytes"
+    try:
+        kw = {"model_path": str(model)} if isinstance(model, Path) else {"model_content": bytes(model)}
+        interp = Interpreter(num_threads=num_threads, **kw)
+        if batch:
+            detail = interp.get_input_details()[0]
+            interp.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise EdgepipeError(f"{name}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
+                            "re-run the convert stage to regenerate it") from None
+    return interp
+
+
+def io_details(interp) -> tuple[dict, dict]:
+    """(input, output) details of a single-input, single-output model."""
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise EdgepipeError(f"model has {len(ins)} inputs and {len(outs)} outputs", "edgepipe benches classifiers")
+    return ins[0], outs[0]
+
+
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the model's input dtype (identity for float models)."""
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """The model's output -> float (identity for float models)."""
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
+
+
+def predict(model: Path | bytes, x: np.ndarray, batch: int = 250) -> np.ndarray:
+    """Float outputs of the model on preprocessed inputs `x`, in batches."""
+    outputs = []
+    interp = None
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        if interp is None or len(chunk) != current:
+            interp, current = interpreter(model, batch=len(chunk)), len(chunk)
+            din, dout = io_details(interp)
+        interp.set_tensor(din["index"], quantize_input(chunk, din))
+        interp.invoke()
+        outputs.append(dequantize_output(interp.get_tensor(dout["index"]), dout))
+    return np.concatenate(outputs)

@@ -1,0 +1,147 @@
+"""The report stage: one table of accuracy against latency, FPS, size and memory for every variant.
+
+Writes report.md (for people), report.json (rows for machines), pareto.png (accuracy against latency,
+marker area by model size) and prints the table. Accuracy gates make the run fail when a deployable
+model loses more than a set number of points against its float source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edgepipe import fsio, ui
+from edgepipe.errors import EdgepipeError
+from edgepipe.params import param
+from edgepipe.stages import StageIO, StageKind
+
+
+@dataclasses.dataclass
+class Gate:
+    """A deployable model may lose at most `max_drop` accuracy points against `against`."""
+
+    model: str = param("", "row name of the deployable model, e.g. student_qat/int8")
+    against: str = param("", "row name of its float source, e.g. student/float32")
+    max_drop: float = param(0.3, "largest allowed accuracy loss, in percentage points", min=0.0)
+
+
+@dataclasses.dataclass
+class ReportParams:
+    """Parameters of the report stage."""
+
+    title: str = param("edgepipe report", "heading of report.md")
+    reference: str | None = param(None, "row the delta column is measured against (e.g. teacher/float32)")
+    gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
+
+
+COLUMNS = ("model", "quant", "size", "params", "MACs", "accuracy", "delta", "p50 1T", "p99 1T", "FPS 1T",
+           "p50 all", "arena")
+
+
+def run_report_stage(params: ReportParams, io: StageIO) -> str:
+    benches = [json.loads((Path(d) / "bench.json").read_text()) for d in io.inputs["benches"]]
+    rows = [r for b in benches for r in b["rows"]]
+    by_name = {r["name"]: r for r in rows}
+    for name in [params.reference] + [n for g in params.gates for n in (g.model, g.against)]:
+        if name and name not in by_name:
+            raise EdgepipeError(f"report: no benched model named '{name}'", f"use one of: {', '.join(by_name)}")
+    ref = by_name[params.reference]["accuracy"] if params.reference else None
+    table = [_row(r, ref) for r in rows]
+    gates = []
+    for g in params.gates:
+        drop = 100 * (by_name[g.against]["accuracy"] - by_name[g.model]["accuracy"])
+        gates.append({"model": g.model, "against": g.against, "drop_points": drop, "max_drop": g.max_drop,
+                      "passed": drop <= g.max_drop})
+    provenance = benches[0]["provenance"] if benches else {}
+    report = {"title": params.title, "reference": params.reference, "provenance": provenance,
+              "rows": [_flat(r, ref) for r in rows], "gates": gates}
+    fsio.write_json(io.out / "report.json", report)
+    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance))
+    _pareto(rows, io.out / "pareto.png")
+    for line in _text_table(table):
+        ui.say(line)
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        g = failed[0]
+        raise EdgepipeError(f"accuracy gate failed: {g['model']} loses {g['drop_points']:.2f} points against "
+                            f"{g['against']} (allowed {g['max_drop']})",
+                            "train longer, use QAT, or relax the gate's max_drop")
+    return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
+
+
+def _flat(r: dict, ref: float | None) -> dict:
+    one = next((v for k, v in r["latency"].items() if k == "threads_1"), None)
+    many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
+    return {
+        "name": r["name"], "quantization": r["variant"], "qat": r["qat"], "accuracy": r["accuracy"],
+        "delta_points": None if ref is None else 100 * (r["accuracy"] - ref),
+        "size_bytes": r["size_bytes"], "params": r["params"], "macs": r["macs"],
+        "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
+        "latency_p99_us": one and one["p99_us"], "fps": one and one["fps"],
+        "latency_p50_us_all_threads": many and many["p50_us"], "fps_all_threads": many and many["fps"],
+        "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"), "tflm_ok": (r.get("tflm") or {}).get("ok"),
+        "test_samples": r["test_samples"], "parity": r["parity"],
+    }
+
+
+def _row(r: dict, ref: float | None) -> list[str]:
+    f = _flat(r, ref)
+    us = lambda v: "-" if v is None else (f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms")  # noqa: E731
+    return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
+            f"{f['params']:,}", f"{f['macs'] / 1e6:.2f} M", f"{100 * f['accuracy']:.2f} %",
+            "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
+            us(f["latency_p99_us"]), "-" if f["fps"] is None else f"{f['fps']:,.0f}",
+            us(f["latency_p50_us_all_threads"]),
+            "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
+
+
+def _text_table(table: list[list[str]]) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(COLUMNS)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
+
+
+def _markdown(title: str, table, gates, provenance) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter on the full "
+              "test split; latency is single-image invoke time after warm-up (p50/p99), 1T = one thread, "
+              "all = every core; arena = smallest TFLite Micro tensor arena in which the int8 model runs.", ""]
+    for g in gates:
+        lines.append(f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
+                     f"points against {g['against']} (allowed {g['max_drop']})")
+    if provenance:
+        lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto(rows: list[dict], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        lat = r["latency"].get("threads_1") or next(iter(r["latency"].values()), None)
+        if lat is None:
+            continue
+        ax.scatter(lat["p50_us"], 100 * r["accuracy"], s=20 + r["size_bytes"] / 2000, alpha=0.6)
+        ax.annotate(r["name"], (lat["p50_us"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, 1 thread (us, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs latency (marker area ~ file size)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
+
+
+KIND = StageKind(
+    name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True},
+    code=("edgepipe.report",), main_output="report.md",
+    doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
+)

@@ -1,0 +1,161 @@
+"""distill -> qat -> convert -> bench -> report on tiny data, each checked against an independent measure."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgepipe import litert
+from edgepipe.bench import BenchParams, run_bench_stage
+from edgepipe.convert import ConvertParams, run_convert_stage
+from edgepipe.data import DataParams, load_dataset, run_data_stage
+from edgepipe.distill import DistillParams, make_distiller, run_distill_stage
+from edgepipe.errors import EdgepipeError
+from edgepipe.params import build
+from edgepipe.qat import QatParams, quantize, run_qat_stage
+from edgepipe.report import ReportParams, run_report_stage
+from edgepipe.stages import StageIO
+from edgepipe.testing import write_idx_dataset
+from edgepipe.train import TrainParams, load_model, run_train_stage
+
+FAST = {"batch_size": 16, "tensorboard": False, "early_stopping": {"enabled": False},
+        "schedule": {"kind": "constant"}}
+
+
+def stage(root, name, fn, cls, params, **inputs):
+    out, work = root / name, root / f".{name}.work"
+    out.mkdir()
+    work.mkdir()
+    fn(build(cls, params, name), StageIO(inputs=inputs, out=out, work=work))
+    return out
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    idx = write_idx_dataset(root / "idx", n_train=240, n_test=80)
+    data = stage(root, "data", run_data_stage, DataParams, {"source": f"idx:{idx}", "val_fraction": 0.25})
+    teacher = stage(root, "teacher", run_train_stage, TrainParams,
+                    {"arch": "tiny_conv", "epochs": 8, "lr": 0.02, **FAST}, data=data)
+    return root, data, teacher
+
+
+def test_distill_trains_student_and_leaves_teacher_untouched(chain):
+    root, data, teacher_dir = chain
+    before = (teacher_dir / "model.h5").read_bytes()
+    student = stage(root, "student", run_distill_stage, DistillParams,
+                    {"arch": "tiny_conv", "epochs": 6, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, **FAST},
+                    data=data, teacher=teacher_dir)
+    assert (teacher_dir / "model.h5").read_bytes() == before
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.8
+
+    # In memory too: fitting the distiller changes the student's weights, never the teacher's.
+    ds = load_dataset(data)
+    teacher, fresh = load_model(teacher_dir), load_model(student)
+    t_before, s_before = [w.copy() for w in teacher.get_weights()], [w.copy() for w in fresh.get_weights()]
+    distiller = make_distiller(fresh, teacher, alpha=0.5, temperature=2.0)
+    distiller.compile(optimizer="sgd")
+    x, y = ds.preprocess(ds.splits["train"][0]), np.eye(4)[ds.splits["train"][1]]
+    distiller.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(t_before, teacher.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(s_before, fresh.get_weights()))
+
+
+def test_distillation_loss_with_alpha_one_is_cross_entropy(chain):
+    _, data, teacher_dir = chain
+    ds = load_dataset(data)
+    teacher = load_model(teacher_dir)
+    student = load_model(teacher_dir)  # any softmax model
+    d = make_distiller(student, teacher, alpha=1.0, temperature=5.0)
+    d.compile(optimizer="sgd")
+    x, y = ds.preprocess(ds.splits["val"][0]), np.eye(4)[ds.splits["val"][1]]
+    loss = d.evaluate(x, y, batch_size=len(x), verbose=0)[0]
+    probs = student.predict(x, verbose=0)
+    ce = -np.mean(np.log(np.sum(probs * y, axis=1)))
+    assert loss == pytest.approx(ce, rel=1e-4)
+
+
+def test_qat_convert_bench_report(chain):
+    root, data, teacher = chain
+    qat = stage(root, "qat", run_qat_stage, QatParams, {"epochs": 2, "lr": 0.001, **FAST}, data=data, model=teacher)
+    assert json.loads((qat / "metrics.json").read_text())["macs"] > 0
+    floats = stage(root, "floats", run_convert_stage, ConvertParams, {"parity_samples": 60}, data=data, model=teacher)
+    ints = stage(root, "ints", run_convert_stage, ConvertParams, {"variants": ["int8"]}, data=data, model=qat)
+    assert (floats / "labels.txt").read_text().split() == ["0", "1", "2", "3"]
+
+    ds = load_dataset(data)
+    x_val = ds.preprocess(ds.splits["val"][0])
+    keras_out = load_model(teacher).predict(x_val, verbose=0)
+    for variant, tol in (("float32", 1e-4), ("float16", 2e-2), ("dynamic", 5e-2)):
+        side = json.loads((floats / f"teacher_{variant}.json").read_text())
+        assert side["parity"]["max_abs_diff"] <= tol
+        # independently of the stage's own check: run the file and compare with keras here
+        assert np.max(np.abs(litert.predict(floats / f"teacher_{variant}.tflite", x_val) - keras_out)) <= tol
+    side = json.loads((ints / "qat_int8.json").read_text())
+    assert side["input"]["dtype"] == "int8" and side["input"]["scale"] > 0 and side["qat"] is True
+    qat_out = load_model(qat).predict(x_val, verbose=0)
+    agree = np.mean(litert.predict(ints / "qat_int8.tflite", x_val).argmax(1) == qat_out.argmax(1))
+    assert agree >= 0.98
+
+    bench = stage(root, "bench", run_bench_stage, BenchParams, {"warmup": 2, "runs": 10}, data=data,
+                  models=[floats, ints])
+    rows = {r["name"]: r for r in json.loads((bench / "bench.json").read_text())["rows"]}
+    assert set(rows) == {"teacher/float32", "teacher/float16", "teacher/dynamic", "teacher/int8", "qat/int8"}
+    x_test, y_test = ds.preprocess(ds.splits["test"][0]), ds.splits["test"][1]
+    expected = np.mean(litert.predict(ints / "qat_int8.tflite", x_test).argmax(1) == y_test)
+    assert rows["qat/int8"]["accuracy"] == expected and rows["qat/int8"]["test_samples"] == 80
+    assert rows["qat/int8"]["tflm"]["ok"] and 0 < rows["qat/int8"]["tflm"]["arena_bytes"] < 64 * 1024
+    assert rows["qat/int8"]["tflm"]["top1_agreement_with_litert"] == 1.0
+    lat = rows["teacher/float32"]["latency"]["threads_1"]
+    assert 0 < lat["p50_us"] <= lat["p90_us"] <= lat["p99_us"] and lat["fps"] > 0
+    assert "tflm" not in rows["teacher/float32"]
+
+    report = stage(root, "report", run_report_stage, ReportParams,
+                   {"reference": "teacher/float32", "gates": [{"model": "qat/int8", "against": "teacher/float32",
+                                                               "max_drop": 100}]}, benches=[bench])
+    rj = json.loads((report / "report.json").read_text())
+    assert {r["name"] for r in rj["rows"]} == set(rows) and rj["gates"][0]["passed"]
+    row = next(r for r in rj["rows"] if r["name"] == "qat/int8")
+    assert row["arena_bytes"] == rows["qat/int8"]["tflm"]["arena_bytes"]
+    assert "| qat/int8 | int8 (QAT) |" in (report / "report.md").read_text()
+    assert (report / "pareto.png").stat().st_size > 5000
+    # The gate itself: the same rows with the int8 model 0.5 points below its float source.
+    doctored = json.loads((bench / "bench.json").read_text())
+    for r in doctored["rows"]:
+        if r["name"] == "qat/int8":
+            r["accuracy"] = rows["teacher/float32"]["accuracy"] - 0.005
+    (root / "bench2").mkdir()
+    (root / "bench2" / "bench.json").write_text(json.dumps(doctored))
+    with pytest.raises(EdgepipeError, match=r"accuracy gate failed: qat/int8 loses 0.50 points against "
+                                            r"teacher/float32 \(allowed 0.3\)"):
+        stage(root, "report2", run_report_stage, ReportParams,
+              {"gates": [{"model": "qat/int8", "against": "teacher/float32", "max_drop": 0.3}]},
+              benches=[root / "bench2"])
+    with pytest.raises(EdgepipeError, match="is a QAT model, which converts to int8 only"):
+        stage(root, "bad", run_convert_stage, ConvertParams, {}, data=data, model=qat)
+
+
+def test_parity_failure_stops_conversion(chain):
+    root, data, teacher = chain
+    with pytest.raises(EdgepipeError, match=r"teacher_float16.tflite disagrees with keras: max abs difference"):
+        stage(root, "strict", run_convert_stage, ConvertParams,
+              {"variants": ["float16"], "tolerance": {"float16": 0.0}}, data=data, model=teacher)
+
+
+def test_qat_names_the_layer_it_cannot_quantize():
+    from edgepipe._tf import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.raises(EdgepipeError, match="QAT cannot quantize layer 'norm'.*fix: "):
+        quantize(model)
+
+
+def test_corrupt_tflite_is_one_clear_error(tmp_path):
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"TFL3" + b"\x00" * 40)
+    with pytest.raises(EdgepipeError, match="model.tflite: not a valid LiteRT model.*re-run the convert stage"):
+        litert.interpreter(bad)
