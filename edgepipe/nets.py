@@ -20,7 +20,7 @@ from edgepipe.errors import EdgepipeError
 
 def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="he_normal", kernel_regularizer=None,
                 width: float = 1.0):
-    """A VGG-style CNN for small images (28x28, 32x32): 3 stages of conv-BN-ReLU pairs, ~1.5 M MACs at width 1."""
+    """A VGG-style CNN for small images (28x28, 32x32): five conv-BN-ReLU layers, 106 k params and 8.3 M MACs at width 1."""
     from edgepipe._tf import keras
 
     L = keras.layers
