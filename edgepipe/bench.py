@@ -91,7 +91,7 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
 
     blob = path.read_bytes()
 
-    @silence_native_output()
+    @litert.quiet_native()
     def runs_with(arena: int) -> bool:
         try:
             interp = runtime.Interpreter.from_bytes(blob, arena_size=arena)
@@ -121,33 +121,6 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
         top1.append(int(np.argmax(interp.get_output(0))))
     return {"ok": True, "arena_bytes": int(hi), "top1_agreement_with_litert": float(np.mean(np.array(top1) == expected_top1)),
             "samples": len(x_q)}
-
-
-def silence_native_output():
-    """Decorator: send the C++ library's writes to fds 1 and 2 to /dev/null while the function runs.
-
-    TFLM prints every failed allocation, and the arena search fails on purpose many times.
-    """
-    import contextlib
-    import sys
-
-    @contextlib.contextmanager
-    def quiet():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = [os.dup(1), os.dup(2)]
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in (*saved, devnull):
-                os.close(fd)
-
-    return quiet()
 
 
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:

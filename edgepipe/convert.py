@@ -124,7 +124,8 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
     lines = []
     for variant in params.variants:
         try:
-            blob = FORMATS[variant](model, representative, params.io_type)
+            with litert.quiet_native():
+                blob = FORMATS[variant](model, representative, params.io_type)
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError
             raise EdgepipeError(f"converting '{name}' to {variant} failed: {' '.join(str(e).split())[:200]}",
                                 "check the model uses ops LiteRT supports for this format") from None

@@ -7,11 +7,36 @@ accuracy is measured on exactly what the exported file computes.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from edgepipe.errors import EdgepipeError
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Send what C++ code writes to fds 1 and 2 to /dev/null (usable as a decorator too).
+
+    The converter prints "fully_quantize: ..." and TFLite Micro prints every failed allocation (the
+    arena search fails on purpose). Failures still surface, as exceptions with their message.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def interpreter(model: Path | bytes, num_threads: int | None = None, batch: int | None = None):
@@ -21,7 +46,8 @@ def interpreter(model: Path | bytes, num_threads: int | None = None, batch: int 
     name = str(model) if isinstance(model, Path) else "model bytes"
     try:
         kw = {"model_path": str(model)} if isinstance(model, Path) else {"model_content": bytes(model)}
-        interp = Interpreter(num_threads=num_threads, **kw)
+        with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = Interpreter(num_threads=num_threads, **kw)
         if batch:
             detail = interp.get_input_details()[0]
             interp.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])

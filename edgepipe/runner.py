@@ -106,6 +106,8 @@ class Runner:
                     results.append(Result(name, "would run", reason))
                     ui.say(f"{tag} stale: {reason}")
                     continue
+                if self._resumable(stage, key):
+                    reason += "; resuming from its checkpoint"
                 ui.say(f"{tag} running: {reason}")
                 results.append(self._run_stage(stage, key, parts, reason, tag))
         return results
@@ -157,8 +159,13 @@ class Runner:
             for role, digest in parts["inputs"].items():
                 if old.get("inputs", {}).get(role) != digest:
                     return f"input '{role}' changed"
-            for path, sha in parts["deps"].items():
-                if old.get("deps", {}).get(path) != sha:
+            old_deps, new_deps = old.get("deps", {}), parts["deps"]
+            for path in sorted(set(old_deps) - set(new_deps)):
+                return f"file {path} is no longer used (the source now resolves elsewhere)"
+            for path in sorted(set(new_deps) - set(old_deps)):
+                return f"new input file {path}"
+            for path in sorted(new_deps):
+                if old_deps[path] != new_deps[path]:
                     return f"file {path} changed"
             if old.get("environment") != parts["environment"]:
                 return "machine or runtime changed"
@@ -174,6 +181,10 @@ class Runner:
         return None
 
     # -- running ------------------------------------------------------------------------------------
+
+    def _resumable(self, stage: Stage, key: str) -> bool:
+        work = self.run_dir / ".work" / stage.name
+        return (work / "KEY").is_file() and (work / "KEY").read_text() == key and len(list(work.iterdir())) > 1
 
     def _run_stage(self, stage: Stage, key: str, parts: dict, reason: str, tag: str) -> Result:
         tmp = self.run_dir / ".tmp" / stage.name

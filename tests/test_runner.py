@@ -70,7 +70,14 @@ def test_source_file_change_reruns_data(project):
     run(root, path)
     write_idx_dataset(root / "idx", n_train=100)
     r = run(root, path)
-    assert r["data"].action == "ran" and "train-images-idx3-ubyte.gz changed" in r["data"].reason
+    assert r["data"].action == "ran" and "-ubyte.gz changed" in r["data"].reason
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # gzipped -> plain files
+        (root / "idx" / f"{name}.gz").unlink()
+    write_idx_dataset(root / "idx2", n_train=100, gz=False)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (root / "idx2" / name).rename(root / "idx" / name)
+    r = run(root, path)
+    assert r["data"].action == "ran" and "train-images-idx3-ubyte.gz is no longer used" in r["data"].reason
 
 
 def test_dry_run_until_only_and_force(project):
@@ -142,7 +149,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
     rerun = subprocess.run([str(exe), "run", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "data           skipped: up to date" in rerun.stdout
-    assert "model          running: never run" in rerun.stdout
+    assert "model          running: never run; resuming from its checkpoint" in rerun.stdout
     assert (tmp_path / "runs/k/model/model.h5").is_file()
     history = (tmp_path / "runs/k/model/history.csv").read_text().splitlines()
     assert len(history) == 41  # header + 40 epochs, each once, though some ran before the kill
