@@ -231,7 +231,7 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
 
     splits = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     info = _describe(params, classes, splits)
-    np.savez_compressed(io.out / "dataset.npz", **{f"{k}_{s}": a for s, xy in splits.items() for k, a in zip("xy", xy)})
+    write_npz(io.out / "dataset.npz", {f"{k}_{s}": a for s, xy in splits.items() for k, a in zip("xy", xy)})
     fsio.write_json(io.out / "dataset.json", info)
     _sample_grid(x_train, y_train, classes, params.samples_per_class, io.out / "samples.png")
     n = {s: len(v[1]) for s, v in splits.items()}
@@ -243,6 +243,23 @@ KIND = StageKind(
     name="data", params=DataParams, run=run_data_stage, inputs={}, code=("edgepipe.data",),
     main_output="dataset.npz", deps=dataset_files, doc="load, split, normalise and describe a dataset",
 )
+
+
+def write_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed, but byte-for-byte reproducible.
+
+    numpy stamps the current time into each zip entry, so the same data would hash differently on
+    every run and needlessly retrain everything downstream of a data stage that reran.
+    """
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
+                       compress_type=zipfile.ZIP_DEFLATED)
 
 
 # -- sources ------------------------------------------------------------------------------------------------
@@ -486,15 +503,20 @@ def _load_tfds(name: str, p: DataParams):
             raise EdgepipeError(f"tfds:{name}: not prepared locally and the download failed ({type(e).__name__})",
                                 f"run tfds once online and copy its data_dir ({name}/<version>) to <mirror>/tfds/, "
                                 f"then set the data param mirror or ${MIRROR_ENV}") from None
-    label_feature = builder.info.features["label"]
-    classes = list(label_feature.names)
+    features = builder.info.features
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
+        raise EdgepipeError(f"tfds:{name}: no image/label features (it has {', '.join(features.keys())})",
+                            "edgepipe reads image classification datasets with a ClassLabel label")
+    classes = list(features[label_key].names)
     size = tuple(p.image_size) if p.image_size else None
 
     def read(split):
         from PIL import Image
 
         xs, ys = [], []
-        for image, label in tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True)):
+        for example in tfds.as_numpy(builder.as_dataset(split=split)):
+            image, label = example[image_key], example[label_key]
             if size and image.shape[:2] != size:
                 squeeze = image.shape[-1] == 1
                 im = Image.fromarray(image[..., 0] if squeeze else image).resize((size[1], size[0]), Image.BILINEAR)

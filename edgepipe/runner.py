@@ -56,6 +56,9 @@ class Runner:
         self.models_dir = self.root / "models" / recipe.name
         self.lock_path = self.run_dir / "lock.json"
         self.lock = self._read_lock()
+        # Hashed once, now: the code that runs is the code imported at start, even if a source file
+        # is edited while a long run is under way.
+        self.code = {s.kind.code: code_version(s.kind.code) for s in recipe.stages.values()}
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -128,7 +131,7 @@ class Runner:
                 deps[str(path)] = rec
         parts = {
             "kind": stage.kind.name,
-            "code": code_version(stage.kind.code),
+            "code": self.code[stage.kind.code],
             "params": to_dict(stage.params),
             "inputs": inputs,
             "deps": {p: r["sha256"] for p, r in deps.items()},

@@ -80,3 +80,23 @@ def tiny_recipe(data_dir: Path, epochs: int = 2, arch: str = "tiny_conv") -> dic
                                  "early_stopping": {"enabled": False}}},
         }
     }
+
+
+def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int = 60, n_test: int = 20) -> Path:
+    """A prepared TensorFlow Datasets dataset, written by tfds itself into `data_dir/<name>/1.0.0`."""
+    import tensorflow_datasets as tfds
+
+    from edgepipe._tf import tf
+
+    x, y = synthetic_images(n_train + n_test, 4, 12, seed=3)
+
+    def split(a, b):
+        return tf.data.Dataset.from_tensor_slices({"image": x[a:b], "label": y[a:b].astype("int64")})
+
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name=name, version="1.0.0", data_dir=str(data_dir),
+        split_datasets={"train": split(0, n_train), "test": split(n_train, n_train + n_test)},
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(12, 12, 1)),
+                                             "label": tfds.features.ClassLabel(names=["nw", "ne", "sw", "se"])}))
+    builder.download_and_prepare()
+    return Path(data_dir)

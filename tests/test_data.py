@@ -138,3 +138,13 @@ def test_augmentation_changes_train_batches_only(tmp_path):
     assert not any(np.allclose(train[0], p, atol=1e-3) for p in plain)
     test = next(iter(tf_dataset(ds, "test", 8, training=False)))[0].numpy()
     assert np.allclose(test, ds.preprocess(ds.splits["test"][0][:8]))
+
+
+def test_tfds_source_reads_prepared_data_from_the_mirror(tmp_path):
+    from edgepipe.testing import write_tfds_dataset
+
+    write_tfds_dataset(tmp_path / "mirror" / "tfds")
+    ds, info, _ = stage(tmp_path, source="tfds:tiny_shapes", mirror=[str(tmp_path / "mirror")])
+    assert info["classes"] == ["nw", "ne", "sw", "se"]
+    assert info["sizes"]["test"] == 20 and info["sizes"]["train"] + info["sizes"]["val"] == 60
+    assert info["input_shape"] == [12, 12, 1]

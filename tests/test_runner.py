@@ -52,6 +52,17 @@ def test_param_change_reruns_only_that_stage_and_downstream(project):
     assert both["model"].action == "ran" and both["model"].reason == "input 'data' changed"
 
 
+def test_rerun_with_identical_output_does_not_cascade(project):
+    root, path = project
+    run(root, path)
+    r = run(root, path, force=True, only="data")
+    assert r["data"].action == "ran"
+    r = run(root, path)  # data reran and wrote byte-identical files: the model stays fresh
+    assert r["model"].action == "skipped"
+    r = run(root, path, sets=("data.samples_per_class=4",))  # only samples.png changes, but it is an output
+    assert r["data"].action == "ran" and r["model"].reason == "input 'data' changed"
+
+
 def test_missing_or_modified_output_reruns(project):
     root, path = project
     run(root, path)
