@@ -32,11 +32,7 @@ def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="h
     x = conv(x, c(48), 3, 1)
     x = conv(x, c(64), 3, 2)              # 7x7
     x = conv(x, c(96), 3, 1)
-    x = L.GlobalAveragePooling2D()(x)
-    x = L.Dropout(dropout)(x)
-    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
-                name="logits")(x)
-    return keras.Model(inputs, L.Softmax(name="probs")(x), name="cnn_teacher")
+    return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "cnn_teacher")
 
 
 def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_normal", kernel_regularizer=None,
@@ -57,11 +53,7 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
     x = ds(x, c(32), 2)                   # 7x7
     x = ds(x, c(32), 1)
     x = ds(x, c(64), 2)                   # 4x4
-    x = L.GlobalAveragePooling2D()(x)
-    x = L.Dropout(dropout)(x)
-    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
-                name="logits")(x)
-    return keras.Model(inputs, L.Softmax(name="probs")(x), name="ds_student")
+    return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "ds_student")
 
 
 def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer="he_normal", kernel_regularizer=None,
@@ -77,11 +69,7 @@ def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer=
     x = conv(inputs, c(32), 3, 2)
     for filters, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (1024, 2)):
         x = ds(x, c(filters), stride)
-    x = L.GlobalAveragePooling2D()(x)
-    x = L.Dropout(dropout)(x)
-    x = L.Dense(num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
-                name="logits")(x)
-    return keras.Model(inputs, L.Softmax(name="probs")(x), name="mobilenet_tiny")
+    return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "mobilenet_tiny")
 
 
 def tiny_conv(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glorot_uniform", kernel_regularizer=None):
@@ -188,6 +176,20 @@ def _flat_layers(model):
             yield from _flat_layers(layer)
         else:
             yield layer
+
+
+def _classifier(inputs, x, num_classes, dropout, initializer, regularizer, name):
+    """Global average pooling, dropout, Dense logits and a Softmax: the head every zoo model shares.
+
+    The Softmax is its own layer so that distillation can take its input, the logits.
+    """
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dropout(dropout)(x)
+    x = L.Dense(num_classes, kernel_initializer=initializer, kernel_regularizer=regularizer, name="logits")(x)
+    return keras.Model(inputs, L.Softmax(name="probs")(x), name=name)
 
 
 def _conv_bn_relu(initializer, regularizer):
