@@ -122,18 +122,26 @@ def _pareto(rows: list[dict], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"float32": "tab:blue", "float16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
+    points = []
     for r in rows:
         lat = r["latency"].get("threads_1") or next(iter(r["latency"].values()), None)
-        if lat is None:
-            continue
-        ax.scatter(lat["p50_us"], 100 * r["accuracy"], s=20 + r["size_bytes"] / 2000, alpha=0.6)
-        ax.annotate(r["name"], (lat["p50_us"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
+        if lat is not None:
+            points.append((lat["p50_us"], 100 * r["accuracy"], r))
+    seen = set()
+    for i, (x, y, r) in enumerate(sorted(points, key=lambda p: (p[0], p[1]))):
+        label = r["variant"] if r["variant"] not in seen else None
+        seen.add(r["variant"])
+        ax.scatter(x, y, s=20 + r["size_bytes"] / 2000, alpha=0.6, color=colors.get(r["variant"], "gray"),
+                   marker="D" if r["qat"] else "o", label=label)
+        # neighbours in latency get labels at different heights so they do not overprint
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(5, -10 + 9 * (i % 3)), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency, 1 thread (us, log)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs latency (marker area ~ file size)")
+    ax.set_title("accuracy vs latency (marker area ~ file size, diamond = QAT)")
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(dest, dpi=100)
