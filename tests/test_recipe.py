@@ -132,8 +132,16 @@ def test_profiles_and_sets_override_then_validate(tmp_path):
 
 
 def test_shipped_recipes_validate():
-    for name in ("smoke", "mnist_baseline"):
+    for name in ("smoke", "mnist_baseline", "mnist_student"):
         recipe = load_recipe(find_recipe(name))
         assert recipe.stages
+    for name in ("mnist_baseline", "mnist_student"):
+        smoke = load_recipe(find_recipe(name), profile="smoke")
+        assert smoke.stages["data"].params.limit_train is not None
+    student = load_recipe(find_recipe("mnist_student"))
+    assert student.stages["student"].params.arch_args == {"alpha": 1.5}
+    assert student.stages["report"].params.gates[0].max_drop == 0.3
+    assert set(student.stages["bench"].inputs["models"]) == {
+        "teacher_tflite", "student_tflite", "scratch_tflite", "qat_tflite", "ref_tflite"}
     with pytest.raises(RecipeError, match="recipe 'nope' not found"):
         find_recipe("nope")
