@@ -136,6 +136,15 @@ def test_qat_convert_bench_report(chain):
         stage(root, "bad", run_convert_stage, ConvertParams, {}, data=data, model=qat)
 
 
+def test_uint8_io_uses_the_model_own_quantization(chain):
+    root, data, teacher = chain
+    out = stage(root, "u8", run_convert_stage, ConvertParams, {"variants": ["int8"], "io_type": "uint8"},
+                data=data, model=teacher)
+    side = json.loads((out / "teacher_int8.json").read_text())
+    assert side["input"]["dtype"] == "uint8" and side["output"]["dtype"] == "uint8"
+    assert 0 <= side["input"]["zero_point"] <= 255 and side["parity"]["top1_agreement"] >= 0.98
+
+
 def test_parity_failure_stops_conversion(chain):
     root, data, teacher = chain
     with pytest.raises(EdgepipeError, match=r"teacher_float16.tflite disagrees with keras: max abs difference"):

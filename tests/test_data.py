@@ -148,3 +148,17 @@ def test_tfds_source_reads_prepared_data_from_the_mirror(tmp_path):
     assert info["classes"] == ["nw", "ne", "sw", "se"]
     assert info["sizes"]["test"] == 20 and info["sizes"]["train"] + info["sizes"]["val"] == 60
     assert info["input_shape"] == [12, 12, 1]
+
+
+def test_keras_cache_npz_layout_and_class_names(tmp_path):
+    """keras' own download (~/.keras/datasets/mnist.npz) is found in a mirror too; class_names override."""
+    from edgepipe.testing import synthetic_images
+
+    x, y = synthetic_images(60, 4, 28)
+    np.savez(tmp_path / "mnist.npz", x_train=x[:40, ..., 0], y_train=y[:40], x_test=x[40:, ..., 0], y_test=y[40:])
+    _, info, _ = stage(tmp_path, source="keras:mnist", mirror=[str(tmp_path)],
+                       class_names=["zero", "one", "two", "three", "4", "5", "6", "7", "8", "9"])
+    assert info["sizes"]["test"] == 20 and info["input_shape"] == [28, 28, 1]
+    assert info["classes"][:2] == ["zero", "one"]
+    with pytest.raises(EdgepipeError, match="class_names lists 2 names for 10 classes"):
+        stage(tmp_path, source="keras:mnist", mirror=[str(tmp_path)], class_names=["a", "b"])

@@ -164,3 +164,15 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert (tmp_path / "runs/k/model/model.h5").is_file()
     history = (tmp_path / "runs/k/model/history.csv").read_text().splitlines()
     assert len(history) == 41  # header + 40 epochs, each once, though some ran before the kill
+
+
+def test_second_concurrent_run_is_refused(project):
+    import fcntl
+
+    root, path = project
+    (root / "runs/tiny").mkdir(parents=True)
+    with open(root / "runs/tiny/.runlock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running edgepipe holds it
+        with pytest.raises(EdgepipeError, match="another edgepipe run is using .*runs/tiny"):
+            run(root, path)
+    assert list(run(root, path, until="data")) == ["data"]  # released: runs again
