@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -47,13 +48,8 @@ class ConvertParams:
 
 
 def _converter(model):
-    import warnings
-
     from edgepipe._tf import tf
 
-    # int8 I/O makes the converter warn about "statistics for quantized inputs"; edgepipe records the
-    # input scale and zero point in the sidecar instead, so the warning is noise here.
-    warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
@@ -124,7 +120,10 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
     lines = []
     for variant in params.variants:
         try:
-            with litert.quiet_native():
+            # int8 I/O makes the converter warn about "statistics for quantized inputs"; the sidecar
+            # records the input scale and zero point instead, so that warning is noise here.
+            with litert.quiet_native(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
                 blob = FORMATS[variant](model, representative, params.io_type)
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError
             raise EdgepipeError(f"converting '{name}' to {variant} failed: {' '.join(str(e).split())[:200]}",

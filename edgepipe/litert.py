@@ -86,13 +86,14 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 def predict(model: Path | bytes, x: np.ndarray, batch: int = 250) -> np.ndarray:
     """Float outputs of the model on preprocessed inputs `x`, in batches."""
+    interpreters: dict[int, tuple] = {}  # batch size -> (interpreter, input, output); the last batch may be short
     outputs = []
-    interp = None
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
-        if interp is None or len(chunk) != current:
-            interp, current = interpreter(model, batch=len(chunk)), len(chunk)
-            din, dout = io_details(interp)
+        if len(chunk) not in interpreters:
+            interp = interpreter(model, batch=len(chunk))
+            interpreters[len(chunk)] = (interp, *io_details(interp))
+        interp, din, dout = interpreters[len(chunk)]
         interp.set_tensor(din["index"], quantize_input(chunk, din))
         interp.invoke()
         outputs.append(dequantize_output(interp.get_tensor(dout["index"]), dout))

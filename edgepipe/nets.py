@@ -23,7 +23,6 @@ def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="h
     """A VGG-style CNN for small images (28x28, 32x32): five conv-BN-ReLU layers, 106 k params and 8.3 M MACs at width 1."""
     from edgepipe._tf import keras
 
-    L = keras.layers
     conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
     c = lambda n: max(8, int(n * width))  # noqa: E731
     inputs = keras.Input(input_shape)
@@ -43,7 +42,6 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
     """
     from edgepipe._tf import keras
 
-    L = keras.layers
     conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
     ds = _ds_block(kernel_initializer, kernel_regularizer)
     c = lambda n: max(4, int(n * alpha))  # noqa: E731
@@ -61,7 +59,6 @@ def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer=
     """A MobileNetV1-style net for larger images (96x96 or more), width multiplier `alpha`."""
     from edgepipe._tf import keras
 
-    L = keras.layers
     conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
     ds = _ds_block(kernel_initializer, kernel_regularizer)
     c = lambda n: max(8, int(n * alpha))  # noqa: E731

@@ -71,7 +71,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
 
 
 def _flat(r: dict, ref: float | None) -> dict:
-    one = next((v for k, v in r["latency"].items() if k == "threads_1"), None)
+    one = r["latency"].get("threads_1")
     many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
     return {
         "name": r["name"], "quantization": r["variant"], "qat": r["qat"], "accuracy": r["accuracy"],

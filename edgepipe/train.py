@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -126,7 +125,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     Returns:
         the list of per-epoch history rows (dicts).
     """
-    from edgepipe._tf import keras, tf
+    from edgepipe._tf import keras
 
     train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed), len(ds.classes))
     val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
@@ -319,8 +318,3 @@ def _write_history(rows: list[dict], dest: Path) -> None:
     fields = list(rows[0])
     lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
     fsio.write_text(dest, "\n".join(lines) + "\n")
-
-
-def read_metrics(stage_dir: Path) -> dict:
-    """A training-type stage's metrics.json."""
-    return json.loads((Path(stage_dir) / "metrics.json").read_text())

@@ -145,6 +145,20 @@ def test_uint8_io_uses_the_model_own_quantization(chain):
     assert 0 <= side["input"]["zero_point"] <= 255 and side["parity"]["top1_agreement"] >= 0.98
 
 
+def test_bench_and_report_refuse_mismatched_inputs(chain):
+    root, data, teacher = chain
+    floats = stage(root, "f32", run_convert_stage, ConvertParams, {"variants": ["float32"]}, data=data, model=teacher)
+    idx = write_idx_dataset(root / "idx_std", n_train=240, n_test=80)
+    other = stage(root, "data_std", run_data_stage, DataParams, {"source": f"idx:{idx}", "normalize": "standardize"})
+    with pytest.raises(EdgepipeError, match="teacher_float32.tflite was converted with other preprocessing"):
+        stage(root, "bench_std", run_bench_stage, BenchParams, {"runs": 5}, data=other, models=[floats])
+    bench = stage(root, "bench_ok", run_bench_stage, BenchParams, {"runs": 5, "threads": [1]}, data=data,
+                  models=[floats])
+    with pytest.raises(EdgepipeError, match="report: no benched model named 'teacher/int9'; fix: use one of: "
+                                            "teacher/float32"):
+        stage(root, "report_bad", run_report_stage, ReportParams, {"reference": "teacher/int9"}, benches=[bench])
+
+
 def test_parity_failure_stops_conversion(chain):
     root, data, teacher = chain
     with pytest.raises(EdgepipeError, match=r"teacher_float16.tflite disagrees with keras: max abs difference"):

@@ -1,7 +1,5 @@
 """What a user sees from the `edgepipe` command: exit codes, one-line errors, no tracebacks."""
 
-import pytest
-
 from edgepipe.testing import tiny_recipe, write_idx_dataset, write_recipe
 
 

@@ -127,6 +127,8 @@ def test_profiles_and_sets_override_then_validate(tmp_path):
     assert "unknown profile 'fast'; fix: use one of: smoke" in error(tmp_path, r, profile="fast")
     with pytest.raises(RecipeError, match="--set model.epohcs|unknown key 'epohcs'"):
         load(tmp_path, r, sets=("model.epohcs=3",))
+    with pytest.raises(RecipeError, match="--set model.epochs: expected stage.key=value"):
+        load(tmp_path, r, sets=("model.epochs",))
     with pytest.raises(RecipeError, match="no stage named 'modle'"):
         load(tmp_path, r, sets=("modle.epochs=3",))
 

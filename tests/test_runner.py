@@ -124,6 +124,15 @@ def test_publish_copies_to_models_and_restores_deleted_copy(project):
     assert published.is_file()
 
 
+def test_publish_pattern_matching_nothing_is_an_error(project):
+    root, path = project
+    recipe = tiny_recipe(root / "idx")
+    recipe["stages"]["model"]["publish"] = ["model.tflite"]
+    write_recipe(path, recipe)
+    with pytest.raises(EdgepipeError, match="publish pattern 'model.tflite' matched no output file; fix: use one of:"):
+        run(root, path)
+
+
 def test_failed_stage_leaves_no_output_and_no_lock_entry(project):
     root, path = project
     recipe = tiny_recipe(root / "idx")
