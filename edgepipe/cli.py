@@ -93,7 +93,7 @@ def kinds(kind):
     t = table()
     if kind is None:
         for k in t.values():
-            ui.say(f"  {k.name:<10} {k.doc}  (inputs: {', '.join(k.inputs) or 'none'})")
+            ui.say(f"  {k.name:<10} {k.doc}  (inputs: {', '.join(r + ('?' if r in k.optional_inputs else '') for r in k.inputs) or 'none'})")
         return
     if kind not in t:
         raise EdgepipeError(f"unknown stage kind '{kind}'", f"use one of: {', '.join(t)}", exit_code=2)

@@ -100,7 +100,7 @@ def is_qat(model) -> bool:
 def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
     """Convert the input model to each variant, check parity, write .tflite + sidecar + labels.txt."""
     from edgepipe import nets
-    from edgepipe.train import load_model
+    from edgepipe.train import carried_forward, load_model
 
     ds = load_dataset(io.inputs["data"])
     model = load_model(io.inputs["model"])
@@ -132,7 +132,7 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
         path.write_bytes(blob)
         parity = check_parity(path, variant, x_val, reference, params.tolerance, name)
         sidecar = describe_tflite(path, ds, variant=variant, source=Path(io.inputs["model"]).name, qat=qat,
-                                  params=n_params, macs=macs, parity=parity)
+                                  params=n_params, macs=macs, parity=parity, **carried_forward(io.inputs["model"]))
         fsio.write_json(path.with_suffix(".json"), sidecar)
         lines.append(f"{variant} {fsio.human_size(len(blob))}")
     return f"{name}: " + ", ".join(lines)
@@ -184,6 +184,6 @@ def sidecars(stage_dir: Path) -> list[dict]:
 
 KIND = StageKind(
     name="convert", params=ConvertParams, run=run_convert_stage, inputs={"data": False, "model": False},
-    code=("edgepipe.convert", "edgepipe.litert", "edgepipe.nets", "edgepipe.data"), main_output="labels.txt",
+    code=("edgepipe.convert", "edgepipe.litert", "edgepipe.nets", "edgepipe.train", "edgepipe.data"), main_output="labels.txt",
     doc="LiteRT float32/float16/dynamic/int8 models, each checked against keras",
 )

@@ -369,13 +369,30 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 
 
 def _read_folder(root: Path, p: DataParams):
+    """`root/<class>/*.png|jpg`, or `root/train/<class>/...` with `root/test/<class>/...` as the official test split."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x, y, classes = _read_class_folders(root / "train", p)
+        xt, yt, _ = _read_class_folders(root / "test", p, classes=classes, size=x.shape[1:3])
+        if xt.shape[-1] != x.shape[-1]:  # one split all grayscale, the other colour: promote to RGB
+            x, xt = (np.repeat(a, 3, -1) if a.shape[-1] == 1 else a for a in (x, xt))
+        return x, y, xt, yt, classes
+    x, y, classes = _read_class_folders(root, p)
+    return x, y, None, None, classes
+
+
+def _read_class_folders(root: Path, p: DataParams, classes: list[str] | None = None, size=None):
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is not None and found != classes:
+        raise EdgepipeError(f"folder:{root}: class folders {found} differ from train's {classes}",
+                            "give test/ the same class sub-folders as train/")
+    classes = found
     if len(classes) < 2:
         raise EdgepipeError(f"folder:{root}: found {len(classes)} class folder(s)",
                             "put each class's images in its own sub-folder (at least two)")
-    images, labels, size = [], [], tuple(p.image_size) if p.image_size else None
+    images, labels = [], []
+    size = tuple(p.image_size) if p.image_size else (tuple(size) if size is not None else None)
     for label, name in enumerate(classes):
         files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if not files:
@@ -403,7 +420,7 @@ def _read_folder(root: Path, p: DataParams):
     channels = {a.shape[-1] for a in images}
     if len(channels) > 1:  # mixed grayscale and colour: promote to RGB
         images = [np.repeat(a, 3, -1) if a.shape[-1] == 1 else a for a in images]
-    return np.stack(images), np.array(labels), None, None, classes
+    return np.stack(images), np.array(labels), classes
 
 
 def _find_keras_local(name: str, mirror: list[str]) -> tuple[str, list[Path]] | None:

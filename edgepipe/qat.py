@@ -14,7 +14,8 @@ from edgepipe.data import load_dataset
 from edgepipe.errors import EdgepipeError
 from edgepipe.params import param
 from edgepipe.stages import StageIO, StageKind
-from edgepipe.train import Fit, EarlyStopping, Schedule, fit, load_model, seed_everything, write_training_outputs
+from edgepipe.train import (EarlyStopping, Fit, Schedule, carried_forward, fit, load_model, seed_everything,
+                            write_training_outputs)
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
     seed_everything(params.seed)
     model = quantize(float_model)
     fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io)
+    metrics = write_training_outputs(model, ds, io, extra=carried_forward(io.inputs["model"]))
     return f"QAT test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 
 

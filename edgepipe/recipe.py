@@ -224,6 +224,8 @@ def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: st
     inputs: dict[str, str | list[str]] = {}
     for role, many in kind.inputs.items():
         if role not in raw:
+            if role in kind.optional_inputs:
+                continue
             raise RecipeError(f"{at}.inputs: missing input '{role}'", f"add inputs: {{{role}: <stage name>}}")
         value = raw[role]
         refs = value if isinstance(value, list) else [value]

@@ -37,6 +37,7 @@ class StageKind:
         params: dataclass of the stage's parameters (see `edgepipe.params`).
         run: the stage function, `run(params, io) -> str | None` (a one-line summary).
         inputs: role -> True if the role takes a list of stages, False for exactly one.
+        optional_inputs: roles of `inputs` a recipe may leave out.
         code: modules whose source is hashed into the cache key (the stage's code version).
         main_output: the file named in the stage's closing line.
         deps: params -> files outside `runs/` the stage reads (hashed into the key), e.g. a dataset.
@@ -51,13 +52,14 @@ class StageKind:
     code: tuple[str, ...]
     main_output: str
     deps: Callable[[Any], list[Path]] | None = None
+    optional_inputs: tuple[str, ...] = ()
     environment: Callable[[Any], dict] | None = None
     doc: str = ""
 
 
 def kinds() -> dict[str, StageKind]:
     """All stage kinds by name. Stage modules import TensorFlow lazily, so this is cheap."""
-    from edgepipe import bench, convert, data, distill, qat, report, train
+    from edgepipe import bench, convert, data, distill, qat, report, train, transfer
 
-    table = [data.KIND, train.KIND, distill.KIND, qat.KIND, convert.KIND, bench.KIND, report.KIND]
+    table = [data.KIND, train.KIND, transfer.KIND, distill.KIND, qat.KIND, convert.KIND, bench.KIND, report.KIND]
     return {k.name: k for k in table}

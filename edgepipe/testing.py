@@ -39,9 +39,9 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
 
 
 def write_idx_dataset(root: Path, n_train: int = 120, n_test: int = 40, num_classes: int = 4, size: int = 12,
-                      gz: bool = True) -> Path:
+                      gz: bool = True, seed: int = 1) -> Path:
     """A complete MNIST-format dataset folder of synthetic images."""
-    x, y = synthetic_images(n_train + n_test, num_classes, size, seed=1)
+    x, y = synthetic_images(n_train + n_test, num_classes, size, seed=seed)
     write_idx(root / "train-images-idx3-ubyte", x[:n_train, ..., 0], gz)
     write_idx(root / "train-labels-idx1-ubyte", y[:n_train], gz)
     write_idx(root / "t10k-images-idx3-ubyte", x[n_train:, ..., 0], gz)
@@ -50,15 +50,15 @@ def write_idx_dataset(root: Path, n_train: int = 120, n_test: int = 40, num_clas
 
 
 def write_png_folder(root: Path, per_class: int = 20, classes=("circle", "square", "stripe"), size: int = 16,
-                     rgb: bool = True) -> Path:
-    """A `folder:` dataset of real PNG files, one sub-folder per class."""
+                     rgb: bool = True, ext: str = ".png", seed: int = 2) -> Path:
+    """A `folder:` dataset of real image files (PNG, or JPEG with ext=".jpg"), one sub-folder per class."""
     from PIL import Image
 
-    x, y = synthetic_images(per_class * len(classes), len(classes), size, 3 if rgb else 1, seed=2)
+    x, y = synthetic_images(per_class * len(classes), len(classes), size, 3 if rgb else 1, seed=seed)
     for i, (img, c) in enumerate(zip(x, y)):
         d = root / classes[c]
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img if rgb else img[..., 0]).save(d / f"{i:04d}.png")
+        Image.fromarray(img if rgb else img[..., 0]).save(d / f"{i:04d}{ext}", quality=95)
     return root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -155,8 +156,8 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
         class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
     model.fit(train, validation_data=val, epochs=p.epochs, callbacks=callbacks, class_weight=class_weight,
               verbose=1 if sys.stdout.isatty() else 2)
-    rows = _read_history(history_csv)
-    _write_history(rows, io.out / "history.csv")
+    rows = read_history(history_csv)
+    write_history(rows, io.out / "history.csv")
     return rows
 
 
@@ -227,22 +228,33 @@ def evaluate(model, ds: Dataset, split: str = "test") -> dict:
     return metrics
 
 
-def write_training_outputs(model, ds: Dataset, io: StageIO) -> dict:
-    """Save the model and write metrics.json and curves.png for a training-type stage."""
+def write_training_outputs(model, ds: Dataset, io: StageIO, *, extra: dict | None = None, title: str = "") -> dict:
+    """Save the model and write metrics.json (plus `extra`) and curves.png for a training-type stage."""
     from edgepipe import nets
 
     save_model(model, io.out / "model.h5")
-    rows = _read_history(io.out / "history.csv")
+    rows = read_history(io.out / "history.csv")
     metrics = {
         "test": evaluate(model, ds, "test"),
         "val": {k: v for k, v in evaluate(model, ds, "val").items() if k in ("accuracy", "loss")},
         "epochs_run": len(rows),
         "params": int(model.count_params()),
         "macs": nets.count_macs(model),
+        **(extra or {}),
     }
     fsio.write_json(io.out / "metrics.json", metrics)
-    plot_curves(rows, io.out / "curves.png")
+    plot_curves(rows, io.out / "curves.png", title)
     return metrics
+
+
+def carried_forward(stage_dir) -> dict:
+    """Facts of a model stage that stay true of models made from it (its QAT version, its .tflite files).
+
+    Today that is the in-model input adapter a transfer stage records, which devices must know about.
+    """
+    path = Path(stage_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: metrics[k] for k in ("input_adapter",) if k in metrics}
 
 
 def save_model(model, dest: Path) -> None:
@@ -282,6 +294,10 @@ def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:
             values = [float(r[prefix + metric]) for r in rows if r.get(prefix + metric) not in (None, "")]
             if values:
                 ax.plot(epochs[: len(values)], values, marker="o", ms=3, label=label)
+        for i in range(1, len(rows)):  # multi-phase training (transfer): mark where each phase starts
+            if rows[i].get("phase") != rows[i - 1].get("phase"):
+                ax.axvline(epochs[i] - 0.5, color="grey", ls="--", lw=1)
+                ax.text(epochs[i] - 0.4, ax.get_ylim()[1], rows[i]["phase"], va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -299,7 +315,8 @@ def _one_hot(d, k: int):
     return d.map(lambda x, y: (x, tf.one_hot(y, k)))
 
 
-def _read_history(path: Path) -> list[dict]:
+def read_history(path: Path) -> list[dict]:
+    """The rows of a history.csv, one per epoch (a resumed run's repeated epochs keep their last row)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -311,10 +328,11 @@ def _read_history(path: Path) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch, key=int)]
 
 
-def _write_history(rows: list[dict], dest: Path) -> None:
+def write_history(rows: list[dict], dest: Path) -> None:
+    """Write history rows as CSV, atomically; the columns are the union of the rows' keys."""
     if not rows:
         fsio.write_text(dest, "")
         return
-    fields = list(rows[0])
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
     fsio.write_text(dest, "\n".join(lines) + "\n")

@@ -1,6 +1,8 @@
 """What a user sees from the `edgepipe` command: exit codes, one-line errors, no tracebacks."""
 
-from edgepipe.testing import tiny_recipe, write_idx_dataset, write_recipe
+import json
+
+from edgepipe.testing import tiny_recipe, write_idx_dataset, write_png_folder, write_recipe
 
 
 def one_error_line(proc, *fragments):
@@ -70,3 +72,26 @@ def test_smoke_recipe_end_to_end(tmp_path, cli):
     again = cli("run", REPO / "recipes/smoke.yaml")
     assert "smoke: 0 ran, 8 skipped" in again.stdout
     assert (tmp_path / "models/smoke/report.md").is_file() and (tmp_path / "models/smoke/student_qat_int8.tflite").is_file()
+
+
+def test_png_folder_dataset_trains_converts_and_benches(tmp_path, cli):
+    """A user's own PNG folder, through every stage a deployable model needs, from the command line."""
+    root = write_png_folder(tmp_path / "shapes", per_class=30, size=16)
+    recipe = write_recipe(tmp_path / "shapes.yaml", {"stages": {
+        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"kind": "train", "inputs": {"data": "data"},
+                  "params": {"arch": "tiny_conv", "epochs": 6, "lr": 0.02, "batch_size": 16, "tensorboard": False,
+                             "schedule": {"kind": "constant"}, "early_stopping": {"enabled": False}}},
+        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
+                   "params": {"variants": ["float32", "int8"], "representative_samples": 20, "parity_samples": 18}},
+        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
+        "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+    }})
+    p = cli("run", recipe)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads((tmp_path / "runs/shapes/report/report.json").read_text())["rows"]}
+    assert set(rows) == {"model/float32", "model/int8"}
+    assert rows["model/int8"]["test_samples"] == 18 and rows["model/int8"]["tflm_ok"] and rows["model/int8"]["arena_bytes"] > 0
+    assert rows["model/float32"]["accuracy"] > 0.6, "three shapes, 72 training images: far above chance (1/3)"
+    labels = (tmp_path / "runs/shapes/tflite/labels.txt").read_text().split()
+    assert labels == ["circle", "square", "stripe"]

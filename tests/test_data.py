@@ -162,3 +162,21 @@ def test_keras_cache_npz_layout_and_class_names(tmp_path):
     assert info["classes"][:2] == ["zero", "one"]
     with pytest.raises(EdgepipeError, match="class_names lists 2 names for 10 classes"):
         stage(tmp_path, source="keras:mnist", mirror=[str(tmp_path)], class_names=["a", "b"])
+
+
+def test_folder_with_train_and_test_subfolders_keeps_the_official_test_split(tmp_path):
+    root = tmp_path / "imgs"
+    write_png_folder(root / "train", per_class=10, ext=".jpg", seed=3)
+    write_png_folder(root / "test", per_class=4, seed=4)
+    ds, info, _ = stage(tmp_path, source=f"folder:{root}", val_fraction=0.2)
+    assert info["sizes"] == {"train": 24, "val": 6, "test": 12}
+    assert info["classes"] == ["circle", "square", "stripe"]
+    assert np.bincount(ds.splits["test"][1]).tolist() == [4, 4, 4]
+
+
+def test_folder_test_split_with_other_classes_is_refused(tmp_path):
+    root = tmp_path / "imgs"
+    write_png_folder(root / "train", per_class=4)
+    write_png_folder(root / "test", per_class=4, classes=("circle", "square", "zigzag"))
+    with pytest.raises(EdgepipeError, match=r"class folders .* differ from train's"):
+        stage(tmp_path, source=f"folder:{root}")
