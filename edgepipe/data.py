@@ -497,6 +497,17 @@ def _read_cifar(name: str, files: list[Path]):
     return (*stack(train), *stack(test), list(names))
 
 
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host opens within `timeout` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_tfds(name: str, p: DataParams):
     import tensorflow_datasets as tfds
 
@@ -514,6 +525,8 @@ def _load_tfds(name: str, p: DataParams):
             break
     if builder is None:
         try:
+            if not _reachable("storage.googleapis.com"):  # tfds' mirror; offline, tfds retries for minutes
+                raise ConnectionError("no network")
             b.download_and_prepare()
             builder = b
         except Exception as e:  # noqa: BLE001

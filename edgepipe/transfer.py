@@ -105,6 +105,9 @@ class TransferParams(Fit):
                                          "prefer the data stage's image_size for models that go through QAT")
     cut_at: str | None = param(None, "stage backbones: the layer whose output is the feature map; null: the "
                                "input of the model's pooling/flatten layer")
+    batchnorm: Literal["frozen", "adapt"] = param(
+        "frozen", "frozen: keep the backbone's BatchNorm statistics; adapt: first re-estimate them on this "
+        "train split (AdaBN), for a backbone trained on different-looking data. Frozen in training either way")
     head: Head = param(Head(), "the new classifier")
     fine_tune: FineTune = param(FineTune(), "phase 2 (fine-tuning)")
     epochs: int = param(10, "phase 1 (head) epochs", min=1)
@@ -234,6 +237,34 @@ def add_head(inputs, features, head: Head, num_classes: int, name: str):
     return keras.Model(inputs, L.Softmax(name="probs")(x), name=name)
 
 
+def adapt_batchnorm(layers: list, model, ds: Dataset, batch_size: int) -> int:
+    """AdaBN (Li et al., 2016): set each BatchNormalization's moving mean and variance to the statistics of
+    this dataset's train split, keeping the learned scale and offset. Returns how many layers changed.
+
+    A pass in training mode normalises each batch by its own statistics and folds them into the moving
+    averages with momentum = seen / (seen + batch), which makes them plain averages over the whole split.
+    """
+    from edgepipe._tf import keras
+
+    bns = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer.momentum, layer.trainable) for layer in bns]
+    x = ds.preprocess(ds.splits["train"][0])
+    try:
+        for layer in bns:
+            layer.trainable = True  # a frozen BatchNormalization ignores training=True
+        seen = 0
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            for layer in bns:
+                layer.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
+    finally:
+        for layer, (momentum, trainable) in zip(bns, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    return len(bns)
+
+
 def unfreeze(backbone_layers: list, ft: FineTune) -> int:
     """Make the top of the backbone trainable, BatchNormalization excepted; returns how many layers."""
     from edgepipe._tf import keras
@@ -275,6 +306,9 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
         source = f"{params.backbone} ({params.weights or 'random'} weights)"
     seed_everything(params.seed)
     model = add_head(inputs, features, params.head, len(ds.classes), f"{params.backbone}_transfer")
+    if params.batchnorm == "adapt" and not (io.work / "head.weights.h5").is_file():
+        n = adapt_batchnorm(layers, model, ds, max(params.batch_size, 64))
+        log.info("AdaBN: %d BatchNormalization layers re-estimated on %d train images", n, len(ds.splits["train"][1]))
     for layer in layers:
         layer.trainable = False
 

@@ -95,3 +95,30 @@ def test_png_folder_dataset_trains_converts_and_benches(tmp_path, cli):
     assert rows["model/float32"]["accuracy"] > 0.6, "three shapes, 72 training images: far above chance (1/3)"
     labels = (tmp_path / "runs/shapes/tflite/labels.txt").read_text().split()
     assert labels == ["circle", "square", "stripe"]
+
+
+def test_offline_imagenet_weights_is_one_line(tmp_path, cli):
+    root = write_png_folder(tmp_path / "shapes", per_class=4, size=32)
+    recipe = write_recipe(tmp_path / "tl.yaml", {"stages": {
+        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.25, "test_fraction": 0.25}},
+        "tl": {"kind": "transfer", "inputs": {"data": "data"},
+               "params": {"backbone": "MobileNetV2", "alpha": 0.35, "input_size": [96, 96], "epochs": 1}},
+    }})
+    p = cli("run", recipe, env={"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                                "https_proxy": "http://127.0.0.1:9"})
+    one_error_line(p, "MobileNetV2 imagenet weights mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
+                   f"place it at {tmp_path / 'keras' / 'models'}")
+    assert not (tmp_path / "runs/tl/tl").exists(), "a failed stage leaves no output"
+
+
+def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
+    """The shipped transfer recipe on a few hundred images: MNIST backbone -> Fashion-MNIST, QAT, int8, report."""
+    from tests.conftest import REPO
+
+    p = cli("run", REPO / "recipes/fashion_transfer.yaml", "--profile", "smoke")
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((tmp_path / "models/fashion_transfer/report.json").read_text())
+    assert {r["name"] for r in report["rows"]} == {"scratch/float32", "head_only/float32", "fine_tuned/float32",
+                                                   "fine_tuned/int8", "fine_tuned_qat/int8"}
+    sidecar = json.loads((tmp_path / "models/fashion_transfer/fine_tuned_qat_int8.json").read_text())
+    assert sidecar["input_adapter"] == {"in_model": False} and sidecar["qat"]

@@ -173,3 +173,28 @@ def test_unknown_cut_layer_lists_real_ones(pretrained, tmp_path):
     with pytest.raises(EdgepipeError, match="has no layer 'nope'.*e.g. the last ones"):
         stage(tmp_path, "t", run_transfer_stage, TransferParams,
               {"backbone": "stage", "cut_at": "nope", "epochs": 1, **FAST}, data=data, backbone=backbone)
+
+
+def test_flowers_recipe_builds_and_trains_offline_with_random_weights(tmp_path):
+    """recipes/flowers_mobilenet.yaml cannot download here: run its transfer stage as written, except
+    weights: null, one epoch per phase, on a few synthetic photos at the recipe's size."""
+    from edgepipe import load_recipe
+    from tests.conftest import REPO
+
+    recipe = load_recipe(REPO / "recipes/flowers_mobilenet.yaml",
+                         sets=("mobilenet.weights=null", "mobilenet.epochs=1", "mobilenet.fine_tune.epochs=1"))
+    params = recipe.stages["mobilenet"].params
+    assert (params.backbone, params.alpha, params.fine_tune.unfreeze_top) == ("MobileNetV2", 0.35, 50)
+    size = recipe.stages["data"].params.image_size
+    from edgepipe.testing import write_png_folder
+
+    root = write_png_folder(tmp_path / "photos", per_class=4, classes=("daisy", "rose", "tulip"), size=size[0])
+    data = stage(tmp_path, "data", run_data_stage, DataParams,
+                 {"source": f"folder:{root}", "image_size": size, "channels": 3, "val_fraction": 0.25})
+    out = tmp_path / "mobilenet"
+    out.mkdir()
+    run_transfer_stage(params, StageIO(inputs={"data": data}, out=out, work=tmp_path / ".work"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["phase_test_accuracy"]) == ["head", "fine_tune"]
+    assert metrics["input_adapter"] == {"in_model": True, "channels": "RGB", "backbone_input": "pixel / 127.5 - 1"}
+    assert load_model(out).input_shape == (None, *size, 3)
