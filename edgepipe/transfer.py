@@ -306,7 +306,7 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
         source = f"{params.backbone} ({params.weights or 'random'} weights)"
     seed_everything(params.seed)
     model = add_head(inputs, features, params.head, len(ds.classes), f"{params.backbone}_transfer")
-    if params.batchnorm == "adapt" and not (io.work / "head.weights.h5").is_file():
+    if params.batchnorm == "adapt" and not (io.work / "head_weights.h5").is_file():
         n = adapt_batchnorm(layers, model, ds, max(params.batch_size, 64))
         log.info("AdaBN: %d BatchNormalization layers re-estimated on %d train images", n, len(ds.splits["train"][1]))
     for layer in layers:
@@ -315,7 +315,7 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
     phases = [("head", params)] + ([("fine_tune", params.fine_tune)] if params.fine_tune.epochs else [])
     rows, phase_accuracy = [], {}
     for phase, knobs in phases:
-        done = io.work / f"{phase}.weights.h5"  # a finished phase survives a crash in the next one
+        done = io.work / f"{phase}_weights.h5"  # a finished phase survives a crash in the next one
         phase_io = StageIO(io.inputs, out=io.work / phase, work=io.work / phase)
         phase_io.out.mkdir(parents=True, exist_ok=True)
         if phase == "fine_tune":
@@ -326,7 +326,7 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
             log.info("phase %s: finished before a crash, reusing its weights", phase)
         else:
             fit(model, ds, knobs, phase_io)
-            tmp = done.with_name(done.name + ".tmp.h5")
+            tmp = done.with_suffix(".tmp.h5")  # legacy HDF5: a name ending .weights.h5 means the Keras 3 format
             model.save_weights(tmp)
             tmp.replace(done)
         phase_rows = read_history(phase_io.out / "history.csv")

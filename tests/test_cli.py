@@ -119,6 +119,7 @@ def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((tmp_path / "models/fashion_transfer/report.json").read_text())
     assert {r["name"] for r in report["rows"]} == {"scratch/float32", "head_only/float32", "fine_tuned/float32",
-                                                   "fine_tuned/int8", "fine_tuned_qat/int8"}
+                                                   "fine_tuned/int8", "fine_tuned_qat/int8", "scratch_10/float32",
+                                                   "fine_tuned_10/float32"}
     sidecar = json.loads((tmp_path / "models/fashion_transfer/fine_tuned_qat_int8.json").read_text())
     assert sidecar["input_adapter"] == {"in_model": False} and sidecar["qat"]

@@ -129,6 +129,7 @@ def test_application_backbone_is_flat_quantizes_and_records_its_adapter(pretrain
     assert sidecar["parity"]["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_through_qat_to_int8(tmp_path):
     """QAT needs no Resizing layer in the model: the data is already at the backbone's size."""
     idx = write_idx_dataset(tmp_path / "idx", n_train=60, n_test=20, size=32, seed=3)
@@ -198,3 +199,28 @@ def test_flowers_recipe_builds_and_trains_offline_with_random_weights(tmp_path):
     assert list(metrics["phase_test_accuracy"]) == ["head", "fine_tune"]
     assert metrics["input_adapter"] == {"in_model": True, "channels": "RGB", "backbone_input": "pixel / 127.5 - 1"}
     assert load_model(out).input_shape == (None, *size, 3)
+
+
+def test_a_crash_in_fine_tuning_resumes_without_redoing_the_head(pretrained, tmp_path, monkeypatch):
+    import edgepipe.transfer as transfer
+
+    _, data, backbone = pretrained
+    params = build(TransferParams, {"backbone": "stage", "epochs": 1, **FAST,
+                                    "fine_tune": {"epochs": 1, **FAST}}, "t")
+    io = StageIO(inputs={"data": data, "backbone": backbone}, out=tmp_path / "out", work=tmp_path / "work")
+    io.out.mkdir()
+    real_fit, phases = transfer.fit, []
+
+    def crashing_fit(model, ds, knobs, phase_io, **kw):
+        phases.append(phase_io.work.name)
+        if phase_io.work.name == "fine_tune" and len(phases) == 2:
+            raise KeyboardInterrupt  # killed during phase 2
+        return real_fit(model, ds, knobs, phase_io, **kw)
+
+    monkeypatch.setattr(transfer, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer_stage(params, io)
+    assert (io.work / "head_weights.h5").is_file()
+    run_transfer_stage(params, io)
+    assert phases == ["head", "fine_tune", "fine_tune"], "the head phase ran once"
+    assert list(json.loads((io.out / "metrics.json").read_text())["phase_test_accuracy"]) == ["head", "fine_tune"]
