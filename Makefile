@@ -1,5 +1,6 @@
 # edgepipe: `make recipe=NAME` runs recipes/NAME.yaml (setting up .venv first if needed).
 # Variables: recipe (required for a run), profile (e.g. smoke), until (stop after this stage),
+#            jobs (stages run at once when their inputs are ready; default 2),
 #            args (extra `edgepipe run` options, e.g. args="--force --set teacher.epochs=2").
 
 PYTHON ?= python3
@@ -8,6 +9,7 @@ BIN    := $(VENV)/bin
 recipe ?=
 profile ?=
 until ?=
+jobs ?= 2
 args ?=
 
 # Offline mirror of canonical dataset files, searched before any download (see README, "Data").
@@ -24,7 +26,7 @@ endif
 .PHONY: help setup run status test test-all bench clean
 
 help:
-	@echo "make recipe=NAME [profile=P] [until=STAGE]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
+	@echo "make recipe=NAME [profile=P] [until=STAGE] [jobs=N]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
 	@echo "make status recipe=NAME                       which stages are stale, and why"
 	@echo "make test                                     the fast test suite"
 	@echo "make test-all                                 every test, slow ones included"
@@ -41,7 +43,7 @@ setup: $(BIN)/.installed
 
 run: setup
 	@test -n "$(recipe)" || { echo "usage: make recipe=NAME (one of: $$(ls recipes | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
-	$(BIN)/edgepipe run $(recipe) $(if $(profile),--profile $(profile)) $(if $(until),--until $(until)) $(args)
+	$(BIN)/edgepipe run $(recipe) --jobs $(jobs) $(if $(profile),--profile $(profile)) $(if $(until),--until $(until)) $(args)
 
 status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))

@@ -163,5 +163,5 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
 KIND = StageKind(
     name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
     code=("edgepipe.bench", "edgepipe.litert", "edgepipe.convert", "edgepipe.data"), main_output="bench.json",
-    environment=environment, doc="accuracy, latency, FPS, size and MCU arena of each .tflite, measured",
+    environment=environment, exclusive=True, doc="accuracy, latency, FPS, size and MCU arena of each .tflite, measured",
 )

@@ -24,6 +24,15 @@ class EdgepipeError(Exception):
         line = self.message if not self.fix else f"{self.message}; fix: {self.fix}"
         return " ".join(line.split())  # one line, always
 
+    def __reduce__(self):  # keep message, fix and exit code across processes (parallel runs)
+        return _rebuild, (type(self), self.message, self.fix, self.exit_code)
+
+
+def _rebuild(cls, message, fix, exit_code):
+    error = cls.__new__(cls)
+    EdgepipeError.__init__(error, message, fix, exit_code)
+    return error
+
 
 class RecipeError(EdgepipeError):
     """A recipe that does not validate: malformed YAML, unknown key or kind, bad value, cycle."""

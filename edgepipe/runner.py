@@ -13,12 +13,14 @@ stages publish.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -81,39 +83,113 @@ class Runner:
         return self.run(until=until, only=only, dry_run=True)
 
     def run(self, until: str | None = None, only: str | None = None, force: bool = False,
-            dry_run: bool = False) -> list[Result]:
-        """Run the stale stages of the plan in order; return what happened to each."""
+            dry_run: bool = False, jobs: int = 1) -> list[Result]:
+        """Run the stale stages of the plan; return what happened to each, in plan order.
+
+        With `jobs` > 1, stages whose inputs are ready run at the same time in worker processes (tiny
+        models use about one core each, so two trainings on two cores take little longer than one).
+        Each worker's output goes to ``runs/R/.logs/<stage>.log``. Stages of an `exclusive` kind (the
+        bench, which times things) run alone.
+        """
+        if jobs < 1:
+            raise EdgepipeError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more", exit_code=2)
         plan = self.plan(until, only)
-        results: list[Result] = []
-        rerun: set[str] = set()
         with self._exclusive(dry_run):
             self._clean_scratch(dry_run)
-            for i, name in enumerate(plan, 1):
-                stage = self.recipe.stages[name]
-                tag = f"[{i}/{len(plan)}] {name:<14}"
-                pending = [u for u in stage.upstream() if u in rerun]
-                if dry_run and pending:
-                    results.append(Result(name, "would run", f"upstream '{pending[0]}' reruns first"))
-                    rerun.add(name)
-                    ui.say(f"{tag} stale: upstream '{pending[0]}' reruns first")
-                    continue
+            if dry_run:
+                return self._dry_run(plan, force)
+            return self._execute(plan, force, jobs)
+
+    def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
+        results: list[Result] = []
+        rerun: set[str] = set()
+        for i, name in enumerate(plan, 1):
+            stage = self.recipe.stages[name]
+            tag = f"[{i}/{len(plan)}] {name:<14}"
+            pending = [u for u in stage.upstream() if u in rerun]
+            if pending:
+                reason = f"upstream '{pending[0]}' reruns first"
+            else:
                 key, parts = self._key(stage)
                 reason = "forced (--force)" if force else self._why_stale(stage, key, parts)
-                if reason is None:
-                    self._republish(stage)
-                    results.append(Result(name, "would skip" if dry_run else "skipped", "up to date"))
-                    ui.say(f"{tag} {'fresh' if dry_run else 'skipped'}: up to date")
-                    continue
-                rerun.add(name)
-                if dry_run:
-                    results.append(Result(name, "would run", reason))
-                    ui.say(f"{tag} stale: {reason}")
-                    continue
-                if self._resumable(stage, key):
-                    reason += "; resuming from its checkpoint"
-                ui.say(f"{tag} running: {reason}")
-                results.append(self._run_stage(stage, key, parts, reason, tag))
+            if reason is None:
+                results.append(Result(name, "would skip", "up to date"))
+                ui.say(f"{tag} fresh: up to date")
+                continue
+            rerun.add(name)
+            results.append(Result(name, "would run", reason))
+            ui.say(f"{tag} stale: {reason}")
         return results
+
+    def _execute(self, plan: list[str], force: bool, jobs: int) -> list[Result]:
+        """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once."""
+        results: dict[str, Result] = {}
+        waiting = list(plan)
+        running: dict[concurrent.futures.Future, tuple] = {}
+        failure: BaseException | None = None
+        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+                if jobs > 1 else None)
+        try:
+            while waiting or running:
+                busy = {job[0].name for job in running.values()}
+                alone = any(job[0].kind.exclusive for job in running.values())
+                for name in list(waiting) if failure is None and not alone else []:
+                    stage = self.recipe.stages[name]
+                    if any(u in waiting or u in busy for u in stage.upstream()):
+                        continue
+                    if (stage.kind.exclusive and running) or len(running) >= jobs:
+                        break  # an exclusive stage waits for the others; nothing after it jumps the queue
+                    waiting.remove(name)
+                    tag = f"[{plan.index(name) + 1}/{len(plan)}] {name:<14}"
+                    key, parts = self._key(stage)
+                    reason = "forced (--force)" if force else self._why_stale(stage, key, parts)
+                    if reason is None:
+                        self._republish(stage)
+                        results[name] = Result(name, "skipped", "up to date")
+                        ui.say(f"{tag} skipped: up to date")
+                        continue
+                    if self._resumable(stage, key):
+                        reason += "; resuming from its checkpoint"
+                    io = self._prepare(stage, key)
+                    job = (stage, key, parts, reason, tag, time.perf_counter())
+                    if pool is None or stage.kind.light:
+                        ui.say(f"{tag} running: {reason}")
+                        try:
+                            _fresh_keras_session()
+                            summary = stage.kind.run(stage.params, io) or ""
+                        except BaseException:
+                            shutil.rmtree(io.out, ignore_errors=True)
+                            raise
+                        results[name] = self._finish(*job, summary)
+                        break  # re-scan: what this stage unblocked comes next, in plan order
+                    log_file = self.run_dir / ".logs" / f"{name}.log"
+                    ui.say(f"{tag} running: {reason}  (log: {_rel(log_file)})")
+                    running[pool.submit(_run_in_worker, stage.kind.name, stage.params, io, log_file)] = job
+                    busy.add(name)
+                    alone = stage.kind.exclusive
+                    if alone:
+                        break
+                if not running:
+                    continue
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    job = running.pop(future)
+                    try:
+                        results[job[0].name] = self._finish(*job, future.result() or "")
+                    except BaseException as e:  # noqa: BLE001 - the first failure is raised once the rest finish
+                        shutil.rmtree(self.run_dir / ".tmp" / job[0].name, ignore_errors=True)
+                        failure = failure or e
+                        if not isinstance(e, EdgepipeError):
+                            ui.warn(f"stage '{job[0].name}' failed; its log: "
+                                    f"{_rel(self.run_dir / '.logs' / (job[0].name + '.log'))}")
+                if failure is not None and not running:
+                    break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
+        return [results[name] for name in plan if name in results]
 
     # -- keys and freshness ---------------------------------------------------------------------------
 
@@ -189,7 +265,8 @@ class Runner:
         work = self.run_dir / ".work" / stage.name
         return (work / "KEY").is_file() and (work / "KEY").read_text() == key and len(list(work.iterdir())) > 1
 
-    def _run_stage(self, stage: Stage, key: str, parts: dict, reason: str, tag: str) -> Result:
+    def _prepare(self, stage: Stage, key: str) -> StageIO:
+        """A fresh temporary output directory, and the checkpoint directory (kept if the key is the same)."""
         tmp = self.run_dir / ".tmp" / stage.name
         work = self.run_dir / ".work" / stage.name
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,10 +281,14 @@ class Runner:
             role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
             for role, ups in stage.inputs.items()
         }
-        start = time.perf_counter()
+        return StageIO(inputs=inputs, out=tmp, work=work)
+
+    def _finish(self, stage: Stage, key: str, parts: dict, reason: str, tag: str, start: float,
+                summary: str) -> Result:
+        """Move a finished stage's output into place, record it in the lock file, publish it."""
+        tmp = self.run_dir / ".tmp" / stage.name
+        out_dir = self.run_dir / stage.name
         try:
-            summary = stage.kind.run(stage.params, StageIO(inputs=inputs, out=tmp, work=work)) or ""
-            out_dir = self.run_dir / stage.name
             fsio.replace_dir(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -217,7 +298,7 @@ class Runner:
         }
         self._write_lock()
         self._publish(stage)
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
         seconds = time.perf_counter() - start
         main = out_dir / stage.kind.main_output
         size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
@@ -285,6 +366,44 @@ class Runner:
             f.write(str(os.getpid()))
             f.flush()
             yield
+
+
+def _fresh_keras_session() -> None:
+    """Reset Keras' global state between stages run in one process.
+
+    Keras numbers auto-named layers per process (conv2d, conv2d_1, ...), and the names are saved in
+    model.h5: without a reset, a stage's output bytes would depend on which stages ran before it in
+    the same process, and an unchanged stage would look changed to everything downstream.
+    """
+    import sys
+
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].backend.clear_session()
+
+
+def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:
+    """Run one stage in a worker process, with everything it prints (native code included) in `log_file`."""
+    import sys
+
+    from edgepipe.stages import kinds
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_file, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            _fresh_keras_session()
+            return kinds()[kind_name].run(params, io) or ""
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def code_version(modules: tuple[str, ...]) -> str:

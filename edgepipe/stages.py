@@ -38,6 +38,9 @@ class StageKind:
         run: the stage function, `run(params, io) -> str | None` (a one-line summary).
         inputs: role -> True if the role takes a list of stages, False for exactly one.
         optional_inputs: roles of `inputs` a recipe may leave out.
+        exclusive: runs alone in a parallel run (`--jobs`), because it measures time.
+        light: runs in the runner's own process even in a parallel run: quick, no TensorFlow, and what
+            it prints is for the user (the report's table).
         code: modules whose source is hashed into the cache key (the stage's code version).
         main_output: the file named in the stage's closing line.
         deps: params -> files outside `runs/` the stage reads (hashed into the key), e.g. a dataset.
@@ -53,6 +56,8 @@ class StageKind:
     main_output: str
     deps: Callable[[Any], list[Path]] | None = None
     optional_inputs: tuple[str, ...] = ()
+    exclusive: bool = False
+    light: bool = False
     environment: Callable[[Any], dict] | None = None
     doc: str = ""
 

@@ -185,3 +185,46 @@ def test_second_concurrent_run_is_refused(project):
         with pytest.raises(EdgepipeError, match="another edgepipe run is using .*runs/tiny"):
             run(root, path)
     assert list(run(root, path, until="data")) == ["data"]  # released: runs again
+
+
+def _fan_out(data_dir, bad_arch=None):
+    """data -> {a, b} -> report-free fan-out: two trainings that can run at once."""
+    recipe = tiny_recipe(data_dir)
+    recipe["stages"]["other"] = json.loads(json.dumps(recipe["stages"]["model"]))
+    recipe["stages"]["other"]["params"]["seed"] = 1
+    if bad_arch:
+        recipe["stages"]["other"]["params"]["arch"] = bad_arch
+    return recipe
+
+
+def test_parallel_run_gives_the_same_outputs_as_a_sequential_one(tmp_path, capsys):
+    data = write_idx_dataset(tmp_path / "idx")
+    path = write_recipe(tmp_path / "fan.yaml", _fan_out(data))
+    seq = run(tmp_path / "seq", path)
+    par = run(tmp_path / "par", path, jobs=2)
+    assert [r.action for r in par.values()] == ["ran"] * 3 and list(par) == list(seq)
+    locks = [json.loads((tmp_path / d / "runs/fan/lock.json").read_text())["stages"] for d in ("seq", "par")]
+    for name in ("data", "model", "other"):  # deterministic training: byte-identical results either way
+        assert locks[0][name]["digest"] == locks[1][name]["digest"], name
+    out = capsys.readouterr().out
+    assert "(log: runs/fan/.logs/model.log)" in out.replace(str(tmp_path / "par") + "/", "")
+    assert "Epoch 2/2" in (tmp_path / "par/runs/fan/.logs/model.log").read_text()
+    assert [r.action for r in run(tmp_path / "par", path, jobs=2).values()] == ["skipped"] * 3
+
+
+def test_parallel_failure_keeps_what_finished_and_raises_the_error(tmp_path):
+    data = write_idx_dataset(tmp_path / "idx")
+    path = write_recipe(tmp_path / "fan.yaml", _fan_out(data, bad_arch="no_such_net"))
+    with pytest.raises(EdgepipeError, match="unknown architecture 'no_such_net'") as e:
+        run(tmp_path, path, jobs=2)
+    assert e.value.exit_code == 1 and "fix: use one of" in str(e.value)
+    lock = json.loads((tmp_path / "runs/fan/lock.json").read_text())["stages"]
+    assert set(lock) == {"data", "model"}, "the stage running beside the failed one finished and was recorded"
+    assert not (tmp_path / "runs/fan/other").exists() and not (tmp_path / "runs/fan/.tmp/other").exists()
+
+
+def test_jobs_below_one_is_a_usage_error(project):
+    root, path = project
+    with pytest.raises(EdgepipeError, match="--jobs 0") as e:
+        run(root, path, jobs=0)
+    assert e.value.exit_code == 2
