@@ -141,7 +141,7 @@ def test_shipped_recipes_validate():
         smoke = load_recipe(find_recipe(name), profile="smoke")
         assert smoke.stages["data"].params.limit_train is not None
     student = load_recipe(find_recipe("mnist_student"))
-    assert student.stages["student"].params.arch_args == {"alpha": 1.5}
+    assert student.stages["student"].params.arch_args == {"alpha": 1.5, "stem": 24}
     assert student.stages["report"].params.gates[0].max_drop == 0.3
     assert set(student.stages["bench"].inputs["models"]) == {
         "teacher_tflite", "student_tflite", "scratch_tflite", "qat_tflite", "ref_tflite"}
