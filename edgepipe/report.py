@@ -141,7 +141,7 @@ def _pareto(rows: list[dict], dest: Path) -> None:
     ax.set_xlabel("p50 latency, 1 thread (us, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs latency (marker area ~ file size, diamond = QAT)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(dest, dpi=100)
