@@ -112,12 +112,13 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     steps = int(np.ceil(len(ds.splits["train"][1]) / params.batch_size))
     distiller.compile(optimizer=make_optimizer(params, steps))
     fit(distiller, ds, params, io, compile_model=False)
-    metrics = write_training_outputs(student, ds, io)
+    metrics = write_training_outputs(student, ds, io, params)
     return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(
     name="distill", params=DistillParams, run=run_distill_stage, inputs={"data": False, "teacher": False},
-    code=("edgepipe.distill", "edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.h5",
+    code=("edgepipe.distill", "edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor"),
+    main_output="model.h5",
     doc="distil a teacher model into a small student",
 )

@@ -50,12 +50,12 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
     seed_everything(params.seed)
     model = quantize(float_model)
     fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io, extra=carried_forward(io.inputs["model"]))
+    metrics = write_training_outputs(model, ds, io, params, extra=carried_forward(io.inputs["model"]))
     return f"QAT test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(
     name="qat", params=QatParams, run=run_qat_stage, inputs={"data": False, "model": False},
-    code=("edgepipe.qat", "edgepipe.train", "edgepipe.data"), main_output="model.h5",
+    code=("edgepipe.qat", "edgepipe.train", "edgepipe.data", "edgepipe.doctor"), main_output="model.h5",
     doc="quantization-aware fine-tuning (tfmot) of a trained model",
 )

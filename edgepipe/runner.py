@@ -303,6 +303,9 @@ class Runner:
         main = out_dir / stage.kind.main_output
         size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
         ui.say(f"{tag} done in {seconds:.1f} s -> {_rel(main)}{size}" + (f"  | {summary}" if summary else ""))
+        diagnostics = out_dir / "diagnostics.json"
+        for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
+            ui.say(f"    doctor: {finding['line']}")
         return Result(stage.name, "ran", reason, seconds, summary)
 
     def _published(self, stage: Stage) -> list[Path]:

@@ -95,13 +95,13 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
     model = nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
     log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
     fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io)
+    metrics = write_training_outputs(model, ds, io, params)
     return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
-    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data"), main_output="model.h5",
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor"), main_output="model.h5",
     doc="train a model from the zoo on a dataset",
 )
 
@@ -228,9 +228,10 @@ def evaluate(model, ds: Dataset, split: str = "test") -> dict:
     return metrics
 
 
-def write_training_outputs(model, ds: Dataset, io: StageIO, *, extra: dict | None = None, title: str = "") -> dict:
-    """Save the model and write metrics.json (plus `extra`) and curves.png for a training-type stage."""
-    from edgepipe import nets
+def write_training_outputs(model, ds: Dataset, io: StageIO, params: Fit, *, extra: dict | None = None,
+                           title: str = "") -> dict:
+    """Save the model; write metrics.json (plus `extra`), curves.png and the doctor's diagnostics.json."""
+    from edgepipe import doctor, nets
 
     save_model(model, io.out / "model.h5")
     rows = read_history(io.out / "history.csv")
@@ -244,6 +245,10 @@ def write_training_outputs(model, ds: Dataset, io: StageIO, *, extra: dict | Non
     }
     fsio.write_json(io.out / "metrics.json", metrics)
     plot_curves(rows, io.out / "curves.png", title)
+    es = params.early_stopping
+    findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
+                                                        "restore_best": es.enabled and es.restore_best})
+    fsio.write_json(io.out / "diagnostics.json", [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
     return metrics
 
 

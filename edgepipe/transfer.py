@@ -336,7 +336,7 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
 
     write_history(rows, io.out / "history.csv")
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    write_training_outputs(model, ds, io, title=source, extra={
+    write_training_outputs(model, ds, io, params, title=source, extra={
         "backbone": source, "input_adapter": adapter, "phase_test_accuracy": phase_accuracy,
         "trainable_params_last_phase": trainable})
     text = ", ".join(f"{k} {100 * v:.2f} %" for k, v in phase_accuracy.items())
@@ -382,6 +382,6 @@ def _weights_error(params: TransferParams, e: Exception) -> EdgepipeError:
 KIND = StageKind(
     name="transfer", params=TransferParams, run=run_transfer_stage, inputs={"data": False, "backbone": False},
     optional_inputs=("backbone",),
-    code=("edgepipe.transfer", "edgepipe.train", "edgepipe.data"), main_output="model.h5",
+    code=("edgepipe.transfer", "edgepipe.train", "edgepipe.data", "edgepipe.doctor"), main_output="model.h5",
     doc="transfer learning: a pretrained backbone, a new head on frozen features, then fine-tuning",
 )
