@@ -22,6 +22,7 @@ class DistillParams(TrainParams):
     """Parameters of the distill stage: the student (as for train), then the distillation loss."""
 
     arch: str = param("ds_student", "student architecture from edgepipe.nets, or package.module:function")
+    lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
     temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
     alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
                          max=1.0)

@@ -78,30 +78,54 @@ class TrainParams(Fit):
     l1: float = param(0.0, "L1 penalty on kernels", min=0.0)
     l2: float = param(0.0, "L2 penalty on kernels", min=0.0)
     initializer: str = param("he_normal", "kernel initializer (any tf_keras initializer name)")
+    lr: float | Literal["auto"] = param(1e-3, "initial (peak, with warm-up) learning rate, or auto: a learning-rate "
+                                        "range test on a throwaway copy of the model picks it", min=0.0, max=10.0)
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:
-    """Build, fit and evaluate a model; write model.h5, history.csv, curves.png, metrics.json, tb/."""
+    """Build, fit and evaluate a model; write model.h5, history.csv, curves.png, metrics.json, tb/.
+
+    With `lr: auto`, a learning-rate range test on a throwaway copy of the model picks the rate first
+    (lr_range.json and lr_range.png); the recipe keeps saying auto, metrics.json says what was used.
+    """
     from edgepipe import nets
     from edgepipe._tf import keras
 
     ds = load_dataset(io.inputs["data"])
-    seed_everything(params.seed)
     common: dict[str, Any] = {"kernel_initializer": params.initializer}
     if params.l1 or params.l2:
         common["kernel_regularizer"] = keras.regularizers.L1L2(l1=params.l1, l2=params.l2)
     if params.dropout is not None:
         common["dropout"] = params.dropout
-    model = nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
+
+    def build():
+        return nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
+
+    extra = {}
+    if params.lr == "auto":
+        from edgepipe.lr_range import lr_range_test, write_lr_range
+
+        seed_everything(params.seed)
+        sweep = dataclasses.replace(params, lr=1e-6, schedule=Schedule(kind="constant"))
+        result = lr_range_test(build(), ds, make_optimizer(sweep, 1), params.batch_size,
+                               keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
+                               seed=params.seed)
+        write_lr_range(result, io.out)
+        params = dataclasses.replace(params, lr=result["suggested_lr"])
+        extra = {"lr": params.lr, "lr_chosen_by": "range test (lr_range.json)"}
+        keras.backend.clear_session()  # the real model's layer names as without the probe
+    seed_everything(params.seed)
+    model = build()
     log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
     fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io, params)
-    return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+    metrics = write_training_outputs(model, ds, io, params, extra=extra)
+    chosen = f", lr {params.lr:.2g} from the range test" if extra else ""
+    return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs{chosen})"
 
 
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
-    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor"), main_output="model.h5",
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor", "edgepipe.lr_range"), main_output="model.h5",
     doc="train a model from the zoo on a dataset",
 )
 

@@ -113,3 +113,39 @@ def test_classification_metrics_by_hand():
     assert (b["precision"], b["recall"]) == (pytest.approx(2 / 3), 1.0)
     assert (c["precision"], c["recall"]) == (1.0, 0.5)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_lr_auto_runs_a_range_test_and_trains_with_its_suggestion(tmp_path):
+    import json
+
+    from edgepipe.data import DataParams, run_data_stage
+    from edgepipe.params import build
+    from edgepipe.stages import StageIO
+    from edgepipe.testing import write_idx_dataset
+    from edgepipe.train import TrainParams, run_train_stage
+
+    data, out = tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    out.mkdir()
+    run_data_stage(build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=240)}"}, "d"),
+                   StageIO({}, data, tmp_path / ".d"))
+    params = build(TrainParams, {"arch": "tiny_conv", "lr": "auto", "epochs": 4, "batch_size": 16,
+                                 "tensorboard": False, "early_stopping": {"enabled": False}}, "m")
+    summary = run_train_stage(params, StageIO({"data": data}, out, tmp_path / ".m"))
+    sweep = json.loads((out / "lr_range.json").read_text())
+    assert (out / "lr_range.png").is_file() and sweep["steps_run"] > 20
+    assert min(sweep["losses"]) < sweep["losses"][0], "the loss falls somewhere in the sweep"
+    assert 1e-5 < sweep["suggested_lr"] < 1.0
+    assert sweep["suggested_lr"] == sweep["steepest_lr"] <= sweep["min_loss_lr"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["lr"] == sweep["suggested_lr"] and "from the range test" in summary
+    assert metrics["test"]["accuracy"] > 0.5, "4 classes: the suggested rate trains well above chance"
+
+
+def test_lr_must_be_a_number_or_auto():
+    from edgepipe.errors import RecipeError
+    from edgepipe.params import build
+    from edgepipe.train import TrainParams
+
+    with pytest.raises(RecipeError, match="expected a number"):
+        build(TrainParams, {"lr": "fast"}, "stages.t.params")
