@@ -26,6 +26,9 @@ from edgepipe.params import param
 from edgepipe.stages import StageIO, StageKind
 
 
+MISCLASSIFIED_KEPT = 32  # test indices of wrong answers kept per model, for the report's sample grid
+
+
 @dataclasses.dataclass
 class BenchParams:
     """Parameters of the bench stage."""
@@ -148,6 +151,10 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
                 "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
                 "accuracy": float(np.mean(pred == y_test)), "test_samples": int(len(y_test)),
                 "input_dtype": side["input"]["dtype"], "parity": side["parity"], "latency": {},
+                "per_class_accuracy": [float(np.mean(pred[y_test == c] == c)) if np.any(y_test == c) else None
+                                       for c in range(len(ds.classes))],
+                "misclassified": [[int(i), int(y_test[i]), int(pred[i])]
+                                  for i in np.flatnonzero(pred != y_test)[:MISCLASSIFIED_KEPT]],
             }
             for t in params.threads:
                 n = cores if t == 0 else t
@@ -155,7 +162,8 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
             if params.tflm and side["variant"] == "int8":
                 row["tflm"] = tflm_check(path, x_q, pred[:100])
             rows.append(row)
-    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "rows": rows})
+    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "data": Path(io.inputs["data"]).name,
+                                            "classes": ds.classes, "rows": rows})
     best = max(rows, key=lambda r: r["accuracy"])
     return f"{len(rows)} models benched; best {best['name']} {100 * best['accuracy']:.2f} %"
 

@@ -68,6 +68,18 @@ def run(recipe, profile, sets, until, only, root, force, dry_run, jobs):
 @profile_opt
 @set_opt
 @root_opt
+def report(recipe, profile, sets, root):
+    """Print where RECIPE's HTML report is (open it in a browser)."""
+    from edgepipe.html_report import find_report
+
+    ui.say(str(find_report(_load(recipe, profile, sets), root).resolve()))
+
+
+@main.command()
+@recipe_arg
+@profile_opt
+@set_opt
+@root_opt
 def status(recipe, profile, sets, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
     from edgepipe.runner import Runner
@@ -131,3 +143,4 @@ def entry() -> None:
         click.echo(f"edgepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(1)
+

@@ -1,7 +1,9 @@
 """The report stage: one table of accuracy against latency, FPS, size and memory for every variant.
 
 Writes report.md (for people), report.json (rows for machines), pareto.png (accuracy against latency,
-marker area by model size) and prints the table. Accuracy gates make the run fail when a deployable
+marker area by model size), report.html (all of it on one self-contained page, with training curves,
+confusion matrices, the doctor's findings and misclassified samples; see html_report.py) and prints
+the table. Accuracy gates make the run fail when a deployable
 model loses more than a set number of points against its float source.
 """
 
@@ -59,6 +61,11 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     fsio.write_json(io.out / "report.json", report)
     fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance))
     _pareto(rows, io.out / "pareto.png")
+    from edgepipe.html_report import write_html
+
+    write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
+               run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
+               deployable=params.gates[0].model if params.gates else None)
     for line in _text_table(table):
         ui.say(line)
     failed = [g for g in gates if not g["passed"]]
@@ -150,6 +157,6 @@ def _pareto(rows: list[dict], dest: Path) -> None:
 
 KIND = StageKind(
     name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True}, light=True,
-    code=("edgepipe.report",), main_output="report.md",
+    code=("edgepipe.report", "edgepipe.html_report"), main_output="report.md",
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from edgepipe.testing import tiny_recipe, write_idx_dataset, write_png_folder, write_recipe
 
 
@@ -123,3 +125,67 @@ def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
                                                    "fine_tuned_10/float32"}
     sidecar = json.loads((tmp_path / "models/fashion_transfer/fine_tuned_qat_int8.json").read_text())
     assert sidecar["input_adapter"] == {"in_model": False} and sidecar["qat"]
+
+
+REPORT_SECTIONS = ("results", "gates", "pareto", "int8", "training", "misclassified", "provenance")
+
+
+def _shapes_report(tmp_path, cli):
+    root = write_png_folder(tmp_path / "shapes", per_class=30, size=16)
+    recipe = write_recipe(tmp_path / "shapes.yaml", {"stages": {
+        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2}},
+        "model": {"kind": "train", "inputs": {"data": "data"},
+                  "params": {"arch": "tiny_conv", "epochs": 3, "lr": 0.02, "batch_size": 16, "tensorboard": False}},
+        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
+                   "params": {"variants": ["float32", "int8"], "representative_samples": 20, "parity_samples": 18,
+                              "tolerance": {"int8_top1": 0.5}}},
+        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
+        "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.html"],
+                   "params": {"gates": [{"model": "model/int8", "against": "model/float32", "max_drop": 100}]}},
+    }})
+    p = cli("run", recipe)
+    assert p.returncode == 0, p.stderr[-2000:]
+    where = cli("report", recipe)
+    assert where.returncode == 0 and where.stdout.strip() == str(tmp_path / "models/shapes/report.html")
+    return tmp_path / "models/shapes/report.html"
+
+
+def test_html_report_is_one_self_contained_page(tmp_path, cli):
+    import os
+
+    path = _shapes_report(tmp_path, cli)
+    umask = os.umask(0)
+    os.umask(umask)
+    for published in path.parent.iterdir():  # written atomically, yet as readable as any file the user makes
+        assert published.stat().st_mode & 0o777 == 0o666 & ~umask, published
+    page = path.read_text()
+    for section in REPORT_SECTIONS:
+        assert f"id='{section}'" in page, section
+    # pareto, curves, confusion matrix, and a grid of misclassified samples unless the model made none
+    mistakes = "no mistakes on the test split" not in page
+    assert page.count("src='data:image/png;base64,") == 3 + mistakes
+    assert "src='http" not in page and "href='http" not in page, "nothing fetched from outside"
+    assert "model/int8" in page and "PASSED" in page
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path, cli):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (Debian package chromium; .ci/run installs it)")
+    page = _shapes_report(tmp_path, cli)
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*args, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    for section in REPORT_SECTIONS:
+        assert f'id="{section}"' in dom, section
+    shot = tmp_path / "report.png"
+    subprocess.run([*args, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
+    assert pixels.shape == (2400, 1200) and pixels.std() > 10, "the page rendered something, not a blank sheet"
