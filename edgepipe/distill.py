@@ -112,7 +112,7 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
     steps = int(np.ceil(len(ds.splits["train"][1]) / params.batch_size))
     distiller.compile(optimizer=make_optimizer(params, steps))
-    fit(distiller, ds, params, io, compile_model=False)
+    fit(distiller, ds, params, io, compile_model=False, target=student)
     metrics = write_training_outputs(student, ds, io, params)
     return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 

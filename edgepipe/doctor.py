@@ -26,6 +26,9 @@ MISMATCH_GAP = 0.10         # test accuracy this far above train accuracy
 DIVERGED_FACTOR = 2.0       # final train loss this many times the first epoch's: the optimiser is lost
 PLATEAU_IMPROVEMENT = 0.01  # train loss improved < 1 % over the first epochs: the learning rate is too low
 PLATEAU_EPOCHS = 3
+EXPLODING_NORM = 100.0     # a kernel's loss gradient above this: cross-entropy gradients are normally < 10
+VANISHING_RATIO = 1e-4     # first layer's gradient this far below the largest: the early layers barely learn
+DEAD_SHARE = 0.5           # half of a ReLU layer's channels silent on every validation image
 MIN_EPOCHS_FOR_ACCURACY = 3  # a first epoch's training accuracy averages over the learning itself: too early
 
 
@@ -43,7 +46,8 @@ class Finding:
         return f"{self.code}{where}: {self.message}; try: {self.remedy}"
 
 
-def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict | None = None) -> list[Finding]:
+def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict | None = None, *,
+             gradients: list[dict] | None = None, dead: dict[str, float] | None = None) -> list[Finding]:
     """Every check on one training stage's outputs.
 
     Args:
@@ -51,14 +55,17 @@ def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict |
         metrics: the stage's metrics.json (`test` with accuracy and per-class scores).
         dataset: the data stage's dataset.json (counts, imbalance ratio).
         settings: the stage's params that remedies depend on (class_weights, restore_best), when known.
+        gradients: per epoch, {"epoch", "norms": {layer: gradient L2 norm}} (gradients.json).
+        dead: per ReLU layer, the share of channels that never fire on validation images.
     """
     settings = {**(settings or {}), "test_accuracy": metrics.get("test", {}).get("accuracy")}
     rows = [{k: _float(v) for k, v in r.items()} for r in history]
     diverged = _diverged(rows, dataset.get("num_classes") or len(dataset.get("classes") or []) or 2)
-    if diverged:  # the root cause: low accuracy, underfitting and the rest follow from it
-        findings = [diverged]
+    if diverged:  # the root cause: low accuracy, underfitting and the rest follow from it; gradients say why
+        findings = [diverged] + [f for f in (_gradients(gradients or []),) if f]
     else:
         findings = [f for check in (_plateau, _overfitting, _underfitting, _mismatch) if (f := check(rows, settings))]
+        findings += [f for f in (_gradients(gradients or []), _dead(dead or {})) if f]
         findings += _low_accuracy(metrics)
     imbalance = _imbalance(dataset, settings)
     if imbalance:
@@ -136,6 +143,34 @@ def _mismatch(rows, settings) -> Finding | None:
     return Finding("train_test_mismatch", f"test accuracy {100 * test:.1f} % is far above training accuracy "
                    f"{100 * acc:.1f} %", "the training data is harder than the test data: check augmentation "
                    "strength, dropout, label noise, or that the splits come from the same distribution")
+
+
+def _gradients(rows: list[dict]) -> Finding | None:
+    for row in rows:
+        norms = row["norms"]
+        big = {k: v for k, v in norms.items() if not math.isfinite(v) or v > EXPLODING_NORM}
+        if big:
+            layer, value = max(big.items(), key=lambda kv: kv[1] if math.isfinite(kv[1]) else math.inf)
+            return Finding("exploding_gradients", f"the loss gradient of layer {layer} reached {value:.3g}",
+                           "lower lr, set clipnorm (e.g. 1.0), check for unnormalised inputs", epoch=row["epoch"])
+    if rows:
+        norms = list(rows[-1]["norms"].items())
+        top = max(v for _, v in norms)
+        if len(norms) > 2 and top > 0 and norms[0][1] < VANISHING_RATIO * top:
+            return Finding("vanishing_gradients", f"the first layer's gradient ({norms[0][0]}: {norms[0][1]:.2e}) is "
+                           f"{top / max(norms[0][1], 1e-30):.0e}x below the largest",
+                           "BatchNormalization after each conv, ReLU rather than sigmoid/tanh, residual "
+                           "connections, or he_normal initialisation", epoch=rows[-1]["epoch"])
+    return None
+
+
+def _dead(shares: dict[str, float]) -> Finding | None:
+    dead = {k: v for k, v in shares.items() if v >= DEAD_SHARE}
+    if not dead:
+        return None
+    listed = ", ".join(f"{k} {100 * v:.0f} %" for k, v in list(dead.items())[:4])
+    return Finding("dead_relus", f"{len(dead)} ReLU layer(s) with most channels silent on every validation image: "
+                   f"{listed}", "lower lr, he_normal initialisation, BatchNormalization before the ReLU, or LeakyReLU")
 
 
 def _low_accuracy(metrics) -> list[Finding]:

@@ -141,11 +141,12 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True):
+def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None):
     """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
 
     Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
-    history to `io.work` first, so only a finished stage's output directory holds it.
+    history to `io.work` first, so only a finished stage's output directory holds it. `target` is the
+    model whose gradients the doctor watches when `model` is a wrapper (the distiller's student).
 
     Returns:
         the list of per-epoch history rows (dicts).
@@ -160,10 +161,12 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
                       loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     history_csv = io.work / "history.csv"
+    probe = GradientNorms(target or model, ds, io.out / "gradients.json")
     callbacks = [
         keras.callbacks.BackupAndRestore(str(io.work / "backup")),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.TerminateOnNaN(),
+        probe,
     ]
     if p.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
@@ -183,6 +186,62 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     rows = read_history(history_csv)
     write_history(rows, io.out / "history.csv")
     return rows
+
+
+def _gradient_norms_class():
+    from edgepipe._tf import keras, tf
+
+    class GradientNorms(keras.callbacks.Callback):
+        """After each epoch, the L2 norm of the loss gradient for every layer's kernel, on one fixed batch.
+
+        Inference-mode forward pass, so that measuring does not move BatchNorm statistics. Written to
+        gradients.json for the doctor (exploding and vanishing gradients).
+        """
+
+        def __init__(self, watched, ds: Dataset, dest: Path, samples: int = 64):
+            super().__init__()
+            self.watched, self.dest = watched, dest
+            x, y = ds.splits["val"]
+            self.x = tf.constant(ds.preprocess(x[:samples]))
+            self.y = tf.one_hot(y[:samples], len(ds.classes))
+            self.rows: list[dict] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            kernels = [v for v in self.watched.trainable_variables if "kernel" in v.name]
+            if not kernels:
+                return
+            with tf.GradientTape() as tape:
+                loss = keras.losses.categorical_crossentropy(self.y, self.watched(self.x, training=False))
+                loss = tf.reduce_mean(loss)
+            grads = tape.gradient(loss, kernels)
+            self.rows.append({"epoch": epoch + 1, "norms": {
+                v.name.rsplit("/", 1)[0]: (float(tf.norm(g)) if g is not None else 0.0) for v, g in zip(kernels, grads)}})
+            fsio.write_json(self.dest, self.rows)
+
+    return GradientNorms
+
+
+def GradientNorms(watched, ds: Dataset, dest: Path):  # noqa: N802 - a class built lazily (TensorFlow)
+    return _gradient_norms_class()(watched, ds, dest)
+
+
+def dead_relus(model, ds: Dataset, samples: int = 256) -> dict[str, float]:
+    """Share of each ReLU layer's channels that output zero for every one of `samples` val images."""
+    from edgepipe._tf import keras
+
+    relus = [layer for layer in model.layers
+             if isinstance(getattr(layer, "layer", layer), keras.layers.ReLU)
+             or getattr(getattr(layer, "layer", layer), "activation", None) is keras.activations.relu]
+    if not relus:
+        return {}
+    probe = keras.Model(model.input, [layer.output for layer in relus])
+    outputs = probe.predict(ds.preprocess(ds.splits["val"][0][:samples]), batch_size=256, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    shares = {}
+    for layer, out in zip(relus, outputs):
+        alive = (out.reshape(-1, out.shape[-1]) > 0).any(axis=0)
+        shares[layer.name] = float(1 - alive.mean())
+    return shares
 
 
 def make_optimizer(p: Fit, steps_per_epoch: int):
@@ -270,8 +329,11 @@ def write_training_outputs(model, ds: Dataset, io: StageIO, params: Fit, *, extr
     fsio.write_json(io.out / "metrics.json", metrics)
     plot_curves(rows, io.out / "curves.png", title)
     es = params.early_stopping
+    gradients = io.out / "gradients.json"
     findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
-                                                        "restore_best": es.enabled and es.restore_best})
+                                                        "restore_best": es.enabled and es.restore_best},
+                               gradients=json.loads(gradients.read_text()) if gradients.is_file() else [],
+                               dead=dead_relus(model, ds))
     fsio.write_json(io.out / "diagnostics.json", [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
     return metrics
 

@@ -128,3 +128,50 @@ def test_validation_loss_far_above_chance_is_divergence():
     rows = history([1.4, 0.0, 0.0], [5659.4, 6111.0, 3990.9], [0.8, 1.0, 1.0], [0.17, 0.0, 0.08])
     [f] = diagnose(rows, METRICS, {**DATA, "num_classes": 4})
     assert f.code == "diverged" and f.epoch == 1 and "far above uniform guessing (1.39)" in f.message
+
+
+def dead_net(input_shape, num_classes, **_):
+    """Every ReLU unit starts (and stays) silent: a bias of -50 under a small conv."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, bias_initializer=keras.initializers.Constant(-50.0))(inputs)
+    x = L.ReLU()(x)
+    x = L.Flatten()(x)
+    x = L.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, L.Softmax()(x))
+
+
+def sigmoid_tower(input_shape, num_classes, **_):
+    """Ten sigmoid layers with small weights: the textbook vanishing gradient."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Flatten()(inputs)
+    for _ in range(10):
+        x = L.Dense(32, activation="sigmoid", kernel_initializer=keras.initializers.RandomNormal(stddev=0.05))(x)
+    x = L.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, L.Softmax()(x))
+
+
+def dense_net(input_shape, num_classes, **_):
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Dense(num_classes, name="logits")(L.Flatten()(inputs))
+    return keras.Model(inputs, L.Softmax()(x))
+
+
+@pytest.mark.parametrize("arch, data, optimizer, expected", [
+    ("tests.test_doctor:dead_net", {}, {"lr": 0.01}, "dead_relus"),
+    ("tests.test_doctor:sigmoid_tower", {}, {"lr": 0.01}, "vanishing_gradients"),
+    # raw 0..255 pixels into a dense layer: the first-layer gradient scales with the input
+    ("tests.test_doctor:dense_net", {"normalize": "none"}, {"optimizer": "sgd", "lr": 1e-7}, "exploding_gradients"),
+])
+def test_planted_gradient_and_activation_problems(tmp_path, arch, data, optimizer, expected):
+    found = train(tmp_path, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=160)}", **data},
+                  {"arch": arch, "epochs": 2, "batch_size": 16, **optimizer})
+    assert expected in [f["code"] for f in found], found
