@@ -23,6 +23,11 @@ class DistillParams(TrainParams):
 
     arch: str = param("ds_student", "student architecture from edgepipe.nets, or package.module:function")
     lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
+    folds: int = param(1, "not available for distillation: keep 1", min=1)
+
+    def __post_init__(self):
+        if self.folds != 1:
+            raise ValueError("folds (k-fold cross-validation) is available in train stages, not distill")
     temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
     alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
                          max=1.0)

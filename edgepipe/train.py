@@ -80,6 +80,8 @@ class TrainParams(Fit):
     initializer: str = param("he_normal", "kernel initializer (any tf_keras initializer name)")
     lr: float | Literal["auto"] = param(1e-3, "initial (peak, with warm-up) learning rate, or auto: a learning-rate "
                                         "range test on a throwaway copy of the model picks it", min=0.0, max=10.0)
+    folds: int = param(1, "k-fold cross-validation: k more models, each validated on one stratified fold of "
+                       "train+val; metrics.json gets their mean and std (1: off)", min=1, max=20)
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:
@@ -114,12 +116,18 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
         params = dataclasses.replace(params, lr=result["suggested_lr"])
         extra = {"lr": params.lr, "lr_chosen_by": "range test (lr_range.json)"}
         keras.backend.clear_session()  # the real model's layer names as without the probe
+    if params.folds > 1:
+        extra["cross_validation"] = cross_validate(build, ds, params, io)
+        keras.backend.clear_session()
     seed_everything(params.seed)
     model = build()
     log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
     fit(model, ds, params, io)
     metrics = write_training_outputs(model, ds, io, params, extra=extra)
-    chosen = f", lr {params.lr:.2g} from the range test" if extra else ""
+    chosen = f", lr {params.lr:.2g} from the range test" if "lr" in extra else ""
+    if "cross_validation" in extra:
+        cv = extra["cross_validation"]
+        chosen += f"; {params.folds}-fold val accuracy {100 * cv['mean']:.2f} ± {100 * cv['std']:.2f} %"
     return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs{chosen})"
 
 
@@ -131,6 +139,43 @@ KIND = StageKind(
 
 
 # -- the shared training loop ------------------------------------------------------------------------------
+
+
+def cross_validate(build, ds: Dataset, params: "TrainParams", io: StageIO) -> dict:
+    """k-fold cross-validation over train+val (stratified, seeded); the test split is never touched.
+
+    Each fold trains a fresh model with the stage's knobs and is scored on its held-out fold. A fold that
+    finished survives a crash (its result is kept in the stage's work directory).
+    """
+    k = params.folds
+    x = np.concatenate([ds.splits["train"][0], ds.splits["val"][0]])
+    y = np.concatenate([ds.splits["train"][1], ds.splits["val"][1]])
+    rng = np.random.default_rng(params.seed)
+    fold_of = np.empty(len(y), np.int64)
+    for c in np.unique(y):  # deal each class's images round-robin into the folds: stratified
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold_of[idx] = (np.arange(len(idx)) + int(c)) % k
+    results = []
+    for i in range(k):
+        where = io.work / f"fold{i + 1}"
+        done = where / "result.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            continue
+        where.mkdir(parents=True, exist_ok=True)
+        held = fold_of == i
+        fold = Dataset(ds.info, {"train": (x[~held], y[~held]), "val": (x[held], y[held]), "test": ds.splits["test"]})
+        seed_everything(params.seed + i)
+        model = build()
+        fit(model, fold, params, StageIO(io.inputs, out=where, work=where))
+        scores = evaluate(model, fold, "val")
+        result = {"fold": i + 1, "val_samples": int(held.sum()), "accuracy": scores["accuracy"], "loss": scores["loss"],
+                  "epochs_run": len(read_history(where / "history.csv"))}
+        fsio.write_json(done, result)
+        results.append(result)
+    accuracy = np.array([r["accuracy"] for r in results])
+    return {"folds": results, "mean": float(accuracy.mean()), "std": float(accuracy.std(ddof=1)),
+            "loss_mean": float(np.mean([r["loss"] for r in results]))}
 
 
 def seed_everything(seed: int) -> None:

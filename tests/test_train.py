@@ -149,3 +149,28 @@ def test_lr_must_be_a_number_or_auto():
 
     with pytest.raises(RecipeError, match="expected a number"):
         build(TrainParams, {"lr": "fast"}, "stages.t.params")
+
+
+def test_k_fold_cross_validation_reports_mean_and_std_over_disjoint_folds(tmp_path):
+    import json
+
+    from edgepipe.data import DataParams, run_data_stage
+    from edgepipe.params import build
+    from edgepipe.stages import StageIO
+    from edgepipe.testing import write_idx_dataset
+    from edgepipe.train import TrainParams, run_train_stage
+
+    data, out = tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    out.mkdir()
+    run_data_stage(build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=150)}",
+                                      "val_fraction": 0.2}, "d"), StageIO({}, data, tmp_path / ".d"))
+    params = build(TrainParams, {"arch": "tiny_conv", "lr": 0.02, "folds": 3, "epochs": 3, "batch_size": 16,
+                                 "tensorboard": False, "early_stopping": {"enabled": False}}, "m")
+    summary = run_train_stage(params, StageIO({"data": data}, out, tmp_path / ".m"))
+    cv = json.loads((out / "metrics.json").read_text())["cross_validation"]
+    sizes = [f["val_samples"] for f in cv["folds"]]
+    assert len(sizes) == 3 and sum(sizes) == 150 and max(sizes) - min(sizes) <= 4  # a partition of train+val
+    accuracies = np.array([f["accuracy"] for f in cv["folds"]])
+    assert cv["mean"] == pytest.approx(accuracies.mean()) and cv["std"] == pytest.approx(accuracies.std(ddof=1))
+    assert "3-fold val accuracy" in summary
