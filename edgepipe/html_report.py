@@ -33,14 +33,15 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 
 
 def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
-               benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None) -> None:
+               benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None,
+               int8_cost: list[dict]) -> None:
     """Write the page to `dest` (atomically, through a temporary file)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
              "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
              "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>",
              _results(table, columns), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
-             _int8(rows, benches), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
+             _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -77,26 +78,17 @@ def _gates(gates) -> str:
     return f"<h2 id='gates'>Accuracy gates</h2><ul>{items}</ul>"
 
 
-def _int8(rows, benches) -> str:
+def _int8(int8_cost: list[dict]) -> str:
     """For each stage with both a float32 and an int8 model: the classes whose accuracy int8 cut most."""
-    classes = next((b.get("classes") for b in benches if b.get("classes")), None)
-    by_name = {r["name"]: r for r in rows}
-    lines = []
-    for r in rows:
-        base = r["name"].split("/")[0]
-        float_row = by_name.get(f"{base}/float32")
-        if r["variant"] != "int8" or not float_row or not r.get("per_class_accuracy"):
-            continue
-        drops = [(100 * (f - q), c) for c, (f, q) in enumerate(zip(float_row["per_class_accuracy"],
-                                                                    r["per_class_accuracy"])) if f is not None]
-        drops.sort(reverse=True)
-        worst = ", ".join(f"{_e(classes[c] if classes else c)} {d:+.2f}" for d, c in drops[:3])
-        lines.append(f"<tr><td>{_e(r['name'])}</td><td>{100 * (float_row['accuracy'] - r['accuracy']):+.2f}</td>"
-                     f"<td style='text-align:left'>{worst}</td></tr>")
-    if not lines:
-        return "<h2 id='int8'>What int8 cost, per class</h2><p class='ok'>no model has both float32 and int8</p>"
-    return ("<h2 id='int8'>What int8 cost, per class</h2><table><tr><th>int8 model</th><th>points lost overall</th>"
-            "<th>classes hurt most (points lost against its float32)</th></tr>" + "".join(lines) + "</table>")
+    head = "<h2 id='int8'>What int8 cost, per class</h2>"
+    if not int8_cost:
+        return head + "<p class='ok'>no model has both float32 and int8</p>"
+    lines = "".join(
+        f"<tr><td>{_e(c['model'])}</td><td>{c['points_lost']:+.2f}</td><td style='text-align:left'>"
+        + ", ".join(f"{_e(x['class'])} {x['points_lost']:+.2f}" for x in c["classes"][:3]) + "</td></tr>"
+        for c in int8_cost)
+    return (head + "<table><tr><th>int8 model</th><th>points lost overall</th><th>classes hurt most (points lost "
+            "against its float32)</th></tr>" + lines + "</table>")
 
 
 def _training(rows, run_dir: Path) -> str:
@@ -114,9 +106,8 @@ def _training(rows, run_dir: Path) -> str:
         pics = []
         if (stage / "curves.png").is_file():
             pics.append(_img((stage / "curves.png").read_bytes(), f"{source} curves"))
-        if test.get("confusion_matrix"):
-            pics.append(_img(_confusion_png(test["confusion_matrix"], [c["class"] for c in test["per_class"]]),
-                             f"{source} confusion matrix"))
+        if (stage / "confusion_matrix.png").is_file():
+            pics.append(_img((stage / "confusion_matrix.png").read_bytes(), f"{source} confusion matrix"))
         out.append(f"<h3>{_e(source)}</h3><p>test accuracy {100 * test.get('accuracy', 0):.2f} % after "
                    f"{metrics.get('epochs_run', '?')} epochs; macro F1 {test.get('macro', {}).get('f1', 0):.3f}</p>"
                    f"{doctor}<div class='stage'>{''.join(pics)}</div>")
@@ -139,29 +130,6 @@ def _misclassified(rows, benches, run_dir: Path, deployable: str | None) -> str:
     return (head + f"<p>{_e(row['name'])}: the first {len(wrong)} of its mistakes on the test split "
             "(true → predicted)</p>" + _img(_grid_png(images, [(classes[t], classes[p]) for _, t, p in wrong]),
                                              "misclassified test images"))
-
-
-def _confusion_png(cm, classes) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    k = len(cm)
-    fig, ax = plt.subplots(figsize=(0.45 * k + 2.2, 0.45 * k + 1.8))
-    ax.imshow(np.log1p(cm), cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if i == j else "black")
-    ax.set_xticks(range(k), [str(c)[:10] for c in classes], rotation=90, fontsize=7)
-    ax.set_yticks(range(k), [str(c)[:10] for c in classes], fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test)", fontsize=9)
-    return _png(fig)
 
 
 def _grid_png(images: np.ndarray, labels: list[tuple[str, str]]) -> bytes:

@@ -58,14 +58,17 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     provenance = benches[0]["provenance"] if benches else {}
     report = {"title": params.title, "reference": params.reference, "provenance": provenance,
               "rows": [_flat(r, ref) for r in rows], "gates": gates}
+    classes = next((b.get("classes") for b in benches if b.get("classes")), None)
+    int8_cost = int8_class_cost(rows, classes)
+    report["int8_class_cost"] = int8_cost
     fsio.write_json(io.out / "report.json", report)
-    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance))
+    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost))
     _pareto(rows, io.out / "pareto.png")
     from edgepipe.html_report import write_html
 
     write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
-               deployable=params.gates[0].model if params.gates else None)
+               deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost)
     for line in _text_table(table):
         ui.say(line)
     failed = [g for g in gates if not g["passed"]]
@@ -92,6 +95,23 @@ def _flat(r: dict, ref: float | None) -> dict:
     }
 
 
+def int8_class_cost(rows: list[dict], classes: list[str] | None) -> list[dict]:
+    """For each int8 model whose stage also has a float32 one: overall and per-class accuracy lost, worst first."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        float_row = by_name.get(f"{r['name'].split('/')[0]}/float32")
+        if r["variant"] != "int8" or not float_row or not r.get("per_class_accuracy"):
+            continue
+        drops = sorted(((100 * (f - q), classes[c] if classes else str(c)) for c, (f, q) in
+                        enumerate(zip(float_row["per_class_accuracy"], r["per_class_accuracy"])) if f is not None),
+                       reverse=True)
+        out.append({"model": r["name"], "against": float_row["name"],
+                    "points_lost": 100 * (float_row["accuracy"] - r["accuracy"]),
+                    "classes": [{"class": c, "points_lost": d} for d, c in drops]})
+    return out
+
+
 def _row(r: dict, ref: float | None) -> list[str]:
     f = _flat(r, ref)
     us = lambda v: "-" if v is None else (f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms")  # noqa: E731
@@ -109,7 +129,7 @@ def _text_table(table: list[list[str]]) -> list[str]:
     return [fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
 
 
-def _markdown(title: str, table, gates, provenance) -> str:
+def _markdown(title: str, table, gates, provenance, int8_cost) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter on the full "
@@ -118,6 +138,11 @@ def _markdown(title: str, table, gates, provenance) -> str:
     for g in gates:
         lines.append(f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
                      f"points against {g['against']} (allowed {g['max_drop']})")
+    if int8_cost:
+        lines += ["", "Classes int8 hurt most (accuracy points lost against the same stage's float32 model):", ""]
+        for c in int8_cost:
+            worst = ", ".join(f"{x['class']} {x['points_lost']:+.2f}" for x in c["classes"][:3])
+            lines.append(f"- {c['model']} ({c['points_lost']:+.2f} overall): {worst}")
     if provenance:
         lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io as io_module
 import json
 import logging
 import sys
@@ -358,7 +359,8 @@ def evaluate(model, ds: Dataset, split: str = "test") -> dict:
 
 def write_training_outputs(model, ds: Dataset, io: StageIO, params: Fit, *, extra: dict | None = None,
                            title: str = "") -> dict:
-    """Save the model; write metrics.json (plus `extra`), curves.png and the doctor's diagnostics.json."""
+    """Save the model; write metrics.json (plus `extra`), curves.png, confusion_matrix.csv/.png (test split)
+    and the doctor's diagnostics.json."""
     from edgepipe import doctor, nets
 
     save_model(model, io.out / "model.h5")
@@ -373,6 +375,13 @@ def write_training_outputs(model, ds: Dataset, io: StageIO, params: Fit, *, extr
     }
     fsio.write_json(io.out / "metrics.json", metrics)
     plot_curves(rows, io.out / "curves.png", title)
+    cm = metrics["test"]["confusion_matrix"]
+    table = io_module.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *ds.classes])
+    writer.writerows([c, *r] for c, r in zip(ds.classes, cm))
+    fsio.write_text(io.out / "confusion_matrix.csv", table.getvalue())
+    plot_confusion(cm, ds.classes, io.out / "confusion_matrix.png")
     es = params.early_stopping
     gradients = io.out / "gradients.json"
     findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
@@ -442,6 +451,33 @@ def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(dest, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(cm, classes, dest: Path) -> None:
+    """The test confusion matrix as a picture (colour on a log scale, so that small counts show)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    k = len(cm)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 2.2, 0.45 * k + 1.8))
+    ax.imshow(np.log1p(cm), cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if i == j else "black")
+    ax.set_xticks(range(k), [str(c)[:10] for c in classes], rotation=90, fontsize=7)
+    ax.set_yticks(range(k), [str(c)[:10] for c in classes], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test)", fontsize=9)
+    fig.tight_layout()
+    with fsio.atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
 
 

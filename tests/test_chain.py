@@ -182,3 +182,15 @@ def test_corrupt_tflite_is_one_clear_error(tmp_path):
     bad.write_bytes(b"TFL3" + b"\x00" * 40)
     with pytest.raises(EdgepipeError, match="model.tflite: not a valid LiteRT model.*re-run the convert stage"):
         litert.interpreter(bad)
+
+
+def test_int8_class_cost_names_the_classes_quantization_hurt_most():
+    from edgepipe.report import int8_class_cost
+
+    rows = [{"name": "m/float32", "variant": "float32", "accuracy": 0.95, "per_class_accuracy": [1.0, 0.9, 0.95]},
+            {"name": "m/int8", "variant": "int8", "accuracy": 0.90, "per_class_accuracy": [0.8, 0.92, 0.95]},
+            {"name": "q/int8", "variant": "int8", "accuracy": 0.9, "per_class_accuracy": [0.9, 0.9, 0.9]}]
+    [cost] = int8_class_cost(rows, ["cat", "dog", "owl"])  # q has no float32 sibling: nothing to compare
+    assert cost["model"] == "m/int8" and cost["points_lost"] == pytest.approx(5.0)
+    assert [(c["class"], round(c["points_lost"], 6)) for c in cost["classes"]] == [("cat", 20.0), ("owl", 0.0),
+                                                                                  ("dog", -2.0)]
