@@ -59,7 +59,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     report = {"title": params.title, "reference": params.reference, "provenance": provenance,
               "rows": [_flat(r, ref) for r in rows], "gates": gates}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
-    int8_cost = int8_class_cost(rows, classes)
+    int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
     fsio.write_json(io.out / "report.json", report)
     fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost))
@@ -95,12 +95,16 @@ def _flat(r: dict, ref: float | None) -> dict:
     }
 
 
-def int8_class_cost(rows: list[dict], classes: list[str] | None) -> list[dict]:
-    """For each int8 model whose stage also has a float32 one: overall and per-class accuracy lost, worst first."""
+def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str, str] | None = None) -> list[dict]:
+    """For each int8 model with a float32 source: overall and per-class accuracy lost, worst first.
+
+    The source is the same stage's float32 model, or the one `pairs` names (a gate's `against`, which
+    is how a QAT model, whose stage has no float32 export, meets its float source).
+    """
     by_name = {r["name"]: r for r in rows}
     out = []
     for r in rows:
-        float_row = by_name.get(f"{r['name'].split('/')[0]}/float32")
+        float_row = by_name.get((pairs or {}).get(r["name"], f"{r['name'].split('/')[0]}/float32"))
         if r["variant"] != "int8" or not float_row or not r.get("per_class_accuracy"):
             continue
         drops = sorted(((100 * (f - q), classes[c] if classes else str(c)) for c, (f, q) in

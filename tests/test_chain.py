@@ -191,6 +191,8 @@ def test_int8_class_cost_names_the_classes_quantization_hurt_most():
             {"name": "m/int8", "variant": "int8", "accuracy": 0.90, "per_class_accuracy": [0.8, 0.92, 0.95]},
             {"name": "q/int8", "variant": "int8", "accuracy": 0.9, "per_class_accuracy": [0.9, 0.9, 0.9]}]
     [cost] = int8_class_cost(rows, ["cat", "dog", "owl"])  # q has no float32 sibling: nothing to compare
+    gated = int8_class_cost(rows, ["cat", "dog", "owl"], {"q/int8": "m/float32"})  # a gate pairs them
+    assert [c["model"] for c in gated] == ["m/int8", "q/int8"] and gated[1]["against"] == "m/float32"
     assert cost["model"] == "m/int8" and cost["points_lost"] == pytest.approx(5.0)
     assert [(c["class"], round(c["points_lost"], 6)) for c in cost["classes"]] == [("cat", 20.0), ("owl", 0.0),
                                                                                   ("dog", -2.0)]
