@@ -58,13 +58,13 @@ def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict |
         gradients: per epoch, {"epoch", "norms": {layer: gradient L2 norm}} (gradients.json).
         dead: per ReLU layer, the share of channels that never fire on validation images.
     """
-    settings = {**(settings or {}), "test_accuracy": metrics.get("test", {}).get("accuracy")}
+    settings = settings or {}
     rows = [{k: _float(v) for k, v in r.items()} for r in history]
     diverged = _diverged(rows, dataset.get("num_classes") or len(dataset.get("classes") or []) or 2)
     if diverged:  # the root cause: low accuracy, underfitting and the rest follow from it; gradients say why
         findings = [diverged] + [f for f in (_gradients(gradients or []),) if f]
     else:
-        findings = [f for check in (_plateau, _overfitting, _underfitting, _mismatch) if (f := check(rows, settings))]
+        findings = [f for check in (_plateau, _overfitting, _underfitting, _mismatch) if (f := check(rows, metrics, settings))]
         findings += [f for f in (_gradients(gradients or []), _dead(dead or {})) if f]
         findings += _low_accuracy(metrics)
     imbalance = _imbalance(dataset, settings)
@@ -97,7 +97,7 @@ def _diverged(rows, num_classes: int) -> Finding | None:
     return None
 
 
-def _plateau(rows, settings) -> Finding | None:
+def _plateau(rows, metrics, settings) -> Finding | None:
     loss = _series(rows, "loss")
     if len(loss) < PLATEAU_EPOCHS or not all(map(math.isfinite, loss)):
         return None
@@ -108,7 +108,7 @@ def _plateau(rows, settings) -> Finding | None:
     return None
 
 
-def _overfitting(rows, settings) -> Finding | None:
+def _overfitting(rows, metrics, settings) -> Finding | None:
     val, train = _series(rows, "val_loss"), _series(rows, "loss")
     if len(val) < OVERFIT_MIN_EPOCHS + 1 or len(train) != len(val) or not all(map(math.isfinite, val + train)):
         return None
@@ -128,7 +128,7 @@ def _overfitting(rows, settings) -> Finding | None:
                    "restore_best to keep the best epoch's weights"), epoch=best + 1)
 
 
-def _underfitting(rows, settings) -> Finding | None:
+def _underfitting(rows, metrics, settings) -> Finding | None:
     acc = _series(rows, "accuracy")
     if len(acc) < MIN_EPOCHS_FOR_ACCURACY or not math.isfinite(acc[-1]) or acc[-1] >= UNDERFIT_TRAIN_ACCURACY:
         return None
@@ -136,8 +136,8 @@ def _underfitting(rows, settings) -> Finding | None:
                    "train longer, a larger model (width/alpha), a higher lr, or less regularisation")
 
 
-def _mismatch(rows, settings) -> Finding | None:
-    acc, test = _last(rows, "accuracy", None), settings.get("test_accuracy")
+def _mismatch(rows, metrics, settings) -> Finding | None:
+    acc, test = _last(rows, "accuracy", None), metrics.get("test", {}).get("accuracy")
     if len(rows) < MIN_EPOCHS_FOR_ACCURACY or acc is None or test is None or test - acc < MISMATCH_GAP:
         return None
     return Finding("train_test_mismatch", f"test accuracy {100 * test:.1f} % is far above training accuracy "

@@ -18,24 +18,27 @@ from edgepipe.errors import EdgepipeError
 
 
 @contextlib.contextmanager
-def quiet_native():
-    """Send what C++ code writes to fds 1 and 2 to /dev/null (usable as a decorator too).
+def quiet_native(dest: str | Path = os.devnull):
+    """Send what Python and C++ code write to fds 1 and 2 to `dest` (/dev/null unless given).
 
     The converter prints "fully_quantize: ..." and TFLite Micro prints every failed allocation (the
-    arena search fails on purpose). Failures still surface, as exceptions with their message.
+    arena search fails on purpose). Failures still surface, as exceptions with their message. With a
+    file as `dest` (a parallel run's stage log), it is truncated first.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    target = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        os.dup2(target, 1)
+        os.dup2(target, 2)
         yield
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in (*saved, target):
             os.close(fd)
 
 

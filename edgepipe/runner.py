@@ -386,27 +386,13 @@ def _fresh_keras_session() -> None:
 
 def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:
     """Run one stage in a worker process, with everything it prints (native code included) in `log_file`."""
-    import sys
-
+    from edgepipe.litert import quiet_native
     from edgepipe.stages import kinds
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log_file, "w") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            _fresh_keras_session()
-            return kinds()[kind_name].run(params, io) or ""
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+    with quiet_native(log_file):
+        _fresh_keras_session()
+        return kinds()[kind_name].run(params, io) or ""
 
 
 def code_version(modules: tuple[str, ...]) -> str:

@@ -134,7 +134,8 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
-    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor", "edgepipe.lr_range"), main_output="model.h5",
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor", "edgepipe.lr_range"),
+    main_output="model.h5",
     doc="train a model from the zoo on a dataset",
 )
 
@@ -207,7 +208,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
                       loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     history_csv = io.work / "history.csv"
-    probe = GradientNorms(target or model, ds, io.out / "gradients.json")
+    probe = gradient_norms(target or model, ds, io.out / "gradients.json")
     callbacks = [
         keras.callbacks.BackupAndRestore(str(io.work / "backup")),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
@@ -234,41 +235,30 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     return rows
 
 
-def _gradient_norms_class():
+def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
+    """A callback: after each epoch, the L2 norm of the loss gradient of every kernel of `watched`, on one
+    fixed batch of val images, appended to `dest` (gradients.json) for the doctor.
+
+    The forward pass is in inference mode, so that measuring does not move BatchNorm statistics.
+    """
     from edgepipe._tf import keras, tf
 
-    class GradientNorms(keras.callbacks.Callback):
-        """After each epoch, the L2 norm of the loss gradient for every layer's kernel, on one fixed batch.
+    x, y = ds.splits["val"]
+    x, y = tf.constant(ds.preprocess(x[:samples])), tf.one_hot(y[:samples], len(ds.classes))
+    rows: list[dict] = []
 
-        Inference-mode forward pass, so that measuring does not move BatchNorm statistics. Written to
-        gradients.json for the doctor (exploding and vanishing gradients).
-        """
+    def measure(epoch, logs=None):
+        kernels = [v for v in watched.trainable_variables if "kernel" in v.name]
+        if not kernels:
+            return
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(y, watched(x, training=False)))
+        grads = tape.gradient(loss, kernels)
+        rows.append({"epoch": epoch + 1, "norms": {v.name.rsplit("/", 1)[0]: float(tf.norm(g)) if g is not None
+                                                    else 0.0 for v, g in zip(kernels, grads)}})
+        fsio.write_json(dest, rows)
 
-        def __init__(self, watched, ds: Dataset, dest: Path, samples: int = 64):
-            super().__init__()
-            self.watched, self.dest = watched, dest
-            x, y = ds.splits["val"]
-            self.x = tf.constant(ds.preprocess(x[:samples]))
-            self.y = tf.one_hot(y[:samples], len(ds.classes))
-            self.rows: list[dict] = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            kernels = [v for v in self.watched.trainable_variables if "kernel" in v.name]
-            if not kernels:
-                return
-            with tf.GradientTape() as tape:
-                loss = keras.losses.categorical_crossentropy(self.y, self.watched(self.x, training=False))
-                loss = tf.reduce_mean(loss)
-            grads = tape.gradient(loss, kernels)
-            self.rows.append({"epoch": epoch + 1, "norms": {
-                v.name.rsplit("/", 1)[0]: (float(tf.norm(g)) if g is not None else 0.0) for v, g in zip(kernels, grads)}})
-            fsio.write_json(self.dest, self.rows)
-
-    return GradientNorms
-
-
-def GradientNorms(watched, ds: Dataset, dest: Path):  # noqa: N802 - a class built lazily (TensorFlow)
-    return _gradient_norms_class()(watched, ds, dest)
+    return keras.callbacks.LambdaCallback(on_epoch_end=measure)
 
 
 def dead_relus(model, ds: Dataset, samples: int = 256) -> dict[str, float]:

@@ -189,3 +189,29 @@ def test_html_report_renders_in_headless_chromium(tmp_path, cli):
 
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert pixels.shape == (2400, 1200) and pixels.std() > 10, "the page rendered something, not a blank sheet"
+
+
+def test_parallel_run_keeps_the_bench_alone_and_prints_the_report(tmp_path, cli):
+    """--jobs 2: the bench waits for an unrelated training still running; the report's table reaches the terminal."""
+    data = write_idx_dataset(tmp_path / "idx")
+    recipe = tiny_recipe(data)
+    fast = recipe["stages"]["model"]["params"]
+    recipe["stages"].update({
+        "slow": {"kind": "train", "inputs": {"data": "data"}, "params": {**fast, "epochs": 120, "batch_size": 8}},
+        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
+                   "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10}},
+        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 10}},
+        "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+    })
+    p = cli("run", write_recipe(tmp_path / "par.yaml", recipe), "--jobs", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    at = lambda stage, what: next(i for i, l in enumerate(lines) if l.split()[1:3] == [stage, what])  # noqa: E731
+    assert at("tflite", "done") < at("slow", "done"), "precondition: the bench was ready while 'slow' still ran"
+    assert at("slow", "done") < at("bench", "running:"), "the bench started while another stage was running"
+    assert any(l.startswith("model ") and "accuracy" in l for l in lines), "the report table was not printed"
+
+
+def test_report_command_before_any_run_is_one_line(tmp_path, cli):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(write_idx_dataset(tmp_path / "idx")))
+    one_error_line(cli("report", recipe), "r has no HTML report yet", "fix: run it first: edgepipe run r")
