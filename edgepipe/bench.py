@@ -1,10 +1,16 @@
-"""The bench stage: measure every converted model by running the exported file.
+"""The bench stage: measure every converted model by running the exported file, on a target.
 
-Per model: accuracy on the full test split (inputs preprocessed and quantized exactly as on a device),
-latency percentiles of single-image invokes after warm-up, at 1 thread and at every core, FPS, size,
-parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the smallest arena it
-needs (found by search, the way firmware engineers size `tensor_arena`). Provenance (CPU, versions,
-threads) is recorded, and the stage is keyed on it: a different machine reruns it.
+Per model, on this host: accuracy on the full test split (inputs preprocessed and quantized exactly as on
+a device), latency percentiles of single-image invokes after warm-up at 1 thread and at every core, FPS,
+memory, size, parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the
+smallest arena it needs (found by search, the way firmware engineers size `tensor_arena`). The host
+figures come from `device_runner`, the same code a device runs.
+
+Then the target (`edgepipe.targets`): first the op lint (what the target cannot run), then its figures,
+each tagged with where it comes from (`PROVENANCE`): measured on the device over SSH (Raspberry Pi,
+Coral through the libedgetpu delegate) or adb (Android, `benchmark_model`), TFLite Micro on this host
+(an MCU's accuracy and arena), or an estimate (an MCU's latency). The stage is keyed on the host, its
+runtime versions and the target, so another machine or device reruns it.
 """
 
 from __future__ import annotations
@@ -12,33 +18,36 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from edgepipe import fsio, litert
+from edgepipe import device_runner, fsio, litert
 from edgepipe.convert import sidecars
 from edgepipe.data import load_dataset
 from edgepipe.errors import EdgepipeError
 from edgepipe.params import param
 from edgepipe.stages import StageIO, StageKind
-
-
-MISCLASSIFIED_KEPT = 32  # test indices of wrong answers kept per model, for the report's sample grid
+from edgepipe.targets import DEFAULT_KERNEL_BYTES, KERNEL_FLASH_BYTES, Target, check_reach, load_target
 
 
 @dataclasses.dataclass
 class BenchParams:
     """Parameters of the bench stage."""
 
-    target: Literal["host"] = param("host", "where the models run (device targets come with #5)")
+    target: str | None = param(None, "target profile (name or .yaml); null: the recipe's `target:`, else host")
+    host: str | None = param(None, "user@address[:port] of an SSH target (also --host on the command line)")
+    identity: str | None = param(None, "SSH private key for the host (null: the user's own ssh setup)")
+    ssh_options: list[str] = param([], "extra ssh -o options, e.g. [Port=2222, UserKnownHostsFile=~/pi_hosts]")
+    python: str | None = param(None, "Python with ai-edge-litert on the device (null: the target profile's)")
     warmup: int = param(20, "untimed invokes before timing", min=0)
     runs: int = param(300, "timed single-image invokes per model and thread count", min=5)
     threads: list[int] = param([1, 0], "thread counts to time; 0 means every core")
     tflm: bool = param(True, "check int8 models with TensorFlow Lite Micro and measure the arena")
     max_test_samples: int | None = param(None, "cap the test images used for accuracy (null: all)", min=1)
+    edgetpu_compiler: str = param("edgetpu_compiler", "Coral: the compiler command")
+    benchmark_model: str | None = param(None, "android: path of LiteRT's benchmark_model binary for the phone")
+    adb_serial: str | None = param(None, "android: the phone's serial when several are connected")
 
 
 def host_provenance() -> dict:
@@ -65,27 +74,18 @@ def host_provenance() -> dict:
 
 
 def environment(params: BenchParams) -> dict:
-    """Part of the cache key: the machine and runtime the figures come from."""
+    """Part of the cache key: the target, and the machine and runtime the figures come from.
+
+    A remote device cannot be asked without connecting, so a device target is keyed on its profile and
+    address; the host's own runtime versions are part of every key (they run the lint and TFLM).
+    """
     p = host_provenance()
-    return {k: p[k] for k in ("target", "cpu", "cores", "machine", "ai_edge_litert", "tflite_micro")}
-
-
-def latency(path: Path, x_q: np.ndarray, threads: int, warmup: int, runs: int) -> dict:
-    """Percentiles (microseconds) of single-image invokes, cycling through prepared inputs."""
-    interp = litert.interpreter(path, num_threads=threads)
-    din, _ = litert.io_details(interp)
-    for i in range(warmup):
-        interp.set_tensor(din["index"], x_q[i % len(x_q)][None])
-        interp.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        interp.set_tensor(din["index"], x_q[i % len(x_q)][None])
-        t = time.perf_counter_ns()
-        interp.invoke()
-        times[i] = (time.perf_counter_ns() - t) / 1e3
-    return {"p50_us": float(np.percentile(times, 50)), "p90_us": float(np.percentile(times, 90)),
-            "p99_us": float(np.percentile(times, 99)), "mean_us": float(times.mean()),
-            "fps": float(1e6 / times.mean()), "runs": runs}
+    key = {k: p[k] for k in ("cpu", "cores", "machine", "ai_edge_litert", "tflite_micro")}
+    target = load_target(params.target or "host")
+    key["target"] = dataclasses.asdict(target)
+    if target.reach in ("ssh", "adb"):
+        key["device"] = params.host or params.adb_serial
+    return key
 
 
 def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
@@ -126,50 +126,183 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
             "samples": len(x_q)}
 
 
+def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float:
+    """Accuracy of an int8 model run by TFLite Micro's own kernels (what a microcontroller computes)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=arena)
+    din, _ = litert.io_details(litert.interpreter(path))
+    x_q = device_runner.quantize_input(x, din)
+    hits = 0
+    for xi, yi in zip(x_q, y):
+        interp.set_input(xi[None], 0)
+        interp.invoke()
+        hits += int(np.argmax(interp.get_output(0)) == yi)
+    return hits / len(y)
+
+
+def mcu_figures(target: Target, row: dict, path: Path) -> dict:
+    """How an int8 model fits a microcontroller.
+
+    RAM: the arena TFLite Micro needed on this host, plus the target's margin. Flash: the model's bytes
+    plus the runtime's and its kernels' code (an estimate). Latency: MACs x cycles/MAC / clock (an
+    estimate).
+    """
+    from edgepipe import lint
+
+    tflm = row.get("tflm") or {}
+    ops, _, _, _ = lint.read_graph(path)
+    kernels = sorted({op.name for op in ops})
+    code = (target.runtime_flash_bytes or 0) + sum(KERNEL_FLASH_BYTES.get(k, DEFAULT_KERNEL_BYTES) for k in kernels)
+    flash = row["size_bytes"] + code
+    arena = tflm.get("arena_bytes")
+    ram_needed = None if arena is None else int(arena * (1 + target.arena_margin))
+    fits_ram = None if ram_needed is None or target.ram_bytes is None else ram_needed <= target.ram_bytes
+    fits_flash = None if target.flash_bytes is None else flash <= target.flash_bytes
+    latency_us = (row["macs"] * target.cycles_per_mac / target.clock_mhz
+                  if target.cycles_per_mac and target.clock_mhz else None)
+    return {"arena_bytes": arena, "arena_margin": target.arena_margin, "ram_needed_bytes": ram_needed,
+            "ram_bytes": target.ram_bytes, "flash_needed_bytes": flash, "flash_bytes": target.flash_bytes,
+            "code_bytes_estimate": code, "ops": kernels, "fits_ram": fits_ram, "fits_flash": fits_flash,
+            "fits": bool(tflm.get("ok")) and fits_ram is not False and fits_flash is not False,
+            "latency_us_estimate": latency_us}
+
+
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:
-    """Bench every model of every input convert stage; write bench.json."""
+    """Lint every model for the target, measure it on this host and on the target; write bench.json."""
+    from edgepipe import lint
+
+    target = load_target(params.target or "host")
+    check_reach(target, params.host)
     ds = load_dataset(io.inputs["data"])
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:
         x_test, y_test = x_test[: params.max_test_samples], y_test[: params.max_test_samples]
     x = ds.preprocess(x_test)
-    cores = os.cpu_count() or 1
-    rows = []
+    models: list[tuple[Path, dict]] = []
     for stage_dir in io.inputs["models"]:
         for side in sidecars(stage_dir):
             path = Path(stage_dir) / side["file"]
             if side["preprocessing"] != ds.info["preprocessing"]:
                 raise EdgepipeError(f"{path.name} was converted with other preprocessing than this bench's data",
                                     "bench a model on the dataset it was trained on")
-            probs = litert.predict(path, x)
-            pred = probs.argmax(1)
+            models.append((path, side))
+
+    # The lint runs first: what a target cannot run is said before anything is copied anywhere.
+    deployable = {path.name for path, side in models if side["variant"] == "int8" or not target.needs_int8}
+    findings = []
+    for path, side in models:
+        kind = target.kind if path.name in deployable else None
+        for f in lint.lint(path, int8=side["variant"] == "int8", target_kind=kind):
+            findings.append({"source": "lint", "model": path.name, "code": f.code, "op": f.op, "layer": f.layer,
+                             "line": f.line(path.name)})
+    if findings:
+        fsio.write_json(io.out / "diagnostics.json", findings)
+
+    device = measure_on_target(target, params, [p for p, _ in models if p.name in deployable], x, y_test, io.work)
+    rows = []
+    for path, side in models:
+        # Host figures come from device_runner, the code a device runs, so they compare like for like.
+        with litert.quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            host = device_runner.measure(str(path), x, y_test, params.threads, params.warmup, params.runs,
+                                         keep_predictions=True)
+        pred = host.pop("predictions")
+        row = {
+            "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
+            "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
+            "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
+            "input_dtype": side["input"]["dtype"], "parity": side["parity"], **host,
+            "lint": [f["line"] for f in findings if f["model"] == path.name],
+        }
+        if params.tflm and side["variant"] == "int8":
             din, _ = litert.io_details(litert.interpreter(path))
-            x_q = litert.quantize_input(x[:100], din)
-            row = {
-                "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
-                "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
-                "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
-                "accuracy": float(np.mean(pred == y_test)), "test_samples": int(len(y_test)),
-                "input_dtype": side["input"]["dtype"], "parity": side["parity"], "latency": {},
-                "per_class_accuracy": [float(np.mean(pred[y_test == c] == c)) if np.any(y_test == c) else None
-                                       for c in range(len(ds.classes))],
-                "misclassified": [[int(i), int(y_test[i]), int(pred[i])]
-                                  for i in np.flatnonzero(pred != y_test)[:MISCLASSIFIED_KEPT]],
-            }
-            for t in params.threads:
-                n = cores if t == 0 else t
-                row["latency"][f"threads_{n}"] = latency(path, x_q, n, params.warmup, params.runs)
-            if params.tflm and side["variant"] == "int8":
-                row["tflm"] = tflm_check(path, x_q, pred[:100])
-            rows.append(row)
-    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "data": Path(io.inputs["data"]).name,
-                                            "classes": ds.classes, "rows": rows})
+            row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:100], din), pred[:100])
+        row["target"] = target_figures(target, row, path, device.get(path.name), x, y_test)
+        rows.append(row)
+    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
+                                            "device": device.get("_provenance"),
+                                            "data": Path(io.inputs["data"]).name, "classes": ds.classes,
+                                            "rows": rows})
     best = max(rows, key=lambda r: r["accuracy"])
-    return f"{len(rows)} models benched; best {best['name']} {100 * best['accuracy']:.2f} %"
+    where = "" if target.name == "host" else f" on {target.name}"
+    return (f"{len(rows)} models benched{where}; best {best['name']} {100 * best['accuracy']:.2f} %"
+            + (f"; {len(findings)} lint findings" if findings else ""))
+
+
+def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,
+                      work: Path) -> dict:
+    """Figures measured on the device itself, by model file name (nothing for host and MCU targets)."""
+    if target.reach == "ssh":
+        from edgepipe import edgetpu, remote
+
+        host = remote.SshHost.parse(params.host, params.identity, tuple(params.ssh_options))
+        compiled: dict[str, tuple[Path, dict]] = {}
+        if target.kind == "edgetpu":  # the device runs the compiled model through the libedgetpu delegate
+            for m in models:
+                compiled[m.name] = edgetpu.compile_model(m, work, params.edgetpu_compiler)
+        test_set = work / "test.npz"
+        np.savez(test_set, x=x, y=y)
+        files = [compiled[m.name][0] if compiled else m for m in models]
+        got = remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
+                                    threads=params.threads, warmup=params.warmup, runs=params.runs,
+                                    delegate=target.delegate)
+        out: dict = {"_provenance": {**got["provenance"], "host": str(host)}}
+        for m, f in zip(models, files):
+            out[m.name] = {**got["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {})}
+        return out
+    if target.reach == "adb":
+        from edgepipe import android
+
+        out = {"_provenance": {"adb_serial": params.adb_serial}}
+        for m in models:
+            out[m.name] = android.bench(m, params.benchmark_model, threads=1, runs=params.runs,
+                                        warmup=params.warmup, serial=params.adb_serial)
+        return out
+    return {}
+
+
+PROVENANCE = {"target": "measured on the target", "host-litert": "LiteRT on this host",
+              "tflm-host": "TFLite Micro on this host", "estimate": "estimate (MACs x cycles/MAC / clock)"}
+
+
+def target_figures(target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
+                   y: np.ndarray) -> dict:
+    """The row's accuracy, latency and memory on the target, each tagged with its `PROVENANCE` key."""
+    out: dict = {"name": target.name, "deployable": row["variant"] == "int8" or not target.needs_int8}
+    if not out["deployable"]:
+        out["why_not"] = f"{target.name} runs full-int8 models only"
+        return out
+    one = row["latency"].get("threads_1")
+    if target.reach == "local":
+        out["accuracy"] = {"value": row["accuracy"], "provenance": "host-litert"}
+        out["latency_p50_us"] = {"value": one and one["p50_us"], "provenance": "host-litert"}
+        out["memory"] = {"value": row.get("model_rss_bytes"), "what": "RSS growth", "provenance": "host-litert"}
+    elif target.kind == "mcu":
+        mcu = mcu_figures(target, row, path)
+        acc = tflm_accuracy(path, x, y, mcu["arena_bytes"]) if mcu["arena_bytes"] else None
+        out.update(mcu=mcu, fits=mcu["fits"])
+        out["accuracy"] = {"value": acc, "provenance": "tflm-host"}
+        out["latency_p50_us"] = {"value": mcu["latency_us_estimate"], "provenance": "estimate"}
+        out["memory"] = {"value": mcu["arena_bytes"], "what": "arena", "provenance": "tflm-host"}
+    elif target.reach == "adb":
+        out["latency"] = {"threads_1": device}
+        out["accuracy"] = {"value": row["accuracy"], "provenance": "host-litert"}
+        out["latency_p50_us"] = {"value": device.get("p50_us", device["mean_us"]), "provenance": "target"}
+        out["memory"] = {"value": device.get("memory_bytes"), "what": "peak", "provenance": "target"}
+    else:  # measured on the device over SSH
+        out.update({k: device[k] for k in ("latency", "predictions_sha256", "peak_rss_bytes", "edgetpu") if k in device})
+        dev_one = device["latency"].get("threads_1")
+        out["accuracy"] = {"value": device["accuracy"], "provenance": "target"}
+        out["latency_p50_us"] = {"value": dev_one and dev_one["p50_us"], "provenance": "target"}
+        out["memory"] = {"value": device.get("model_rss_bytes"), "what": "RSS growth", "provenance": "target"}
+        out["same_predictions_as_host"] = device.get("predictions_sha256") == row.get("predictions_sha256")
+    return out
 
 
 KIND = StageKind(
     name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
-    code=("edgepipe.bench", "edgepipe.litert", "edgepipe.convert", "edgepipe.data"), main_output="bench.json",
-    environment=environment, exclusive=True, doc="accuracy, latency, FPS, size and MCU arena of each .tflite, measured",
+    code=("edgepipe.bench", "edgepipe.device_runner", "edgepipe.litert", "edgepipe.lint", "edgepipe.targets",
+          "edgepipe.remote", "edgepipe.edgetpu", "edgepipe.android", "edgepipe.convert", "edgepipe.data"),
+    main_output="bench.json", environment=environment, exclusive=True,
+    doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
 )

@@ -12,10 +12,10 @@ from edgepipe import ui
 from edgepipe.errors import EdgepipeError
 
 
-def _load(recipe: str, profile: str | None, sets: tuple[str, ...]):
+def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str | None = None, host: str | None = None):
     from edgepipe.recipe import find_recipe, load_recipe
 
-    return load_recipe(find_recipe(recipe), profile=profile, sets=sets)
+    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host)
 
 
 recipe_arg = click.argument("recipe")
@@ -23,6 +23,9 @@ profile_opt = click.option("--profile", "-p", default=None, help="apply the reci
 set_opt = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="override a param (repeatable)")
 until_opt = click.option("--until", default=None, metavar="STAGE", help="run this stage and what it depends on")
 only_opt = click.option("--only", default=None, metavar="STAGE", help="run just this stage on existing inputs")
+target_opt = click.option("--target", "-t", default=None, metavar="NAME|FILE.yaml",
+                          help="device to bench and bundle for (`edgepipe targets` lists them)")
+host_opt = click.option("--host", default=None, metavar="USER@ADDR[:PORT]", help="SSH address of the target device")
 root_opt = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
                         show_default=True, help="folder that holds runs/ and models/")
 
@@ -42,20 +45,43 @@ def main(ctx: click.Context, debug: bool) -> None:
 @set_opt
 @until_opt
 @only_opt
+@target_opt
+@host_opt
 @root_opt
 @click.option("--force", is_flag=True, help="rerun the selected stages even if up to date")
 @click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
 @click.option("-j", "--jobs", default=1, show_default=True, type=int,
               help="stages run at once, in worker processes, when their inputs are ready")
-def run(recipe, profile, sets, until, only, root, force, dry_run, jobs):
+def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
-    import time
-
     from edgepipe.runner import Runner
 
-    r = _load(recipe, profile, sets)
+    r = _load(recipe, profile, sets, target, host)
+    _summary(r, lambda: Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
+
+
+@main.command()
+@recipe_arg
+@profile_opt
+@set_opt
+@target_opt
+@host_opt
+@root_opt
+@click.option("--force", is_flag=True, help="rerun the bench stages even if up to date")
+def bench(recipe, profile, sets, target, host, root, force):
+    """Bench RECIPE's models on a target: its bench stages and what they need (e.g. --target rpi4 --host pi@addr)."""
+    from edgepipe.runner import Runner
+
+    r = _load(recipe, profile, sets, target, host)
+    runner = Runner(r, root)
+    _summary(r, lambda: runner.run_kind("bench", force=force), False)
+
+
+def _summary(r, go, dry_run: bool) -> None:
+    import time
+
     start = time.perf_counter()
-    results = Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs)
+    results = go()
     ran = [x for x in results if x.action == "ran"]
     total = time.perf_counter() - start
     last = next((x.summary for x in reversed(ran) if x.summary), "")
@@ -79,12 +105,52 @@ def report(recipe, profile, sets, root):
 @recipe_arg
 @profile_opt
 @set_opt
+@target_opt
+@host_opt
 @root_opt
-def status(recipe, profile, sets, root):
+def status(recipe, profile, sets, target, host, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
     from edgepipe.runner import Runner
 
-    Runner(_load(recipe, profile, sets), root).status()
+    Runner(_load(recipe, profile, sets, target, host), root).status()
+
+
+@main.command()
+@click.argument("name", required=False)
+def targets(name):
+    """List target profiles, or show one (a name or a profile .yaml file) with every value."""
+    import dataclasses
+
+    from edgepipe.targets import BUILTIN, load_target
+
+    if name is None:
+        for n in BUILTIN:
+            t = load_target(n)
+            ui.say(f"  {n:<10} {t.kind:<8} reach {t.reach:<6} {t.description}")
+        return
+    for key, value in dataclasses.asdict(load_target(name)).items():
+        ui.say(f"  {key:<20} {value}")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@target_opt
+@click.option("--int8/--no-int8", default=None, help="treat the models as full-int8 (default: the target's rule, "
+              "or a model whose input is integer)")
+def lint(models, target, int8):
+    """Check .tflite MODELS for what TARGET cannot run: float ops in int8 graphs, quantize islands, missing ops."""
+    from edgepipe import lint as linter
+    from edgepipe.targets import load_target
+
+    t = load_target(target or "host")
+    count = 0
+    for path in models:
+        for f in linter.lint_for(path, t, int8):
+            ui.say(f.line(path.name))
+            count += 1
+    ui.say(f"{len(models)} model(s), {count} finding(s) for target {t.name}")
+    if count:
+        raise SystemExit(1)
 
 
 @main.command()

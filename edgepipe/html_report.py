@@ -1,6 +1,7 @@
 """report.html: one self-contained page (pictures embedded) beside report.md.
 
-Sections, each with an id a test or a browser can find: `results` (the table), `gates`, `pareto`,
+Sections, each with an id a test or a browser can find: `results` (the table), `targets` (figures on
+each device, tagged with their provenance, when a bench ran on one), `gates`, `pareto`,
 `int8` (the classes quantization hurt most), `training` (per training stage: curves, confusion matrix,
 the doctor's findings) and `misclassified` (test images the deployable model gets wrong).
 
@@ -34,13 +35,13 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 
 def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
                benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None,
-               int8_cost: list[dict]) -> None:
+               int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "") -> None:
     """Write the page to `dest` (atomically, through a temporary file)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
              "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
              "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>",
-             _results(table, columns), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
+             _results(table, columns), _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
              _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
@@ -66,6 +67,15 @@ def _results(table, columns) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in table)
     return f"<h2 id='results'>Results</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _targets(target_table, legend: str) -> str:
+    if not target_table:
+        return ""
+    head = "".join(f"<th>{_e(c)}</th>" for c in target_table[0])
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in target_table[1:])
+    return (f"<h2 id='targets'>On the targets</h2><table><tr>{head}</tr>{body}</table>"
+            f"<p class='small'>{_e(legend)}</p>")
 
 
 def _gates(gates) -> str:

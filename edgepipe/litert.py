@@ -2,7 +2,8 @@
 
 Inputs are preprocessed floats; for an int8/uint8 model they are quantized with the model's own input
 scale and zero point (q = round(x / scale) + zero_point), and outputs dequantized the same way, so
-accuracy is measured on exactly what the exported file computes.
+accuracy is measured on exactly what the exported file computes. The quantization and batched
+prediction are `device_runner`'s, the file that runs on devices, so host and device agree by design.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepipe import device_runner
+from edgepipe.device_runner import dequantize_output, quantize_input  # noqa: F401 - one implementation, re-exported
 from edgepipe.errors import EdgepipeError
 
 
@@ -51,10 +54,10 @@ def interpreter(model: Path | bytes, num_threads: int | None = None, batch: int 
         kw = {"model_path": str(model)} if isinstance(model, Path) else {"model_content": bytes(model)}
         with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             interp = Interpreter(num_threads=num_threads, **kw)
-        if batch:
-            detail = interp.get_input_details()[0]
-            interp.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
-        interp.allocate_tensors()
+            if batch:
+                detail = interp.get_input_details()[0]
+                interp.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise EdgepipeError(f"{name}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
                             "re-run the convert stage to regenerate it") from None
@@ -69,35 +72,6 @@ def io_details(interp) -> tuple[dict, dict]:
     return ins[0], outs[0]
 
 
-def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float input -> the model's input dtype (identity for float models)."""
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-
-
-def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    """The model's output -> float (identity for float models)."""
-    if detail["dtype"] == np.float32:
-        return y
-    scale, zero = detail["quantization"]
-    return (y.astype(np.float32) - zero) * scale
-
-
 def predict(model: Path | bytes, x: np.ndarray, batch: int = 250) -> np.ndarray:
-    """Float outputs of the model on preprocessed inputs `x`, in batches."""
-    interpreters: dict[int, tuple] = {}  # batch size -> (interpreter, input, output); the last batch may be short
-    outputs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        if len(chunk) not in interpreters:
-            interp = interpreter(model, batch=len(chunk))
-            interpreters[len(chunk)] = (interp, *io_details(interp))
-        interp, din, dout = interpreters[len(chunk)]
-        interp.set_tensor(din["index"], quantize_input(chunk, din))
-        interp.invoke()
-        outputs.append(dequantize_output(interp.get_tensor(dout["index"]), dout))
-    return np.concatenate(outputs)
+    """Float outputs of the model on preprocessed inputs `x`, in batches (the device runner's code)."""
+    return device_runner.predict(lambda n: interpreter(model, batch=n), x, batch=batch)

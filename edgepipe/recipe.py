@@ -23,6 +23,8 @@ TOP_KEYS = {
     "description": "one line shown by `edgepipe graph`",
     "vars": "values substituted for ${name} anywhere in the recipe",
     "profiles": "named overrides, e.g. smoke: {teacher.epochs: 1}",
+    "target": "device the bench and bundle stages measure and package for, unless they name their own "
+              "(see `edgepipe targets`; default host); --target overrides it",
     "stages": "name -> {kind, params, inputs, publish}",
 }
 STAGE_KEYS = {
@@ -87,13 +89,16 @@ def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
     raise RecipeError(f"recipe '{name_or_path}' not found", fix)
 
 
-def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
+                host: str | None = None) -> Recipe:
     """Read, override, substitute and validate a recipe.
 
     Args:
         path: the recipe YAML file.
         profile: name of an entry under `profiles:` whose overrides to apply.
         sets: ``stage.key=value`` or ``vars.name=value`` overrides (value parsed as YAML), applied last.
+        target: replaces the recipe's top-level `target:` (`--target`).
+        host: `user@address` for the stages whose target is reached over SSH (`--host`).
 
     Raises:
         RecipeError: on anything invalid, naming the file and the key.
@@ -159,6 +164,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
             raise RecipeError(f"{at}.publish: expected a list of file names")
         stages[name] = Stage(name, kind, params, inputs, tuple(publish))
 
+    _apply_target(stages, target or raw.get("target"), host, where)
     order = _topological(stages, where)
     return Recipe(
         name=str(raw.get("name") or path.stem),
@@ -166,6 +172,34 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         description=str(raw.get("description") or ""),
         stages={n: stages[n] for n in order},
     )
+
+
+def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str) -> None:
+    """Give stages with a `target` param the recipe's target unless they name one; check every target exists.
+
+    `--host` goes to the stages whose target is reached over SSH; it is an error if none is, so a
+    mistyped command does not silently bench on this machine.
+    """
+    from edgepipe.errors import EdgepipeError
+    from edgepipe.targets import load_target
+
+    if default is not None and not isinstance(default, str):
+        raise RecipeError(f"{where}: target must be a profile name or a .yaml path, got {default!r}")
+    took_host = False
+    for name, stage in stages.items():
+        if not hasattr(stage.params, "target"):
+            continue
+        if stage.params.target is None:
+            stage.params.target = default or "host"
+        try:
+            profile = load_target(stage.params.target)
+        except EdgepipeError as e:
+            raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
+        if host and hasattr(stage.params, "host") and profile.reach == "ssh":
+            stage.params.host, took_host = host, True
+    if host and not took_host:
+        raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
+                          "add --target rpi4 (or another SSH target), or drop --host")
 
 
 def _only_keys(mapping: dict, allowed: dict, where: str) -> None:

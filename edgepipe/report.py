@@ -41,10 +41,17 @@ COLUMNS = ("model", "quant", "size", "params", "MACs", "accuracy", "delta", "p50
            "p50 all", "arena")
 
 
+TAGS = {"target": "tgt", "host-litert": "host", "tflm-host": "tflm", "estimate": "est"}
+
+
 def run_report_stage(params: ReportParams, io: StageIO) -> str:
     benches = [json.loads((Path(d) / "bench.json").read_text()) for d in io.inputs["benches"]]
-    rows = [r for b in benches for r in b["rows"]]
-    by_name = {r["name"]: r for r in rows}
+    by_name: dict[str, dict] = {}
+    for b in benches:  # one row per model; each bench adds its target's figures to it
+        for r in b["rows"]:
+            by_name.setdefault(r["name"], r)
+    rows = list(by_name.values())
+    targets = target_figures(benches)
     for name in [params.reference] + [n for g in params.gates for n in (g.model, g.against)]:
         if name and name not in by_name:
             raise EdgepipeError(f"report: no benched model named '{name}'", f"use one of: {', '.join(by_name)}")
@@ -57,20 +64,28 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
                       "passed": drop <= g.max_drop})
     provenance = benches[0]["provenance"] if benches else {}
     report = {"title": params.title, "reference": params.reference, "provenance": provenance,
-              "rows": [_flat(r, ref) for r in rows], "gates": gates}
+              "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
+              "targets": [b["target"]["name"] for b in benches if "target" in b]}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
     fsio.write_json(io.out / "report.json", report)
-    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost))
+    target_table = _target_table(rows, targets)
+    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table))
     _pareto(rows, io.out / "pareto.png")
     from edgepipe.html_report import write_html
 
     write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
-               deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost)
-    for line in _text_table(table):
+               deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
+               target_table=target_table, legend=TAG_LEGEND)
+    for line in _text_table(table, COLUMNS):
         ui.say(line)
+    if target_table:
+        ui.say("")
+        for line in _text_table(target_table[1:], target_table[0]):
+            ui.say(line)
+        ui.say("  " + TAG_LEGEND)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
@@ -118,7 +133,7 @@ def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str
 
 def _row(r: dict, ref: float | None) -> list[str]:
     f = _flat(r, ref)
-    us = lambda v: "-" if v is None else (f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms")  # noqa: E731
+    us = lambda v: "-" if v is None else _us(v)  # noqa: E731
     return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
             f"{f['params']:,}", f"{f['macs'] / 1e6:.2f} M", f"{100 * f['accuracy']:.2f} %",
             "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
@@ -127,13 +142,64 @@ def _row(r: dict, ref: float | None) -> list[str]:
             "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
 
 
-def _text_table(table: list[list[str]]) -> list[str]:
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(COLUMNS)]
+def target_figures(benches: list[dict]) -> dict[str, dict[str, dict]]:
+    """model name -> target name -> its figures there (accuracy, latency, memory, fit), provenance-tagged."""
+    out: dict[str, dict[str, dict]] = {}
+    for b in benches:
+        for r in b["rows"]:
+            t = r.get("target")
+            if t:
+                out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
+                    "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu") if k in t}
+    return out
+
+
+TAG_LEGEND = ("[tgt] measured on the target, [host] LiteRT on this host, [tflm] TFLite Micro on this host, "
+              "[est] estimate from MACs")
+
+
+def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
+    """Header + rows of per-target columns, or [] when every figure is this host's own."""
+    names = list(dict.fromkeys(t for per in targets.values() for t in per))
+    if names in ([], ["host"]):
+        return []
+    header = ["model"]
+    for t in names:
+        header += [f"acc@{t}", f"p50@{t}", f"mem@{t}"]
+    table = [header]
+
+    def tagged(fig: dict | None, fmt) -> str:
+        if not fig or fig.get("value") is None:
+            return "-"
+        return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
+
+    for r in rows:
+        cells = [r["name"]]
+        for t in names:
+            f = targets.get(r["name"], {}).get(t)
+            if f is None or not f.get("deployable", True):
+                cells += ["n/a", "n/a", "n/a"]
+                continue
+            mem = f.get("memory") or {}
+            fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
+            cells += [tagged(f.get("accuracy"), lambda v: f"{100 * v:.2f} %"),
+                      tagged(f.get("latency_p50_us"), _us),
+                      tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits]
+        table.append(cells)
+    return table
+
+
+def _us(v: float) -> str:
+    return f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms"
+
+
+def _text_table(table: list[list[str]], columns) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return [fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
+    return [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
 
 
-def _markdown(title: str, table, gates, provenance, int8_cost) -> str:
+def _markdown(title: str, table, gates, provenance, int8_cost, target_table=()) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter on the full "
@@ -147,6 +213,11 @@ def _markdown(title: str, table, gates, provenance, int8_cost) -> str:
         for c in int8_cost:
             worst = ", ".join(f"{x['class']} {x['points_lost']:+.2f}" for x in c["classes"][:3])
             lines.append(f"- {c['model']} ({c['points_lost']:+.2f} overall): {worst}")
+    if target_table:
+        lines += ["", "On the targets (each figure tagged with where it comes from):", "",
+                  "| " + " | ".join(target_table[0]) + " |", "|" + "---|" * len(target_table[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
+        lines += ["", TAG_LEGEND + "."]
     if provenance:
         lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
     return "\n".join(lines) + "\n"

@@ -98,7 +98,19 @@ class Runner:
             self._clean_scratch(dry_run)
             if dry_run:
                 return self._dry_run(plan, force)
-            return self._execute(plan, force, jobs)
+            return self._execute(plan, set(plan) if force else set(), jobs)
+
+    def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
+        """Run every stage of `kind` and whatever stale stage it needs; `force` reruns only those stages."""
+        targets = [n for n, s in self.recipe.stages.items() if s.kind.name == kind]
+        if not targets:
+            raise EdgepipeError(f"{self.recipe.path} has no {kind} stage", f"add a stage of kind {kind}",
+                                exit_code=2)
+        wanted = {a for t in targets for a in self.recipe.ancestors(t)}
+        plan = [n for n in self.recipe.stages if n in wanted]
+        with self._exclusive(False):
+            self._clean_scratch(False)
+            return self._execute(plan, set(targets) if force else set(), jobs)
 
     def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
         results: list[Result] = []
@@ -121,7 +133,7 @@ class Runner:
             ui.say(f"{tag} stale: {reason}")
         return results
 
-    def _execute(self, plan: list[str], force: bool, jobs: int) -> list[Result]:
+    def _execute(self, plan: list[str], force: set[str], jobs: int) -> list[Result]:
         """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once."""
         results: dict[str, Result] = {}
         waiting = list(plan)
@@ -142,7 +154,7 @@ class Runner:
                     waiting.remove(name)
                     tag = f"[{plan.index(name) + 1}/{len(plan)}] {name:<14}"
                     key, parts = self._key(stage)
-                    reason = "forced (--force)" if force else self._why_stale(stage, key, parts)
+                    reason = "forced (--force)" if name in force else self._why_stale(stage, key, parts)
                     if reason is None:
                         self._republish(stage)
                         results[name] = Result(name, "skipped", "up to date")
@@ -305,10 +317,11 @@ class Runner:
         ui.say(f"{tag} done in {seconds:.1f} s -> {_rel(main)}{size}" + (f"  | {summary}" if summary else ""))
         diagnostics = out_dir / "diagnostics.json"
         for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
-            ui.say(f"    doctor: {finding['line']}")
+            ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
         return Result(stage.name, "ran", reason, seconds, summary)
 
     def _published(self, stage: Stage) -> list[Path]:
+        """Output files matching the stage's `publish:` patterns (`cortex-m4/*` keeps its folder)."""
         out_dir = self.run_dir / stage.name
         files: list[Path] = []
         for pattern in stage.publish:
@@ -322,11 +335,14 @@ class Runner:
 
     def _publish(self, stage: Stage) -> None:
         for src in self._published(stage):
-            fsio.copy_file(src, self.models_dir / src.name)
+            dest = self.models_dir / src.relative_to(self.run_dir / stage.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fsio.copy_file(src, dest)
 
     def _republish(self, stage: Stage) -> None:
         for src in self._published(stage):
-            dest = self.models_dir / src.name
+            dest = self.models_dir / src.relative_to(self.run_dir / stage.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.is_file() or dest.stat().st_size != src.stat().st_size:
                 fsio.copy_file(src, dest)
                 ui.say(f"    republished {_rel(dest)}")

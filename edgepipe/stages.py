@@ -64,7 +64,8 @@ class StageKind:
 
 def kinds() -> dict[str, StageKind]:
     """All stage kinds by name. Stage modules import TensorFlow lazily, so this is cheap."""
-    from edgepipe import bench, convert, data, distill, qat, report, train, transfer
+    from edgepipe import bench, bundle, convert, data, distill, qat, report, train, transfer
 
-    table = [data.KIND, train.KIND, transfer.KIND, distill.KIND, qat.KIND, convert.KIND, bench.KIND, report.KIND]
+    table = [data.KIND, train.KIND, transfer.KIND, distill.KIND, qat.KIND, convert.KIND, bench.KIND, bundle.KIND,
+             report.KIND]
     return {k.name: k for k in table}

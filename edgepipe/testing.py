@@ -100,3 +100,70 @@ def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int =
                                              "label": tfds.features.ClassLabel(names=["nw", "ne", "sw", "se"])}))
     builder.download_and_prepare()
     return Path(data_dir)
+
+
+class LocalSshd:
+    """A real OpenSSH server on 127.0.0.1 for tests: a free port, a throwaway host key and client key.
+
+    Use as a context manager; `host` is `user@127.0.0.1:port`, `identity` the client's private key and
+    `ssh_options` the `-o` options that make the client trust exactly this server's key.
+    """
+
+    SSHD = "/usr/sbin/sshd"
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.proc = None
+
+    @classmethod
+    def available(cls) -> bool:
+        import shutil
+
+        return Path(cls.SSHD).is_file() and shutil.which("ssh") is not None and shutil.which("ssh-keygen") is not None
+
+    def __enter__(self) -> "LocalSshd":
+        import getpass
+        import os
+        import socket
+        import subprocess
+        import time
+
+        r = self.root
+        r.mkdir(parents=True, exist_ok=True)
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(r / key)], check=True)
+        (r / "authorized_keys").write_text((r / "client_key.pub").read_text())
+        os.chmod(r / "authorized_keys", 0o600)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        (r / "sshd_config").write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {r / 'host_key'}",
+            f"AuthorizedKeysFile {r / 'authorized_keys'}", "PubkeyAuthentication yes",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {r / 'sshd.pid'}",
+            "LogLevel ERROR", ""]))
+        host_pub = (r / "host_key.pub").read_text().split()
+        (r / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on as root
+        self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(r / "sshd_config")],
+                                     stdout=subprocess.DEVNULL, stderr=open(r / "sshd.log", "w"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(r / 'sshd.log').read_text()[-500:]}")
+            time.sleep(0.05)
+        self.user = getpass.getuser()
+        self.host = f"{self.user}@127.0.0.1:{self.port}"
+        self.identity = r / "client_key"
+        self.ssh_options = [f"UserKnownHostsFile={r / 'known_hosts'}", "StrictHostKeyChecking=yes"]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)

@@ -69,10 +69,11 @@ def test_smoke_recipe_end_to_end(tmp_path, cli):
 
     p = cli("run", REPO / "recipes/smoke.yaml")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "smoke: 8 ran" in p.stdout and "gates passed" in p.stdout
+    assert "smoke: 9 ran" in p.stdout and "gates passed" in p.stdout
+    assert "fits cortex-m4" in p.stdout and (tmp_path / "models/smoke/cortex-m4/model_data.cc").is_file()
     assert (tmp_path / "models/smoke/student_qat_int8.json").is_file()
     again = cli("run", REPO / "recipes/smoke.yaml")
-    assert "smoke: 0 ran, 8 skipped" in again.stdout
+    assert "smoke: 0 ran, 9 skipped" in again.stdout
     assert (tmp_path / "models/smoke/report.md").is_file() and (tmp_path / "models/smoke/student_qat_int8.tflite").is_file()
 
 
