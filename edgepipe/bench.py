@@ -183,6 +183,10 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     for stage_dir in io.inputs["models"]:
         for side in sidecars(stage_dir):
             path = Path(stage_dir) / side["file"]
+            if list(side["input"]["shape"][1:]) != list(x.shape[1:]):
+                raise EdgepipeError(f"{path.name} takes input {side['input']['shape'][1:]}, the data "
+                                    f"'{Path(io.inputs['data']).name}' is {list(x.shape[1:])}",
+                                    "bench a model on the dataset it was trained on (same size and channels)")
             if side["preprocessing"] != ds.info["preprocessing"]:
                 raise EdgepipeError(f"{path.name} was converted with other preprocessing than this bench's data",
                                     "bench a model on the dataset it was trained on")

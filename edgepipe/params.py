@@ -39,7 +39,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {_show(raw)}")
+        raise RecipeError(f"{where}: expected a mapping, got {_show(raw)}", "write key: value pairs under it")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -100,29 +100,29 @@ def _check(tp: Any, value: Any, where: str, meta: Any = None) -> Any:
         return build(tp, value, where)
     if origin is list:
         if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {_show(value)}")
+            raise RecipeError(f"{where}: expected a list, got {_show(value)}", "write it as [a, b, ...]")
         (item,) = typing.get_args(tp) or (Any,)
         return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {_show(value)}")
+            raise RecipeError(f"{where}: expected a mapping, got {_show(value)}", "write it as {key: value, ...}")
         args = typing.get_args(tp)
         vtype = args[1] if args else Any
         return {str(k): _check(vtype, v, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise RecipeError(f"{where}: expected true or false, got {_show(value)}")
+            raise RecipeError(f"{where}: expected true or false, got {_show(value)}", "write true or false, unquoted")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {_show(value)}")
+            raise RecipeError(f"{where}: expected an integer, got {_show(value)}", "write a whole number, unquoted (e.g. 10)")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: expected a number, got {_show(value)}")
+            raise RecipeError(f"{where}: expected a number, got {_show(value)}", "write a number, unquoted (e.g. 0.001 or 1e-3)")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
-            raise RecipeError(f"{where}: expected a string, got {_show(value)}")
+            raise RecipeError(f"{where}: expected a string, got {_show(value)}", "quote it")
     if meta and isinstance(value, (int, float)):
         lo, hi = meta.get("min"), meta.get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):

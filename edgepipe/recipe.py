@@ -35,6 +35,20 @@ STAGE_KEYS = {
     "description": "free text",
 }
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error, not a silent overwrite
+    (two stages called `teacher` would otherwise leave only the second)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -106,7 +120,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -115,10 +129,12 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     except OSError as e:
         raise RecipeError(f"{where}: cannot read recipe: {e.strerror}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}")
+        raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
+                          "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
     _only_keys(raw, TOP_KEYS, where)
     if "stages" not in raw or not isinstance(raw["stages"], dict) or not raw["stages"]:
-        raise RecipeError(f"{where}: 'stages' must be a non-empty mapping of stage name -> stage")
+        raise RecipeError(f"{where}: 'stages' must be a non-empty mapping of stage name -> stage",
+                          "add stages: with at least one stage (see recipes/smoke.yaml)")
     for name in raw["stages"]:
         if not isinstance(name, str) or not NAME.match(name):
             raise RecipeError(f"{where}: stages.{name}: invalid stage name",
@@ -131,11 +147,12 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
             names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none defined"
             raise RecipeError(f"{where}: unknown profile '{profile}'", f"use one of: {names}")
         if not isinstance(profiles[profile], dict):
-            raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value")
+            raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value",
+                              "e.g. profiles: {smoke: {teacher.epochs: 1}}")
         overrides += [(k, v, f"{where}: profiles.{profile}.{k}") for k, v in profiles[profile].items()]
     for s in sets:
         if "=" not in s:
-            raise RecipeError(f"--set {s}: expected stage.key=value")
+            raise RecipeError(f"--set {s}: expected stage.key=value", "e.g. --set teacher.epochs=3")
         key, value = s.split("=", 1)
         overrides.append((key, yaml.safe_load(value) if value else "", f"--set {key}"))
     for key, value, origin in overrides:
@@ -143,7 +160,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
 
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
-        raise RecipeError(f"{where}: vars must be a mapping of name: value")
+        raise RecipeError(f"{where}: vars must be a mapping of name: value", "e.g. vars: {seed: 0}")
     raw_stages = _substitute(raw["stages"], variables, f"{where}: stages")
 
     table = kinds()
@@ -151,7 +168,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     for name, spec in raw_stages.items():
         at = f"{where}: stages.{name}"
         if not isinstance(spec, dict):
-            raise RecipeError(f"{at}: expected a mapping with 'kind' and 'params'")
+            raise RecipeError(f"{at}: expected a mapping with 'kind' and 'params'", "e.g. {kind: train, params: {...}}")
         _only_keys(spec, STAGE_KEYS, at)
         kind_name = spec.get("kind")
         if kind_name not in table:
@@ -161,7 +178,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         inputs = _check_inputs(spec.get("inputs"), kind, raw_stages, name, at)
         publish = spec.get("publish") or []
         if not isinstance(publish, list) or not all(isinstance(p, str) for p in publish):
-            raise RecipeError(f"{at}.publish: expected a list of file names")
+            raise RecipeError(f"{at}.publish: expected a list of file names", "e.g. publish: [report.md]")
         stages[name] = Stage(name, kind, params, inputs, tuple(publish))
 
     _apply_target(stages, target or raw.get("target"), host, where)
@@ -184,7 +201,16 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
     from edgepipe.targets import load_target
 
     if default is not None and not isinstance(default, str):
-        raise RecipeError(f"{where}: target must be a profile name or a .yaml path, got {default!r}")
+        raise RecipeError(f"{where}: target must be a profile name or a .yaml path, got {default!r}",
+                          "see `edgepipe targets`")
+    if default is not None:
+        try:
+            load_target(default)
+        except EdgepipeError as e:
+            raise RecipeError(f"{where}: target: {e.message}", e.fix) from None
+        if not any(hasattr(s.params, "target") for s in stages.values()):
+            raise RecipeError(f"target {default}: no bench or bundle stage in {where} uses a target",
+                              "add a bench stage, or drop --target")
     took_host = False
     for name, stage in stages.items():
         if not hasattr(stage.params, "target"):
@@ -211,10 +237,10 @@ def _only_keys(mapping: dict, allowed: dict, where: str) -> None:
 def _apply_override(raw: dict, key: str, value: Any, origin: str) -> None:
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
-        raise RecipeError(f"{origin}: expected stage.param (e.g. teacher.epochs)")
+        raise RecipeError(f"{origin}: expected stage.param", "e.g. teacher.epochs")
     if parts[0] == "vars":
         if not isinstance(raw.get("vars") or {}, dict):
-            raise RecipeError(f"{origin}: vars must be a mapping")
+            raise RecipeError(f"{origin}: vars must be a mapping", "e.g. vars: {seed: 0}")
         raw.setdefault("vars", {})[".".join(parts[1:])] = value
         return
     stage = raw["stages"].get(parts[0])
@@ -226,7 +252,7 @@ def _apply_override(raw: dict, key: str, value: Any, origin: str) -> None:
     for part in parts[1:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"{origin}: '{part}' is not a mapping")
+            raise RecipeError(f"{origin}: '{part}' is not a mapping", "override a key inside a mapping parameter")
     node[parts[-1]] = value  # validated with everything else, so a typo is still caught
 
 
@@ -250,7 +276,7 @@ def _substitute(node: Any, variables: dict, where: str) -> Any:
 def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: str) -> dict:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{at}.inputs: expected a mapping of role -> stage name")
+        raise RecipeError(f"{at}.inputs: expected a mapping of role -> stage name", "e.g. inputs: {data: data}")
     for role in raw:
         if role not in kind.inputs:
             roles = ", ".join(kind.inputs) or "none (this kind takes no inputs)"
@@ -264,7 +290,8 @@ def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: st
         value = raw[role]
         refs = value if isinstance(value, list) else [value]
         if (isinstance(value, list) and not many) or not refs:
-            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got {value!r}")
+            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got {value!r}",
+                              f"this role takes a single stage, e.g. {role}: {refs[0] if refs else 'data'}")
         for ref in refs:
             if ref not in all_stages:
                 raise RecipeError(f"{at}.inputs.{role}: no stage named {ref!r}",

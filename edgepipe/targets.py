@@ -102,7 +102,7 @@ def load_target(name_or_path: str) -> Target:
         raise RecipeError(f"{path}: cannot read target profile ({' '.join(str(e).split())[:160]})",
                           "fix the file (see `edgepipe targets` for the keys)") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a target profile is a mapping of key: value")
+        raise RecipeError(f"{path}: a target profile is a mapping of key: value", "see `edgepipe targets cortex-m4` for the keys")
     raw.setdefault("name", path.stem)
     return build(Target, raw, str(path))
 
