@@ -37,6 +37,8 @@ class BenchParams:
 
     target: str | None = param(None, "target profile (name or .yaml); null: the recipe's `target:`, else host")
     host: str | None = param(None, "user@address[:port] of an SSH target (also --host on the command line)")
+    fleet: list[str] = param([], "more user@address[:port] of the same kind of device, benched beside `host`")
+    parallel: int = param(4, "devices benched at once (a bounded pool)", min=1, max=64)
     identity: str | None = param(None, "SSH private key for the host (null: the user's own ssh setup)")
     ssh_options: list[str] = param([], "extra ssh -o options, e.g. [Port=2222, UserKnownHostsFile=~/pi_hosts]")
     python: str | None = param(None, "Python with ai-edge-litert on the device (null: the target profile's)")
@@ -84,7 +86,7 @@ def environment(params: BenchParams) -> dict:
     target = load_target(params.target or "host")
     key["target"] = dataclasses.asdict(target)
     if target.reach in ("ssh", "adb"):
-        key["device"] = params.host or params.adb_serial
+        key["device"] = [params.host or params.adb_serial, *params.fleet]
     return key
 
 
@@ -222,9 +224,13 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
             din, _ = litert.io_details(litert.interpreter(path))
             row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:100], din), pred[:100])
         row["target"] = target_figures(target, row, path, device.get(path.name), x, y_test)
+        if "_fleet" in device:  # every device of the fleet, the first one included
+            row["fleet"] = {h: target_figures(target, row, path, d[path.name], x, y_test) | {"name": f"{target.name}@{h}"}
+                            for h, d in device["_fleet"].items() if path.name in d}
         rows.append(row)
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
                                             "device": device.get("_provenance"),
+                                            "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
                                             "data": Path(io.inputs["data"]).name, "classes": ds.classes,
                                             "rows": rows})
     best = max(rows, key=lambda r: r["accuracy"])
@@ -237,9 +243,12 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
                       work: Path) -> dict:
     """Figures measured on the device itself, by model file name (nothing for host and MCU targets)."""
     if target.reach == "ssh":
+        from concurrent.futures import ThreadPoolExecutor
+
         from edgepipe import edgetpu, remote
 
-        host = remote.SshHost.parse(params.host, params.identity, tuple(params.ssh_options))
+        hosts = [remote.SshHost.parse(h, params.identity, tuple(params.ssh_options))
+                 for h in dict.fromkeys([params.host, *params.fleet])]
         compiled: dict[str, tuple[Path, dict]] = {}
         if target.kind == "edgetpu":  # the device runs the compiled model through the libedgetpu delegate
             for m in models:
@@ -247,12 +256,21 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
         test_set = work / "test.npz"
         np.savez(test_set, x=x, y=y)
         files = [compiled[m.name][0] if compiled else m for m in models]
-        got = remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
-                                    threads=params.threads, warmup=params.warmup, runs=params.runs,
-                                    delegate=target.delegate)
-        out: dict = {"_provenance": {**got["provenance"], "host": str(host)}}
+
+        def one(host):
+            return remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
+                                         threads=params.threads, warmup=params.warmup, runs=params.runs,
+                                         delegate=target.delegate)
+
+        with ThreadPoolExecutor(min(params.parallel, len(hosts))) as pool:  # a device failing fails the stage
+            got_all = list(pool.map(one, hosts))
+        out: dict = {"_provenance": {**got_all[0]["provenance"], "host": str(hosts[0])}}
         for m, f in zip(models, files):
-            out[m.name] = {**got["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {})}
+            out[m.name] = {**got_all[0]["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {})}
+        if len(hosts) > 1:
+            out["_fleet"] = {str(h): {"provenance": g["provenance"],
+                                      **{m.name: g["models"][f.name] for m, f in zip(models, files)}}
+                             for h, g in zip(hosts, got_all)}
         return out
     if target.reach == "adb":
         from edgepipe import android

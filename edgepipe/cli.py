@@ -116,6 +116,19 @@ def status(recipe, profile, sets, target, host, root):
 
 
 @main.command()
+@recipe_arg
+@click.argument("stage")
+@profile_opt
+@set_opt
+@root_opt
+def worker(recipe, stage, profile, sets, root):
+    """Be a non-chief worker of STAGE's multi-worker training (TF_CONFIG names this machine); keeps no output."""
+    from edgepipe.runner import Runner
+
+    ui.say(f"worker done: {Runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
+
+
+@main.command()
 @click.argument("name", required=False)
 def targets(name):
     """List target profiles, or show one (a name or a profile .yaml file) with every value."""

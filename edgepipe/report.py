@@ -147,8 +147,7 @@ def target_figures(benches: list[dict]) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for b in benches:
         for r in b["rows"]:
-            t = r.get("target")
-            if t:
+            for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
                 out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
                     "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu") if k in t}
     return out

@@ -112,6 +112,33 @@ class Runner:
             self._clean_scratch(False)
             return self._execute(plan, set(targets) if force else set(), jobs)
 
+    def run_as_worker(self, name: str) -> str:
+        """Run stage `name` as a non-chief worker of a multi-worker training: its share of the work only.
+
+        Its inputs must already be there (the chief's machine, or a shared file system, has them); it
+        writes nothing under runs/ and no lock entry: outputs and checkpoints go to a temporary
+        directory that is removed afterwards. The chief runs `edgepipe run RECIPE --only NAME`.
+        """
+        import tempfile
+
+        if name not in self.recipe.stages:
+            raise EdgepipeError(f"no stage named '{name}' in {self.recipe.path}",
+                                f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+        stage = self.recipe.stages[name]
+        if getattr(stage.params, "strategy", "default") != "multi_worker":
+            raise EdgepipeError(f"stage '{name}' is not a multi-worker training (strategy: multi_worker)",
+                                "set strategy: multi_worker on the stage, or run it with edgepipe run", exit_code=2)
+        missing = [u for u in stage.upstream() if not (self.run_dir / u).is_dir()]
+        if missing:
+            raise EdgepipeError(f"stage '{name}' needs '{missing[0]}', which is not in {_rel(self.run_dir)}",
+                                f"run `edgepipe run {self.recipe.path} --until {missing[0]}` on this machine first")
+        inputs = {role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
+                  for role, ups in stage.inputs.items()}
+        with tempfile.TemporaryDirectory(prefix=f"edgepipe-worker-{name}-") as tmp:
+            (Path(tmp) / "out").mkdir()
+            (Path(tmp) / "work").mkdir()
+            return stage.kind.run(stage.params, StageIO(inputs=inputs, out=Path(tmp) / "out", work=Path(tmp) / "work"))
+
     def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
         results: list[Result] = []
         rerun: set[str] = set()

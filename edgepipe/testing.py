@@ -144,7 +144,8 @@ class LocalSshd:
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {r / 'sshd.pid'}",
             "LogLevel ERROR", ""]))
         host_pub = (r / "host_key.pub").read_text().split()
-        (r / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        (r / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n"
+                                       f"[localhost]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on as root
         self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(r / "sshd_config")],
@@ -159,6 +160,7 @@ class LocalSshd:
             time.sleep(0.05)
         self.user = getpass.getuser()
         self.host = f"{self.user}@127.0.0.1:{self.port}"
+        self.other_name = f"{self.user}@localhost:{self.port}"  # the same server under a second name (a fleet)
         self.identity = r / "client_key"
         self.ssh_options = [f"UserKnownHostsFile={r / 'known_hosts'}", "StrictHostKeyChecking=yes"]
         return self

@@ -83,6 +83,13 @@ class TrainParams(Fit):
                                         "range test on a throwaway copy of the model picks it", min=0.0, max=10.0)
     folds: int = param(1, "k-fold cross-validation: k more models, each validated on one stratified fold of "
                        "train+val; metrics.json gets their mean and std (1: off)", min=1, max=20)
+    strategy: Literal["default", "mirrored", "multi_worker"] = param(
+        "default", "tf.distribute strategy: default (one process), mirrored (local GPUs), multi_worker "
+        "(machines named by TF_CONFIG; see edgepipe.distribute)")
+
+    def __post_init__(self):
+        if self.strategy != "default" and (self.folds > 1 or self.lr == "auto"):
+            raise ValueError(f"strategy {self.strategy} trains one model; it cannot be combined with folds or lr: auto")
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:
@@ -120,11 +127,18 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
     if params.folds > 1:
         extra["cross_validation"] = cross_validate(build, ds, params, io)
         keras.backend.clear_session()
+    from edgepipe import distribute
+
+    strategy = distribute.make_strategy(params.strategy)
     seed_everything(params.seed)
-    model = build()
-    log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
-    fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io, params, extra=extra)
+    with distribute.scope(strategy):
+        model = build()
+        log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
+        fit(model, ds, params, io)
+    if strategy is not None:
+        extra["strategy"] = {"kind": params.strategy, "replicas": strategy.num_replicas_in_sync,
+                             "cluster": distribute.cluster()}
+    metrics = write_training_outputs(distribute.local_copy(model, strategy), ds, io, params, extra=extra)
     chosen = f", lr {params.lr:.2g} from the range test" if "lr" in extra else ""
     if "cross_validation" in extra:
         cv = extra["cross_validation"]
@@ -134,7 +148,8 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
-    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor", "edgepipe.lr_range"),
+    code=("edgepipe.train", "edgepipe.nets", "edgepipe.data", "edgepipe.doctor", "edgepipe.lr_range",
+          "edgepipe.distribute"),
     main_output="model.h5",
     doc="train a model from the zoo on a dataset",
 )
@@ -198,7 +213,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     Returns:
         the list of per-epoch history rows (dicts).
     """
-    from edgepipe._tf import keras
+    from edgepipe._tf import keras, tf
 
     train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed), len(ds.classes))
     val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
@@ -208,13 +223,13 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
                       loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     history_csv = io.work / "history.csv"
-    probe = gradient_norms(target or model, ds, io.out / "gradients.json")
     callbacks = [
         keras.callbacks.BackupAndRestore(str(io.work / "backup")),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.TerminateOnNaN(),
-        probe,
     ]
+    if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
+        callbacks.append(gradient_norms(target or model, ds, io.out / "gradients.json"))
     if p.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
     if p.schedule.kind == "plateau":

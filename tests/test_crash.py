@@ -111,3 +111,20 @@ def test_sigkill_in_every_stage_then_rerun_is_whole(tmp_path):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_more_seeds(tmp_path, seed):
     kill_in_every_stage(tmp_path, seed)
+
+
+def test_same_recipe_and_seed_twice_give_identical_figures(tmp_path):
+    """Determinism: two clean runs in two folders, the same accuracy figures and the same model bytes."""
+    reports, models = [], []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        done = subprocess.run([str(EXE), "run", str(crash_recipe(root))], cwd=root, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        report = json.loads((root / "models/crash/report.json").read_text())
+        reports.append([(r["name"], r["accuracy"], r["test_samples"]) for r in report["rows"]])
+        models.append([(root / "runs/crash" / s / f).read_bytes() for s, f in
+                       (("model", "model.h5"), ("qat", "model.h5"), ("tflite", "qat_int8.tflite"))])
+    assert reports[0] == reports[1]
+    assert models[0] == models[1]

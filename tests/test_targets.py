@@ -326,3 +326,19 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
     md = (tmp_path / "runs/tiny/report/report.md").read_text()
     assert "| model | acc@host | p50@host | mem@host | acc@cortex-m4 |" in md and "[tflm]" in md
     assert "id='targets'" in (tmp_path / "runs/tiny/report/report.html").read_text()
+
+
+@needs_sshd
+def test_fleet_bench_fans_out_to_several_hosts_in_parallel(cli, tmp_path, sshd, project):
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd),
+               "--set", f"bench.fleet=[{sshd.other_name}]", "--set", "bench.parallel=2")
+    assert done.returncode == 0, done.stderr
+    bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
+    assert set(bench["fleet"]) == {sshd.host, sshd.other_name}
+    for row in bench["rows"]:
+        assert set(row["fleet"]) == {sshd.host, sshd.other_name}
+        for figures in row["fleet"].values():
+            assert figures["accuracy"]["value"] == row["accuracy"] and figures["same_predictions_as_host"]
+    report_names = {t["name"] for row in bench["rows"] for t in row["fleet"].values()}
+    assert report_names == {f"rpi4@{sshd.host}", f"rpi4@{sshd.other_name}"}
