@@ -30,6 +30,13 @@ root_opt = click.option("--root", type=click.Path(file_okay=False, path_type=Pat
                         show_default=True, help="folder that holds runs/ and models/")
 
 
+def on_target(f):
+    """The options of a command that loads a recipe for a target: profile, --set, --target, --host, --root."""
+    for option in reversed((recipe_arg, profile_opt, set_opt, target_opt, host_opt, root_opt)):
+        f = option(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="show tracebacks and diagnostic logs")
 @click.pass_context
@@ -61,12 +68,7 @@ def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, 
 
 
 @main.command()
-@recipe_arg
-@profile_opt
-@set_opt
-@target_opt
-@host_opt
-@root_opt
+@on_target
 @click.option("--force", is_flag=True, help="rerun the bench stages even if up to date")
 def bench(recipe, profile, sets, target, host, root, force):
     """Bench RECIPE's models on a target: its bench stages and what they need (e.g. --target rpi4 --host pi@addr)."""
@@ -102,12 +104,7 @@ def report(recipe, profile, sets, root):
 
 
 @main.command()
-@recipe_arg
-@profile_opt
-@set_opt
-@target_opt
-@host_opt
-@root_opt
+@on_target
 def status(recipe, profile, sets, target, host, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
     from edgepipe.runner import Runner

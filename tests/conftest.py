@@ -42,3 +42,14 @@ def cli(tmp_path):
                               text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (edgepipe.testing.LocalSshd), shared by the tests that need one."""
+    from edgepipe.testing import LocalSshd
+
+    if not LocalSshd.available():
+        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server)")
+    with LocalSshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

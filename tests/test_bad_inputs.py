@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgepipe.testing import LocalSshd, synthetic_images, tiny_recipe, write_idx, write_idx_dataset, write_png_folder
+from edgepipe.testing import synthetic_images, tiny_recipe, write_idx, write_idx_dataset, write_png_folder
 
 GOOD_TRAIN = {"arch": "tiny_conv", "epochs": 1, "batch_size": 16, "tensorboard": False,
               "early_stopping": {"enabled": False}, "schedule": {"kind": "constant"}}
@@ -52,7 +52,7 @@ def data_only(source: str) -> dict:
 
 def _idx_mismatch(root):
     d = write_idx_dataset(root / "idx")
-    x, y = synthetic_images(10)
+    _, y = synthetic_images(10)
     write_idx(d / "t10k-labels-idx1-ubyte", y[:7])
     return recipe(root, data_only(f"idx:{d}"))
 
@@ -235,12 +235,6 @@ def test_bad_input(case, tmp_path, cli):
     (tmp_path.parent / f"matrix_{case}.txt").write_text(line)  # collected into the matrix table by hand
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not LocalSshd.available():
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server)")
-    with LocalSshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @pytest.mark.parametrize("case", list(SSH_CASES))

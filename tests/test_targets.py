@@ -46,12 +46,6 @@ def converted_recipe(tmp_path: Path, project: Path) -> Path:
     return tmp_path / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not LocalSshd.available():
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server)")
-    with LocalSshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def ssh_sets(server, python=sys.executable):
@@ -196,7 +190,7 @@ def test_lint_catches_a_planted_float_op(tmp_path, cli):
 
 
 def test_lint_passes_a_clean_int8_model_and_flags_nothing_in_float(tmp_path, cli, project):
-    recipe = converted_recipe(tmp_path, project)
+    converted_recipe(tmp_path, project)
     out = tmp_path / "runs/tiny/tflite"
     assert lint.lint(out / "model_int8.tflite", int8=True, target_kind="mcu") == []
     assert lint.lint(out / "model_float32.tflite", int8=False) == []
