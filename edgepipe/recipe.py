@@ -125,7 +125,9 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML{at}: {problem}", "fix the YAML syntax there") from None
+        fix = ("each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
+               else "fix the YAML syntax there")
+        raise RecipeError(f"{where}: malformed YAML{at}: {problem}", fix) from None
     except OSError as e:
         raise RecipeError(f"{where}: cannot read recipe: {e.strerror}") from None
     if not isinstance(raw, dict):
@@ -144,8 +146,9 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     if profile is not None:
         profiles = raw.get("profiles") or {}
         if not isinstance(profiles, dict) or profile not in profiles:
-            names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none defined"
-            raise RecipeError(f"{where}: unknown profile '{profile}'", f"use one of: {names}")
+            names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else ""
+            raise RecipeError(f"{where}: unknown profile '{profile}'",
+                              f"use one of: {names}" if names else "define it under profiles: in the recipe")
         if not isinstance(profiles[profile], dict):
             raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value",
                               "e.g. profiles: {smoke: {teacher.epochs: 1}}")
@@ -294,8 +297,9 @@ def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: st
                               f"this role takes a single stage, e.g. {role}: {refs[0] if refs else 'data'}")
         for ref in refs:
             if ref not in all_stages:
+                others = ", ".join(s for s in all_stages if s != name)
                 raise RecipeError(f"{at}.inputs.{role}: no stage named {ref!r}",
-                                  f"use one of: {', '.join(s for s in all_stages if s != name)}")
+                                  f"use one of: {others}" if others else f"add a stage named {ref!r} to the recipe")
         inputs[role] = list(refs) if many else refs[0]
     return inputs
 

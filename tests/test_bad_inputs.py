@@ -241,8 +241,9 @@ def test_bad_input(case, tmp_path, cli):
 def test_bad_target(case, tmp_path, cli, sshd):
     setup, expected = SSH_CASES[case]
     before = {p.name for p in Path("/tmp").glob("edgepipe.*")}
-    check_one_clean_error(cli(*setup(tmp_path, sshd)), expected, tmp_path)
+    line = check_one_clean_error(cli(*setup(tmp_path, sshd)), expected, tmp_path)
     assert {p.name for p in Path("/tmp").glob("edgepipe.*")} == before   # the device's temp dir is gone
+    (tmp_path.parent / f"matrix_{case}.txt").write_text(line)
 
 
 def test_the_matrix_has_at_least_30_cases():
