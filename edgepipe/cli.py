@@ -71,7 +71,10 @@ def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, 
 @on_target
 @click.option("--force", is_flag=True, help="rerun the bench stages even if up to date")
 def bench(recipe, profile, sets, target, host, root, force):
-    """Bench RECIPE's models on a target: its bench stages and what they need (e.g. --target rpi4 --host pi@addr)."""
+    """Bench RECIPE's models on a target: its bench stages, what they need and what reads them (the report).
+
+    e.g. --target rpi4 --host pi@addr
+    """
     from edgepipe.runner import Runner
 
     r = _load(recipe, profile, sets, target, host)

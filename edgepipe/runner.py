@@ -101,12 +101,17 @@ class Runner:
             return self._execute(plan, set(plan) if force else set(), jobs)
 
     def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
-        """Run every stage of `kind` and whatever stale stage it needs; `force` reruns only those stages."""
+        """Run every stage of `kind`, whatever stale stage it needs and what depends on it (the report);
+        `force` reruns only the stages of `kind`."""
         targets = [n for n, s in self.recipe.stages.items() if s.kind.name == kind]
         if not targets:
             raise EdgepipeError(f"{self.recipe.path} has no {kind} stage", f"add a stage of kind {kind}",
                                 exit_code=2)
-        wanted = {a for t in targets for a in self.recipe.ancestors(t)}
+        downstream = set(targets)
+        for name, stage in self.recipe.stages.items():  # topological order: upstream first
+            if downstream & set(stage.upstream()):
+                downstream.add(name)
+        wanted = {a for t in downstream for a in self.recipe.ancestors(t)}
         plan = [n for n in self.recipe.stages if n in wanted]
         with self._exclusive(False):
             self._clean_scratch(False)
