@@ -163,7 +163,11 @@ def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], in
              f"{counts['test']:,} test samples, {len(ds.classes)} classes.",
              f"- Preprocessing: see `preprocessing.json` (scale {info['preprocessing']['scale']}, mean "
              f"{info['preprocessing']['mean']}, std {info['preprocessing']['std']}).", ""]
-    rows = [r for b in benches for r in b["rows"]]
+    by_name: dict[str, dict] = {}
+    for b in benches:  # a model benched on several targets is one row (its host figures)
+        for r in b["rows"]:
+            by_name.setdefault(r["name"], r)
+    rows = list(by_name.values())
     if rows:
         lines += ["## Metrics of every variant", "",
                   "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host "

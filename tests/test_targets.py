@@ -263,7 +263,10 @@ def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path
     import yaml
 
     spec = yaml.safe_load(recipe.read_text())
-    spec["stages"]["firmware"] = {"kind": "bundle", "inputs": {"data": "data", "model": "tflite", "benches": ["bench"]},
+    spec["stages"]["bench_host"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
+                                    "params": {"target": "host", "warmup": 2, "runs": 20, "threads": [1]}}
+    spec["stages"]["firmware"] = {"kind": "bundle", "inputs": {"data": "data", "model": "tflite",
+                                                               "benches": ["bench_host", "bench"]},
                                   "params": {"intended_use": "a test"}, "publish": ["cortex-m4/*"]}
     recipe.write_text(yaml.safe_dump(spec))
     done = cli("run", recipe, "--target", "cortex-m4")
@@ -293,7 +296,8 @@ def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path
     io_h = (out / "model_io.h").read_text()
     assert f"kTensorArenaSize = {-(-fit['ram_needed_bytes'] // 16) * 16};" in io_h
     card = (out / "MODEL_CARD.md").read_text()
-    assert "**estimate**" in card and "Verdict: fits" in card and "a test" in card and "model/int8" in card
+    assert "**estimate**" in card and "Verdict: fits" in card and "a test" in card
+    assert card.count("| model/int8 |") == 1 and card.count("| model/float32 |") == 1  # one row per model
 
 
 def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, project):
