@@ -84,7 +84,7 @@ class SshHost:
         if "Permission denied" in err or "Too many authentication failures" in err:
             raise EdgepipeError(f"{self}: SSH authentication failed ({_first_line(err)})",
                                 f"check that `ssh {self.dest}` logs in without a password (ssh-copy-id), "
-                                "or pass --identity KEYFILE")
+                                "or name the key file in the bench param identity")
         if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
             raise EdgepipeError(f"{self}: host key verification failed",
                                 f"connect once with `ssh {self.dest}` to accept its key, or fix ~/.ssh/known_hosts")
@@ -137,7 +137,7 @@ def bench_over_ssh(host: SshHost, models: list[Path], test_set: Path, *, python:
 def _parse(done: subprocess.CompletedProcess, host: SshHost, python: str) -> dict:
     if done.returncode == 127:
         raise EdgepipeError(f"{host}: {python} not found on the device",
-                            "install Python 3 there, or name its interpreter with --python")
+                            "install Python 3 there, or name its interpreter in the bench param python")
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
