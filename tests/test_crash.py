@@ -44,7 +44,7 @@ def crash_recipe(root: Path) -> Path:
 
 
 def run_and_kill(root: Path, recipe: Path, stage: str, delay: float) -> str:
-    """Start a run; SIGKILL it `delay` s after `stage` starts. Returns where the kill landed."""
+    """Start a run; SIGKILL it inside `stage` (see below). Returns where the kill landed."""
     proc = subprocess.Popen([str(EXE), "run", str(recipe)], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     running = None
@@ -57,13 +57,20 @@ def run_and_kill(root: Path, recipe: Path, stage: str, delay: float) -> str:
         if " running" in line:
             running = line.split("]", 1)[1].split()[0]
         if running == stage:
-            time.sleep(delay)
+            # kill after `delay`, or as soon as the stage has begun writing its output, whichever is first:
+            # short stages (the bundle, the report) would otherwise often finish before a timed kill
+            partial = root / "runs/crash/.tmp" / stage
+            start = time.monotonic()
+            end = start + delay
+            while time.monotonic() < end and not (partial.is_dir() and any(partial.iterdir())):
+                time.sleep(0.002)
             os.killpg(proc.pid, signal.SIGKILL)
+            elapsed = time.monotonic() - start
             proc.wait()
             for line in proc.stdout.read().splitlines():  # what it printed while we waited
                 if " running" in line or " done in " in line:
                     running = line.split("]", 1)[1].split()[0] + (" (done)" if " done in " in line else "")
-            return f"in {running}, {delay:.2f} s after {stage} started"
+            return f"in {running}, {elapsed:.2f} s after {stage} started"
     os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError(f"stage {stage} never started")
 
@@ -104,7 +111,7 @@ def kill_in_every_stage(root: Path, seed: int) -> list[str]:
 def test_sigkill_in_every_stage_then_rerun_is_whole(tmp_path):
     landed = kill_in_every_stage(tmp_path, seed=0)
     inside = {x.split(",")[0][3:] for x in landed if "(done)" not in x and x.startswith("in ")}
-    assert len(inside) >= 5, landed  # killed inside at least five different stages
+    assert len(inside) >= 6, landed  # killed inside (nearly) every stage; timing may let one slip past
 
 
 @pytest.mark.slow
