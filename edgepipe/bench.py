@@ -56,14 +56,7 @@ def host_provenance() -> dict:
     """What the figures were measured on."""
     import ai_edge_litert
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = device_runner.provenance(None)["cpu"]
     try:
         from importlib.metadata import version
 
@@ -176,6 +169,9 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
 
     target = load_target(params.target or "host")
     check_reach(target, params.host)
+    if target.kind == "mcu" and not params.tflm:
+        raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm is false",
+                            "drop tflm: false from this bench stage")
     ds = load_dataset(io.inputs["data"])
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:

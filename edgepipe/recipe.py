@@ -120,7 +120,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     path = Path(path)
     where = str(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -229,6 +229,11 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
     if host and not took_host:
         raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
                           "add --target rpi4 (or another SSH target), or drop --host")
+
+
+def load_yaml(text: str) -> Any:
+    """Safe-load YAML, refusing a key given twice in one mapping (recipes and target profiles)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _only_keys(mapping: dict, allowed: dict, where: str) -> None:

@@ -96,8 +96,10 @@ def load_target(name_or_path: str) -> Target:
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         raise EdgepipeError(f"unknown target '{name_or_path}'",
                             f"use one of: {', '.join(BUILTIN)}, or the path of a profile .yaml file")
+    from edgepipe.recipe import load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise RecipeError(f"{path}: cannot read target profile ({' '.join(str(e).split())[:160]})",
                           "fix the file (see `edgepipe targets` for the keys)") from None

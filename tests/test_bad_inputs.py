@@ -207,6 +207,8 @@ SSH_CASES = {
     "runtime_missing_on_device": (lambda r, s: _remote(r, s, python=str(Path(sys.base_prefix) / "bin/python3")),
                                   "pip install ai-edge-litert numpy"),
     "python_missing_on_device": (lambda r, s: _remote(r, s, python="/opt/no/python3"), "not found on the device"),
+    "host_key_unknown": (lambda r, s: _remote(r, s) + ["--set", f"bench.ssh_options=[UserKnownHostsFile={r}/empty_hosts, "
+                                                       "StrictHostKeyChecking=yes]"], "host key verification failed"),
 }
 
 

@@ -93,3 +93,12 @@ def test_multi_worker_without_a_cluster_is_one_line(tmp_path, value, expected):
     _, err = done.communicate(timeout=300)
     assert done.returncode == 1
     assert err.strip().splitlines()[-1].startswith("edgepipe: error: ") and expected in err
+
+
+def test_worker_before_its_inputs_exist_says_what_to_run_first(tmp_path):
+    recipe = project(tmp_path)
+    done = run(["worker", recipe, "model", "--set", "model.strategy=multi_worker"], tmp_path)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 1
+    assert err.strip().splitlines() == [f"edgepipe: error: stage 'model' needs 'data', which is not in runs/d; "
+                                        f"fix: run `edgepipe run {recipe} --until data` on this machine first"]

@@ -154,6 +154,38 @@ def test_target_profiles_validate_like_recipes(tmp_path):
     bad.write_text("kind: fpga\n")
     with pytest.raises(EdgepipeError, match="'fpga' is not a valid choice"):
         load_target(str(bad))
+    bad.write_text("kind: mcu\nram_bytes: 1024\nram_bytes: 2048\n")  # read like a recipe: no silent last-wins
+    with pytest.raises(EdgepipeError, match="duplicate key 'ram_bytes'"):
+        load_target(str(bad))
+
+
+def test_targets_command_lists_and_shows_profiles(cli, tmp_path):
+    listing = cli("targets")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == \
+        ["host", "rpi4", "rpi5", "coral", "android", "cortex-m4", "cortex-m7", "esp32-s3"]
+    shown = cli("targets", "cortex-m4")
+    assert "ram_bytes            262144" in shown.stdout and "cycles_per_mac       2.0" in shown.stdout
+    missing = cli("targets", "rpi9")
+    assert missing.returncode == 1 and missing.stderr.startswith("edgepipe: error: unknown target 'rpi9'")
+
+
+def test_android_without_benchmark_model_binary_says_where_to_get_it(tmp_path):
+    from edgepipe import android
+
+    with pytest.raises(EdgepipeError, match="needs LiteRT's benchmark_model binary; fix: download"):
+        android.check_binary(None)
+    with pytest.raises(EdgepipeError, match="benchmark_model binary not found: .*nowhere"):
+        android.check_binary(str(tmp_path / "nowhere"))
+
+
+def test_mcu_bench_without_tflm_is_refused(cli, tmp_path, project):
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", "cortex-m4", "--set", "bench.tflm=false")
+    assert done.returncode == 1 and not (tmp_path / "runs/tiny/bench").exists()
+    assert done.stderr.strip().splitlines() == [
+        "edgepipe: error: target cortex-m4 is a microcontroller, measured with TFLite Micro, but tflm is false; "
+        "fix: drop tflm: false from this bench stage"]
 
 
 def planted_model(tmp_path: Path, shape=(8, 8, 1), classes=3) -> Path:
@@ -309,7 +341,7 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
                                   "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1]}}
     spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench", "bench_m4"]}}
     recipe.write_text(yaml.safe_dump(spec))
-    done = cli("run", recipe)
+    done = cli("bench", recipe)  # `bench` runs the bench stages and what reads them: the report
     assert done.returncode == 0, done.stderr
     assert "acc@host" in done.stdout and "acc@cortex-m4" in done.stdout and "[est]" in done.stdout
     report = json.loads((tmp_path / "runs/tiny/report/report.json").read_text())
