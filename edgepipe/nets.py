@@ -56,6 +56,36 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
     return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "ds_student")
 
 
+def strided_cnn(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_normal", kernel_regularizer=None,
+                widths=(16, 32, 40), blocks: int = 0):
+    """A CNN for 28x28-class inputs whose int8 LiteRT model beats TF-MOT's example model on host latency.
+
+    Three stride-2 3x3 conv-BN-ReLU layers (28 -> 14 -> 7 -> 4) with `blocks` depthwise-separable blocks
+    at 7x7 between the second and third, then Flatten and Dense. Why this shape (measured, XNNPACK
+    int8, 1 thread, AMD EPYC, beside tfmot_example at 32 us):
+    - a 3x3 stem is much cheaper than a 5x5 one on a one-channel input (23 vs 38 us, the rest equal);
+    - regular convs train about twice as fast as depthwise ones on the CPU (10 vs 18 s per MNIST epoch);
+    - a Flatten head keeps *where* each feature is: with global pooling, three such convs (receptive field
+      15 px) reached 98.1 % on MNIST after 15 epochs, with Flatten 99.3 % after 20 (float, val split);
+    - stride 2 everywhere keeps the largest activation at 14x14xwidths[0], which sets the TFLite Micro arena.
+    At the defaults: 22.7 k params, 0.46 M MACs, int8 file about 28 KB.
+    """
+    from edgepipe._tf import keras
+
+    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    if len(widths) != 3:
+        raise TypeError(f"widths must list 3 channel counts, got {list(widths)}")
+    inputs = keras.Input(input_shape)
+    x = conv(inputs, widths[0], 3, 2)     # 14x14
+    x = conv(x, widths[1], 3, 2)          # 7x7
+    for _ in range(blocks):
+        x = ds(x, widths[1], 1)
+    x = conv(x, widths[2], 3, 2)          # 4x4
+    return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "strided_cnn",
+                       flatten=True)
+
+
 def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer="he_normal", kernel_regularizer=None,
                    alpha: float = 0.5):
     """A MobileNetV1-style net for larger images (96x96 or more), width multiplier `alpha`."""
@@ -102,6 +132,7 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {
     "tfmot_example": tfmot_example,
     "cnn_teacher": cnn_teacher,
     "ds_student": ds_student,
+    "strided_cnn": strided_cnn,
     "mobilenet_tiny": mobilenet_tiny,
     "tiny_conv": tiny_conv,
 }
@@ -177,15 +208,15 @@ def _flat_layers(model):
             yield layer
 
 
-def _classifier(inputs, x, num_classes, dropout, initializer, regularizer, name):
-    """Global average pooling, dropout, Dense logits and a Softmax: the head every zoo model shares.
+def _classifier(inputs, x, num_classes, dropout, initializer, regularizer, name, flatten=False):
+    """Global average pooling (or Flatten), dropout, Dense logits and a Softmax: the head of every zoo model.
 
     The Softmax is its own layer so that distillation can take its input, the logits.
     """
     from edgepipe._tf import keras
 
     L = keras.layers
-    x = L.GlobalAveragePooling2D()(x)
+    x = L.Flatten()(x) if flatten else L.GlobalAveragePooling2D()(x)
     x = L.Dropout(dropout)(x)
     x = L.Dense(num_classes, kernel_initializer=initializer, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, L.Softmax(name="probs")(x), name=name)

@@ -196,3 +196,20 @@ def test_int8_class_cost_names_the_classes_quantization_hurt_most():
     assert cost["model"] == "m/int8" and cost["points_lost"] == pytest.approx(5.0)
     assert [(c["class"], round(c["points_lost"], 6)) for c in cost["classes"]] == [("cat", 20.0), ("owl", 0.0),
                                                                                   ("dog", -2.0)]
+
+
+@pytest.mark.parametrize("arch,args", [("ds_student", {"alpha": 0.5}), ("strided_cnn", {"widths": [4, 8, 8]}),
+                                       ("cnn_teacher", {"width": 0.1}), ("tfmot_example", {})])
+def test_zoo_models_quantize_and_their_qat_int8_matches_keras(arch, args):
+    """Each zoo model goes through tfmot's QAT wrapper (conv -> BN -> ReLU folds) and its int8 model agrees
+    with the QAT Keras model on most inputs."""
+    from edgepipe import convert, nets
+
+    model = nets.build_model(arch, (28, 28, 1), 10, args)
+    qat = quantize(model)
+    x = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
+    qat(x, training=True)  # one forward in training mode sets the fake-quant ranges
+    tflite = convert.to_int8(qat, x, "float32")
+    out = litert.predict(tflite, x)
+    assert out.shape == (32, 10)
+    assert np.mean(out.argmax(1) == qat.predict(x, verbose=0).argmax(1)) >= 0.75
