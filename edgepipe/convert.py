@@ -31,7 +31,8 @@ class Tolerance:
 
     float32: float = param(1e-4, "max |keras - tflite| of output probabilities", min=0.0)
     float16: float = param(2e-2, "same, float16 weights", min=0.0)
-    dynamic: float = param(5e-2, "same, dynamic-range (int8 weights, float activations)", min=0.0)
+    dynamic_top1: float = param(0.99, "min top-1 agreement of dynamic-range (int8 weights, float activations) "
+                                "with keras", min=0.0, max=1.0)
     int8_top1: float = param(0.98, "min top-1 agreement of int8 with keras", min=0.0, max=1.0)
 
 
@@ -139,19 +140,27 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
 
 
 def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray, tol: Tolerance, name: str) -> dict:
-    """Compare the .tflite with the Keras outputs; raise if below the variant's threshold."""
+    """Compare the .tflite with the Keras outputs; raise if below the variant's threshold.
+
+    Float variants must reproduce Keras's probabilities (largest absolute difference). Variants with int8
+    weights (dynamic, int8) are judged by top-1 agreement: their largest difference is set by the one most
+    borderline input (a dynamic-range teacher measured 0.049 and 0.054 in two runs, both 99.7 % agreement).
+    """
     out = litert.predict(path, x)
     diff = float(np.max(np.abs(out - reference)))
     agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
     parity = {"samples": len(x), "max_abs_diff": diff, "top1_agreement": agree}
-    if variant == "int8":
-        ok, what = agree >= tol.int8_top1, f"top-1 agreement {agree:.4f} < {tol.int8_top1}"
+    if variant in ("int8", "dynamic"):
+        key = f"{variant}_top1"
+        limit = getattr(tol, key)
+        ok, what = agree >= limit, f"top-1 agreement {agree:.4f} < {limit}"
     else:
-        limit = getattr(tol, variant)
+        key = variant
+        limit = getattr(tol, key)
         ok, what = diff <= limit, f"max abs difference {diff:.2e} > {limit:.0e}"
     if not ok:
         raise EdgepipeError(f"{name}_{variant}.tflite disagrees with keras: {what} on {len(x)} samples",
-                            f"inspect the model, or relax tolerance.{'int8_top1' if variant == 'int8' else variant}")
+                            f"inspect the model, or relax tolerance.{key}")
     return parity
 
 

@@ -139,8 +139,12 @@ def load_dataset(stage_dir: Path) -> Dataset:
     return Dataset(info, splits)
 
 
-def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed: int = 0):
-    """A tf.data pipeline of (input, label) batches: preprocessed, and augmented when `training`."""
+def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed: int = 0, extra=None):
+    """A tf.data pipeline of (input, label) batches: preprocessed, and augmented when `training`.
+
+    `extra`, an array with one row per sample of the split, rides along unchanged as a third element
+    (the distiller's cached teacher logits); shuffling keeps it aligned with its image.
+    """
     from edgepipe._tf import keras, tf
 
     x, y = ds.splits[split]
@@ -169,10 +173,12 @@ def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed
             images += tf.random.normal(tf.shape(images), stddev=aug.noise, seed=seed + 4)
         return images, labels
 
-    d = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    columns = (x, y.astype(np.int32)) if extra is None else (x, y.astype(np.int32), extra)
+    d = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         d = d.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    d = d.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    d = d.batch(batch_size).map(lambda images, labels, *rest: (*prepare(images, labels), *rest),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return d.prefetch(tf.data.AUTOTUNE)
 
 

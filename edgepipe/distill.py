@@ -9,6 +9,7 @@ The T^2 factor keeps the soft-target gradients on the same scale as the hard-lab
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from edgepipe.data import load_dataset
 from edgepipe.errors import EdgepipeError
@@ -25,12 +26,21 @@ class DistillParams(TrainParams):
     lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
     folds: int = param(1, "not available for distillation: keep 1", min=1)
 
-    def __post_init__(self):
-        if self.folds != 1:
-            raise ValueError("folds (k-fold cross-validation) is available in train stages, not distill")
     temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
     alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
                          max=1.0)
+    teacher_outputs: Literal["online", "cached"] = param(
+        "online", "online: the teacher runs on every augmented batch the student sees; cached: its logits on "
+        "the un-augmented train images are computed once (identical without augmentation, and faster)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.folds != 1:
+            raise ValueError("folds (k-fold cross-validation) is available in train stages, not distill; "
+                             "fix: drop folds")
+        if self.class_weights != "none" and self.teacher_outputs == "cached":
+            raise ValueError("class_weights do not combine with teacher_outputs: cached; "
+                             "fix: use teacher_outputs: online, or drop class_weights")
 
 
 def logits_of(model):
@@ -71,7 +81,10 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
         def train_step(self, data):
             x, y = data[0], data[1]
             sample_weight = data[2] if len(data) > 2 else None
-            teacher = self.teacher_logits(x, training=False)
+            if isinstance(y, (tuple, list)):  # teacher_outputs: cached, y = (one-hot labels, teacher logits)
+                y, teacher = y
+            else:
+                teacher = self.teacher_logits(x, training=False)
             with tf.GradientTape() as tape:
                 logits = self.student_logits(x, training=True)
                 hard = self.ce(y, logits, sample_weight=sample_weight)
@@ -117,7 +130,10 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
     steps = int(np.ceil(len(ds.splits["train"][1]) / params.batch_size))
     distiller.compile(optimizer=make_optimizer(params, steps))
-    fit(distiller, ds, params, io, compile_model=False, target=student)
+    cached = None
+    if params.teacher_outputs == "cached":
+        cached = logits_of(teacher).predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)
+    fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached)
     metrics = write_training_outputs(student, ds, io, params)
     return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 

@@ -52,7 +52,8 @@ def build(cls: type, raw: Any, where: str) -> Any:
     try:
         return cls(**values)
     except ValueError as e:  # a dataclass's __post_init__ checks values that depend on each other
-        raise RecipeError(f"{where}: {e}") from None
+        problem, _, fix = str(e).partition("; fix: ")
+        raise RecipeError(f"{where}: {problem}", fix or None) from None
 
 
 def to_dict(obj: Any) -> Any:

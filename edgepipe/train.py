@@ -89,7 +89,8 @@ class TrainParams(Fit):
 
     def __post_init__(self):
         if self.strategy != "default" and (self.folds > 1 or self.lr == "auto"):
-            raise ValueError(f"strategy {self.strategy} trains one model; it cannot be combined with folds or lr: auto")
+            raise ValueError(f"strategy {self.strategy} trains one model; it cannot be combined with folds or "
+                             "lr: auto; fix: use strategy: default, or drop folds and lr: auto")
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:
@@ -203,19 +204,22 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None):
+def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None,
+        train_extra=None):
     """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
 
     Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
     history to `io.work` first, so only a finished stage's output directory holds it. `target` is the
     model whose gradients the doctor watches when `model` is a wrapper (the distiller's student).
+    `train_extra` (one row per train sample) reaches train_step beside the labels: y = (one_hot, extra).
 
     Returns:
         the list of per-epoch history rows (dicts).
     """
     from edgepipe._tf import keras, tf
 
-    train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed), len(ds.classes))
+    train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra),
+                     len(ds.classes))
     val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
     steps = int(np.ceil(len(ds.splits["train"][1]) / p.batch_size))
     if compile_model:
@@ -487,9 +491,10 @@ def plot_confusion(cm, classes, dest: Path) -> None:
 
 
 def _one_hot(d, k: int):
+    """Labels to one-hot; an extra third element joins them as y = (one_hot, extra)."""
     from edgepipe._tf import tf
 
-    return d.map(lambda x, y: (x, tf.one_hot(y, k)))
+    return d.map(lambda x, y, *extra: (x, (tf.one_hot(y, k), *extra) if extra else tf.one_hot(y, k)))
 
 
 def read_history(path: Path) -> list[dict]:
