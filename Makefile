@@ -49,7 +49,7 @@ status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-all: setup
 	$(BIN)/python -m pytest -q --runslow
