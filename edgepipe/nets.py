@@ -68,7 +68,7 @@ def strided_cnn(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he
     - a Flatten head keeps *where* each feature is: with global pooling, three such convs (receptive field
       15 px) reached 98.1 % on MNIST after 15 epochs, with Flatten 99.3 % after 20 (float, val split);
     - stride 2 everywhere keeps the largest activation at 14x14xwidths[0], which sets the TFLite Micro arena.
-    At the defaults: 22.7 k params, 0.46 M MACs, int8 file about 28 KB.
+    At the defaults, on MNIST: 23.0 k params, 0.44 M MACs, int8 file 28.3 KB, TFLite Micro arena 7.4 KB.
     """
     from edgepipe._tf import keras
 
