@@ -141,7 +141,11 @@ def test_shipped_recipes_validate():
         smoke = load_recipe(find_recipe(name), profile="smoke")
         assert smoke.stages["data"].params.limit_train is not None
     student = load_recipe(find_recipe("mnist_student"))
-    assert student.stages["student"].params.arch_args == {"alpha": 1.5, "stem": 24}
+    # ${student} reaches both students, so the report compares the same network with and without a teacher
+    assert student.stages["student"].params.arch_args == {"widths": [16, 32, 40], "blocks": 0}
+    assert student.stages["student_scratch"].params.arch_args == student.stages["student"].params.arch_args
+    long = load_recipe(find_recipe("mnist_student"), profile="long")
+    assert long.stages["student"].params.epochs == long.stages["student_scratch"].params.epochs == 30
     assert student.stages["report"].params.gates[0].max_drop == 0.3
     assert set(student.stages["bench"].inputs["models"]) == {
         "teacher_tflite", "student_tflite", "scratch_tflite", "qat_tflite", "ref_tflite"}
