@@ -11,6 +11,9 @@ profile ?=
 until ?=
 jobs ?= 2
 args ?=
+# pytest-xdist workers for `make test` (0: in this process). Two on two cores: most of a test is
+# starting a Python that imports TensorFlow, or a tiny model on one core.
+test_workers ?= 2
 
 # Offline mirror of canonical dataset files, searched before any download (see README, "Data").
 ifneq ($(wildcard ../shared/datasets),)
@@ -49,10 +52,10 @@ status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -n $(test_workers) --dist loadgroup --durations=10
 
 test-all: setup
-	$(BIN)/python -m pytest -q --runslow
+	$(BIN)/python -m pytest -q -n $(test_workers) --dist loadgroup --runslow
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -15,6 +15,11 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (`make test` runs two workers), the tests that reach the SSH "device" run in one
+    # worker, one after another: they share one sshd and check that the device's /tmp is left as found.
+    for item in items:
+        if "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("sshd"))
     if config.getoption("--runslow") or os.environ.get("EDGEPIPE_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow or EDGEPIPE_SLOW=1")
