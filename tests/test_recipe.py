@@ -145,9 +145,13 @@ def test_shipped_recipes_validate():
     # ${student} reaches both students, so the report compares the same network with and without a teacher
     assert student.stages["student"].params.arch_args == {"widths": [16, 32, 40], "blocks": 0}
     assert student.stages["student_scratch"].params.arch_args == student.stages["student"].params.arch_args
-    long = load_recipe(find_recipe("mnist_student"), profile="long")
-    assert long.stages["student"].params.epochs == long.stages["student_scratch"].params.epochs == 30
-    assert student.stages["report"].params.gates[0].max_drop == 0.3
+    assert student.stages["student"].params.epochs == student.stages["student_scratch"].params.epochs == 30
+    quick = load_recipe(find_recipe("mnist_student"), profile="quick")
+    assert quick.stages["student"].params.epochs == quick.stages["student_scratch"].params.epochs == 15
+    # the deployable int8 model is gated against the float model it was quantized from
+    assert student.stages["student_qat"].inputs["model"] == "student_scratch"
+    gate = student.stages["report"].params.gates[0]
+    assert (gate.model, gate.against, gate.max_drop) == ("student_qat/int8", "student_scratch/float32", 0.3)
     assert set(student.stages["bench"].inputs["models"]) == {
         "teacher_tflite", "student_tflite", "scratch_tflite", "qat_tflite", "ref_tflite"}
     with pytest.raises(RecipeError, match="recipe 'nope' not found"):
