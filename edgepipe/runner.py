@@ -87,7 +87,8 @@ class Runner:
         """Run the stale stages of the plan; return what happened to each, in plan order.
 
         With `jobs` > 1, stages whose inputs are ready run at the same time in worker processes (tiny
-        models use about one core each, so two trainings on two cores take little longer than one).
+        models use about one core each, so two trainings on two cores can take little longer than one;
+        how much that gains depends on the host, see the README).
         Each worker's output goes to ``runs/R/.logs/<stage>.log``. Stages of an `exclusive` kind (the
         bench, which times things) run alone.
         """
