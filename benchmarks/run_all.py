@@ -2,6 +2,11 @@
 
 runner_noop: how long `edgepipe run` takes when every stage is up to date (the "rerun with nothing
 changed" figure), as the median of several runs of the real console script on the smoke recipe.
+
+latency_vs_reference: after `make recipe=mnist_student`, the deployable int8 student against the TF-MOT
+example model, one thread each, interleaved round by round in one process so that both see the same
+machine; the ratio is taken within each round and its median reported. The bench stage times the
+models one after another, and on a VM that drifts that order alone moved a p50 by about 6 us.
 """
 
 from __future__ import annotations
@@ -31,11 +36,42 @@ def runner_noop(repeats: int = 7) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
 
 
+def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> dict | None:
+    """Median single-thread p50 (us) of each model over `rounds` interleaved rounds, and the median ratio."""
+    import numpy as np
+
+    from edgepipe.device_runner import io_details, latency, quantize_input
+    from edgepipe.litert import interpreter
+
+    files = {"student_qat/int8": run_dir / "qat_tflite" / "student_qat_int8.tflite",
+             "tfmot_ref_qat/int8": run_dir / "ref_tflite" / "tfmot_ref_qat_int8.tflite"}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1)).astype(np.float32) / 255.0
+    interps = {name: interpreter(f, num_threads=1) for name, f in files.items()}
+    inputs = {name: quantize_input(x, io_details(it)[0]) for name, it in interps.items()}
+    p50 = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, it in interps.items():
+            p50[name].append(latency(it, inputs[name], warmup=200, runs=runs)["p50_us"])
+    ratios = [a / b for a, b in zip(*p50.values())]
+    return {"p50_us": {n: statistics.median(v) for n, v in p50.items()}, "ratio": statistics.median(ratios),
+            "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}
+
+
 def main() -> None:
     os.environ.setdefault("EDGEPIPE_DATA_MIRROR", str(REPO.parent / "shared" / "datasets"))
     r = runner_noop()
     print(f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} runs "
           f"(min {r['min_s']:.3f}, max {r['max_s']:.3f})")
+    lat = latency_vs_reference(REPO / "runs" / "mnist_student")
+    if lat is None:
+        print("latency_vs_reference: skipped (run `make recipe=mnist_student` first)")
+    else:
+        ours, ref = lat["p50_us"].values()
+        print(f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
+              f"student_qat/int8 p50 {ours:.1f} us, tfmot_ref_qat/int8 {ref:.1f} us, ratio {lat['ratio']:.2f} "
+              f"(rounds {lat['ratio_range'][0]:.2f}-{lat['ratio_range'][1]:.2f})")
 
 
 if __name__ == "__main__":
