@@ -52,10 +52,10 @@ status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(test_workers) --dist loadgroup --durations=10
+	$(BIN)/python -m pytest -q -n $(test_workers) --durations=10
 
 test-all: setup
-	$(BIN)/python -m pytest -q -n $(test_workers) --dist loadgroup --runslow
+	$(BIN)/python -m pytest -q -n $(test_workers) --runslow
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -1,6 +1,8 @@
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,6 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (`make test` runs two workers), the tests that reach the SSH "device" run in one
-    # worker, one after another: they share one sshd and check that the device's /tmp is left as found.
-    for item in items:
-        if "sshd" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("sshd"))
     if config.getoption("--runslow") or os.environ.get("EDGEPIPE_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow or EDGEPIPE_SLOW=1")
@@ -50,11 +47,20 @@ def cli(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    """A real OpenSSH server on 127.0.0.1 (edgepipe.testing.LocalSshd), shared by the tests that need one."""
+def sshd_server(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (edgepipe.testing.LocalSshd), one per test process."""
     from edgepipe.testing import LocalSshd
 
     if not LocalSshd.available():
         pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server)")
     with LocalSshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+@pytest.fixture
+def sshd(sshd_server):
+    """The SSH "device", held by one test at a time across pytest-xdist workers (an exclusive lock on a
+    file): the device is this machine, and these tests check that its /tmp is left as they found it."""
+    with open(Path(tempfile.gettempdir()) / "edgepipe-tests-device.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield sshd_server
