@@ -7,6 +7,9 @@ latency_vs_reference: after `make recipe=mnist_student`, the deployable int8 stu
 example model, one thread each, interleaved round by round in one process so that both see the same
 machine; the ratio is taken within each round and its median reported. The bench stage times the
 models one after another, and on a VM that drifts that order alone moved a p50 by about 6 us.
+
+`python benchmarks/run_all.py [NAME ...] [--run-dir DIR]` runs only the named benchmarks; a missing or
+corrupt model file is one error line and exit status 1.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import click
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("edgepipe")
@@ -47,9 +52,12 @@ def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> di
              "tfmot_ref_qat/int8": run_dir / "ref_tflite" / "tfmot_ref_qat_int8.tflite"}
     if not all(f.is_file() for f in files.values()):
         return None
-    x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1)).astype(np.float32) / 255.0
     interps = {name: interpreter(f, num_threads=1) for name, f in files.items()}
-    inputs = {name: quantize_input(x, io_details(it)[0]) for name, it in interps.items()}
+    rng = np.random.default_rng(0)  # images in [0, 1]: invoke time does not depend on what they show
+    inputs = {}
+    for name, it in interps.items():
+        detail = io_details(it)[0]
+        inputs[name] = quantize_input(rng.random((64, *detail["shape"][1:]), dtype=np.float32), detail)
     p50 = {name: [] for name in files}
     for _ in range(rounds):
         for name, it in interps.items():
@@ -59,14 +67,36 @@ def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> di
             "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}
 
 
-def main() -> None:
+BENCHMARKS = ("runner_noop", "latency_vs_reference")
+
+
+@click.command()
+@click.argument("names", nargs=-1, type=click.Choice(BENCHMARKS))
+@click.option("--run-dir", type=click.Path(path_type=Path), default=REPO / "runs" / "mnist_student",
+              show_default=True, help="the mnist_student run whose .tflite files latency_vs_reference times")
+def main(names: tuple[str, ...], run_dir: Path) -> None:
+    """Run the benchmarks NAMES (default: all) and print one line each."""
+    from edgepipe.errors import EdgepipeError
+
+    try:
+        report(names or BENCHMARKS, run_dir)
+    except EdgepipeError as e:
+        click.echo(f"benchmarks: error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def report(names, run_dir: Path) -> None:
     os.environ.setdefault("EDGEPIPE_DATA_MIRROR", str(REPO.parent / "shared" / "datasets"))
-    r = runner_noop()
-    print(f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} runs "
-          f"(min {r['min_s']:.3f}, max {r['max_s']:.3f})")
-    lat = latency_vs_reference(REPO / "runs" / "mnist_student")
+    if "runner_noop" in names:
+        r = runner_noop()
+        print(f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} "
+              f"runs (min {r['min_s']:.3f}, max {r['max_s']:.3f})")
+    if "latency_vs_reference" not in names:
+        return
+    lat = latency_vs_reference(run_dir)
     if lat is None:
-        print("latency_vs_reference: skipped (run `make recipe=mnist_student` first)")
+        print(f"latency_vs_reference: skipped (no {run_dir}/qat_tflite and ref_tflite: "
+              "run `make recipe=mnist_student` first)")
     else:
         ours, ref = lat["p50_us"].values()
         print(f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
