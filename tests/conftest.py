@@ -46,6 +46,9 @@ def cli(tmp_path):
     return run
 
 
+DEVICE_LOCK = Path(tempfile.gettempdir()) / "edgepipe-tests-device.lock"
+
+
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory):
     """A real OpenSSH server on 127.0.0.1 (edgepipe.testing.LocalSshd), one per test process."""
@@ -61,6 +64,6 @@ def sshd_server(tmp_path_factory):
 def sshd(sshd_server):
     """The SSH "device", held by one test at a time across pytest-xdist workers (an exclusive lock on a
     file): the device is this machine, and these tests check that its /tmp is left as they found it."""
-    with open(Path(tempfile.gettempdir()) / "edgepipe-tests-device.lock", "w") as lock:
+    with open(DEVICE_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield sshd_server

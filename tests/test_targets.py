@@ -112,6 +112,17 @@ def test_remote_failures_are_one_line(cli, tmp_path, sshd, case, expected, proje
     assert remote_dirs() == before
 
 
+def test_the_device_is_held_by_one_test_at_a_time(sshd):
+    """Under pytest-xdist another worker's SSH test would add its own /tmp/edgepipe.* to what these tests
+    compare: while a test holds `sshd`, the device lock cannot be taken."""
+    import fcntl
+
+    from tests.conftest import DEVICE_LOCK
+
+    with open(DEVICE_LOCK, "w") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_mcu_target_measures_arena_and_says_fit(cli, tmp_path, project):
     recipe = converted_recipe(tmp_path, project)
     done = cli("bench", recipe, "--target", "cortex-m4")
