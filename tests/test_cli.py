@@ -114,6 +114,19 @@ def test_offline_imagenet_weights_is_one_line(tmp_path, cli):
     assert not (tmp_path / "runs/tl/tl").exists(), "a failed stage leaves no output"
 
 
+def test_mnist_student_smoke_profile_end_to_end(tmp_path, cli):
+    """The first recipe users type, in its smoke profile: every stage runs and the report has every variant."""
+    from tests.conftest import REPO
+
+    p = cli("run", REPO / "recipes/mnist_student.yaml", "--profile", "smoke", "--jobs", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((tmp_path / "models/mnist_student/report.json").read_text())
+    assert {r["name"] for r in report["rows"]} == {
+        "teacher/float32", "teacher/float16", "teacher/dynamic", "teacher/int8", "student/float32", "student/int8",
+        "student_scratch/float32", "student_scratch/int8", "student_qat/int8", "tfmot_ref_qat/int8"}
+    assert (tmp_path / "models/mnist_student/student_qat_int8.tflite").is_file()
+
+
 def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
     """The shipped transfer recipe on a few hundred images: MNIST backbone -> Fashion-MNIST, QAT, int8, report."""
     from tests.conftest import REPO
