@@ -5,8 +5,8 @@ changed" figure), as the median of several runs of the real console script on th
 
 latency_vs_reference: after `make recipe=mnist_student`, the deployable int8 student against the TF-MOT
 example model, one thread each, interleaved round by round in one process so that both see the same
-machine; the ratio is taken within each round and its median reported. The bench stage times the
-models one after another, and on a VM that drifts that order alone moved a p50 by about 6 us.
+machine; the ratio is taken within each round and its median reported. The bench stage interleaves
+its models too (`rounds`); this benchmark times more invokes and reports the spread of the ratio.
 
 `python benchmarks/run_all.py [NAME ...] [--run-dir DIR]` runs only the named benchmarks; a missing or
 corrupt model file is one error line and exit status 1.
@@ -45,7 +45,7 @@ def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> di
     """Median single-thread p50 (us) of each model over `rounds` interleaved rounds, and the median ratio."""
     import numpy as np
 
-    from edgepipe.device_runner import io_details, latency, quantize_input
+    from edgepipe.device_runner import invoke_times, io_details, latency_stats, quantize_input
     from edgepipe.litert import interpreter
 
     files = {"student_qat/int8": run_dir / "qat_tflite" / "student_qat_int8.tflite",
@@ -61,7 +61,7 @@ def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> di
     p50 = {name: [] for name in files}
     for _ in range(rounds):
         for name, it in interps.items():
-            p50[name].append(latency(it, inputs[name], warmup=200, runs=runs)["p50_us"])
+            p50[name].append(latency_stats(invoke_times(it, inputs[name], warmup=200, runs=runs))["p50_us"])
     ratios = [a / b for a, b in zip(*p50.values())]
     return {"p50_us": {n: statistics.median(v) for n, v in p50.items()}, "ratio": statistics.median(ratios),
             "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}

@@ -1,10 +1,11 @@
 """The bench stage: measure every converted model by running the exported file, on a target.
 
 Per model, on this host: accuracy on the full test split (inputs preprocessed and quantized exactly as on
-a device), latency percentiles of single-image invokes after warm-up at 1 thread and at every core, FPS,
-memory, size, parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the
-smallest arena it needs (found by search, the way firmware engineers size `tensor_arena`). The host
-figures come from `device_runner`, the same code a device runs.
+a device), latency percentiles of single-image invokes after warm-up at 1 thread and at every core
+(timed in rounds, the models taking turns, so that they share the machine's drift), FPS, memory, size,
+parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the smallest arena it needs
+(found by search, the way firmware engineers size `tensor_arena`). The host figures come from
+`device_runner`, the same code a device runs.
 
 Then the target (`edgepipe.targets`): first the op lint (what the target cannot run), then its figures,
 each tagged with where it comes from (`PROVENANCE`): measured on the device over SSH (Raspberry Pi,
@@ -44,6 +45,8 @@ class BenchParams:
     python: str | None = param(None, "Python with ai-edge-litert on the device (null: the target profile's)")
     warmup: int = param(20, "untimed invokes before timing", min=0)
     runs: int = param(300, "timed single-image invokes per model and thread count", min=5)
+    rounds: int = param(5, "host latency is timed in rounds, every model in turn in each, so that a machine's "
+                        "drift during the bench falls on all models alike", min=1)
     threads: list[int] = param([1, 0], "thread counts to time; 0 means every core")
     tflm: bool = param(True, "check int8 models with TensorFlow Lite Micro and measure the arena")
     max_test_samples: int | None = param(None, "cap the test images used for accuracy (null: all)", min=1)
@@ -202,12 +205,13 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
         fsio.write_json(io.out / "diagnostics.json", findings)
 
     device = measure_on_target(target, params, [p for p, _ in models if p.name in deployable], x, y_test, io.work)
+    # Host figures come from device_runner, the code a device runs, so they compare like for like.
+    with litert.quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
+                                              params.runs, rounds=params.rounds, keep_predictions=True)
     rows = []
     for path, side in models:
-        # Host figures come from device_runner, the code a device runs, so they compare like for like.
-        with litert.quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            host = device_runner.measure(str(path), x, y_test, params.threads, params.warmup, params.runs,
-                                         keep_predictions=True)
+        host = measured[str(path)]
         pred = host.pop("predictions")
         row = {
             "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
@@ -229,10 +233,22 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
                                             "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
                                             "data": Path(io.inputs["data"]).name, "classes": ds.classes,
                                             "rows": rows})
-    best = max(rows, key=lambda r: r["accuracy"])
     where = "" if target.name == "host" else f" on {target.name}"
-    return (f"{len(rows)} models benched{where}; best {best['name']} {100 * best['accuracy']:.2f} %"
-            + (f"; {len(findings)} lint findings" if findings else ""))
+    lint_note = f"; {len(findings)} lint findings" if findings else ""
+    return f"{len(rows)} models benched{where}; {best_lines(rows)}{lint_note}"
+
+
+def best_lines(rows: list[dict]) -> str:
+    """The most accurate model, and the most accurate int8 one (what an MCU or NPU can take) if it differs."""
+    def line(r):
+        return f"{r['name']} {100 * r['accuracy']:.2f} % ({r['size_bytes'] / 1024:.1f} KB)"
+
+    best = max(rows, key=lambda r: r["accuracy"])
+    ints = [r for r in rows if r["variant"] == "int8"]
+    best_int8 = max(ints, key=lambda r: r["accuracy"]) if ints else None
+    if best_int8 is None or best_int8 is best:
+        return f"most accurate {line(best)}"
+    return f"most accurate {line(best)}; most accurate int8 {line(best_int8)}"
 
 
 def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,

@@ -118,23 +118,6 @@ def predict(make, x: np.ndarray, batch: int = 250) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def latency(interp, x_q: np.ndarray, warmup: int, runs: int) -> dict:
-    """Percentiles (microseconds) of single-image invokes after warm-up, cycling through prepared inputs."""
-    din, _ = io_details(interp)
-    for i in range(warmup):
-        interp.set_tensor(din["index"], x_q[i % len(x_q)][None])
-        interp.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        interp.set_tensor(din["index"], x_q[i % len(x_q)][None])
-        t = time.perf_counter_ns()
-        interp.invoke()
-        times[i] = (time.perf_counter_ns() - t) / 1e3
-    return {"p50_us": float(np.percentile(times, 50)), "p90_us": float(np.percentile(times, 90)),
-            "p99_us": float(np.percentile(times, 99)), "mean_us": float(times.mean()),
-            "fps": float(1e6 / times.mean()), "runs": runs}
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -154,36 +137,89 @@ def measure(model_path: str, x: np.ndarray, y: np.ndarray, threads: list[int], w
             delegate: str | None = None, misclassified_kept: int = 32, keep_predictions: bool = False) -> dict:
     """Accuracy on every sample and latency at each thread count (0 = every core) of one model.
 
-    Memory is the growth of the resident set from before the model is loaded to after its batch-1
-    interpreter has run (`model_rss_bytes`: the runtime, its arena and the model as a device holds
-    them), measured first, before the batched accuracy pass allocates more. Run one model per process
-    for a clean figure (the SSH harness does).
+    Run one model per process for a clean memory figure (the SSH harness does).
+    """
+    return measure_many([model_path], x, y, threads, warmup, runs, delegate=delegate,
+                        misclassified_kept=misclassified_kept, keep_predictions=keep_predictions)[model_path]
+
+
+def measure_many(model_paths: list[str], x: np.ndarray, y: np.ndarray, threads: list[int], warmup: int,
+                 runs: int, rounds: int = 1, delegate: str | None = None, misclassified_kept: int = 32,
+                 keep_predictions: bool = False) -> dict[str, dict]:
+    """`measure` for several models, their latencies timed in `rounds` interleaved rounds.
+
+    In each round every model runs its share of the `runs` invokes in turn (after a short warm-up, since
+    the model before it took the caches), so a machine that speeds up or slows down during the bench
+    moves every model's percentiles alike, and two models of one bench compare fairly.
+
+    Memory (`model_rss_bytes`) is the growth of the resident set from before a model is loaded to after
+    its first interpreter has run: the runtime, its arena and the model as a device holds them. It is
+    measured before the batched accuracy pass allocates more.
     """
     cores = os.cpu_count() or 1
-    before = rss_bytes()
-    grown = 0
-    row: dict = {"latency": {}}
-    for t in threads:
-        n = cores if t == 0 else t
-        interp = make_interpreter(model_path, num_threads=n, delegate=delegate)
-        din, _ = io_details(interp)
-        row["latency"][f"threads_{n}"] = latency(interp, quantize_input(x[:100], din), warmup, runs)
-        now = rss_bytes()
-        if before is not None and now is not None:
-            grown = max(grown, now - before)
-        del interp
-    row["model_rss_bytes"] = grown if before is not None else None
+    rows: dict[str, dict] = {}
+    timed = []  # (model, thread key, interpreter, prepared inputs, collected times)
+    for path in model_paths:
+        before, grown = rss_bytes(), None
+        rows[path] = {"latency": {}}
+        for i, t in enumerate(threads):
+            interp = make_interpreter(path, num_threads=cores if t == 0 else t, delegate=delegate)
+            din, _ = io_details(interp)
+            x_q = quantize_input(x[:100], din)
+            invoke_times(interp, x_q, warmup, 0)
+            if i == 0:
+                now = rss_bytes()
+                grown = now - before if before is not None and now is not None else None
+            timed.append((path, f"threads_{cores if t == 0 else t}", interp, x_q, []))
+        rows[path]["model_rss_bytes"] = grown
+    share = -(-runs // rounds)  # ceil: every model gets at least `runs` timed invokes
+    for r in range(rounds):
+        for _, _, interp, x_q, times in timed:
+            times.append(invoke_times(interp, x_q, 0 if r == 0 else max(1, warmup // rounds), share, start=r * share))
+    for path, key, _, _, times in timed:
+        rows[path]["latency"][key] = latency_stats(np.concatenate(times)) | {"rounds": rounds}
+    del timed
+    for path in model_paths:
+        rows[path].update(accuracy(path, x, y, delegate, misclassified_kept, keep_predictions))
+    return rows
+
+
+def invoke_times(interp, x_q: np.ndarray, warmup: int, runs: int, start: int = 0) -> np.ndarray:
+    """Microseconds of `runs` single-image invokes after `warmup` untimed ones, cycling through `x_q`."""
+    din, _ = io_details(interp)
+    for i in range(warmup):
+        interp.set_tensor(din["index"], x_q[i % len(x_q)][None])
+        interp.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        interp.set_tensor(din["index"], x_q[(start + i) % len(x_q)][None])
+        t = time.perf_counter_ns()
+        interp.invoke()
+        times[i] = (time.perf_counter_ns() - t) / 1e3
+    return times
+
+
+def latency_stats(times: np.ndarray) -> dict:
+    """Percentiles, mean (microseconds) and FPS of a set of invoke times."""
+    return {"p50_us": float(np.percentile(times, 50)), "p90_us": float(np.percentile(times, 90)),
+            "p99_us": float(np.percentile(times, 99)), "mean_us": float(times.mean()),
+            "fps": float(1e6 / times.mean()), "runs": int(len(times))}
+
+
+def accuracy(model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None, misclassified_kept: int,
+             keep_predictions: bool) -> dict:
+    """Top-1 accuracy on every sample, per class, the first misclassified, and a hash of the predictions."""
     batch = None if delegate else 250  # the Edge TPU delegate runs the compiled batch-1 graph only
     probs = predict(lambda n: make_interpreter(model_path, batch=n if batch else None, delegate=delegate),
                     x, batch=batch or 1)
     pred = probs.argmax(1)
     classes = int(probs.shape[1])
-    row.update({
+    row = {
         "accuracy": float(np.mean(pred == y)), "test_samples": int(len(y)),
         "per_class_accuracy": [float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(classes)],
         "misclassified": [[int(i), int(y[i]), int(pred[i])] for i in np.flatnonzero(pred != y)[:misclassified_kept]],
         "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
-    })
+    }
     if keep_predictions:
         row["predictions"] = pred
     return row

@@ -288,6 +288,31 @@ def test_tool_output_parsers():
     assert got["mean_us"] == pytest.approx(1538.1) and got["memory_bytes"] == int(3.10547 * 1024 * 1024)
 
 
+def test_host_latency_is_timed_in_interleaved_rounds(project, monkeypatch):
+    """Every model takes its turn in every round (so a drifting machine moves all alike), the figures pool
+    every round's invokes, and accuracy and memory are each model's own."""
+    models = [str(project / "runs/tiny/tflite" / f"model_{v}.tflite") for v in ("float32", "int8")]
+    order = []
+    real = device_runner.invoke_times
+
+    def spy(interp, x_q, warmup, runs, start=0):
+        if runs:
+            order.append(x_q.dtype.name)  # float32 model: float inputs, int8 model: int8 inputs
+        return real(interp, x_q, warmup, runs, start)
+
+    monkeypatch.setattr(device_runner, "invoke_times", spy)
+    x = np.random.default_rng(0).random((30, 12, 12, 1), dtype=np.float32)
+    y = np.zeros(30, np.int64)
+    rows = device_runner.measure_many(models, x, y, threads=[1], warmup=3, runs=10, rounds=4)
+    assert order == ["float32", "int8"] * 4
+    for path in models:
+        lat = rows[path]["latency"]["threads_1"]
+        assert lat["runs"] == 12 and lat["rounds"] == 4 and 0 < lat["p50_us"] <= lat["p99_us"]
+        assert rows[path]["test_samples"] == 30 and rows[path]["model_rss_bytes"] is not None
+    alone = device_runner.measure(models[1], x, y, threads=[1], warmup=3, runs=10)
+    assert alone["predictions_sha256"] == rows[models[1]]["predictions_sha256"]
+
+
 def test_device_runner_is_standalone(tmp_path):
     """The file copied to devices imports no TensorFlow and no edgepipe, and reports failures as JSON."""
     src = Path(device_runner.__file__).read_text()
@@ -383,3 +408,14 @@ def test_fleet_bench_fans_out_to_several_hosts_in_parallel(cli, tmp_path, sshd, 
             assert figures["accuracy"]["value"] == row["accuracy"] and figures["same_predictions_as_host"]
     report_names = {t["name"] for row in bench["rows"] for t in row["fleet"].values()}
     assert report_names == {f"rpi4@{sshd.host}", f"rpi4@{sshd.other_name}"}
+
+
+def test_bench_summary_names_the_most_accurate_int8_model_beside_the_most_accurate():
+    from edgepipe.bench import best_lines
+
+    rows = [{"name": "s/float32", "variant": "float32", "accuracy": 0.9936, "size_bytes": 94_208},
+            {"name": "s/int8", "variant": "int8", "accuracy": 0.9933, "size_bytes": 28_979},
+            {"name": "q/int8", "variant": "int8", "accuracy": 0.9931, "size_bytes": 29_320}]
+    assert best_lines(rows) == "most accurate s/float32 99.36 % (92.0 KB); most accurate int8 s/int8 99.33 % (28.3 KB)"
+    assert best_lines(rows[1:]) == "most accurate s/int8 99.33 % (28.3 KB)"
+    assert best_lines(rows[:1]) == "most accurate s/float32 99.36 % (92.0 KB)"
