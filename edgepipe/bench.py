@@ -235,7 +235,8 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
                                             "rows": rows})
     where = "" if target.name == "host" else f" on {target.name}"
     lint_note = f"; {len(findings)} lint findings" if findings else ""
-    return f"{len(rows)} models benched{where}; {best_lines(rows)}{lint_note}"
+    runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
+    return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
 
 
 def best_lines(rows: list[dict]) -> str:

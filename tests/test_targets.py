@@ -139,6 +139,7 @@ def test_mcu_target_measures_arena_and_says_fit(cli, tmp_path, project):
     assert q["latency_p50_us"]["value"] == pytest.approx(rows["int8"]["macs"] * 2.0 / 64)
     assert q["accuracy"]["provenance"] == "tflm-host"
     assert abs(q["accuracy"]["value"] - rows["int8"]["accuracy"]) <= 0.05  # TFLM's kernels vs LiteRT's
+    assert "most accurate model/int8" in done.stdout and "model/float32" not in done.stdout  # only what it runs
 
 
 def test_mcu_that_does_not_fit_says_so(tmp_path, cli, project):
