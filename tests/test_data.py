@@ -243,3 +243,25 @@ def test_augmentation_is_deterministic_per_seed_and_differs_by_epoch(tmp_path):
     first, again, other = two_epochs(1), two_epochs(1), two_epochs(2)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.allclose(first[0], first[1]) and not np.allclose(first[0], other[0])
+
+
+@pytest.mark.parametrize("flip, axes", [("vertical", [(), (1,)]), ("both", [(), (1,), (2,), (1, 2)])])
+def test_random_affine_flips_each_named_axis_with_probability_one_half(flip, axes):
+    """vertical mirrors rows, both mirrors rows and columns each on its own coin, as tf_keras' RandomFlip."""
+    from edgepipe.data import Augment, random_affine
+
+    x = _blob_batch(400, 29, 6, 22)  # off-centre on both axes: every mirror image is a different image
+    out = random_affine(x, Augment(flip=flip), seed=3).numpy()
+    seen = [np.all(out == np.flip(x, a) if a else out == x, axis=(1, 2, 3)) for a in axes]
+    assert np.all(np.any(seen, axis=0)), "an output is neither the image nor one of its mirrors"
+    assert all(abs(s.mean() - 1 / len(axes)) < 0.1 for s in seen), [s.mean() for s in seen]
+
+
+@pytest.mark.parametrize("fill", ["constant", "nearest", "reflect"])
+def test_random_affine_fills_uncovered_pixels_as_asked(fill):
+    """Shifting a white image brings in black with fill constant, white with nearest and reflect."""
+    from edgepipe.data import Augment, random_affine
+
+    x = np.full((64, 28, 28, 1), 255.0, np.float32)
+    out = random_affine(x, Augment(translate=0.2, fill=fill), seed=1).numpy()
+    assert (out.min() < 1) == (fill == "constant")
