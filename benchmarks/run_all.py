@@ -4,12 +4,13 @@ runner_noop: how long `edgepipe run` takes when every stage is up to date (the "
 changed" figure), as the median of several runs of the real console script on the smoke recipe.
 
 latency_vs_reference: after `make recipe=mnist_student`, the deployable int8 student against the TF-MOT
-example model, one thread each, interleaved round by round in one process so that both see the same
-machine; the ratio is taken within each round and its median reported. The bench stage interleaves
-its models too (`rounds`); this benchmark times more invokes and reports the spread of the ratio.
+example model (or any two models of one input: `--pair OURS REFERENCE`), one thread each, interleaved
+round by round in one process so that both see the same machine; the ratio is taken within each round
+and its median reported. The bench stage times its models with the same code (`rounds`); this
+benchmark times more invokes and reports the spread of the ratio.
 
-`python benchmarks/run_all.py [NAME ...] [--run-dir DIR]` runs only the named benchmarks; a missing or
-corrupt model file is one error line and exit status 1.
+`python benchmarks/run_all.py [NAME ...] [--run-dir DIR] [--pair OURS REFERENCE]` runs only the named
+benchmarks; a missing or corrupt model file is one error line and exit status 1.
 """
 
 from __future__ import annotations
@@ -41,29 +42,31 @@ def runner_noop(repeats: int = 7) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
 
 
-def latency_vs_reference(run_dir: Path, rounds: int = 7, runs: int = 2000) -> dict | None:
-    """Median single-thread p50 (us) of each model over `rounds` interleaved rounds, and the median ratio."""
+MNIST_STUDENT_PAIR = ("qat_tflite/student_qat_int8.tflite", "ref_tflite/tfmot_ref_qat_int8.tflite")
+
+
+def latency_vs_reference(ours: Path, reference: Path, rounds: int = 7, runs: int = 2000) -> dict:
+    """Median single-thread p50 (us) of two models over `rounds` interleaved rounds, and the median ratio.
+
+    The timing is the bench stage's (`device_runner.time_rounds`), with more invokes per round.
+    """
     import numpy as np
 
-    from edgepipe.device_runner import invoke_times, io_details, latency_stats, quantize_input
-    from edgepipe.litert import interpreter
+    from edgepipe import device_runner
+    from edgepipe.errors import EdgepipeError
+    from edgepipe.litert import interpreter, io_details, quiet_native
 
-    files = {"student_qat/int8": run_dir / "qat_tflite" / "student_qat_int8.tflite",
-             "tfmot_ref_qat/int8": run_dir / "ref_tflite" / "tfmot_ref_qat_int8.tflite"}
-    if not all(f.is_file() for f in files.values()):
-        return None
-    interps = {name: interpreter(f, num_threads=1) for name, f in files.items()}
-    rng = np.random.default_rng(0)  # images in [0, 1]: invoke time does not depend on what they show
-    inputs = {}
-    for name, it in interps.items():
-        detail = io_details(it)[0]
-        inputs[name] = quantize_input(rng.random((64, *detail["shape"][1:]), dtype=np.float32), detail)
-    p50 = {name: [] for name in files}
-    for _ in range(rounds):
-        for name, it in interps.items():
-            p50[name].append(latency_stats(invoke_times(it, inputs[name], warmup=200, runs=runs))["p50_us"])
-    ratios = [a / b for a, b in zip(*p50.values())]
-    return {"p50_us": {n: statistics.median(v) for n, v in p50.items()}, "ratio": statistics.median(ratios),
+    shapes = [tuple(int(d) for d in io_details(interpreter(f))[0]["shape"][1:]) for f in (ours, reference)]
+    if shapes[0] != shapes[1]:
+        raise EdgepipeError(f"{ours.name} takes {shapes[0]} and {reference.name} {shapes[1]}",
+                            "compare two models of the same input")
+    x = np.random.default_rng(0).random((64, *shapes[0]), dtype=np.float32)  # invoke time ignores the content
+    with quiet_native():
+        rows = device_runner.time_rounds([str(ours), str(reference)], x, [1], warmup=200, runs=runs * rounds,
+                                         rounds=rounds)
+    p50 = [rows[str(f)]["latency"]["threads_1"]["round_p50_us"] for f in (ours, reference)]
+    ratios = [a / b for a, b in zip(*p50)]
+    return {"p50_us": [statistics.median(v) for v in p50], "ratio": statistics.median(ratios),
             "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}
 
 
@@ -74,18 +77,21 @@ BENCHMARKS = ("runner_noop", "latency_vs_reference")
 @click.argument("names", nargs=-1, type=click.Choice(BENCHMARKS))
 @click.option("--run-dir", type=click.Path(path_type=Path), default=REPO / "runs" / "mnist_student",
               show_default=True, help="the mnist_student run whose .tflite files latency_vs_reference times")
-def main(names: tuple[str, ...], run_dir: Path) -> None:
+@click.option("--pair", nargs=2, type=click.Path(path_type=Path), default=None, metavar="OURS REFERENCE",
+              help="two .tflite files of the same input for latency_vs_reference, instead of the mnist_student "
+                   "run's QAT student and TF-MOT example")
+def main(names: tuple[str, ...], run_dir: Path, pair: tuple[Path, Path] | None) -> None:
     """Run the benchmarks NAMES (default: all) and print one line each."""
     from edgepipe.errors import EdgepipeError
 
     try:
-        report(names or BENCHMARKS, run_dir)
+        report(names or BENCHMARKS, run_dir, pair)
     except EdgepipeError as e:
         click.echo(f"benchmarks: error: {e}", err=True)
         sys.exit(e.exit_code)
 
 
-def report(names, run_dir: Path) -> None:
+def report(names, run_dir: Path, pair: tuple[Path, Path] | None = None) -> None:
     os.environ.setdefault("EDGEPIPE_DATA_MIRROR", str(REPO.parent / "shared" / "datasets"))
     if "runner_noop" in names:
         r = runner_noop()
@@ -93,15 +99,17 @@ def report(names, run_dir: Path) -> None:
               f"runs (min {r['min_s']:.3f}, max {r['max_s']:.3f})")
     if "latency_vs_reference" not in names:
         return
-    lat = latency_vs_reference(run_dir)
-    if lat is None:
-        print(f"latency_vs_reference: skipped (no {run_dir}/qat_tflite and ref_tflite: "
-              "run `make recipe=mnist_student` first)")
-    else:
-        ours, ref = lat["p50_us"].values()
-        print(f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
-              f"student_qat/int8 p50 {ours:.1f} us, tfmot_ref_qat/int8 {ref:.1f} us, ratio {lat['ratio']:.2f} "
-              f"(rounds {lat['ratio_range'][0]:.2f}-{lat['ratio_range'][1]:.2f})")
+    if pair is None:
+        pair = tuple(run_dir / f for f in MNIST_STUDENT_PAIR)
+        if not all(f.is_file() for f in pair):
+            print(f"latency_vs_reference: skipped (no {pair[0]} or {pair[1]}: run `make recipe=mnist_student` "
+                  "first, or name two models with --pair)")
+            return
+    lat = latency_vs_reference(*pair)
+    (ours, ref), (a, b) = lat["p50_us"], (p.name for p in pair)
+    print(f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
+          f"{a} p50 {ours:.1f} us, {b} {ref:.1f} us, ratio {lat['ratio']:.2f} "
+          f"(rounds {lat['ratio_range'][0]:.2f}-{lat['ratio_range'][1]:.2f})")
 
 
 if __name__ == "__main__":

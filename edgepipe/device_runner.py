@@ -146,15 +146,25 @@ def measure(model_path: str, x: np.ndarray, y: np.ndarray, threads: list[int], w
 def measure_many(model_paths: list[str], x: np.ndarray, y: np.ndarray, threads: list[int], warmup: int,
                  runs: int, rounds: int = 1, delegate: str | None = None, misclassified_kept: int = 32,
                  keep_predictions: bool = False) -> dict[str, dict]:
-    """`measure` for several models, their latencies timed in `rounds` interleaved rounds.
+    """`measure` for several models: `time_rounds` for latency and memory, then each one's accuracy."""
+    rows = time_rounds(model_paths, x, threads, warmup, runs, rounds, delegate)
+    for path in model_paths:
+        rows[path].update(accuracy(path, x, y, delegate, misclassified_kept, keep_predictions))
+    return rows
+
+
+def time_rounds(model_paths: list[str], x: np.ndarray, threads: list[int], warmup: int, runs: int,
+                rounds: int = 1, delegate: str | None = None) -> dict[str, dict]:
+    """Latency of several models taking the same input, timed in `rounds` interleaved rounds.
 
     In each round every model runs its share of the `runs` invokes in turn (after a short warm-up, since
     the model before it took the caches), so a machine that speeds up or slows down during the bench
-    moves every model's percentiles alike, and two models of one bench compare fairly.
+    moves every model's percentiles alike, and two models of one bench compare fairly. Each latency
+    entry pools every round and also keeps each round's p50 (`round_p50_us`), for ratios taken within
+    a round.
 
     Memory (`model_rss_bytes`) is the growth of the resident set from before a model is loaded to after
-    its first interpreter has run: the runtime, its arena and the model as a device holds them. It is
-    measured before the batched accuracy pass allocates more.
+    its first interpreter has run: the runtime, its arena and the model as a device holds them.
     """
     cores = os.cpu_count() or 1
     rows: dict[str, dict] = {}
@@ -177,10 +187,8 @@ def measure_many(model_paths: list[str], x: np.ndarray, y: np.ndarray, threads: 
         for _, _, interp, x_q, times in timed:
             times.append(invoke_times(interp, x_q, 0 if r == 0 else max(1, warmup // rounds), share, start=r * share))
     for path, key, _, _, times in timed:
-        rows[path]["latency"][key] = latency_stats(np.concatenate(times)) | {"rounds": rounds}
-    del timed
-    for path in model_paths:
-        rows[path].update(accuracy(path, x, y, delegate, misclassified_kept, keep_predictions))
+        rows[path]["latency"][key] = latency_stats(np.concatenate(times)) | {
+            "rounds": rounds, "round_p50_us": [float(np.percentile(t, 50)) for t in times]}
     return rows
 
 

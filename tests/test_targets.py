@@ -309,6 +309,7 @@ def test_host_latency_is_timed_in_interleaved_rounds(project, monkeypatch):
     for path in models:
         lat = rows[path]["latency"]["threads_1"]
         assert lat["runs"] == 12 and lat["rounds"] == 4 and 0 < lat["p50_us"] <= lat["p99_us"]
+        assert len(lat["round_p50_us"]) == 4 and min(lat["round_p50_us"]) <= lat["p50_us"] <= max(lat["round_p50_us"])
         assert rows[path]["test_samples"] == 30 and rows[path]["model_rss_bytes"] is not None
     alone = device_runner.measure(models[1], x, y, threads=[1], warmup=3, runs=10)
     assert alone["predictions_sha256"] == rows[models[1]]["predictions_sha256"]
