@@ -119,10 +119,11 @@ def _overfitting(rows, metrics, settings) -> Finding | None:
     memorised = val[-1] > OVERFIT_GAP_RATIO * train[-1] and gap > OVERFIT_GAP_MIN and train[-1] < train[0] / 2
     if not (rising or memorised):
         return None
-    trend = (f"val loss rose from {val[best]:.3g} (epoch {best + 1}) to {val[-1]:.3g}" if rising
-             else f"val loss stayed at {val[-1]:.3g} (best {val[best]:.3g}, epoch {best + 1})")
+    # Train loss over the same epochs as the val figures: after the best epoch when val loss rose.
+    trend, since = ((f"val loss rose from {val[best]:.3g} (epoch {best + 1}) to {val[-1]:.3g}", best) if rising
+                    else (f"val loss stayed at {val[-1]:.3g} (best {val[best]:.3g}, epoch {best + 1})", 0))
     kept = settings.get("restore_best") and rising
-    return Finding("overfitting", f"{trend} while train loss fell from {train[0]:.3g} to {train[-1]:.3g}; final gap "
+    return Finding("overfitting", f"{trend} while train loss fell from {train[since]:.3g} to {train[-1]:.3g}; final gap "
                    f"{gap:.3g}" + (f"; early stopping kept epoch {best + 1}'s weights" if kept else ""),
                    "more data or augmentation, dropout or l2" + ("" if kept else ", or early_stopping with "
                    "restore_best to keep the best epoch's weights"), epoch=best + 1)

@@ -40,6 +40,7 @@ def test_overfitting_names_the_epoch_val_loss_was_lowest():
                    [0.7, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0])
     [f] = diagnose(rows, METRICS, DATA)
     assert f.code == "overfitting" and f.epoch == 3 and "rose from 0.4 (epoch 3) to 0.7" in f.message
+    assert "while train loss fell from 0.3 to 0.03" in f.message  # over the same epochs, not from epoch 1
 
 
 def test_nan_loss_and_rising_loss_are_divergence():
