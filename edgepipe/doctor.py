@@ -29,6 +29,7 @@ PLATEAU_EPOCHS = 3
 EXPLODING_NORM = 100.0     # a kernel's loss gradient above this: cross-entropy gradients are normally < 10
 VANISHING_RATIO = 1e-4     # first layer's gradient this far below the largest: the early layers barely learn
 DEAD_SHARE = 0.5           # half of a ReLU layer's channels silent on every validation image
+BATCHNORM_GAP = 0.10        # train accuracy with each batch's statistics this far above the moving ones
 MIN_EPOCHS_FOR_ACCURACY = 3  # a first epoch's training accuracy averages over the learning itself: too early
 
 
@@ -47,7 +48,8 @@ class Finding:
 
 
 def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict | None = None, *,
-             gradients: list[dict] | None = None, dead: dict[str, float] | None = None) -> list[Finding]:
+             gradients: list[dict] | None = None, dead: dict[str, float] | None = None,
+             batchnorm: dict | None = None) -> list[Finding]:
     """Every check on one training stage's outputs.
 
     Args:
@@ -57,6 +59,8 @@ def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict |
         settings: the stage's params that remedies depend on (class_weights, restore_best), when known.
         gradients: per epoch, {"epoch", "norms": {layer: gradient L2 norm}} (gradients.json).
         dead: per ReLU layer, the share of channels that never fire on validation images.
+        batchnorm: train accuracy with BatchNorm's moving and with per-batch statistics (`moving`, `batch`,
+            `samples`), for a model whose BatchNorm layers learn.
     """
     settings = settings or {}
     rows = [{k: _float(v) for k, v in r.items()} for r in history]
@@ -65,7 +69,7 @@ def diagnose(history: list[dict], metrics: dict, dataset: dict, settings: dict |
         findings = [diverged] + [f for f in (_gradients(gradients or []),) if f]
     else:
         findings = [f for check in (_plateau, _overfitting, _underfitting, _mismatch) if (f := check(rows, metrics, settings))]
-        findings += [f for f in (_gradients(gradients or []), _dead(dead or {})) if f]
+        findings += [f for f in (_gradients(gradients or []), _dead(dead or {}), _batchnorm(batchnorm)) if f]
         findings += _low_accuracy(metrics)
     imbalance = _imbalance(dataset, settings)
     if imbalance:
@@ -172,6 +176,16 @@ def _dead(shares: dict[str, float]) -> Finding | None:
     listed = ", ".join(f"{k} {100 * v:.0f} %" for k, v in list(dead.items())[:4])
     return Finding("dead_relus", f"{len(dead)} ReLU layer(s) with most channels silent on every validation image: "
                    f"{listed}", "lower lr, he_normal initialisation, BatchNormalization before the ReLU, or LeakyReLU")
+
+
+def _batchnorm(modes: dict | None) -> Finding | None:
+    if not modes or modes["batch"] - modes["moving"] < BATCHNORM_GAP:
+        return None
+    return Finding("batchnorm_lag", f"on {modes['samples']} train images the model scores {100 * modes['moving']:.1f} % "
+                   f"with BatchNorm's moving statistics (as exported) against {100 * modes['batch']:.1f} % with each "
+                   "batch's own: the moving averages lag the weights",
+                   "let the learning rate decay to the end (early stopping while the rate is high keeps a "
+                   "lagging epoch), or smaller batches (more steps per epoch)")
 
 
 def _low_accuracy(metrics) -> list[Finding]:

@@ -280,6 +280,30 @@ def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
     return keras.callbacks.LambdaCallback(on_epoch_end=measure)
 
 
+def batchnorm_modes(model, ds: Dataset, samples: int = 512, batch: int = 128) -> dict | None:
+    """Accuracy on train images with BatchNorm's moving statistics (inference, as exported) and with each
+    batch's own statistics (as in training); None for a model with no BatchNorm layer that learns.
+
+    A large gap means the moving averages lag the weights. The model's non-trainable variables (moving
+    statistics, QAT ranges) are restored afterwards, so measuring changes nothing.
+    """
+    from edgepipe._tf import keras
+
+    if not any(isinstance(m, keras.layers.BatchNormalization) and m.trainable for m in model.submodules):
+        return None
+    x, y = ds.splits["train"]
+    x, y = ds.preprocess(x[:samples]), y[:samples]
+    moving = model.predict(x, batch_size=batch, verbose=0).argmax(1)
+    kept = [v.numpy() for v in model.non_trainable_variables]
+    try:
+        batched = np.concatenate([model(x[i:i + batch], training=True).numpy() for i in range(0, len(x), batch)])
+    finally:
+        for v, value in zip(model.non_trainable_variables, kept):
+            v.assign(value)
+    return {"moving": float(np.mean(moving == y)), "batch": float(np.mean(batched.argmax(1) == y)),
+            "samples": int(len(y))}
+
+
 def dead_relus(model, ds: Dataset, samples: int = 256) -> dict[str, float]:
     """Share of each ReLU layer's channels that output zero for every one of `samples` val images."""
     from edgepipe._tf import keras
@@ -396,7 +420,7 @@ def write_training_outputs(model, ds: Dataset, io: StageIO, params: Fit, *, extr
     findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
                                                         "restore_best": es.enabled and es.restore_best},
                                gradients=json.loads(gradients.read_text()) if gradients.is_file() else [],
-                               dead=dead_relus(model, ds))
+                               dead=dead_relus(model, ds), batchnorm=batchnorm_modes(model, ds))
     fsio.write_json(io.out / "diagnostics.json", [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
     return metrics
 

@@ -157,6 +157,19 @@ def sigmoid_tower(input_shape, num_classes, **_):
     return keras.Model(inputs, L.Softmax()(x))
 
 
+def lagging_bn_net(input_shape, num_classes, **_):
+    """BatchNorm whose moving averages start far from the data (mean 100) and barely move (momentum
+    0.999): in inference every ReLU input is negative, while each batch's own statistics work."""
+    from edgepipe._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(8, 3, use_bias=False)(inputs)
+    x = L.ReLU()(L.BatchNormalization(momentum=0.999, moving_mean_initializer=keras.initializers.Constant(100.0))(x))
+    x = L.Dense(num_classes, name="logits")(L.Flatten()(x))
+    return keras.Model(inputs, L.Softmax()(x))
+
+
 def dense_net(input_shape, num_classes, **_):
     from edgepipe._tf import keras
 
@@ -169,6 +182,7 @@ def dense_net(input_shape, num_classes, **_):
 @pytest.mark.parametrize("arch, data, optimizer, expected", [
     ("tests.test_doctor:dead_net", {}, {"lr": 0.01}, "dead_relus"),
     ("tests.test_doctor:sigmoid_tower", {}, {"lr": 0.01}, "vanishing_gradients"),
+    ("tests.test_doctor:lagging_bn_net", {}, {"lr": 0.01}, "batchnorm_lag"),
     # raw 0..255 pixels into a dense layer: the first-layer gradient scales with the input
     ("tests.test_doctor:dense_net", {"normalize": "none"}, {"optimizer": "sgd", "lr": 1e-7}, "exploding_gradients"),
 ])
@@ -176,3 +190,27 @@ def test_planted_gradient_and_activation_problems(tmp_path, arch, data, optimize
     found = train(tmp_path, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=160)}", **data},
                   {"arch": arch, "epochs": 2, "batch_size": 16, **optimizer})
     assert expected in [f["code"] for f in found], found
+
+
+def test_batchnorm_gap_is_a_finding_only_when_large():
+    [f] = diagnose(HEALTHY, METRICS, DATA, batchnorm={"moving": 0.50, "batch": 0.66, "samples": 512})
+    assert f.code == "batchnorm_lag" and "50.0 % with BatchNorm's moving statistics" in f.message and "66.0 %" in f.message
+    assert diagnose(HEALTHY, METRICS, DATA, batchnorm={"moving": 0.88, "batch": 0.92, "samples": 512}) == []
+    assert diagnose(HEALTHY, METRICS, DATA, batchnorm=None) == []
+
+
+def test_measuring_batchnorm_modes_changes_no_variable(tmp_path):
+    from edgepipe.data import load_dataset
+    from edgepipe.train import batchnorm_modes
+
+    data = tmp_path / "data"
+    data.mkdir()
+    run_data_stage(build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=160)}"}, "data"),
+                   StageIO({}, data, tmp_path / ".d"))
+    ds = load_dataset(data)
+    model = lagging_bn_net(ds.splits["train"][0].shape[1:], len(ds.classes))
+    before = [v.numpy().copy() for v in model.variables]
+    modes = batchnorm_modes(model, ds, samples=64, batch=16)
+    assert modes["samples"] == 64 and 0 <= modes["moving"] <= 1 and 0 <= modes["batch"] <= 1
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables))
+    assert batchnorm_modes(dense_net(ds.splits["train"][0].shape[1:], len(ds.classes)), ds) is None  # no BatchNorm
