@@ -1,7 +1,6 @@
 """The training doctor: each check on planted histories, then planted problems in real (tiny) training."""
 
 import json
-import math
 
 import numpy as np
 import pytest
