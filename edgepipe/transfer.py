@@ -336,7 +336,8 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
 
     write_history(rows, io.out / "history.csv")
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    write_training_outputs(model, ds, io, params, title=source, extra={
+    # the last phase's knobs: whether its early stopping kept a best epoch is what the doctor must know
+    write_training_outputs(model, ds, io, phases[-1][1], title=source, extra={
         "backbone": source, "input_adapter": adapter, "phase_test_accuracy": phase_accuracy,
         "trainable_params_last_phase": trainable})
     text = ", ".join(f"{k} {100 * v:.2f} %" for k, v in phase_accuracy.items())

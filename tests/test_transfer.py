@@ -107,6 +107,21 @@ def test_fine_tune_moves_the_top_layers_but_not_batchnorm_statistics(pretrained)
     assert [line.split(",")[1] for line in history[1:]] == ["head", "fine_tune", "fine_tune"]
 
 
+def test_the_doctor_judges_early_stopping_by_the_last_phase(pretrained, tmp_path, monkeypatch):
+    """Head with early stopping (restore_best), fine-tuning without: the final weights are the last
+    epoch's, so the doctor must not say early stopping kept an earlier one."""
+    from edgepipe import doctor
+
+    seen = []
+    real = doctor.diagnose
+    monkeypatch.setattr(doctor, "diagnose", lambda *a, **kw: seen.append(a[3]) or real(*a, **kw))
+    _, data, backbone = pretrained
+    stage(tmp_path, "fine_tuned", run_transfer_stage, TransferParams,
+          {"backbone": "stage", **FAST, "epochs": 1, "early_stopping": {"enabled": True, "restore_best": True},
+           "fine_tune": {"epochs": 1, **FAST}}, data=data, backbone=backbone)
+    assert seen == [{"class_weights": "none", "restore_best": False}]
+
+
 def test_application_backbone_is_flat_quantizes_and_records_its_adapter(pretrained, tmp_path):
     """MobileNetV2 (random weights: no download here) on grayscale data: the adapter makes RGB in the model."""
     _, data, _ = pretrained
