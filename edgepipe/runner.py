@@ -172,7 +172,8 @@ class Runner:
         waiting = list(plan)
         running: dict[concurrent.futures.Future, tuple] = {}
         failure: BaseException | None = None
-        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_end_with_runner, initargs=(os.getpid(),))
                 if jobs > 1 else None)
         try:
             while waiting or running:
@@ -431,6 +432,25 @@ def _fresh_keras_session() -> None:
 
     if "tf_keras" in sys.modules:
         sys.modules["tf_keras"].backend.clear_session()
+
+
+def _end_with_runner(runner_pid: int) -> None:
+    """Make this worker process end when the runner does, however the runner ends.
+
+    Without it, a runner killed outright (SIGKILL, the OOM killer, `kill` of its pid) leaves its workers
+    training to the end of their stage, writing into runs/R/.tmp and .work beside the next run, which no
+    longer sees the run lock they were started under. Linux: prctl(PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != runner_pid:  # the runner died before the line above took effect
+        os._exit(1)
 
 
 def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:

@@ -228,3 +228,35 @@ def test_jobs_below_one_is_a_usage_error(project):
     with pytest.raises(EdgepipeError, match="--jobs 0") as e:
         run(root, path, jobs=0)
     assert e.value.exit_code == 2
+
+
+def test_workers_end_when_the_runner_is_killed(tmp_path):
+    """SIGKILL to the runner alone (not its process group) ends the workers training beside it too."""
+    data = write_idx_dataset(tmp_path / "idx", n_train=400)
+    recipe = _fan_out(data)
+    for name in ("model", "other"):
+        recipe["stages"][name]["params"]["epochs"] = 400  # minutes: far longer than the test waits
+    path = write_recipe(tmp_path / "fan.yaml", recipe)
+    exe = Path(sys.executable).with_name("edgepipe")
+    proc = subprocess.Popen([str(exe), "run", str(path), "--jobs", "2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    logs = [tmp_path / "runs/fan/.logs" / f"{name}.log" for name in ("model", "other")]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(p.is_file() and "Epoch 2/" in p.read_text() for p in logs):
+        time.sleep(0.2)
+    assert all("Epoch 2/" in p.read_text() for p in logs), "both workers should be training"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the run's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("workers kept training after the runner was killed")
+    sizes = {p: p.stat().st_size for p in logs}
+    time.sleep(1)
+    assert sizes == {p: p.stat().st_size for p in logs}, "nothing writes after the runner is gone"
