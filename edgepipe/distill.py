@@ -129,7 +129,7 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     student = nets.build_model(params.arch, ds.input_shape, len(ds.classes), params.arch_args, **common)
     distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
     steps = int(np.ceil(len(ds.splits["train"][1]) / params.batch_size))
-    distiller.compile(optimizer=make_optimizer(params, steps))
+    distiller.compile(optimizer=make_optimizer(params, steps), steps_per_execution=params.steps_per_execution)
     cached = None
     if params.teacher_outputs == "cached":
         cached = logits_of(teacher).predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)

@@ -59,6 +59,10 @@ class Fit:
     weight_decay: float = param(1e-4, "decoupled weight decay (adamw only)", min=0.0)
     schedule: Schedule = param(Schedule(), "learning-rate schedule")
     batch_size: int = param(128, "samples per step", min=1)
+    steps_per_execution: int = param(16, "training steps per call into TensorFlow, the same updates; fewer "
+                                     "round trips from Python, which pays when trainings share the cores (MNIST "
+                                     "teacher beside student on 2 cores: 12.3 against 16.0 s an epoch); per-batch "
+                                     "callbacks see every Nth batch", min=1)
     epochs: int = param(10, "maximum epochs", min=1)
     early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
     label_smoothing: float = param(0.0, "cross-entropy label smoothing", min=0.0, max=0.5)
@@ -225,7 +229,8 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     if compile_model:
         model.compile(optimizer=make_optimizer(p, steps),
                       loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      steps_per_execution=p.steps_per_execution)
     history_csv = io.work / "history.csv"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(io.work / "backup")),
