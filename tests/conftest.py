@@ -46,6 +46,21 @@ def cli(tmp_path):
     return run
 
 
+@pytest.fixture
+def steps_per_execution_seen(monkeypatch) -> list:
+    """The steps_per_execution of every tf_keras Model.compile call during the test, in order."""
+    from edgepipe._tf import keras
+
+    seen, compile_ = [], keras.Model.compile
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("steps_per_execution", 1))
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", spy)
+    return seen
+
+
 DEVICE_LOCK = Path(tempfile.gettempdir()) / "edgepipe-tests-device.lock"
 
 

@@ -81,6 +81,19 @@ def test_cached_teacher_outputs_train_the_same_student_as_online_without_augment
     assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(w_cached, load_model(labels_only).get_weights()))
 
 
+def test_distillation_runs_steps_per_execution_with_the_same_updates(chain, steps_per_execution_seen):
+    root, data, teacher_dir = chain
+    seen = steps_per_execution_seen
+    args = {"arch": "tiny_conv", "epochs": 2, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, "seed": 4, **FAST}
+    one = stage(root, "spe1", run_distill_stage, DistillParams, {**args, "steps_per_execution": 1},
+                data=data, teacher=teacher_dir)
+    four = stage(root, "spe4", run_distill_stage, DistillParams, {**args, "steps_per_execution": 4},
+                 data=data, teacher=teacher_dir)
+    assert seen == [1, 4], "the distiller is compiled with the stage's steps_per_execution"
+    w_one, w_four = load_model(one).get_weights(), load_model(four).get_weights()
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(w_one, w_four))
+
+
 def test_cached_teacher_outputs_refuse_class_weights():
     with pytest.raises(EdgepipeError, match="class_weights do not combine with teacher_outputs: cached.*"
                                             "fix: use teacher_outputs: online"):

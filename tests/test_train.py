@@ -54,11 +54,13 @@ def test_same_seed_same_metrics(tmp_path, data_dir):
     assert a["test"]["confusion_matrix"] == b["test"]["confusion_matrix"]
 
 
-def test_steps_per_execution_trains_the_same_model(tmp_path, data_dir):
+def test_steps_per_execution_trains_the_same_model(tmp_path, data_dir, steps_per_execution_seen):
     # 160 train images in batches of 16: 10 steps an epoch, which 3 does not divide, so the last call of
     # each epoch runs a shorter loop; every step must still run once, in order, with the same updates.
+    seen = steps_per_execution_seen
     _, one, _ = train(tmp_path, data_dir, "one", seed=1, epochs=3, steps_per_execution=1)
     _, three, _ = train(tmp_path, data_dir, "three", seed=1, epochs=3, steps_per_execution=3)
+    assert seen == [1, 3], "the parameter reaches the training loop"
     assert one["epochs_run"] == three["epochs_run"] == 3
     assert three["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-5)
     assert three["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
