@@ -52,9 +52,10 @@ def latency_vs_reference(ours: Path, reference: Path, rounds: int = 7, runs: int
     """
     import numpy as np
 
-    from edgepipe import device_runner
-    from edgepipe.errors import EdgepipeError
-    from edgepipe.litert import interpreter, io_details, quiet_native
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.core.native import quiet_native
+    from edgepipe.targets import device_runner
+    from edgepipe.targets.litert import interpreter, io_details
 
     shapes = [tuple(int(d) for d in io_details(interpreter(f))[0]["shape"][1:]) for f in (ours, reference)]
     if shapes[0] != shapes[1]:
@@ -82,7 +83,7 @@ BENCHMARKS = ("runner_noop", "latency_vs_reference")
                    "run's QAT student and TF-MOT example")
 def main(names: tuple[str, ...], run_dir: Path, pair: tuple[Path, Path] | None) -> None:
     """Run the benchmarks NAMES (default: all) and print one line each."""
-    from edgepipe.errors import EdgepipeError
+    from edgepipe.core.errors import EdgepipeError
 
     try:
         report(names or BENCHMARKS, run_dir, pair)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from edgepipe import ui
-from edgepipe.errors import EdgepipeError
+from edgepipe.core import ui
+from edgepipe.core.errors import EdgepipeError
 
 
 def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str | None = None, host: str | None = None):
-    from edgepipe.recipe import find_recipe, load_recipe
+    from edgepipe.pipeline.recipe import find_recipe, load_recipe
 
     return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host)
 
@@ -30,11 +30,17 @@ root_opt = click.option("--root", type=click.Path(file_okay=False, path_type=Pat
                         show_default=True, help="folder that holds runs/ and models/")
 
 
-def on_target(f):
-    """The options of a command that loads a recipe for a target: profile, --set, --target, --host, --root."""
-    for option in reversed((recipe_arg, profile_opt, set_opt, target_opt, host_opt, root_opt)):
-        f = option(f)
-    return f
+def _stack(*options):
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+# The option stacks commands share: a recipe with its overrides, and the device it is measured on.
+recipe_options = _stack(recipe_arg, profile_opt, set_opt)
+target_options = _stack(target_opt, host_opt)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,13 +53,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 @main.command()
-@recipe_arg
-@profile_opt
-@set_opt
+@recipe_options
 @until_opt
 @only_opt
-@target_opt
-@host_opt
+@target_options
 @root_opt
 @click.option("--force", is_flag=True, help="rerun the selected stages even if up to date")
 @click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
@@ -61,21 +64,23 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="stages run at once, in worker processes, when their inputs are ready")
 def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
-    from edgepipe.runner import Runner
+    from edgepipe.pipeline.runner import Runner
 
     r = _load(recipe, profile, sets, target, host)
     _summary(r, lambda: Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
 
 
 @main.command()
-@on_target
+@recipe_options
+@target_options
+@root_opt
 @click.option("--force", is_flag=True, help="rerun the bench stages even if up to date")
 def bench(recipe, profile, sets, target, host, root, force):
     """Bench RECIPE's models on a target: its bench stages, what they need and what reads them (the report).
 
     e.g. --target rpi4 --host pi@addr
     """
-    from edgepipe.runner import Runner
+    from edgepipe.pipeline.runner import Runner
 
     r = _load(recipe, profile, sets, target, host)
     runner = Runner(r, root)
@@ -95,22 +100,22 @@ def _summary(r, go, dry_run: bool) -> None:
 
 
 @main.command()
-@recipe_arg
-@profile_opt
-@set_opt
+@recipe_options
 @root_opt
 def report(recipe, profile, sets, root):
     """Print where RECIPE's HTML report is (open it in a browser)."""
-    from edgepipe.html_report import find_report
+    from edgepipe.stages.report_html import find_report
 
     ui.say(str(find_report(_load(recipe, profile, sets), root).resolve()))
 
 
 @main.command()
-@on_target
+@recipe_options
+@target_options
+@root_opt
 def status(recipe, profile, sets, target, host, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
-    from edgepipe.runner import Runner
+    from edgepipe.pipeline.runner import Runner
 
     Runner(_load(recipe, profile, sets, target, host), root).status()
 
@@ -123,7 +128,7 @@ def status(recipe, profile, sets, target, host, root):
 @root_opt
 def worker(recipe, stage, profile, sets, root):
     """Be a non-chief worker of STAGE's multi-worker training (TF_CONFIG names this machine); keeps no output."""
-    from edgepipe.runner import Runner
+    from edgepipe.pipeline.runner import Runner
 
     ui.say(f"worker done: {Runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
 
@@ -134,7 +139,7 @@ def targets(name):
     """List target profiles, or show one (a name or a profile .yaml file) with every value."""
     import dataclasses
 
-    from edgepipe.targets import BUILTIN, load_target
+    from edgepipe.targets.profiles import BUILTIN, load_target
 
     if name is None:
         for n in BUILTIN:
@@ -152,8 +157,8 @@ def targets(name):
               "or a model whose input is integer)")
 def lint(models, target, int8):
     """Check .tflite MODELS for what TARGET cannot run: float ops in int8 graphs, quantize islands, missing ops."""
-    from edgepipe import lint as linter
-    from edgepipe.targets import load_target
+    from edgepipe.targets import lint as linter
+    from edgepipe.targets.profiles import load_target
 
     t = load_target(target or "host")
     count = 0
@@ -167,9 +172,7 @@ def lint(models, target, int8):
 
 
 @main.command()
-@recipe_arg
-@profile_opt
-@set_opt
+@recipe_options
 def graph(recipe, profile, sets):
     """Print the stage graph of RECIPE: each stage, its kind and its inputs."""
     r = _load(recipe, profile, sets)
@@ -183,8 +186,8 @@ def graph(recipe, profile, sets):
 @click.argument("kind", required=False)
 def kinds(kind):
     """List stage kinds, or the parameters of KIND with defaults and meanings."""
-    from edgepipe.params import describe
-    from edgepipe.stages import kinds as table
+    from edgepipe.core.params import describe
+    from edgepipe.stages.registry import kinds as table
 
     t = table()
     if kind is None:

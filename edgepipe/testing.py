@@ -86,7 +86,7 @@ def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int =
     """A prepared TensorFlow Datasets dataset, written by tfds itself into `data_dir/<name>/1.0.0`."""
     import tensorflow_datasets as tfds
 
-    from edgepipe._tf import tf
+    from edgepipe.core._tf import tf
 
     x, y = synthetic_images(n_train + n_test, 4, 12, seed=3)
 
@@ -169,3 +169,21 @@ class LocalSshd:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+# Training knobs that make a test's stage quick and its result depend only on its own arguments.
+FAST = {"batch_size": 16, "tensorboard": False, "early_stopping": {"enabled": False},
+        "schedule": {"kind": "constant"}}
+
+
+def run_stage(root: Path, name: str, fn, cls, params: dict, **inputs) -> Path:
+    """Run stage function `fn` with `params` (validated as `cls`) into `root/name`, the way the runner
+    would hand it its inputs; returns the output folder."""
+    from edgepipe.core.params import build
+    from edgepipe.core.stage import StageIO
+
+    out, work = root / name, root / f".{name}.work"
+    out.mkdir()
+    work.mkdir(exist_ok=True)
+    fn(build(cls, params, name), StageIO(inputs=inputs, out=out, work=work))
+    return out

@@ -49,7 +49,7 @@ def cli(tmp_path):
 @pytest.fixture
 def steps_per_execution_seen(monkeypatch) -> list:
     """The steps_per_execution of every tf_keras Model.compile call during the test, in order."""
-    from edgepipe._tf import keras
+    from edgepipe.core._tf import keras
 
     seen, compile_ = [], keras.Model.compile
 

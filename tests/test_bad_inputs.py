@@ -86,7 +86,7 @@ def _corrupt_tflite(root):
 
 
 def _truncated_tflite(root):
-    from edgepipe._tf import keras, tf
+    from edgepipe.core._tf import keras, tf
 
     i = keras.Input((4,))
     blob = tf.lite.TFLiteConverter.from_keras_model(keras.Model(i, keras.layers.Dense(2)(i))).convert()

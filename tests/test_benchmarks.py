@@ -21,7 +21,8 @@ def _run_dir(root, ours: bytes, ref: bytes):
 
 
 def _int8(arch: str, shape=(28, 28, 1)) -> bytes:
-    from edgepipe import convert, nets
+    from edgepipe.stages import convert
+    from edgepipe.training import nets
 
     x = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
     return convert.to_int8(nets.build_model(arch, shape, 10, {}), x, "int8")

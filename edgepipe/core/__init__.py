@@ -1,0 +1,1 @@
+"""Leaf utilities every other part of edgepipe stands on; nothing here imports from above."""

@@ -1,0 +1,68 @@
+"""The stage contract: what a stage function receives, and the facts the runner needs about a kind.
+
+A stage kind is a plain function `run(params, io) -> summary` plus the facts the runner needs about it:
+its parameter dataclass, the input roles it takes, and optional external dependencies (files it reads
+that are not another stage's output). The code version in its cache key is derived from the imports of
+the module that defines `run` (see `edgepipe.pipeline.code`), never declared by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class StageIO:
+    """What the runner hands a stage function.
+
+    Attributes:
+        inputs: role -> the output directory of the upstream stage (a list for roles that take many).
+        out: a fresh, empty directory; renamed into place only if the stage returns normally.
+        work: scratch space that survives a crash (checkpoints), kept while the cache key is the same
+            and removed after success, so a killed run resumes from it.
+    """
+
+    inputs: dict[str, Any]
+    out: Path
+    work: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    """Static facts about one kind of stage.
+
+    Attributes:
+        name: the recipe's `kind:` value.
+        params: dataclass of the stage's parameters (see `edgepipe.core.params`).
+        run: the stage function, `run(params, io) -> str | None` (a one-line summary). Its module, and
+            every edgepipe module that module imports, make the stage's code version.
+        inputs: role -> True if the role takes a list of stages, False for exactly one.
+        optional_inputs: roles of `inputs` a recipe may leave out.
+        exclusive: runs alone in a parallel run (`--jobs`), because it measures time.
+        light: runs in the runner's own process even in a parallel run: quick, no TensorFlow, and what
+            it prints is for the user (the report's table).
+        main_output: the file named in the stage's closing line.
+        deps: params -> files outside `runs/` the stage reads (hashed into the key): a dataset, the
+            module of a user's model builder.
+        environment: params -> facts about the machine the stage measures (CPU, runtime versions),
+            part of the key, so a benchmark reruns on another machine instead of reporting stale figures.
+    """
+
+    name: str
+    params: type
+    run: Callable[[Any, StageIO], str | None]
+    inputs: dict[str, bool]
+    main_output: str
+    deps: Callable[[Any], list[Path]] | None = None
+    optional_inputs: tuple[str, ...] = ()
+    exclusive: bool = False
+    light: bool = False
+    environment: Callable[[Any], dict] | None = None
+    doc: str = ""
+
+    @property
+    def module(self) -> str:
+        """The module that implements the stage (its code version starts here)."""
+        return self.run.__module__

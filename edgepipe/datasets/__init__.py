@@ -1,0 +1,1 @@
+"""The dataset artifact a data stage writes, its augmentation, and the readers of dataset sources."""

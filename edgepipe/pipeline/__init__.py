@@ -1,0 +1,1 @@
+"""The make-like machinery: recipes, the runner, the lock file. It knows stage kinds, not stages."""

@@ -1,0 +1,309 @@
+"""Loading a recipe: YAML in, a validated DAG of stages out, or one RecipeError line.
+
+Everything is checked here, once: YAML syntax, top-level and stage keys, stage kinds, parameter names,
+types and ranges, `${var}` references, input roles, references to unknown stages, and cycles. The runner
+never sees an invalid recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepipe.core.errors import EdgepipeError, RecipeError
+from edgepipe.core.params import build
+from edgepipe.core.stage import StageKind
+from edgepipe.core.yamlio import load_yaml
+from edgepipe.stages.registry import kinds
+from edgepipe.targets.profiles import load_target
+
+# The keys a recipe may have at its top level, and in each stage (their meanings: README, "Recipes").
+TOP_KEYS = ("name", "description", "vars", "profiles", "target", "stages")
+STAGE_KEYS = ("kind", "params", "inputs", "publish", "description")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One validated stage of a recipe."""
+
+    name: str
+    kind: StageKind
+    params: Any
+    inputs: dict[str, str | list[str]]
+    publish: tuple[str, ...]
+
+    def upstream(self) -> list[str]:
+        """Names of the stages this one reads from, in declaration order."""
+        names: list[str] = []
+        for value in self.inputs.values():
+            names.extend([value] if isinstance(value, str) else value)
+        return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A validated recipe; `stages` is in topological order."""
+
+    name: str
+    path: Path
+    description: str
+    stages: dict[str, Stage]
+
+    def ancestors(self, name: str) -> list[str]:
+        """`name` and every stage it depends on, in run order."""
+        wanted: set[str] = set()
+        todo = [name]
+        while todo:
+            n = todo.pop()
+            if n not in wanted:
+                wanted.add(n)
+                todo.extend(self.stages[n].upstream())
+        return [n for n in self.stages if n in wanted]
+
+
+def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
+    """Resolve `mnist_student`, `recipes/mnist_student.yaml` or any path to an existing file."""
+    p = Path(name_or_path)
+    candidates = [p, recipes_dir / p, recipes_dir / f"{name_or_path}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(x.stem for x in recipes_dir.glob("*.yaml")) if recipes_dir.is_dir() else []
+    fix = f"use one of: {', '.join(known)}" if known else "give the path of a recipe YAML file"
+    raise RecipeError(f"recipe '{name_or_path}' not found", fix)
+
+
+def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
+                host: str | None = None) -> Recipe:
+    """Read, override, substitute and validate a recipe.
+
+    Args:
+        path: the recipe YAML file.
+        profile: name of an entry under `profiles:` whose overrides to apply.
+        sets: ``stage.key=value`` or ``vars.name=value`` overrides (value parsed as YAML), applied last.
+        target: replaces the recipe's top-level `target:` (`--target`).
+        host: `user@address` for the stages whose target is reached over SSH (`--host`).
+
+    Raises:
+        RecipeError: on anything invalid, naming the file and the key.
+    """
+    path = Path(path)
+    where = str(path)
+    raw = _read(path)
+    for key, value, origin in _overrides(raw, profile, sets, where):
+        _apply_override(raw, key, value, origin)
+    variables = raw.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise RecipeError(f"{where}: vars must be a mapping of name: value", "e.g. vars: {seed: 0}")
+    raw_stages = _substitute(raw["stages"], variables, f"{where}: stages")
+    table = kinds()
+    stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
+    _apply_target(stages, target or raw.get("target"), host, where)
+    order = _topological(stages, where)
+    return Recipe(
+        name=str(raw.get("name") or path.stem),
+        path=path,
+        description=str(raw.get("description") or ""),
+        stages={n: stages[n] for n in order},
+    )
+
+
+def _read(path: Path) -> dict:
+    """The recipe file as a mapping, its top-level keys and stage names checked."""
+    where = str(path)
+    try:
+        raw = load_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        fix = ("each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
+               else "fix the YAML syntax there")
+        raise RecipeError(f"{where}: malformed YAML{at}: {problem}", fix) from None
+    except OSError as e:
+        raise RecipeError(f"{where}: cannot read recipe: {e.strerror}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
+                          "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
+    _only_keys(raw, TOP_KEYS, where)
+    if "stages" not in raw or not isinstance(raw["stages"], dict) or not raw["stages"]:
+        raise RecipeError(f"{where}: 'stages' must be a non-empty mapping of stage name -> stage",
+                          "add stages: with at least one stage (see recipes/smoke.yaml)")
+    for name in raw["stages"]:
+        if not isinstance(name, str) or not NAME.match(name):
+            raise RecipeError(f"{where}: stages.{name}: invalid stage name",
+                              "use lower-case letters, digits and _ and start with a letter")
+    return raw
+
+
+def _overrides(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, where it came from) of the profile's overrides, then of each --set, in order."""
+    overrides: list[tuple[str, Any, str]] = []
+    if profile is not None:
+        profiles = raw.get("profiles") or {}
+        if not isinstance(profiles, dict) or profile not in profiles:
+            names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else ""
+            raise RecipeError(f"{where}: unknown profile '{profile}'",
+                              f"use one of: {names}" if names else "define it under profiles: in the recipe")
+        if not isinstance(profiles[profile], dict):
+            raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value",
+                              "e.g. profiles: {smoke: {teacher.epochs: 1}}")
+        overrides += [(k, v, f"{where}: profiles.{profile}.{k}") for k, v in profiles[profile].items()]
+    for s in sets:
+        if "=" not in s:
+            raise RecipeError(f"--set {s}: expected stage.key=value", "e.g. --set teacher.epochs=3")
+        key, value = s.split("=", 1)
+        overrides.append((key, yaml.safe_load(value) if value else "", f"--set {key}"))
+    return overrides
+
+
+def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: dict, where: str) -> Stage:
+    """One stage: its kind, validated params, inputs and publish patterns."""
+    at = f"{where}: stages.{name}"
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{at}: expected a mapping with 'kind' and 'params'", "e.g. {kind: train, params: {...}}")
+    _only_keys(spec, STAGE_KEYS, at)
+    kind_name = spec.get("kind")
+    if kind_name not in table:
+        raise RecipeError(f"{at}.kind: unknown stage kind {kind_name!r}", f"use one of: {', '.join(table)}")
+    kind = table[kind_name]
+    params = build(kind.params, spec.get("params"), f"{at}.params")
+    inputs = _check_inputs(spec.get("inputs"), kind, raw_stages, name, at)
+    publish = spec.get("publish") or []
+    if not isinstance(publish, list) or not all(isinstance(p, str) for p in publish):
+        raise RecipeError(f"{at}.publish: expected a list of file names", "e.g. publish: [report.md]")
+    return Stage(name, kind, params, inputs, tuple(publish))
+
+
+def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str) -> None:
+    """Give stages with a `target` param the recipe's target unless they name one; check every target exists.
+
+    `--host` goes to the stages whose target is reached over SSH; it is an error if none is, so a
+    mistyped command does not silently bench on this machine.
+    """
+    if default is not None and not isinstance(default, str):
+        raise RecipeError(f"{where}: target must be a profile name or a .yaml path, got {default!r}",
+                          "see `edgepipe targets`")
+    if default is not None:
+        try:
+            load_target(default)
+        except EdgepipeError as e:
+            raise RecipeError(f"{where}: target: {e.message}", e.fix) from None
+        if not any(hasattr(s.params, "target") for s in stages.values()):
+            raise RecipeError(f"target {default}: no bench or bundle stage in {where} uses a target",
+                              "add a bench stage, or drop --target")
+    took_host = False
+    for name, stage in stages.items():
+        if not hasattr(stage.params, "target"):
+            continue
+        if stage.params.target is None:
+            stage.params.target = default or "host"
+        try:
+            profile = load_target(stage.params.target)
+        except EdgepipeError as e:
+            raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
+        if host and hasattr(stage.params, "host") and profile.reach == "ssh":
+            stage.params.host, took_host = host, True
+    if host and not took_host:
+        raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
+                          "add --target rpi4 (or another SSH target), or drop --host")
+
+
+def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise RecipeError(f"{where}: unknown key '{key}'", f"use one of: {', '.join(allowed)}")
+
+
+def _apply_override(raw: dict, key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise RecipeError(f"{origin}: expected stage.param", "e.g. teacher.epochs")
+    if parts[0] == "vars":
+        if not isinstance(raw.get("vars") or {}, dict):
+            raise RecipeError(f"{origin}: vars must be a mapping", "e.g. vars: {seed: 0}")
+        raw.setdefault("vars", {})[".".join(parts[1:])] = value
+        return
+    stage = raw["stages"].get(parts[0])
+    if not isinstance(stage, dict):
+        raise RecipeError(f"{origin}: no stage named '{parts[0]}'", f"use one of: {', '.join(raw['stages'])}")
+    node = stage.setdefault("params", {})
+    if node is None:
+        node = stage["params"] = {}
+    for part in parts[1:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{origin}: '{part}' is not a mapping", "override a key inside a mapping parameter")
+    node[parts[-1]] = value  # validated with everything else, so a typo is still caught
+
+
+def _substitute(node: Any, variables: dict, where: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, variables, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, variables, f"{where}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+    for var in VAR.findall(node):
+        if var not in variables:
+            known = ", ".join(variables) or "none defined"
+            raise RecipeError(f"{where}: unknown variable ${{{var}}}", f"define it under vars: ({known})")
+    whole = VAR.fullmatch(node)
+    if whole:  # "${epochs}" keeps the variable's type
+        return variables[whole.group(1)]
+    return VAR.sub(lambda m: str(variables[m.group(1)]), node)
+
+
+def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: str) -> dict:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{at}.inputs: expected a mapping of role -> stage name", "e.g. inputs: {data: data}")
+    for role in raw:
+        if role not in kind.inputs:
+            roles = ", ".join(kind.inputs) or "none (this kind takes no inputs)"
+            raise RecipeError(f"{at}.inputs: unknown role '{role}' for kind {kind.name}", f"use: {roles}")
+    inputs: dict[str, str | list[str]] = {}
+    for role, many in kind.inputs.items():
+        if role not in raw:
+            if role in kind.optional_inputs:
+                continue
+            raise RecipeError(f"{at}.inputs: missing input '{role}'", f"add inputs: {{{role}: <stage name>}}")
+        value = raw[role]
+        refs = value if isinstance(value, list) else [value]
+        if (isinstance(value, list) and not many) or not refs:
+            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got {value!r}",
+                              f"this role takes a single stage, e.g. {role}: {refs[0] if refs else 'data'}")
+        for ref in refs:
+            if ref not in all_stages:
+                others = ", ".join(s for s in all_stages if s != name)
+                raise RecipeError(f"{at}.inputs.{role}: no stage named {ref!r}",
+                                  f"use one of: {others}" if others else f"add a stage named {ref!r} to the recipe")
+        inputs[role] = list(refs) if many else refs[0]
+    return inputs
+
+
+def _topological(stages: dict[str, Stage], where: str) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = path[path.index(n):] + [n]
+            raise RecipeError(f"{where}: input cycle {' -> '.join(cycle)}", "remove one of these inputs")
+        state[n] = 1
+        for up in stages[n].upstream():
+            visit(up, path + [n])
+        state[n] = 2
+        order.append(n)
+
+    for n in stages:
+        visit(n, [])
+    return order

@@ -1,0 +1,413 @@
+"""The make-like runner: decides which stages are stale, runs them, and records what they produced.
+
+Keys and freshness are `edgepipe.pipeline.lock`'s; this module schedules: it plans the stages, starts
+each once its inputs are done (up to `--jobs` at once, in worker processes), moves finished outputs into
+place and publishes them. The reason a stage runs or is skipped is always printed.
+
+Layout, for recipe R: ``runs/R/<stage>/`` holds each stage's outputs, ``runs/R/lock.json`` the keys and
+output hashes, ``runs/R/.tmp/`` a stage's output while it runs (renamed into place on success), and
+``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume. ``models/R/`` gets the files
+stages publish.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from edgepipe.core import fsio, ui
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.stage import StageIO
+from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
+from edgepipe.pipeline.recipe import Recipe, Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Result:
+    """What happened to one stage in a run (or would happen, in a dry run)."""
+
+    stage: str
+    action: str  # "ran", "skipped", "would run", "would skip"
+    reason: str
+    seconds: float = 0.0
+    summary: str = ""
+
+
+@dataclasses.dataclass
+class _Job:
+    """A stage that is running: what its lock entry will record, and how to say it finished."""
+
+    stage: Stage
+    key: str
+    parts: dict
+    reason: str
+    tag: str
+    start: float
+
+
+class Runner:
+    """Runs a validated recipe under `root` (which holds runs/ and models/)."""
+
+    def __init__(self, recipe: Recipe, root: Path = Path(".")):
+        self.recipe = recipe
+        self.root = Path(root)
+        self.run_dir = self.root / "runs" / recipe.name
+        self.models_dir = self.root / "models" / recipe.name
+        self.lock = Lock(self.run_dir / "lock.json", recipe)
+        # Hashed once, now: the code that runs is the code imported at start, even if a source file
+        # is edited while a long run is under way.
+        modules = {s.kind.module for s in recipe.stages.values()}
+        self.code = {m: CodeVersion.of(m) for m in sorted(modules)}
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def plan(self, until: str | None = None, only: str | None = None) -> list[str]:
+        """Names of the stages a run would consider, in order."""
+        for flag, name in (("--until", until), ("--only", only)):
+            if name is not None and name not in self.recipe.stages:
+                raise EdgepipeError(f"{flag} {name}: no such stage in {self.recipe.path}",
+                                    f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+        if until and only:
+            raise EdgepipeError("--until and --only cannot be combined", "use one of them", exit_code=2)
+        if only:
+            return [only]
+        if until:
+            return self.recipe.ancestors(until)
+        return list(self.recipe.stages)
+
+    def status(self, until: str | None = None, only: str | None = None) -> list[Result]:
+        """Each planned stage as fresh or stale, with the reason; runs nothing."""
+        return self.run(until=until, only=only, dry_run=True)
+
+    def run(self, until: str | None = None, only: str | None = None, force: bool = False,
+            dry_run: bool = False, jobs: int = 1) -> list[Result]:
+        """Run the stale stages of the plan; return what happened to each, in plan order.
+
+        With `jobs` > 1, stages whose inputs are ready run at the same time in worker processes (tiny
+        models use about one core each, so two trainings on two cores can take little longer than one;
+        how much that gains depends on the host, see the README).
+        Each worker's output goes to ``runs/R/.logs/<stage>.log``. Stages of an `exclusive` kind (the
+        bench, which times things) run alone.
+        """
+        if jobs < 1:
+            raise EdgepipeError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more", exit_code=2)
+        plan = self.plan(until, only)
+        with self._exclusive(dry_run):
+            self._clean_scratch(dry_run)
+            if dry_run:
+                return self._dry_run(plan, force)
+            return self._execute(plan, set(plan) if force else set(), jobs)
+
+    def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
+        """Run every stage of `kind`, whatever stale stage it needs and what depends on it (the report);
+        `force` reruns only the stages of `kind`."""
+        targets = [n for n, s in self.recipe.stages.items() if s.kind.name == kind]
+        if not targets:
+            raise EdgepipeError(f"{self.recipe.path} has no {kind} stage", f"add a stage of kind {kind}",
+                                exit_code=2)
+        downstream = set(targets)
+        for name, stage in self.recipe.stages.items():  # topological order: upstream first
+            if downstream & set(stage.upstream()):
+                downstream.add(name)
+        wanted = {a for t in downstream for a in self.recipe.ancestors(t)}
+        plan = [n for n in self.recipe.stages if n in wanted]
+        with self._exclusive(False):
+            self._clean_scratch(False)
+            return self._execute(plan, set(targets) if force else set(), jobs)
+
+    def run_as_worker(self, name: str) -> str:
+        """Run stage `name` as a non-chief worker of a multi-worker training: its share of the work only.
+
+        Its inputs must already be there (the chief's machine, or a shared file system, has them); it
+        writes nothing under runs/ and no lock entry: outputs and checkpoints go to a temporary
+        directory that is removed afterwards. The chief runs `edgepipe run RECIPE --only NAME`.
+        """
+        import tempfile
+
+        if name not in self.recipe.stages:
+            raise EdgepipeError(f"no stage named '{name}' in {self.recipe.path}",
+                                f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+        stage = self.recipe.stages[name]
+        if getattr(stage.params, "strategy", "default") != "multi_worker":
+            raise EdgepipeError(f"stage '{name}' is not a multi-worker training (strategy: multi_worker)",
+                                "set strategy: multi_worker on the stage, or run it with edgepipe run", exit_code=2)
+        missing = [u for u in stage.upstream() if not (self.run_dir / u).is_dir()]
+        if missing:
+            raise EdgepipeError(f"stage '{name}' needs '{missing[0]}', which is not in {_rel(self.run_dir)}",
+                                f"run `edgepipe run {self.recipe.path} --until {missing[0]}` on this machine first")
+        inputs = self._input_dirs(stage)
+        with tempfile.TemporaryDirectory(prefix=f"edgepipe-worker-{name}-") as tmp:
+            (Path(tmp) / "out").mkdir()
+            (Path(tmp) / "work").mkdir()
+            return stage.kind.run(stage.params, StageIO(inputs=inputs, out=Path(tmp) / "out", work=Path(tmp) / "work"))
+
+    def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
+        results: list[Result] = []
+        rerun: set[str] = set()
+        for i, name in enumerate(plan, 1):
+            stage = self.recipe.stages[name]
+            tag = f"[{i}/{len(plan)}] {name:<14}"
+            pending = [u for u in stage.upstream() if u in rerun]
+            reason = f"upstream '{pending[0]}' reruns first" if pending else self._reason(stage, force)[0]
+            if reason is None:
+                results.append(Result(name, "would skip", "up to date"))
+                ui.say(f"{tag} fresh: up to date")
+                continue
+            rerun.add(name)
+            results.append(Result(name, "would run", reason))
+            ui.say(f"{tag} stale: {reason}")
+        return results
+
+    def _execute(self, plan: list[str], force: set[str], jobs: int) -> list[Result]:
+        """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once.
+
+        If a stage fails, the stages already running finish and are recorded, nothing new starts, and
+        the first failure is raised.
+        """
+        results: dict[str, Result] = {}
+        waiting = list(plan)
+        running: dict[concurrent.futures.Future, _Job] = {}
+        failure: BaseException | None = None
+        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_end_with_runner, initargs=(os.getpid(),))
+                if jobs > 1 else None)
+        try:
+            while waiting or running:
+                if failure is None:
+                    self._start_ready(plan, waiting, running, results, force, jobs, pool)
+                if not running:
+                    continue
+                failure = self._collect(running, results, failure)
+                if failure is not None and not running:
+                    break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
+        return [results[name] for name in plan if name in results]
+
+    def _start_ready(self, plan: list[str], waiting: list[str], running: dict, results: dict, force: set[str],
+                     jobs: int, pool) -> None:
+        """Start, in plan order, the waiting stages whose inputs are done, until `jobs` run, an exclusive
+        stage started, or a stage ran in this process (what it unblocked is then next, in plan order)."""
+        busy = {job.stage.name for job in running.values()}
+        if any(job.stage.kind.exclusive for job in running.values()):
+            return
+        for name in list(waiting):
+            stage = self.recipe.stages[name]
+            if any(u in waiting or u in busy for u in stage.upstream()):
+                continue
+            if (stage.kind.exclusive and running) or len(running) >= jobs:
+                return  # an exclusive stage waits for the others; nothing after it jumps the queue
+            waiting.remove(name)
+            tag = f"[{plan.index(name) + 1}/{len(plan)}] {name:<14}"
+            reason, key, parts = self._reason(stage, name in force)
+            if reason is None:
+                self._publish(stage, only_if_changed=True)
+                results[name] = Result(name, "skipped", "up to date")
+                ui.say(f"{tag} skipped: up to date")
+                continue
+            if self._resumable(stage, key):
+                reason += "; resuming from its checkpoint"
+            io = self._prepare(stage, key)
+            job = _Job(stage, key, parts, reason, tag, time.perf_counter())
+            if pool is None or stage.kind.light:
+                ui.say(f"{tag} running: {reason}")
+                try:
+                    _fresh_keras_session()
+                    summary = stage.kind.run(stage.params, io) or ""
+                except BaseException:
+                    shutil.rmtree(io.out, ignore_errors=True)
+                    raise
+                results[name] = self._finish(job, summary)
+                return
+            log_file = self.run_dir / ".logs" / f"{name}.log"
+            ui.say(f"{tag} running: {reason}  (log: {_rel(log_file)})")
+            running[pool.submit(_run_in_worker, stage.kind.name, stage.params, io, log_file)] = job
+            busy.add(name)
+            if stage.kind.exclusive:
+                return
+
+    def _collect(self, running: dict, results: dict, failure: BaseException | None) -> BaseException | None:
+        """Wait for a worker to finish; record what finished; return the first failure seen."""
+        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            job = running.pop(future)
+            try:
+                results[job.stage.name] = self._finish(job, future.result() or "")
+            except BaseException as e:  # noqa: BLE001 - the first failure is raised once the rest finish
+                shutil.rmtree(self.run_dir / ".tmp" / job.stage.name, ignore_errors=True)
+                failure = failure or e
+                if not isinstance(e, EdgepipeError):
+                    ui.warn(f"stage '{job.stage.name}' failed; its log: "
+                            f"{_rel(self.run_dir / '.logs' / (job.stage.name + '.log'))}")
+        return failure
+
+    # -- freshness ----------------------------------------------------------------------------------
+
+    def _reason(self, stage: Stage, forced: bool) -> tuple[str | None, str, dict]:
+        """(why the stage must run, or None if it is fresh; its key; the parts of its key)."""
+        key, parts = stage_key(stage, self.lock, self.run_dir, self.code[stage.kind.module])
+        reason = "forced (--force)" if forced else why_stale(stage, key, parts, self.lock, self.run_dir / stage.name)
+        return reason, key, parts
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def _input_dirs(self, stage: Stage) -> dict:
+        """Role -> the output folder (or folders) of the upstream stages, as the stage function sees them."""
+        return {role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
+                for role, ups in stage.inputs.items()}
+
+    def _work_matches(self, stage: Stage, key: str) -> bool:
+        """Whether the stage's checkpoint folder was made under this same key."""
+        marker = self.run_dir / ".work" / stage.name / "KEY"
+        return marker.is_file() and marker.read_text() == key
+
+    def _resumable(self, stage: Stage, key: str) -> bool:
+        work = self.run_dir / ".work" / stage.name
+        return self._work_matches(stage, key) and len(list(work.iterdir())) > 1
+
+    def _prepare(self, stage: Stage, key: str) -> StageIO:
+        """A fresh temporary output directory, and the checkpoint directory (kept if the key is the same)."""
+        tmp = self.run_dir / ".tmp" / stage.name
+        work = self.run_dir / ".work" / stage.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if self._work_matches(stage, key):
+            log.info("resuming %s from %s", stage.name, work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            (work / "KEY").write_text(key)
+        return StageIO(inputs=self._input_dirs(stage), out=tmp, work=work)
+
+    def _finish(self, job: _Job, summary: str) -> Result:
+        """Move a finished stage's output into place, record it in the lock file, publish it."""
+        stage = job.stage
+        tmp = self.run_dir / ".tmp" / stage.name
+        out_dir = self.run_dir / stage.name
+        try:
+            fsio.replace_dir(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.lock.record(stage.name, job.key, job.parts, fsio.dir_records(out_dir))
+        self._publish(stage)
+        shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
+        seconds = time.perf_counter() - job.start
+        main = out_dir / stage.kind.main_output
+        size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
+        ui.say(f"{job.tag} done in {seconds:.1f} s -> {_rel(main)}{size}" + (f"  | {summary}" if summary else ""))
+        diagnostics = out_dir / "diagnostics.json"
+        for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
+            ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+        return Result(stage.name, "ran", job.reason, seconds, summary)
+
+    def _published(self, stage: Stage) -> list[Path]:
+        """Output files matching the stage's `publish:` patterns (`cortex-m4/*` keeps its folder)."""
+        out_dir = self.run_dir / stage.name
+        files: list[Path] = []
+        for pattern in stage.publish:
+            matches = sorted(p for p in out_dir.glob(pattern) if p.is_file())
+            if not matches:
+                raise EdgepipeError(f"stage '{stage.name}': publish pattern '{pattern}' matched no output file",
+                                    f"use one of: {', '.join(sorted(self.lock.entry(stage.name)['outputs']))}",
+                                    exit_code=2)
+            files.extend(matches)
+        return files
+
+    def _publish(self, stage: Stage, only_if_changed: bool = False) -> None:
+        """Copy the stage's published files to models/R/; for a skipped stage, only those missing or
+        of another size (a fresh stage's files are as recorded, so a size check finds a stale copy)."""
+        for src in self._published(stage):
+            dest = self.models_dir / src.relative_to(self.run_dir / stage.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if only_if_changed and dest.is_file() and dest.stat().st_size == src.stat().st_size:
+                continue
+            fsio.copy_file(src, dest)
+            if only_if_changed:
+                ui.say(f"    republished {_rel(dest)}")
+
+    # -- scratch and the run lock -------------------------------------------------------------------
+
+    def _clean_scratch(self, dry_run: bool) -> None:
+        if not dry_run:
+            shutil.rmtree(self.run_dir / ".tmp", ignore_errors=True)  # half outputs of a killed run
+
+    @contextlib.contextmanager
+    def _exclusive(self, dry_run: bool) -> Iterator[None]:
+        if dry_run:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".runlock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EdgepipeError(f"another edgepipe run is using {self.run_dir}",
+                                    "wait for it to finish (or stop it) and run again") from None
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+
+
+def _fresh_keras_session() -> None:
+    """Reset Keras' global state between stages run in one process.
+
+    Keras numbers auto-named layers per process (conv2d, conv2d_1, ...), and the names are saved in
+    model.h5: without a reset, a stage's output bytes would depend on which stages ran before it in
+    the same process, and an unchanged stage would look changed to everything downstream.
+    """
+    import sys
+
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].backend.clear_session()
+
+
+def _end_with_runner(runner_pid: int) -> None:
+    """Make this worker process end when the runner does, however the runner ends.
+
+    Without it, a runner killed outright (SIGKILL, the OOM killer, `kill` of its pid) leaves its workers
+    training to the end of their stage, writing into runs/R/.tmp and .work beside the next run, which no
+    longer sees the run lock they were started under. Linux: prctl(PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != runner_pid:  # the runner died before the line above took effect
+        os._exit(1)
+
+
+def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:
+    """Run one stage in a worker process, with everything it prints (native code included) in `log_file`."""
+    from edgepipe.core.native import quiet_native
+    from edgepipe.stages.registry import kinds
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with quiet_native(log_file):
+        _fresh_keras_session()
+        return kinds()[kind_name].run(params, io) or ""
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

@@ -1,0 +1,231 @@
+"""The bench stage: measure every converted model by running the exported file, on a target.
+
+Per model, on this host: accuracy on the full test split (inputs preprocessed and quantized exactly as on
+a device), latency percentiles of single-image invokes after warm-up at 1 thread and at every core
+(timed in rounds, the models taking turns, so that they share the machine's drift), FPS, memory, size,
+parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the smallest arena it needs
+(found by search, the way firmware engineers size `tensor_arena`). The host figures come from
+`device_runner`, the same code a device runs.
+
+Then the target (`edgepipe.targets`): first the op lint (what the target cannot run), then its figures,
+each tagged with where it comes from (`edgepipe.targets.measure.PROVENANCE`): measured on the device
+over SSH (Raspberry Pi, Coral through the libedgetpu delegate) or adb (Android, `benchmark_model`),
+TFLite Micro on this host (an MCU's accuracy and arena), or an estimate (an MCU's latency). The stage is
+keyed on the host, its runtime versions and the target, so another machine or device reruns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.core import fsio
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.native import quiet_native
+from edgepipe.core.params import param
+from edgepipe.core.stage import StageIO, StageKind
+from edgepipe.datasets.artifact import load_dataset
+from edgepipe.targets import device_runner, lint, litert
+from edgepipe.targets.measure import host_provenance, target_figures
+from edgepipe.targets.profiles import Target, check_reach, load_target
+from edgepipe.targets.sidecar import sidecars
+from edgepipe.targets.tflm import tflm_check
+
+
+@dataclasses.dataclass
+class BenchParams:
+    """Parameters of the bench stage."""
+
+    target: str | None = param(None, "target profile (name or .yaml); null: the recipe's `target:`, else host")
+    host: str | None = param(None, "user@address[:port] of an SSH target (also --host on the command line)")
+    fleet: list[str] = param([], "more user@address[:port] of the same kind of device, benched beside `host`")
+    parallel: int = param(4, "devices benched at once (a bounded pool)", min=1, max=64)
+    identity: str | None = param(None, "SSH private key for the host (null: the user's own ssh setup)")
+    ssh_options: list[str] = param([], "extra ssh -o options, e.g. [Port=2222, UserKnownHostsFile=~/pi_hosts]")
+    python: str | None = param(None, "Python with ai-edge-litert on the device (null: the target profile's)")
+    warmup: int = param(20, "untimed invokes before timing", min=0)
+    runs: int = param(300, "timed single-image invokes per model and thread count", min=5)
+    rounds: int = param(5, "host latency is timed in rounds, every model in turn in each, so that a machine's "
+                        "drift during the bench falls on all models alike", min=1)
+    threads: list[int] = param([1, 0], "thread counts to time; 0 means every core")
+    tflm: bool = param(True, "check int8 models with TensorFlow Lite Micro and measure the arena")
+    max_test_samples: int | None = param(None, "cap the test images used for accuracy (null: all)", min=1)
+    edgetpu_compiler: str = param("edgetpu_compiler", "Coral: the compiler command")
+    benchmark_model: str | None = param(None, "android: path of LiteRT's benchmark_model binary for the phone")
+    adb_serial: str | None = param(None, "android: the phone's serial when several are connected")
+
+
+
+def environment(params: BenchParams) -> dict:
+    """Part of the cache key: the target, and the machine and runtime the figures come from.
+
+    A remote device cannot be asked without connecting, so a device target is keyed on its profile and
+    address; the host's own runtime versions are part of every key (they run the lint and TFLM).
+    """
+    p = host_provenance()
+    key = {k: p[k] for k in ("cpu", "cores", "machine", "ai_edge_litert", "tflite_micro")}
+    target = load_target(params.target or "host")
+    key["target"] = dataclasses.asdict(target)
+    if target.reach in ("ssh", "adb"):
+        key["device"] = [params.host or params.adb_serial, *params.fleet]
+    return key
+
+
+
+def run_bench_stage(params: BenchParams, io: StageIO) -> str:
+    """Lint every model for the target, measure it on this host and on the target; write bench.json."""
+    target = load_target(params.target or "host")
+    check_reach(target, params.host)
+    if target.kind == "mcu" and not params.tflm:
+        raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm is false",
+                            "drop tflm: false from this bench stage")
+    ds = load_dataset(io.inputs["data"])
+    x_test, y_test = ds.splits["test"]
+    if params.max_test_samples:
+        x_test, y_test = x_test[: params.max_test_samples], y_test[: params.max_test_samples]
+    x = ds.preprocess(x_test)
+    models = _benchable_models(io, ds, x)
+
+    # The lint runs first: what a target cannot run is said before anything is copied anywhere.
+    findings = _lint_models(models, target)
+    if findings:
+        fsio.write_json(io.out / "diagnostics.json", findings)
+
+    deployable = [path for path, side in models if target.runs(side["variant"])]
+    device = measure_on_target(target, params, deployable, x, y_test, io.work)
+    # Host figures come from device_runner, the code a device runs, so they compare like for like.
+    with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
+                                              params.runs, rounds=params.rounds, keep_predictions=True)
+    rows = [_row(path, side, measured[str(path)], findings, target, params, device, x, y_test)
+            for path, side in models]
+    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
+                                            "device": device.get("_provenance"),
+                                            "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
+                                            "data": Path(io.inputs["data"]).name, "classes": ds.classes,
+                                            "rows": rows})
+    where = "" if target.name == "host" else f" on {target.name}"
+    lint_note = f"; {len(findings)} lint findings" if findings else ""
+    runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
+    return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
+
+
+
+def _benchable_models(io: StageIO, ds, x: np.ndarray) -> list[tuple[Path, dict]]:
+    """Every .tflite of the input convert stages with its sidecar, checked to take this bench's data."""
+    models: list[tuple[Path, dict]] = []
+    for stage_dir in io.inputs["models"]:
+        for side in sidecars(stage_dir):
+            path = Path(stage_dir) / side["file"]
+            if list(side["input"]["shape"][1:]) != list(x.shape[1:]):
+                raise EdgepipeError(f"{path.name} takes input {side['input']['shape'][1:]}, the data "
+                                    f"'{Path(io.inputs['data']).name}' is {list(x.shape[1:])}",
+                                    "bench a model on the dataset it was trained on (same size and channels)")
+            if side["preprocessing"] != ds.info["preprocessing"]:
+                raise EdgepipeError(f"{path.name} was converted with other preprocessing than this bench's data",
+                                    "bench a model on the dataset it was trained on")
+            models.append((path, side))
+    return models
+
+
+
+def _lint_models(models: list[tuple[Path, dict]], target: Target) -> list[dict]:
+    """Lint findings of every model; the target's op checks apply to the models it can run."""
+    findings = []
+    for path, side in models:
+        kind = target.kind if target.runs(side["variant"]) else None
+        for f in lint.lint(path, int8=side["variant"] == "int8", target_kind=kind):
+            findings.append({"source": "lint", "model": path.name, "code": f.code, "op": f.op, "layer": f.layer,
+                             "line": f.line(path.name)})
+    return findings
+
+
+
+def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Target, params: BenchParams,
+         device: dict, x: np.ndarray, y: np.ndarray) -> dict:
+    """One model's bench.json row: its sidecar facts, host figures, TFLite Micro check and target figures."""
+    pred = host.pop("predictions")
+    row = {
+        "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
+        "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
+        "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
+        "input_dtype": side["input"]["dtype"], "parity": side["parity"], **host,
+        "lint": [f["line"] for f in findings if f["model"] == path.name],
+    }
+    if params.tflm and side["variant"] == "int8":
+        din, _ = litert.io_details(litert.interpreter(path))
+        row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:100], din), pred[:100])
+    row["target"] = target_figures(target, row, path, device.get(path.name), x, y)
+    if "_fleet" in device:  # every device of the fleet, the first one included
+        row["fleet"] = {h: target_figures(target, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}
+                        for h, d in device["_fleet"].items() if path.name in d}
+    return row
+
+
+
+def best_lines(rows: list[dict]) -> str:
+    """The most accurate model, and the most accurate int8 one (what an MCU or NPU can take) if it differs."""
+    def line(r):
+        return f"{r['name']} {100 * r['accuracy']:.2f} % ({r['size_bytes'] / 1024:.1f} KB)"
+
+    best = max(rows, key=lambda r: r["accuracy"])
+    ints = [r for r in rows if r["variant"] == "int8"]
+    best_int8 = max(ints, key=lambda r: r["accuracy"]) if ints else None
+    if best_int8 is None or best_int8 is best:
+        return f"most accurate {line(best)}"
+    return f"most accurate {line(best)}; most accurate int8 {line(best_int8)}"
+
+
+
+def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,
+                      work: Path) -> dict:
+    """Figures measured on the device itself, by model file name (nothing for host and MCU targets)."""
+    if target.reach == "ssh":
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edgepipe.targets import edgetpu, remote
+
+        hosts = [remote.SshHost.parse(h, params.identity, tuple(params.ssh_options))
+                 for h in dict.fromkeys([params.host, *params.fleet])]
+        compiled: dict[str, tuple[Path, dict]] = {}
+        if target.kind == "edgetpu":  # the device runs the compiled model through the libedgetpu delegate
+            for m in models:
+                compiled[m.name] = edgetpu.compile_model(m, work, params.edgetpu_compiler)
+        test_set = work / "test.npz"
+        np.savez(test_set, x=x, y=y)
+        files = [compiled[m.name][0] if compiled else m for m in models]
+
+        def one(host):
+            return remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
+                                         threads=params.threads, warmup=params.warmup, runs=params.runs,
+                                         delegate=target.delegate)
+
+        with ThreadPoolExecutor(min(params.parallel, len(hosts))) as pool:  # a device failing fails the stage
+            got_all = list(pool.map(one, hosts))
+        out: dict = {"_provenance": {**got_all[0]["provenance"], "host": str(hosts[0])}}
+        for m, f in zip(models, files):
+            out[m.name] = {**got_all[0]["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {})}
+        if len(hosts) > 1:
+            out["_fleet"] = {str(h): {"provenance": g["provenance"],
+                                      **{m.name: g["models"][f.name] for m, f in zip(models, files)}}
+                             for h, g in zip(hosts, got_all)}
+        return out
+    if target.reach == "adb":
+        from edgepipe.targets import android
+
+        out = {"_provenance": {"adb_serial": params.adb_serial}}
+        for m in models:
+            out[m.name] = android.bench(m, params.benchmark_model, threads=1, runs=params.runs,
+                                        warmup=params.warmup, serial=params.adb_serial)
+        return out
+    return {}
+
+
+
+KIND = StageKind(
+    name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
+    main_output="bench.json", environment=environment, exclusive=True,
+    doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
+)

@@ -1,0 +1,61 @@
+"""The qat stage: quantization-aware fine-tuning with tensorflow-model-optimization.
+
+`quantize_model` returns a new model with fake-quantization on weights and activations; a few epochs at
+a low learning rate let the weights adapt to int8 before conversion. The converter then takes the
+learned ranges instead of calibrating them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.params import param
+from edgepipe.core.stage import StageIO, StageKind
+from edgepipe.datasets.artifact import load_dataset
+from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
+from edgepipe.training.outputs import carried_forward, load_model, write_training_outputs
+
+
+@dataclasses.dataclass
+class QatParams(Fit):
+    """Parameters of the qat stage (the training knobs, with fine-tuning defaults)."""
+
+    lr: float = param(1e-4, "fine-tuning learning rate (low: the float weights are already good)", min=0.0, max=1.0)
+    epochs: int = param(2, "fine-tuning epochs", min=1)
+    schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
+    early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping")
+
+
+def quantize(model):
+    """tfmot.quantize_model(model), with tfmot's error turned into one line naming the layer."""
+    import tensorflow_model_optimization as tfmot
+
+    try:
+        return tfmot.quantization.keras.quantize_model(model)
+    except (ValueError, RuntimeError, TypeError) as e:
+        text = " ".join(str(e).split())
+        layer = re.search(r"Layer ([\w/.-]+):<class", text) or re.search(r"layer '([\w/.-]+)'", text)
+        where = f"layer '{layer.group(1)}'" if layer else f"model '{model.name}'"
+        raise EdgepipeError(f"QAT cannot quantize {where}: {text[:200]}",
+                            "use Conv2D/DepthwiseConv2D without activation -> BatchNormalization -> ReLU, "
+                            "or annotate that layer with a custom QuantizeConfig") from None
+
+
+def run_qat_stage(params: QatParams, io: StageIO) -> str:
+    """Quantize the input model for training, fine-tune it, evaluate it, save it."""
+    ds = load_dataset(io.inputs["data"])
+    float_model = load_model(io.inputs["model"])
+    seed_everything(params.seed)
+    model = quantize(float_model)
+    fit(model, ds, params, io)
+    metrics = write_training_outputs(model, ds, io, params, extra=carried_forward(io.inputs["model"]))
+    return f"QAT test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+
+
+KIND = StageKind(
+    name="qat", params=QatParams, run=run_qat_stage, inputs={"data": False, "model": False},
+    main_output="model.h5",
+    doc="quantization-aware fine-tuning (tfmot) of a trained model",
+)

@@ -1,0 +1,256 @@
+"""The report stage: one table of accuracy against latency, FPS, size and memory for every variant.
+
+Writes report.md (for people), report.json (rows for machines), pareto.png (accuracy against latency,
+marker area by model size), report.html (all of it on one self-contained page, with training curves,
+confusion matrices, the doctor's findings and misclassified samples; see report_html.py) and prints
+the table. Accuracy gates make the run fail when a deployable model loses more than a set number of
+points against its float source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edgepipe.core import fsio, ui
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.params import param
+from edgepipe.core.stage import StageIO, StageKind
+from edgepipe.stages.report_html import write_html
+from edgepipe.targets.provenance import PROVENANCE, rows_by_name
+
+
+@dataclasses.dataclass
+class Gate:
+    """A deployable model may lose at most `max_drop` accuracy points against `against`."""
+
+    model: str = param("", "row name of the deployable model, e.g. student_qat/int8")
+    against: str = param("", "row name of its float source, e.g. student/float32")
+    max_drop: float = param(0.3, "largest allowed accuracy loss, in percentage points", min=0.0)
+
+
+@dataclasses.dataclass
+class ReportParams:
+    """Parameters of the report stage."""
+
+    title: str = param("edgepipe report", "heading of report.md")
+    reference: str | None = param(None, "row the delta column is measured against (e.g. teacher/float32)")
+    gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
+
+
+COLUMNS = ("model", "quant", "size", "params", "MACs", "accuracy", "delta", "p50 1T", "p99 1T", "FPS 1T",
+           "p50 all", "arena")
+
+
+TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
+TAG_LEGEND = ", ".join(f"[{tag}] {meaning}" for tag, meaning in PROVENANCE.values())
+
+
+def run_report_stage(params: ReportParams, io: StageIO) -> str:
+    benches = [json.loads((Path(d) / "bench.json").read_text()) for d in io.inputs["benches"]]
+    by_name = rows_by_name(benches)  # one row per model; each bench adds its target's figures to it
+    rows = list(by_name.values())
+    targets = target_figures(benches)
+    for name in [params.reference] + [n for g in params.gates for n in (g.model, g.against)]:
+        if name and name not in by_name:
+            raise EdgepipeError(f"report: no benched model named '{name}'", f"use one of: {', '.join(by_name)}")
+    ref = by_name[params.reference]["accuracy"] if params.reference else None
+    table = [_row(r, ref) for r in rows]
+    gates = []
+    for g in params.gates:
+        drop = 100 * (by_name[g.against]["accuracy"] - by_name[g.model]["accuracy"])
+        gates.append({"model": g.model, "against": g.against, "drop_points": drop, "max_drop": g.max_drop,
+                      "passed": drop <= g.max_drop})
+    provenance = benches[0]["provenance"] if benches else {}
+    report = {"title": params.title, "reference": params.reference, "provenance": provenance,
+              "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
+              "targets": [b["target"]["name"] for b in benches if "target" in b]}
+    classes = next((b.get("classes") for b in benches if b.get("classes")), None)
+    int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
+    report["int8_class_cost"] = int8_cost
+    fsio.write_json(io.out / "report.json", report)
+    target_table = _target_table(rows, targets)
+    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table))
+    _pareto(rows, io.out / "pareto.png")
+    write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
+               run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
+               deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
+               target_table=target_table, legend=TAG_LEGEND)
+    for line in _text_table(table, COLUMNS):
+        ui.say(line)
+    if target_table:
+        ui.say("")
+        for line in _text_table(target_table[1:], target_table[0]):
+            ui.say(line)
+        ui.say("  " + TAG_LEGEND)
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        g = failed[0]
+        raise EdgepipeError(f"accuracy gate failed: {g['model']} loses {g['drop_points']:.2f} points against "
+                            f"{g['against']} (allowed {g['max_drop']})",
+                            "train longer, use QAT, or relax the gate's max_drop")
+    return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
+
+
+def _flat(r: dict, ref: float | None) -> dict:
+    one = r["latency"].get("threads_1")
+    many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
+    return {
+        "name": r["name"], "quantization": r["variant"], "qat": r["qat"], "accuracy": r["accuracy"],
+        "delta_points": None if ref is None else 100 * (r["accuracy"] - ref),
+        "size_bytes": r["size_bytes"], "params": r["params"], "macs": r["macs"],
+        "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
+        "latency_p99_us": one and one["p99_us"], "fps": one and one["fps"],
+        "latency_p50_us_all_threads": many and many["p50_us"], "fps_all_threads": many and many["fps"],
+        "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"), "tflm_ok": (r.get("tflm") or {}).get("ok"),
+        "test_samples": r["test_samples"], "parity": r["parity"],
+    }
+
+
+def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str, str] | None = None) -> list[dict]:
+    """For each int8 model with a float32 source: overall and per-class accuracy lost, worst first.
+
+    The source is the same stage's float32 model, or the one `pairs` names (a gate's `against`, which
+    is how a QAT model, whose stage has no float32 export, meets its float source).
+    """
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        float_row = by_name.get((pairs or {}).get(r["name"], f"{r['name'].split('/')[0]}/float32"))
+        if r["variant"] != "int8" or not float_row or not r.get("per_class_accuracy"):
+            continue
+        drops = sorted(((100 * (f - q), classes[c] if classes else str(c)) for c, (f, q) in
+                        enumerate(zip(float_row["per_class_accuracy"], r["per_class_accuracy"])) if f is not None),
+                       reverse=True)
+        out.append({"model": r["name"], "against": float_row["name"],
+                    "points_lost": 100 * (float_row["accuracy"] - r["accuracy"]),
+                    "classes": [{"class": c, "points_lost": d} for d, c in drops]})
+    return out
+
+
+def _row(r: dict, ref: float | None) -> list[str]:
+    f = _flat(r, ref)
+    us = lambda v: "-" if v is None else _us(v)  # noqa: E731
+    return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
+            f"{f['params']:,}", f"{f['macs'] / 1e6:.2f} M", f"{100 * f['accuracy']:.2f} %",
+            "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
+            us(f["latency_p99_us"]), "-" if f["fps"] is None else f"{f['fps']:,.0f}",
+            us(f["latency_p50_us_all_threads"]),
+            "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
+
+
+def target_figures(benches: list[dict]) -> dict[str, dict[str, dict]]:
+    """model name -> target name -> its figures there (accuracy, latency, memory, fit), provenance-tagged."""
+    out: dict[str, dict[str, dict]] = {}
+    for b in benches:
+        for r in b["rows"]:
+            for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
+                out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
+                    "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu") if k in t}
+    return out
+
+
+def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
+    """Header + rows of per-target columns, or [] when every figure is this host's own."""
+    names = list(dict.fromkeys(t for per in targets.values() for t in per))
+    if names in ([], ["host"]):
+        return []
+    header = ["model"]
+    for t in names:
+        header += [f"acc@{t}", f"p50@{t}", f"mem@{t}"]
+    table = [header]
+
+    def tagged(fig: dict | None, fmt) -> str:
+        if not fig or fig.get("value") is None:
+            return "-"
+        return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
+
+    for r in rows:
+        cells = [r["name"]]
+        for t in names:
+            f = targets.get(r["name"], {}).get(t)
+            if f is None or not f.get("deployable", True):
+                cells += ["n/a", "n/a", "n/a"]
+                continue
+            mem = f.get("memory") or {}
+            fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
+            cells += [tagged(f.get("accuracy"), lambda v: f"{100 * v:.2f} %"),
+                      tagged(f.get("latency_p50_us"), _us),
+                      tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits]
+        table.append(cells)
+    return table
+
+
+def _us(v: float) -> str:
+    return f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms"
+
+
+def _text_table(table: list[list[str]], columns) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
+
+
+def _markdown(title: str, table, gates, provenance, int8_cost, target_table=()) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter on the full "
+              "test split; latency is single-image invoke time after warm-up (p50/p99), 1T = one thread, "
+              "all = every core; arena = smallest TFLite Micro tensor arena in which the int8 model runs.", ""]
+    for g in gates:
+        lines.append(f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
+                     f"points against {g['against']} (allowed {g['max_drop']})")
+    if int8_cost:
+        lines += ["", "Classes int8 hurt most (accuracy points lost against the same stage's float32 model):", ""]
+        for c in int8_cost:
+            worst = ", ".join(f"{x['class']} {x['points_lost']:+.2f}" for x in c["classes"][:3])
+            lines.append(f"- {c['model']} ({c['points_lost']:+.2f} overall): {worst}")
+    if target_table:
+        lines += ["", "On the targets (each figure tagged with where it comes from):", "",
+                  "| " + " | ".join(target_table[0]) + " |", "|" + "---|" * len(target_table[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
+        lines += ["", TAG_LEGEND + "."]
+    if provenance:
+        lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto(rows: list[dict], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"float32": "tab:blue", "float16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
+    points = []
+    for r in rows:
+        lat = r["latency"].get("threads_1") or next(iter(r["latency"].values()), None)
+        if lat is not None:
+            points.append((lat["p50_us"], 100 * r["accuracy"], r))
+    seen = set()
+    for i, (x, y, r) in enumerate(sorted(points, key=lambda p: (p[0], p[1]))):
+        label = r["variant"] if r["variant"] not in seen else None
+        seen.add(r["variant"])
+        ax.scatter(x, y, s=20 + r["size_bytes"] / 2000, alpha=0.6, color=colors.get(r["variant"], "gray"),
+                   marker="D" if r["qat"] else "o", label=label)
+        # neighbours in latency get labels at different heights so they do not overprint
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(5, -10 + 9 * (i % 3)), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, 1 thread (us, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs latency (marker area ~ file size, diamond = QAT)")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with fsio.atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+KIND = StageKind(
+    name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True}, light=True,
+    main_output="report.md",
+    doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
+)

@@ -1,0 +1,1 @@
+"""Devices: target profiles, running .tflite files, measuring on a device, linting, TFLite Micro."""

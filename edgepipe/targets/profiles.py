@@ -1,0 +1,109 @@
+"""Target profiles: what a device is, how edgepipe reaches it, and what it can hold.
+
+A recipe names one with `target:` (top level, the default for its bench and bundle stages) or a stage's
+own `target:` param; `--target` on the command line overrides both. A name is a built-in profile below
+or the path of a user's YAML file with the same keys (validated like a recipe: unknown keys, wrong types
+and out-of-range values are one error line).
+
+The MCU figures `cycles_per_mac` and `kernel_flash_bytes` are planning estimates, not measurements:
+latency from them is labelled `estimate` everywhere it is shown. Replace them in your own profile with
+figures measured on your board.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from edgepipe.core.errors import EdgepipeError, RecipeError
+from edgepipe.core.params import build, param
+from edgepipe.core.yamlio import load_yaml
+
+Kind = Literal["cpu", "edgetpu", "android", "mcu"]
+
+
+@dataclasses.dataclass
+class Target:
+    """One device profile."""
+
+    name: str = param("", "profile name (the file name for a user profile)")
+    description: str = param("", "the board, in a few words")
+    kind: Kind = param("cpu", "cpu: LiteRT on Linux; edgetpu: Coral; android: adb + benchmark_model; mcu: TFLite Micro")
+    runtime: str = param("ai-edge-litert", "what runs the model on the device")
+    delegate: str | None = param(None, "external delegate the runtime loads (Coral: libedgetpu.so.1)")
+    reach: Literal["local", "ssh", "adb", "none"] = param(
+        "local", "how figures are measured: this process, ssh user@host, adb, or not at all (estimates)")
+    needs_int8: bool = param(False, "the runtime executes only fully int8-quantized graphs")
+    ram_bytes: int | None = param(None, "RAM available to the model (MCU: for the tensor arena)", min=1)
+    flash_bytes: int | None = param(None, "flash available for the model and the runtime's code", min=1)
+    clock_mhz: int | None = param(None, "CPU clock", min=1)
+    cycles_per_mac: float | None = param(None, "int8 cycles per multiply-accumulate (MCU latency estimate)", min=0.01)
+    runtime_flash_bytes: int | None = param(None, "the runtime's own code size, before kernels (estimate)", min=0)
+    arena_margin: float = param(0.1, "fraction added to the measured arena before the fit check", min=0.0, max=4.0)
+    python: str = param("python3", "Python with ai-edge-litert and numpy on the device (reach: ssh)")
+
+    def runs(self, variant: str) -> bool:
+        """Whether this target's runtime can execute a model of `variant` (an int8-only runtime, such as
+        TFLite Micro or the Edge TPU, runs the int8 variant alone)."""
+        return variant == "int8" or not self.needs_int8
+
+
+# Built-in profiles. MCU cycles/MAC are rough CMSIS-NN / ESP-NN int8 figures for small CNNs: an estimate
+# to rank models by, labelled as such, not a substitute for a measurement on the board.
+BUILTIN: dict[str, dict] = {
+    "host": dict(description="this machine, LiteRT (XNNPACK) on the CPU", kind="cpu", reach="local"),
+    "rpi4": dict(description="Raspberry Pi 4 (Cortex-A72 x4, 1.5 GHz), LiteRT on 64-bit Raspberry Pi OS",
+                 kind="cpu", reach="ssh", ram_bytes=1 << 30, clock_mhz=1500),
+    "rpi5": dict(description="Raspberry Pi 5 (Cortex-A76 x4, 2.4 GHz), LiteRT on 64-bit Raspberry Pi OS",
+                 kind="cpu", reach="ssh", ram_bytes=2 << 30, clock_mhz=2400),
+    "coral": dict(description="Coral USB Accelerator (Edge TPU) on a Linux host reached over SSH",
+                  kind="edgetpu", runtime="ai-edge-litert + libedgetpu", delegate="libedgetpu.so.1",
+                  reach="ssh", needs_int8=True),
+    "android": dict(description="an Android phone over adb, LiteRT's benchmark_model binary",
+                    kind="android", runtime="benchmark_model", reach="adb"),
+    "cortex-m4": dict(description="nRF52840-class Cortex-M4F, 64 MHz, 256 KB RAM, 1 MB flash, TFLite Micro",
+                      kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=256 * 1024,
+                      flash_bytes=1024 * 1024, clock_mhz=64, cycles_per_mac=2.0, runtime_flash_bytes=24 * 1024),
+    "cortex-m7": dict(description="STM32F746-class Cortex-M7, 216 MHz, 320 KB RAM, 1 MB flash, TFLite Micro",
+                      kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=320 * 1024,
+                      flash_bytes=1024 * 1024, clock_mhz=216, cycles_per_mac=1.0, runtime_flash_bytes=24 * 1024),
+    "esp32-s3": dict(description="ESP32-S3 (Xtensa LX7, 240 MHz), 512 KB SRAM, 8 MB flash, TFLite Micro + ESP-NN",
+                     kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=512 * 1024,
+                     flash_bytes=8 * 1024 * 1024, clock_mhz=240, cycles_per_mac=1.5, runtime_flash_bytes=32 * 1024),
+}
+
+
+def load_target(name_or_path: str) -> Target:
+    """A built-in profile by name, or a user's profile YAML file.
+
+    Raises:
+        EdgepipeError: unknown name, unreadable file or an invalid profile, in one line.
+    """
+    if name_or_path in BUILTIN:
+        return build(Target, {"name": name_or_path, **BUILTIN[name_or_path]}, f"target {name_or_path}")
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        raise EdgepipeError(f"unknown target '{name_or_path}'",
+                            f"use one of: {', '.join(BUILTIN)}, or the path of a profile .yaml file")
+    try:
+        raw = load_yaml(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RecipeError(f"{path}: cannot read target profile ({' '.join(str(e).split())[:160]})",
+                          "fix the file (see `edgepipe targets` for the keys)") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a target profile is a mapping of key: value", "see `edgepipe targets cortex-m4` for the keys")
+    raw.setdefault("name", path.stem)
+    return build(Target, raw, str(path))
+
+
+def check_reach(target: Target, host: str | None) -> None:
+    """A target reached over SSH needs --host, and only such a target takes one."""
+    if target.reach == "ssh" and not host:
+        raise EdgepipeError(f"target {target.name} is reached over SSH but no host was given",
+                            "pass --host user@address (or set the bench stage's host param)")
+    if host and target.reach != "ssh":
+        raise EdgepipeError(f"target {target.name} is not reached over SSH (reach: {target.reach}), but a host was given",
+                            "drop --host, or use an SSH target such as rpi4")

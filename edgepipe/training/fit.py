@@ -1,0 +1,171 @@
+"""The training loop every training-type stage shares, and the knobs it takes.
+
+`Fit` holds the knobs (optimizer, schedule, early stopping, ...) that train, distill, qat and transfer
+stages all have; `fit()` is the one loop that runs them: compile, callbacks (checkpoints that survive a
+crash, history, gradient probe, TensorBoard, schedule, early stopping), then Keras' own `fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Literal
+
+import numpy as np
+
+from edgepipe.core.params import param
+from edgepipe.core.stage import StageIO
+from edgepipe.datasets.artifact import Dataset
+from edgepipe.datasets.augment import tf_dataset
+from edgepipe.training.history import read_history, write_history
+from edgepipe.training.probes import gradient_norms
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Learning-rate schedule."""
+
+    kind: Literal["constant", "step", "cosine", "plateau"] = param("cosine", "how the learning rate evolves")
+    warmup_epochs: int = param(0, "linear warm-up from 0 (cosine only)", min=0)
+    step_epochs: int = param(10, "epochs between decays (step only)", min=1)
+    gamma: float = param(0.1, "decay factor (step, plateau)", min=0.0, max=1.0)
+    patience: int = param(2, "epochs without improvement before decaying (plateau only)", min=1)
+    min_lr: float = param(0.0, "floor of the learning rate (cosine end value, plateau floor)", min=0.0)
+
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop when the monitored metric stops improving."""
+
+    enabled: bool = param(True, "use early stopping")
+    monitor: Literal["val_loss", "val_accuracy"] = param("val_loss", "what to watch")
+    patience: int = param(5, "epochs without improvement before stopping", min=1)
+    min_delta: float = param(0.0, "smallest change that counts as improvement", min=0.0)
+    restore_best: bool = param(True, "keep the weights of the best epoch, not the last")
+
+
+
+@dataclasses.dataclass
+class Fit:
+    """Training knobs shared by every training-type stage."""
+
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = param("adam", "optimizer")
+    lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
+    momentum: float = param(0.9, "momentum for momentum, nesterov, rmsprop", min=0.0, max=1.0)
+    weight_decay: float = param(1e-4, "decoupled weight decay (adamw only)", min=0.0)
+    schedule: Schedule = param(Schedule(), "learning-rate schedule")
+    batch_size: int = param(128, "samples per step", min=1)
+    steps_per_execution: int = param(16, "training steps per call into TensorFlow, the same updates with fewer "
+                                     "round trips from Python (it pays when trainings share the cores); per-batch "
+                                     "callbacks see every Nth batch", min=1)
+    epochs: int = param(10, "maximum epochs", min=1)
+    early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
+    label_smoothing: float = param(0.0, "cross-entropy label smoothing", min=0.0, max=0.5)
+    clipnorm: float | None = param(None, "clip each gradient to this L2 norm", min=0.0)
+    class_weights: Literal["none", "balanced"] = param("none", "weight the loss by inverse class frequency")
+    seed: int = param(0, "seed for initialisation, shuffling and augmentation")
+    tensorboard: bool = param(True, "write TensorBoard logs to tb/")
+
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic (same seed -> same weights on CPU)."""
+    from edgepipe.core._tf import keras, tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+
+def steps_per_epoch(ds: Dataset, batch_size: int) -> int:
+    """Training steps in one epoch of ds's train split (the last batch may be short)."""
+    return int(np.ceil(len(ds.splits["train"][1]) / batch_size))
+
+
+
+def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None,
+        train_extra=None):
+    """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
+
+    Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
+    history to `io.work` first, so only a finished stage's output directory holds it. `target` is the
+    model whose gradients the doctor watches when `model` is a wrapper (the distiller's student).
+    `train_extra` (one row per train sample) reaches train_step beside the labels: y = (one_hot, extra).
+
+    Returns:
+        the list of per-epoch history rows (dicts).
+    """
+    from edgepipe.core._tf import keras, tf
+
+    train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra),
+                     len(ds.classes))
+    val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
+    if compile_model:
+        model.compile(optimizer=make_optimizer(p, steps_per_epoch(ds, p.batch_size)),
+                      loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      steps_per_execution=p.steps_per_execution)
+    history_csv = io.work / "history.csv"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(io.work / "backup")),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
+        callbacks.append(gradient_norms(target or model, ds, io.out / "gradients.json"))
+    if p.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
+    if p.schedule.kind == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
+                                                           min_lr=p.schedule.min_lr, verbose=1))
+    es = p.early_stopping
+    if es.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
+                                                       min_delta=es.min_delta, restore_best_weights=es.restore_best,
+                                                       mode="min" if es.monitor == "val_loss" else "max"))
+    class_weight = None
+    if p.class_weights == "balanced":
+        class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
+    model.fit(train, validation_data=val, epochs=p.epochs, callbacks=callbacks, class_weight=class_weight,
+              verbose=1 if sys.stdout.isatty() else 2)
+    rows = read_history(history_csv)
+    write_history(rows, io.out / "history.csv")
+    return rows
+
+
+
+def make_optimizer(p: Fit, steps_per_epoch: int):
+    """The optimizer `p` names, with its learning-rate schedule and gradient clipping."""
+    from edgepipe.core._tf import keras
+
+    s = p.schedule
+    lr: Any = p.lr
+    if s.kind == "step":
+        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_per_epoch, s.gamma, staircase=True)
+    elif s.kind == "cosine":
+        warmup = s.warmup_epochs * steps_per_epoch
+        decay = max(1, (p.epochs - s.warmup_epochs) * steps_per_epoch)
+        alpha = s.min_lr / p.lr if p.lr else 0.0
+        lr = (keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
+              if warmup else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha))
+    kw: dict[str, Any] = {"learning_rate": lr}
+    if p.clipnorm:
+        kw["clipnorm"] = p.clipnorm
+    O = keras.optimizers
+    return {
+        "sgd": lambda: O.SGD(**kw),
+        "momentum": lambda: O.SGD(momentum=p.momentum, **kw),
+        "nesterov": lambda: O.SGD(momentum=p.momentum, nesterov=True, **kw),
+        "adam": lambda: O.Adam(**kw),
+        "adamw": lambda: O.AdamW(weight_decay=p.weight_decay, **kw),
+        "rmsprop": lambda: O.RMSprop(momentum=p.momentum if p.momentum < 1 else 0.0, **kw),
+    }[p.optimizer]()
+
+
+
+def _one_hot(d, k: int):
+    """Labels to one-hot; an extra third element joins them as y = (one_hot, extra)."""
+    from edgepipe.core._tf import tf
+
+    return d.map(lambda x, y, *extra: (x, (tf.one_hot(y, k), *extra) if extra else tf.one_hot(y, k)))

@@ -1,0 +1,423 @@
+"""Targets: the device runner over a real local sshd, MCU fit and bundle, the lint, and the Coral/Android paths."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepipe.core.errors import EdgepipeError
+from edgepipe.targets import device_runner, lint
+from edgepipe.targets.android import parse_output
+from edgepipe.targets.edgetpu import parse_log
+from edgepipe.targets.profiles import load_target
+from edgepipe.testing import LocalSshd, tiny_recipe, write_idx_dataset, write_recipe
+
+needs_sshd = pytest.mark.skipif(not LocalSshd.available(),
+                                reason="OpenSSH server not installed (Debian: apt-get install openssh-server)")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A folder with tiny.yaml (data -> tiny_conv -> float32 + int8 -> bench) run up to the conversion."""
+    root = tmp_path_factory.mktemp("project")
+    idx = write_idx_dataset(root / "idx", n_train=160, n_test=60)
+    recipe = tiny_recipe(idx, epochs=4)
+    recipe["stages"]["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
+                                  "params": {"variants": ["float32", "int8"], "representative_samples": 50,
+                                             "parity_samples": 30, "tolerance": {"int8_top1": 0.9}}}
+    recipe["stages"]["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
+                                 "params": {"warmup": 2, "runs": 20, "threads": [1]}}
+    write_recipe(root / "tiny.yaml", recipe)
+    exe = Path(sys.executable).with_name("edgepipe")
+    done = subprocess.run([str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def converted_recipe(tmp_path: Path, project: Path) -> Path:
+    """A copy of the converted project in tmp_path; returns its recipe."""
+    shutil.copytree(project, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "tiny.yaml"
+
+
+
+
+def ssh_sets(server, python=sys.executable):
+    return ["--set", f"bench.identity={server.identity}", "--set", f"bench.python={python}",
+            "--set", "bench.ssh_options=[" + ", ".join(server.ssh_options) + "]"]
+
+
+def remote_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("edgepipe.*")}
+
+
+@needs_sshd
+def test_remote_bench_through_real_sshd_matches_host_exactly(cli, tmp_path, sshd, project):
+    recipe = converted_recipe(tmp_path, project)
+    before = remote_dirs()
+    done = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd))
+    assert done.returncode == 0, done.stderr
+    assert "models benched on rpi4" in done.stdout
+    bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
+    assert bench["target"]["name"] == "rpi4" and bench["device"]["host"] == sshd.host
+    for row in bench["rows"]:
+        t = row["target"]
+        assert t["accuracy"]["provenance"] == "target" and t["latency_p50_us"]["provenance"] == "target"
+        assert t["accuracy"]["value"] == row["accuracy"]       # the same file, the same code: exactly equal
+        assert t["same_predictions_as_host"] is True
+        assert t["latency"]["threads_1"]["runs"] == 20 and t["latency_p50_us"]["value"] > 0
+        assert t["memory"]["value"] is not None and t["peak_rss_bytes"] > 0
+    assert remote_dirs() == before                              # the device's temporary directory is gone
+    again = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd))
+    assert "bench          skipped: up to date" in again.stdout
+
+
+@needs_sshd
+@pytest.mark.parametrize("case, expected", [
+    ("unreachable", "device unreachable"),
+    ("auth", "SSH authentication failed"),
+    ("runtime", "install it on the device: python3 -m pip install ai-edge-litert numpy"),
+    ("no_host", "is reached over SSH but no host was given"),
+])
+def test_remote_failures_are_one_line(cli, tmp_path, sshd, case, expected, project):
+    recipe = converted_recipe(tmp_path, project)
+    host, sets = sshd.host, ssh_sets(sshd)
+    if case == "unreachable":
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        host = f"{sshd.user}@127.0.0.1:{free}"
+    elif case == "auth":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+        sets = ssh_sets(sshd) + ["--set", f"bench.identity={tmp_path / 'stranger'}"]
+    elif case == "runtime":  # a Python without numpy or LiteRT, as on a fresh device
+        bare = Path(sys.base_prefix) / "bin" / "python3"
+        sets = ssh_sets(sshd, python=str(bare))
+    args = ["bench", recipe, "--target", "rpi4", *sets] + ([] if case == "no_host" else ["--host", host])
+    before = remote_dirs()
+    done = cli(*args)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("edgepipe: error:")]
+    assert len(errors) == 1 and expected in errors[0] and "fix:" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs/tiny/bench").exists()
+    assert remote_dirs() == before
+
+
+def test_the_device_is_held_by_one_test_at_a_time(sshd):
+    """Under pytest-xdist another worker's SSH test would add its own /tmp/edgepipe.* to what these tests
+    compare: while a test holds `sshd`, the device lock cannot be taken."""
+    import fcntl
+
+    from tests.conftest import DEVICE_LOCK
+
+    with open(DEVICE_LOCK, "w") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_mcu_target_measures_arena_and_says_fit(cli, tmp_path, project):
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", "cortex-m4")
+    assert done.returncode == 0, done.stderr
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]}
+    f32, q = rows["float32"]["target"], rows["int8"]["target"]
+    assert f32["deployable"] is False and "int8" in f32["why_not"]
+    mcu = q["mcu"]
+    assert mcu["arena_bytes"] == rows["int8"]["tflm"]["arena_bytes"] > 0
+    assert mcu["ram_needed_bytes"] == int(mcu["arena_bytes"] * 1.1)
+    assert mcu["flash_needed_bytes"] > rows["int8"]["size_bytes"]
+    assert set(mcu["ops"]) >= {"CONV_2D", "FULLY_CONNECTED"} and q["fits"] is True
+    assert q["latency_p50_us"]["provenance"] == "estimate"
+    assert q["latency_p50_us"]["value"] == pytest.approx(rows["int8"]["macs"] * 2.0 / 64)
+    assert q["accuracy"]["provenance"] == "tflm-host"
+    assert abs(q["accuracy"]["value"] - rows["int8"]["accuracy"]) <= 0.05  # TFLM's kernels vs LiteRT's
+    assert "most accurate model/int8" in done.stdout and "model/float32" not in done.stdout  # only what it runs
+
+
+def test_mcu_that_does_not_fit_says_so(tmp_path, cli, project):
+    board = tmp_path / "tiny_board.yaml"
+    board.write_text("kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 512\n"
+                     "flash_bytes: 4096\nclock_mhz: 16\ncycles_per_mac: 4\n")
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", board)
+    assert done.returncode == 0, done.stderr
+    q = [r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]
+         if r["variant"] == "int8"][0]["target"]
+    assert q["name"] == "tiny_board" and q["fits"] is False
+    assert q["mcu"]["fits_ram"] is False and q["mcu"]["fits_flash"] is False
+
+
+def test_target_profiles_validate_like_recipes(tmp_path):
+    assert load_target("cortex-m7").ram_bytes == 320 * 1024
+    with pytest.raises(EdgepipeError, match="unknown target 'rpi9'.*use one of: host, rpi4"):
+        load_target("rpi9")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: mcu\nram: 12\n")
+    with pytest.raises(EdgepipeError, match="unknown key 'ram'"):
+        load_target(str(bad))
+    bad.write_text("kind: fpga\n")
+    with pytest.raises(EdgepipeError, match="'fpga' is not a valid choice"):
+        load_target(str(bad))
+    bad.write_text("kind: mcu\nram_bytes: 1024\nram_bytes: 2048\n")  # read like a recipe: no silent last-wins
+    with pytest.raises(EdgepipeError, match="duplicate key 'ram_bytes'"):
+        load_target(str(bad))
+
+
+def test_targets_command_lists_and_shows_profiles(cli, tmp_path):
+    listing = cli("targets")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == \
+        ["host", "rpi4", "rpi5", "coral", "android", "cortex-m4", "cortex-m7", "esp32-s3"]
+    shown = cli("targets", "cortex-m4")
+    assert "ram_bytes            262144" in shown.stdout and "cycles_per_mac       2.0" in shown.stdout
+    missing = cli("targets", "rpi9")
+    assert missing.returncode == 1 and missing.stderr.startswith("edgepipe: error: unknown target 'rpi9'")
+
+
+def test_android_without_benchmark_model_binary_says_where_to_get_it(tmp_path):
+    from edgepipe.targets import android
+
+    with pytest.raises(EdgepipeError, match="needs LiteRT's benchmark_model binary; fix: download"):
+        android.check_binary(None)
+    with pytest.raises(EdgepipeError, match="benchmark_model binary not found: .*nowhere"):
+        android.check_binary(str(tmp_path / "nowhere"))
+
+
+def test_mcu_bench_without_tflm_is_refused(cli, tmp_path, project):
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", "cortex-m4", "--set", "bench.tflm=false")
+    assert done.returncode == 1 and not (tmp_path / "runs/tiny/bench").exists()
+    assert done.stderr.strip().splitlines() == [
+        "edgepipe: error: target cortex-m4 is a microcontroller, measured with TFLite Micro, but tflm is false; "
+        "fix: drop tflm: false from this bench stage"]
+
+
+def planted_model(tmp_path: Path, shape=(8, 8, 1), classes=3) -> Path:
+    """A full-int8 conversion of a model with one layer (sin) that has no int8 kernel."""
+    from edgepipe.core._tf import keras, tf
+
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Lambda(tf.math.sin, name="planted_sin")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(classes, name="logits")(x)))
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    c.representative_dataset = lambda: ([rng.random((1, *shape), np.float32)] for _ in range(20))
+    # int8 where it can, float where it cannot: the converter's quiet fallback the lint must catch
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    path = tmp_path / "planted_int8.tflite"
+    path.write_bytes(c.convert())
+    return path
+
+
+def test_lint_catches_a_planted_float_op(tmp_path, cli):
+    path = planted_model(tmp_path)
+    findings = lint.lint(path, int8=True, target_kind="edgetpu")
+    codes = {(f.code, f.op, f.layer) for f in findings}
+    assert ("float_op", "SIN", "planted_sin") in codes
+    assert ("quant_island", "DEQUANTIZE", "planted_sin") in codes
+    assert ("unsupported_op", "SIN", "planted_sin") in codes
+    done = cli("lint", path, "--target", "cortex-m4")
+    assert done.returncode == 1
+    assert "float_op: SIN (layer planted_sin) computes in float in an int8 model" in done.stdout
+
+
+def test_lint_passes_a_clean_int8_model_and_flags_nothing_in_float(tmp_path, cli, project):
+    converted_recipe(tmp_path, project)
+    out = tmp_path / "runs/tiny/tflite"
+    assert lint.lint(out / "model_int8.tflite", int8=True, target_kind="mcu") == []
+    assert lint.lint(out / "model_float32.tflite", int8=False) == []
+    # a float model on an int8-only target: every compute op is named
+    assert {f.code for f in lint.lint(out / "model_float32.tflite", int8=True)} == {"float_op"}
+
+
+def test_bench_stage_prints_lint_findings_for_the_target(tmp_path, cli, project):
+    recipe = converted_recipe(tmp_path, project)
+    out = tmp_path / "runs/tiny/tflite"
+    # as if the convert stage had let a float op through: same input shape and classes as the data
+    planted = planted_model(tmp_path, shape=(12, 12, 1), classes=4)
+    shutil.copy(planted, out / "model_int8.tflite")
+    side = json.loads((out / "model_int8.json").read_text())
+    side["size_bytes"] = planted.stat().st_size
+    (out / "model_int8.json").write_text(json.dumps(side))
+    # --only: the runner would otherwise see the changed output and convert again
+    done = cli("run", recipe, "--only", "bench", "--target", "cortex-m4")
+    assert done.returncode == 0, done.stderr
+    printed = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("lint:")]
+    assert printed and all("model_int8.tflite" in line for line in printed)
+    assert any("float_op: SIN (layer planted_sin)" in line for line in printed)
+    rows = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]
+    assert any("quant_island" in line for r in rows for line in r["lint"])
+
+
+def test_coral_without_compiler_and_android_without_tools_say_how_to_get_them(tmp_path, cli, project):
+    recipe = converted_recipe(tmp_path, project)
+    env = {"PATH": "/usr/bin:/bin"}  # no edgetpu_compiler, no adb
+    if shutil.which("edgetpu_compiler", path=env["PATH"]) or shutil.which("adb", path=env["PATH"]):
+        pytest.skip("edgetpu_compiler or adb is installed here")
+    done = cli("bench", recipe, "--target", "coral", "--host", "pi@192.0.2.1", env=env)
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("edgepipe: error: edgetpu_compiler not found on this machine")
+    assert "apt-get install edgetpu-compiler" in line
+    done = cli("bench", recipe, "--target", "android", env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("edgepipe: error: adb not found on this machine")
+
+
+def test_tool_output_parsers():
+    log = ("Edge TPU Compiler version 16.0.384591198\nModel compiled successfully in 27 ms.\n\n"
+           "Input model: model_int8.tflite\nNumber of Edge TPU subgraphs: 1\nTotal number of operations: 7\n"
+           "Operation log: model_int8_edgetpu.log\n\nNumber of operations that will run on Edge TPU: 6\n"
+           "Number of operations that will run on CPU: 1\n")
+    assert parse_log(log) == {"ops_edgetpu": 6, "ops_cpu": 1, "fully_mapped": False}
+    out = ("INFO: Inference timings in us: Init: 2831, First inference: 3021, Warmup (avg): 1554.31, "
+           "Inference (avg): 1538.1\nINFO: Memory footprint delta from the start of the tool (MB): "
+           "init=2.63672 overall=3.10547\n")
+    got = parse_output(out)
+    assert got["mean_us"] == pytest.approx(1538.1) and got["memory_bytes"] == int(3.10547 * 1024 * 1024)
+
+
+def test_host_latency_is_timed_in_interleaved_rounds(project, monkeypatch):
+    """Every model takes its turn in every round (so a drifting machine moves all alike), the figures pool
+    every round's invokes, and accuracy and memory are each model's own."""
+    models = [str(project / "runs/tiny/tflite" / f"model_{v}.tflite") for v in ("float32", "int8")]
+    order = []
+    real = device_runner.invoke_times
+
+    def spy(interp, x_q, warmup, runs, start=0):
+        if runs:
+            order.append(x_q.dtype.name)  # float32 model: float inputs, int8 model: int8 inputs
+        return real(interp, x_q, warmup, runs, start)
+
+    monkeypatch.setattr(device_runner, "invoke_times", spy)
+    x = np.random.default_rng(0).random((30, 12, 12, 1), dtype=np.float32)
+    y = np.zeros(30, np.int64)
+    rows = device_runner.measure_many(models, x, y, threads=[1], warmup=3, runs=10, rounds=4)
+    assert order == ["float32", "int8"] * 4
+    for path in models:
+        lat = rows[path]["latency"]["threads_1"]
+        assert lat["runs"] == 12 and lat["rounds"] == 4 and 0 < lat["p50_us"] <= lat["p99_us"]
+        assert len(lat["round_p50_us"]) == 4 and min(lat["round_p50_us"]) <= lat["p50_us"] <= max(lat["round_p50_us"])
+        assert rows[path]["test_samples"] == 30 and rows[path]["model_rss_bytes"] is not None
+    alone = device_runner.measure(models[1], x, y, threads=[1], warmup=3, runs=10)
+    assert alone["predictions_sha256"] == rows[models[1]]["predictions_sha256"]
+
+
+def test_device_runner_is_standalone(tmp_path):
+    """The file copied to devices imports no TensorFlow and no edgepipe, and reports failures as JSON."""
+    src = Path(device_runner.__file__).read_text()
+    assert "import tensorflow" not in src and "from edgepipe" not in src and "import edgepipe" not in src
+    np.savez(tmp_path / "t.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64))
+    (tmp_path / "bad.tflite").write_bytes(b"not a model")
+    done = subprocess.run([sys.executable, device_runner.__file__, "--data", str(tmp_path / "t.npz"),
+                           str(tmp_path / "bad.tflite")], capture_output=True, text=True, env={**os.environ,
+                                                                                              "PYTHONPATH": ""})
+    assert done.returncode == device_runner.EXIT_FAILED
+    assert json.loads(done.stdout)["error"].startswith("bad.tflite:")
+
+
+def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path, project):
+    recipe = converted_recipe(tmp_path, project)
+    import yaml
+
+    spec = yaml.safe_load(recipe.read_text())
+    spec["stages"]["bench_host"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
+                                    "params": {"target": "host", "warmup": 2, "runs": 20, "threads": [1]}}
+    spec["stages"]["firmware"] = {"kind": "bundle", "inputs": {"data": "data", "model": "tflite",
+                                                               "benches": ["bench_host", "bench"]},
+                                  "params": {"intended_use": "a test"}, "publish": ["cortex-m4/*"]}
+    recipe.write_text(yaml.safe_dump(spec))
+    done = cli("run", recipe, "--target", "cortex-m4")
+    assert done.returncode == 0, done.stderr
+    assert "fits cortex-m4" in done.stdout
+    out = tmp_path / "models/tiny/cortex-m4"
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h", "model_io.h", "labels.txt",
+                     "preprocessing.json", "fit.json", "MODEL_CARD.md", "SHA256SUMS"}
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out).returncode == 0
+    # The C array is the model, byte for byte, 16-byte aligned, and compiles as C++.
+    (tmp_path / "check.cc").write_text(
+        '#include <cstdio>\n#include <cstdint>\n#include "model_data.h"\nint main(int, char** argv) {\n'
+        '  FILE* f = std::fopen(argv[1], "rb"); unsigned int n = 0; int c;\n'
+        '  while ((c = std::fgetc(f)) != EOF) { if (n >= g_model_data_len || g_model_data[n] != c) return 1; ++n; }\n'
+        '  return (n == g_model_data_len && reinterpret_cast<uintptr_t>(g_model_data) % 16 == 0) ? 0 : 2; }\n')
+    if shutil.which("g++"):
+        exe = tmp_path / "check"
+        subprocess.run(["g++", "-std=c++17", "-I", str(out), str(tmp_path / "check.cc"), str(out / "model_data.cc"),
+                        "-o", str(exe)], check=True)
+        assert subprocess.run([str(exe), str(out / "model_int8.tflite")]).returncode == 0
+    ops = sorted({op.name for op in lint.read_graph(out / "model_int8.tflite")[0]})
+    header = (out / "model_ops.h").read_text()
+    assert f"kModelOpCount = {len(ops)};" in header
+    assert header.count("if (r.Add") == len(ops) and "r.AddConv2D()" in header and "r.AddFullyConnected()" in header
+    fit = json.loads((out / "fit.json").read_text())
+    io_h = (out / "model_io.h").read_text()
+    assert f"kTensorArenaSize = {-(-fit['ram_needed_bytes'] // 16) * 16};" in io_h
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "**estimate**" in card and "Verdict: fits" in card and "a test" in card
+    assert card.count("| model/int8 |") == 1 and card.count("| model/float32 |") == 1  # one row per model
+
+
+def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, project):
+    recipe = converted_recipe(tmp_path, project)
+    import yaml
+
+    spec = yaml.safe_load(recipe.read_text())
+    spec["stages"]["bench_m4"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
+                                  "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1]}}
+    spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench", "bench_m4"]}}
+    recipe.write_text(yaml.safe_dump(spec))
+    done = cli("bench", recipe)  # `bench` runs the bench stages and what reads them: the report
+    assert done.returncode == 0, done.stderr
+    assert "acc@host" in done.stdout and "acc@cortex-m4" in done.stdout and "[est]" in done.stdout
+    report = json.loads((tmp_path / "runs/tiny/report/report.json").read_text())
+    assert report["targets"] == ["host", "cortex-m4"]
+    rows = {r["name"]: r for r in report["rows"]}
+    assert len(rows) == 2                                      # one row per model, not one per bench
+    m4 = rows["model/int8"]["targets"]["cortex-m4"]
+    assert m4["accuracy"]["provenance"] == "tflm-host" and m4["latency_p50_us"]["provenance"] == "estimate"
+    assert m4["memory"]["what"] == "arena" and m4["fits"] is True
+    assert rows["model/float32"]["targets"]["cortex-m4"]["deployable"] is False
+    assert rows["model/int8"]["targets"]["host"]["accuracy"]["provenance"] == "host-litert"
+    md = (tmp_path / "runs/tiny/report/report.md").read_text()
+    assert "| model | acc@host | p50@host | mem@host | acc@cortex-m4 |" in md and "[tflm]" in md
+    assert "id='targets'" in (tmp_path / "runs/tiny/report/report.html").read_text()
+
+
+@needs_sshd
+def test_fleet_bench_fans_out_to_several_hosts_in_parallel(cli, tmp_path, sshd, project):
+    recipe = converted_recipe(tmp_path, project)
+    done = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd),
+               "--set", f"bench.fleet=[{sshd.other_name}]", "--set", "bench.parallel=2")
+    assert done.returncode == 0, done.stderr
+    bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
+    assert set(bench["fleet"]) == {sshd.host, sshd.other_name}
+    for row in bench["rows"]:
+        assert set(row["fleet"]) == {sshd.host, sshd.other_name}
+        for figures in row["fleet"].values():
+            assert figures["accuracy"]["value"] == row["accuracy"] and figures["same_predictions_as_host"]
+    report_names = {t["name"] for row in bench["rows"] for t in row["fleet"].values()}
+    assert report_names == {f"rpi4@{sshd.host}", f"rpi4@{sshd.other_name}"}
+
+
+def test_bench_summary_names_the_most_accurate_int8_model_beside_the_most_accurate():
+    from edgepipe.stages.bench import best_lines
+
+    rows = [{"name": "s/float32", "variant": "float32", "accuracy": 0.9936, "size_bytes": 94_208},
+            {"name": "s/int8", "variant": "int8", "accuracy": 0.9933, "size_bytes": 28_979},
+            {"name": "q/int8", "variant": "int8", "accuracy": 0.9931, "size_bytes": 29_320}]
+    assert best_lines(rows) == "most accurate s/float32 99.36 % (92.0 KB); most accurate int8 s/int8 99.33 % (28.3 KB)"
+    assert best_lines(rows[1:]) == "most accurate s/int8 99.33 % (28.3 KB)"
+    assert best_lines(rows[:1]) == "most accurate s/float32 99.36 % (92.0 KB)"
