@@ -154,53 +154,68 @@ def _mcu_files(out: Path, src: Path, side: dict, ds, target: Target, symbol: str
 
 def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], intended_use: str) -> str:
     """MODEL_CARD.md: what the model is, what it was trained and measured on, its figures and its limits."""
-    info = ds.info
-    counts = {s: len(ds.splits[s][1]) for s in ("train", "val", "test")}
-    lines = [f"# Model card: {side['file']}", "",
-             f"- Source: stage `{side['source']}`, {side['variant']}{' (QAT)' if side['qat'] else ''}, "
-             f"{side['params']:,} parameters, {side['macs'] / 1e6:.2f} M MACs, {fsio.human_size(side['size_bytes'])}",
-             f"- SHA-256: `{side['sha256']}`",
-             f"- Input: {side['input']['dtype']} {side['input']['shape']}; output: {side['output']['dtype']} "
-             f"scores for {len(side['classes'])} classes ({', '.join(side['classes'])})",
-             f"- Target: {target.name} ({target.description})", "",
-             "## Data", "",
-             f"- Source `{info.get('source')}`: {counts['train']:,} train / {counts['val']:,} validation / "
-             f"{counts['test']:,} test samples, {len(ds.classes)} classes.",
-             f"- Preprocessing: see `preprocessing.json` (scale {info['preprocessing']['scale']}, mean "
-             f"{info['preprocessing']['mean']}, std {info['preprocessing']['std']}).", ""]
     rows = list(rows_by_name(benches).values())  # a model benched on several targets is one row
-    if rows:
-        lines += ["## Metrics of every variant", "",
-                  "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host "
-                  "named below.", "", "| model | quant | size | accuracy | p50 (host) |", "|---|---|---|---|---|"]
-        for r in rows:
-            one = r["latency"].get("threads_1") or {}
-            lines.append(f"| {r['name']} | {r['variant']}{' (QAT)' if r['qat'] else ''} | "
-                         f"{fsio.human_size(r['size_bytes'])} | {100 * r['accuracy']:.2f} % | "
-                         f"{one.get('p50_us', float('nan')):.0f} us |")
-        lines += ["", f"Host: {benches[0]['provenance'].get('cpu')}.", ""]
-        mine = next((r for r in rows if r["file"] == side["file"]), None)
-        if mine and mine.get("per_class_accuracy"):
-            worst = sorted((a, c) for c, a in zip(side["classes"], mine["per_class_accuracy"]) if a is not None)[:3]
-            lines += ["## Limits", "",
-                      f"- Weakest classes on the test split: {', '.join(f'{c} {100 * a:.1f} %' for a, c in worst)}."]
-    else:
-        lines += ["## Limits", ""]
-    lines += [f"- Measured only on `{info.get('source')}`'s test split; inputs unlike it (other sensors, "
-              "lighting, sizes) are untested.",
-              "- A classifier: it always answers one of the classes above, even for inputs of none of them.", ""]
+    lines = _card_header(side, ds, target) + _card_metrics(side, rows, benches) + _card_limits(ds)
     if fit:
-        lines += [f"## Fit on {target.name}", "",
-                  f"- Tensor arena: {fit['arena_bytes']:,} bytes measured with TFLite Micro on the host; with the "
-                  f"{100 * fit['arena_margin']:.0f} % margin {fit['ram_needed_bytes']:,} of {fit['ram_bytes']:,} "
-                  "bytes RAM.",
-                  f"- Flash: {fit['flash_needed_bytes']:,} of {fit['flash_bytes']:,} bytes (model "
-                  f"{side['size_bytes']:,} + runtime and kernels {fit['code_bytes_estimate']:,}, an estimate).",
-                  f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** "
-                  f"from MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement.",
-                  f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.", ""]
+        lines += _card_fit(side, target, fit)
     lines += ["## Intended use", "", intended_use or "Not stated by the recipe (bundle param `intended_use`).", ""]
     return "\n".join(lines)
+
+
+def _card_header(side: dict, ds, target) -> list[str]:
+    info = ds.info
+    counts = {s: len(ds.splits[s][1]) for s in ("train", "val", "test")}
+    return [f"# Model card: {side['file']}", "",
+            f"- Source: stage `{side['source']}`, {side['variant']}{' (QAT)' if side['qat'] else ''}, "
+            f"{side['params']:,} parameters, {side['macs'] / 1e6:.2f} M MACs, {fsio.human_size(side['size_bytes'])}",
+            f"- SHA-256: `{side['sha256']}`",
+            f"- Input: {side['input']['dtype']} {side['input']['shape']}; output: {side['output']['dtype']} "
+            f"scores for {len(side['classes'])} classes ({', '.join(side['classes'])})",
+            f"- Target: {target.name} ({target.description})", "",
+            "## Data", "",
+            f"- Source `{info.get('source')}`: {counts['train']:,} train / {counts['val']:,} validation / "
+            f"{counts['test']:,} test samples, {len(ds.classes)} classes.",
+            f"- Preprocessing: see `preprocessing.json` (scale {info['preprocessing']['scale']}, mean "
+            f"{info['preprocessing']['mean']}, std {info['preprocessing']['std']}).", ""]
+
+
+def _card_metrics(side: dict, rows: list[dict], benches: list[dict]) -> list[str]:
+    """Every benched variant's figures, then the model's weakest classes (the start of the limits)."""
+    if not rows:
+        return ["## Limits", ""]
+    lines = ["## Metrics of every variant", "",
+             "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host "
+             "named below.", "", "| model | quant | size | accuracy | p50 (host) |", "|---|---|---|---|---|"]
+    for r in rows:
+        one = r["latency"].get("threads_1") or {}
+        lines.append(f"| {r['name']} | {r['variant']}{' (QAT)' if r['qat'] else ''} | "
+                     f"{fsio.human_size(r['size_bytes'])} | {100 * r['accuracy']:.2f} % | "
+                     f"{one.get('p50_us', float('nan')):.0f} us |")
+    lines += ["", f"Host: {benches[0]['provenance'].get('cpu')}.", ""]
+    mine = next((r for r in rows if r["file"] == side["file"]), None)
+    if mine and mine.get("per_class_accuracy"):
+        worst = sorted((a, c) for c, a in zip(side["classes"], mine["per_class_accuracy"]) if a is not None)[:3]
+        lines += ["## Limits", "",
+                  f"- Weakest classes on the test split: {', '.join(f'{c} {100 * a:.1f} %' for a, c in worst)}."]
+    return lines
+
+
+def _card_limits(ds) -> list[str]:
+    return [f"- Measured only on `{ds.info.get('source')}`'s test split; inputs unlike it (other sensors, "
+            "lighting, sizes) are untested.",
+            "- A classifier: it always answers one of the classes above, even for inputs of none of them.", ""]
+
+
+def _card_fit(side: dict, target, fit: dict) -> list[str]:
+    return [f"## Fit on {target.name}", "",
+            f"- Tensor arena: {fit['arena_bytes']:,} bytes measured with TFLite Micro on the host; with the "
+            f"{100 * fit['arena_margin']:.0f} % margin {fit['ram_needed_bytes']:,} of {fit['ram_bytes']:,} "
+            "bytes RAM.",
+            f"- Flash: {fit['flash_needed_bytes']:,} of {fit['flash_bytes']:,} bytes (model "
+            f"{side['size_bytes']:,} + runtime and kernels {fit['code_bytes_estimate']:,}, an estimate).",
+            f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** "
+            f"from MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement.",
+            f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.", ""]
 
 
 KIND = StageKind(

@@ -18,7 +18,8 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.stages.train import TrainParams  # a distill stage is a train stage with a teacher
 from edgepipe.training import nets
 from edgepipe.training.fit import fit, make_optimizer, seed_everything, steps_per_epoch
-from edgepipe.training.outputs import load_model, write_training_outputs
+from edgepipe.training.modelio import load_model
+from edgepipe.training.outputs import write_training_outputs
 
 
 @dataclasses.dataclass

@@ -15,7 +15,8 @@ from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
-from edgepipe.training.outputs import carried_forward, load_model, write_training_outputs
+from edgepipe.training.modelio import carried_forward, load_model
+from edgepipe.training.outputs import write_training_outputs
 
 
 @dataclasses.dataclass

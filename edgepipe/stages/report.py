@@ -51,17 +51,13 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     benches = [json.loads((Path(d) / "bench.json").read_text()) for d in io.inputs["benches"]]
     by_name = rows_by_name(benches)  # one row per model; each bench adds its target's figures to it
     rows = list(by_name.values())
-    targets = target_figures(benches)
+    targets = figures_by_target(benches)
     for name in [params.reference] + [n for g in params.gates for n in (g.model, g.against)]:
         if name and name not in by_name:
             raise EdgepipeError(f"report: no benched model named '{name}'", f"use one of: {', '.join(by_name)}")
     ref = by_name[params.reference]["accuracy"] if params.reference else None
     table = [_row(r, ref) for r in rows]
-    gates = []
-    for g in params.gates:
-        drop = 100 * (by_name[g.against]["accuracy"] - by_name[g.model]["accuracy"])
-        gates.append({"model": g.model, "against": g.against, "drop_points": drop, "max_drop": g.max_drop,
-                      "passed": drop <= g.max_drop})
+    gates = _gates(params.gates, by_name)
     provenance = benches[0]["provenance"] if benches else {}
     report = {"title": params.title, "reference": params.reference, "provenance": provenance,
               "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
@@ -77,13 +73,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
                target_table=target_table, legend=TAG_LEGEND)
-    for line in _text_table(table, COLUMNS):
-        ui.say(line)
-    if target_table:
-        ui.say("")
-        for line in _text_table(target_table[1:], target_table[0]):
-            ui.say(line)
-        ui.say("  " + TAG_LEGEND)
+    _print(table, target_table)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
@@ -91,6 +81,27 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
                             f"{g['against']} (allowed {g['max_drop']})",
                             "train longer, use QAT, or relax the gate's max_drop")
     return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
+
+
+def _gates(gates: list[Gate], by_name: dict[str, dict]) -> list[dict]:
+    """Each gate's accuracy drop, in points, and whether it passed."""
+    out = []
+    for g in gates:
+        drop = 100 * (by_name[g.against]["accuracy"] - by_name[g.model]["accuracy"])
+        out.append({"model": g.model, "against": g.against, "drop_points": drop, "max_drop": g.max_drop,
+                    "passed": drop <= g.max_drop})
+    return out
+
+
+def _print(table: list[list[str]], target_table: list[list[str]]) -> None:
+    """The results table, and the per-target table with its legend when there is one."""
+    for line in _text_table(table, COLUMNS):
+        ui.say(line)
+    if target_table:
+        ui.say("")
+        for line in _text_table(target_table[1:], target_table[0]):
+            ui.say(line)
+        ui.say("  " + TAG_LEGEND)
 
 
 def _flat(r: dict, ref: float | None) -> dict:
@@ -140,7 +151,7 @@ def _row(r: dict, ref: float | None) -> list[str]:
             "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
 
 
-def target_figures(benches: list[dict]) -> dict[str, dict[str, dict]]:
+def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
     """model name -> target name -> its figures there (accuracy, latency, memory, fit), provenance-tagged."""
     out: dict[str, dict[str, dict]] = {}
     for b in benches:

@@ -34,7 +34,8 @@ from edgepipe.datasets.artifact import Dataset, load_dataset
 from edgepipe.training.evaluate import evaluate
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
 from edgepipe.training.history import read_history, write_history
-from edgepipe.training.outputs import load_model, write_training_outputs
+from edgepipe.training.modelio import load_model
+from edgepipe.training.outputs import write_training_outputs
 
 log = logging.getLogger(__name__)
 

@@ -99,61 +99,91 @@ def layer_of(tensor_name: str) -> str | None:
 
 def lint(path: Path, *, int8: bool, target_kind: str | None = None) -> list[Finding]:
     """Findings for `path`; `int8` says the model is meant to be fully integer, `target_kind` adds op checks."""
-    ops, tensors, model_in, model_out = read_graph(path)
-    consumers: dict[int, list[Op]] = {}
-    for op in ops:
-        for t in op.inputs:
-            consumers.setdefault(t, []).append(op)
+    graph = _Graph(*read_graph(path))
+    findings: list[Finding] = []
+    if int8:
+        findings += _float_ops(graph) + _quant_islands(graph)
+    if target_kind in RUNTIME_OPS:
+        findings += _unsupported_ops(graph, *RUNTIME_OPS[target_kind])
+    return findings
 
-    def is_float(t: int) -> bool:
-        return tensors[t]["dtype"] in FLOAT
 
-    def where(op: Op) -> str | None:
+@dataclasses.dataclass
+class _Graph:
+    """A model's operators and tensors, with what the checks ask of them."""
+
+    ops: list[Op]
+    tensors: dict[int, dict]
+    inputs: set[int]
+    outputs: set[int]
+
+    def is_float(self, t: int) -> bool:
+        return self.tensors[t]["dtype"] in FLOAT
+
+    def consumers(self) -> dict[int, list[Op]]:
+        out: dict[int, list[Op]] = {}
+        for op in self.ops:
+            for t in op.inputs:
+                out.setdefault(t, []).append(op)
+        return out
+
+    def layer(self, op: Op) -> str | None:
+        """The Keras layer that produced the op's output, when the converter kept it in the tensor name."""
         for t in op.outputs:
-            name = layer_of(tensors[t]["name"])
+            name = layer_of(self.tensors[t]["name"])
             if name:
                 return name
         return None
 
-    def at(op: Op) -> str:
-        layer = where(op)
+    def at(self, op: Op) -> str:
+        layer = self.layer(op)
         return f"{op.name}" + (f" (layer {layer})" if layer else "")
 
-    findings: list[Finding] = []
-    if int8:
-        for op in ops:
-            boundary = (op.name == "QUANTIZE" and set(op.inputs) <= model_in) or \
-                       (op.name == "DEQUANTIZE" and set(op.outputs) <= model_out)
-            if op.name in ("QUANTIZE", "DEQUANTIZE") or boundary:
-                continue
-            if any(is_float(t) for t in (*op.inputs, *op.outputs)):
-                findings.append(Finding("float_op", op.name, where(op),
-                                        f"{at(op)} computes in float in an int8 model; fix: replace the layer with "
-                                        "one that has an int8 kernel, or keep this model off int8-only targets"))
-        for op in ops:
-            if op.name != "DEQUANTIZE" or set(op.outputs) <= model_out:
-                continue
-            island, todo, seen = [], [t for t in op.outputs], set()
-            while todo:  # follow the float tensors to the QUANTIZE ops that close the island
-                t = todo.pop()
-                for nxt in consumers.get(t, []):
-                    if nxt.index in seen or nxt.name == "QUANTIZE":
-                        continue
-                    seen.add(nxt.index)
-                    island.append(nxt)
-                    todo += [o for o in nxt.outputs if is_float(o) and o not in model_out]
-            inner = ", ".join(at(o) for o in island) or "nothing"
-            findings.append(Finding("quant_island", op.name, island and where(island[0]) or where(op),
-                                    f"DEQUANTIZE -> {inner} -> QUANTIZE: the graph leaves int8 here; fix: use "
-                                    "layers with int8 kernels so the converter keeps the graph integer"))
-    if target_kind in RUNTIME_OPS:
-        runtime, supported = RUNTIME_OPS[target_kind]
-        for op in ops:
-            if op.name not in supported:
-                findings.append(Finding("unsupported_op", op.name, where(op),
-                                        f"{at(op)} is not an operator {runtime} has; fix: replace the layer, or "
-                                        "pick a target whose runtime has it"))
+
+def _float_ops(g: _Graph) -> list[Finding]:
+    """Operators computing in float inside an int8 model (the I/O QUANTIZE/DEQUANTIZE excepted)."""
+    findings = []
+    for op in g.ops:
+        boundary = (op.name == "QUANTIZE" and set(op.inputs) <= g.inputs) or \
+                   (op.name == "DEQUANTIZE" and set(op.outputs) <= g.outputs)
+        if op.name in ("QUANTIZE", "DEQUANTIZE") or boundary:
+            continue
+        if any(g.is_float(t) for t in (*op.inputs, *op.outputs)):
+            findings.append(Finding("float_op", op.name, g.layer(op),
+                                    f"{g.at(op)} computes in float in an int8 model; fix: replace the layer with "
+                                    "one that has an int8 kernel, or keep this model off int8-only targets"))
     return findings
+
+
+def _quant_islands(g: _Graph) -> list[Finding]:
+    """DEQUANTIZE -> float ops -> QUANTIZE detours in the middle of an int8 graph."""
+    consumers = g.consumers()
+    findings = []
+    for op in g.ops:
+        if op.name != "DEQUANTIZE" or set(op.outputs) <= g.outputs:
+            continue
+        island, todo, seen = [], [t for t in op.outputs], set()
+        while todo:  # follow the float tensors to the QUANTIZE ops that close the island
+            t = todo.pop()
+            for nxt in consumers.get(t, []):
+                if nxt.index in seen or nxt.name == "QUANTIZE":
+                    continue
+                seen.add(nxt.index)
+                island.append(nxt)
+                todo += [o for o in nxt.outputs if g.is_float(o) and o not in g.outputs]
+        inner = ", ".join(g.at(o) for o in island) or "nothing"
+        findings.append(Finding("quant_island", op.name, island and g.layer(island[0]) or g.layer(op),
+                                f"DEQUANTIZE -> {inner} -> QUANTIZE: the graph leaves int8 here; fix: use "
+                                "layers with int8 kernels so the converter keeps the graph integer"))
+    return findings
+
+
+def _unsupported_ops(g: _Graph, runtime: str, supported: frozenset[str]) -> list[Finding]:
+    """Operators the target's runtime does not have."""
+    return [Finding("unsupported_op", op.name, g.layer(op),
+                    f"{g.at(op)} is not an operator {runtime} has; fix: replace the layer, or "
+                    "pick a target whose runtime has it")
+            for op in g.ops if op.name not in supported]
 
 
 def integer_input(path: Path) -> bool:

@@ -147,5 +147,5 @@ def _parse(done: subprocess.CompletedProcess, host: SshHost, python: str) -> dic
     if done.returncode != 0 or not isinstance(result, dict):
         raise EdgepipeError(f"{host}: the device runner failed with exit {done.returncode} "
                             f"({_first_line(done.stderr) or 'no output'})",
-                            "run it by hand on the device to see why (edgepipe/device_runner.py --help)")
+                            "run it by hand on the device to see why (edgepipe/targets/device_runner.py --help)")
     return result

@@ -96,7 +96,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     Returns:
         the list of per-epoch history rows (dicts).
     """
-    from edgepipe.core._tf import keras, tf
+    from edgepipe.core._tf import keras
 
     train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra),
                      len(ds.classes))
@@ -107,23 +107,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                       steps_per_execution=p.steps_per_execution)
     history_csv = io.work / "history.csv"
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(io.work / "backup")),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
-        callbacks.append(gradient_norms(target or model, ds, io.out / "gradients.json"))
-    if p.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
-    if p.schedule.kind == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
-                                                           min_lr=p.schedule.min_lr, verbose=1))
-    es = p.early_stopping
-    if es.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
-                                                       min_delta=es.min_delta, restore_best_weights=es.restore_best,
-                                                       mode="min" if es.monitor == "val_loss" else "max"))
+    callbacks = _callbacks(p, ds, io, target or model, history_csv)
     class_weight = None
     if p.class_weights == "balanced":
         class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
@@ -134,18 +118,42 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     return rows
 
 
+def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
+    """Checkpoints that survive a crash, the history, NaN stop, the doctor's gradient probe on `watched`,
+    TensorBoard, the plateau schedule and early stopping, as the knobs say."""
+    from edgepipe.core._tf import keras, tf
 
-def make_optimizer(p: Fit, steps_per_epoch: int):
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(io.work / "backup")),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
+        callbacks.append(gradient_norms(watched, ds, io.out / "gradients.json"))
+    if p.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
+    if p.schedule.kind == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
+                                                           min_lr=p.schedule.min_lr, verbose=1))
+    es = p.early_stopping
+    if es.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
+                                                       min_delta=es.min_delta, restore_best_weights=es.restore_best,
+                                                       mode="min" if es.monitor == "val_loss" else "max"))
+    return callbacks
+
+
+def make_optimizer(p: Fit, steps_in_epoch: int):
     """The optimizer `p` names, with its learning-rate schedule and gradient clipping."""
     from edgepipe.core._tf import keras
 
     s = p.schedule
     lr: Any = p.lr
     if s.kind == "step":
-        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_per_epoch, s.gamma, staircase=True)
+        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_in_epoch, s.gamma, staircase=True)
     elif s.kind == "cosine":
-        warmup = s.warmup_epochs * steps_per_epoch
-        decay = max(1, (p.epochs - s.warmup_epochs) * steps_per_epoch)
+        warmup = s.warmup_epochs * steps_in_epoch
+        decay = max(1, (p.epochs - s.warmup_epochs) * steps_in_epoch)
         alpha = s.min_lr / p.lr if p.lr else 0.0
         lr = (keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
               if warmup else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha))

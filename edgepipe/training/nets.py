@@ -42,7 +42,7 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
 
     The stride-2 stem keeps the largest activation small, which is what sets a TFLite Micro arena. Its
     input has one channel (or three), so a wider, larger stem (`stem` filters, `stem_kernel` square) costs
-    few MACs.
+    few MACs and can pay (benchmarks/README.md).
     """
     from edgepipe.core._tf import keras
 

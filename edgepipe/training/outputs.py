@@ -1,8 +1,7 @@
-"""What every training-type stage writes, and how a later stage reads a trained model back.
+"""What every training-type stage writes when it has trained its model.
 
 `write_training_outputs` saves the model and writes metrics.json, curves.png, the confusion matrix and
-the doctor's diagnostics.json; `load_model` and `carried_forward` are how convert, qat, distill and
-transfer stages read another stage's model.
+the doctor's diagnostics.json.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from edgepipe.training import doctor, nets
 from edgepipe.training.evaluate import evaluate
 from edgepipe.training.fit import Fit
 from edgepipe.training.history import read_history
+from edgepipe.training.modelio import save_model
 from edgepipe.training.probes import batchnorm_modes, dead_relus
 
 
@@ -59,39 +59,6 @@ def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *
 
 
 
-def carried_forward(stage_dir) -> dict:
-    """Facts of a model stage that stay true of models made from it (its QAT version, its .tflite files).
-
-    Today that is the in-model input adapter a transfer stage records, which devices must know about.
-    """
-    path = Path(stage_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    return {k: metrics[k] for k in ("input_adapter",) if k in metrics}
-
-
-
-def save_model(model, dest: Path) -> None:
-    """Save a model as HDF5, weights only with no optimizer state.
-
-    HDF5, not the `.keras` format: tfmot's quantize-aware layers do not reload from `.keras` (their
-    variables are not restored), and one format must work for every stage's model.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
-        model.save(dest, include_optimizer=False)
-
-
-
-def load_model(stage_dir: Path):
-    """Load a training-type stage's model.h5 (QAT models included: tfmot's layers are in scope)."""
-    import tensorflow_model_optimization as tfmot
-
-    from edgepipe.core._tf import keras
-
-    with tfmot.quantization.keras.quantize_scope():
-        return keras.models.load_model(Path(stage_dir) / "model.h5", compile=False)
 
 
 

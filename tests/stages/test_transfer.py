@@ -16,7 +16,7 @@ from edgepipe.stages.train import TrainParams, run_train_stage
 from edgepipe.stages.transfer import TransferParams, adapter_weights, run_transfer_stage
 from edgepipe.testing import FAST, write_idx_dataset
 from edgepipe.testing import run_stage as stage
-from edgepipe.training.outputs import load_model
+from edgepipe.training.modelio import load_model
 
 
 @pytest.fixture(scope="module")
