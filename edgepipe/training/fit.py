@@ -143,17 +143,17 @@ def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
     return callbacks
 
 
-def make_optimizer(p: Fit, steps_in_epoch: int):
+def make_optimizer(p: Fit, steps_per_epoch: int):
     """The optimizer `p` names, with its learning-rate schedule and gradient clipping."""
     from edgepipe.core._tf import keras
 
     s = p.schedule
     lr: Any = p.lr
     if s.kind == "step":
-        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_in_epoch, s.gamma, staircase=True)
+        lr = keras.optimizers.schedules.ExponentialDecay(p.lr, s.step_epochs * steps_per_epoch, s.gamma, staircase=True)
     elif s.kind == "cosine":
-        warmup = s.warmup_epochs * steps_in_epoch
-        decay = max(1, (p.epochs - s.warmup_epochs) * steps_in_epoch)
+        warmup = s.warmup_epochs * steps_per_epoch
+        decay = max(1, (p.epochs - s.warmup_epochs) * steps_per_epoch)
         alpha = s.min_lr / p.lr if p.lr else 0.0
         lr = (keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
               if warmup else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha))
