@@ -18,16 +18,42 @@ def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str |
     return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host)
 
 
+class _Once(click.Option):
+    """An option that takes one value and refuses a second: click would silently keep the last, so
+    `--profile smoke --profile quick` would run a profile nobody may have meant."""
+
+    def __init__(self, *args, **kwargs):
+        self._single_default = kwargs.pop("default", None)
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def process_value(self, ctx, value):
+        values = super().process_value(ctx, value)
+        if len(values) > 1:
+            raise click.UsageError(f"{max(self.opts, key=len)} given {len(values)} times ({', '.join(map(str, values))})",
+                                   ctx=ctx)
+        return values[0] if values else self._single_default
+
+    def get_help_extra(self, ctx):  # show the single default, not the tuple multiple=True implies
+        extra = super().get_help_extra(ctx)
+        if self.show_default and self._single_default is not None:
+            extra["default"] = str(self._single_default)
+        return extra
+
+
+def _option(*decls, **kwargs):
+    return click.option(*decls, cls=_Once, **kwargs)
+
+
 recipe_arg = click.argument("recipe")
-profile_opt = click.option("--profile", "-p", default=None, help="apply the recipe's named profile (e.g. smoke)")
+profile_opt = _option("--profile", "-p", default=None, help="apply the recipe's named profile (e.g. smoke)")
 set_opt = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="override a param (repeatable)")
-until_opt = click.option("--until", default=None, metavar="STAGE", help="run this stage and what it depends on")
-only_opt = click.option("--only", default=None, metavar="STAGE", help="run just this stage on existing inputs")
-target_opt = click.option("--target", "-t", default=None, metavar="NAME|FILE.yaml",
-                          help="device to bench and bundle for (`edgepipe targets` lists them)")
-host_opt = click.option("--host", default=None, metavar="USER@ADDR[:PORT]", help="SSH address of the target device")
-root_opt = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-                        show_default=True, help="folder that holds runs/ and models/")
+until_opt = _option("--until", default=None, metavar="STAGE", help="run this stage and what it depends on")
+only_opt = _option("--only", default=None, metavar="STAGE", help="run just this stage on existing inputs")
+target_opt = _option("--target", "-t", default=None, metavar="NAME|FILE.yaml",
+                     help="device to bench and bundle for (`edgepipe targets` lists them)")
+host_opt = _option("--host", default=None, metavar="USER@ADDR[:PORT]", help="SSH address of the target device")
+root_opt = _option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+                   show_default=True, help="folder that holds runs/ and models/")
 
 
 def _stack(*options):
@@ -60,8 +86,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @root_opt
 @click.option("--force", is_flag=True, help="rerun the selected stages even if up to date")
 @click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
-@click.option("-j", "--jobs", default=1, show_default=True, type=int,
-              help="stages run at once, in worker processes, when their inputs are ready")
+@_option("-j", "--jobs", default=1, show_default=True, type=int,
+         help="stages run at once, in worker processes, when their inputs are ready")
 def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
     from edgepipe.pipeline.runner import Runner
@@ -200,29 +226,49 @@ def kinds(kind):
         ui.say(f"  {name:<26} {default:<14} {doc}")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the runner stops its workers and leaves no half-written output."""
+
+
+_TERMINATED: list[int] = []  # click turns a KeyboardInterrupt into Abort, so the signal is noted here
+
+
+def _on_sigterm(signum, frame):
+    _TERMINATED.append(signum)
+    raise _Terminated()
+
+
 def entry() -> None:
     """Console-script entry: one error line and a non-zero exit for user errors, no traceback."""
+    import signal
+
     debug = "--debug" in sys.argv
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        main(standalone_mode=False)
+        main(standalone_mode=False, prog_name="edgepipe")
     except EdgepipeError as e:
         if debug:
             raise
-        click.echo(f"edgepipe: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("edgepipe: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+        _fail(str(e), e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort) as e:
         click.echo("edgepipe: interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(143 if _TERMINATED or isinstance(e, _Terminated) else 130)
+    except click.UsageError as e:  # click's own: a bad option value, a missing argument, a typo
+        command = e.ctx.command_path if e.ctx else "edgepipe"
+        _fail(f"{e.format_message()}; fix: see `{command} --help`", 2)
+    except click.ClickException as e:
+        _fail(f"{e.format_message()}; fix: see `edgepipe --help`", e.exit_code)
+    except OSError as e:  # the disk, permissions: what the machine refused, with the path
+        if debug:
+            raise
+        _fail(str(EdgepipeError.from_os_error(e)), 1)
     except Exception as e:  # a bug in edgepipe, not in the user's input
         if debug:
             raise
-        click.echo(f"edgepipe: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-                   err=True)
-        sys.exit(1)
+        _fail(f"internal error: {type(e).__name__}: {e}; fix: rerun with --debug for the traceback and report it", 1,
+              prefix="edgepipe: ")
 
+
+def _fail(line: str, code: int, prefix: str = "edgepipe: error: ") -> None:
+    click.echo(prefix + " ".join(line.split()), err=True)  # one line, whatever the message held
+    sys.exit(code)

@@ -84,9 +84,9 @@ def tiny_recipe(data_dir: Path, epochs: int = 2, arch: str = "tiny_conv") -> dic
 
 def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int = 60, n_test: int = 20) -> Path:
     """A prepared TensorFlow Datasets dataset, written by tfds itself into `data_dir/<name>/1.0.0`."""
-    import tensorflow_datasets as tfds
+    from edgepipe.core._tf import tf  # noqa: I001 - first: TensorFlow's import noise silenced
 
-    from edgepipe.core._tf import tf
+    import tensorflow_datasets as tfds
 
     x, y = synthetic_images(n_train + n_test, 4, 12, seed=3)
 
@@ -186,4 +186,69 @@ def run_stage(root: Path, name: str, fn, cls, params: dict, **inputs) -> Path:
     out.mkdir()
     work.mkdir(exist_ok=True)
     fn(build(cls, params, name), StageIO(inputs=inputs, out=out, work=work))
+    return out
+
+
+def run_cli(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run the `edgepipe` command in this process (as its console script would) in `cwd`: (exit code,
+    stdout, stderr). Much faster than a subprocess, so property tests can try many inputs."""
+    import contextlib
+    import io
+    import os
+    import signal
+    import sys
+
+    from edgepipe.cli import entry
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, old_cwd, handler = sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM)
+    sys.argv = ["edgepipe", *map(str, args)]
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                entry()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(old_cwd)
+        signal.signal(signal.SIGTERM, handler)
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_clean_outcome(code: int, stderr: str, root: Path) -> str | None:
+    """The guarantee for any input: success, or exactly one `edgepipe: error: <what>; fix: <how>` line with
+    exit 1 or 2, no traceback, no internal error, and nothing half-written under `root/runs` (no
+    leftovers in .tmp, no output folder of a stage the lock file does not record). Returns the line."""
+    import json
+
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if code == 0:
+        assert not [line for line in lines if line.startswith("edgepipe: error")], stderr
+        line = None
+    else:
+        assert code in (1, 2), f"exit {code}: {stderr}"
+        assert len(lines) == 1, f"{len(lines)} lines on stderr:\n{stderr}"
+        line = lines[0]
+        assert line.startswith("edgepipe: error: ") and "; fix: " in line, line
+        assert "internal error" not in line and "Traceback" not in stderr, line
+    runs = Path(root) / "runs"
+    for run in runs.iterdir() if runs.is_dir() else []:
+        tmp = run / ".tmp"
+        assert not tmp.exists() or not any(tmp.iterdir()), f"left in {tmp}: {list(tmp.iterdir())}"
+        lock = json.loads((run / "lock.json").read_text()) if (run / "lock.json").is_file() else {"stages": {}}
+        stages = {d.name for d in run.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        assert stages <= set(lock["stages"]), f"output of an unfinished stage: {stages - set(lock['stages'])}"
+    return line
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` -> (size, mtime_ns): a snapshot to tell what a command wrote."""
+    out = {}
+    for p in Path(root).rglob("*"):
+        if p.is_file() or p.is_symlink():
+            st = p.lstat()
+            out[str(p)] = (st.st_size, st.st_mtime_ns)
     return out

@@ -26,6 +26,8 @@ def build(input_shape, num_classes, **_):
     x = keras.layers.LayerNormalization(name="my_layernorm")(x)
     x = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(i, keras.layers.Softmax()(x))
+def raises(input_shape, num_classes, **_):
+    raise RuntimeError("my builder is broken")
 def wrong_shape(input_shape, num_classes, **_):
     i = keras.Input((5, 5, 1))
     return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Flatten()(i)))
@@ -117,6 +119,52 @@ def _bench_shape(root):
     return recipe(root, spec)
 
 
+def _profile(root: Path, name: str, clock: bool = True) -> str:
+    path = root / "board.yaml"
+    spec = {"name": name, "kind": "mcu", "reach": "none", "needs_int8": True, "ram_bytes": 65536,
+            "flash_bytes": 262144, **({"clock_mhz": 48} if clock else {})}
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _limited(spec: dict, n: int) -> dict:
+    spec["data"]["params"]["limit_train"] = n
+    return spec
+
+
+def _a_file(root: Path) -> Path:
+    (root / "afile").write_text("a file, not a folder")
+    return root / "afile"
+
+
+def _npz(root: Path, nan: bool = False, save: bool = False, labels: str = "int") -> Path:
+    import numpy as np
+
+    x, y = synthetic_images(40)
+    path = root / "data.npz"
+    if save:
+        np.save(root / "data.npy", x)
+        (root / "data.npy").rename(path)
+        return path
+    x = x.astype(np.float32) / 255
+    if nan:
+        x[3, 2, 2, 0] = np.nan
+    np.savez(path, x=x, y=np.array([f"class{v}" for v in y]) if labels == "str" else y)
+    return path
+
+
+def _idx_swapped(root):
+    d = write_idx_dataset(root / "idx")
+    (d / "train-images-idx3-ubyte.gz").write_bytes((d / "train-labels-idx1-ubyte.gz").read_bytes())
+    return recipe(root, data_only(f"idx:{d}"))
+
+
+def _latin1_recipe(root):
+    path = root / "r.yaml"
+    path.write_bytes("# ünïcode in latin-1\nstages: {data: {kind: data}}\n".encode("latin-1"))
+    return ["run", str(path)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,6 +198,64 @@ CASES = {
                              "duplicate key 'data'"),
     "bad_stage_name": (lambda r: recipe(r, {"Data": data_only("keras:mnist")["data"]}), "invalid stage name"),
     "unknown_kind": (lambda r: recipe(r, {"data": {"kind": "dat"}}), "unknown stage kind 'dat'"),
+    # found by tests/test_properties.py:
+    "kind_a_list": (lambda r: recipe(r, {"data": {"kind": []}}), "unknown stage kind []"),
+    # wiring of the wrong kind: the error names the role, the stage given and what the role takes
+    "convert_model_is_data": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
+        "kind": "convert", "inputs": {"data": "data", "model": "data"}}}),
+        "stages.tflite.inputs.model: stage 'data' is a data stage, which outputs a dataset; the role model takes "
+        "a Keras model; fix: name a train or transfer or distill or qat stage"),
+    "bench_models_lists_a_train_stage": (lambda r: recipe(r, {**idx_stages(r), "bench": {
+        "kind": "bench", "inputs": {"data": "data", "models": ["model"]}}}), "the role models takes converted"),
+    "report_benches_lists_a_convert_stage": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
+        "kind": "convert", "inputs": {"data": "data", "model": "model"}}, "report": {
+        "kind": "report", "inputs": {"benches": ["tflite"]}}}), "stage 'tflite' is a convert stage"),
+    "train_data_is_a_train_stage": (lambda r: recipe(r, {**idx_stages(r), "other": {
+        "kind": "train", "inputs": {"data": "model"}}}), "the role data takes a dataset; fix: name a data stage"),
+    "empty_list_role": (lambda r: recipe(r, {**idx_stages(r), "bench": {
+        "kind": "bench", "inputs": {"data": "data", "models": []}}}), "inputs.models: the list is empty"),
+    # paths that would leave the run's folders
+    "recipe_name_climbs_out": (lambda r: recipe(r, idx_stages(r), name="../../outside"),
+                               "name: '../../outside' is not a usable file name"),
+    "publish_parent_dir": (lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"],
+                                                                           "publish": ["../../escaped.npz"]}}),
+                           "publish[0]: '../../escaped.npz' points outside the stage's output folder"),
+    "publish_absolute": (lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"],
+                                                                         "publish": ["/etc/passwd"]}}),
+                         "points outside the stage's output folder"),
+    "bundle_symbol_not_c": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
+        "kind": "convert", "inputs": {"data": "data", "model": "model"}}, "fw": {
+        "kind": "bundle", "inputs": {"data": "data", "model": "tflite"}, "params": {"symbol": "x; system(1)"}}}),
+        "symbol 'x; system(1)' is not a C identifier"),
+    "convert_name_climbs_out": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
+        "kind": "convert", "inputs": {"data": "data", "model": "model"}, "params": {"name": "../x"}}}),
+        "name '../x' is not a usable file-name prefix"),
+    "target_profile_name_climbs_out": (lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "../evil")],
+                                       "name '../evil' is not usable as a folder name"),
+    "mcu_profile_without_clock": (lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "board", clock=False)],
+                                  "a microcontroller profile needs clock_mhz"),
+    # click's own usage errors, in the house format
+    "jobs_not_a_number": (lambda r: recipe(r, idx_stages(r)) + ["--jobs", "two"], "'two' is not a valid integer"),
+    "lint_missing_file": (lambda r: ["lint", str(r / "missing.tflite")], "missing.tflite' does not exist"),
+    "root_is_a_file": (lambda r: recipe(r, idx_stages(r)) + ["--root", str(_a_file(r))], "is a file"),
+    "unknown_option": (lambda r: recipe(r, idx_stages(r)) + ["--jbos", "2"], "No such option '--jbos'"),
+    # what used to be accepted silently
+    "profile_given_twice": (lambda r: recipe(r, idx_stages(r)) + ["--profile", "a", "--profile", "b"],
+                            "--profile given 2 times (a, b)"),
+    "set_value_not_yaml": (lambda r: recipe(r, idx_stages(r)) + ["--set", "model.arch_args={width: [1"],
+                           "the value '{width: [1' is not valid YAML"),
+    "nan_pixels": (lambda r: recipe(r, data_only(f"npz:{_npz(r, nan=True)}")), "pixel values are NaN or infinite"),
+    "npz_made_with_np_save": (lambda r: recipe(r, data_only(f"npz:{_npz(r, save=True)}")),
+                              "holds one array (made with numpy.save)"),
+    "string_labels": (lambda r: recipe(r, data_only(f"npz:{_npz(r, labels='str')}")), "not class indices"),
+    "idx_images_file_is_labels": (_idx_swapped, "holds a 1-dimensional array (a labels file?)"),
+    "non_utf8_recipe": (lambda r: _latin1_recipe(r), "not UTF-8 text"),
+    "zero_width_layer": (lambda r: recipe(r, idx_stages(r, arch="strided_cnn", arch_args={"widths": [0, 8, 8]})),
+                         "arch 'strided_cnn' could not be built"),
+    "unknown_initializer": (lambda r: recipe(r, idx_stages(r, initializer="he_wonky")),
+                            "could not be built (ValueError"),
+    "user_builder_raises": (lambda r: recipe(r, _builder(r, "raises")), "arch 'userzoo:raises' could not be built"),
+    "folds_more_than_images": (lambda r: recipe(r, _limited(idx_stages(r, folds=20), 10)), "leave a fold empty"),
     "unknown_param": (lambda r: recipe(r, idx_stages(r, epoch=3)), "unknown key 'epoch'"),
     "wrong_type": (lambda r: recipe(r, idx_stages(r, epochs="ten")), "expected an integer, got 'ten'"),
     "out_of_range": (lambda r: recipe(r, idx_stages(r, lr=-1.0)), "-1.0 is out of range"),
@@ -158,8 +264,9 @@ CASES = {
                       "missing input 'data'"),
     "unknown_stage_reference": (lambda r: recipe(r, {"model": {"kind": "train", "inputs": {"data": "dta"},
                                                                "params": GOOD_TRAIN}}), "no stage named 'dta'"),
-    "cycle": (lambda r: recipe(r, {"a": {"kind": "qat", "inputs": {"data": "b", "model": "b"}},
-                                   "b": {"kind": "qat", "inputs": {"data": "a", "model": "a"}}}), "input cycle"),
+    "cycle": (lambda r: recipe(r, {**data_only("keras:mnist"),
+                                   "a": {"kind": "qat", "inputs": {"data": "data", "model": "b"}},
+                                   "b": {"kind": "qat", "inputs": {"data": "data", "model": "a"}}}), "input cycle"),
     "unknown_variable": (lambda r: recipe(r, idx_stages(r, epochs="${n}")), "unknown variable ${n}"),
     "unknown_profile": (lambda r: recipe(r, idx_stages(r)) + ["--profile", "fast"], "unknown profile 'fast'"),
     "bad_set": (lambda r: recipe(r, idx_stages(r)) + ["--set", "model.epochs"], "expected stage.key=value"),

@@ -33,7 +33,7 @@ def test_bad_recipes_give_one_line_and_exit_2(tmp_path, cli):
     r["stages"]["data"]["inputs"] = {}
     r["stages"]["model"]["inputs"] = {"data": "model"}
     write_recipe(tmp_path / "cycle.yaml", r)
-    one_error_line(cli("run", "cycle.yaml"), "input cycle model -> model")
+    one_error_line(cli("run", "cycle.yaml"), "stages.model.inputs.data: a stage cannot read its own output")
     one_error_line(cli("run", "nothere"), "recipe 'nothere' not found")
 
 

@@ -4,6 +4,23 @@ An `EdgepipeError` carries a single line: what is wrong, where, and how to fix i
 without a traceback and exits non-zero; anything else that escapes a stage is a bug in edgepipe.
 """
 
+from __future__ import annotations
+
+import errno
+
+# errno -> how to get past what the operating system refused
+FIXES = {
+    errno.ENOSPC: "free space on that disk, or give --root a folder on another",
+    errno.EFBIG: "free space on that disk, or give --root a folder on another",
+    errno.EDQUOT: "free space within your quota, or give --root a folder on another disk",
+    errno.EACCES: "make it readable and writable for you, or give --root a folder you may write",
+    errno.EPERM: "make it readable and writable for you, or give --root a folder you may write",
+    errno.EROFS: "the file system is read-only: give --root a folder on a writable one",
+    errno.ENOENT: "check that the path exists",
+    errno.ENOTDIR: "a part of the path is a file where a folder is needed: check the path",
+    errno.EISDIR: "the path is a folder where a file is needed: check the path",
+}
+
 
 class EdgepipeError(Exception):
     """A problem with the user's input (recipe, dataset, model, target), reported as one line.
@@ -23,6 +40,13 @@ class EdgepipeError(Exception):
     def __str__(self) -> str:
         line = self.message if not self.fix else f"{self.message}; fix: {self.fix}"
         return " ".join(line.split())  # one line, always
+
+    @classmethod
+    def from_os_error(cls, e: OSError) -> EdgepipeError:
+        """What the operating system refused (a full disk, a read-only folder), naming the path."""
+        where = e.filename if e.filename is not None else "a file"
+        fix = FIXES.get(e.errno, "check the path, its permissions and the free space on its disk")
+        return cls(f"{where}: {e.strerror or type(e).__name__}", fix)
 
     def __reduce__(self):  # keep message, fix and exit code across processes (parallel runs)
         return _rebuild, (type(self), self.message, self.fix, self.exit_code)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union
 
 from edgepipe.core.errors import RecipeError
+
+FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def param(default: Any, doc: str, *, min: float | None = None, max: float | None = None) -> Any:
@@ -41,7 +45,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping, got {_show(raw)}", "write key: value pairs under it")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
         raise RecipeError(f"{where}: unknown key '{unknown[0]}'", f"use one of: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -53,7 +57,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
         return cls(**values)
     except ValueError as e:  # a dataclass's __post_init__ checks values that depend on each other
         problem, _, fix = str(e).partition("; fix: ")
-        raise RecipeError(f"{where}: {problem}", fix or None) from None
+        raise RecipeError(f"{where}: {problem}", fix or "see `edgepipe kinds` for each parameter's meaning") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -118,9 +122,13 @@ def _check(tp: Any, value: Any, where: str, meta: Any = None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise RecipeError(f"{where}: expected an integer, got {_show(value)}", "write a whole number, unquoted (e.g. 10)")
     elif tp is float:
+        if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: expected a number, got {_show(value)}", "write a number, unquoted (e.g. 0.001 or 1e-3)")
+            raise RecipeError(f"{where}: expected a number, got {_show(value)}", "write a number, unquoted (e.g. 0.001)")
         value = float(value)
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: {value} is not a finite number", "write a finite number (e.g. 0.001)")
     elif tp is str:
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected a string, got {_show(value)}", "quote it")

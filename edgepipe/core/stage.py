@@ -39,6 +39,10 @@ class StageKind:
         run: the stage function, `run(params, io) -> str | None` (a one-line summary). Its module, and
             every edgepipe module that module imports, make the stage's code version.
         inputs: role -> True if the role takes a list of stages, False for exactly one.
+        accepts: role -> the outputs (see `output`) a stage given for that role must produce; a recipe
+            wiring, say, a data stage to a convert stage's `model` is refused at load.
+        output: what the stage produces: dataset, model (a Keras model.h5), tflite (converted models with
+            sidecars), bench (bench.json), bundle or report.
         optional_inputs: roles of `inputs` a recipe may leave out.
         exclusive: runs alone in a parallel run (`--jobs`), because it measures time.
         light: runs in the runner's own process even in a parallel run: quick, no TensorFlow, and what
@@ -55,6 +59,8 @@ class StageKind:
     run: Callable[[Any, StageIO], str | None]
     inputs: dict[str, bool]
     main_output: str
+    output: str
+    accepts: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     deps: Callable[[Any], list[Path]] | None = None
     optional_inputs: tuple[str, ...] = ()
     exclusive: bool = False

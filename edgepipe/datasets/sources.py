@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import pickle
 import tarfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -114,15 +118,19 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise EdgepipeError(f"{path}: cannot read IDX file ({e})", "replace it with an intact copy") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    except (OSError, EOFError, zlib.error) as e:
+        raise EdgepipeError(f"{path}: cannot read IDX file ({' '.join(str(e).split())[:120]})",
+                            "replace it with an intact copy") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] == 0:
         raise EdgepipeError(f"{path}: not an IDX file of unsigned bytes (bad magic number)",
                             "use the canonical MNIST-format files")
     ndim = data[3]
-    dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
+    if len(data) < 4 + 4 * ndim:
+        raise EdgepipeError(f"{path}: IDX header is cut short ({len(data)} bytes for {ndim} dimensions)",
+                            "the file is truncated; replace it with an intact copy")
+    dims = [int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4)]
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
+    if body.size != math.prod(dims):
         raise EdgepipeError(f"{path}: IDX header says {tuple(dims)} but the file holds {body.size} bytes",
                             "the file is truncated; replace it with an intact copy")
     return body.reshape(dims)
@@ -131,6 +139,12 @@ def _read_idx(path: Path) -> np.ndarray:
 def _read_idx_dir(d: Path):
     paths = _idx_paths(d)
     arrays = [_read_idx(paths[n]) for n in IDX_FILES]
+    for name, array, want in zip(IDX_FILES, arrays, (3, 1, 3, 1)):
+        if array.ndim != want:
+            what = "a labels file?" if want == 3 else "an images file?"
+            raise EdgepipeError(f"idx:{d}: {name} holds a {array.ndim}-dimensional array ({what}); "
+                                f"{'images are (N, H, W)' if want == 3 else 'labels are (N,)'}",
+                                "use the matching MNIST-format file under that name")
     for images, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
         if len(images) != len(labels):
             raise EdgepipeError(f"idx:{d}: {split} has {len(images)} images but {len(labels)} labels",
@@ -139,35 +153,88 @@ def _read_idx_dir(d: Path):
 
 
 def _read_npz(path: Path):
+    where = f"npz:{path}"
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise EdgepipeError(f"npz:{path}: cannot read ({e})", "give a .npz made with numpy.savez") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise EdgepipeError(f"{where}: cannot read ({' '.join(str(e).split())[:120]})",
+                            "give a .npz made with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise EdgepipeError(f"{where}: holds one array (made with numpy.save), not named arrays",
+                            "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     with z:
         keys = set(z.files)
-        names = [str(c) for c in z["class_names"]] if "class_names" in keys else None
         if {"x_train", "y_train"} <= keys:
-            xt, yt = (z["x_test"], z["y_test"]) if {"x_test", "y_test"} <= keys else (None, None)
-            x, y = z["x_train"], z["y_train"]
+            wanted = ["x_train", "y_train"] + (["x_test", "y_test"] if {"x_test", "y_test"} <= keys else [])
         elif {"x", "y"} <= keys:
-            x, y, xt, yt = z["x"], z["y"], None, None
+            wanted = ["x", "y"]
         else:
-            raise EdgepipeError(f"npz:{path}: has arrays {sorted(keys)}",
+            raise EdgepipeError(f"{where}: has arrays {sorted(keys)}",
                                 "provide x_train and y_train (and optionally x_test, y_test, class_names) or x and y")
-    x, xt = _nhwc(x), None if xt is None else _nhwc(xt)
-    if names is None:
+        arrays = {}
+        for key in wanted + (["class_names"] if "class_names" in keys else []):
+            try:
+                arrays[key] = z[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays, a broken member
+                raise EdgepipeError(f"{where}: array {key} cannot be read ({' '.join(str(e).split())[:100]})",
+                                    "store plain numeric arrays (no Python objects, no ragged lists)") from None
+    x, y = arrays[wanted[0]], arrays[wanted[1]]
+    xt, yt = (arrays["x_test"], arrays["y_test"]) if "x_test" in wanted else (None, None)
+    x = _nhwc(x, f"{where}: {wanted[0]}")
+    y = labels_of(y, f"{where}: {wanted[1]}")
+    if xt is not None:
+        xt, yt = _nhwc(xt, f"{where}: x_test"), labels_of(yt, f"{where}: y_test")
+        if xt.shape[1:] != x.shape[1:]:
+            raise EdgepipeError(f"{where}: test images are {xt.shape[1:]}, train images {x.shape[1:]}",
+                                "give train and test images of one size and channel count")
+    if "class_names" in arrays:
+        names = arrays["class_names"]
+        if names.ndim != 1 or names.dtype.kind not in "USO":
+            raise EdgepipeError(f"{where}: class_names is not a list of names", "store class_names as strings")
+        names = [str(c) for c in names]
+    else:
         names = [str(i) for i in range(int(max(y.max(), -1 if yt is None else yt.max())) + 1)]
     return x, y, xt, yt, names
 
 
-def _nhwc(x: np.ndarray) -> np.ndarray:
+def labels_of(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer class labels (N,) from an array: non-negative whole numbers, finite, not text or one-hot."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise EdgepipeError(f"{where}: labels have shape {y.shape}", "give one class index per image, shape (N,), "
+                            "not one-hot vectors")
+    if y.size == 0:
+        raise EdgepipeError(f"{where}: no labels", "give at least one image per class")
+    if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise EdgepipeError(f"{where}: labels are {y.dtype} values, not class indices",
+                            "map each class to 0..num_classes-1 (names go in class_names)")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise EdgepipeError(f"{where}: a label is {y.min()}", "labels must be 0..num_classes-1")
+    return y
+
+
+def _nhwc(x: np.ndarray, where: str) -> np.ndarray:
+    """Images as uint8 (N, H, W, C) with C 1 or 3: values in [0, 1] are scaled by 255, others must be 0..255."""
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise EdgepipeError(f"images have shape {x.shape}", "use (N, H, W), (N, H, W, 1) or (N, H, W, 3)")
-    if x.dtype != np.uint8:
-        x = np.clip(x * 255.0 if x.max() <= 1.0 else x, 0, 255).astype(np.uint8)
-    return x
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or 0 in x.shape:
+        raise EdgepipeError(f"{where}: images have shape {x.shape}",
+                            "use (N, H, W), (N, H, W, 1) or (N, H, W, 3), with N, H and W at least 1")
+    if x.dtype.kind not in "uifb":
+        raise EdgepipeError(f"{where}: images are {x.dtype} values, not numbers", "store pixels as uint8 or float")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise EdgepipeError(f"{where}: {int(np.sum(~np.isfinite(x)))} pixel values are NaN or infinite",
+                            "fix or drop those images")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 255:
+        raise EdgepipeError(f"{where}: pixel values run {lo:g}..{hi:g}",
+                            "store 8-bit pixels (0..255) or floats in [0, 1]")
+    return np.clip(x * 255.0 if hi <= 1.0 else x, 0, 255).astype(np.uint8)
 
 
 def _read_folder(root: Path, image_size, channels):
@@ -202,11 +269,17 @@ def _read_class_folders(root: Path, image_size, channels, classes: list[str] | N
                                 "add images or remove the folder")
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im.load()
-                    im = im.convert("L" if (channels or (3 if im.mode not in ("L", "1", "I;16") else 1)) == 1
-                                    else "RGB")
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                with warnings.catch_warnings():
+                    # PIL warns (to stderr) above its pixel limit and raises above twice it: both are refusals
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        im.load()
+                        im = im.convert("L" if (channels or (3 if im.mode not in ("L", "1", "I;16") else 1)) == 1
+                                        else "RGB")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise EdgepipeError(f"{f}: image too large to decode safely ({' '.join(str(e).split())[:120]})",
+                                    "downscale the file, or remove it") from None
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                 raise EdgepipeError(f"{f}: corrupt or unreadable image ({type(e).__name__})",
                                     "delete or replace the file") from None
             if size is None:
@@ -267,7 +340,7 @@ def _load_keras(name: str, mirror: list[str]):
             f"put {need} in <mirror>/{MIRROR_NAMES[name][0]}/ and set the data param mirror or ${MIRROR_ENV} "
             f"to <mirror>") from None
     names = CLASS_NAMES.get(name) or [str(i) for i in range(100)]
-    return _nhwc(x), y.reshape(-1), _nhwc(xt), yt.reshape(-1), names
+    return _nhwc(x, f"keras:{name}"), y.reshape(-1), _nhwc(xt, f"keras:{name}"), yt.reshape(-1), names
 
 
 def _read_cifar(name: str, files: list[Path]):
@@ -311,9 +384,10 @@ def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def _load_tfds(name: str, mirror: list[str], image_size):
-    import tensorflow_datasets as tfds
+    # TensorFlow first: tfds needs it imported with the legacy Keras flag, and its import noise silenced
+    from edgepipe.core._tf import tf  # noqa: F401, I001
 
-    from edgepipe.core._tf import tf  # noqa: F401  (tfds needs TensorFlow imported with the legacy Keras flag)
+    import tensorflow_datasets as tfds
 
     dirs = [d for m in _mirror_dirs(mirror) for d in (m / "tfds", m) if (m / "tfds").is_dir() or d == m]
     builder = None

@@ -66,7 +66,19 @@ class Lock:
             return {}
         if not isinstance(lock, dict) or lock.get("version") != LOCK_VERSION:
             return {}
-        return lock.get("stages") or {}
+        stages = lock.get("stages") or {}
+        if not isinstance(stages, dict) or not all(_well_formed(e) for e in stages.values()):
+            ui.warn(f"{self.path} is not a lock file edgepipe wrote; every stage will rerun")
+            return {}
+        return stages
+
+
+def _well_formed(entry) -> bool:
+    """A lock entry as `Lock.record` writes it (a hand-edited or foreign file is treated as unreadable)."""
+    return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("digest"), str)
+            and isinstance(entry.get("parts", {}), dict) and isinstance(entry.get("outputs"), dict)
+            and all(isinstance(r, dict) and isinstance(r.get("sha256"), str) and isinstance(r.get("size"), int)
+                    and isinstance(r.get("mtime_ns"), int) for r in entry["outputs"].values()))
 
 
 def stage_key(stage: Stage, lock: Lock, run_dir: Path, version: CodeVersion) -> tuple[str, dict]:

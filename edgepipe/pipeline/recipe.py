@@ -16,6 +16,7 @@ import yaml
 
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build
+from edgepipe.core.paths import relative_pattern, safe_name
 from edgepipe.core.stage import StageKind
 from edgepipe.core.yamlio import load_yaml
 from edgepipe.stages.registry import kinds
@@ -106,10 +107,15 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
     _apply_target(stages, target or raw.get("target"), host, where)
     order = _topological(stages, where)
+    given = raw.get("name")  # runs/<name>/ and models/<name>/ are the run's folders: one safe name
+    if given is None:
+        name = safe_name(path.stem, f"{where}: the recipe name (its file name)")
+    else:
+        name = safe_name(str(given) if type(given) is int else given, f"{where}: name")
     return Recipe(
-        name=str(raw.get("name") or path.stem),
+        name=name,
         path=path,
-        description=str(raw.get("description") or ""),
+        description=" ".join(str(raw.get("description") or "").split()),
         stages={n: stages[n] for n in order},
     )
 
@@ -126,8 +132,11 @@ def _read(path: Path) -> dict:
         fix = ("each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
                else "fix the YAML syntax there")
         raise RecipeError(f"{where}: malformed YAML{at}: {problem}", fix) from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r})",
+                          "save the recipe as UTF-8") from None
     except OSError as e:
-        raise RecipeError(f"{where}: cannot read recipe: {e.strerror}") from None
+        raise RecipeError(f"{where}: cannot read recipe: {e.strerror}", "check the path and its permissions") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
                           "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
@@ -159,7 +168,12 @@ def _overrides(raw: dict, profile: str | None, sets: tuple[str, ...], where: str
         if "=" not in s:
             raise RecipeError(f"--set {s}: expected stage.key=value", "e.g. --set teacher.epochs=3")
         key, value = s.split("=", 1)
-        overrides.append((key, yaml.safe_load(value) if value else "", f"--set {key}"))
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise RecipeError(f"--set {key}: the value {value!r} is not valid YAML",
+                              f"quote it for your shell and for YAML, e.g. --set '{key}=\"{value}\"'") from None
+        overrides.append((key, parsed, f"--set {key}"))
     return overrides
 
 
@@ -170,14 +184,16 @@ def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: 
         raise RecipeError(f"{at}: expected a mapping with 'kind' and 'params'", "e.g. {kind: train, params: {...}}")
     _only_keys(spec, STAGE_KEYS, at)
     kind_name = spec.get("kind")
-    if kind_name not in table:
+    if not isinstance(kind_name, str) or kind_name not in table:
         raise RecipeError(f"{at}.kind: unknown stage kind {kind_name!r}", f"use one of: {', '.join(table)}")
     kind = table[kind_name]
     params = build(kind.params, spec.get("params"), f"{at}.params")
-    inputs = _check_inputs(spec.get("inputs"), kind, raw_stages, name, at)
+    inputs = _check_inputs(spec.get("inputs"), kind, raw_stages, name, at, table)
     publish = spec.get("publish") or []
-    if not isinstance(publish, list) or not all(isinstance(p, str) for p in publish):
+    if not isinstance(publish, list):
         raise RecipeError(f"{at}.publish: expected a list of file names", "e.g. publish: [report.md]")
+    for i, pattern in enumerate(publish):
+        relative_pattern(pattern, f"{at}.publish[{i}]")
     return Stage(name, kind, params, inputs, tuple(publish))
 
 
@@ -221,25 +237,32 @@ def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
             raise RecipeError(f"{where}: unknown key '{key}'", f"use one of: {', '.join(allowed)}")
 
 
-def _apply_override(raw: dict, key: str, value: Any, origin: str) -> None:
-    parts = key.split(".")
+def _apply_override(raw: dict, key: Any, value: Any, origin: str) -> None:
+    parts = key.split(".") if isinstance(key, str) else []
     if len(parts) < 2 or not all(parts):
         raise RecipeError(f"{origin}: expected stage.param", "e.g. teacher.epochs")
     if parts[0] == "vars":
-        if not isinstance(raw.get("vars") or {}, dict):
+        if raw.get("vars") is None:
+            raw["vars"] = {}
+        if not isinstance(raw["vars"], dict):
             raise RecipeError(f"{origin}: vars must be a mapping", "e.g. vars: {seed: 0}")
-        raw.setdefault("vars", {})[".".join(parts[1:])] = value
+        raw["vars"][".".join(parts[1:])] = value
         return
     stage = raw["stages"].get(parts[0])
     if not isinstance(stage, dict):
-        raise RecipeError(f"{origin}: no stage named '{parts[0]}'", f"use one of: {', '.join(raw['stages'])}")
-    node = stage.setdefault("params", {})
-    if node is None:
-        node = stage["params"] = {}
+        raise RecipeError(f"{origin}: no stage named '{parts[0]}'", f"use one of: {', '.join(map(str, raw['stages']))}")
+    if stage.get("params") is None:
+        stage["params"] = {}
+    node = stage["params"]
     for part in parts[1:-1]:
-        node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"{origin}: '{part}' is not a mapping", "override a key inside a mapping parameter")
+            break
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    if not isinstance(node, dict):
+        raise RecipeError(f"{origin}: '{'.'.join(parts[1:-1]) or 'params'}' is not a mapping",
+                          "override a key inside a mapping parameter")
     node[parts[-1]] = value  # validated with everything else, so a typo is still caught
 
 
@@ -260,14 +283,20 @@ def _substitute(node: Any, variables: dict, where: str) -> Any:
     return VAR.sub(lambda m: str(variables[m.group(1)]), node)
 
 
-def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: str) -> dict:
+OUTPUT_WORDS = {"dataset": "a dataset", "model": "a Keras model", "tflite": "converted .tflite models",
+                "bench": "bench figures", "bundle": "a firmware bundle", "report": "a report"}
+
+
+def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: str, table: dict) -> dict:
+    """The stage's inputs, role by role: each role known, each reference a stage of this recipe whose
+    output the role accepts; a list only where the role takes many, and never an empty one."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{at}.inputs: expected a mapping of role -> stage name", "e.g. inputs: {data: data}")
     for role in raw:
         if role not in kind.inputs:
             roles = ", ".join(kind.inputs) or "none (this kind takes no inputs)"
-            raise RecipeError(f"{at}.inputs: unknown role '{role}' for kind {kind.name}", f"use: {roles}")
+            raise RecipeError(f"{at}.inputs: unknown role {role!r} for kind {kind.name}", f"use: {roles}")
     inputs: dict[str, str | list[str]] = {}
     for role, many in kind.inputs.items():
         if role not in raw:
@@ -275,17 +304,34 @@ def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: st
                 continue
             raise RecipeError(f"{at}.inputs: missing input '{role}'", f"add inputs: {{{role}: <stage name>}}")
         value = raw[role]
+        if isinstance(value, list) and not value:
+            raise RecipeError(f"{at}.inputs.{role}: the list is empty",
+                              f"name at least one stage, e.g. {role}: [<stage name>]")
         refs = value if isinstance(value, list) else [value]
-        if (isinstance(value, list) and not many) or not refs:
-            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got {value!r}",
-                              f"this role takes a single stage, e.g. {role}: {refs[0] if refs else 'data'}")
+        if isinstance(value, list) and not many:
+            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got a list",
+                              f"this role takes a single stage, e.g. {role}: {refs[0]}")
         for ref in refs:
-            if ref not in all_stages:
-                others = ", ".join(s for s in all_stages if s != name)
-                raise RecipeError(f"{at}.inputs.{role}: no stage named {ref!r}",
-                                  f"use one of: {others}" if others else f"add a stage named {ref!r} to the recipe")
+            _check_reference(ref, role, kind, all_stages, name, at, table)
         inputs[role] = list(refs) if many else refs[0]
     return inputs
+
+
+def _check_reference(ref: Any, role: str, kind: StageKind, all_stages: dict, name: str, at: str, table: dict):
+    if not isinstance(ref, str) or ref not in all_stages or ref == name:
+        others = ", ".join(s for s in all_stages if s != name)
+        what = f"no stage named {ref!r}" if ref != name else "a stage cannot read its own output"
+        raise RecipeError(f"{at}.inputs.{role}: {what}",
+                          f"use one of: {others}" if others else "add the stage it reads to the recipe")
+    wanted = kind.accepts.get(role)
+    spec = all_stages[ref]
+    given = table.get(spec.get("kind")) if isinstance(spec, dict) and isinstance(spec.get("kind"), str) else None
+    if wanted and given is not None and given.output not in wanted:
+        makers = [k.name for k in table.values() if k.output in wanted]
+        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is a {given.name} stage, which outputs "
+                          f"{OUTPUT_WORDS.get(given.output, given.output)}; the role {role} takes "
+                          f"{' or '.join(OUTPUT_WORDS.get(w, w) for w in wanted)}",
+                          f"name a {' or '.join(makers)} stage")
 
 
 def _topological(stages: dict[str, Stage], where: str) -> list[str]:

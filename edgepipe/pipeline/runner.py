@@ -27,6 +27,7 @@ from typing import Iterator
 
 from edgepipe.core import fsio, ui
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
 from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
 from edgepipe.pipeline.recipe import Recipe, Stage
@@ -192,6 +193,12 @@ class Runner:
                 failure = self._collect(running, results, failure)
                 if failure is not None and not running:
                     break
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI raises it for both): stop, leave nothing half
+            if pool is not None:
+                _stop_workers(pool)
+            for job in running.values():
+                shutil.rmtree(self.run_dir / ".tmp" / job.stage.name, ignore_errors=True)
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -229,9 +236,9 @@ class Runner:
                 try:
                     _fresh_keras_session()
                     summary = stage.kind.run(stage.params, io) or ""
-                except BaseException:
+                except BaseException as e:
                     shutil.rmtree(io.out, ignore_errors=True)
-                    raise
+                    raise _named(e, stage, io.out) from None
                 results[name] = self._finish(job, summary)
                 return
             log_file = self.run_dir / ".logs" / f"{name}.log"
@@ -250,7 +257,7 @@ class Runner:
                 results[job.stage.name] = self._finish(job, future.result() or "")
             except BaseException as e:  # noqa: BLE001 - the first failure is raised once the rest finish
                 shutil.rmtree(self.run_dir / ".tmp" / job.stage.name, ignore_errors=True)
-                failure = failure or e
+                failure = failure or _named(e, job.stage, self.run_dir / ".tmp" / job.stage.name)
                 if not isinstance(e, EdgepipeError):
                     ui.warn(f"stage '{job.stage.name}' failed; its log: "
                             f"{_rel(self.run_dir / '.logs' / (job.stage.name + '.log'))}")
@@ -319,8 +326,9 @@ class Runner:
         """Output files matching the stage's `publish:` patterns (`cortex-m4/*` keeps its folder)."""
         out_dir = self.run_dir / stage.name
         files: list[Path] = []
-        for pattern in stage.publish:
-            matches = sorted(p for p in out_dir.glob(pattern) if p.is_file())
+        for pattern in stage.publish:  # relative, no `..` (checked at load); a link must not lead out either
+            matches = sorted(p for p in out_dir.glob(pattern) if p.is_file()
+                             and inside(out_dir, p, f"stage '{stage.name}': published file"))
             if not matches:
                 raise EdgepipeError(f"stage '{stage.name}': publish pattern '{pattern}' matched no output file",
                                     f"use one of: {', '.join(sorted(self.lock.entry(stage.name)['outputs']))}",
@@ -333,6 +341,7 @@ class Runner:
         of another size (a fresh stage's files are as recorded, so a size check finds a stale copy)."""
         for src in self._published(stage):
             dest = self.models_dir / src.relative_to(self.run_dir / stage.name)
+            inside(self.models_dir, dest, f"stage '{stage.name}': published copy")
             dest.parent.mkdir(parents=True, exist_ok=True)
             if only_if_changed and dest.is_file() and dest.stat().st_size == src.stat().st_size:
                 continue
@@ -393,6 +402,25 @@ def _end_with_runner(runner_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != runner_pid:  # the runner died before the line above took effect
         os._exit(1)
+
+
+def _named(e: BaseException, stage: Stage, out: Path) -> BaseException:
+    """An operating-system error in a stage (a full disk, a read-only folder) as one line naming the stage
+    and the path; anything else unchanged."""
+    if isinstance(e, OSError) and not isinstance(e, (BlockingIOError, InterruptedError)):
+        error = EdgepipeError.from_os_error(e)
+        where = "" if e.filename else f" writing {out}"
+        return EdgepipeError(f"stage '{stage.name}'{where}: {error.message}", error.fix)
+    return e
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Kill the pool's worker processes now: on an interrupt their stages' outputs are thrown away (their
+    checkpoints in .work stay, so the rerun resumes), and waiting for them would take a stage's time."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.join(timeout=10)
 
 
 def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:

@@ -226,6 +226,7 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
 
 KIND = StageKind(
     name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
+    output="bench", accepts={"data": ("dataset",), "models": ("tflite",)},
     main_output="bench.json", environment=environment, exclusive=True,
     doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
 )

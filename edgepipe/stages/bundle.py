@@ -18,6 +18,7 @@ from pathlib import Path
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
+from edgepipe.core.paths import C_IDENTIFIER, CPP_KEYWORDS
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import device_runner, litert
@@ -37,6 +38,11 @@ class BundleParams:
     variant: str = param("int8", "which of the convert stage's models to bundle (its variant)")
     intended_use: str = param("", "one paragraph for MODEL_CARD.md: what the model is for, and what not")
     symbol: str = param("g_model_data", "C name of the model array in model_data.cc")
+
+    def __post_init__(self):
+        if not C_IDENTIFIER.match(self.symbol) or self.symbol in CPP_KEYWORDS:
+            raise ValueError(f"symbol {self.symbol!r} is not a C identifier; fix: use letters, digits and _, not "
+                             "starting with a digit, and not a C++ keyword (e.g. g_model_data)")
 
 
 def c_array(blob: bytes, symbol: str, source: str) -> tuple[str, str]:
@@ -213,13 +219,16 @@ def _card_fit(side: dict, target, fit: dict) -> list[str]:
             "bytes RAM.",
             f"- Flash: {fit['flash_needed_bytes']:,} of {fit['flash_bytes']:,} bytes (model "
             f"{side['size_bytes']:,} + runtime and kernels {fit['code_bytes_estimate']:,}, an estimate).",
-            f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** "
-            f"from MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement.",
+            (f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** "
+             f"from MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement."
+             if fit["latency_us_estimate"] is not None else
+             "- Latency: not estimated (the target profile gives no clock_mhz and cycles_per_mac)."),
             f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.", ""]
 
 
 KIND = StageKind(
     name="bundle", params=BundleParams, run=run_bundle_stage,
     inputs={"data": False, "model": False, "benches": True}, optional_inputs=("benches",),
+    output="bundle", accepts={"data": ("dataset",), "model": ("tflite",), "benches": ("bench",)},
     main_output="", doc="firmware hand-off folder for one model on one target (C array, op resolver, card)",
 )

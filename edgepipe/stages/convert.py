@@ -19,6 +19,7 @@ from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.native import quiet_native
 from edgepipe.core.params import param
+from edgepipe.core.paths import SAFE_NAME
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import litert
@@ -50,6 +51,11 @@ class ConvertParams:
     representative_samples: int = param(500, "train images used to calibrate int8 ranges", min=10)
     parity_samples: int = param(1000, "validation images compared between keras and tflite", min=10)
     tolerance: Tolerance = param(Tolerance(), "parity thresholds")
+
+    def __post_init__(self):
+        if self.name is not None and not SAFE_NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} is not a usable file-name prefix; fix: use letters, digits, "
+                             "_, - and . (not first), no / or ..")
 
 
 def _converter(model):
@@ -167,6 +173,7 @@ def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray,
 
 KIND = StageKind(
     name="convert", params=ConvertParams, run=run_convert_stage, inputs={"data": False, "model": False},
+    output="tflite", accepts={"data": ("dataset",), "model": ("model",)},
     main_output="labels.txt",
     doc="LiteRT float32/float16/dynamic/int8 models, each checked against keras",
 )

@@ -49,14 +49,15 @@ class DataParams:
     def __post_init__(self) -> None:
         scheme, _, rest = self.source.partition(":")
         if scheme not in ("keras", "tfds", "idx", "folder", "npz") or not rest:
-            raise ValueError(f"source {self.source!r} is not valid; use keras:NAME, tfds:NAME, idx:DIR, "
+            raise ValueError(f"source {self.source!r} is not valid; fix: use keras:NAME, tfds:NAME, idx:DIR, "
                              f"folder:DIR or npz:FILE")
         if scheme == "keras" and rest not in KERAS_DATASETS:
-            raise ValueError(f"source {self.source!r}: unknown keras dataset; use one of: {', '.join(KERAS_DATASETS)}")
+            raise ValueError(f"source {self.source!r}: unknown keras dataset; fix: use one of: {', '.join(KERAS_DATASETS)}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"image_size {self.image_size} must be [height, width]")
+            raise ValueError(f"image_size {self.image_size} must be [height, width] of at least 1; fix: e.g. "
+                             "image_size: [96, 96], or null to keep the source's size")
         if self.channels == 2:
-            raise ValueError("channels must be 1 or 3")
+            raise ValueError("channels must be 1 or 3; fix: use 1 (grayscale), 3 (RGB) or null (the source's)")
 
 
 def dataset_files(params: DataParams) -> list[Path]:
@@ -80,6 +81,9 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
     x_train = _adapt(x_train, params)
     if x_test is not None:
         x_test = _adapt(x_test, params)
+        if x_test.shape[1:] != x_train.shape[1:]:
+            raise EdgepipeError(f"{params.source}: test images are {list(x_test.shape[1:])}, train images "
+                                f"{list(x_train.shape[1:])}", "set image_size and channels to make them one size")
 
     if x_test is None:  # no official test split: carve one, stratified
         test_idx, keep = _stratified(y_train, params.test_fraction, rng)
@@ -97,6 +101,7 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
         x_train, y_train = x_train[idx], y_train[idx]
 
     splits = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    _check_splits(splits, params)
     info = _describe(params, classes, splits)
     write_npz(io.out / "dataset.npz", {f"{k}_{s}": a for s, xy in splits.items() for k, a in zip("xy", xy)})
     fsio.write_json(io.out / "dataset.json", info)
@@ -107,11 +112,12 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
 
 
 KIND = StageKind(
-    name="data", params=DataParams, run=run_data_stage, inputs={}, main_output="dataset.npz", deps=dataset_files, doc="load, split, normalise and describe a dataset",
+    name="data", params=DataParams, run=run_data_stage, inputs={}, output="dataset", main_output="dataset.npz",
+    deps=dataset_files, doc="load, split, normalise and describe a dataset",
 )
 
 
-# -- transforms and description -------------------------------------------------------------------------------
+# -- transforms and description -------------------------------------------------------------------------
 
 
 def _check_labels(x, y, classes, source, split):
@@ -126,6 +132,18 @@ def _check_labels(x, y, classes, source, split):
         raise EdgepipeError(f"{source}: only one class ({classes[present[0]] if len(present) else 'none'}) in the data",
                             "a classifier needs at least two classes")
     return x, y
+
+
+def _check_splits(splits: dict, p: DataParams) -> None:
+    """Every split holds images, and train at least two classes: otherwise training cannot run."""
+    for split, (_, y) in splits.items():
+        if len(y) == 0:
+            raise EdgepipeError(f"{p.source}: the {split} split is empty after splitting "
+                                f"({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())})",
+                                "give more images, or raise val_fraction / test_fraction, or limit_train / limit_test")
+    if len(np.unique(splits["train"][1])) < 2:
+        raise EdgepipeError(f"{p.source}: the train split holds one class after splitting",
+                            "give more images of each class")
 
 
 def _adapt(x: np.ndarray, p: DataParams) -> np.ndarray:

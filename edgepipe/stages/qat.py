@@ -31,6 +31,8 @@ class QatParams(Fit):
 
 def quantize(model):
     """tfmot.quantize_model(model), with tfmot's error turned into one line naming the layer."""
+    from edgepipe.core._tf import tf  # noqa: F401, I001 - first: TensorFlow's import noise silenced
+
     import tensorflow_model_optimization as tfmot
 
     try:
@@ -57,6 +59,7 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
 
 KIND = StageKind(
     name="qat", params=QatParams, run=run_qat_stage, inputs={"data": False, "model": False},
+    output="model", accepts={"data": ("dataset",), "model": ("model",)},
     main_output="model.h5",
     doc="quantization-aware fine-tuning (tfmot) of a trained model",
 )

@@ -262,6 +262,7 @@ def _pareto(rows: list[dict], dest: Path) -> None:
 
 KIND = StageKind(
     name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True}, light=True,
+    output="report", accepts={"benches": ("bench",)},
     main_output="report.md",
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )

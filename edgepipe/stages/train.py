@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgepipe.core import fsio
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import Dataset, load_dataset
@@ -100,7 +101,7 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
 
 KIND = StageKind(
-    name="train", params=TrainParams, run=run_train_stage, inputs={"data": False},
+    name="train", params=TrainParams, run=run_train_stage, inputs={"data": False}, output="model", accepts={"data": ("dataset",)},
     main_output="model.h5", deps=lambda p: nets.builder_files(p.arch),
     doc="train a model from the zoo on a dataset",
 )
@@ -121,6 +122,10 @@ def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict
     for c in np.unique(y):  # deal each class's images round-robin into the folds: stratified
         idx = rng.permutation(np.flatnonzero(y == c))
         fold_of[idx] = (np.arange(len(idx)) + int(c)) % k
+    sizes = np.bincount(fold_of, minlength=k)
+    if sizes.min() < 1 or any(np.sum(fold_of != i) == 0 for i in range(k)):
+        raise EdgepipeError(f"folds: {k} folds of {len(y)} train+val images leave a fold empty",
+                            f"use at most {len(y) // 2} folds, or more images")
     results = []
     for i in range(k):
         where = io.work / f"fold{i + 1}"

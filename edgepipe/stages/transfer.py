@@ -91,7 +91,7 @@ class FineTune(Fit):
 
     def __post_init__(self):
         if self.unfreeze_top is not None and self.unfreeze_from is not None:
-            raise ValueError("set unfreeze_top or unfreeze_from, not both")
+            raise ValueError("set unfreeze_top or unfreeze_from, not both; fix: drop one of them")
 
 
 @dataclasses.dataclass
@@ -118,13 +118,15 @@ class TransferParams(Fit):
 
     def __post_init__(self):
         if self.backbone != "stage" and self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} or 'stage', got {self.backbone!r}")
+            raise ValueError(f"backbone {self.backbone!r} is not known; fix: use one of {', '.join(BACKBONES)} or 'stage'")
         if self.backbone != "stage" and self.cut_at is not None:
-            raise ValueError("cut_at applies to backbone: stage only (applications are cut below their top)")
+            raise ValueError("cut_at applies to backbone: stage only (applications are cut below their top); "
+                             "fix: drop cut_at")
         if self.backbone in BACKBONES and not BACKBONES[self.backbone].alpha and self.alpha != 1.0:
-            raise ValueError(f"{self.backbone} has no width multiplier: remove alpha")
+            raise ValueError(f"{self.backbone} has no width multiplier; fix: remove alpha")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
-            raise ValueError("input_size must be [height, width]")
+            raise ValueError("input_size must be [height, width] of at least 1; fix: e.g. input_size: [96, 96], "
+                             "or null for the data's size")
 
 
 # -- building the model ---------------------------------------------------------------------------------------
@@ -385,6 +387,7 @@ def _weights_error(params: TransferParams, e: Exception) -> EdgepipeError:
 
 KIND = StageKind(
     name="transfer", params=TransferParams, run=run_transfer_stage, inputs={"data": False, "backbone": False},
+    output="model", accepts={"data": ("dataset",), "backbone": ("model",)},
     optional_inputs=("backbone",),
     main_output="model.h5",
     doc="transfer learning: a pretrained backbone, a new head on frozen features, then fine-tuning",

@@ -20,6 +20,7 @@ import yaml
 
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build, param
+from edgepipe.core.paths import SAFE_NAME
 from edgepipe.core.yamlio import load_yaml
 
 Kind = Literal["cpu", "edgetpu", "android", "mcu"]
@@ -44,6 +45,15 @@ class Target:
     runtime_flash_bytes: int | None = param(None, "the runtime's own code size, before kernels (estimate)", min=0)
     arena_margin: float = param(0.1, "fraction added to the measured arena before the fit check", min=0.0, max=4.0)
     python: str = param("python3", "Python with ai-edge-litert and numpy on the device (reach: ssh)")
+
+    def __post_init__(self):
+        if not SAFE_NAME.match(self.name):  # it names the bundle's folder
+            raise ValueError(f"name {self.name!r} is not usable as a folder name; fix: use letters, digits, _, - "
+                             "and . (not first), no / or ..")
+        missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(self, k) is None]
+        if self.kind == "mcu" and missing:  # the fit verdict and every latency in ms need them
+            raise ValueError(f"a microcontroller profile needs {', '.join(missing)}; fix: add "
+                             f"{', '.join(f'{k}: ...' for k in missing)} (see `edgepipe targets cortex-m4`)")
 
     def runs(self, variant: str) -> bool:
         """Whether this target's runtime can execute a model of `variant` (an int8-only runtime, such as
@@ -90,7 +100,7 @@ def load_target(name_or_path: str) -> Target:
                             f"use one of: {', '.join(BUILTIN)}, or the path of a profile .yaml file")
     try:
         raw = load_yaml(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RecipeError(f"{path}: cannot read target profile ({' '.join(str(e).split())[:160]})",
                           "fix the file (see `edgepipe targets` for the keys)") from None
     if not isinstance(raw, dict):

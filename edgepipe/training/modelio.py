@@ -32,9 +32,9 @@ def save_model(model, dest: Path) -> None:
 
 def load_model(stage_dir: Path):
     """Load a training-type stage's model.h5 (QAT models included: tfmot's layers are in scope)."""
-    import tensorflow_model_optimization as tfmot
+    from edgepipe.core._tf import keras  # noqa: I001 - first: TensorFlow's import noise silenced
 
-    from edgepipe.core._tf import keras
+    import tensorflow_model_optimization as tfmot
 
     with tfmot.quantization.keras.quantize_scope():
         return keras.models.load_model(Path(stage_dir) / "model.h5", compile=False)

@@ -152,6 +152,9 @@ def resolve(arch: str) -> Callable[..., Any]:
     except ImportError as e:
         raise EdgepipeError(f"arch '{arch}': cannot import module {module_name} ({e})",
                             "check the module is on PYTHONPATH or installed") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing (a syntax error, ...)
+        raise EdgepipeError(f"arch '{arch}': importing {module_name} failed ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:160]})", "fix that module") from None
     builder = getattr(module, func, None)
     if not callable(builder):
         raise EdgepipeError(f"arch '{arch}': module {module_name} has no function {func}",
@@ -166,11 +169,21 @@ def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, **com
     builder = resolve(arch)
     try:
         model = builder(tuple(input_shape), num_classes, **common, **arch_args)
+    except EdgepipeError:
+        raise
     except TypeError as e:
         raise EdgepipeError(f"arch '{arch}': bad arguments ({e})", "check arch_args against the builder") from None
+    except Exception as e:  # noqa: BLE001 - the builder is the boundary: Keras or user code rejecting a value
+        fix = ("fix the builder, or the arch_args it is given" if ":" in arch else
+               "check arch_args (widths at least 1) and initializer (a tf_keras initializer name, e.g. he_normal)")
+        raise EdgepipeError(f"arch '{arch}' could not be built ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                            fix) from None
     if not isinstance(model, keras.Model):
         raise EdgepipeError(f"arch '{arch}' returned {type(model).__name__}, not a tf_keras model",
                             "build it with tf_keras (import tf_keras as keras), not Keras 3")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise EdgepipeError(f"arch '{arch}' builds a model of {len(model.inputs)} inputs and {len(model.outputs)} "
+                            "outputs", "edgepipe trains classifiers: one image input, one class-score output")
     if tuple(model.input_shape[1:]) != tuple(input_shape) or model.output_shape[-1] != num_classes:
         raise EdgepipeError(f"arch '{arch}' maps {model.input_shape} to {model.output_shape}, the data is "
                             f"{tuple(input_shape)} with {num_classes} classes", "fix the builder's shapes")

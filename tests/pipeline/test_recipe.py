@@ -100,8 +100,8 @@ def test_missing_and_unknown_inputs(tmp_path):
 
 def test_cycle_is_named(tmp_path):
     r = tiny_recipe(tmp_path)
-    r["stages"]["second"] = {"kind": "train", "inputs": {"data": "third"}}
-    r["stages"]["third"] = {"kind": "train", "inputs": {"data": "second"}}
+    r["stages"]["second"] = {"kind": "qat", "inputs": {"data": "data", "model": "third"}}
+    r["stages"]["third"] = {"kind": "qat", "inputs": {"data": "data", "model": "second"}}
     assert "input cycle second -> third -> second" in error(tmp_path, r)
 
 

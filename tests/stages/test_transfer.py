@@ -165,7 +165,7 @@ def test_offline_imagenet_names_the_file_and_where_to_put_it(pretrained, tmp_pat
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"backbone": "VGG99"}, "backbone must be one of"),
+    ({"backbone": "VGG99"}, "backbone 'VGG99' is not known; fix: use one of MobileNetV2"),
     ({"backbone": "ResNet50", "alpha": 0.5}, "no width multiplier"),
     ({"backbone": "MobileNetV2", "cut_at": "x"}, "cut_at applies to backbone: stage"),
     ({"fine_tune": {"unfreeze_top": 3, "unfreeze_from": "conv"}}, "not both"),
