@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -55,6 +56,10 @@ class BenchParams:
     edgetpu_compiler: str = param("edgetpu_compiler", "Coral: the compiler command")
     benchmark_model: str | None = param(None, "android: path of LiteRT's benchmark_model binary for the phone")
     adb_serial: str | None = param(None, "android: the phone's serial when several are connected")
+    measure: Literal["profile", "emulated", "estimate"] = param(
+        "profile", "microcontrollers: as the target profile says, emulated (TFLite Micro built for the core, run on "
+        "QEMU) or estimate (no toolchain needed)")
+    emulator_timeout: float = param(900.0, "wall-clock limit of one model's emulated run, in seconds", min=1.0)
 
 
 
@@ -66,18 +71,37 @@ def environment(params: BenchParams) -> dict:
     """
     p = host_provenance()
     key = {k: p[k] for k in ("cpu", "cores", "machine", "ai_edge_litert", "tflite_micro")}
-    target = load_target(params.target or "host")
+    target = effective_target(params)
     key["target"] = dataclasses.asdict(target)
     if target.reach in ("ssh", "adb"):
         key["device"] = [params.host or params.adb_serial, *params.fleet]
+    if target.measure == "emulated":  # the compiler, the emulator and the sources make the figures too
+        from edgepipe.core.errors import EdgepipeError
+        from edgepipe.targets.mcu import measure as mcu
+
+        try:
+            key["emulator"] = mcu.environment(target)
+        except EdgepipeError:
+            key["emulator"] = "unavailable"  # the stage itself then says what to install
     return key
+
+
+def effective_target(params: BenchParams) -> Target:
+    """The target profile, with the bench's `measure` override applied (microcontrollers)."""
+    target = load_target(params.target or "host")
+    if target.kind == "mcu" and params.measure != "profile":
+        target = dataclasses.replace(target, measure=params.measure)
+    return target
 
 
 
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     """Lint every model for the target, measure it on this host and on the target; write bench.json."""
-    target = load_target(params.target or "host")
+    target = effective_target(params)
     check_reach(target, params.host)
+    if target.kind != "mcu" and params.measure != "profile":
+        raise EdgepipeError(f"measure: {params.measure} applies to microcontroller targets, not {target.name}",
+                            "drop measure from this bench stage")
     if target.kind == "mcu" and not params.tflm:
         raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm is false",
                             "drop tflm: false from this bench stage")
@@ -94,11 +118,12 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
         fsio.write_json(io.out / "diagnostics.json", findings)
 
     deployable = [path for path, side in models if target.runs(side["variant"])]
-    device = measure_on_target(target, params, deployable, x, y_test, io.work)
     # Host figures come from device_runner, the code a device runs, so they compare like for like.
     with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
                                               params.runs, rounds=params.rounds, keep_predictions=True)
+    host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items()}
+    device = measure_on_target(target, params, deployable, x, y_test, io.work, host_top1)
     rows = [_row(path, side, measured[str(path)], findings, target, params, device, x, y_test)
             for path, side in models]
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
@@ -180,8 +205,15 @@ def best_lines(rows: list[dict]) -> str:
 
 
 def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,
-                      work: Path) -> dict:
-    """Figures measured on the device itself, by model file name (nothing for host and MCU targets)."""
+                      work: Path, host_top1: dict[str, np.ndarray]) -> dict:
+    """Figures measured on the device itself or its emulator, by model file name (nothing for the host and
+    for a microcontroller that is estimated)."""
+    if target.kind == "mcu" and target.measure == "emulated":
+        from edgepipe.targets.mcu.measure import emulate
+
+        figures = emulate(models, x, y, host_top1, target, work=work / "emulated", timeout=params.emulator_timeout)
+        first = next(iter(figures.values()), {}).get("emulator", {})
+        return {"_provenance": {"emulated": True, **first}, **figures}
     if target.reach == "ssh":
         from concurrent.futures import ThreadPoolExecutor
 

@@ -158,37 +158,51 @@ def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
         for r in b["rows"]:
             for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
                 out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
-                    "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu") if k in t}
+                    "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu",
+                    "instructions", "flash") if k in t}
     return out
 
 
 def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
-    """Header + rows of per-target columns, or [] when every figure is this host's own."""
+    """Header + rows of per-target columns, or [] when every figure is this host's own.
+
+    Each target has accuracy, latency and memory columns; one whose figures include instructions and
+    flash (an emulated microcontroller) has those columns too.
+    """
     names = list(dict.fromkeys(t for per in targets.values() for t in per))
     if names in ([], ["host"]):
         return []
-    header = ["model"]
+    columns = []  # (target, column title, figure key, format)
     for t in names:
-        header += [f"acc@{t}", f"p50@{t}", f"mem@{t}"]
-    table = [header]
+        figures = [per[t] for per in targets.values() if t in per]
+        has = {key for f in figures for key in f}
+        columns.append((t, f"acc@{t}", "accuracy", lambda v: f"{100 * v:.2f} %"))
+        if "instructions" in has:
+            columns.append((t, f"instr@{t}", "instructions", lambda v: f"{v / 1e6:.2f} M"))
+        columns.append((t, f"p50@{t}", "latency_p50_us", _us))
+        if "flash" in has:
+            columns.append((t, f"flash@{t}", "flash", fsio.human_size))
+        columns.append((t, f"mem@{t}", "memory", None))
+    table = [["model"] + [title for _, title, _, _ in columns]]
 
     def tagged(fig: dict | None, fmt) -> str:
         if not fig or fig.get("value") is None:
-            return "-"
+            return "uncalibrated" if fig and fig.get("provenance") == "emulated" else "-"
         return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
 
     for r in rows:
         cells = [r["name"]]
-        for t in names:
+        for t, _, key, fmt in columns:
             f = targets.get(r["name"], {}).get(t)
-            if f is None or not f.get("deployable", True):
-                cells += ["n/a", "n/a", "n/a"]
+            if f is None or not f.get("deployable", True) or (key != "memory" and "accuracy" not in f):
+                cells.append("NO FIT" if f is not None and f.get("fits") is False and key == "memory" else "n/a")
                 continue
-            mem = f.get("memory") or {}
-            fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
-            cells += [tagged(f.get("accuracy"), lambda v: f"{100 * v:.2f} %"),
-                      tagged(f.get("latency_p50_us"), _us),
-                      tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits]
+            if key == "memory":
+                mem = f.get("memory") or {}
+                fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
+                cells.append(tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits)
+            else:
+                cells.append(tagged(f.get(key), fmt))
         table.append(cells)
     return table
 

@@ -45,6 +45,18 @@ def target_figures(target: Target, row: dict, path: Path, device: dict | None, x
         out["accuracy"] = {"value": row["accuracy"], "provenance": "host-litert"}
         out["latency_p50_us"] = {"value": one and one["p50_us"], "provenance": "host-litert"}
         out["memory"] = {"value": row.get("model_rss_bytes"), "what": "RSS growth", "provenance": "host-litert"}
+    elif target.kind == "mcu" and device is not None:  # emulated: TFLite Micro + CMSIS-NN on the core
+        out["emulated"] = device
+        out["fits"] = device["fits"]
+        if "accuracy" not in device:  # it did not link for the board: nothing ran
+            out["why_not"] = f"does not fit {target.name}: {device['why_not_fit']}"
+            return out
+        out["accuracy"] = {"value": device["accuracy"], "provenance": "emulated"}
+        ms = device["latency_ms"]
+        out["latency_p50_us"] = {"value": None if ms is None else 1000 * ms, "provenance": "emulated"}
+        out["instructions"] = {"value": device["instructions"]["median"], "provenance": "emulated"}
+        out["flash"] = {"value": device["flash_bytes"], "provenance": "emulated"}
+        out["memory"] = {"value": device["ram_used_bytes"], "what": "RAM", "provenance": "emulated"}
     elif target.kind == "mcu":
         mcu = mcu_figures(target, row, path)
         acc = tflm_accuracy(path, x, y, mcu["arena_bytes"]) if mcu["arena_bytes"] else None

@@ -5,9 +5,11 @@ own `target:` param; `--target` on the command line overrides both. A name is a 
 or the path of a user's YAML file with the same keys (validated like a recipe: unknown keys, wrong types
 and out-of-range values are one error line).
 
-The MCU figures `cycles_per_mac` and `kernel_flash_bytes` are planning estimates, not measurements:
-latency from them is labelled `estimate` everywhere it is shown. Replace them in your own profile with
-figures measured on your board.
+A microcontroller profile with `measure: emulated` is measured on QEMU's model of its core, with TFLite
+Micro and CMSIS-NN cross-compiled for it (`edgepipe.targets.mcu`): accuracy, instructions, flash and RAM
+are measured on the target's instruction set, and latency is instructions x a `cycles_per_instruction`
+calibrated against published measurements of a real board, when the profile has one. `measure: estimate`
+falls back to MACs x `cycles_per_mac`, a planning estimate labelled as such wherever it is shown.
 """
 
 from __future__ import annotations
@@ -45,11 +47,27 @@ class Target:
     runtime_flash_bytes: int | None = param(None, "the runtime's own code size, before kernels (estimate)", min=0)
     arena_margin: float = param(0.1, "fraction added to the measured arena before the fit check", min=0.0, max=4.0)
     python: str = param("python3", "Python with ai-edge-litert and numpy on the device (reach: ssh)")
+    cpu: str | None = param(None, "MCU: the core TFLite Micro is compiled for and emulated (cortex-m4, cortex-m7, "
+                            "cortex-m55)")
+    measure: Literal["emulated", "estimate"] | None = param(
+        None, "MCU: emulated (TFLite Micro + CMSIS-NN built for cpu, run on qemu_machine) or estimate (MACs x "
+        "cycles_per_mac; no toolchain needed)")
+    qemu_machine: str | None = param(None, "MCU: the QEMU board that emulates cpu (mps2-an386, mps2-an500, "
+                                     "mps3-an547)")
+    cycles_per_instruction: float | None = param(
+        None, "MCU: cycles per emulated instruction, calibrated on a real board (latency = instructions x this / "
+        "clock); null: uncalibrated, no latency in ms is shown", min=0.1, max=20.0)
+    calibration: str = param("", "where cycles_per_instruction comes from")
+    tflm_src: str | None = param(None, "MCU: TensorFlow Lite Micro sources (a checkout or an offline mirror); null: "
+                                 "$EDGEPIPE_TFLM_SRC, else ../shared/mcu")
 
     def __post_init__(self):
         if not SAFE_NAME.match(self.name):  # it names the bundle's folder
             raise ValueError(f"name {self.name!r} is not usable as a folder name; fix: use letters, digits, _, - "
                              "and . (not first), no / or ..")
+        if self.measure == "emulated" and not (self.cpu and self.qemu_machine):
+            raise ValueError("measure: emulated needs cpu and qemu_machine; fix: e.g. cpu: cortex-m4 and "
+                             "qemu_machine: mps2-an386, or measure: estimate")
         missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(self, k) is None]
         if self.kind == "mcu" and missing:  # the fit verdict and every latency in ms need them
             raise ValueError(f"a microcontroller profile needs {', '.join(missing)}; fix: add "
@@ -74,15 +92,30 @@ BUILTIN: dict[str, dict] = {
                   reach="ssh", needs_int8=True),
     "android": dict(description="an Android phone over adb, LiteRT's benchmark_model binary",
                     kind="android", runtime="benchmark_model", reach="adb"),
-    "cortex-m4": dict(description="nRF52840-class Cortex-M4F, 64 MHz, 256 KB RAM, 1 MB flash, TFLite Micro",
-                      kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=256 * 1024,
-                      flash_bytes=1024 * 1024, clock_mhz=64, cycles_per_mac=2.0, runtime_flash_bytes=24 * 1024),
-    "cortex-m7": dict(description="STM32F746-class Cortex-M7, 216 MHz, 320 KB RAM, 1 MB flash, TFLite Micro",
+    # The Cortex-M4's latency factor is fitted to MLPerf Tiny's published results of this very board with
+    # CMSIS-NN kernels (benchmarks/README.md, `make bench`); the M7 and M55 have no published match, so
+    # they report instructions and no milliseconds.
+    "cortex-m4": dict(description="STM32L4R5-class Cortex-M4F (MLPerf Tiny's NUCLEO-L4R5ZI), 120 MHz, 640 KB SRAM, "
+                      "2 MB flash; TFLite Micro + CMSIS-NN, emulated on QEMU mps2-an386",
+                      kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=640 * 1024,
+                      flash_bytes=2048 * 1024, clock_mhz=120, cycles_per_mac=2.0, runtime_flash_bytes=24 * 1024,
+                      cpu="cortex-m4", measure="emulated", qemu_machine="mps2-an386", cycles_per_instruction=1.56,
+                      calibration="the median cycles per emulated instruction of MLPerf Tiny v1.0's microTVM + "
+                      "CMSIS-NN results on the NUCLEO-L4R5ZI at 120 MHz (the fit and its error: benchmarks/README.md)"),
+    "cortex-m7": dict(description="STM32F746-class Cortex-M7, 216 MHz, 320 KB RAM, 1 MB flash; TFLite Micro + "
+                      "CMSIS-NN, emulated on QEMU mps2-an500 (instructions; latency uncalibrated)",
                       kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=320 * 1024,
-                      flash_bytes=1024 * 1024, clock_mhz=216, cycles_per_mac=1.0, runtime_flash_bytes=24 * 1024),
+                      flash_bytes=1024 * 1024, clock_mhz=216, cycles_per_mac=1.0, runtime_flash_bytes=24 * 1024,
+                      cpu="cortex-m7", measure="emulated", qemu_machine="mps2-an500"),
+    "cortex-m55": dict(description="Cortex-M55 with Helium (Corstone-300 class), 512 KB RAM, 512 KB flash at 32 MHz "
+                       "as emulated; TFLite Micro + CMSIS-NN MVE kernels on QEMU mps3-an547 (instructions only)",
+                       kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=512 * 1024,
+                       flash_bytes=512 * 1024, clock_mhz=32, runtime_flash_bytes=24 * 1024,
+                       cpu="cortex-m55", measure="emulated", qemu_machine="mps3-an547"),
     "esp32-s3": dict(description="ESP32-S3 (Xtensa LX7, 240 MHz), 512 KB SRAM, 8 MB flash, TFLite Micro + ESP-NN",
                      kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=512 * 1024,
-                     flash_bytes=8 * 1024 * 1024, clock_mhz=240, cycles_per_mac=1.5, runtime_flash_bytes=32 * 1024),
+                     flash_bytes=8 * 1024 * 1024, clock_mhz=240, cycles_per_mac=1.5, runtime_flash_bytes=32 * 1024,
+                     measure="estimate"),
 }
 
 

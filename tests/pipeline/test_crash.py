@@ -37,7 +37,7 @@ def crash_recipe(root: Path) -> Path:
         "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
                   "params": {"warmup": 2, "runs": 20, "threads": [1]}},
         "firmware": {"kind": "bundle", "inputs": {"data": "data", "model": "tflite"}, "params": {"target": "cortex-m4"},
-                     "publish": ["cortex-m4/*"]},
+                     "publish": ["cortex-m4/**/*"]},
         "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.json", "report.md"]},
     })
     return write_recipe(root / "crash.yaml", spec)

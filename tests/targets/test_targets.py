@@ -17,6 +17,10 @@ from edgepipe.targets.edgetpu import parse_log
 from edgepipe.targets.profiles import load_target
 from edgepipe.testing import LocalSshd, tiny_recipe, write_idx_dataset, write_recipe
 
+needs_toolchain = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm")),
+    reason="no Cortex-M toolchain or QEMU (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
+           "libstdc++-arm-none-eabi-newlib qemu-system-arm)")
 needs_sshd = pytest.mark.skipif(not LocalSshd.available(),
                                 reason="OpenSSH server not installed (Debian: apt-get install openssh-server)")
 
@@ -123,9 +127,10 @@ def test_the_device_is_held_by_one_test_at_a_time(sshd):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_mcu_target_measures_arena_and_says_fit(cli, tmp_path, project):
+def test_mcu_estimate_measures_arena_on_the_host_and_says_fit(cli, tmp_path, project):
+    """`measure: estimate`, the path without a toolchain: TFLite Micro on this host, latency from MACs."""
     recipe = converted_recipe(tmp_path, project)
-    done = cli("bench", recipe, "--target", "cortex-m4")
+    done = cli("bench", recipe, "--target", "cortex-m4", "--set", "bench.measure=estimate")
     assert done.returncode == 0, done.stderr
     rows = {r["variant"]: r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]}
     f32, q = rows["float32"]["target"], rows["int8"]["target"]
@@ -136,16 +141,56 @@ def test_mcu_target_measures_arena_and_says_fit(cli, tmp_path, project):
     assert mcu["flash_needed_bytes"] > rows["int8"]["size_bytes"]
     assert set(mcu["ops"]) >= {"CONV_2D", "FULLY_CONNECTED"} and q["fits"] is True
     assert q["latency_p50_us"]["provenance"] == "estimate"
-    assert q["latency_p50_us"]["value"] == pytest.approx(rows["int8"]["macs"] * 2.0 / 64)
+    assert q["latency_p50_us"]["value"] == pytest.approx(rows["int8"]["macs"] * 2.0 / 120)
     assert q["accuracy"]["provenance"] == "tflm-host"
     assert abs(q["accuracy"]["value"] - rows["int8"]["accuracy"]) <= 0.05  # TFLM's kernels vs LiteRT's
     assert "most accurate model/int8" in done.stdout and "model/float32" not in done.stdout  # only what it runs
 
 
+@needs_toolchain
+def test_mcu_target_measured_on_the_emulated_core(cli, tmp_path, project):
+    """The profile's default: TFLite Micro + CMSIS-NN for the Cortex-M4, every test image on QEMU's board."""
+    recipe = converted_recipe(tmp_path, project)
+    import yaml
+
+    spec = yaml.safe_load(recipe.read_text())
+    spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench"]}}
+    recipe.write_text(yaml.safe_dump(spec))
+    done = cli("bench", recipe, "--target", "cortex-m4")
+    assert done.returncode == 0, done.stderr
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]}
+    q = rows["int8"]["target"]
+    emu = q["emulated"]
+    assert q["accuracy"] == {"value": emu["accuracy"], "provenance": "emulated"}
+    assert emu["test_samples"] == rows["int8"]["test_samples"] == emu["outputs_bit_exact_with_tflite_micro"]
+    assert emu["top1_agreement_with_host_litert"] >= 0.9
+    i = emu["instructions"]
+    assert 0 < i["min"] <= i["median"] <= i["max"] < 1.01 * i["min"]
+    assert emu["latency_ms"] == pytest.approx(i["median"] * 1.56 / 120e3)
+    assert q["latency_p50_us"] == {"value": pytest.approx(1000 * emu["latency_ms"]), "provenance": "emulated"}
+    assert emu["flash_by_origin"]["model data"] >= rows["int8"]["size_bytes"] and emu["flash_bytes"] > 20000
+    assert emu["ram_used_bytes"] >= emu["arena_used_bytes"] + emu["stack_used_bytes"] > 0 and q["fits"] is True
+    assert "[emu]" in done.stdout and "instr@cortex-m4" in done.stdout and "flash@cortex-m4" in done.stdout
+
+
+@needs_toolchain
+def test_a_model_that_does_not_fit_the_emulated_board_is_a_finding_naming_the_region(tmp_path, cli, project):
+    board = tmp_path / "small_m4.yaml"
+    board.write_text("kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 65536\n"
+                     "flash_bytes: 16384\nclock_mhz: 64\ncpu: cortex-m4\nmeasure: emulated\n"
+                     "qemu_machine: mps2-an386\n")
+    done = cli("bench", converted_recipe(tmp_path, project), "--target", board)
+    assert done.returncode == 0, done.stderr
+    q = [r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]
+         if r["variant"] == "int8"][0]["target"]
+    assert q["fits"] is False and "accuracy" not in q
+    assert q["why_not"].startswith("does not fit small_m4: FLASH overflowed by ") and " bytes" in q["why_not"]
+
+
 def test_mcu_that_does_not_fit_says_so(tmp_path, cli, project):
     board = tmp_path / "tiny_board.yaml"
     board.write_text("kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 512\n"
-                     "flash_bytes: 4096\nclock_mhz: 16\ncycles_per_mac: 4\n")
+                     "flash_bytes: 4096\nclock_mhz: 16\ncycles_per_mac: 4\nmeasure: estimate\n")
     recipe = converted_recipe(tmp_path, project)
     done = cli("bench", recipe, "--target", board)
     assert done.returncode == 0, done.stderr
@@ -175,9 +220,9 @@ def test_targets_command_lists_and_shows_profiles(cli, tmp_path):
     listing = cli("targets")
     assert listing.returncode == 0
     assert [line.split()[0] for line in listing.stdout.splitlines()] == \
-        ["host", "rpi4", "rpi5", "coral", "android", "cortex-m4", "cortex-m7", "esp32-s3"]
+        ["host", "rpi4", "rpi5", "coral", "android", "cortex-m4", "cortex-m7", "cortex-m55", "esp32-s3"]
     shown = cli("targets", "cortex-m4")
-    assert "ram_bytes            262144" in shown.stdout and "cycles_per_mac       2.0" in shown.stdout
+    assert "ram_bytes            655360" in shown.stdout and "measure              emulated" in shown.stdout
     missing = cli("targets", "rpi9")
     assert missing.returncode == 1 and missing.stderr.startswith("edgepipe: error: unknown target 'rpi9'")
 
@@ -328,24 +373,32 @@ def test_device_runner_is_standalone(tmp_path):
     assert json.loads(done.stdout)["error"].startswith("bad.tflite:")
 
 
-def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path, project):
+BUNDLE_FILES = {"model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h", "model_io.h", "labels.txt",
+                "preprocessing.json", "fit.json", "MODEL_CARD.md", "SHA256SUMS", "Makefile", "tflm_sources.mk",
+                "main.cc", "harness", "check_outputs.py", "sample_inputs.bin", "sample_outputs.bin", "sample_input.c"}
+
+
+def bundle_recipe(tmp_path, project, measure: str):
     recipe = converted_recipe(tmp_path, project)
     import yaml
 
     spec = yaml.safe_load(recipe.read_text())
     spec["stages"]["bench_host"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
                                     "params": {"target": "host", "warmup": 2, "runs": 20, "threads": [1]}}
+    spec["stages"]["bench"]["params"]["measure"] = measure
     spec["stages"]["firmware"] = {"kind": "bundle", "inputs": {"data": "data", "model": "tflite",
                                                                "benches": ["bench_host", "bench"]},
-                                  "params": {"intended_use": "a test"}, "publish": ["cortex-m4/*"]}
+                                  "params": {"intended_use": "a test"}, "publish": ["cortex-m4/**/*"]}
     recipe.write_text(yaml.safe_dump(spec))
-    done = cli("run", recipe, "--target", "cortex-m4")
+    return recipe
+
+
+def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path, project):
+    done = cli("run", bundle_recipe(tmp_path, project, "estimate"), "--target", "cortex-m4")
     assert done.returncode == 0, done.stderr
     assert "fits cortex-m4" in done.stdout
     out = tmp_path / "models/tiny/cortex-m4"
-    names = {p.name for p in out.iterdir()}
-    assert names == {"model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h", "model_io.h", "labels.txt",
-                     "preprocessing.json", "fit.json", "MODEL_CARD.md", "SHA256SUMS"}
+    assert {p.name for p in out.iterdir()} == BUNDLE_FILES
     assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out).returncode == 0
     # The C array is the model, byte for byte, 16-byte aligned, and compiles as C++.
     (tmp_path / "check.cc").write_text(
@@ -361,13 +414,40 @@ def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path
     ops = sorted({op.name for op in lint.read_graph(out / "model_int8.tflite")[0]})
     header = (out / "model_ops.h").read_text()
     assert f"kModelOpCount = {len(ops)};" in header
-    assert header.count("if (r.Add") == len(ops) and "r.AddConv2D()" in header and "r.AddFullyConnected()" in header
+    assert header.count("if (resolver.Add") == len(ops)
+    assert "resolver.AddConv2D(tflite::Register_CONV_2D_INT8())" in header and "resolver.AddFullyConnected(" in header
     fit = json.loads((out / "fit.json").read_text())
     io_h = (out / "model_io.h").read_text()
-    assert f"kTensorArenaSize = {-(-fit['ram_needed_bytes'] // 16) * 16};" in io_h
+    assert f"kTensorArenaSize = {-(-fit['ram_needed_bytes'] // 16) * 16};" in io_h and fit["measured"] is None
     card = (out / "MODEL_CARD.md").read_text()
     assert "**estimate**" in card and "Verdict: fits" in card and "a test" in card
     assert card.count("| model/int8 |") == 1 and card.count("| model/float32 |") == 1  # one row per model
+    mk = (out / "tflm_sources.mk").read_text()
+    assert "kernels/cmsis_nn/conv.cc" in mk and "cmsis_nn/Source/" in mk and "pooling" not in mk  # only its ops
+
+
+@needs_toolchain
+def test_the_bundle_is_what_was_measured_and_builds_by_itself(cli, tmp_path, project):
+    """Benched on the emulated Cortex-M4, the bundle quotes the measured flash and RAM; copied to a clean
+    folder, its own Makefile builds TFLite Micro and the harness and reproduces every measured output."""
+    done = cli("run", bundle_recipe(tmp_path, project, "profile"), "--target", "cortex-m4")
+    assert done.returncode == 0, done.stderr
+    bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
+    emulated = next(r for r in bench["rows"] if r["variant"] == "int8")["target"]["emulated"]
+    fit = json.loads((tmp_path / "models/tiny/cortex-m4/fit.json").read_text())
+    assert fit["measured"] == emulated and fit["arena_hint_bytes"] == emulated["arena_bytes"]
+    card = (tmp_path / "models/tiny/cortex-m4/MODEL_CARD.md").read_text()
+    assert f"Flash: {emulated['flash_bytes']:,} of" in card and f"RAM: {emulated['ram_used_bytes']:,} of" in card
+    clean = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "models/tiny/cortex-m4", clean)
+    from edgepipe.targets.mcu.sources import locate_sources
+
+    tflm = locate_sources(None).root
+    built = subprocess.run(["make", "-j2", f"TFLM_DIR={tflm}", "check"], cwd=clean, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert "8 of 8 sample outputs identical to edgepipe's measurement" in built.stdout
+    example = subprocess.run(["make", f"TFLM_DIR={tflm}", "run-example"], cwd=clean, capture_output=True, text=True)
+    assert example.returncode == 0 and "class of the first sample input: " in example.stdout, example.stderr[-2000:]
 
 
 def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, project):
@@ -376,7 +456,8 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
 
     spec = yaml.safe_load(recipe.read_text())
     spec["stages"]["bench_m4"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                  "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1]}}
+                                  "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1],
+                                             "measure": "estimate"}}
     spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench", "bench_m4"]}}
     recipe.write_text(yaml.safe_dump(spec))
     done = cli("bench", recipe)  # `bench` runs the bench stages and what reads them: the report

@@ -1,0 +1,27 @@
+"""Board in a box: measure an int8 ``.tflite`` model on an emulated Cortex-M.
+
+TensorFlow Lite Micro (TFLM) with CMSIS-NN kernels is cross-compiled with
+Debian's ``arm-none-eabi`` toolchain -- only the sources a given model needs --
+and linked with a small bare-metal harness into an ELF that runs on
+``qemu-system-arm`` (mps2-an386 = Cortex-M4F, mps2-an500 = Cortex-M7F).
+The emulator reports exact instruction counts per inference, the output
+bytes, the arena, stack and heap use; the linked ELF and its map give the
+deployable flash and RAM broken down by origin.
+
+Modules:
+    errors     McuError (one-line "what; fix: how" failures)
+    toolchain  find arm-none-eabi-* and qemu-system-arm, with versions
+    sources    locate / unpack the TFLM sources (tarball mirror -> cache)
+    model      read a .tflite flatbuffer (ops, tensors, quantization)
+    resolver   generate model_ops.h from TFLM's micro_mutable_op_resolver.h
+    build      compile TFLM core, CMSIS-NN and the model's kernels (cached)
+    bundle     write model_data.{h,cc}, model_ops.h, model_io.h
+    run        link firmware, memory report, run on QEMU
+    reference  host reference outputs (tflite_micro, ai_edge_litert)
+    calibrate  MLPerf Tiny calibration of cycles per instruction
+    measure    a bench's figures for a set of models: accuracy, instructions, flash, RAM
+"""
+
+from edgepipe.targets.mcu.errors import McuError
+
+__all__ = ["McuError"]
