@@ -3,6 +3,9 @@
 runner_noop: how long `edgepipe run` takes when every stage is up to date (the "rerun with nothing
 changed" figure), as the median of several runs of the real console script on the smoke recipe.
 
+mcu_calibration: MLPerf Tiny's reference models on the emulated Cortex-M4, and the cycles per instruction
+fitted to their published latencies on a real board (the cortex-m4 profile's `cycles_per_instruction`).
+
 latency_vs_reference: after `make recipe=mnist_student`, the deployable int8 student against the TF-MOT
 example model (or any two models of one input: `--pair OURS REFERENCE`), one thread each, interleaved
 round by round in one process so that both see the same machine; the ratio is taken within each round
@@ -71,7 +74,25 @@ def latency_vs_reference(ours: Path, reference: Path, rounds: int = 7, runs: int
             "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}
 
 
-BENCHMARKS = ("runner_noop", "latency_vs_reference")
+def mcu_calibration() -> None:
+    """MLPerf Tiny's four reference models on the emulated Cortex-M4 (TFLite Micro + CMSIS-NN), the cycles per
+    instruction fitted to their published latencies on the NUCLEO-L4R5ZI, against the cortex-m4 profile's."""
+    import shutil
+
+    from edgepipe.targets.mcu.calibrate import calibration
+    from edgepipe.targets.profiles import load_target
+
+    if not all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm")):
+        print("mcu_calibration: skipped (no Cortex-M toolchain: apt-get install gcc-arm-none-eabi "
+              "libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)")
+        return
+    fit = calibration(log=print)
+    profile = load_target("cortex-m4").cycles_per_instruction
+    print(f"mcu_calibration: fitted {fit['factor']:.3f} cycles per instruction; the cortex-m4 profile uses {profile}"
+          + ("" if abs(fit["factor"] - profile) < 0.01 else " (update it)"))
+
+
+BENCHMARKS = ("runner_noop", "latency_vs_reference", "mcu_calibration")
 
 
 @click.command()
@@ -98,6 +119,8 @@ def report(names, run_dir: Path, pair: tuple[Path, Path] | None = None) -> None:
         r = runner_noop()
         print(f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} "
               f"runs (min {r['min_s']:.3f}, max {r['max_s']:.3f})")
+    if "mcu_calibration" in names:
+        mcu_calibration()
     if "latency_vs_reference" not in names:
         return
     if pair is None:

@@ -68,7 +68,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     fsio.write_json(io.out / "report.json", report)
     target_table = _target_table(rows, targets)
     fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table))
-    _pareto(rows, io.out / "pareto.png")
+    _pareto(rows, targets, io.out / "pareto.png")
     write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
@@ -241,37 +241,79 @@ def _markdown(title: str, table, gates, provenance, int8_cost, target_table=()) 
     return "\n".join(lines) + "\n"
 
 
-def _pareto(rows: list[dict], dest: Path) -> None:
+def _pareto(rows: list[dict], targets: dict, dest: Path) -> None:
+    """Accuracy against latency, one panel per target (this host's LiteRT first), the Pareto front drawn.
+
+    On a target, each model is placed at its accuracy and latency there (emulated or measured on the
+    device); a target whose models have no latency in milliseconds (an uncalibrated emulated core) is
+    drawn against instructions per inference instead.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    panels = [("host", "p50 latency on this host, 1 thread (us, log)",
+               [(((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
+                 100 * r["accuracy"], r) for r in rows])]
+    names = list(dict.fromkeys(t for per in targets.values() for t in per if t != "host"))
+    for t in names:
+        figs = [(targets.get(r["name"], {}).get(t), r) for r in rows]
+        figs = [(f, r) for f, r in figs if f and f.get("accuracy") and f["accuracy"].get("value") is not None]
+        if not figs:
+            continue
+        timed = [f for f, _ in figs if (f.get("latency_p50_us") or {}).get("value") is not None]
+        key, label = (("latency_p50_us", f"latency on {t} (us, log)") if timed else
+                      ("instructions", f"instructions per inference on {t} (log)"))
+        panels.append((t, label, [((f.get(key) or {}).get("value"), 100 * f["accuracy"]["value"], r)
+                                  for f, r in figs]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     colors = {"float32": "tab:blue", "float16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
-    points = []
-    for r in rows:
-        lat = r["latency"].get("threads_1") or next(iter(r["latency"].values()), None)
-        if lat is not None:
-            points.append((lat["p50_us"], 100 * r["accuracy"], r))
-    seen = set()
-    for i, (x, y, r) in enumerate(sorted(points, key=lambda p: (p[0], p[1]))):
-        label = r["variant"] if r["variant"] not in seen else None
-        seen.add(r["variant"])
-        ax.scatter(x, y, s=20 + r["size_bytes"] / 2000, alpha=0.6, color=colors.get(r["variant"], "gray"),
-                   marker="D" if r["qat"] else "o", label=label)
-        # neighbours in latency get labels at different heights so they do not overprint
-        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(5, -10 + 9 * (i % 3)), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency, 1 thread (us, log)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs latency (marker area ~ file size, diamond = QAT)")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
+    for ax, (title, xlabel, points) in zip(axes[0], panels):
+        points = sorted((p for p in points if p[0]), key=lambda p: (p[0], -p[1]))
+        seen = set()
+        for x, y, r in points:
+            ax.scatter(x, y, s=20 + r["size_bytes"] / 2000, alpha=0.6, color=colors.get(r["variant"], "gray"),
+                       marker="D" if r["qat"] else "o", label=None if r["variant"] in seen else r["variant"])
+            seen.add(r["variant"])
+        front, best = [], -1.0
+        for x, y, _ in points:  # faster first: a point is on the front if nothing faster is as accurate
+            if y > best:
+                front.append((x, y))
+                best = y
+        if front:
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", lw=1, alpha=0.5,
+                    label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"test accuracy on {title} (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        _label_without_overlap(fig, ax, points)
+    fig.suptitle("accuracy vs latency (marker area ~ file size, diamond = QAT)")
     fig.tight_layout()
     with fsio.atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _label_without_overlap(fig, ax, points) -> None:
+    """Name every point, each label placed at the first of a few offsets where it overlaps no label placed
+    before it (neighbours in latency otherwise print over each other)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    offsets = [(6, 4), (6, -11), (6, 14), (6, -21), (-6, 4), (-6, -11), (6, 24), (6, -31)]
+    for x, y, r in points:
+        for i, (dx, dy) in enumerate(offsets):
+            text = ax.annotate(r["name"], (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or i == len(offsets) - 1:
+                placed.append(box)
+                break
+            text.remove()
 
 
 KIND = StageKind(

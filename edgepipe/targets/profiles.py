@@ -99,7 +99,7 @@ BUILTIN: dict[str, dict] = {
                       "2 MB flash; TFLite Micro + CMSIS-NN, emulated on QEMU mps2-an386",
                       kind="mcu", runtime="tflite-micro", reach="none", needs_int8=True, ram_bytes=640 * 1024,
                       flash_bytes=2048 * 1024, clock_mhz=120, cycles_per_mac=2.0, runtime_flash_bytes=24 * 1024,
-                      cpu="cortex-m4", measure="emulated", qemu_machine="mps2-an386", cycles_per_instruction=1.56,
+                      cpu="cortex-m4", measure="emulated", qemu_machine="mps2-an386", cycles_per_instruction=1.561,
                       calibration="the median cycles per emulated instruction of MLPerf Tiny v1.0's microTVM + "
                       "CMSIS-NN results on the NUCLEO-L4R5ZI at 120 MHz (the fit and its error: benchmarks/README.md)"),
     "cortex-m7": dict(description="STM32F746-class Cortex-M7, 216 MHz, 320 KB RAM, 1 MB flash; TFLite Micro + "

@@ -38,10 +38,7 @@ the leave-one-out error (fit on the other three, predict the fourth).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -51,18 +48,16 @@ from edgepipe.targets.mcu.build import build
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
 from edgepipe.targets.mcu.run import memory_report, prepare_firmware, run_many
-from edgepipe.targets.mcu.sources import locate_sources
+from edgepipe.targets.mcu.sources import default_mirrors, locate_sources
 
-__all__ = ["MODELS", "PUBLISHED", "measure_models", "fit_factor", "main"]
-
-MLPERF_DIR = Path("/work/shared/mcu/mlperf_tiny")
+__all__ = ["MODELS", "PUBLISHED", "measure_models", "fit_factor", "calibration", "mlperf_dir"]
 
 #: benchmark -> .tflite file name (mlcommons/tiny benchmark/training/*/trained_models/)
 MODELS = {"kws": "kws_ref_model.tflite", "ic": "pretrainedResnet_quant.tflite",
           "vww": "vww_96_int8.tflite", "ad": "ad01_int8.tflite"}
 
-#: Published STM32L4R5ZI (Cortex-M4F @ 120 MHz) latencies, as quoted in
-#: /work/shared/mcu/NOTES.md section 5, with their source files.
+#: Published STM32L4R5ZI (Cortex-M4F @ 120 MHz) latencies, as quoted in ../shared/mcu/NOTES.md section 5,
+#: with their source files in MLPerf Tiny's results repositories.
 PUBLISHED = {
     "board": "NUCLEO-L4R5ZI (STM32L4R5ZI, Cortex-M4F)",
     "clock_hz": 120_000_000,
@@ -93,7 +88,7 @@ PUBLISHED = {
             "throughput_inf_per_s": {"kws": 13.323, "ic": 4.407},
         },
     },
-    "quoted_in": "/work/shared/mcu/NOTES.md section 5",
+    "quoted_in": "../shared/mcu/NOTES.md, section 5",
 }
 CHOSEN_SET = "v1.0_octoml_microtvm_cmsis_nn"
 
@@ -106,7 +101,7 @@ def published_ms(set_name: str = CHOSEN_SET) -> dict[str, float]:
 
 
 def measure_models(models: dict[str, Path], *, tflm_src=None, target="cortex-m4",
-                   n: int = 20, seed: int = 0, int8_kernels: bool = False,
+                   n: int = 20, seed: int = 0, int8_kernels: bool = True,
                    host_check: bool = True, log=print) -> dict:
     """Build, size, link and run each model over *n* random int8 inputs.
 
@@ -136,7 +131,7 @@ def measure_models(models: dict[str, Path], *, tflm_src=None, target="cortex-m4"
             raise r
         mem = memory_report(fw.elf, fw.map, size_exe=b.toolchain.size).with_measured(r.summary)
         d = {"model": str(info.path), "ops": [m.op for m in b.ops],
-             "objects": b.objects, **r.stats(), "arena": ainfo,
+             "objects": b.objects, **r.stats(), "instr_median": float(np.median(r.instructions)), "arena": ainfo,
              "memory": mem.as_dict(), "memory_table": mem.table(),
              "emulation_wall_s": r.wall_seconds}
         if host_check:
@@ -196,60 +191,39 @@ def _table(fit: dict, clock_hz: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mcu.calibrate")
-    ap.add_argument("--mlperf-dir", default=str(MLPERF_DIR))
-    ap.add_argument("--tflm-src", default=None)
-    ap.add_argument("-n", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default="calibration.json")
-    ap.add_argument("--from-json", default=None,
-                    help="re-fit from a previous calibration JSON (no emulation)")
-    a = ap.parse_args(argv)
-    try:
-        if a.from_json:
-            meas = json.loads(Path(a.from_json).read_text())["measurements"]
-        else:
-            models = {b: Path(a.mlperf_dir) / f for b, f in MODELS.items()}
-            meas = measure_models(models, tflm_src=a.tflm_src, n=a.n, seed=a.seed,
-                                  log=lambda s: print(s, file=sys.stderr))
-    except McuError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror or e} ({e.filename}); fix: check the path, "
-              "permissions and free disk space", file=sys.stderr)
-        return 2
-    instr = {b: d["instr_mean"] for b, d in meas["models"].items()}
+def mlperf_dir() -> Path:
+    """MLPerf Tiny's reference models in the offline mirror (`<mirror>/mlperf_tiny/`)."""
+    for mirror in default_mirrors():
+        if (mirror / "mlperf_tiny").is_dir():
+            return mirror / "mlperf_tiny"
+    raise McuError("MLPerf Tiny's reference models not found (no ../shared/mcu/mlperf_tiny)",
+                   "put kws_ref_model.tflite, pretrainedResnet_quant.tflite, vww_96_int8.tflite and ad01_int8.tflite "
+                   "from github.com/mlcommons/tiny benchmark/training/*/trained_models/ in a mlperf_tiny/ folder there")
+
+
+def calibration(n: int = 20, seed: int = 0, tflm_src=None, log=print) -> dict:
+    """Measure the four MLPerf Tiny models on the emulated Cortex-M4 and fit the factor: the tables printed,
+    the figures returned (what `make bench` runs)."""
+    models = {b: mlperf_dir() / f for b, f in MODELS.items()}
+    meas = measure_models(models, tflm_src=tflm_src, n=n, seed=seed, log=lambda line: None)
+    instr = {b: d["instr_median"] for b, d in meas["models"].items()}
     clock = PUBLISHED["clock_hz"]
-    print(f"instructions per inference on {meas['target']} ({meas['n']} random int8 "
-          f"inputs, seed {meas['seed']}):")
+    log(f"instructions per inference on the emulated {meas['target']} ({n} random int8 inputs, seed {seed}):")
     for b, d in meas["models"].items():
         ve = d.get("vs_tflite_micro", {})
-        print(f"  {b:<4} min {d['instr_min']:>12,} mean {d['instr_mean']:>14,.0f} "
-              f"max {d['instr_max']:>12,}  arena_used {d['arena']['arena_used_bytes']:>7,} B"
-              f"  flash {d['memory']['flash_bytes']:>8,} B"
-              + (f"  bit-exact vs tflite_micro {ve['bit_exact']}/{ve['n']}" if ve else ""))
-    fits = {}
-    for set_name in PUBLISHED["sets"]:
-        ms = published_ms(set_name)
-        for method in ("median", "lsq"):
-            fits[f"{set_name}/{method}"] = fit_factor(instr, ms, clock, method)
+        log(f"  {b:<4} min {d['instr_min']:>12,} median {d['instr_median']:>14,.0f} max {d['instr_max']:>12,}"
+            f"  arena_used {d['arena']['arena_used_bytes']:>7,} B  flash {d['memory']['flash_bytes']:>8,} B"
+            + (f"  bit-exact with tflite_micro {ve['bit_exact']}/{ve['n']}" if ve else ""))
+    fits = {f"{name}/{method}": fit_factor(instr, published_ms(name), clock, method)
+            for name in PUBLISHED["sets"] for method in ("median", "lsq")}
     chosen = fits[f"{CHOSEN_SET}/median"]
-    print(f"\nchosen: {CHOSEN_SET}, median\n" + _table(chosen, clock))
-    print(f"\nfor comparison: {CHOSEN_SET}, least squares on the ratio\n"
-          + _table(fits[f"{CHOSEN_SET}/lsq"], clock))
-    print("\nother published sets (median): " + ", ".join(
-        f"{k.split('/')[0]} k={v['factor']:.2f} (mean |LOO err| "
-        f"{v['mean_abs_loo_error_pct']:.0f} %)" for k, v in fits.items()
-        if k.endswith("/median") and not k.startswith(CHOSEN_SET)))
-    Path(a.json).write_text(json.dumps({
-        "chosen_set": CHOSEN_SET, "chosen_method": "median",
-        "factor": chosen["factor"], "published": PUBLISHED,
-        "fits": fits, "measurements": meas}, indent=1, default=str))
-    print(f"\nwrote {a.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    log(f"\npublished: {PUBLISHED['board']} at {clock / 1e6:.0f} MHz, {CHOSEN_SET}")
+    for b in MODELS:
+        log(f"  {b:<4} {PUBLISHED['sets'][CHOSEN_SET]['repo']}/{PUBLISHED['sets'][CHOSEN_SET]['files'][b]}")
+    log(_table(chosen, clock))
+    log("least squares on the ratio instead: " + _table(fits[f"{CHOSEN_SET}/lsq"], clock).splitlines()[0])
+    log("other published sets (median): " + ", ".join(
+        f"{k.split('/')[0]} {v['factor']:.2f} (mean |LOO error| {v['mean_abs_loo_error_pct']:.0f} %)"
+        for k, v in fits.items() if k.endswith("/median") and not k.startswith(CHOSEN_SET)))
+    return {"chosen_set": CHOSEN_SET, "chosen_method": "median", "factor": chosen["factor"], "fit": chosen,
+            "fits": fits, "measurements": meas}

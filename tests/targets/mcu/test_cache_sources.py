@@ -178,3 +178,24 @@ def test_pure_python_patch_matches_git(tflm_sources, tmp_path):
     for rel in ("include/flatbuffers/base.h", "include/flatbuffers/default_allocator.h",
                 "include/flatbuffers/flatbuffer_builder.h"):
         assert (tmp_path / "flatbuffers" / rel).read_text() == (ref / rel).read_text(), rel
+
+
+def test_the_calibration_fit_is_the_median_ratio_and_its_leave_one_out(tmp_path):
+    from edgepipe.targets.mcu.calibrate import fit_factor
+
+    instr = {"a": 1e6, "b": 2e6, "c": 3e6}
+    ms = {"a": 1.5e6 / 120e3, "b": 2 * 1.6e6 / 120e3, "c": 3 * 2.0e6 / 120e3}  # 1.5, 1.6, 2.0 cycles/instr
+    fit = fit_factor(instr, ms, 120e6)
+    assert fit["factor"] == pytest.approx(1.6)
+    assert fit["rows"]["a"]["loo_factor"] == pytest.approx(1.8)  # median of b and c
+    assert fit["rows"]["c"]["error_pct"] == pytest.approx(100 * (1.6 / 2.0 - 1))
+
+
+def test_the_default_mirror_is_found_beside_the_checkout(monkeypatch):
+    import edgepipe.targets.mcu.sources as sources
+
+    monkeypatch.delenv(sources.ENV_VAR, raising=False)
+    found = [m for m in sources.default_mirrors() if (m / "src" / "tflite-micro.tar.gz").is_file()]
+    if not found:
+        pytest.skip("no ../shared/mcu mirror beside this checkout")
+    assert sources.locate_sources().kind == "mirror"
