@@ -85,6 +85,8 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
     fsio.write_json(out / "preprocessing.json", preprocessing_spec(side))
     benches = [json.loads((Path(b) / "bench.json").read_text()) for b in io.inputs.get("benches", [])]
     measured = _emulated_figures(benches, target, side["file"])
+    if target.kind == "edgetpu":
+        _edgetpu_model(out, src, io.inputs.get("benches", []), target)
     fit = _mcu_files(out, src, side, ds, target, params.symbol, measured) if target.kind == "mcu" else None
     fsio.write_text(out / "MODEL_CARD.md", model_card(side, ds, target, fit, benches, params.intended_use))
     files = sorted(p for p in out.rglob("*") if p.is_file())
@@ -100,6 +102,18 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
         verdict = (f"; arena {fsio.human_size(fit['arena_bytes'])}, flash {fsio.human_size(fit['flash_needed_bytes'])} "
                    f"(estimate): {'fits' if fit['fits'] else 'does NOT fit'} {target.name}")
     return f"{target.name}/ {len(list(out.iterdir()))} files for {src.name}{verdict}"
+
+
+def _edgetpu_model(out: Path, src: Path, bench_dirs: list, target: Target) -> None:
+    """The model compiled for the Edge TPU, as the bench that measured it compiled it, and the compiler's log."""
+    for d in bench_dirs:
+        compiled = Path(d) / "edgetpu" / f"{src.stem}_edgetpu.tflite"
+        if compiled.is_file():
+            for f in compiled.parent.glob(f"{src.stem}_edgetpu*"):
+                shutil.copyfile(f, out / f.name)
+            return
+    raise EdgepipeError(f"bundle: no Edge TPU compilation of {src.name} among the benches given",
+                        f"give this bundle a bench of target {target.name} as input benches")
 
 
 def _emulated_figures(benches: list[dict], target: Target, file: str) -> dict | None:

@@ -45,6 +45,12 @@ SPACE_TO_DEPTH SPLIT SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM TANH TRANS
 """.split())
 
 RUNTIME_OPS = {"mcu": ("TFLite Micro", TFLM_OPS), "edgetpu": ("the Edge TPU", EDGETPU_OPS)}
+
+# The first operator version edgetpu_compiler 16.0 (its last release) refuses ("Didn't find op for builtin
+# opcode 'CONV_2D' version '6'"), as reported in google-coral/edgetpu #631 (CONV_2D), #845 (TRANSPOSE_CONV),
+# #879 (QUANTIZE) and google-coral/libedgetpu #71 (EXP). Newer TensorFlow converters write these versions;
+# an op not listed is not known to be refused.
+EDGETPU_REFUSED_VERSIONS = {"CONV_2D": 6, "TRANSPOSE_CONV": 4, "QUANTIZE": 3, "EXP": 2}
 FLOAT = (np.float32, np.float16, np.float64)
 
 
@@ -105,6 +111,32 @@ def lint(path: Path, *, int8: bool, target_kind: str | None = None) -> list[Find
         findings += _float_ops(graph) + _quant_islands(graph)
     if target_kind in RUNTIME_OPS:
         findings += _unsupported_ops(graph, *RUNTIME_OPS[target_kind])
+    if target_kind == "edgetpu":
+        findings += _refused_versions(graph, op_versions(path))
+    return findings
+
+
+def op_versions(path: Path) -> list[int]:
+    """The version of each operator of the model's main graph, in graph order (from the flatbuffer)."""
+    from edgepipe.targets.mcu.errors import McuError
+    from edgepipe.targets.mcu.model import read_model
+
+    try:
+        return list(read_model(path).op_versions)
+    except McuError as e:
+        raise EdgepipeError(f"{path}: not a valid LiteRT model ({e.message})", "re-run the convert stage") from None
+
+
+def _refused_versions(g: "_Graph", versions: list[int]) -> list[Finding]:
+    """Operators written in a version the Edge TPU compiler refuses."""
+    findings = []
+    for op, version in zip(g.ops, versions):
+        first = EDGETPU_REFUSED_VERSIONS.get(op.name)
+        if first is not None and version >= first:
+            findings.append(Finding("unsupported_op_version", op.name, g.layer(op),
+                                    f"{g.at(op)} is version {version}; edgetpu_compiler 16.0 takes it up to version "
+                                    f"{first - 1}; fix: convert with an older TensorFlow (2.8 and before write "
+                                    "versions it takes), or keep this op off the Edge TPU"))
     return findings
 
 

@@ -17,6 +17,8 @@ from edgepipe.targets.edgetpu import parse_log
 from edgepipe.targets.profiles import load_target
 from edgepipe.testing import LocalSshd, tiny_recipe, write_idx_dataset, write_recipe
 
+DATA = Path(__file__).parent / "data"
+
 needs_toolchain = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm")),
     reason="no Cortex-M toolchain or QEMU (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
@@ -86,7 +88,8 @@ def test_remote_bench_through_real_sshd_matches_host_exactly(cli, tmp_path, sshd
 @pytest.mark.parametrize("case, expected", [
     ("unreachable", "device unreachable"),
     ("auth", "SSH authentication failed"),
-    ("runtime", "install it on the device: python3 -m pip install ai-edge-litert numpy"),
+    ("runtime", "make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
+                "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python"),
     ("no_host", "is reached over SSH but no host was given"),
 ])
 def test_remote_failures_are_one_line(cli, tmp_path, sshd, case, expected, project):
@@ -287,6 +290,38 @@ def test_lint_passes_a_clean_int8_model_and_flags_nothing_in_float(tmp_path, cli
     assert {f.code for f in lint.lint(out / "model_float32.tflite", int8=True)} == {"float_op"}
 
 
+def with_op_version(src: Path, dst: Path, op: str, version: int) -> Path:
+    """`src` with every `op` operator code rewritten to `version`, as a newer converter would write it."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(src.read_bytes(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    hits = [c for c in model.operatorCodes if names[max(c.builtinCode, c.deprecatedBuiltinCode)] == op]
+    assert hits, f"{src.name} has no {op}"
+    for code in hits:
+        code.version = version
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(bytes(builder.Output()))
+    return dst
+
+
+def test_lint_names_op_versions_the_edgetpu_compiler_refuses(tmp_path, project):
+    converted_recipe(tmp_path, project)
+    clean = tmp_path / "runs/tiny/tflite/model_int8.tflite"
+    first = lint.EDGETPU_REFUSED_VERSIONS["CONV_2D"]
+    below = with_op_version(clean, tmp_path / "conv_below.tflite", "CONV_2D", first - 1)
+    assert not [f for f in lint.lint(below, int8=True, target_kind="edgetpu") if f.code == "unsupported_op_version"]
+    refused = with_op_version(clean, tmp_path / "conv_refused.tflite", "CONV_2D", first)
+    assert lint.op_versions(refused).count(first) >= 1
+    found = [f for f in lint.lint(refused, int8=True, target_kind="edgetpu") if f.code == "unsupported_op_version"]
+    assert found and all(f.op == "CONV_2D" for f in found)
+    assert f"is version {first}; edgetpu_compiler 16.0 takes it up to version {first - 1}" in found[0].message
+    # the same file on a microcontroller: TFLite Micro's kernels take every version, nothing to say
+    assert not [f for f in lint.lint(refused, int8=True, target_kind="mcu") if f.code == "unsupported_op_version"]
+
+
 def test_bench_stage_prints_lint_findings_for_the_target(tmp_path, cli, project):
     recipe = converted_recipe(tmp_path, project)
     out = tmp_path / "runs/tiny/tflite"
@@ -326,12 +361,24 @@ def test_tool_output_parsers():
            "Input model: model_int8.tflite\nNumber of Edge TPU subgraphs: 1\nTotal number of operations: 7\n"
            "Operation log: model_int8_edgetpu.log\n\nNumber of operations that will run on Edge TPU: 6\n"
            "Number of operations that will run on CPU: 1\n")
-    assert parse_log(log) == {"ops_edgetpu": 6, "ops_cpu": 1, "fully_mapped": False}
+    got = parse_log(log)
+    assert {k: got[k] for k in ("ops_edgetpu", "ops_cpu", "fully_mapped")} == {"ops_edgetpu": 6, "ops_cpu": 1,
+                                                                               "fully_mapped": False}
+    assert got["on_chip_used_bytes"] is None  # this log printed no memory lines: unknown, not zero
+    log += ("On-chip memory used for caching model parameters: 1.25MiB\n"
+            "On-chip memory remaining for caching model parameters: 6.50MiB\n"
+            "Off-chip memory used for streaming uncached model parameters: 256.00KiB\n")
+    got = parse_log(log)
+    assert got["on_chip_used_bytes"] == int(1.25 * 1024 * 1024) and got["off_chip_bytes"] == 256 * 1024
     out = ("INFO: Inference timings in us: Init: 2831, First inference: 3021, Warmup (avg): 1554.31, "
            "Inference (avg): 1538.1\nINFO: Memory footprint delta from the start of the tool (MB): "
            "init=2.63672 overall=3.10547\n")
     got = parse_output(out)
     assert got["mean_us"] == pytest.approx(1538.1) and got["memory_bytes"] == int(3.10547 * 1024 * 1024)
+    # LiteRT's own Python benchmark tool (ai-edge-litert), captured verbatim: milliseconds, one line each
+    got = parse_output((DATA / "litert_benchmark_teacher_float32.txt").read_text())
+    assert got["mean_us"] == pytest.approx(70) and got["p50_us"] == pytest.approx(60)
+    assert got["p95_us"] == pytest.approx(120) and got["max_us"] == pytest.approx(350)
 
 
 def test_host_latency_is_timed_in_interleaved_rounds(project, monkeypatch):
@@ -448,6 +495,47 @@ def test_the_bundle_is_what_was_measured_and_builds_by_itself(cli, tmp_path, pro
     assert "8 of 8 sample outputs identical to edgepipe's measurement" in built.stdout
     example = subprocess.run(["make", f"TFLM_DIR={tflm}", "run-example"], cwd=clean, capture_output=True, text=True)
     assert example.returncode == 0 and "class of the first sample input: " in example.stdout, example.stderr[-2000:]
+
+
+STAND_IN_COMPILER = """#!/bin/sh
+# Stands in for edgetpu_compiler (x86-64 from Coral's own apt repository, not installable here): same
+# arguments, same output files, same log lines; the "compiled" model is the input unchanged.
+while [ $# -gt 1 ]; do case "$1" in -o) out="$2"; shift 2;; *) shift;; esac; done
+stem=$(basename "$1" .tflite)
+cp "$1" "$out/${stem}_edgetpu.tflite"; echo "op table" > "$out/${stem}_edgetpu.log"
+echo "Edge TPU Compiler version 16.0.384591198"
+echo "On-chip memory used for caching model parameters: 20.25KiB"
+echo "Number of operations that will run on Edge TPU: 5"
+echo "Number of operations that will run on CPU: 0"
+"""
+
+
+def test_coral_bundle_ships_the_model_the_bench_compiled(tmp_path, project):
+    from edgepipe.stages.bundle import BundleParams, run_bundle_stage
+    from edgepipe.targets import edgetpu
+    from edgepipe.testing import run_stage
+
+    converted_recipe(tmp_path, project)
+    compiler = tmp_path / "edgetpu_compiler"
+    compiler.write_text(STAND_IN_COMPILER)
+    compiler.chmod(0o755)
+    model = tmp_path / "runs/tiny/tflite/model_int8.tflite"
+    bench = tmp_path / "bench_coral"
+    (bench / "edgetpu").mkdir(parents=True)
+    compiled, counts = edgetpu.compile_model(model, bench / "edgetpu", str(compiler))
+    assert counts == {"ops_edgetpu": 5, "ops_cpu": 0, "fully_mapped": True, "on_chip_used_bytes": 20736,
+                      "on_chip_remaining_bytes": None, "off_chip_bytes": None}
+    (bench / "bench.json").write_text(json.dumps({"target": {"name": "coral"}, "rows": []}))
+    inputs = {"data": str(tmp_path / "runs/tiny/data"), "model": str(model.parent)}
+    out = run_stage(tmp_path, "bundle_ok", run_bundle_stage, BundleParams, {"target": "coral"},
+                    **inputs, benches=[str(bench)])
+    files = {p.name for p in (out / "coral").iterdir()}
+    assert {"model_int8.tflite", "model_int8_edgetpu.tflite", "model_int8_edgetpu.log",
+            "model_int8_edgetpu.compile.log", "SHA256SUMS", "MODEL_CARD.md"} <= files
+    assert (out / "coral/model_int8_edgetpu.tflite").read_bytes() == compiled.read_bytes()
+    assert "model_int8_edgetpu.tflite" in (out / "coral/SHA256SUMS").read_text()
+    with pytest.raises(EdgepipeError, match="no Edge TPU compilation of model_int8.tflite"):
+        run_stage(tmp_path, "bundle_no_bench", run_bundle_stage, BundleParams, {"target": "coral"}, **inputs)
 
 
 def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, project):

@@ -114,6 +114,7 @@ class ModelInfo:
             tensors of its operators (used to pick int8-only registrations).
         inputs, outputs: main subgraph I/O tensors.
         num_operators: operators over all subgraphs.
+        op_versions: the version of each operator of the main subgraph, in graph order.
     """
 
     path: Path
@@ -124,6 +125,7 @@ class ModelInfo:
     inputs: tuple = ()
     outputs: tuple = ()
     num_operators: int = 0
+    op_versions: tuple = ()  # the operator version of each operator of the main subgraph, in order
 
 
 def _tensor(t: _Table) -> TensorInfo:
@@ -166,15 +168,17 @@ def read_model(path: str | Path) -> ModelInfo:
             ext = oc.scalar(3, "i", 0)
             custom = oc.string(1)
             # The real code is max(deprecated, extended) (schema_utils.cc).
-            codes.append((max(dep, ext), custom))
-        builtins, customs, op_types = set(), set(), {}
+            codes.append((max(dep, ext), custom, oc.scalar(2, "i", 1)))
+        builtins, customs, op_types, versions = set(), set(), {}, []
         nops = 0
         subgraphs = model.tables(2)
-        for sg in subgraphs:
+        for k, sg in enumerate(subgraphs):
             tensors = sg.tables(0)
             for op in sg.tables(3):
                 nops += 1
-                code, custom = codes[op.scalar(0, "I", 0)]
+                code, custom, version = codes[op.scalar(0, "I", 0)]
+                if k == 0:
+                    versions.append(version)
                 if custom is not None and code == 32:  # BuiltinOperator_CUSTOM
                     customs.add(custom)
                     continue
@@ -193,7 +197,7 @@ def read_model(path: str | Path) -> ModelInfo:
                        "re-export the model")
     return ModelInfo(path=path, size=len(buf), builtin_codes=tuple(sorted(builtins)),
                      custom_codes=tuple(sorted(customs)), op_types=op_types,
-                     inputs=inputs, outputs=outputs, num_operators=nops)
+                     inputs=inputs, outputs=outputs, num_operators=nops, op_versions=tuple(versions))
 
 
 def builtin_operator_names(tflm_root: str | Path) -> dict[int, str]:
