@@ -56,6 +56,8 @@ class BenchParams:
     edgetpu_compiler: str = param("edgetpu_compiler", "Coral: the compiler command")
     benchmark_model: str | None = param(None, "android: path of LiteRT's benchmark_model binary for the phone")
     adb_serial: str | None = param(None, "android: the phone's serial when several are connected")
+    android_delegate: Literal["none", "gpu", "nnapi"] = param("none", "android: the delegate benchmark_model "
+                                                              "runs the model with")
     measure: Literal["profile", "emulated", "estimate"] = param(
         "profile", "microcontrollers: as the target profile says, emulated (TFLite Micro built for the core, run on "
         "QEMU) or estimate (no toolchain needed)")
@@ -75,6 +77,13 @@ def environment(params: BenchParams) -> dict:
     key["target"] = dataclasses.asdict(target)
     if target.reach in ("ssh", "adb"):
         key["device"] = [params.host or params.adb_serial, *params.fleet]
+    if target.reach == "ssh" and params.host:  # upgrading LiteRT on the device re-benches
+        from edgepipe.targets import remote
+
+        key["device_runtime"] = {h: remote.runtime_version(remote.SshHost.parse(h, params.identity,
+                                                                                tuple(params.ssh_options)),
+                                                           params.python or target.python)
+                                 for h in dict.fromkeys([params.host, *params.fleet])}
     if target.measure == "emulated":  # the compiler, the emulator and the sources make the figures too
         from edgepipe.core.errors import EdgepipeError
         from edgepipe.targets.mcu import measure as mcu
@@ -123,7 +132,7 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
         measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
                                               params.runs, rounds=params.rounds, keep_predictions=True)
     host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items()}
-    device = measure_on_target(target, params, deployable, x, y_test, io.work, host_top1)
+    device = measure_on_target(target, params, deployable, x, y_test, io.work, host_top1, io.out / "edgetpu")
     rows = [_row(path, side, measured[str(path)], findings, target, params, device, x, y_test)
             for path, side in models]
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
@@ -205,7 +214,7 @@ def best_lines(rows: list[dict]) -> str:
 
 
 def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,
-                      work: Path, host_top1: dict[str, np.ndarray]) -> dict:
+                      work: Path, host_top1: dict[str, np.ndarray], compiled_dir: Path | None = None) -> dict:
     """Figures measured on the device itself or its emulator, by model file name (nothing for the host and
     for a microcontroller that is estimated)."""
     if target.kind == "mcu" and target.measure == "emulated":
@@ -223,8 +232,9 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
                  for h in dict.fromkeys([params.host, *params.fleet])]
         compiled: dict[str, tuple[Path, dict]] = {}
         if target.kind == "edgetpu":  # the device runs the compiled model through the libedgetpu delegate
+            compiled_dir.mkdir(parents=True, exist_ok=True)  # an output of the bench: what a coral bundle ships
             for m in models:
-                compiled[m.name] = edgetpu.compile_model(m, work, params.edgetpu_compiler)
+                compiled[m.name] = edgetpu.compile_model(m, compiled_dir, params.edgetpu_compiler)
         test_set = work / "test.npz"
         np.savez(test_set, x=x, y=y)
         files = [compiled[m.name][0] if compiled else m for m in models]
@@ -238,19 +248,23 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
             got_all = list(pool.map(one, hosts))
         out: dict = {"_provenance": {**got_all[0]["provenance"], "host": str(hosts[0])}}
         for m, f in zip(models, files):
-            out[m.name] = {**got_all[0]["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {})}
+            out[m.name] = {**got_all[0]["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {}),
+                           "emulated": got_all[0]["provenance"].get("emulated")}
         if len(hosts) > 1:
             out["_fleet"] = {str(h): {"provenance": g["provenance"],
-                                      **{m.name: g["models"][f.name] for m, f in zip(models, files)}}
+                                      **{m.name: {**g["models"][f.name], "emulated": g["provenance"].get("emulated")}
+                                         for m, f in zip(models, files)}}
                              for h, g in zip(hosts, got_all)}
         return out
     if target.reach == "adb":
         from edgepipe.targets import android
 
-        out = {"_provenance": {"adb_serial": params.adb_serial}}
-        for m in models:
-            out[m.name] = android.bench(m, params.benchmark_model, threads=1, runs=params.runs,
-                                        warmup=params.warmup, serial=params.adb_serial)
+        out = {"_provenance": {"adb_serial": params.adb_serial, "delegate": params.android_delegate}}
+        for m in models:  # the first thread count is the row's; every one is kept (0: benchmark_model's default)
+            runs = {t: android.bench(m, params.benchmark_model, threads=t if t else -1, runs=params.runs,
+                                     warmup=params.warmup, serial=params.adb_serial, delegate=params.android_delegate)
+                    for t in params.threads}
+            out[m.name] = {**runs[params.threads[0]], "threads": {f"threads_{t}": r for t, r in runs.items()}}
         return out
     return {}
 

@@ -59,7 +59,8 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     table = [_row(r, ref) for r in rows]
     gates = _gates(params.gates, by_name)
     provenance = benches[0]["provenance"] if benches else {}
-    report = {"title": params.title, "reference": params.reference, "provenance": provenance,
+    devices = _devices(benches)
+    report = {"title": params.title, "reference": params.reference, "provenance": provenance, "devices": devices,
               "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
               "targets": [b["target"]["name"] for b in benches if "target" in b]}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
@@ -67,7 +68,8 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     report["int8_class_cost"] = int8_cost
     fsio.write_json(io.out / "report.json", report)
     target_table = _target_table(rows, targets)
-    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table))
+    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table,
+                                                    devices))
     _pareto(rows, targets, io.out / "pareto.png")
     write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
@@ -159,7 +161,7 @@ def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
             for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
                 out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
                     "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu",
-                    "instructions", "flash") if k in t}
+                    "instructions", "flash", "emulated_device") if k in t}
     return out
 
 
@@ -187,6 +189,8 @@ def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
 
     def tagged(fig: dict | None, fmt) -> str:
         if not fig or fig.get("value") is None:
+            if fig and fig.get("not_measured"):
+                return f"n/a ({fig['not_measured']})"
             return "uncalibrated" if fig and fig.get("provenance") == "emulated" else "-"
         return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
 
@@ -217,7 +221,23 @@ def _text_table(table: list[list[str]], columns) -> list[str]:
     return [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
 
 
-def _markdown(title: str, table, gates, provenance, int8_cost, target_table=()) -> str:
+def _devices(benches: list[dict]) -> dict[str, str]:
+    """Target name -> what its figures were measured on, an emulator named as one."""
+    out = {}
+    for b in benches:
+        name, device = b.get("target", {}).get("name"), b.get("device") or {}
+        if not name or name == "host" or not device:
+            continue
+        if device.get("machine") and device.get("cpu") and "arm-none-eabi-gcc" in device:  # an emulated MCU
+            out[name] = f"emulated: QEMU {device['machine']} ({device['cpu']}), {device['qemu-system-arm']}"
+        else:
+            where = device.get("host", "")
+            emulated = f", emulated ({device['emulated']})" if device.get("emulated") else ""
+            out[name] = f"{device.get('cpu') or device.get('machine') or '?'} at {where}{emulated}".replace(" at ,", ",")
+    return out
+
+
+def _markdown(title: str, table, gates, provenance, int8_cost, target_table=(), devices=None) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter on the full "
@@ -236,6 +256,7 @@ def _markdown(title: str, table, gates, provenance, int8_cost, target_table=()) 
                   "| " + " | ".join(target_table[0]) + " |", "|" + "---|" * len(target_table[0])]
         lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
         lines += ["", TAG_LEGEND + "."]
+        lines += [f"- {name}: {text}" for name, text in (devices or {}).items()]
     if provenance:
         lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
     return "\n".join(lines) + "\n"

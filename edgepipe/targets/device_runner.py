@@ -32,20 +32,28 @@ except ImportError:  # reported by main() as one line; the functions below need 
     np = None
 
 EXIT_FAILED = 3
+# Raspberry Pi OS Bookworm (like Debian 12) refuses a system-wide `pip install` (PEP 668): use a venv.
+INSTALL = ("make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
+           "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python")
 
 
-def load_interpreter_class():
-    """The LiteRT `Interpreter` class and `load_delegate`, from ai_edge_litert or tflite_runtime."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter, load_delegate
-        return Interpreter, load_delegate, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter, load_delegate
-        return Interpreter, load_delegate, "tflite_runtime"
-    except ImportError:
-        return None, None, None
+def load_interpreter_class(delegate: str | None = None):
+    """The LiteRT `Interpreter` class and `load_delegate`, from ai_edge_litert or tflite_runtime.
+
+    With a delegate (Coral's libedgetpu), tflite_runtime comes first: libedgetpu is built against the
+    TensorFlow Lite runtime of its release, and Coral ships the two together.
+    """
+    order = ("tflite_runtime", "ai_edge_litert") if delegate else ("ai_edge_litert", "tflite_runtime")
+    for module in order:
+        try:
+            if module == "ai_edge_litert":
+                from ai_edge_litert.interpreter import Interpreter, load_delegate
+            else:
+                from tflite_runtime.interpreter import Interpreter, load_delegate
+            return Interpreter, load_delegate, module
+        except ImportError:
+            continue
+    return None, None, None
 
 
 def runtime_version(module: str | None) -> str | None:
@@ -82,7 +90,7 @@ def make_interpreter(model: str | bytes, num_threads: int | None = None, batch: 
                      delegate: str | None = None):
     """An allocated interpreter for a model file (or its bytes), for `batch` samples if given, with an
     external delegate if named."""
-    Interpreter, load_delegate, _ = load_interpreter_class()
+    Interpreter, load_delegate, _ = load_interpreter_class(delegate)
     kw = {"experimental_delegates": [load_delegate(delegate)]} if delegate else {}
     source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     interp = Interpreter(num_threads=num_threads, **source, **kw)
@@ -235,20 +243,65 @@ def accuracy(model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None
     return row
 
 
-def provenance(runtime: str | None) -> dict:
-    """What the figures were measured on."""
-    cpu = platform.processor()
+#: (implementer, part) of the MIDR -> the core's name. ARM Ltd = 0x41. Covers every Raspberry Pi
+#: (ARM1176, Cortex-A7/A53/A72/A76) and the common boards and servers around them.
+ARM_CORES = {
+    (0x41, 0xB76): "ARM1176", (0x41, 0xC07): "Cortex-A7", (0x41, 0xC09): "Cortex-A9", (0x41, 0xC0F): "Cortex-A15",
+    (0x41, 0xD03): "Cortex-A53", (0x41, 0xD04): "Cortex-A35", (0x41, 0xD05): "Cortex-A55", (0x41, 0xD07): "Cortex-A57",
+    (0x41, 0xD08): "Cortex-A72", (0x41, 0xD09): "Cortex-A73", (0x41, 0xD0A): "Cortex-A75", (0x41, 0xD0B): "Cortex-A76",
+    (0x41, 0xD0C): "Neoverse-N1", (0x41, 0xD0D): "Cortex-A77", (0x41, 0xD0E): "Cortex-A76AE", (0x41, 0xD40): "Neoverse-V1",
+    (0x41, 0xD41): "Cortex-A78", (0x41, 0xD42): "Cortex-A78AE", (0x41, 0xD44): "Cortex-X1", (0x41, 0xD46): "Cortex-A510",
+    (0x41, 0xD47): "Cortex-A710", (0x41, 0xD48): "Cortex-X2", (0x41, 0xD49): "Neoverse-N2", (0x41, 0xD4B): "Cortex-A78C",
+    (0x41, 0xD4D): "Cortex-A715", (0x41, 0xD4E): "Cortex-X3", (0x41, 0xD4F): "Neoverse-V2", (0x41, 0xD80): "Cortex-A520",
+    (0x41, 0xD81): "Cortex-A720", (0x41, 0xD82): "Cortex-X4", (0x46, 0x001): "A64FX",
+}
+
+
+def _read(path: str) -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Model", "Hardware")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
     except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
-            "hostname": platform.node(), "python": platform.python_version(), "runtime": runtime,
-            "runtime_version": runtime_version(runtime)}
+        return ""
+
+
+def cpu_description(cpuinfo: str | None = None, dt_model: str | None = None) -> str:
+    """What the device's CPU is, never empty where /proc/cpuinfo says anything (see the module doc).
+
+    `cpuinfo` and `dt_model` are the texts of /proc/cpuinfo and /proc/device-tree/model (read when None).
+    """
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    fields: dict[str, str] = {}
+    cores: list[str] = []
+    implementer = None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        fields.setdefault(key, value)
+        if key == "CPU implementer":
+            implementer = int(value, 16)
+        elif key == "CPU part" and implementer is not None:
+            part = int(value, 16)
+            cores.append(ARM_CORES.get((implementer, part), f"ARM core {implementer:#04x}:{part:#05x}"))
+    if not cores:  # x86 and the rest: as before
+        return fields.get("model name") or fields.get("Model") or fields.get("Hardware") or platform.processor()
+    model = (_read("/proc/device-tree/model") if dt_model is None else dt_model).strip("\0 \n")
+    board = fields.get("Model") or model or fields.get("Hardware") or ""
+    counts: dict[str, int] = {}
+    for c in cores:
+        counts[c] = counts.get(c, 0) + 1
+    named = " + ".join(f"{n}x {c}" for c, n in counts.items())
+    return f"{board} ({named})" if board else named
+
+
+def provenance(runtime: str | None) -> dict:
+    """What the figures were measured on; `emulated` is what an emulated device says of itself, else None."""
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "hostname": platform.node(), "python": platform.python_version(),
+            "runtime": runtime, "runtime_version": runtime_version(runtime),
+            "emulated": _read("/etc/edgepipe-emulated").strip() or None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,12 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
     if np is None:
-        return fail(f"numpy is not installed for {sys.executable}",
-                    "install it on the device: python3 -m pip install ai-edge-litert numpy")
-    _, _, runtime = load_interpreter_class()
+        return fail(f"numpy is not installed for {sys.executable}", INSTALL)
+    _, _, runtime = load_interpreter_class(args.delegate)
     if runtime is None:
-        return fail(f"no LiteRT runtime for {sys.executable}",
-                    "install it on the device: python3 -m pip install ai-edge-litert numpy")
+        return fail(f"no LiteRT runtime for {sys.executable}", INSTALL)
     try:
         with np.load(args.data) as d:
             x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)

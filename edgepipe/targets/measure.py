@@ -65,9 +65,9 @@ def target_figures(target: Target, row: dict, path: Path, device: dict | None, x
         out["latency_p50_us"] = {"value": mcu["latency_us_estimate"], "provenance": "estimate"}
         out["memory"] = {"value": mcu["arena_bytes"], "what": "arena", "provenance": "tflm-host"}
     elif target.reach == "adb":
-        out["latency"] = {"threads_1": device}
+        out["latency"] = device.get("threads") or {"threads_1": device}
         out["accuracy"] = {"value": row["accuracy"], "provenance": "host-litert"}
-        out["latency_p50_us"] = {"value": device.get("p50_us", device["mean_us"]), "provenance": "target"}
+        out["latency_p50_us"] = {"value": device.get("p50_us"), "provenance": "target"}  # the median; None if not printed
         out["memory"] = {"value": device.get("memory_bytes"), "what": "peak", "provenance": "target"}
     else:  # measured on the device over SSH
         out.update({k: device[k] for k in ("latency", "predictions_sha256", "peak_rss_bytes", "edgetpu") if k in device})
@@ -75,5 +75,9 @@ def target_figures(target: Target, row: dict, path: Path, device: dict | None, x
         out["accuracy"] = {"value": device["accuracy"], "provenance": "target"}
         out["latency_p50_us"] = {"value": dev_one and dev_one["p50_us"], "provenance": "target"}
         out["memory"] = {"value": device.get("model_rss_bytes"), "what": "RSS growth", "provenance": "target"}
+        if device.get("emulated"):  # an emulator's timings and memory are the emulator's, not the device's
+            out["emulated_device"] = device["emulated"]
+            out["latency_p50_us"] = {"value": None, "provenance": "target", "not_measured": "emulated"}
+            out["memory"] = {"value": None, "what": "RSS growth", "provenance": "target", "not_measured": "emulated"}
         out["same_predictions_as_host"] = device.get("predictions_sha256") == row.get("predictions_sha256")
     return out

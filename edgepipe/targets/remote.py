@@ -107,6 +107,7 @@ def bench_over_ssh(host: SshHost, models: list[Path], test_set: Path, *, python:
     Returns:
         {"provenance": {...device...}, "models": {file name: measured row}}
     """
+    python = expand_home(host, python)
     made = host.run(["mktemp", "-d", "/tmp/edgepipe.XXXXXXXX"], timeout=60)
     remote_dir = made.stdout.strip()
     if made.returncode != 0 or not remote_dir.startswith("/tmp/edgepipe."):
@@ -132,6 +133,27 @@ def bench_over_ssh(host: SshHost, models: list[Path], test_set: Path, *, python:
         cleaned = host.run(["rm", "-rf", "--", remote_dir], timeout=60)
         if cleaned.returncode != 0:
             log.warning("%s: could not remove %s: %s", host, remote_dir, cleaned.stderr.strip())
+
+
+def expand_home(host: SshHost, python: str) -> str:
+    """`~/litert/bin/python` with the device's home folder: the remote command line is quoted, so the
+    device's shell would not expand `~` itself."""
+    if not python.startswith("~/"):
+        return python
+    home = host.run(["printenv", "HOME"], timeout=60).stdout.strip()
+    return f"{home}/{python[2:]}" if home.startswith("/") else python
+
+
+def runtime_version(host: SshHost, python: str) -> str:
+    """The LiteRT runtime's version on the device (part of a bench's cache key: an upgrade re-benches), or
+    why it could not be read."""
+    script = ("import importlib.metadata as m\nfor d in ('ai-edge-litert', 'tflite-runtime'):\n try: print(d, "
+              "m.version(d)); break\n except Exception: pass\nelse: print('none')")
+    try:
+        done = host.run([expand_home(host, python), "-c", script], timeout=120)
+    except (EdgepipeError, subprocess.TimeoutExpired) as e:
+        return f"unreachable ({e})"[:200]
+    return done.stdout.strip() or f"unknown (exit {done.returncode})"
 
 
 def _parse(done: subprocess.CompletedProcess, host: SshHost, python: str) -> dict:
