@@ -1,6 +1,6 @@
 """The convert stage: LiteRT models in several formats, each checked against Keras before it counts.
 
-One small function per format, and `FORMATS` is the table of them. Every `.tflite` is loaded in the
+The formats are `edgepipe.targets.converter`'s. Every `.tflite` is loaded in the
 LiteRT interpreter and compared with the Keras model on held-out samples: float formats by the largest
 absolute difference of the output probabilities, int8 by top-1 agreement. Beside each model: a JSON
 sidecar (I/O shape, dtype, scale and zero point, preprocessing, classes, parity) and `labels.txt`.
@@ -9,25 +9,23 @@ sidecar (I/O shape, dtype, scale and zero point, preprocessing, classes, parity)
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.native import quiet_native
 from edgepipe.core.params import param
 from edgepipe.core.paths import SAFE_NAME
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import litert
+from edgepipe.targets.converter import Variant, convert
 from edgepipe.targets.sidecar import describe_tflite
 from edgepipe.training import nets
 from edgepipe.training.modelio import carried_forward, load_model
 
-Variant = Literal["float32", "float16", "dynamic", "int8"]
 
 
 @dataclasses.dataclass
@@ -58,51 +56,6 @@ class ConvertParams:
                              "_, - and . (not first), no / or ..")
 
 
-def _converter(model):
-    from edgepipe.core._tf import tf
-
-    return tf.lite.TFLiteConverter.from_keras_model(model)
-
-
-def to_float32(model, representative, io_type) -> bytes:
-    return _converter(model).convert()
-
-
-def to_float16(model, representative, io_type) -> bytes:
-    from edgepipe.core._tf import tf
-
-    c = _converter(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.target_spec.supported_types = [tf.float16]
-    return c.convert()
-
-
-def to_dynamic(model, representative, io_type) -> bytes:
-    from edgepipe.core._tf import tf
-
-    c = _converter(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: int8 weights, float activations
-    return c.convert()
-
-
-def to_int8(model, representative, io_type) -> bytes:
-    """Full-integer: int8 weights and activations (ranges from QAT, or calibrated on `representative`)."""
-    from edgepipe.core._tf import tf
-
-    c = _converter(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([x[None]] for x in representative)
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # fail rather than leave float ops
-    c.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
-    c.inference_output_type = c.inference_input_type
-    return c.convert()
-
-
-FORMATS: dict[str, Callable[..., bytes]] = {
-    "float32": to_float32, "float16": to_float16, "dynamic": to_dynamic, "int8": to_int8,
-}
-
-
 def is_qat(model) -> bool:
     """True for a tfmot quantize-aware model (its layers are Quantize wrappers)."""
     return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
@@ -127,15 +80,7 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
     macs, n_params = nets.count_macs(model), int(model.count_params())
     lines = []
     for variant in params.variants:
-        try:
-            # int8 I/O makes the converter warn about "statistics for quantized inputs"; the sidecar
-            # records the input scale and zero point instead, so that warning is noise here.
-            with quiet_native(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-                blob = FORMATS[variant](model, representative, params.io_type)
-        except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError
-            raise EdgepipeError(f"converting '{name}' to {variant} failed: {' '.join(str(e).split())[:200]}",
-                                "check the model uses ops LiteRT supports for this format") from None
+        blob = convert(model, variant, representative, params.io_type, name)
         path = io.out / f"{name}_{variant}.tflite"
         path.write_bytes(blob)
         parity = check_parity(path, variant, x_val, reference, params.tolerance, name)

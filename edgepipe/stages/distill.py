@@ -1,136 +1,25 @@
-"""The distill stage: train a small student to match a frozen teacher (Hinton et al., 2015).
-
-loss = alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-
-The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes
-(the soft gradients shrink as 1/T^2), so alpha means the same thing at any temperature.
-"""
+"""The distill stage: train a small student to match a frozen teacher (the loss: `edgepipe.training.distill`)."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
-
-from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
-from edgepipe.stages.train import TrainParams  # a distill stage is a train stage with a teacher
 from edgepipe.training import nets
-from edgepipe.training.fit import fit, make_optimizer, seed_everything, steps_per_epoch
+from edgepipe.training.distill import (DistillParams, check_teacher, distil, logits_of,  # noqa: F401 - the
+                                       make_distiller)  # stage's API, as before they moved
+from edgepipe.training.fit import seed_everything
 from edgepipe.training.modelio import load_model
 from edgepipe.training.outputs import write_training_outputs
-
-
-@dataclasses.dataclass
-class DistillParams(TrainParams):
-    """Parameters of the distill stage: the student (as for train), then the distillation loss."""
-
-    arch: str = param("ds_student", "student architecture from edgepipe.training.nets, or package.module:function")
-    lr: float = param(1e-3, "initial (peak, with warm-up) learning rate", min=0.0, max=10.0)
-    folds: int = param(1, "not available for distillation: keep 1", min=1)
-
-    temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
-    alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
-                         max=1.0)
-    teacher_outputs: Literal["online", "cached"] = param(
-        "online", "online: the teacher runs on every augmented batch the student sees; cached: its logits on "
-        "the un-augmented train images are computed once (identical without augmentation, and faster)")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.folds != 1:
-            raise ValueError("folds (k-fold cross-validation) is available in train stages, not distill; "
-                             "fix: drop folds")
-        if self.class_weights != "none" and self.teacher_outputs == "cached":
-            raise ValueError("class_weights do not combine with teacher_outputs: cached; "
-                             "fix: use teacher_outputs: online, or drop class_weights")
-
-
-def logits_of(model):
-    """A model's pre-softmax output as a model: the zoo (and user builders) end in a Softmax layer."""
-    from edgepipe.core._tf import keras
-
-    last = model.layers[-1]
-    is_softmax = isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and getattr(last.activation, "__name__", "") == "softmax")
-    if not is_softmax:
-        raise EdgepipeError(f"model '{model.name}' does not end in a Softmax layer, so its logits cannot be found",
-                            "end the builder with keras.layers.Softmax() after the last Dense")
-    return keras.Model(model.input, last.input, name=f"{model.name}_logits")
-
-
-def make_distiller(student, teacher, alpha: float, temperature: float, label_smoothing: float = 0.0):
-    """A keras Model whose fit() trains `student` (a softmax model) against frozen `teacher`.
-
-    The class is defined inside the function because its base class, keras.Model, is imported lazily.
-    """
-    from edgepipe.core._tf import keras, tf
-
-    class Distiller(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.student = student
-            self.student_logits = logits_of(student)
-            self.teacher_logits = logits_of(teacher)
-            self.teacher_logits.trainable = False
-            self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.acc = keras.metrics.CategoricalAccuracy(name="accuracy")
-            self.ce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-
-        @property
-        def metrics(self):
-            return [self.loss_tracker, self.acc]
-
-        def call(self, x, training=False):
-            return self.student(x, training=training)
-
-        def train_step(self, data):
-            x, y = data[0], data[1]
-            sample_weight = data[2] if len(data) > 2 else None
-            if isinstance(y, (tuple, list)):  # teacher_outputs: cached, y = (one-hot labels, teacher logits)
-                y, teacher = y
-            else:
-                teacher = self.teacher_logits(x, training=False)
-            with tf.GradientTape() as tape:
-                logits = self.student_logits(x, training=True)
-                hard = self.ce(y, logits, sample_weight=sample_weight)
-                soft = keras.losses.kl_divergence(tf.nn.softmax(teacher / temperature),
-                                                  tf.nn.softmax(logits / temperature))
-                loss = alpha * hard + (1 - alpha) * temperature**2 * tf.reduce_mean(soft)
-                loss += tf.add_n(self.student.losses) if self.student.losses else 0.0
-            variables = self.student.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            self.loss_tracker.update_state(loss)
-            self.acc.update_state(y, logits)
-            return {m.name: m.result() for m in self.metrics}
-
-        def test_step(self, data):
-            x, y = data[0], data[1]
-            logits = self.student_logits(x, training=False)
-            self.loss_tracker.update_state(self.ce(y, logits))
-            self.acc.update_state(y, logits)
-            return {m.name: m.result() for m in self.metrics}
-
-    return Distiller()
 
 
 def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     """Distil the teacher's model into a new student; outputs as for train (the student alone is saved)."""
     ds = load_dataset(io.inputs["data"])
     teacher = load_model(io.inputs["teacher"])
-    if tuple(teacher.input_shape[1:]) != ds.input_shape or teacher.output_shape[-1] != len(ds.classes):
-        raise EdgepipeError(f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "
-                            f"{ds.input_shape} with {len(ds.classes)} classes", "distil on the teacher's dataset")
+    check_teacher(teacher, ds)
     seed_everything(params.seed)
     student = nets.build_for(params, ds)
-    distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
-    distiller.compile(optimizer=make_optimizer(params, steps_per_epoch(ds, params.batch_size)),
-                      steps_per_execution=params.steps_per_execution)
-    cached = None
-    if params.teacher_outputs == "cached":
-        cached = logits_of(teacher).predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)
-    fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached)
+    distil(student, teacher, ds, params, io)
     metrics = write_training_outputs(student, ds, io, params)
     return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 

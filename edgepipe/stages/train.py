@@ -1,7 +1,8 @@
 """The train stage: fit a model from the zoo (or a user builder) on a data stage's output.
 
 The training loop, evaluation and outputs it shares with distill, qat and transfer are in
-`edgepipe.training`; what is the train stage's own is here: its parameters (`TrainParams`), `lr: auto`,
+`edgepipe.training` (its parameters, `TrainParams`, too: a distill stage and a search's trials take them);
+what is the train stage's own is here: `lr: auto`,
 k-fold cross-validation and the tf.distribute strategies.
 """
 
@@ -10,48 +11,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Literal
 
 import numpy as np
 
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import Dataset, load_dataset
 from edgepipe.training import distribute, nets
 from edgepipe.training.evaluate import evaluate
-from edgepipe.training.fit import Fit, Schedule, fit, make_optimizer, seed_everything
+from edgepipe.training.fit import Schedule, fit, make_optimizer, seed_everything
 from edgepipe.training.history import read_history
 from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.params import TrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrainParams(Fit):
-    """Parameters of the train stage: the model, regularisation, then the shared training knobs."""
-
-    arch: str = param("cnn_teacher", "architecture from edgepipe.training.nets, or package.module:function")
-    arch_args: dict[str, Any] = param({}, "extra keyword arguments for the builder (e.g. width, alpha)")
-    dropout: float | None = param(None, "dropout before the classifier; null keeps the builder's default",
-                                  min=0.0, max=0.9)
-    l1: float = param(0.0, "L1 penalty on kernels", min=0.0)
-    l2: float = param(0.0, "L2 penalty on kernels", min=0.0)
-    initializer: str = param("he_normal", "kernel initializer (any tf_keras initializer name)")
-    lr: float | Literal["auto"] = param(1e-3, "initial (peak, with warm-up) learning rate, or auto: a learning-rate "
-                                        "range test on a throwaway copy of the model picks it", min=0.0, max=10.0)
-    folds: int = param(1, "k-fold cross-validation: k more models, each validated on one stratified fold of "
-                       "train+val; metrics.json gets their mean and std (1: off)", min=1, max=20)
-    strategy: Literal["default", "mirrored", "multi_worker"] = param(
-        "default", "tf.distribute strategy: default (one process), mirrored (local GPUs), multi_worker "
-        "(machines named by TF_CONFIG; see edgepipe.distribute)")
-
-    def __post_init__(self):
-        if self.strategy != "default" and (self.folds > 1 or self.lr == "auto"):
-            raise ValueError(f"strategy {self.strategy} trains one model; it cannot be combined with folds or "
-                             "lr: auto; fix: use strategy: default, or drop folds and lr: auto")
-
 
 
 def run_train_stage(params: TrainParams, io: StageIO) -> str:

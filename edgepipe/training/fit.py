@@ -85,13 +85,14 @@ def steps_per_epoch(ds: Dataset, batch_size: int) -> int:
 
 
 def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None,
-        train_extra=None):
+        train_extra=None, callbacks=()):
     """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
 
     Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
     history to `io.work` first, so only a finished stage's output directory holds it. `target` is the
     model whose gradients the doctor watches when `model` is a wrapper (the distiller's student).
     `train_extra` (one row per train sample) reaches train_step beside the labels: y = (one_hot, extra).
+    `callbacks` are the caller's own Keras callbacks (a search's pruning), after the loop's.
 
     Returns:
         the list of per-epoch history rows (dicts).
@@ -107,7 +108,7 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                       steps_per_execution=p.steps_per_execution)
     history_csv = io.work / "history.csv"
-    callbacks = _callbacks(p, ds, io, target or model, history_csv)
+    callbacks = [*_callbacks(p, ds, io, target or model, history_csv), *callbacks]
     class_weight = None
     if p.class_weights == "balanced":
         class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
