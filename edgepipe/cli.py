@@ -153,7 +153,8 @@ def status(recipe, profile, sets, target, host, root):
 @set_opt
 @root_opt
 def worker(recipe, stage, profile, sets, root):
-    """Be a non-chief worker of STAGE's multi-worker training (TF_CONFIG names this machine); keeps no output."""
+    """Be one more worker of STAGE: trials of a search, or a share of a multi-worker training (TF_CONFIG names
+    this machine); keeps no output."""
     from edgepipe.pipeline.runner import Runner
 
     ui.say(f"worker done: {Runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")

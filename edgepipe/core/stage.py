@@ -52,6 +52,8 @@ class StageKind:
             module of a user's model builder.
         environment: params -> facts about the machine the stage measures (CPU, runtime versions),
             part of the key, so a benchmark reruns on another machine instead of reporting stale figures.
+        join: `join(params, io) -> str`, one more process working on a running stage of this kind
+            (`edgepipe worker`: a search's trials); it writes no output. None: the kind cannot be joined.
     """
 
     name: str
@@ -66,6 +68,7 @@ class StageKind:
     exclusive: bool = False
     light: bool = False
     environment: Callable[[Any], dict] | None = None
+    join: Callable[[Any, StageIO], str | None] | None = None
     doc: str = ""
 
     @property

@@ -129,11 +129,13 @@ class Runner:
             return self._execute(plan, set(targets) if force else set(), jobs)
 
     def run_as_worker(self, name: str) -> str:
-        """Run stage `name` as a non-chief worker of a multi-worker training: its share of the work only.
+        """Run stage `name` as one more worker of a stage running elsewhere: its share of the work only.
 
-        Its inputs must already be there (the chief's machine, or a shared file system, has them); it
-        writes nothing under runs/ and no lock entry: outputs and checkpoints go to a temporary
-        directory that is removed afterwards. The chief runs `edgepipe run RECIPE --only NAME`.
+        A multi-worker training (`strategy: multi_worker`, TF_CONFIG names this machine) trains its share;
+        a search (a kind with `join`) runs trials of the chief's study, in the chief's work folder on this
+        machine or in the `storage` the stage names. Its inputs must already be there (the chief's machine,
+        or a shared file system, has them); it writes nothing under runs/ and no lock entry. The chief
+        runs `edgepipe run RECIPE --only NAME`.
         """
         import tempfile
 
@@ -141,18 +143,32 @@ class Runner:
             raise EdgepipeError(f"no stage named '{name}' in {self.recipe.path}",
                                 f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
         stage = self.recipe.stages[name]
-        if getattr(stage.params, "strategy", "default") != "multi_worker":
-            raise EdgepipeError(f"stage '{name}' is not a multi-worker training (strategy: multi_worker)",
-                                "set strategy: multi_worker on the stage, or run it with edgepipe run", exit_code=2)
+        joins = stage.kind.join is not None
+        if not joins and getattr(stage.params, "strategy", "default") != "multi_worker":
+            raise EdgepipeError(f"stage '{name}' can have no workers: it is neither a search nor a multi-worker "
+                                "training (strategy: multi_worker)",
+                                "set strategy: multi_worker on a train stage, or run it with edgepipe run",
+                                exit_code=2)
         missing = [u for u in stage.upstream() if not (self.run_dir / u).is_dir()]
         if missing:
             raise EdgepipeError(f"stage '{name}' needs '{missing[0]}', which is not in {_rel(self.run_dir)}",
                                 f"run `edgepipe run {self.recipe.path} --until {missing[0]}` on this machine first")
         inputs = self._input_dirs(stage)
         with tempfile.TemporaryDirectory(prefix=f"edgepipe-worker-{name}-") as tmp:
-            (Path(tmp) / "out").mkdir()
-            (Path(tmp) / "work").mkdir()
-            return stage.kind.run(stage.params, StageIO(inputs=inputs, out=Path(tmp) / "out", work=Path(tmp) / "work"))
+            out, work = Path(tmp) / "out", Path(tmp) / name
+            out.mkdir()
+            work.mkdir()
+            if not joins:
+                return stage.kind.run(stage.params, StageIO(inputs=inputs, out=out, work=work))
+            if getattr(stage.params, "storage", None) is None:  # the study is in the chief's work folder here
+                work = self.run_dir / ".work" / name
+                key, _ = stage_key(stage, self.lock, self.run_dir, self.code[stage.kind.module])
+                if not self._work_matches(stage, key):
+                    raise EdgepipeError(f"no run of stage '{name}' with these inputs and params is going on in "
+                                        f"{_rel(self.run_dir)}",
+                                        f"start it first (edgepipe run {self.recipe.path} --only {name}), or give "
+                                        "the stage a shared storage: URL")
+            return stage.kind.join(stage.params, StageIO(inputs=inputs, out=out, work=work))
 
     def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
         results: list[Result] = []

@@ -66,15 +66,19 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
+    searches = [_search(Path(d), io.out) for d in io.inputs.get("searches", [])]
+    report["searches"] = [{k: v for k, v in x.items() if k != "png"} for x in searches]
     fsio.write_json(io.out / "report.json", report)
     target_table = _target_table(rows, targets)
     fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table,
-                                                    devices))
+                                                    devices) + "".join("\n" + "\n".join(search_lines(x)) + "\n"
+                                                                       for x in searches))
     _pareto(rows, targets, io.out / "pareto.png")
     write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
-               target_table=target_table, legend=TAG_LEGEND)
+               target_table=target_table, legend=TAG_LEGEND,
+               searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches])
     _print(table, target_table)
     failed = [g for g in gates if not g["passed"]]
     if failed:
@@ -83,6 +87,64 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
                             f"{g['against']} (allowed {g['max_drop']})",
                             "train longer, use QAT, or relax the gate's max_drop")
     return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
+
+
+def _search(stage_dir: Path, out: Path) -> dict:
+    """A search stage's summary and front, its picture copied beside the report as search_<stage>.png."""
+    summary = stage_dir / "search.json"
+    if not summary.is_file():
+        raise EdgepipeError(f"report: stage '{stage_dir.name}' given as a search has no search.json",
+                            "list search stages under searches, benches under benches")
+    png = out / f"search_{stage_dir.name}.png"
+    if (stage_dir / "pareto.png").is_file():
+        fsio.copy_file(stage_dir / "pareto.png", png)
+    return {"stage": stage_dir.name, **json.loads(summary.read_text()),
+            "front": json.loads((stage_dir / "front.json").read_text()), "png": png}
+
+
+def _fig(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if key == "val_accuracy":
+        return f"{100 * v:.2f} %"
+    if key == "latency_ms":
+        return f"{v:.2f} ms"
+    if key == "instructions":
+        return f"{v / 1e6:.2f} M"
+    return fsio.human_size(v)
+
+
+def search_lines(s: dict) -> list[str]:
+    """The report's section on one search: trials, budgets, the choice, distillation, the front."""
+    t = s["trials"]
+    budgets = ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {_fig(k, v)}" for k, v in s["budgets"].items())
+    ref = s.get("reference")
+    lines = [f"## Search `{s['stage']}` on {s['target']}", "",
+             f"{sum(t.values())} trials: {t['complete']} trained to the end, {t['pruned']} pruned, {t['over budget']} "
+             f"over budget before training, {t['failed']} failed; budgets: {budgets or 'none'}"
+             + (f" (reference {ref['file']}: {_fig('latency_ms', ref.get('latency_ms'))}, flash "
+                f"{_fig('flash_bytes', ref.get('flash_bytes'))}, RAM {_fig('ram_bytes', ref.get('ram_bytes'))})"
+                if ref else "") + "."]
+    c = s["chosen"]
+    chosen_values = ", ".join(f"{k}={v}" for k, v in c["values"].items())
+    lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {_fig('val_accuracy', c['val_accuracy'])}, "
+              f"{_fig('latency_ms', c.get('latency_ms'))}, flash {_fig('flash_bytes', c.get('flash_bytes'))}, RAM "
+              f"{_fig('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
+    d = s.get("distillation")
+    if d:
+        lines += ["", f"Distillation for this configuration ({d['epochs']} epochs, int8, validation): with the teacher "
+                  f"{_fig('val_accuracy', d['with_teacher'])}, without {_fig('val_accuracy', d['without_teacher'])}: "
+                  f"{'paid' if d['paid'] else 'did not pay'} ({d['distillation_gain_points']:+.2f} points)."]
+    lines += ["", "The feasible front (no other trial is both more accurate and cheaper on the target):", "",
+              "| trial | val int8 | latency | instructions | flash | RAM | values |", "|---|---|---|---|---|---|---|"]
+    for r in s["front"]:
+        values = ", ".join(f"{k}={v}" for k, v in r.get("values", {}).items())
+        lines.append(f"| {r['trial']} | {_fig('val_accuracy', r.get('val_accuracy'))} | "
+                     f"{_fig('latency_ms', r.get('latency_ms'))} | {_fig('instructions', r.get('instructions'))} | "
+                     f"{_fig('flash_bytes', r.get('flash_bytes'))} | {_fig('ram_bytes', r.get('ram_bytes'))} | "
+                     f"{values} |")
+    lines += ["", f"![search front](search_{s['stage']}.png)"]
+    return lines
 
 
 def _gates(gates: list[Gate], by_name: dict[str, dict]) -> list[dict]:
@@ -338,8 +400,8 @@ def _label_without_overlap(fig, ax, points) -> None:
 
 
 KIND = StageKind(
-    name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True}, light=True,
-    output="report", accepts={"benches": ("bench",)},
+    name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True, "searches": True}, light=True,
+    output="report", accepts={"benches": ("bench",), "searches": ("model",)}, optional_inputs=("searches",),
     main_output="report.md",
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )

@@ -36,14 +36,15 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 
 def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
                benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None,
-               int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "") -> None:
+               int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "",
+               searches: list[tuple[str, list[str], Path]] = ()) -> None:
     """Write the page to `dest` (atomically)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
              "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
              "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>",
              _results(table, columns), _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
-             _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
+             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
     fsio.write_text(dest, "\n".join(parts))
@@ -60,6 +61,21 @@ def _img(png: bytes, alt: str) -> str:
 def _picture(section: str, heading: str, path: Path) -> str:
     body = _img(path.read_bytes(), heading) if path.is_file() else "<p class='ok'>not produced</p>"
     return f"<h2 id='{section}'>{_e(heading)}</h2>{body}"
+
+
+def _search(heading: str, lines: list[str], png: Path) -> str:
+    """A search's section: its markdown lines as paragraphs and a table, and its front picture."""
+    body, table = [], []
+    for line in lines:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{_e(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line and not line.startswith("!["):
+            body.append(f"<p>{_e(line)}</p>")
+    pic = _img(png.read_bytes(), heading) if png.is_file() else ""
+    return f"<h2>{_e(heading)}</h2>{''.join(body)}<table>{''.join(table)}</table>{pic}"
 
 
 def _results(table, columns) -> str:

@@ -1,0 +1,198 @@
+"""The study a search stage runs in: Optuna storage, a shared trial budget, resume after a kill.
+
+The study lives in an Optuna storage: by default a SQLite file in the stage's work folder (kept while the
+stage's key is unchanged, so a killed search resumes with its finished trials), or any URL Optuna takes
+(`postgresql://...`, `mysql://...`) or `journal:PATH` (Optuna's journal file, for a shared file system),
+which several machines can work on at once (`edgepipe worker RECIPE STAGE`).
+
+Every process, the chief and each worker, runs the same loop: ask for a trial, run it, tell the result,
+until the study holds `trials` trials that are finished or running. The budget is shared: a trial asked
+for beyond it (two processes asked at the same moment) is told as failed with `surplus` set and is left
+out of every table. A trial that was running in a process that no longer exists (killed) is failed
+and its parameters are asked again, so a resumed search neither loses nor repeats it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgepipe.core import ui
+from edgepipe.core.errors import EdgepipeError
+
+SPACE_ATTR = "edgepipe_space"
+RUNNER_ATTR = "runner"  # host:pid of the process that runs a trial
+SURPLUS_ATTR = "surplus"
+RETRY_OF_ATTR = "retry_of"
+HEARTBEAT_SECONDS = 30
+
+
+def storage_url(storage: str | None, work: Path) -> str:
+    """The storage a study lives in: `storage`, else a SQLite file in the stage's work folder."""
+    return storage or f"sqlite:///{(work / 'study.db').resolve()}"
+
+
+def check_url(storage: str) -> str | None:
+    """None if `storage` is a storage URL edgepipe can hand to Optuna, else the problem (at load)."""
+    if storage.startswith("journal:"):
+        return None if storage[len("journal:"):] else "journal: needs a file path (journal:/shared/study.log)"
+    scheme = storage.partition("://")[0]
+    if "://" not in storage or not scheme:
+        return "is not a storage URL (sqlite:///file.db, postgresql://user@host/db, journal:/path/file.log)"
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        return f"has scheme {scheme!r}; Optuna stores studies in sqlite, postgresql, mysql or a journal file"
+    return None
+
+
+def _storage(url: str):
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    # The heartbeat marks a trial whose process died as failed after the grace period, wherever it ran.
+    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=4 * HEARTBEAT_SECONDS,
+                                      engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                      else {})
+
+
+def open_study(url: str, name: str, fingerprint: str, directions: list[str], sampler, pruner, *,
+               create: bool = True):
+    """Create or load study `name` in `url`; a study of that name made for another space is refused."""
+    import optuna
+    import sqlalchemy.exc
+
+    shown = url if "@" not in url else url.split("://")[0] + "://...@" + url.rpartition("@")[2]
+    try:
+        storage = _storage(url)
+        if create:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                        pruner=pruner, load_if_exists=True)
+        else:
+            study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise EdgepipeError(f"no study '{name}' in {shown}",
+                            "start the search first (edgepipe run RECIPE --only STAGE), then the workers") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as e:
+        text = " ".join(str(e).split())[:200]
+        raise EdgepipeError(f"cannot open the search's storage {shown}: {type(e).__name__}: {text}",
+                            "check the URL, that the database server is reachable and its Python driver "
+                            "installed (postgresql: pip install psycopg2-binary)") from None
+    have = study.user_attrs.get(SPACE_ATTR)
+    if have is None:
+        study.set_user_attr(SPACE_ATTR, fingerprint)
+    elif have != fingerprint:
+        raise EdgepipeError(f"study '{name}' in {shown} was made for another search space or budget "
+                            f"({have}, this search is {fingerprint})",
+                            "give this search its own `study` name, or delete the old study")
+    if [d.name.lower() for d in study.directions] != directions:
+        raise EdgepipeError(f"study '{name}' optimizes {len(study.directions)} objective(s), this search "
+                            f"{len(directions)}", "give this search its own `study` name")
+    return study
+
+
+def this_runner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(runner: str) -> bool | None:
+    """Whether the process `host:pid` runs: True/False on this host, None (unknown) elsewhere."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphans(study) -> int:
+    """Fail the running trials of this host whose process is gone (a killed search), and ask their
+    parameters again. Other hosts' trials are left to the storage's heartbeat."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _alive(t.user_attrs.get(RUNNER_ATTR, "")) is False:
+            with contextlib.suppress(Exception):  # another process may fail it at the same moment
+                study.tell(t.number, state=TrialState.FAIL)
+                study.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
+                n += 1
+    return n
+
+
+def counted(study) -> list:
+    """The trials that count against the budget: finished (complete or pruned) and running or queued."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                TrialState.RUNNING))
+            if not t.user_attrs.get(SURPLUS_ATTR)]
+
+
+def run_trials(study, objective: Callable, budget: int, on_done: Callable[[object], None]) -> int:
+    """Ask, run and tell trials until the study has `budget` counted trials; returns how many ran here.
+
+    `objective(trial)` returns the value(s), or raises optuna.TrialPruned; any other exception fails the
+    trial (its message kept as the `error` user attribute) and the search goes on, except an
+    EdgepipeError or an interrupt, which stop it.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    ran = 0
+    while True:
+        fail_orphans(study)
+        if len(counted(study)) >= budget:
+            return ran
+        trial = study.ask()
+        trial.set_user_attr(RUNNER_ATTR, this_runner())
+        ahead = [t for t in counted(study) if t.number < trial.number]
+        if len(ahead) >= budget:  # another process took the last place between the count and the ask
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            study.tell(trial, state=TrialState.FAIL)
+            return ran
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except (EdgepipeError, KeyboardInterrupt, SystemExit):
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as e:  # noqa: BLE001 - a trial that crashes (NaN, a builder's error) is one failed trial
+            trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, values)
+        ran += 1
+        on_done(next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+
+
+def wait_for_others(study, timeout: float = 24 * 3600) -> None:
+    """Wait until no trial of the study is running (other workers finishing theirs)."""
+    from optuna.trial import TrialState
+
+    start, said = time.monotonic(), False
+    while True:
+        fail_orphans(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        if not said:
+            ui.say(f"    waiting for {len(running)} trial(s) still running in other workers")
+            said = True
+        if time.monotonic() - start > timeout:
+            raise EdgepipeError(f"{len(running)} trial(s) still running after {timeout / 3600:.0f} h",
+                                "stop the workers, or fail their trials in the study")
+        time.sleep(5)
