@@ -249,3 +249,39 @@ def test_the_search_space_round_trips_through_yaml(tmp_path, idx):
     assert space["arch_args.widths.2"].choices == [4, 8, 16] and space["lr"].log is True
     assert space["arch_args.widths.0"].is_int and not space["lr"].is_int
     assert yaml.safe_load(recipe.read_text())["stages"]["search"]["params"]["trials"] == 4
+
+
+def test_any_search_space_loads_or_is_refused_in_one_line(tmp_path_factory):
+    """Generated spaces (keys a train stage has or not, list paths in and out of range, ranges and choices of
+    any type) either load, with every value checked, or are one RecipeError line."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.pipeline.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("spaces")
+    idx = write_idx_dataset(root / "idx", n_train=40, n_test=10)
+    keys = st.one_of(st.sampled_from(["lr", "arch", "epochs", "batch_size", "dropout", "arch_args.widths.0",
+                                      "arch_args.widths.3", "arch_args.blocks", "teacher", "temperature", "alpha",
+                                      "augment_scale", "schedule.kind", "folds", "seed", "label_smoothing"]),
+                     st.text(max_size=8))
+    numbers = st.one_of(st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True, width=32))
+    scalars = st.one_of(numbers, st.booleans(), st.none(), st.sampled_from(["strided_cnn", "tiny_conv", "nope", ""]))
+    dims = st.one_of(
+        st.fixed_dictionaries({"low": numbers, "high": numbers},
+                              optional={"step": numbers, "log": st.booleans(), "type": st.sampled_from(["int", "x"])}),
+        st.fixed_dictionaries({"choices": st.lists(scalars, max_size=4)}),
+        scalars, st.dictionaries(st.text(max_size=4), scalars, max_size=2))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(space=st.dictionaries(keys, dims, max_size=3))
+    def check(space):
+        recipe = search_recipe(root, idx, space=space)
+        try:
+            load_recipe(recipe)
+        except EdgepipeError as e:
+            text = f"{e.message}; fix: {e.fix}"
+            assert e.fix and "\n" not in text and "Traceback" not in text, text
+
+    check()
