@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +49,17 @@ def check_url(storage: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_optuna():
+    """Optuna marks the heartbeat API experimental on every call; the search relies on it knowingly."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")  # "use it with Study.optimize": see run_trials
+        yield
+
+
 def _storage(url: str):
     import optuna
 
@@ -58,9 +70,12 @@ def _storage(url: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     # The heartbeat marks a trial whose process died as failed after the grace period, wherever it ran.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=4 * HEARTBEAT_SECONDS,
-                                      engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                                      else {})
+    with _quiet_optuna():
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=4 * HEARTBEAT_SECONDS,
+                                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                              max_retry=1),
+                                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                          else {})
 
 
 def open_study(url: str, name: str, fingerprint: str, directions: list[str], sampler, pruner, *,
@@ -119,8 +134,11 @@ def _alive(runner: str) -> bool | None:
 def fail_orphans(study) -> int:
     """Fail the running trials of this host whose process is gone (a killed search), and ask their
     parameters again. Other hosts' trials are left to the storage's heartbeat."""
+    import optuna
     from optuna.trial import TrialState
 
+    with _quiet_optuna():
+        optuna.storages.fail_stale_trials(study)  # other hosts' trials whose heartbeat stopped (no-op without one)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(t.user_attrs.get(RUNNER_ATTR, "")) is False:
@@ -148,6 +166,7 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
     EdgepipeError or an interrupt, which stop it.
     """
     import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
     ran = 0
@@ -155,7 +174,8 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
         fail_orphans(study)
         if len(counted(study)) >= budget:
             return ran
-        trial = study.ask()
+        with _quiet_optuna():
+            trial = study.ask()
         trial.set_user_attr(RUNNER_ATTR, this_runner())
         ahead = [t for t in counted(study) if t.number < trial.number]
         if len(ahead) >= budget:  # another process took the last place between the count and the ask
@@ -163,7 +183,12 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
             study.tell(trial, state=TrialState.FAIL)
             return ran
         try:
-            values = objective(trial)
+            # Study.optimize beats for its trials; an ask/tell loop has to, or a dead worker's trial on another
+            # host would stay running forever instead of failing after the grace period.
+            with _quiet_optuna():
+                beat = get_heartbeat_thread(trial._trial_id, study._storage)  # noqa: SLF001 - Optuna's own helper
+            with beat:
+                values = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except (EdgepipeError, KeyboardInterrupt, SystemExit):

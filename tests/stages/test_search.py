@@ -285,3 +285,28 @@ def test_any_search_space_loads_or_is_refused_in_one_line(tmp_path_factory):
             assert e.fix and "\n" not in text and "Traceback" not in text, text
 
     check()
+
+
+def test_a_trial_of_a_worker_that_died_on_another_host_fails_after_the_grace_period_and_is_retried(tmp_path,
+                                                                                                     monkeypatch):
+    """Trials beat while they run (an ask/tell loop must do it itself); one whose beat stops, on a host this
+    process cannot look into, is failed after the storage's grace period and asked again."""
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.trial import TrialState
+
+    from edgepipe.search import study as st
+
+    monkeypatch.setattr(st, "HEARTBEAT_SECONDS", 1)
+    s = optuna.create_study(storage=st._storage(f"sqlite:///{tmp_path / 'db.sqlite'}"), study_name="s")
+    trial = s.ask({"lr": optuna.distributions.FloatDistribution(0.001, 0.1)})
+    trial.set_user_attr(st.RUNNER_ATTR, "another-host:1234")
+    with get_heartbeat_thread(trial._trial_id, s._storage):
+        time.sleep(1.5)
+    st.fail_orphans(s)
+    assert s.trials[0].state == TrialState.RUNNING  # within the grace period: maybe just slow
+    time.sleep(5)
+    st.fail_orphans(s)
+    states = [t.state for t in s.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING], states
+    assert s.trials[1].params == s.trials[0].params
