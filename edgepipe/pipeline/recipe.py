@@ -326,12 +326,21 @@ def _check_reference(ref: Any, role: str, kind: StageKind, all_stages: dict, nam
     wanted = kind.accepts.get(role)
     spec = all_stages[ref]
     given = table.get(spec.get("kind")) if isinstance(spec, dict) and isinstance(spec.get("kind"), str) else None
-    if wanted and given is not None and given.output not in wanted:
-        makers = [k.name for k in table.values() if k.output in wanted]
-        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is a {given.name} stage, which outputs "
-                          f"{OUTPUT_WORDS.get(given.output, given.output)}; the role {role} takes "
+    output = given.output if given is not None else None
+    if wanted and given is not None and given.output_for is not None:  # an import stage: what its file is
+        output = given.produces(build(given.params, spec.get("params"), f"{_where_of(at)}: stages.{ref}.params"))
+    if wanted and given is not None and output not in wanted:
+        makers = [k.name for k in table.values() if k.output in wanted or set(k.also_outputs) & set(wanted)]
+        article = "an" if given.name[0] in "aeiou" else "a"
+        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is {article} {given.name} stage, which outputs "
+                          f"{OUTPUT_WORDS.get(output, output)}; the role {role} takes "
                           f"{' or '.join(OUTPUT_WORDS.get(w, w) for w in wanted)}",
                           f"name a {' or '.join(makers)} stage")
+
+
+def _where_of(at: str) -> str:
+    """The file part of a location `FILE: stages.NAME`."""
+    return at.rsplit(": stages.", 1)[0]
 
 
 def _topological(stages: dict[str, Stage], where: str) -> list[str]:
