@@ -6,8 +6,8 @@ place and publishes them. The reason a stage runs or is skipped is always printe
 
 Layout, for recipe R: ``runs/R/<stage>/`` holds each stage's outputs, ``runs/R/lock.json`` the keys and
 output hashes, ``runs/R/.tmp/`` a stage's output while it runs (renamed into place on success), and
-``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume. ``models/R/`` gets the files
-stages publish.
+``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume, ``runs/R/.tb/<stage>/`` TensorBoard's
+logs (outside the output, so they never enter its digest). ``models/R/`` gets the files stages publish.
 """
 
 from __future__ import annotations
@@ -307,15 +307,17 @@ class Runner:
         """A fresh temporary output directory, and the checkpoint directory (kept if the key is the same)."""
         tmp = self.run_dir / ".tmp" / stage.name
         work = self.run_dir / ".work" / stage.name
+        logs = self.run_dir / ".tb" / stage.name  # TensorBoard's, outside the output (event files hold wall times)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if self._work_matches(stage, key):
             log.info("resuming %s from %s", stage.name, work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(logs, ignore_errors=True)  # a fresh start: TensorBoard shows this training, not the last
             work.mkdir(parents=True)
             (work / "KEY").write_text(key)
-        return StageIO(inputs=self._input_dirs(stage), out=tmp, work=work)
+        return StageIO(inputs=self._input_dirs(stage), out=tmp, work=work, logs=logs)
 
     def _finish(self, job: _Job, summary: str) -> Result:
         """Move a finished stage's output into place, record it in the lock file, publish it."""

@@ -87,8 +87,8 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
-        raise EdgepipeError(f"accuracy gate failed: {g['model']} loses {g['drop_points']:.2f} validation points against "
-                            f"{g['against']} (allowed {g['max_drop']})",
+        raise EdgepipeError(f"accuracy gate failed: {g['model']} loses {g['drop_points']:.2f} validation points "
+                            f"against {g['against']} (allowed {g['max_drop']})",
                             "train longer, use QAT, or relax the gate's max_drop")
     return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
 
