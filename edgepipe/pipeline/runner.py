@@ -29,6 +29,7 @@ from edgepipe.core import fsio, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
+from edgepipe.pipeline import tracking
 from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
 from edgepipe.pipeline.recipe import Recipe, Stage
 
@@ -61,9 +62,13 @@ class _Job:
 class Runner:
     """Runs a validated recipe under `root` (which holds runs/ and models/)."""
 
-    def __init__(self, recipe: Recipe, root: Path = Path(".")):
+    def __init__(self, recipe: Recipe, root: Path = Path("."), track: str | None = None):
+        """`track`: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
+        URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`)."""
         self.recipe = recipe
         self.root = Path(root)
+        self.track = track
+        self.tracker = None
         self.run_dir = self.root / "runs" / recipe.name
         self.models_dir = self.root / "models" / recipe.name
         self.lock = Lock(self.run_dir / "lock.json", recipe)
@@ -105,11 +110,20 @@ class Runner:
         if jobs < 1:
             raise EdgepipeError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more", exit_code=2)
         plan = self.plan(until, only)
-        with self._exclusive(dry_run):
-            self._clean_scratch(dry_run)
-            if dry_run:
+        if dry_run:
+            with self._exclusive(dry_run):
                 return self._dry_run(plan, force)
-            return self._execute(plan, set(plan) if force else set(), jobs)
+        self.tracker = tracking.start(self.recipe, self.root, self.track)  # before anything is written
+        ok = False
+        try:
+            with self._exclusive(dry_run):
+                self._clean_scratch(dry_run)
+                results = self._execute(plan, set(plan) if force else set(), jobs)
+            ok = True
+            return results
+        finally:
+            if self.tracker is not None:
+                ui.say(self.tracker.finish(ok))
 
     def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
         """Run every stage of `kind`, whatever stale stage it needs and what depends on it (the report);
@@ -242,6 +256,8 @@ class Runner:
                 self._publish(stage, only_if_changed=True)
                 results[name] = Result(name, "skipped", "up to date")
                 ui.say(f"{tag} skipped: up to date")
+                if self.tracker is not None:
+                    self.tracker.stage(stage, "skipped")
                 continue
             if self._resumable(stage, key):
                 reason += "; resuming from its checkpoint"
@@ -338,6 +354,8 @@ class Runner:
         diagnostics = out_dir / "diagnostics.json"
         for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
             ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+        if self.tracker is not None:
+            self.tracker.stage(stage, "ran")
         return Result(stage.name, "ran", job.reason, seconds, summary)
 
     def _published(self, stage: Stage) -> list[Path]:
