@@ -87,6 +87,25 @@ def test_a_tflite_file_is_benched_and_bundled_like_a_converted_one(made, tmp_pat
     assert (tmp_path / "runs/user/firmware/cortex-m4/model_data.cc").is_file()
 
 
+def test_a_savedmodel_folder_is_imported_and_every_file_in_it_is_hashed(made, tmp_path):
+    from edgepipe.core._tf import keras
+
+    folder = tmp_path / "saved"
+    keras.models.load_model(made / "runs/made/model/model.h5", compile=False).save(folder, save_format="tf")
+    recipe = _user_recipe(tmp_path, made / "idx", folder, {})
+    code, out, err = run_cli(["run", recipe], tmp_path)
+    assert code == 0, err
+    mine = json.loads((tmp_path / "runs/user/mine/metrics.json").read_text())
+    assert mine["test"]["accuracy"] == json.loads((made / "runs/made/model/metrics.json").read_text())["test"]["accuracy"]
+    lock = json.loads((tmp_path / "runs/user/lock.json").read_text())
+    hashed = set(lock["stages"]["mine"]["parts"]["deps"])
+    assert {str(folder / "saved_model.pb"), str(folder / "variables/variables.index")} <= hashed
+    (folder / "assets").mkdir(exist_ok=True)
+    (folder / "assets" / "vocab.txt").write_text("a file more")
+    code, out, _ = run_cli(["status", recipe], tmp_path)
+    assert f"stale: new input file {folder / 'assets/vocab.txt'}" in out, out
+
+
 def test_a_float_tflite_is_recognised_as_float32(made, tmp_path):
     from edgepipe.targets.sidecar import tflite_facts
 
