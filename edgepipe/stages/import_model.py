@@ -31,7 +31,7 @@ WHAT = "an .h5 or .keras file, a SavedModel folder or a .tflite file"
 class ImportParams:
     """Parameters of the import stage."""
 
-    path: str = param("", f"the model: {WHAT} (relative paths start at the current directory)")
+    path: str = param("", f"the model: {WHAT} (relative paths start at the current directory, ~ is home)")
     name: str | None = param(None, "file-name prefix of an imported .tflite (<name>_<variant>.tflite); default: "
                                    "the stage's name")
 
@@ -39,12 +39,17 @@ class ImportParams:
         if not self.path.strip():
             raise ValueError(f"path is empty; fix: give the path of {WHAT}")
         suffix = Path(self.path).suffix.lower()
-        if suffix and suffix not in (*KERAS_SUFFIXES, ".tflite") and not Path(self.path).is_dir():
+        if suffix and suffix not in (*KERAS_SUFFIXES, ".tflite") and not Path(self.path).expanduser().is_dir():
             raise ValueError(f"path {self.path!r}: a {suffix} file is not a model edgepipe reads; fix: give {WHAT} "
                              "(export other formats to one of these first)")
         if self.name is not None and not SAFE_NAME.match(self.name):
             raise ValueError(f"name {self.name!r} is not a usable file-name prefix; fix: use letters, digits, "
                              "_, - and . (not first), no / or ..")
+
+
+def source(params: ImportParams) -> Path:
+    """The model's path (`~` is the user's home)."""
+    return Path(params.path).expanduser()
 
 
 def output_for(params: ImportParams) -> str:
@@ -54,7 +59,7 @@ def output_for(params: ImportParams) -> str:
 
 def model_files(params: ImportParams) -> list[Path]:
     """The files the model is made of (hashed into the cache key); raises if the path is missing."""
-    p = Path(params.path)
+    p = source(params)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
         if not (p / "saved_model.pb").is_file():
@@ -80,7 +85,7 @@ def _import_tflite(params: ImportParams, ds: Dataset, io: StageIO) -> str:
     from edgepipe.targets import litert
     from edgepipe.targets.sidecar import describe_tflite, tflite_facts
 
-    src = Path(params.path)
+    src = source(params)
     name = params.name or io.out.name
     try:
         din, dout = litert.io_details(litert.interpreter(src))
@@ -106,7 +111,7 @@ def _import_keras(params: ImportParams, ds: Dataset, io: StageIO) -> str:
     from edgepipe.training.modelio import save_model
     from edgepipe.training.outputs import plot_confusion
 
-    model = _load_keras(params.path)
+    model = _load_keras(str(source(params)))
     inputs, outputs = list(model.inputs), list(model.outputs)
     if len(inputs) != 1 or len(outputs) != 1:
         raise EdgepipeError(f"import: {params.path} has {len(inputs)} inputs and {len(outputs)} outputs",
