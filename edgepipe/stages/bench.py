@@ -18,6 +18,7 @@ keyed on the host, its runtime versions and the target, so another machine or de
 from __future__ import annotations
 
 import dataclasses
+import gzip
 from pathlib import Path
 from typing import Literal
 
@@ -143,7 +144,8 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
                                             "data": Path(io.inputs["data"]).name, "classes": ds.classes,
                                             "rows": rows})
     where = "" if target.name == "host" else f" on {target.name}"
-    lint_note = f"; {len(findings)} lint findings" if findings else ""
+    counted = [f for f in findings if not f.get("intended")]
+    lint_note = f"; {len(counted)} lint findings" if counted else ""
     runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
     return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
 
@@ -189,9 +191,11 @@ def _lint_models(models: list[tuple[Path, dict]], target: Target) -> list[dict]:
     findings = []
     for path, side in models:
         kind = target.kind if target.runs(side["variant"]) else None
-        for f in lint.lint(path, int8=side["variant"] == "int8", target_kind=kind):
-            findings.append({"source": "lint", "model": path.name, "code": f.code, "op": f.op, "layer": f.layer,
-                             "line": f.line(path.name)})
+        kept = side.get("quantization", {}).get("float_layers", ())
+        for f in lint.lint(path, int8=side["variant"] == "int8", target_kind=kind, kept_float=kept):
+            findings.append({"source": "keep_float" if f.intended else "lint", "model": path.name, "code": f.code,
+                             "op": f.op, "layer": f.layer, "line": f.line(path.name),
+                             **({"intended": True} if f.intended else {})})
     return findings
 
 
@@ -205,7 +209,10 @@ def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Targe
         "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
         "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
         "input_dtype": side["input"]["dtype"], "parity": side["parity"], **host,
-        "lint": [f["line"] for f in findings if f["model"] == path.name],
+        "compressed_bytes": len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)),
+        "label": quant_label(side),
+        "lint": [f["line"] for f in findings if f["model"] == path.name and not f.get("intended")],
+        "float_islands": [f["line"] for f in findings if f["model"] == path.name and f.get("intended")],
     }
     if params.tflm and side["variant"] == "int8":
         din, _ = litert.io_details(litert.interpreter(path))
@@ -216,6 +223,14 @@ def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Targe
                         for h, d in device["_fleet"].items() if path.name in d}
     return row
 
+
+
+def quant_label(side: dict) -> str:
+    """What the report's quant column says: the variant, `int8 (mixed)` with float layers kept, and a
+    per-tensor granularity named."""
+    q = side.get("quantization", {})
+    label = side["variant"] + (" (mixed)" if q.get("float_layers") else "")
+    return label + (" per-tensor" if q.get("granularity") == "per_tensor" else "")
 
 
 def best_lines(rows: list[dict]) -> str:

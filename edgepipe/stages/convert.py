@@ -21,7 +21,8 @@ from edgepipe.core.paths import SAFE_NAME
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import litert
-from edgepipe.targets.converter import Variant, convert
+from edgepipe.targets import quant_debug
+from edgepipe.targets.converter import QUANTIZED, Granularity, Variant, convert
 from edgepipe.targets.sidecar import describe_tflite
 from edgepipe.training import nets
 from edgepipe.training.modelio import carried_forward, load_model
@@ -37,6 +38,7 @@ class Tolerance:
     dynamic_top1: float = param(0.99, "min top-1 agreement of dynamic-range (int8 weights, float activations) "
                                 "with keras", min=0.0, max=1.0)
     int8_top1: float = param(0.98, "min top-1 agreement of int8 with keras", min=0.0, max=1.0)
+    int16x8_top1: float = param(0.99, "min top-1 agreement of int16x8 with keras", min=0.0, max=1.0)
 
 
 @dataclasses.dataclass
@@ -49,8 +51,21 @@ class ConvertParams:
     representative_samples: int = param(500, "train images used to calibrate int8 ranges", min=10)
     parity_samples: int = param(1000, "validation images compared between keras and tflite", min=10)
     tolerance: Tolerance = param(Tolerance(), "parity thresholds")
+    granularity: Granularity = param("per_channel", "int8/int16x8 weight scales: one per output channel, or "
+                                     "per_tensor (what several NPUs and older accelerators take)")
+    debug: bool = param(False, "run TensorFlow's quantization debugger on the int8 model: quant_debug.csv/.png, "
+                        "the layers ranked by their own quantization error")
+    debug_samples: int = param(200, "validation images the debugger runs", min=1)
+    keep_float: list[str] = param([], "selective quantization: these layers stay float in the int8 model "
+                                  "(reported as int8 (mixed))")
+    keep_float_worst: int = param(0, "keep the debugger's N worst layers float (runs the debugger)", min=0)
 
     def __post_init__(self):
+        if (self.keep_float or self.keep_float_worst) and "int8" not in self.variants:
+            raise ValueError("keep_float and keep_float_worst shape the int8 model, which variants does not list; "
+                             "fix: add int8 to variants")
+        if self.keep_float and self.keep_float_worst:
+            raise ValueError("keep_float and keep_float_worst both choose the float layers; fix: give one")
         if self.name is not None and not SAFE_NAME.match(self.name):
             raise ValueError(f"name {self.name!r} is not a usable file-name prefix; fix: use letters, digits, "
                              "_, - and . (not first), no / or ..")
@@ -78,17 +93,42 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
     reference = model.predict(x_val, batch_size=256, verbose=0)
     fsio.write_text(io.out / "labels.txt", "\n".join(ds.classes) + "\n")
     macs, n_params = nets.count_macs(model), int(model.count_params())
+    keep, debugged = _float_layers(model, params, representative, x_val, name, io.out)
     lines = []
     for variant in params.variants:
-        blob = convert(model, variant, representative, params.io_type, name)
+        quant = {"granularity": params.granularity} if variant in QUANTIZED else {}
+        if variant == "int8" and keep:
+            blob, nodes = quant_debug.convert_keeping_float(model, representative, x_val, params.io_type, keep,
+                                                            params.granularity, name)
+            quant.update(float_layers=keep, float_tensors=len(nodes))
+        else:
+            blob = convert(model, variant, representative, params.io_type, name, params.granularity)
         path = io.out / f"{name}_{variant}.tflite"
         path.write_bytes(blob)
         parity = check_parity(path, variant, x_val, reference, params.tolerance, name)
         sidecar = describe_tflite(path, ds, variant=variant, source=Path(io.inputs["model"]).name, qat=qat,
-                                  params=n_params, macs=macs, parity=parity, **carried_forward(io.inputs["model"]))
+                                  params=n_params, macs=macs, parity=parity, **({"quantization": quant} if quant else {}),
+                                  **carried_forward(io.inputs["model"]))
         fsio.write_json(path.with_suffix(".json"), sidecar)
-        lines.append(f"{variant} {fsio.human_size(len(blob))}")
+        lines.append(f"{variant}{' (mixed)' if variant == 'int8' and keep else ''} {fsio.human_size(len(blob))}")
+    if debugged:
+        top = debugged[0]
+        lines.append(f"worst int8 layer {top['layer']} (relative error {top['channel_relative_rmse']:.3f})")
     return f"{name}: " + ", ".join(lines)
+
+
+def _float_layers(model, params: ConvertParams, representative, x_val, name: str, out: Path):
+    """The layers to keep float and the debugger's rows (run when asked for, or to find the worst layers)."""
+    rows = []
+    if params.debug or params.keep_float_worst:
+        samples = x_val[: params.debug_samples]
+        rows = quant_debug.debug(model, representative, samples, params.io_type, params.granularity)
+        quant_debug.write(rows, out / "quant_debug.csv", f"{name}: per-layer int8 error on {len(samples)} "
+                          "validation images")
+    keep = list(params.keep_float)
+    if params.keep_float_worst:
+        keep = quant_debug.worst_layers(rows, params.keep_float_worst)
+    return keep, rows
 
 
 def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray, tol: Tolerance, name: str) -> dict:
@@ -102,7 +142,7 @@ def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray,
     diff = float(np.max(np.abs(out - reference)))
     agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
     parity = {"samples": len(x), "max_abs_diff": diff, "top1_agreement": agree}
-    if variant in ("int8", "dynamic"):
+    if variant in ("int8", "dynamic", "int16x8"):
         key = f"{variant}_top1"
         limit = getattr(tol, key)
         ok, what = agree >= limit, f"top-1 agreement {agree:.4f} < {limit}"

@@ -14,6 +14,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
+from edgepipe.training import compress
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
 from edgepipe.training.modelio import carried_forward, load_model
 from edgepipe.training.outputs import write_training_outputs
@@ -27,15 +28,21 @@ class QatParams(Fit):
     epochs: int = param(2, "fine-tuning epochs", min=1)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping")
+    preserve: compress.Preserve = param("none", "keep what an earlier stage made of the weights through QAT: "
+                                        "sparsity (a pruned model: PQAT), clusters (CQAT) or both (PCQAT)")
 
 
-def quantize(model):
-    """tfmot.quantize_model(model), with tfmot's error turned into one line naming the layer."""
+def quantize(model, preserve: compress.Preserve = "none"):
+    """tfmot.quantize_model(model) (or its collaborative scheme for `preserve`), with tfmot's error turned into
+    one line naming the layer."""
     from edgepipe.core._tf import tf  # noqa: F401, I001 - first: TensorFlow's import noise silenced
 
     import tensorflow_model_optimization as tfmot
 
     try:
+        if preserve != "none":
+            qk = tfmot.quantization.keras
+            return qk.quantize_apply(qk.quantize_annotate_model(model), compress.quantize_scheme(preserve))
         return tfmot.quantization.keras.quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as e:
         text = " ".join(str(e).split())
@@ -50,11 +57,14 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
     """Quantize the input model for training, fine-tune it, evaluate it, save it."""
     ds = load_dataset(io.inputs["data"])
     float_model = load_model(io.inputs["model"])
+    compress.check_preserve(float_model, params.preserve)
     seed_everything(params.seed)
-    model = quantize(float_model)
+    model = quantize(float_model, params.preserve)
     fit(model, ds, params, io)
-    metrics = write_training_outputs(model, ds, io, params, extra=carried_forward(io.inputs["model"]))
-    return f"QAT test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+    model = compress.strip_cqat(model, params.preserve)
+    kept = {"preserve": params.preserve} if params.preserve != "none" else {}
+    metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]), **kept})
+    return f"QAT{'' if not kept else ' (preserving ' + params.preserve + ')'} test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(

@@ -43,8 +43,8 @@ class ReportParams:
     gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
 
 
-COLUMNS = ("model", "quant", "size", "params", "MACs", "val accuracy", "test accuracy", "delta", "p50 1T", "p99 1T", "FPS 1T",
-           "p50 all", "arena")
+COLUMNS = ("model", "quant", "size", "compressed", "params", "MACs", "val accuracy", "test accuracy", "delta",
+           "p50 1T", "p99 1T", "FPS 1T", "p50 all", "arena")
 
 
 TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
@@ -182,11 +182,11 @@ def _flat(r: dict, ref: float | None) -> dict:
     one = r["latency"].get("threads_1")
     many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
     return {
-        "name": r["name"], "quantization": r["variant"], "qat": r["qat"], "accuracy": r["accuracy"],
+        "name": r["name"], "quantization": r.get("label", r["variant"]), "qat": r["qat"], "accuracy": r["accuracy"],
         "val_accuracy": r.get("val_accuracy"), "val_samples": r.get("val_samples"),
         "delta_points": None if ref is None else 100 * (r["accuracy"] - ref),
-        "size_bytes": r["size_bytes"], "params": r["params"], "macs": r["macs"],
-        "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
+        "size_bytes": r["size_bytes"], "compressed_bytes": r.get("compressed_bytes"), "params": r["params"],
+        "macs": r["macs"], "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
         "latency_p99_us": one and one["p99_us"], "fps": one and one["fps"],
         "latency_p50_us_all_threads": many and many["p50_us"], "fps_all_threads": many and many["fps"],
         "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"), "tflm_ok": (r.get("tflm") or {}).get("ok"),
@@ -219,7 +219,8 @@ def _row(r: dict, ref: float | None) -> list[str]:
     f = _flat(r, ref)
     us = lambda v: "-" if v is None else _us(v)  # noqa: E731
     return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
-            f"{f['params']:,}", f"{f['macs'] / 1e6:.2f} M",
+            "-" if f["compressed_bytes"] is None else fsio.human_size(f["compressed_bytes"]), f"{f['params']:,}",
+            f"{f['macs'] / 1e6:.2f} M",
             "-" if f["val_accuracy"] is None else f"{100 * f['val_accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
             "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
             us(f["latency_p99_us"]), "-" if f["fps"] is None else f"{f['fps']:,.0f}",

@@ -15,7 +15,9 @@ that produced it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -62,6 +64,7 @@ class Finding:
     op: str
     layer: str | None
     message: str
+    intended: bool = False  # float in a layer the recipe keeps float on purpose (selective quantization)
 
     def line(self, model: str) -> str:
         return f"{model}: {self.code}: {self.message}"
@@ -103,12 +106,13 @@ def layer_of(tensor_name: str) -> str | None:
     return layer[len("quant_"):] if layer.startswith("quant_") else layer
 
 
-def lint(path: Path, *, int8: bool, target_kind: str | None = None) -> list[Finding]:
-    """Findings for `path`; `int8` says the model is meant to be fully integer, `target_kind` adds op checks."""
+def lint(path: Path, *, int8: bool, target_kind: str | None = None, kept_float: Sequence[str] = ()) -> list[Finding]:
+    """Findings for `path`; `int8` says the model is meant to be fully integer, `target_kind` adds op checks.
+    Float operators of the `kept_float` layers come back marked intended."""
     graph = _Graph(*read_graph(path))
     findings: list[Finding] = []
     if int8:
-        findings += _float_ops(graph) + _quant_islands(graph)
+        findings += _float_ops(graph, set(kept_float)) + _quant_islands(graph, set(kept_float))
     if target_kind in RUNTIME_OPS:
         findings += _unsupported_ops(graph, *RUNTIME_OPS[target_kind])
     if target_kind == "edgetpu":
@@ -167,12 +171,16 @@ class _Graph:
                 return name
         return None
 
+    def mentions(self, op: Op, layers: set[str]) -> bool:
+        """Whether any of the op's output tensor names names one of `layers` (fused ops name several)."""
+        return any(set(re.split(r"[/;]", self.tensors[t]["name"])) & layers for t in op.outputs)
+
     def at(self, op: Op) -> str:
         layer = self.layer(op)
         return f"{op.name}" + (f" (layer {layer})" if layer else "")
 
 
-def _float_ops(g: _Graph) -> list[Finding]:
+def _float_ops(g: _Graph, kept: set[str]) -> list[Finding]:
     """Operators computing in float inside an int8 model (the I/O QUANTIZE/DEQUANTIZE excepted)."""
     findings = []
     for op in g.ops:
@@ -181,13 +189,17 @@ def _float_ops(g: _Graph) -> list[Finding]:
         if op.name in ("QUANTIZE", "DEQUANTIZE") or boundary:
             continue
         if any(g.is_float(t) for t in (*op.inputs, *op.outputs)):
+            if g.mentions(op, kept):
+                findings.append(Finding("float_op", op.name, g.layer(op), f"{g.at(op)} computes in float, as "
+                                        "keep_float asks", intended=True))
+                continue
             findings.append(Finding("float_op", op.name, g.layer(op),
                                     f"{g.at(op)} computes in float in an int8 model; fix: replace the layer with "
                                     "one that has an int8 kernel, or keep this model off int8-only targets"))
     return findings
 
 
-def _quant_islands(g: _Graph) -> list[Finding]:
+def _quant_islands(g: _Graph, kept: set[str]) -> list[Finding]:
     """DEQUANTIZE -> float ops -> QUANTIZE detours in the middle of an int8 graph."""
     consumers = g.consumers()
     findings = []
@@ -204,6 +216,10 @@ def _quant_islands(g: _Graph) -> list[Finding]:
                 island.append(nxt)
                 todo += [o for o in nxt.outputs if g.is_float(o) and o not in g.outputs]
         inner = ", ".join(g.at(o) for o in island) or "nothing"
+        if island and all(g.mentions(o, kept) for o in island):
+            findings.append(Finding("quant_island", op.name, g.layer(island[0]), f"DEQUANTIZE -> {inner} -> "
+                                    "QUANTIZE: kept float, as keep_float asks", intended=True))
+            continue
         findings.append(Finding("quant_island", op.name, island and g.layer(island[0]) or g.layer(op),
                                 f"DEQUANTIZE -> {inner} -> QUANTIZE: the graph leaves int8 here; fix: use "
                                 "layers with int8 kernels so the converter keeps the graph integer"))

@@ -74,7 +74,8 @@ def dead_relus(model, ds: Dataset, samples: int = 256) -> dict[str, float]:
              or getattr(getattr(layer, "layer", layer), "activation", None) is keras.activations.relu]
     if not relus:
         return {}
-    probe = keras.Model(model.input, [layer.output for layer in relus])
+    # A layer's newest node is this model's: tfmot's strip functions reuse layers of the model they strip.
+    probe = keras.Model(model.input, [layer.get_output_at(-1) for layer in relus])
     outputs = probe.predict(ds.preprocess(ds.splits["val"][0][:samples]), batch_size=256, verbose=0)
     outputs = outputs if isinstance(outputs, list) else [outputs]
     shares = {}
