@@ -189,3 +189,15 @@ def test_any_tracking_block_loads_or_is_one_recipe_error(tmp_path_factory, block
     code, _, err = run_cli(["graph", write_recipe(root / "r.yaml", spec)], root)
     line = check_clean_outcome(code, err, root)
     assert code == 0 or (code == 2 and "tracking" in line), line
+
+
+def test_a_disabled_block_tracks_nothing_and_track_turns_it_on_for_one_run(tmp_path):
+    spec = _data_only(tmp_path)
+    spec["tracking"] = {"enabled": False, "experiment": "on demand"}
+    recipe = write_recipe(tmp_path / "d.yaml", spec)
+    code, out, err = run_cli(["run", recipe], tmp_path)
+    assert code == 0 and "tracked" not in out and not (tmp_path / "mlruns").exists(), out + err
+    code, out, err = run_cli(["run", recipe, "--track"], tmp_path)
+    assert code == 0 and "tracked in MLflow" in out, out + err
+    _, runs = _runs(f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db", "on demand")
+    assert [r.data.tags.get("edgepipe.action") for r in runs if r.info.run_name == "data"] == ["skipped"]
