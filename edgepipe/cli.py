@@ -88,12 +88,16 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
 @_option("-j", "--jobs", default=1, show_default=True, type=int,
          help="stages run at once, in worker processes, when their inputs are ready")
-def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs):
+@click.option("--track", is_flag=False, flag_value="", default=None, metavar="[URI]",
+              help="log the run to MLflow (at URI; default: the recipe's tracking.uri, $EDGEPIPE_TRACKING_URI, "
+                   "else sqlite in mlruns/)")
+def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs, track):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
     from edgepipe.pipeline.runner import Runner
 
     r = _load(recipe, profile, sets, target, host)
-    _summary(r, lambda: Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
+    runner = Runner(r, root, track=track)
+    _summary(r, lambda: runner.run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
 
 
 @main.command()

@@ -216,7 +216,7 @@ CASES = {
     "convert_model_is_data": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
         "kind": "convert", "inputs": {"data": "data", "model": "data"}}}),
         "stages.tflite.inputs.model: stage 'data' is a data stage, which outputs a dataset; the role model takes "
-        "a Keras model; fix: name a train or transfer or distill or qat stage"),
+        "a Keras model; fix: name a train or transfer or distill or search or import or prune or cluster or qat stage"),
     "bench_models_lists_a_train_stage": (lambda r: recipe(r, {**idx_stages(r), "bench": {
         "kind": "bench", "inputs": {"data": "data", "models": ["model"]}}}), "the role models takes converted"),
     "report_benches_lists_a_convert_stage": (lambda r: recipe(r, {**idx_stages(r), "tflite": {

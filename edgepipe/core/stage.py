@@ -22,11 +22,15 @@ class StageIO:
         out: a fresh, empty directory; renamed into place only if the stage returns normally.
         work: scratch space that survives a crash (checkpoints), kept while the cache key is the same
             and removed after success, so a killed run resumes from it.
+        logs: a folder outside the output for logs that must not enter the output's digest (TensorBoard:
+            its event files hold wall times, so they would differ on every run and rerun everything
+            downstream); None: write no such logs.
     """
 
     inputs: dict[str, Any]
     out: Path
     work: Path
+    logs: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,10 @@ class StageKind:
             wiring, say, a data stage to a convert stage's `model` is refused at load.
         output: what the stage produces: dataset, model (a Keras model.h5), tflite (converted models with
             sidecars), bench (bench.json), bundle or report.
+        output_for: params -> what a stage of this kind with these params produces, for a kind whose
+            output depends on them (an import stage: a Keras model, or a .tflite); its possible outputs
+            are `output` and `also_outputs`. None: always `output`.
+        also_outputs: what else the kind may produce (with `output_for`).
         optional_inputs: roles of `inputs` a recipe may leave out.
         exclusive: runs alone in a parallel run (`--jobs`), because it measures time.
         light: runs in the runner's own process even in a parallel run: quick, no TensorFlow, and what
@@ -69,7 +77,13 @@ class StageKind:
     light: bool = False
     environment: Callable[[Any], dict] | None = None
     join: Callable[[Any, StageIO], str | None] | None = None
+    output_for: Callable[[Any], str] | None = None
+    also_outputs: tuple[str, ...] = ()
     doc: str = ""
+
+    def produces(self, params: Any) -> str:
+        """What a stage of this kind with `params` outputs."""
+        return self.output_for(params) if self.output_for else self.output
 
     @property
     def module(self) -> str:

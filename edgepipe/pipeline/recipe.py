@@ -19,11 +19,12 @@ from edgepipe.core.params import build
 from edgepipe.core.paths import relative_pattern, safe_name
 from edgepipe.core.stage import StageKind
 from edgepipe.core.yamlio import load_yaml
+from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
 from edgepipe.targets.profiles import load_target
 
 # The keys a recipe may have at its top level, and in each stage (their meanings: README, "Recipes").
-TOP_KEYS = ("name", "description", "vars", "profiles", "target", "stages")
+TOP_KEYS = ("name", "description", "vars", "profiles", "target", "tracking", "stages")
 STAGE_KEYS = ("kind", "params", "inputs", "publish", "description")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -55,6 +56,7 @@ class Recipe:
     path: Path
     description: str
     stages: dict[str, Stage]
+    tracking: TrackingParams | None = None  # the `tracking:` block (MLflow), None if the recipe has none
 
     def ancestors(self, name: str) -> list[str]:
         """`name` and every stage it depends on, in run order."""
@@ -112,11 +114,13 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         name = safe_name(path.stem, f"{where}: the recipe name (its file name)")
     else:
         name = safe_name(str(given) if type(given) is int else given, f"{where}: name")
+    tracking = build(TrackingParams, raw["tracking"], f"{where}: tracking") if "tracking" in raw else None
     return Recipe(
         name=name,
         path=path,
         description=" ".join(str(raw.get("description") or "").split()),
         stages={n: stages[n] for n in order},
+        tracking=tracking,
     )
 
 
@@ -326,12 +330,21 @@ def _check_reference(ref: Any, role: str, kind: StageKind, all_stages: dict, nam
     wanted = kind.accepts.get(role)
     spec = all_stages[ref]
     given = table.get(spec.get("kind")) if isinstance(spec, dict) and isinstance(spec.get("kind"), str) else None
-    if wanted and given is not None and given.output not in wanted:
-        makers = [k.name for k in table.values() if k.output in wanted]
-        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is a {given.name} stage, which outputs "
-                          f"{OUTPUT_WORDS.get(given.output, given.output)}; the role {role} takes "
+    output = given.output if given is not None else None
+    if wanted and given is not None and given.output_for is not None:  # an import stage: what its file is
+        output = given.produces(build(given.params, spec.get("params"), f"{_where_of(at)}: stages.{ref}.params"))
+    if wanted and given is not None and output not in wanted:
+        makers = [k.name for k in table.values() if k.output in wanted or set(k.also_outputs) & set(wanted)]
+        article = "an" if given.name[0] in "aeiou" else "a"
+        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is {article} {given.name} stage, which outputs "
+                          f"{OUTPUT_WORDS.get(output, output)}; the role {role} takes "
                           f"{' or '.join(OUTPUT_WORDS.get(w, w) for w in wanted)}",
                           f"name a {' or '.join(makers)} stage")
+
+
+def _where_of(at: str) -> str:
+    """The file part of a location `FILE: stages.NAME`."""
+    return at.rsplit(": stages.", 1)[0]
 
 
 def _topological(stages: dict[str, Stage], where: str) -> list[str]:

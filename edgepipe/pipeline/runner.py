@@ -6,8 +6,8 @@ place and publishes them. The reason a stage runs or is skipped is always printe
 
 Layout, for recipe R: ``runs/R/<stage>/`` holds each stage's outputs, ``runs/R/lock.json`` the keys and
 output hashes, ``runs/R/.tmp/`` a stage's output while it runs (renamed into place on success), and
-``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume. ``models/R/`` gets the files
-stages publish.
+``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume, ``runs/R/.tb/<stage>/`` TensorBoard's
+logs (outside the output, so they never enter its digest). ``models/R/`` gets the files stages publish.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from edgepipe.core import fsio, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
+from edgepipe.pipeline import tracking
 from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
 from edgepipe.pipeline.recipe import Recipe, Stage
 
@@ -61,9 +62,13 @@ class _Job:
 class Runner:
     """Runs a validated recipe under `root` (which holds runs/ and models/)."""
 
-    def __init__(self, recipe: Recipe, root: Path = Path(".")):
+    def __init__(self, recipe: Recipe, root: Path = Path("."), track: str | None = None):
+        """`track`: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
+        URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`)."""
         self.recipe = recipe
         self.root = Path(root)
+        self.track = track
+        self.tracker = None
         self.run_dir = self.root / "runs" / recipe.name
         self.models_dir = self.root / "models" / recipe.name
         self.lock = Lock(self.run_dir / "lock.json", recipe)
@@ -105,11 +110,20 @@ class Runner:
         if jobs < 1:
             raise EdgepipeError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more", exit_code=2)
         plan = self.plan(until, only)
-        with self._exclusive(dry_run):
-            self._clean_scratch(dry_run)
-            if dry_run:
+        if dry_run:
+            with self._exclusive(dry_run):
                 return self._dry_run(plan, force)
-            return self._execute(plan, set(plan) if force else set(), jobs)
+        self.tracker = tracking.start(self.recipe, self.root, self.track)  # before anything is written
+        ok = False
+        try:
+            with self._exclusive(dry_run):
+                self._clean_scratch(dry_run)
+                results = self._execute(plan, set(plan) if force else set(), jobs)
+            ok = True
+            return results
+        finally:
+            if self.tracker is not None:
+                ui.say(self.tracker.finish(ok))
 
     def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
         """Run every stage of `kind`, whatever stale stage it needs and what depends on it (the report);
@@ -242,6 +256,8 @@ class Runner:
                 self._publish(stage, only_if_changed=True)
                 results[name] = Result(name, "skipped", "up to date")
                 ui.say(f"{tag} skipped: up to date")
+                if self.tracker is not None:
+                    self.tracker.stage(stage, "skipped")
                 continue
             if self._resumable(stage, key):
                 reason += "; resuming from its checkpoint"
@@ -307,15 +323,17 @@ class Runner:
         """A fresh temporary output directory, and the checkpoint directory (kept if the key is the same)."""
         tmp = self.run_dir / ".tmp" / stage.name
         work = self.run_dir / ".work" / stage.name
+        logs = self.run_dir / ".tb" / stage.name  # TensorBoard's, outside the output (event files hold wall times)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if self._work_matches(stage, key):
             log.info("resuming %s from %s", stage.name, work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(logs, ignore_errors=True)  # a fresh start: TensorBoard shows this training, not the last
             work.mkdir(parents=True)
             (work / "KEY").write_text(key)
-        return StageIO(inputs=self._input_dirs(stage), out=tmp, work=work)
+        return StageIO(inputs=self._input_dirs(stage), out=tmp, work=work, logs=logs)
 
     def _finish(self, job: _Job, summary: str) -> Result:
         """Move a finished stage's output into place, record it in the lock file, publish it."""
@@ -336,6 +354,8 @@ class Runner:
         diagnostics = out_dir / "diagnostics.json"
         for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
             ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+        if self.tracker is not None:
+            self.tracker.stage(stage, "ran")
         return Result(stage.name, "ran", job.reason, seconds, summary)
 
     def _published(self, stage: Stage) -> list[Path]:

@@ -1,7 +1,8 @@
 """The bench stage: measure every converted model by running the exported file, on a target.
 
-Per model, on this host: accuracy on the full test split (inputs preprocessed and quantized exactly as on
-a device), latency percentiles of single-image invokes after warm-up at 1 thread and at every core
+Per model, on this host: accuracy on the full test split and on the validation split (inputs preprocessed
+and quantized exactly as on a device; what edgepipe chooses on is the validation figure, the test figure is
+only reported), latency percentiles of single-image invokes after warm-up at 1 thread and at every core
 (timed in rounds, the models taking turns, so that they share the machine's drift), FPS, memory, size,
 parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and the smallest arena it needs
 (found by search, the way firmware engineers size `tensor_arena`). The host figures come from
@@ -133,8 +134,9 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
         measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
                                               params.runs, rounds=params.rounds, keep_predictions=True)
     host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items()}
+    val = _val_accuracy(models, ds)
     device = measure_on_target(target, params, deployable, x, y_test, io.work, host_top1, io.out / "edgetpu")
-    rows = [_row(path, side, measured[str(path)], findings, target, params, device, x, y_test)
+    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, params, device, x, y_test)
             for path, side in models]
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
                                             "device": device.get("_provenance"),
@@ -146,6 +148,23 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     lint_note = f"; {len(counted)} lint findings" if counted else ""
     runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
     return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
+
+
+
+def _val_accuracy(models: list[tuple[Path, dict]], ds) -> dict[Path, dict]:
+    """Each model's accuracy on the data stage's validation split, from the .tflite on this host: the
+    figure the report's gates and "most accurate" lines choose on (the test split is only for the final
+    figure). None when the dataset has no validation images."""
+    x_val, y_val = ds.splits["val"]
+    out = {}
+    for path, _ in models:
+        if not len(y_val):
+            out[path] = {"val_accuracy": None, "val_samples": 0}
+            continue
+        with quiet_native():
+            pred = litert.predict(path, ds.preprocess(x_val)).argmax(1)
+        out[path] = {"val_accuracy": float(np.mean(pred == y_val)), "val_samples": int(len(y_val))}
+    return out
 
 
 
@@ -215,16 +234,27 @@ def quant_label(side: dict) -> str:
 
 
 def best_lines(rows: list[dict]) -> str:
-    """The most accurate model, and the most accurate int8 one (what an MCU or NPU can take) if it differs."""
-    def line(r):
-        return f"{r['name']} {100 * r['accuracy']:.2f} % ({r['size_bytes'] / 1024:.1f} KB)"
+    """The most accurate model, and the most accurate int8 one (what an MCU or NPU can take) if it differs.
 
-    best = max(rows, key=lambda r: r["accuracy"])
+    Chosen on validation accuracy: the test split is only for the final figure, printed beside it.
+    """
+    def line(r):
+        return (f"{r['name']} val {_percent(r.get('val_accuracy'))}, test {_percent(r['accuracy'])} "
+                f"({r['size_bytes'] / 1024:.1f} KB)")
+
+    def val(r):
+        return -1.0 if r.get("val_accuracy") is None else r["val_accuracy"]
+
+    best = max(rows, key=val)
     ints = [r for r in rows if r["variant"] == "int8"]
-    best_int8 = max(ints, key=lambda r: r["accuracy"]) if ints else None
+    best_int8 = max(ints, key=val) if ints else None
     if best_int8 is None or best_int8 is best:
-        return f"most accurate {line(best)}"
-    return f"most accurate {line(best)}; most accurate int8 {line(best_int8)}"
+        return f"most accurate (val) {line(best)}"
+    return f"most accurate (val) {line(best)}; most accurate int8 (val) {line(best_int8)}"
+
+
+def _percent(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f} %"
 
 
 

@@ -98,7 +98,8 @@ def _gates(gates) -> str:
         return "<h2 id='gates'>Accuracy gates</h2><p class='ok'>none set</p>"
     items = "".join(
         f"<li><span class='{'pass' if g['passed'] else 'fail'}'>{'PASSED' if g['passed'] else 'FAILED'}</span> "
-        f"{_e(g['model'])} loses {g['drop_points']:.2f} points against {_e(g['against'])} (allowed {g['max_drop']})</li>"
+        f"{_e(g['model'])} loses {g['drop_points']:.2f} validation points against {_e(g['against'])} "
+        f"(allowed {g['max_drop']})</li>"
         for g in gates)
     return f"<h2 id='gates'>Accuracy gates</h2><ul>{items}</ul>"
 

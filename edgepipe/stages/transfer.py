@@ -321,7 +321,8 @@ def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
     rows, phase_accuracy = [], {}
     for phase, knobs in phases:
         done = io.work / f"{phase}_weights.h5"  # a finished phase survives a crash in the next one
-        phase_io = StageIO(io.inputs, out=io.work / phase, work=io.work / phase)
+        phase_io = StageIO(io.inputs, out=io.work / phase, work=io.work / phase,
+                           logs=io.logs / phase if io.logs is not None else None)
         phase_io.out.mkdir(parents=True, exist_ok=True)
         if phase == "fine_tune":
             n = unfreeze(layers, knobs)

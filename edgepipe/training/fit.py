@@ -2,7 +2,7 @@
 
 `Fit` holds the knobs (optimizer, schedule, early stopping, ...) that train, distill, qat and transfer
 stages all have; `fit()` is the one loop that runs them: compile, callbacks (checkpoints that survive a
-crash, history, gradient probe, TensorBoard, schedule, early stopping), then Keras' own `fit`.
+crash, history, gradient probe, TensorBoard (in `io.logs`), schedule, early stopping), then Keras' own `fit`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Fit:
     clipnorm: float | None = param(None, "clip each gradient to this L2 norm", min=0.0)
     class_weights: Literal["none", "balanced"] = param("none", "weight the loss by inverse class frequency")
     seed: int = param(0, "seed for initialisation, shuffling and augmentation")
-    tensorboard: bool = param(True, "write TensorBoard logs to tb/")
+    tensorboard: bool = param(True, "write TensorBoard logs to runs/<recipe>/.tb/<stage>/ (outside the stage's "
+                              "output, so they never make it look changed)")
 
 
 
@@ -131,8 +132,8 @@ def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
     ]
     if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
         callbacks.append(gradient_norms(watched, ds, io.out / "gradients.json"))
-    if p.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(io.out / "tb"), profile_batch=0))
+    if p.tensorboard and io.logs is not None:  # never in io.out: event files hold wall times
+        callbacks.append(keras.callbacks.TensorBoard(str(io.logs), profile_batch=0))
     if p.schedule.kind == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
                                                            min_lr=p.schedule.min_lr, verbose=1))

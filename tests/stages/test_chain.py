@@ -139,6 +139,9 @@ def test_qat_convert_bench_report(chain):
     x_test, y_test = ds.preprocess(ds.splits["test"][0]), ds.splits["test"][1]
     expected = np.mean(litert.predict(ints / "qat_int8.tflite", x_test).argmax(1) == y_test)
     assert rows["qat/int8"]["accuracy"] == expected and rows["qat/int8"]["test_samples"] == 80
+    x_val_all, y_val = ds.preprocess(ds.splits["val"][0]), ds.splits["val"][1]
+    expected_val = np.mean(litert.predict(ints / "qat_int8.tflite", x_val_all).argmax(1) == y_val)
+    assert rows["qat/int8"]["val_accuracy"] == expected_val and rows["qat/int8"]["val_samples"] == len(y_val) > 0
     assert rows["qat/int8"]["tflm"]["ok"] and 0 < rows["qat/int8"]["tflm"]["arena_bytes"] < 64 * 1024
     assert rows["qat/int8"]["tflm"]["top1_agreement_with_litert"] == 1.0
     lat = rows["teacher/float32"]["latency"]["threads_1"]
@@ -152,20 +155,27 @@ def test_qat_convert_bench_report(chain):
     assert {r["name"] for r in rj["rows"]} == set(rows) and rj["gates"][0]["passed"]
     row = next(r for r in rj["rows"] if r["name"] == "qat/int8")
     assert row["arena_bytes"] == rows["qat/int8"]["tflm"]["arena_bytes"]
-    assert "| qat/int8 | int8 (QAT) |" in (report / "report.md").read_text()
+    assert row["val_accuracy"] == rows["qat/int8"]["val_accuracy"] and rj["gates"][0]["split"] == "val"
+    md = (report / "report.md").read_text()
+    assert "| qat/int8 | int8 (QAT) |" in md and "| val accuracy | test accuracy |" in md
+    assert f"| {100 * row['val_accuracy']:.2f} % | {100 * row['accuracy']:.2f} % |" in md
     assert (report / "pareto.png").stat().st_size > 5000
-    # The gate itself: the same rows with the int8 model 0.5 points below its float source.
-    doctored = json.loads((bench / "bench.json").read_text())
-    for r in doctored["rows"]:
-        if r["name"] == "qat/int8":
-            r["accuracy"] = rows["teacher/float32"]["accuracy"] - 0.005
-    (root / "bench2").mkdir()
-    (root / "bench2" / "bench.json").write_text(json.dumps(doctored))
-    with pytest.raises(EdgepipeError, match=r"accuracy gate failed: qat/int8 loses 0.50 points against "
+    # The gate itself judges validation figures: the int8 model 0.5 validation points below its float source
+    # fails it; the same drop on the test split alone (the final figure, never chosen on) does not.
+    gate = {"gates": [{"model": "qat/int8", "against": "teacher/float32", "max_drop": 0.3}]}
+    for n, key in enumerate(("val_accuracy", "accuracy")):
+        doctored = json.loads((bench / "bench.json").read_text())
+        for r in doctored["rows"]:
+            r["val_accuracy"] = 0.9
+            if r["name"] == "qat/int8":
+                r[key] = rows["teacher/float32"][key] - 0.005 if key == "accuracy" else 0.895
+        (root / f"bench{n}").mkdir()
+        (root / f"bench{n}" / "bench.json").write_text(json.dumps(doctored))
+    with pytest.raises(EdgepipeError, match=r"accuracy gate failed: qat/int8 loses 0.50 validation points against "
                                             r"teacher/float32 \(allowed 0.3\)"):
-        stage(root, "report2", run_report_stage, ReportParams,
-              {"gates": [{"model": "qat/int8", "against": "teacher/float32", "max_drop": 0.3}]},
-              benches=[root / "bench2"])
+        stage(root, "report2", run_report_stage, ReportParams, gate, benches=[root / "bench0"])
+    passed = stage(root, "report3", run_report_stage, ReportParams, gate, benches=[root / "bench1"])
+    assert json.loads((passed / "report.json").read_text())["gates"][0]["passed"]
     with pytest.raises(EdgepipeError, match="is a QAT model, which converts to int8 only"):
         stage(root, "bad", run_convert_stage, ConvertParams, {}, data=data, model=qat)
 
