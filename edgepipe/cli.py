@@ -118,10 +118,12 @@ def _summary(r, go, dry_run: bool) -> None:
 
     start = time.perf_counter()
     results = go()
-    ran = [x for x in results if x.action == "ran"]
+    ran = [x for x in results if x.action in ("ran", "restored")]
+    restored = sum(x.action == "restored" for x in results)
     total = time.perf_counter() - start
     last = next((x.summary for x in reversed(ran) if x.summary), "")
-    ui.say(f"{r.name}: {len(ran)} ran, {len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
+    ui.say(f"{r.name}: {len(ran) - restored} ran, " + (f"{restored} restored from the run cache, " if restored else "")
+           + f"{len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
            f"{f' in {total:.1f} s' if ran else ''}" + (f"; {last}" if last else ""))
 
 
@@ -144,6 +146,23 @@ def status(recipe, profile, sets, target, host, root):
     from edgepipe.pipeline.runner import Runner
 
     Runner(_load(recipe, profile, sets, target, host), root).status()
+
+
+@main.command()
+@recipe_arg
+@root_opt
+@_option("--keep", default=1, show_default=True, type=int, help="run cache entries kept per stage, most recently used first")
+def gc(recipe, root, keep):
+    """Prune RECIPE's run cache (runs/RECIPE/.cache): keep the newest KEEP entries of each stage."""
+    from edgepipe.core.fsio import human_size
+    from edgepipe.pipeline.runcache import when
+    from edgepipe.pipeline.runner import Runner
+
+    gone, freed = Runner(_load(recipe, None, ()), root).gc(keep)
+    for e in gone:
+        ui.say(f"  removed {e.stage:<14} run of {when(e.created)}  key {e.key[:12]}")
+    ui.say(f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
+           "files freed")
 
 
 @main.command()
