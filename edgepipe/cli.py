@@ -151,6 +151,37 @@ def status(recipe, profile, sets, target, host, root):
 @main.command()
 @recipe_arg
 @root_opt
+def runs(recipe, root):
+    """List RECIPE's recorded runs (runs/RECIPE/history.jsonl): number, date, headline figure, what changed."""
+    from edgepipe.pipeline import history
+
+    r = _load(recipe, None, ())
+    records = history.read(root / "runs" / r.name)
+    if not records:
+        ui.say(f"{r.name}: no runs recorded yet")
+    for line in history.listing(records):
+        ui.say(line)
+
+
+@main.command()
+@recipe_arg
+@click.argument("a")
+@click.argument("b")
+@root_opt
+def compare(recipe, a, b, root):
+    """Compare two recorded runs of RECIPE (numbers from `edgepipe runs`, or last): the params that differ
+    and the figures side by side."""
+    from edgepipe.pipeline import history
+
+    r = _load(recipe, None, ())
+    records = history.read(root / "runs" / r.name)
+    for line in history.comparison(history.pick(records, a, r.name), history.pick(records, b, r.name)):
+        ui.say(line)
+
+
+@main.command()
+@recipe_arg
+@root_opt
 @_option("--keep", default=1, show_default=True, type=int, help="run cache entries kept per stage, most recently used first")
 def gc(recipe, root, keep):
     """Prune RECIPE's run cache (runs/RECIPE/.cache): keep the newest KEEP entries of each stage."""

@@ -55,6 +55,8 @@ class Recipe:
     path: Path
     description: str
     stages: dict[str, Stage]
+    profile: str | None = None  # how it was loaded (the run history records it)
+    overrides: tuple[str, ...] = ()  # the --set overrides, as given
 
     def ancestors(self, name: str) -> list[str]:
         """`name` and every stage it depends on, in run order."""
@@ -117,6 +119,8 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         path=path,
         description=" ".join(str(raw.get("description") or "").split()),
         stages={n: stages[n] for n in order},
+        profile=profile,
+        overrides=tuple(sets),
     )
 
 

@@ -29,6 +29,7 @@ from edgepipe.core import fsio, runlock, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
+from edgepipe.pipeline import history
 from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
 from edgepipe.pipeline.runcache import DEFAULT_SIZE, RunCache, when
 from edgepipe.pipeline.recipe import Recipe, Stage
@@ -79,6 +80,8 @@ class Runner:
         self.lock = Lock(self.run_dir / "lock.json", recipe)
         self.cache = RunCache(self.run_dir / ".cache", cache_size)
         self.isolate = isolate
+        self.record_number: int | None = None  # the run history's number of the last run
+        self._results: dict[str, Result] = {}
         # Hashed once, now: the code that runs is the code imported at start, even if a source file
         # is edited while a long run is under way.
         modules = {s.kind.module for s in recipe.stages.values()}
@@ -121,7 +124,7 @@ class Runner:
             self._clean_scratch(dry_run)
             if dry_run:
                 return self._dry_run(plan, force)
-            return self._execute(plan, set(plan) if force else set(), jobs)
+            return self._recorded("run", plan, set(plan) if force else set(), jobs)
 
     def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:
         """Run every stage of `kind`, whatever stale stage it needs and what depends on it (the report);
@@ -138,7 +141,7 @@ class Runner:
         plan = [n for n in self.recipe.stages if n in wanted]
         with self._exclusive(False):
             self._clean_scratch(False)
-            return self._execute(plan, set(targets) if force else set(), jobs)
+            return self._recorded(kind, plan, set(targets) if force else set(), jobs)
 
     def run_as_worker(self, name: str) -> str:
         """Run stage `name` as one more worker of a stage running elsewhere: its share of the work only.
@@ -204,13 +207,33 @@ class Runner:
             ui.say(f"{tag} stale: {reason}")
         return results
 
+    def _recorded(self, command: str, plan: list[str], force: set[str], jobs: int) -> list[Result]:
+        """`_execute`, then one record of the run (finished or failed) appended to runs/R/history.jsonl."""
+        self._results: dict[str, Result] = {}
+        try:
+            results = self._execute(plan, force, jobs)
+        except Exception as e:
+            self._record(command, plan, error=str(e))
+            raise
+        self._record(command, plan)
+        return results
+
+    def _record(self, command: str, plan: list[str], error: str | None = None) -> None:
+        results = [self._results[n] for n in plan if n in self._results]
+        keys = {n: e["key"] for n in self.recipe.stages if (e := self.lock.entry(n))}
+        try:
+            self.record_number = history.append(
+                self.run_dir, history.record(self.recipe, self.run_dir, results, command, keys, error))
+        except OSError as e:  # the history is a record of the run, not the run: say so and go on
+            ui.warn(f"could not append to the run history ({EdgepipeError.from_os_error(e)})")
+
     def _execute(self, plan: list[str], force: set[str], jobs: int) -> list[Result]:
         """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once.
 
         If a stage fails, the stages already running finish and are recorded, nothing new starts, and
         the first failure is raised.
         """
-        results: dict[str, Result] = {}
+        results = self._results = {}
         waiting = list(plan)
         running: dict[concurrent.futures.Future, _Job] = {}
         failure: BaseException | None = None
