@@ -15,10 +15,8 @@ args ?=
 # starting a Python that imports TensorFlow, or a tiny model on one core.
 test_workers ?= 2
 
-# Offline mirror of canonical dataset files, searched before any download (see README, "Data").
-ifneq ($(wildcard ../shared/datasets),)
-export EDGEPIPE_DATA_MIRROR ?= $(abspath ../shared/datasets)
-endif
+# Project settings (the offline dataset mirror, targets, the run cache's size) live in edgepipe.toml,
+# which every edgepipe command reads; make passes only what it is given.
 
 ifneq ($(recipe),)
 .DEFAULT_GOAL := run

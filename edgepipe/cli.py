@@ -12,10 +12,23 @@ from edgepipe.core import ui
 from edgepipe.core.errors import EdgepipeError
 
 
+def _config():
+    """The project config (edgepipe.toml), read once per command by `main`."""
+    return click.get_current_context().find_root().obj["config"]
+
+
 def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str | None = None, host: str | None = None):
     from edgepipe.pipeline.recipe import find_recipe, load_recipe
 
-    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host)
+    config = _config()
+    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host,
+                       default_target=config.target, hosts=config.hosts)
+
+
+def _runner(r, root: Path):
+    from edgepipe.pipeline.runner import Runner
+
+    return Runner(r, root, cache_size=_config().cache_bytes)
 
 
 class _Once(click.Option):
@@ -74,8 +87,11 @@ target_options = _stack(target_opt, host_opt)
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """edgepipe: from a dataset to benchmarked LiteRT models, one recipe at a time."""
-    ctx.obj = {"debug": debug}
+    from edgepipe.pipeline import config
+
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
+    ctx.obj = {"debug": debug, "config": config.load()}
+    ctx.with_resource(config.environment(ctx.obj["config"]))
 
 
 @main.command()
@@ -90,10 +106,8 @@ def main(ctx: click.Context, debug: bool) -> None:
          help="stages run at once, in worker processes, when their inputs are ready")
 def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
-    from edgepipe.pipeline.runner import Runner
-
     r = _load(recipe, profile, sets, target, host)
-    _summary(r, lambda: Runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
+    _summary(r, lambda: _runner(r, root).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
 
 
 @main.command()
@@ -106,10 +120,8 @@ def bench(recipe, profile, sets, target, host, root, force):
 
     e.g. --target rpi4 --host pi@addr
     """
-    from edgepipe.pipeline.runner import Runner
-
     r = _load(recipe, profile, sets, target, host)
-    runner = Runner(r, root)
+    runner = _runner(r, root)
     _summary(r, lambda: runner.run_kind("bench", force=force), False)
 
 
@@ -143,9 +155,7 @@ def report(recipe, profile, sets, root):
 @root_opt
 def status(recipe, profile, sets, target, host, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
-    from edgepipe.pipeline.runner import Runner
-
-    Runner(_load(recipe, profile, sets, target, host), root).status()
+    _runner(_load(recipe, profile, sets, target, host), root).status()
 
 
 @main.command()
@@ -187,9 +197,8 @@ def gc(recipe, root, keep):
     """Prune RECIPE's run cache (runs/RECIPE/.cache): keep the newest KEEP entries of each stage."""
     from edgepipe.core.fsio import human_size
     from edgepipe.pipeline.runcache import when
-    from edgepipe.pipeline.runner import Runner
 
-    gone, freed = Runner(_load(recipe, None, ()), root).gc(keep)
+    gone, freed = _runner(_load(recipe, None, ()), root).gc(keep)
     for e in gone:
         ui.say(f"  removed {e.stage:<14} run of {when(e.created)}  key {e.key[:12]}")
     ui.say(f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
@@ -205,9 +214,7 @@ def gc(recipe, root, keep):
 def worker(recipe, stage, profile, sets, root):
     """Be one more worker of STAGE: trials of a search, or a share of a multi-worker training (TF_CONFIG names
     this machine); keeps no output."""
-    from edgepipe.pipeline.runner import Runner
-
-    ui.say(f"worker done: {Runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
+    ui.say(f"worker done: {_runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
 
 
 @main.command()

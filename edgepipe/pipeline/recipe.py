@@ -83,7 +83,8 @@ def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
 
 
 def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
-                host: str | None = None) -> Recipe:
+                host: str | None = None, default_target: str | None = None,
+                hosts: dict[str, str] | None = None) -> Recipe:
     """Read, override, substitute and validate a recipe.
 
     Args:
@@ -92,6 +93,9 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         sets: ``stage.key=value`` or ``vars.name=value`` overrides (value parsed as YAML), applied last.
         target: replaces the recipe's top-level `target:` (`--target`).
         host: `user@address` for the stages whose target is reached over SSH (`--host`).
+        default_target: the target when neither `target` nor the recipe names one (the project config's).
+        hosts: target name -> `user@address`, for SSH targets `host` and the stage leave without one (the
+            project config's).
 
     Raises:
         RecipeError: on anything invalid, naming the file and the key.
@@ -107,7 +111,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     raw_stages = _substitute(raw["stages"], variables, f"{where}: stages")
     table = kinds()
     stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
-    _apply_target(stages, target or raw.get("target"), host, where)
+    _apply_target(stages, target or raw.get("target"), host, where, default_target, hosts or {})
     order = _topological(stages, where)
     given = raw.get("name")  # runs/<name>/ and models/<name>/ are the run's folders: one safe name
     if given is None:
@@ -201,7 +205,8 @@ def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: 
     return Stage(name, kind, params, inputs, tuple(publish))
 
 
-def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str) -> None:
+def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str,
+                  fallback: str | None = None, hosts: dict[str, str] | None = None) -> None:
     """Give stages with a `target` param the recipe's target unless they name one; check every target exists.
 
     `--host` goes to the stages whose target is reached over SSH; it is an error if none is, so a
@@ -223,13 +228,17 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
         if not hasattr(stage.params, "target"):
             continue
         if stage.params.target is None:
-            stage.params.target = default or "host"
+            stage.params.target = default or fallback or "host"
         try:
             profile = load_target(stage.params.target)
         except EdgepipeError as e:
             raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
         if host and hasattr(stage.params, "host") and profile.reach == "ssh":
             stage.params.host, took_host = host, True
+        elif hasattr(stage.params, "host") and profile.reach == "ssh" and stage.params.host is None:
+            given = (hosts or {}).get(stage.params.target) or (hosts or {}).get(profile.name)
+            if given:
+                stage.params.host = given
     if host and not took_host:
         raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
                           "add --target rpi4 (or another SSH target), or drop --host")
