@@ -7,7 +7,9 @@ never sees an invalid recipe.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -82,13 +84,13 @@ def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
     raise RecipeError(f"recipe '{name_or_path}' not found", fix)
 
 
-def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
+def load_recipe(path: Path | dict, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
                 host: str | None = None, default_target: str | None = None,
-                hosts: dict[str, str] | None = None) -> Recipe:
+                hosts: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> Recipe:
     """Read, override, substitute and validate a recipe.
 
     Args:
-        path: the recipe YAML file.
+        path: the recipe YAML file, or a recipe as a mapping (it must then have a `name`).
         profile: name of an entry under `profiles:` whose overrides to apply.
         sets: ``stage.key=value`` or ``vars.name=value`` overrides (value parsed as YAML), applied last.
         target: replaces the recipe's top-level `target:` (`--target`).
@@ -96,14 +98,21 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         default_target: the target when neither `target` nor the recipe names one (the project config's).
         hosts: target name -> `user@address`, for SSH targets `host` and the stage leave without one (the
             project config's).
+        values: ``{"stage.key": value}`` overrides with values already parsed (the Python API's `set`),
+            applied after `sets`.
 
     Raises:
         RecipeError: on anything invalid, naming the file and the key.
     """
-    path = Path(path)
+    if isinstance(path, dict):
+        raw, path = _from_mapping(path)
+    else:
+        path = Path(path)
+        raw = _read(path)
     where = str(path)
-    raw = _read(path)
-    for key, value, origin in _overrides(raw, profile, sets, where):
+    overrides = _overrides(raw, profile, sets, where)
+    overrides += [(k, copy.deepcopy(v), f"set[{k!r}]") for k, v in (values or {}).items()]
+    for key, value, origin in overrides:
         _apply_override(raw, key, value, origin)
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
@@ -124,8 +133,24 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         description=" ".join(str(raw.get("description") or "").split()),
         stages={n: stages[n] for n in order},
         profile=profile,
-        overrides=tuple(sets),
+        overrides=tuple(sets) + tuple(f"{k}={json.dumps(v, default=str)}" for k, v in (values or {}).items()),
     )
+
+
+def _from_mapping(recipe: dict) -> tuple[dict, Path]:
+    """A recipe given as a mapping (the Python API): a deep copy, checked as a file's would be, and the
+    stand-in path messages and the lock name it by."""
+    name = recipe.get("name")
+    if not isinstance(name, str) or not name:
+        raise RecipeError("a recipe given as a mapping has no name", "add a name, e.g. {'name': 'smoke', 'stages': ...}")
+    where = Path(f"<recipe {name}>")
+    try:
+        raw = copy.deepcopy(recipe)
+    except Exception as e:  # noqa: BLE001 - a value that cannot be copied (a model object, a generator)
+        raise RecipeError(f"{where}: cannot copy the recipe ({type(e).__name__})",
+                          "use plain values: dicts, lists, strings, numbers, booleans") from None
+    _check_top(raw, str(where))
+    return raw, where
 
 
 def _read(path: Path) -> dict:
@@ -145,6 +170,11 @@ def _read(path: Path) -> dict:
                           "save the recipe as UTF-8") from None
     except OSError as e:
         raise RecipeError(f"{where}: cannot read recipe: {e.strerror}", "check the path and its permissions") from None
+    _check_top(raw, where)
+    return raw
+
+
+def _check_top(raw: Any, where: str) -> None:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
                           "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
@@ -156,7 +186,6 @@ def _read(path: Path) -> dict:
         if not isinstance(name, str) or not NAME.match(name):
             raise RecipeError(f"{where}: stages.{name}: invalid stage name",
                               "use lower-case letters, digits and _ and start with a letter")
-    return raw
 
 
 def _overrides(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -> list[tuple[str, Any, str]]:
