@@ -34,11 +34,15 @@ help:
 	@echo "make bench                                    benchmarks under benchmarks/"
 	@echo "make setup | make clean"
 
+# Quiet on purpose: one line saying what happens, then only pip's errors (pip -v shows the rest).
+PIP_QUIET := --quiet --disable-pip-version-check --no-input
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	@echo "setting up $(VENV): edgepipe and its dependencies from PyPI (about 2 minutes and 2 GB the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	@$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
+	@touch $@
+	@echo "$(VENV) is ready"
 
 setup: $(BIN)/.installed
 
