@@ -165,9 +165,11 @@ def headline(rec: dict) -> str:
 
 def listing(records: list[dict]) -> list[str]:
     """`edgepipe runs`: one line per record, oldest first."""
-    lines = [f"{'#':>3}  {'date (UTC)':<16}  {'status':<6}  {'headline':<28}  changed vs previous"]
+    heads = [headline(rec) for rec in records]
+    width = max([len("headline"), *map(len, heads)])
+    lines = [f"{'#':>3}  {'date (UTC)':<16}  {'status':<6}  {'headline':<{width}}  changed vs previous"]
     for i, rec in enumerate(records):
-        lines.append(f"{rec['number']:>3}  {_date(rec):<16}  {rec.get('status', '?'):<6}  {headline(rec):<28}  "
+        lines.append(f"{rec['number']:>3}  {_date(rec):<16}  {rec.get('status', '?'):<6}  {heads[i]:<{width}}  "
                      f"{changes(records[i - 1] if i else None, rec)}")
     return lines
 

@@ -225,7 +225,10 @@ class Runner:
             self.record_number = history.append(
                 self.run_dir, history.record(self.recipe, self.run_dir, results, command, keys, error))
         except OSError as e:  # the history is a record of the run, not the run: say so and go on
-            ui.warn(f"could not append to the run history ({EdgepipeError.from_os_error(e)})")
+            if error is None:
+                ui.warn(f"could not append to the run history ({EdgepipeError.from_os_error(e)})")
+            else:  # the run's own error (a full disk, often the same cause) stays the one line on stderr
+                log.info("could not append to the run history: %s", e)
 
     def _execute(self, plan: list[str], force: set[str], jobs: int) -> list[Result]:
         """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once.
@@ -431,7 +434,8 @@ class Runner:
         try:
             return self.cache.store(key, stage.name, self.run_dir / stage.name, records, seconds, summary, created)
         except OSError as e:
-            ui.warn(f"run cache: could not keep the outputs of '{stage.name}' ({EdgepipeError.from_os_error(e)})")
+            # stdout, not a warning: should the run then fail (a full disk), its error stays the one line on stderr
+            ui.say(f"    run cache: could not keep the outputs of '{stage.name}' ({EdgepipeError.from_os_error(e)})")
             self.cache.drop(key)
             return fsio.dir_records(self.run_dir / stage.name, records)
 
