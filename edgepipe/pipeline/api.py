@@ -81,7 +81,7 @@ def run(recipe: str | Path | dict, set: dict[str, Any] | None = None, profile: s
         EdgepipeError: any bad input (a RecipeError for the recipe or an override), a failed stage or a
             failed accuracy gate, as one line with its fix; never SystemExit.
     """
-    if multiprocessing.parent_process() is not None and multiprocessing.current_process().name.startswith("Spawn"):
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own "still starting" test
         raise EdgepipeError("edgepipe.run was called while a worker process of a run was starting (a script "
                             "calling it at import time)", 'call it under if __name__ == "__main__":, or pass '
                             "isolate=False")
