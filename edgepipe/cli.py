@@ -167,9 +167,7 @@ def runs(recipe, root):
 
     r = _load(recipe, None, ())
     records = history.read(root / "runs" / r.name)
-    if not records:
-        ui.say(f"{r.name}: no runs recorded yet")
-    for line in history.listing(records):
+    for line in history.listing(records) if records else [f"{r.name}: no runs recorded yet (runs/{r.name}/history.jsonl)"]:
         ui.say(line)
 
 
