@@ -65,9 +65,10 @@ class ProjectConfig:
 
     @property
     def mirrors(self) -> list[Path]:
-        """The data mirror folders, relative ones taken from the config file's folder."""
+        """The data mirror folders, relative ones taken from the config file's folder, normalised (`a/../b`
+        is `b`: the dataset's file paths are part of the data stage's key, as the Makefile's abspath made them)."""
         base = self.path.parent if self.path else Path.cwd()
-        return [(base / Path(m).expanduser()) for m in self.data_mirror]
+        return [Path(os.path.abspath(base / Path(m).expanduser())) for m in self.data_mirror]
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(ProjectConfig) if f.name != "path")
