@@ -92,3 +92,23 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     with open(run_dir / history.FILE, "a") as f:
         f.write('{"time": "2026-12-02T00:01')  # a run killed mid-write
     assert [r["number"] for r in history.read(run_dir)] == [1]
+
+
+def _append_many(run_dir, who):
+    for i in range(25):
+        history.append(run_dir, {"time": "t", "who": who, "i": i, "params": {"pad": "x" * 20000}, "metrics": {}})
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    import multiprocessing
+
+    run_dir = tmp_path / "runs/r"
+    run_dir.mkdir(parents=True)
+    procs = [multiprocessing.get_context("fork").Process(target=_append_many, args=(run_dir, w)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    lines = (run_dir / history.FILE).read_text().splitlines()
+    assert len(lines) == 150 and all(json.loads(line)["params"]["pad"] == "x" * 20000 for line in lines)
+    assert sorted((r["who"], r["i"]) for r in history.read(run_dir)) == [(w, i) for w in range(6) for i in range(25)]
