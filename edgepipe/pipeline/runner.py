@@ -413,6 +413,9 @@ class Runner:
                        "place?); dropped it")
                 return None
             fsio.replace_dir(tmp, out_dir)
+        except OSError as e:  # a cache that cannot be read is a miss: the stage runs as if it were not there
+            ui.say(f"{tag} could not restore from the run cache ({EdgepipeError.from_os_error(e)}); running it")
+            return None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.lock.record(stage.name, key, parts, fsio.dir_records(out_dir, records))

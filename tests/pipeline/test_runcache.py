@@ -94,3 +94,28 @@ def test_gc_keeps_the_newest_entries_of_each_stage(project):
     assert run(root, path, sets=("model.lr=0.01",))["model"].action == "ran"  # pruned: trained again
     code, _, err = run_cli(["gc", str(path), "--keep", "-1"], root)
     assert code == 2 and check_clean_outcome(code, err, root).startswith("edgepipe: error: --keep -1")
+
+
+def test_a_restore_that_fails_half_way_leaves_nothing_half_written_and_runs_the_stage(project, monkeypatch, capsys):
+    from edgepipe.pipeline import runcache
+
+    root, path = project
+    run(root, path, until="data")
+    first = (root / "runs/tiny/data/dataset.npz").read_bytes()
+    run(root, path, until="data", sets=("data.val_fraction=0.3",))
+    real = runcache._link_or_copy
+    calls = []
+
+    def failing(src, dest):
+        calls.append(dest)
+        if len(calls) == 2:  # the second file of the restore
+            raise OSError(28, "No space left on device", str(dest))
+        real(src, dest)
+
+    monkeypatch.setattr(runcache, "_link_or_copy", failing)
+    capsys.readouterr()
+    r = run(root, path, until="data")
+    assert r["data"].action == "ran" and "could not restore from the run cache" in capsys.readouterr().out
+    assert not any((root / "runs/tiny/.tmp").iterdir())
+    assert (root / "runs/tiny/data/dataset.npz").read_bytes() == first
+    assert json.loads((root / "runs/tiny/lock.json").read_text())["stages"]["data"]["parts"]["params"]["val_fraction"] == 0.2
