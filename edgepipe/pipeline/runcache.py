@@ -108,8 +108,11 @@ class RunCache:
             obj, out = self.objects / rec["sha256"], out_dir / rel
             if not obj.is_file():
                 _link_or_copy(out, obj)
-            elif not os.path.samefile(obj, out) and _hard_links(obj, out):
-                _link_or_copy(obj, out)
+            elif not os.path.samefile(obj, out):
+                if fsio.sha256_file(obj) != rec["sha256"]:  # edited in place through another link: replace it
+                    _link_or_copy(out, obj)
+                elif _hard_links(obj, out):
+                    _link_or_copy(obj, out)
             st = obj.stat()
             files[rel] = {"sha256": rec["sha256"], "size": rec["size"], "mtime_ns": st.st_mtime_ns}
             st = out.stat()
