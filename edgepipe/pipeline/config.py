@@ -134,14 +134,18 @@ def load(start: Path | None = None) -> ProjectConfig:
 def environment(config: ProjectConfig) -> Iterator[None]:
     """The config's environment for the stages (the data mirror) while the block runs, unless the
     environment already says otherwise; restored after."""
-    if not config.mirrors or os.environ.get(MIRROR_ENV):
+    before = os.environ.get(MIRROR_ENV)
+    if not config.mirrors or before:
         yield
         return
     os.environ[MIRROR_ENV] = os.pathsep.join(str(m) for m in config.mirrors)
     try:
         yield
     finally:
-        os.environ.pop(MIRROR_ENV, None)
+        if before is None:
+            os.environ.pop(MIRROR_ENV, None)
+        else:
+            os.environ[MIRROR_ENV] = before
 
 
 def _read(path: Path) -> dict:
