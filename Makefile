@@ -15,10 +15,8 @@ args ?=
 # starting a Python that imports TensorFlow, or a tiny model on one core.
 test_workers ?= 2
 
-# Offline mirror of canonical dataset files, searched before any download (see README, "Data").
-ifneq ($(wildcard ../shared/datasets),)
-export EDGEPIPE_DATA_MIRROR ?= $(abspath ../shared/datasets)
-endif
+# Project settings (the offline dataset mirror, targets, the run cache's size) live in edgepipe.toml,
+# which every edgepipe command reads; make passes only what it is given.
 
 ifneq ($(recipe),)
 .DEFAULT_GOAL := run
@@ -36,11 +34,15 @@ help:
 	@echo "make bench                                    benchmarks under benchmarks/"
 	@echo "make setup | make clean"
 
+# Quiet on purpose: one line saying what happens, then only pip's errors (pip -v shows the rest).
+PIP_QUIET := --quiet --disable-pip-version-check --no-input
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	@echo "setting up $(VENV): edgepipe and its dependencies from PyPI (about 2 minutes and 2 GB the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	@$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
+	@touch $@
+	@echo "$(VENV) is ready"
 
 setup: $(BIN)/.installed
 

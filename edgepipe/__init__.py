@@ -1,6 +1,7 @@
 """edgepipe: take a Keras model from data to benchmarked LiteRT artifacts for edge devices.
 
 Public API (everything else is internal):
+    run, RunResult            run a recipe from Python (a notebook): what ran and the report's rows
     load_recipe, find_recipe  read and validate a recipe
     Runner                    run a recipe's stale stages
     EdgepipeError             the one error users see
@@ -12,8 +13,9 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 from edgepipe.core.errors import EdgepipeError, RecipeError  # noqa: E402
+from edgepipe.pipeline.api import RunResult, run  # noqa: E402
 from edgepipe.pipeline.recipe import find_recipe, load_recipe  # noqa: E402
 from edgepipe.pipeline.runner import Runner  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["EdgepipeError", "RecipeError", "Runner", "find_recipe", "load_recipe", "__version__"]
+__all__ = ["EdgepipeError", "RecipeError", "RunResult", "Runner", "find_recipe", "load_recipe", "run", "__version__"]

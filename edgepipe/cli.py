@@ -12,10 +12,23 @@ from edgepipe.core import ui
 from edgepipe.core.errors import EdgepipeError
 
 
+def _config():
+    """The project config (edgepipe.toml), read once per command by `main`."""
+    return click.get_current_context().find_root().obj["config"]
+
+
 def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str | None = None, host: str | None = None):
     from edgepipe.pipeline.recipe import find_recipe, load_recipe
 
-    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host)
+    config = _config()
+    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host,
+                       default_target=config.target, hosts=config.hosts)
+
+
+def _runner(r, root: Path, track: str | None = None):
+    from edgepipe.pipeline.runner import Runner
+
+    return Runner(r, root, cache_size=_config().cache_bytes, track=track)
 
 
 class _Once(click.Option):
@@ -74,8 +87,11 @@ target_options = _stack(target_opt, host_opt)
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """edgepipe: from a dataset to benchmarked LiteRT models, one recipe at a time."""
-    ctx.obj = {"debug": debug}
+    from edgepipe.pipeline import config
+
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
+    ctx.obj = {"debug": debug, "config": config.load()}
+    ctx.with_resource(config.environment(ctx.obj["config"]))
 
 
 @main.command()
@@ -93,11 +109,9 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "else sqlite in mlruns/)")
 def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs, track):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
-    from edgepipe.pipeline.runner import Runner
-
     r = _load(recipe, profile, sets, target, host)
-    runner = Runner(r, root, track=track)
-    _summary(r, lambda: runner.run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run)
+    _summary(r, lambda: _runner(r, root, track).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs),
+             dry_run)
 
 
 @main.command()
@@ -110,10 +124,8 @@ def bench(recipe, profile, sets, target, host, root, force):
 
     e.g. --target rpi4 --host pi@addr
     """
-    from edgepipe.pipeline.runner import Runner
-
     r = _load(recipe, profile, sets, target, host)
-    runner = Runner(r, root)
+    runner = _runner(r, root)
     _summary(r, lambda: runner.run_kind("bench", force=force), False)
 
 
@@ -122,10 +134,12 @@ def _summary(r, go, dry_run: bool) -> None:
 
     start = time.perf_counter()
     results = go()
-    ran = [x for x in results if x.action == "ran"]
+    ran = [x for x in results if x.action in ("ran", "restored")]
+    restored = sum(x.action == "restored" for x in results)
     total = time.perf_counter() - start
     last = next((x.summary for x in reversed(ran) if x.summary), "")
-    ui.say(f"{r.name}: {len(ran)} ran, {len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
+    ui.say(f"{r.name}: {len(ran) - restored} ran, " + (f"{restored} restored from the run cache, " if restored else "")
+           + f"{len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
            f"{f' in {total:.1f} s' if ran else ''}" + (f"; {last}" if last else ""))
 
 
@@ -145,9 +159,52 @@ def report(recipe, profile, sets, root):
 @root_opt
 def status(recipe, profile, sets, target, host, root):
     """Show each stage of RECIPE as fresh or stale, and why."""
-    from edgepipe.pipeline.runner import Runner
+    _runner(_load(recipe, profile, sets, target, host), root).status()
 
-    Runner(_load(recipe, profile, sets, target, host), root).status()
+
+@main.command()
+@recipe_arg
+@root_opt
+def runs(recipe, root):
+    """List RECIPE's recorded runs (runs/RECIPE/history.jsonl): number, date, headline figure, what changed."""
+    from edgepipe.pipeline import history
+
+    r = _load(recipe, None, ())
+    records = history.read(root / "runs" / r.name)
+    for line in history.listing(records) if records else [f"{r.name}: no runs recorded yet (runs/{r.name}/history.jsonl)"]:
+        ui.say(line)
+
+
+@main.command()
+@recipe_arg
+@click.argument("a")
+@click.argument("b")
+@root_opt
+def compare(recipe, a, b, root):
+    """Compare two recorded runs of RECIPE (numbers from `edgepipe runs`, or last): the params that differ
+    and the figures side by side."""
+    from edgepipe.pipeline import history
+
+    r = _load(recipe, None, ())
+    records = history.read(root / "runs" / r.name)
+    for line in history.comparison(history.pick(records, a, r.name), history.pick(records, b, r.name)):
+        ui.say(line)
+
+
+@main.command()
+@recipe_arg
+@root_opt
+@_option("--keep", default=1, show_default=True, type=int, help="run cache entries kept per stage, most recently used first")
+def gc(recipe, root, keep):
+    """Prune RECIPE's run cache (runs/RECIPE/.cache): keep the newest KEEP entries of each stage."""
+    from edgepipe.core.fsio import human_size
+    from edgepipe.pipeline.runcache import when
+
+    gone, freed = _runner(_load(recipe, None, ()), root).gc(keep)
+    for e in gone:
+        ui.say(f"  removed {e.stage:<14} run of {when(e.created)}  key {e.key[:12]}")
+    ui.say(f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
+           "files freed")
 
 
 @main.command()
@@ -159,9 +216,7 @@ def status(recipe, profile, sets, target, host, root):
 def worker(recipe, stage, profile, sets, root):
     """Be one more worker of STAGE: trials of a search, or a share of a multi-worker training (TF_CONFIG names
     this machine); keeps no output."""
-    from edgepipe.pipeline.runner import Runner
-
-    ui.say(f"worker done: {Runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
+    ui.say(f"worker done: {_runner(_load(recipe, profile, sets), root).run_as_worker(stage)}")
 
 
 @main.command()

@@ -7,7 +7,9 @@ never sees an invalid recipe.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ class Recipe:
     description: str
     stages: dict[str, Stage]
     tracking: TrackingParams | None = None  # the `tracking:` block (MLflow), None if the recipe has none
+    profile: str | None = None  # how it was loaded (the run history records it)
+    overrides: tuple[str, ...] = ()  # the --set overrides, as given
 
     def ancestors(self, name: str) -> list[str]:
         """`name` and every stage it depends on, in run order."""
@@ -82,24 +86,35 @@ def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
     raise RecipeError(f"recipe '{name_or_path}' not found", fix)
 
 
-def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
-                host: str | None = None) -> Recipe:
+def load_recipe(path: Path | dict, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
+                host: str | None = None, default_target: str | None = None,
+                hosts: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> Recipe:
     """Read, override, substitute and validate a recipe.
 
     Args:
-        path: the recipe YAML file.
+        path: the recipe YAML file, or a recipe as a mapping (it must then have a `name`).
         profile: name of an entry under `profiles:` whose overrides to apply.
         sets: ``stage.key=value`` or ``vars.name=value`` overrides (value parsed as YAML), applied last.
         target: replaces the recipe's top-level `target:` (`--target`).
         host: `user@address` for the stages whose target is reached over SSH (`--host`).
+        default_target: the target when neither `target` nor the recipe names one (the project config's).
+        hosts: target name -> `user@address`, for SSH targets `host` and the stage leave without one (the
+            project config's).
+        values: ``{"stage.key": value}`` overrides with values already parsed (the Python API's `set`),
+            applied after `sets`.
 
     Raises:
         RecipeError: on anything invalid, naming the file and the key.
     """
-    path = Path(path)
+    if isinstance(path, dict):
+        raw, path = _from_mapping(path)
+    else:
+        path = Path(path)
+        raw = _read(path)
     where = str(path)
-    raw = _read(path)
-    for key, value, origin in _overrides(raw, profile, sets, where):
+    overrides = _overrides(raw, profile, sets, where)
+    overrides += [(k, copy.deepcopy(v), f"set[{k!r}]") for k, v in (values or {}).items()]
+    for key, value, origin in overrides:
         _apply_override(raw, key, value, origin)
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
@@ -107,7 +122,7 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
     raw_stages = _substitute(raw["stages"], variables, f"{where}: stages")
     table = kinds()
     stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
-    _apply_target(stages, target or raw.get("target"), host, where)
+    _apply_target(stages, target or raw.get("target"), host, where, default_target, hosts or {})
     order = _topological(stages, where)
     given = raw.get("name")  # runs/<name>/ and models/<name>/ are the run's folders: one safe name
     if given is None:
@@ -121,7 +136,25 @@ def load_recipe(path: Path, profile: str | None = None, sets: tuple[str, ...] = 
         description=" ".join(str(raw.get("description") or "").split()),
         stages={n: stages[n] for n in order},
         tracking=tracking,
+        profile=profile,
+        overrides=tuple(sets) + tuple(f"{k}={json.dumps(v, default=str)}" for k, v in (values or {}).items()),
     )
+
+
+def _from_mapping(recipe: dict) -> tuple[dict, Path]:
+    """A recipe given as a mapping (the Python API): a deep copy, checked as a file's would be, and the
+    stand-in path messages and the lock name it by."""
+    name = recipe.get("name")
+    if not isinstance(name, str) or not name:
+        raise RecipeError("a recipe given as a mapping has no name", "add a name, e.g. {'name': 'smoke', 'stages': ...}")
+    where = Path(f"<recipe {name}>")
+    try:
+        raw = copy.deepcopy(recipe)
+    except Exception as e:  # noqa: BLE001 - a value that cannot be copied (a model object, a generator)
+        raise RecipeError(f"{where}: cannot copy the recipe ({type(e).__name__})",
+                          "use plain values: dicts, lists, strings, numbers, booleans") from None
+    _check_top(raw, str(where))
+    return raw, where
 
 
 def _read(path: Path) -> dict:
@@ -141,6 +174,11 @@ def _read(path: Path) -> dict:
                           "save the recipe as UTF-8") from None
     except OSError as e:
         raise RecipeError(f"{where}: cannot read recipe: {e.strerror}", "check the path and its permissions") from None
+    _check_top(raw, where)
+    return raw
+
+
+def _check_top(raw: Any, where: str) -> None:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
                           "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
@@ -152,7 +190,6 @@ def _read(path: Path) -> dict:
         if not isinstance(name, str) or not NAME.match(name):
             raise RecipeError(f"{where}: stages.{name}: invalid stage name",
                               "use lower-case letters, digits and _ and start with a letter")
-    return raw
 
 
 def _overrides(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -> list[tuple[str, Any, str]]:
@@ -201,7 +238,8 @@ def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: 
     return Stage(name, kind, params, inputs, tuple(publish))
 
 
-def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str) -> None:
+def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str,
+                  fallback: str | None = None, hosts: dict[str, str] | None = None) -> None:
     """Give stages with a `target` param the recipe's target unless they name one; check every target exists.
 
     `--host` goes to the stages whose target is reached over SSH; it is an error if none is, so a
@@ -223,13 +261,17 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
         if not hasattr(stage.params, "target"):
             continue
         if stage.params.target is None:
-            stage.params.target = default or "host"
+            stage.params.target = default or fallback or "host"
         try:
             profile = load_target(stage.params.target)
         except EdgepipeError as e:
             raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
         if host and hasattr(stage.params, "host") and profile.reach == "ssh":
             stage.params.host, took_host = host, True
+        elif hasattr(stage.params, "host") and profile.reach == "ssh" and stage.params.host is None:
+            given = (hosts or {}).get(stage.params.target) or (hosts or {}).get(profile.name)
+            if given:
+                stage.params.host = given
     if host and not took_host:
         raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
                           "add --target rpi4 (or another SSH target), or drop --host")

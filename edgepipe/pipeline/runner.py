@@ -7,7 +7,8 @@ place and publishes them. The reason a stage runs or is skipped is always printe
 Layout, for recipe R: ``runs/R/<stage>/`` holds each stage's outputs, ``runs/R/lock.json`` the keys and
 output hashes, ``runs/R/.tmp/`` a stage's output while it runs (renamed into place on success), and
 ``runs/R/.work/<stage>/`` checkpoints that let a killed stage resume, ``runs/R/.tb/<stage>/`` TensorBoard's
-logs (outside the output, so they never enter its digest). ``models/R/`` gets the files stages publish.
+logs (outside the output, so they never enter its digest), ``runs/R/.cache/`` the run cache (every
+finished stage's outputs by key, `edgepipe.pipeline.runcache`). ``models/R/`` gets the files stages publish.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edgepipe.core import fsio, ui
+from edgepipe.core import fsio, runlock, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
-from edgepipe.pipeline import tracking
+from edgepipe.pipeline import history, tracking
 from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
+from edgepipe.pipeline.runcache import DEFAULT_SIZE, RunCache, when
 from edgepipe.pipeline.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Result:
     """What happened to one stage in a run (or would happen, in a dry run)."""
 
     stage: str
-    action: str  # "ran", "skipped", "would run", "would skip"
+    action: str  # "ran", "restored" (from the run cache), "skipped", "would run", "would restore", "would skip"
     reason: str
     seconds: float = 0.0
     summary: str = ""
@@ -60,11 +61,20 @@ class _Job:
 
 
 class Runner:
-    """Runs a validated recipe under `root` (which holds runs/ and models/)."""
+    """Runs a validated recipe under `root` (which holds runs/ and models/).
 
-    def __init__(self, recipe: Recipe, root: Path = Path("."), track: str | None = None):
-        """`track`: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
-        URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`)."""
+    Args:
+        recipe: a validated recipe (`load_recipe`).
+        root: the folder that holds runs/ and models/.
+        cache_size: bytes the run cache of this recipe may hold; 0 turns it off.
+        isolate: run every TensorFlow stage in a worker process, even with one job, so this process's
+            TensorFlow state (op determinism, the Keras session) is left as it was (the Python API).
+        track: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
+            URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`).
+    """
+
+    def __init__(self, recipe: Recipe, root: Path = Path("."), cache_size: int = DEFAULT_SIZE,
+                 isolate: bool = False, track: str | None = None):
         self.recipe = recipe
         self.root = Path(root)
         self.track = track
@@ -72,6 +82,10 @@ class Runner:
         self.run_dir = self.root / "runs" / recipe.name
         self.models_dir = self.root / "models" / recipe.name
         self.lock = Lock(self.run_dir / "lock.json", recipe)
+        self.cache = RunCache(self.run_dir / ".cache", cache_size)
+        self.isolate = isolate
+        self.record_number: int | None = None  # the run history's number of the last run
+        self._results: dict[str, Result] = {}
         # Hashed once, now: the code that runs is the code imported at start, even if a source file
         # is edited while a long run is under way.
         modules = {s.kind.module for s in recipe.stages.values()}
@@ -118,7 +132,7 @@ class Runner:
         try:
             with self._exclusive(dry_run):
                 self._clean_scratch(dry_run)
-                results = self._execute(plan, set(plan) if force else set(), jobs)
+                results = self._recorded("run", plan, set(plan) if force else set(), jobs)
             ok = True
             return results
         finally:
@@ -140,7 +154,7 @@ class Runner:
         plan = [n for n in self.recipe.stages if n in wanted]
         with self._exclusive(False):
             self._clean_scratch(False)
-            return self._execute(plan, set(targets) if force else set(), jobs)
+            return self._recorded(kind, plan, set(targets) if force else set(), jobs)
 
     def run_as_worker(self, name: str) -> str:
         """Run stage `name` as one more worker of a stage running elsewhere: its share of the work only.
@@ -197,9 +211,37 @@ class Runner:
                 ui.say(f"{tag} fresh: up to date")
                 continue
             rerun.add(name)
+            entry = None if pending or force else self.cache.lookup(self._reason(stage, False)[1])
+            if entry is not None:
+                results.append(Result(name, "would restore", reason))
+                ui.say(f"{tag} stale: {reason}; in the run cache (run of {when(entry.created)})")
+                continue
             results.append(Result(name, "would run", reason))
             ui.say(f"{tag} stale: {reason}")
         return results
+
+    def _recorded(self, command: str, plan: list[str], force: set[str], jobs: int) -> list[Result]:
+        """`_execute`, then one record of the run (finished or failed) appended to runs/R/history.jsonl."""
+        self._results: dict[str, Result] = {}
+        try:
+            results = self._execute(plan, force, jobs)
+        except Exception as e:
+            self._record(command, plan, error=str(e))
+            raise
+        self._record(command, plan)
+        return results
+
+    def _record(self, command: str, plan: list[str], error: str | None = None) -> None:
+        results = [self._results[n] for n in plan if n in self._results]
+        keys = {n: e["key"] for n in self.recipe.stages if (e := self.lock.entry(n))}
+        try:
+            self.record_number = history.append(
+                self.run_dir, history.record(self.recipe, self.run_dir, results, command, keys, error))
+        except OSError as e:  # the history is a record of the run, not the run: say so and go on
+            if error is None:
+                ui.warn(f"could not append to the run history ({EdgepipeError.from_os_error(e)})")
+            else:  # the run's own error (a full disk, often the same cause) stays the one line on stderr
+                log.info("could not append to the run history: %s", e)
 
     def _execute(self, plan: list[str], force: set[str], jobs: int) -> list[Result]:
         """Start each stage once everything it depends on in the plan has finished, up to `jobs` at once.
@@ -207,13 +249,13 @@ class Runner:
         If a stage fails, the stages already running finish and are recorded, nothing new starts, and
         the first failure is raised.
         """
-        results: dict[str, Result] = {}
+        results = self._results = {}
         waiting = list(plan)
         running: dict[concurrent.futures.Future, _Job] = {}
         failure: BaseException | None = None
         pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                                        initializer=_end_with_runner, initargs=(os.getpid(),))
-                if jobs > 1 else None)
+                if jobs > 1 or self.isolate else None)
         try:
             while waiting or running:
                 if failure is None:
@@ -254,10 +296,17 @@ class Runner:
             reason, key, parts = self._reason(stage, name in force)
             if reason is None:
                 self._publish(stage, only_if_changed=True)
+                self._keep(stage, key)
                 results[name] = Result(name, "skipped", "up to date")
                 ui.say(f"{tag} skipped: up to date")
                 if self.tracker is not None:
                     self.tracker.stage(stage, "skipped")
+                continue
+            restored = None if name in force else self._restore(stage, key, parts, reason, tag)
+            if restored is not None:
+                results[name] = restored
+                if self.tracker is not None:
+                    self.tracker.stage(stage, "restored")
                 continue
             if self._resumable(stage, key):
                 reason += "; resuming from its checkpoint"
@@ -344,19 +393,108 @@ class Runner:
             fsio.replace_dir(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.lock.record(stage.name, job.key, job.parts, fsio.dir_records(out_dir))
+        records = self._store(stage, job.key, fsio.dir_records(out_dir), seconds=time.perf_counter() - job.start,
+                              summary=summary)
+        self.lock.record(stage.name, job.key, job.parts, records)
         self._publish(stage)
         shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
         seconds = time.perf_counter() - job.start
         main = out_dir / stage.kind.main_output
         size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
         ui.say(f"{job.tag} done in {seconds:.1f} s -> {_rel(main)}{size}" + (f"  | {summary}" if summary else ""))
-        diagnostics = out_dir / "diagnostics.json"
-        for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
-            ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+        self._say_findings(out_dir)
+        self._evict(keep={job.key})
         if self.tracker is not None:
             self.tracker.stage(stage, "ran")
         return Result(stage.name, "ran", job.reason, seconds, summary)
+
+    @staticmethod
+    def _say_findings(out_dir: Path) -> None:
+        diagnostics = out_dir / "diagnostics.json"
+        for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
+            ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+
+    # -- the run cache ------------------------------------------------------------------------------
+
+    def _restore(self, stage: Stage, key: str, parts: dict, reason: str, tag: str) -> Result | None:
+        """Put the run cache's outputs for `key` in place as a finished run would (through .tmp, renamed),
+        record and publish them; None if the cache has no usable entry."""
+        entry = self.cache.lookup(key)
+        if entry is None:
+            return None
+        start = time.perf_counter()
+        tmp = self.run_dir / ".tmp" / stage.name
+        out_dir = self.run_dir / stage.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            records = self.cache.restore(entry, tmp)
+            if records is None:
+                ui.say(f"{tag} run cache entry of {when(entry.created)} no longer matches its files (edited in "
+                       "place?); dropped it")
+                return None
+            fsio.replace_dir(tmp, out_dir)
+        except OSError as e:  # a cache that cannot be read is a miss: the stage runs as if it were not there
+            ui.say(f"{tag} could not restore from the run cache ({EdgepipeError.from_os_error(e)}); running it")
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.lock.record(stage.name, key, parts, fsio.dir_records(out_dir, records))
+        self._publish(stage)
+        shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
+        seconds = time.perf_counter() - start
+        took = f"; it took {entry.seconds:.1f} s" if entry.seconds else ""
+        ui.say(f"{tag} restored from run cache (run of {when(entry.created)}{took}) in {seconds:.1f} s: {reason}"
+               + (f"  | {entry.summary}" if entry.summary else ""))
+        self._say_findings(out_dir)
+        return Result(stage.name, "restored", reason, seconds, entry.summary)
+
+    def _store(self, stage: Stage, key: str, records: dict, seconds: float, summary: str,
+               created: float | None = None) -> dict:
+        """Put a finished stage's outputs in the run cache; return their records as they now are. The cache
+        is a convenience: if the disk refuses, the run goes on without it, saying so."""
+        if not self.cache.enabled:
+            return records
+        try:
+            return self.cache.store(key, stage.name, self.run_dir / stage.name, records, seconds, summary, created)
+        except OSError as e:
+            # stdout, not a warning: should the run then fail (a full disk), its error stays the one line on stderr
+            ui.say(f"    run cache: could not keep the outputs of '{stage.name}' ({EdgepipeError.from_os_error(e)})")
+            self.cache.drop(key)
+            return fsio.dir_records(self.run_dir / stage.name, records)
+
+    def _keep(self, stage: Stage, key: str) -> None:
+        """Put a fresh stage's outputs in the run cache if they are not there (a run folder from before
+        the cache, or an entry evicted since)."""
+        entry = self.lock.entry(stage.name)
+        if not self.cache.enabled or self.cache.lookup(key) is not None or not entry:
+            return
+        out_dir = self.run_dir / stage.name
+        main = out_dir / stage.kind.main_output
+        created = main.stat().st_mtime if main.is_file() else None
+        records = self._store(stage, key, entry["outputs"], 0.0, "", created=created)
+        if records != entry["outputs"]:  # outputs now linked to cached objects: same content, new mtimes
+            self.lock.record(stage.name, key, entry["parts"], records)
+        self._evict(keep={key})
+
+    def _evict(self, keep: set[str]) -> None:
+        gone = self.cache.evict(keep)
+        if gone:
+            what = ", ".join(f"{e.stage} of {when(e.created)}" for e in gone[:3])
+            more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+            ui.say(f"    run cache: evicted {len(gone)} least recently used entr{'y' if len(gone) == 1 else 'ies'} "
+                   f"({what}{more}) to stay under {fsio.human_size(self.cache.limit)} (run_cache_size in "
+                   "edgepipe.toml)")
+
+    def gc(self, keep: int) -> tuple[list, int]:
+        """Keep the `keep` most recently used run cache entries of each stage, drop the others; returns
+        (the dropped entries, the bytes freed)."""
+        if keep < 0:
+            raise EdgepipeError(f"--keep {keep}: must be 0 or more", "use --keep 0 to empty the cache", exit_code=2)
+        with self._exclusive(False):
+            before = self.cache.size()
+            gone = self.cache.prune(keep)
+            return gone, before - self.cache.size()
 
     def _published(self, stage: Stage) -> list[Path]:
         """Output files matching the stage's `publish:` patterns (`cortex-m4/*` keeps its folder)."""
@@ -396,15 +534,7 @@ class Runner:
         if dry_run:
             yield
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / ".runlock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise EdgepipeError(f"another edgepipe run is using {self.run_dir}",
-                                    "wait for it to finish (or stop it) and run again") from None
-            f.write(str(os.getpid()))
-            f.flush()
+        with runlock.exclusive(self.run_dir / ".runlock"):
             yield
 
 

@@ -386,10 +386,18 @@ def _weights_error(params: TransferParams, e: Exception) -> EdgepipeError:
         f"or set weights to a local file or null")
 
 
+def weights_files(params: TransferParams) -> list[Path]:
+    """A local weights file, which the key hashes so that replacing it makes the stage stale (ImageNet's
+    files are fixed by their names; a missing file is left to the stage, which says so)."""
+    if params.weights in (None, "imagenet") or not Path(params.weights).is_file():
+        return []
+    return [Path(params.weights)]
+
+
 KIND = StageKind(
     name="transfer", params=TransferParams, run=run_transfer_stage, inputs={"data": False, "backbone": False},
     output="model", accepts={"data": ("dataset",), "backbone": ("model",)},
-    optional_inputs=("backbone",),
+    optional_inputs=("backbone",), deps=weights_files,
     main_output="model.h5",
     doc="transfer learning: a pretrained backbone, a new head on frozen features, then fine-tuning",
 )

@@ -204,19 +204,74 @@ def build_for(p, ds):
 
 
 def builder_files(arch: str) -> list[Path]:
-    """The source file of a user builder (`package.module:function`), which a stage's key hashes so that
-    editing the builder makes the stage stale; none for the zoo's own builders (they are edgepipe code)."""
+    """The source files of a user builder (`package.module:function`), which a stage's key hashes so that
+    editing the builder makes the stage stale; none for the zoo's own builders (they are edgepipe code).
+
+    The builder's module and the user's modules it imports, directly or through others (found by reading
+    the source, as edgepipe's own code versions are): those of the same top-level package, or, for a
+    builder that is a lone module, those beside it in its folder. Installed libraries are not followed.
+    """
     if ":" not in arch:
         return []
     module_name = arch.partition(":")[0]
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    origin = _source_of(module_name)
+    if origin is False:
         raise EdgepipeError(f"arch '{arch}': cannot import module {module_name} (not found)",
                             "check the module is on PYTHONPATH or installed")
-    return [Path(spec.origin)] if spec.origin and Path(spec.origin).is_file() else []  # built-in: no source
+    if origin is None:
+        return []  # built-in: no source
+    top, home = module_name.split(".")[0], origin.parent
+    lone = "." not in module_name and not any(part in ("site-packages", "dist-packages") for part in home.parts)
+    files, seen, todo = {}, set(), [module_name]
+    while todo:
+        name = todo.pop()
+        # Decided on the name before looking it up: finding `tensorflow.keras` would import TensorFlow.
+        ours = name == module_name or (name.split(".")[0] == top if "." in module_name else lone and "." not in name)
+        if name in seen or not ours:
+            continue
+        seen.add(name)
+        path = _source_of(name)
+        if not path or path.suffix != ".py" or (name != module_name and "." not in module_name
+                                                and path.parent != home):
+            continue
+        files[str(path)] = path
+        todo.extend(_imported_names(path, name))
+    return [files[k] for k in sorted(files)]
+
+
+def _source_of(name: str) -> Path | None | bool:
+    """The source file of module `name`; None if it has none (built-in), False if there is no such module."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    return Path(spec.origin) if spec.origin and Path(spec.origin).is_file() else None
+
+
+def _imported_names(path: Path, name: str) -> list[str]:
+    """Modules the source file of module `name` imports (`from a import b` gives a and a.b), unresolved."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []  # the build reports a broken module itself
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: max(0, len(package.split(".")) - node.level + 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            if base:
+                names.append(base)
+                names += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+    return names
 
 
 def count_macs(model) -> int:

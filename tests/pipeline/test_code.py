@@ -1,5 +1,6 @@
 """A stage's code version is derived from its imports: an edit anywhere in them makes it stale, naming the file."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ def closure_files(kind: str) -> set[str]:
     # and what each kind obviously runs
     ("train", {"edgepipe/stages/train.py", "edgepipe/training/fit.py", "edgepipe/training/doctor.py",
                "edgepipe/datasets/augment.py"}),
-    ("distill", {"edgepipe/stages/distill.py", "edgepipe/stages/train.py"}),
+    ("distill", {"edgepipe/stages/distill.py", "edgepipe/training/distill.py", "edgepipe/training/fit.py"}),
     ("bench", {"edgepipe/targets/remote.py", "edgepipe/targets/tflm.py", "edgepipe/targets/lint.py"}),
 ])
 def test_a_kinds_code_is_everything_its_module_imports(kind, needs):
@@ -93,3 +94,40 @@ def test_a_new_library_version_makes_the_stage_stale(tmp_path, monkeypatch):
                         lambda dist: "99.0" if dist == "tensorflow" else real(dist))
     status = {r.stage: r.reason for r in Runner(load_recipe(path), tmp_path).status()}
     assert status["data"] == "library tensorflow 2.21.0 -> 99.0 changed"  # its readers import TensorFlow
+
+
+def test_a_changed_module_a_user_builder_imports_makes_the_stage_stale(tmp_path, monkeypatch):
+    (tmp_path / "userzoo_helpers.py").write_text("from edgepipe.training.nets import tiny_conv\n")
+    builder = tmp_path / "userzoo_with_helper.py"
+    builder.write_text("import numpy\nfrom userzoo_helpers import tiny_conv as build\n")
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "blocks.py").write_text("from edgepipe.training.nets import tiny_conv\n")
+    (package / "nets.py").write_text("from .blocks import tiny_conv as build\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tiny_recipe(write_idx_dataset(tmp_path / "idx"), epochs=1, arch="userzoo_with_helper:build")
+    recipe["stages"]["packaged"] = json.loads(json.dumps(recipe["stages"]["model"]))
+    recipe["stages"]["packaged"]["params"]["arch"] = "userpkg.nets:build"
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    Runner(load_recipe(path), tmp_path).run()
+    helper = tmp_path / "userzoo_helpers.py"
+    helper.write_text(helper.read_text() + "# a helper, edited\n")
+    blocks = package / "blocks.py"
+    blocks.write_text(blocks.read_text() + "# a block, edited\n")
+    status = {r.stage: r.reason for r in Runner(load_recipe(path), tmp_path).status()}
+    assert status == {"data": "up to date", "model": f"file {helper} changed", "packaged": f"file {blocks} changed"}
+    assert not any("numpy" in f for f in json.loads((tmp_path / "runs/r/lock.json").read_text())
+                   ["stages"]["model"]["parts"]["deps"])  # installed libraries are not followed
+
+
+def test_a_transfer_stages_local_weights_file_is_hashed_into_its_key(tmp_path):
+    weights = tmp_path / "backbone_no_top.h5"
+    weights.write_bytes(b"weights")
+    stage = {"kind": "transfer", "inputs": {"data": "data"}, "params": {"backbone": "MobileNetV2", "weights": str(weights)}}
+    recipe = {"stages": {"data": {"kind": "data", "params": {"source": "keras:mnist"}}, "tl": stage}}
+    tl = load_recipe(write_recipe(tmp_path / "t.yaml", recipe)).stages["tl"]
+    assert tl.kind.deps(tl.params) == [weights]
+    stage["params"]["weights"] = "imagenet"
+    tl = load_recipe(write_recipe(tmp_path / "t.yaml", recipe)).stages["tl"]
+    assert tl.kind.deps(tl.params) == []
