@@ -130,7 +130,7 @@ def search_lines(s: dict) -> list[str]:
                 f"{_fig('flash_bytes', ref.get('flash_bytes'))}, RAM {_fig('ram_bytes', ref.get('ram_bytes'))})"
                 if ref else "") + "."]
     c = s["chosen"]
-    chosen_values = ", ".join(f"{k}={v}" for k, v in c["values"].items())
+    chosen_values = ", ".join(f"{k}={_short(v)}" for k, v in c["values"].items())
     lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {_fig('val_accuracy', c['val_accuracy'])}, "
               f"{_fig('latency_ms', c.get('latency_ms'))}, flash {_fig('flash_bytes', c.get('flash_bytes'))}, RAM "
               f"{_fig('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
@@ -142,7 +142,7 @@ def search_lines(s: dict) -> list[str]:
     lines += ["", "The feasible front (no other trial is both more accurate and cheaper on the target):", "",
               "| trial | val int8 | latency | instructions | flash | RAM | values |", "|---|---|---|---|---|---|---|"]
     for r in s["front"]:
-        values = ", ".join(f"{k}={v}" for k, v in r.get("values", {}).items())
+        values = ", ".join(f"{k}={_short(v)}" for k, v in r.get("values", {}).items())
         lines.append(f"| {r['trial']} | {_fig('val_accuracy', r.get('val_accuracy'))} | "
                      f"{_fig('latency_ms', r.get('latency_ms'))} | {_fig('instructions', r.get('instructions'))} | "
                      f"{_fig('flash_bytes', r.get('flash_bytes'))} | {_fig('ram_bytes', r.get('ram_bytes'))} | "
@@ -286,8 +286,13 @@ def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
     return table
 
 
+def _short(v):
+    """A sampled value as a person reads it: 0.00976 and 1.18, not 0.009764507263345905."""
+    return f"{v:.3g}" if isinstance(v, float) else v
+
+
 def _us(v: float) -> str:
-    return f"{v:.0f} us" if v < 10000 else f"{v / 1000:.1f} ms"
+    return f"{v:.0f} us" if v < 1000 else f"{v / 1000:.1f} ms"  # one column reads alike: 8.5 ms beside 12.9 ms
 
 
 def _text_table(table: list[list[str]], columns) -> list[str]:
