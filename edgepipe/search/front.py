@@ -124,3 +124,16 @@ def _group(r: dict) -> str:
     if r["state"] == "pruned":
         return "pruned"
     return "feasible" if r["feasible"] else "infeasible"
+
+
+def figure_text(figure: str, value: float | None) -> str:
+    """A trial's figure as the progress line and the report print it ("-" when not measured)."""
+    if value is None:
+        return "-"
+    if figure == "val_accuracy":
+        return f"{100 * value:.2f} %"
+    if figure == "latency_ms":
+        return f"{value:.2f} ms"
+    if figure == "instructions":
+        return f"{value / 1e6:.2f} M"
+    return fsio.human_size(value)

@@ -21,6 +21,7 @@ from edgepipe.core import fsio, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
+from edgepipe.search.front import figure_text
 from edgepipe.stages.report_html import write_html
 from edgepipe.targets.provenance import PROVENANCE, rows_by_name
 
@@ -106,46 +107,34 @@ def _search(stage_dir: Path, out: Path) -> dict:
             "front": json.loads((stage_dir / "front.json").read_text()), "png": png}
 
 
-def _fig(key: str, v) -> str:
-    if v is None:
-        return "-"
-    if key == "val_accuracy":
-        return f"{100 * v:.2f} %"
-    if key == "latency_ms":
-        return f"{v:.2f} ms"
-    if key == "instructions":
-        return f"{v / 1e6:.2f} M"
-    return fsio.human_size(v)
-
-
 def search_lines(s: dict) -> list[str]:
     """The report's section on one search: trials, budgets, the choice, distillation, the front."""
     t = s["trials"]
-    budgets = ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {_fig(k, v)}" for k, v in s["budgets"].items())
+    budgets = ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in s["budgets"].items())
     ref = s.get("reference")
     lines = [f"## Search `{s['stage']}` on {s['target']}", "",
              f"{sum(t.values())} trials: {t['complete']} trained to the end, {t['pruned']} pruned, {t['over budget']} "
              f"over budget before training, {t['failed']} failed; budgets: {budgets or 'none'}"
-             + (f" (reference {ref['file']}: {_fig('latency_ms', ref.get('latency_ms'))}, flash "
-                f"{_fig('flash_bytes', ref.get('flash_bytes'))}, RAM {_fig('ram_bytes', ref.get('ram_bytes'))})"
+             + (f" (reference {ref['file']}: {figure_text('latency_ms', ref.get('latency_ms'))}, flash "
+                f"{figure_text('flash_bytes', ref.get('flash_bytes'))}, RAM {figure_text('ram_bytes', ref.get('ram_bytes'))})"
                 if ref else "") + "."]
     c = s["chosen"]
     chosen_values = ", ".join(f"{k}={_short(v)}" for k, v in c["values"].items())
-    lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {_fig('val_accuracy', c['val_accuracy'])}, "
-              f"{_fig('latency_ms', c.get('latency_ms'))}, flash {_fig('flash_bytes', c.get('flash_bytes'))}, RAM "
-              f"{_fig('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
+    lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {figure_text('val_accuracy', c['val_accuracy'])}, "
+              f"{figure_text('latency_ms', c.get('latency_ms'))}, flash {figure_text('flash_bytes', c.get('flash_bytes'))}, RAM "
+              f"{figure_text('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
     d = s.get("distillation")
     if d:
         lines += ["", f"Distillation for this configuration ({d['epochs']} epochs, int8, validation): with the teacher "
-                  f"{_fig('val_accuracy', d['with_teacher'])}, without {_fig('val_accuracy', d['without_teacher'])}: "
+                  f"{figure_text('val_accuracy', d['with_teacher'])}, without {figure_text('val_accuracy', d['without_teacher'])}: "
                   f"{'paid' if d['paid'] else 'did not pay'} ({d['distillation_gain_points']:+.2f} points)."]
     lines += ["", "The feasible front (no other trial is both more accurate and cheaper on the target):", "",
               "| trial | val int8 | latency | instructions | flash | RAM | values |", "|---|---|---|---|---|---|---|"]
     for r in s["front"]:
         values = ", ".join(f"{k}={_short(v)}" for k, v in r.get("values", {}).items())
-        lines.append(f"| {r['trial']} | {_fig('val_accuracy', r.get('val_accuracy'))} | "
-                     f"{_fig('latency_ms', r.get('latency_ms'))} | {_fig('instructions', r.get('instructions'))} | "
-                     f"{_fig('flash_bytes', r.get('flash_bytes'))} | {_fig('ram_bytes', r.get('ram_bytes'))} | "
+        lines.append(f"| {r['trial']} | {figure_text('val_accuracy', r.get('val_accuracy'))} | "
+                     f"{figure_text('latency_ms', r.get('latency_ms'))} | {figure_text('instructions', r.get('instructions'))} | "
+                     f"{figure_text('flash_bytes', r.get('flash_bytes'))} | {figure_text('ram_bytes', r.get('ram_bytes'))} | "
                      f"{values} |")
     lines += ["", f"![search front](search_{s['stage']}.png)"]
     return lines

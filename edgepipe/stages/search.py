@@ -287,8 +287,8 @@ class _Search:
             excess = (limit - value) / limit if figure == "val_accuracy" else (value - limit) / limit
             worst = excess if worst is None else max(worst, excess)
             if excess > 0:
-                missed.append(f"{figure} {_fmt(figure, value)} > {_fmt(figure, limit)}" if figure != "val_accuracy"
-                              else f"val_accuracy {_fmt(figure, value)} < {_fmt(figure, limit)}")
+                missed.append(f"{figure} {front.figure_text(figure, value)} > {front.figure_text(figure, limit)}" if figure != "val_accuracy"
+                              else f"val_accuracy {front.figure_text(figure, value)} < {front.figure_text(figure, limit)}")
         return missed, worst
 
     # -- one trial -------------------------------------------------------------------------------------
@@ -546,21 +546,11 @@ def _history(path: Path) -> list[dict]:
     return read_history(path) if path.is_file() else []
 
 
-def _fmt(figure: str, value: float) -> str:
-    if figure == "val_accuracy":
-        return f"{100 * value:.2f} %"
-    if figure == "latency_ms":
-        return f"{value:.2f} ms"
-    if figure == "instructions":
-        return f"{value / 1e6:.2f} M instr"
-    return fsio.human_size(value)
-
-
 def _figures_text(r: dict) -> str:
     """"val 98.91 %, 7.90 ms, flash 58.2 KB, RAM 9.1 KB [emu] (note)": what a trial measured."""
-    labels = {"latency_ms": "", "instructions": "", "flash_bytes": "flash ", "ram_bytes": "RAM "}
+    labels = {"latency_ms": "", "instructions": "instructions ", "flash_bytes": "flash ", "ram_bytes": "RAM "}
     parts = [f"val {100 * r['val_accuracy']:.2f} %"] if r.get("val_accuracy") is not None else []
-    parts += [labels[k] + _fmt(k, r[k]) for k in labels if r.get(k) is not None
+    parts += [labels[k] + front.figure_text(k, r[k]) for k in labels if r.get(k) is not None
               and not (k == "instructions" and r.get("latency_ms") is not None)]
     text = ", ".join(parts)
     if r.get("provenance"):
@@ -574,7 +564,7 @@ _TAG = {"emulated": "emu", "estimate": "est", "host-litert": "host"}
 
 
 def _budget_text(budgets: dict) -> str:
-    return ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {_fmt(k, v)}" for k, v in budgets.items()) or \
+    return ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {front.figure_text(k, v)}" for k, v in budgets.items()) or \
         "no budget"
 
 
