@@ -113,7 +113,8 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
         lines.append(f"{variant}{' (mixed)' if variant == 'int8' and keep else ''} {fsio.human_size(len(blob))}")
     if debugged:
         top = debugged[0]
-        lines.append(f"worst int8 layer {top['layer']} (relative error {top['channel_relative_rmse']:.3f})")
+        lines.append(f"worst int8 layer {top['layer']} ({100 * top['unresolved_channels']:.0f} % of its channels "
+                     f"unresolved, relative error {top['relative_rmse']:.3f})")
     return f"{name}: " + ", ".join(lines)
 
 

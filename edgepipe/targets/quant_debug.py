@@ -10,7 +10,7 @@ quantizes "correctly" to its huge scale, and its RMS is the outlier's, while eve
 The debugger's float twin of a later layer also runs on that damaged input, so its relative error is high
 as a consequence. What ranks layers first is therefore measured on the float model itself: the share of a
 layer's output channels whose RMS (on the debug images, in float) is below one int8 step of that tensor's
-scale, the channels int8 cannot resolve; the debugger's relative error breaks ties.
+scale, the channels int8 cannot resolve; the relative error of the whole tensor breaks ties.
 
 `keep_float` converts again with the chosen layers' operators denylisted: they run in float between
 dequantize and quantize operators, the rest stays int8 (selective quantization).
@@ -90,11 +90,16 @@ def debug(model, representative: np.ndarray, samples: np.ndarray, io_type: str,
         dbg.layer_statistics_dump(buf)
     names = layer_names(model)
     stats = list(csv.DictReader(_io.StringIO(buf.getvalue())))
-    first = {r["tensor_name"]: next(iter(_layers_of(r["tensor_name"].split(";")[0], names)), None) for r in stats}
+
+    def layers_of(tensor: str) -> list[str]:
+        # The model's output tensor is named after the graph call, not a layer: it is the last layer's.
+        return _layers_of(tensor, names) or ([names[-1]] if tensor.startswith("StatefulPartitionedCall") else [])
+
+    first = {r["tensor_name"]: next(iter(layers_of(r["tensor_name"].split(";")[0])), None) for r in stats}
     channel_rms = _channel_rms(model, [n for n in first.values() if n], samples)
     rows = []
     for r in stats:
-        layers = _layers_of(r["tensor_name"], names)
+        layers = layers_of(r["tensor_name"])
         scale = float(r["scale"])
         zero = int(float(r["zero_point"]))
         rms = channel_rms.get(first[r["tensor_name"]])
@@ -108,7 +113,9 @@ def debug(model, representative: np.ndarray, samples: np.ndarray, io_type: str,
             "max_abs_error": float(r["max_abs_error"]), "scale": scale, "zero_point": zero,
             "range_min": scale * (-128 - zero), "range_max": scale * (127 - zero),
         })
-    rows.sort(key=lambda r: (-r["unresolved_channels"], -r["channel_relative_rmse"]))
+    # Ties (no channel lost) go by the whole tensor's relative error: per channel, a softmax's near-zero
+    # probabilities would rank it first for rounding what no decision depends on.
+    rows.sort(key=lambda r: (-r["unresolved_channels"], -r["relative_rmse"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
