@@ -29,6 +29,13 @@ def param(default: Any, doc: str, *, min: float | None = None, max: float | None
     return dataclasses.field(default=default, metadata=meta)
 
 
+def key_text(k) -> str:
+    """A mapping key as an error names it: as written when it is a plain name, quoted when it holds spaces,
+    line breaks or other characters that would break the one error line."""
+    text = str(k)
+    return text if text and all(c.isalnum() or c in "_-." for c in text) else repr(text)
+
+
 def build(cls: type, raw: Any, where: str) -> Any:
     """Validate `raw` (a mapping from YAML) against dataclass `cls` and return an instance.
 
@@ -47,7 +54,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise RecipeError(f"{where}: unknown key '{unknown[0]}'", f"use one of: {', '.join(fields)}")
+        raise RecipeError(f"{where}: unknown key {str(unknown[0])!r}", f"use one of: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
@@ -113,7 +120,7 @@ def _check(tp: Any, value: Any, where: str, meta: Any = None) -> Any:
             raise RecipeError(f"{where}: expected a mapping, got {_show(value)}", "write it as {key: value, ...}")
         args = typing.get_args(tp)
         vtype = args[1] if args else Any
-        return {str(k): _check(vtype, v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _check(vtype, v, f"{where}.{key_text(k)}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise RecipeError(f"{where}: expected true or false, got {_show(value)}", "write true or false, unquoted")

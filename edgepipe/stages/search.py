@@ -31,7 +31,7 @@ import numpy as np
 
 from edgepipe.core import fsio, ui
 from edgepipe.core.errors import EdgepipeError, RecipeError
-from edgepipe.core.params import build, param, to_dict
+from edgepipe.core.params import build, key_text, param, to_dict
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import Dataset, load_dataset
 from edgepipe.search import figures as target_figures
@@ -130,7 +130,7 @@ def check_space(p: SearchParams) -> None:
             try:
                 p.trial_train({name: value})
             except RecipeError as e:
-                raise ValueError(f"space.{name} = {value!r}: {_unprefixed(e.message)}; fix: {e.fix}") from None
+                raise ValueError(f"space.{key_text(name)} = {value!r}: {_unprefixed(e.message)}; fix: {e.fix}") from None
             if name == "arch":
                 archs.append(value)
     for arch in archs:

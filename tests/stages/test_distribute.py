@@ -70,16 +70,17 @@ def test_two_workers_match_one_within_tolerance(tmp_path):
     # and each worker's own augmentation/shuffle stream.
     assert abs(m1["test"]["accuracy"] - m2["test"]["accuracy"]) <= 0.1, (m1["test"], m2["test"])
     assert abs(m1["test"]["loss"] - m2["test"]["loss"]) <= 0.25 * max(m1["test"]["loss"], 0.05)
-    # the non-chief kept nothing
+    # the non-chief kept nothing (history.jsonl records the chief's runs)
     assert sorted(p.name for p in (two / "runs/d").iterdir() if not p.name.startswith(".")) == \
-        ["data", "lock.json", "model"]
+        ["data", "history.jsonl", "lock.json", "model"]
 
 
 def test_worker_refuses_a_stage_that_is_not_multi_worker(tmp_path):
     recipe = project(tmp_path)
     done = run(["worker", recipe, "model"], tmp_path)
     _, err = done.communicate(timeout=120)
-    assert done.returncode == 2 and "is not a multi-worker training" in err
+    assert done.returncode == 2 and "stage 'model' can have no workers: it is neither a search nor a multi-worker " \
+        "training" in err
 
 
 @pytest.mark.parametrize("value, expected", [
