@@ -161,5 +161,5 @@ KIND = StageKind(
     name="convert", params=ConvertParams, run=run_convert_stage, inputs={"data": False, "model": False},
     output="tflite", accepts={"data": ("dataset",), "model": ("model",)},
     main_output="labels.txt",
-    doc="LiteRT float32/float16/dynamic/int8 models, each checked against keras",
+    doc="LiteRT float32/float16/dynamic/int8/int16x8 models, each checked against keras (int8 per tensor or mixed)",
 )
