@@ -102,6 +102,16 @@ def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int =
     return Path(data_dir)
 
 
+def sshd_config(root: Path, port: int) -> str:
+    """An sshd of its own on 127.0.0.1:port: keys in `root`, public-key login only, no PAM (runs unprivileged)."""
+    return "\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+        "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {root / 'sshd.pid'}",
+        "LogLevel ERROR", ""])
+
+
 class LocalSshd:
     """A real OpenSSH server on 127.0.0.1 for tests: a free port, a throwaway host key and client key.
 
@@ -137,12 +147,7 @@ class LocalSshd:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        (r / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {r / 'host_key'}",
-            f"AuthorizedKeysFile {r / 'authorized_keys'}", "PubkeyAuthentication yes",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {r / 'sshd.pid'}",
-            "LogLevel ERROR", ""]))
+        (r / "sshd_config").write_text(sshd_config(r, self.port))
         host_pub = (r / "host_key.pub").read_text().split()
         (r / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n"
                                        f"[localhost]:{self.port} {host_pub[0]} {host_pub[1]}\n")

@@ -64,6 +64,7 @@ from typing import Callable, Iterable, Iterator
 
 from edgepipe.core.cache import cache_dir as cache_dir_of
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.testing import sshd_config
 
 __all__ = [
     "BUILDER_VERSION", "SUITE", "MIRROR", "USER_PACKAGES", "SYSTEM_PACKAGES", "KERNEL_PACKAGES", "WHEELS",
@@ -1052,12 +1053,7 @@ class EmulatedPi(_SshDevice):
         (r / "authorized_keys").write_text((r / "client_key.pub").read_text())
         os.chmod(r / "authorized_keys", 0o600)
         self.port = _free_port()
-        (r / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {r / 'host_key'}",
-            f"AuthorizedKeysFile {r / 'authorized_keys'}", "PubkeyAuthentication yes",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {r / 'sshd.pid'}",
-            "LogLevel ERROR", ""]))
+        (r / "sshd_config").write_text(sshd_config(r, self.port))
         _known_hosts(r / "known_hosts", self.port, r / "host_key.pub")
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory, as root
