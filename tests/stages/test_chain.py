@@ -293,3 +293,10 @@ def test_strided_cnn_needs_three_widths():
     with pytest.raises(EdgepipeError, match=r"arch 'strided_cnn': bad arguments \(widths must list 3 channel "
                                             r"counts, got \[4, 8\]\); fix: check arch_args"):
         nets.build_model("strided_cnn", (28, 28, 1), 10, {"widths": [4, 8]})
+
+
+def test_report_latencies_read_alike_in_one_column_and_sampled_values_are_short():
+    from edgepipe.stages.report import _short, _us
+
+    assert [_us(v) for v in (5.4, 987.0, 8522.0, 12850.0)] == ["5 us", "987 us", "8.5 ms", "12.8 ms"]
+    assert _short(0.009764507263345905) == "0.00976" and _short(12) == 12 and _short(True) is True
