@@ -40,7 +40,8 @@ $(BIN)/.installed: pyproject.toml
 	@echo "setting up $(VENV): edgepipe and its dependencies from PyPI (about 2 minutes and 2 GB the first time)"
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install $(PIP_QUIET) --upgrade pip
-	@$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
+	@# setuptools' editable install prints a boxed note ("Editable installation") no user acts on
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install $(PIP_QUIET) -e '.[test]'
 	@touch $@
 	@echo "$(VENV) is ready"
 
