@@ -74,11 +74,16 @@ def run_prune_stage(params: PruneParams, io: StageIO) -> str:
         raise EdgepipeError(f"prune: the pruned layers reached {100 * achieved:.1f} % zeros, not the "
                             f"{100 * params.sparsity:.0f} % asked for ({steps} fine-tuning steps)",
                             "give more epochs, or a smaller frequency")
+    # Over every weight kernel, skipped layers included: the figure a "pruned to N %" claim should quote.
+    overall = sum(s["zeros"] for s in stats) / max(1, sum(s["weights"] for s in stats))
     fsio.write_json(io.out / "sparsity.json", {"target": params.sparsity, "m_by_n": params.m_by_n,
-                                               "achieved": round(achieved, 4), "layers": stats})
+                                               "achieved": round(achieved, 4), "overall": round(overall, 4),
+                                               "layers": stats})
     metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]),
                                                                    "sparsity": round(achieved, 4)})
     what = f"{params.m_by_n[0]}:{params.m_by_n[1]}" if params.m_by_n else f"{100 * achieved:.1f} % zeros"
+    if len(pruned) < len(stats):
+        what += f" ({100 * overall:.1f} % of all {len(stats)} layers' weights)"
     return (f"pruned {len(pruned)} layers to {what}; test accuracy {100 * metrics['test']['accuracy']:.2f} % "
             f"({metrics['epochs_run']} epochs)")
 
