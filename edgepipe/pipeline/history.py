@@ -174,8 +174,10 @@ def listing(records: list[dict]) -> list[str]:
     return lines
 
 
-LABELS = {"accuracy": "accuracy", "val_accuracy": "val accuracy", "test_accuracy": "test accuracy",
+LABELS = {"accuracy": "test accuracy", "val_accuracy": "val accuracy", "test_accuracy": "test accuracy",
           "size_bytes": "size", "latency_p50_us": "p50 1T", "arena_bytes": "arena"}
+# compare prints validation before test: the figure a choice is made on, then the final one
+_COMPARED = ("val_accuracy", "accuracy", "test_accuracy", "size_bytes", "latency_p50_us", "arena_bytes")
 
 
 def comparison(a: dict, b: dict) -> list[str]:
@@ -183,7 +185,7 @@ def comparison(a: dict, b: dict) -> list[str]:
     na, nb = f"#{a['number']}", f"#{b['number']}"
 
     def row(label: str, x: str, y: str, change: str = "") -> str:
-        return f"  {label:<34}{x:>18}{y:>18}  {change}".rstrip()
+        return f"  {label:<38}{x:>18}{y:>18}  {change}".rstrip()
 
     lines = [row("", na, nb), row("date (UTC)", _date(a), _date(b))]
     diffs = _flat_diff(a["params"], b["params"])
@@ -192,11 +194,11 @@ def comparison(a: dict, b: dict) -> list[str]:
     for report in sorted(set(a["metrics"]["reports"]) | set(b["metrics"]["reports"])):
         ra = {r["name"]: r for r in a["metrics"]["reports"].get(report, {}).get("rows", [])}
         rb = {r["name"]: r for r in b["metrics"]["reports"].get(report, {}).get("rows", [])}
-        lines.append(f"report {report}:")
+        lines.append(f"report rows (stage {report}):")
         for name in list(dict.fromkeys([*ra, *rb])):
             x, y = ra.get(name) or {}, rb.get(name) or {}
-            for i, field in enumerate(f for f in HEADLINE if f in x or f in y):
-                label = f"{name if i == 0 else '':<24}{LABELS[field]:<10}"
+            for i, field in enumerate(f for f in _COMPARED if f in x or f in y):
+                label = f"{name if i == 0 else '':<24}{LABELS[field]:<14}"
                 lines.append(row(label, _figure(field, x.get(field)), _figure(field, y.get(field)),
                                  _change(field, x.get(field), y.get(field))))
     models = list(dict.fromkeys([*a["metrics"]["models"], *b["metrics"]["models"]]))
@@ -205,7 +207,7 @@ def comparison(a: dict, b: dict) -> list[str]:
         for name in models:
             x, y = a["metrics"]["models"].get(name) or {}, b["metrics"]["models"].get(name) or {}
             for i, field in enumerate(("val_accuracy", "test_accuracy")):
-                label = f"{name if i == 0 else '':<20}{LABELS[field]:<14}"
+                label = f"{name if i == 0 else '':<24}{LABELS[field]:<14}"
                 lines.append(row(label, _pct(x.get(field)), _pct(y.get(field)),
                                  _change(field, x.get(field), y.get(field))))
     return lines

@@ -72,7 +72,9 @@ def test_compare_prints_the_params_that_differ_and_the_figures_side_by_side(proj
     assert "params that differ:" in out
     assert [line.split() for line in out.splitlines() if line.strip().startswith("model.lr")] == [["model.lr", "0.01", "0.02"]]
     figures = [line.split() for line in out.splitlines() if "model/float32" in line]
-    assert len(figures) == 1 and figures[0][:2] == ["model/float32", "accuracy"] and figures[0][3] == "%"
+    assert len(figures) == 1 and figures[0][:3] == ["model/float32", "val", "accuracy"] and figures[0][4] == "%"
+    percents = [line.index(" %") for line in out.splitlines() if "accuracy" in line]
+    assert len(percents) >= 4 and len(set(percents)) == 1, out  # one column for #1 whatever the label
     code, out, _ = run_cli(["compare", path, "1", "last"], root)
     assert code == 0 and "params: identical" in out
 
