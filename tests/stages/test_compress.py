@@ -283,7 +283,7 @@ def test_mnist_compress_smoke_runs_every_variant_to_the_report(cli, tmp_path):
         assert pruned["compressed_bytes"] < 0.6 * dense["compressed_bytes"], (pruned, dense)
         assert abs(pruned["size_bytes"] - dense["size_bytes"]) < 1024
     sparsity = json.loads((tmp_path / "runs/mnist_compress/student_p80/sparsity.json").read_text())
-    assert abs(sparsity["achieved"] - 0.81) < 0.02 and sparsity["overall"] >= 0.8, sparsity  # first conv dense
+    assert abs(sparsity["achieved"] - 0.81) < 0.02 and sparsity["overall"] >= 0.79, sparsity  # first conv dense
     pqat = tflite_weight_stats(tmp_path / "runs/mnist_compress/student_pqat_tflite/student_pqat_int8.tflite")
     assert sum(s["zeros"] for s in pqat) >= 0.95 * sum(s["zeros"] for s in sparsity["layers"] if s["pruned"])
     assert (tmp_path / "runs/mnist_compress/student_tflite/quant_debug.csv").is_file()
