@@ -24,7 +24,7 @@ else
 .DEFAULT_GOAL := help
 endif
 
-.PHONY: help setup run status test test-all bench clean
+.PHONY: help setup system system-test run status test test-all bench clean
 
 help:
 	@echo "make recipe=NAME [profile=P] [until=STAGE] [jobs=N]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
@@ -32,7 +32,7 @@ help:
 	@echo "make test                                     the fast test suite"
 	@echo "make test-all                                 every test, slow ones included"
 	@echo "make bench                                    benchmarks under benchmarks/"
-	@echo "make setup | make clean"
+	@echo "make setup | make clean                       (setup: the Debian packages the recipes need, and .venv)"
 
 # Quiet on purpose: one line saying what happens, then only pip's errors (pip -v shows the rest).
 PIP_QUIET := --quiet --disable-pip-version-check --no-input
@@ -45,7 +45,15 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 	@echo "$(VENV) is ready"
 
-setup: $(BIN)/.installed
+# The Debian packages (edgepipe/core/system.py lists them): installed as root or with passwordless sudo,
+# else the apt-get command is printed once and setup goes on; a stage that needs them then refuses to start.
+system:
+	@$(PYTHON) edgepipe/core/system.py install run
+
+system-test:
+	@$(PYTHON) edgepipe/core/system.py install test
+
+setup: system $(BIN)/.installed
 
 run: setup
 	@test -n "$(recipe)" || { echo "usage: make recipe=NAME (one of: $$(ls recipes | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
@@ -54,10 +62,10 @@ run: setup
 status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
 
-test: setup
+test: system-test setup
 	$(BIN)/python -m pytest -q -n $(test_workers) --durations=10
 
-test-all: setup
+test-all: system-test setup
 	$(BIN)/python -m pytest -q -n $(test_workers) --runslow
 
 bench: setup

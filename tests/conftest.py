@@ -10,6 +10,8 @@ import pytest
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+# A clone without ../shared (a user who cloned the project alone): what needs the offline mirrors skips.
+NO_MIRROR = f"needs the offline dataset mirror {SHARED_DATASETS} (../shared/datasets beside the repository)"
 
 
 def pytest_addoption(parser):
@@ -29,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 def mnist_dir() -> Path:
     d = SHARED_DATASETS / "mnist"
     if not d.is_dir():
-        pytest.fail(f"canonical MNIST IDX files expected in {d} (../shared/datasets beside the repo)")
+        pytest.skip(NO_MIRROR)
     return d
 
 
@@ -40,8 +42,12 @@ def cli(tmp_path):
     def run(*args, cwd=None, env=None, timeout=600):
         e = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(SHARED_DATASETS), **(env or {}))
         exe = Path(sys.executable).with_name("edgepipe")
-        return subprocess.run([str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True,
+        done = subprocess.run([str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True,
                               text=True, timeout=timeout)
+        # Offline without the mirror, a recipe on a canonical dataset is refused by the preflight: skip, not fail.
+        if not SHARED_DATASETS.is_dir() and done.returncode == 2 and " is in no mirror " in done.stderr:
+            pytest.skip(NO_MIRROR)
+        return done
 
     return run
 

@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+from edgepipe.core.requirements import Requirement
+
 
 @dataclasses.dataclass(frozen=True)
 class StageIO:
@@ -62,6 +64,9 @@ class StageKind:
             part of the key, so a benchmark reruns on another machine instead of reporting stale figures.
         join: `join(params, io) -> str`, one more process working on a running stage of this kind
             (`edgepipe worker`: a search's trials); it writes no output. None: the kind cannot be joined.
+        needs: params -> what the stage needs from this machine (`edgepipe.core.requirements`): tools, a
+            device that answers, an optional package. The runner checks them for every stage that will run
+            before the first one starts.
     """
 
     name: str
@@ -77,6 +82,7 @@ class StageKind:
     light: bool = False
     environment: Callable[[Any], dict] | None = None
     join: Callable[[Any, StageIO], str | None] | None = None
+    needs: Callable[[Any], list[Requirement]] | None = None
     output_for: Callable[[Any], str] | None = None
     also_outputs: tuple[str, ...] = ()
     doc: str = ""

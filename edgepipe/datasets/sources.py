@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.requirements import Requirement
 
 log = logging.getLogger(__name__)
 
@@ -333,12 +334,8 @@ def _load_keras(name: str, mirror: list[str]):
     try:
         (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
     except Exception as e:  # keras raises plain Exception on network failure
-        need = (", ".join(f"{n}.gz" for n in IDX_FILES) if name in ("mnist", "fashion_mnist")
-                else CIFAR_TARBALLS[name])
-        raise EdgepipeError(
-            f"keras:{name}: not found locally and the download failed ({type(e).__name__})",
-            f"put {need} in <mirror>/{MIRROR_NAMES[name][0]}/ and set the data param mirror or ${MIRROR_ENV} "
-            f"to <mirror>") from None
+        raise EdgepipeError(f"keras:{name}: not found locally and the download failed ({type(e).__name__})",
+                            _mirror_fix(name)) from None
     names = CLASS_NAMES.get(name) or [str(i) for i in range(100)]
     return _nhwc(x, f"keras:{name}"), y.reshape(-1), _nhwc(xt, f"keras:{name}"), yt.reshape(-1), names
 
@@ -370,6 +367,35 @@ def _read_cifar(name: str, files: list[Path]):
 
     names = meta.get("label_names") or meta.get("fine_label_names") or [str(i) for i in range(10 if name == "cifar10" else 100)]
     return (*stack(train), *stack(test), list(names))
+
+
+# Where keras' own download of each dataset comes from (keras.datasets), for the preflight.
+_DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "fashion_mnist": "storage.googleapis.com",
+                   "cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+
+
+def requirement(source: str, mirror: list[str]) -> Requirement | None:
+    """A keras dataset must be in a mirror or its download host must answer (checked before a run starts);
+    None for the other schemes (a missing path is refused when the key is computed, tfds checks itself)."""
+    scheme, _, name = source.partition(":")
+    if scheme != "keras" or name not in _DOWNLOAD_HOSTS:
+        return None
+    host = _DOWNLOAD_HOSTS[name]
+
+    def unmet() -> str | None:
+        if _find_keras_local(name, mirror) is not None or _reachable(host):
+            return None
+        dirs = ", ".join(str(d) for d in _mirror_dirs(mirror))
+        return f"{source} is in no mirror (looked in {dirs}) and its download host {host} does not answer"
+
+    return Requirement(f"the {name} dataset", unmet, _mirror_fix(name))
+
+
+def _mirror_fix(name: str) -> str:
+    need = (", ".join(f"{n}.gz" for n in IDX_FILES) if name in ("mnist", "fashion_mnist")
+            else CIFAR_TARBALLS[name])
+    return (f"put {need} in <mirror>/{MIRROR_NAMES[name][0]}/ and set the data param mirror, data_mirror in "
+            f"edgepipe.toml or ${MIRROR_ENV} to <mirror>")
 
 
 def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:

@@ -127,6 +127,7 @@ class Runner:
         if dry_run:
             with self._exclusive(dry_run):
                 return self._dry_run(plan, force)
+        self.preflight(plan, force)
         self.tracker = tracking.start(self.recipe, self.root, self.track)  # before anything is written
         ok = False
         try:
@@ -152,6 +153,7 @@ class Runner:
                 downstream.add(name)
         wanted = {a for t in downstream for a in self.recipe.ancestors(t)}
         plan = [n for n in self.recipe.stages if n in wanted]
+        self.preflight(plan, force=False, forced=set(targets) if force else set())
         with self._exclusive(False):
             self._clean_scratch(False)
             return self._recorded(kind, plan, set(targets) if force else set(), jobs)
@@ -198,26 +200,53 @@ class Runner:
                                         "the stage a shared storage: URL")
             return stage.kind.join(stage.params, StageIO(inputs=inputs, out=out, work=work))
 
-    def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
-        results: list[Result] = []
-        rerun: set[str] = set()
-        for i, name in enumerate(plan, 1):
+    def preflight(self, plan: list[str], force: bool = False, forced: set[str] = frozenset()) -> None:
+        """Refuse the run, before anything is written, if a stage that will run lacks what it needs from this
+        machine (each kind's `needs`: a toolchain, an emulator, a device, a dataset), so that a missing
+        tool is said in seconds rather than after the stages before it have trained."""
+        problems: list[tuple[str, str, str, str]] = []
+        asked: set[str] = set()
+        for name, action, _, _ in self._forecast(plan, force, forced):
             stage = self.recipe.stages[name]
-            tag = f"[{i}/{len(plan)}] {name:<14}"
+            if action != "run" or stage.kind.needs is None:
+                continue
+            for need in stage.kind.needs(stage.params):
+                if need.what in asked:
+                    continue
+                asked.add(need.what)
+                if (unmet := need.unmet()) is not None:
+                    problems.append((name, need.what, unmet, need.fix))
+        if problems:
+            what = "; ".join(f"stage '{n}' needs {w} ({u})" for n, w, u, _ in problems)
+            raise EdgepipeError(what, "; ".join(dict.fromkeys(f for *_, f in problems)), exit_code=2)
+
+    def _forecast(self, plan: list[str], force: bool, forced: set[str] = frozenset()) -> Iterator[tuple]:
+        """What a run would do with each planned stage, in order: (name, "skip" | "restore" | "run", why,
+        the run cache entry it would restore or None). Reads only: nothing is written."""
+        rerun: set[str] = set()
+        for name in plan:
+            stage = self.recipe.stages[name]
             pending = [u for u in stage.upstream() if u in rerun]
-            reason = f"upstream '{pending[0]}' reruns first" if pending else self._reason(stage, force)[0]
+            again = force or name in forced
+            reason = f"upstream '{pending[0]}' reruns first" if pending else self._reason(stage, again)[0]
             if reason is None:
-                results.append(Result(name, "would skip", "up to date"))
-                ui.say(f"{tag} fresh: up to date")
+                yield name, "skip", "up to date", None
                 continue
             rerun.add(name)
-            entry = None if pending or force else self.cache.lookup(self._reason(stage, False)[1])
-            if entry is not None:
-                results.append(Result(name, "would restore", reason))
+            entry = None if pending or again else self.cache.lookup(self._reason(stage, False)[1])
+            yield name, "run" if entry is None else "restore", reason, entry
+
+    def _dry_run(self, plan: list[str], force: bool) -> list[Result]:
+        results: list[Result] = []
+        for i, (name, action, reason, entry) in enumerate(self._forecast(plan, force), 1):
+            tag = f"[{i}/{len(plan)}] {name:<14}"
+            results.append(Result(name, f"would {action}", reason))
+            if action == "skip":
+                ui.say(f"{tag} fresh: up to date")
+            elif action == "restore":
                 ui.say(f"{tag} stale: {reason}; in the run cache (run of {when(entry.created)})")
-                continue
-            results.append(Result(name, "would run", reason))
-            ui.say(f"{tag} stale: {reason}")
+            else:
+                ui.say(f"{tag} stale: {reason}")
         return results
 
     def _recorded(self, command: str, plan: list[str], force: set[str], jobs: int) -> list[Result]:

@@ -32,6 +32,7 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import device_runner, lint, litert
 from edgepipe.targets.measure import host_provenance, target_figures
+from edgepipe.targets.needs import target_needs
 from edgepipe.targets.profiles import Target, check_reach, load_target
 from edgepipe.targets.sidecar import sidecars
 from edgepipe.targets.tflm import tflm_check
@@ -95,6 +96,12 @@ def environment(params: BenchParams) -> dict:
         except EdgepipeError:
             key["emulator"] = "unavailable"  # the stage itself then says what to install
     return key
+
+
+def needs(params: BenchParams) -> list:
+    """What measuring on the target needs from this machine (checked before the run starts)."""
+    return target_needs(effective_target(params), host=params.host, fleet=params.fleet, identity=params.identity,
+                        ssh_options=params.ssh_options, edgetpu_compiler=params.edgetpu_compiler)
 
 
 def effective_target(params: BenchParams) -> Target:
@@ -318,6 +325,6 @@ def measure_on_target(target: Target, params: BenchParams, models: list[Path], x
 KIND = StageKind(
     name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
     output="bench", accepts={"data": ("dataset",), "models": ("tflite",)},
-    main_output="bench.json", environment=environment, exclusive=True,
+    main_output="bench.json", environment=environment, exclusive=True, needs=needs,
     doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
 )

@@ -113,7 +113,8 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
 
 KIND = StageKind(
     name="data", params=DataParams, run=run_data_stage, inputs={}, output="dataset", main_output="dataset.npz",
-    deps=dataset_files, doc="load, split, normalise and describe a dataset",
+    deps=dataset_files, needs=lambda p: [r for r in [sources.requirement(p.source, p.mirror)] if r],
+    doc="load, split, normalise and describe a dataset",
 )
 
 

@@ -38,6 +38,7 @@ from edgepipe.search import figures as target_figures
 from edgepipe.search import front, study
 from edgepipe.search.space import (AUGMENT_SCALE, SCALED_AUGMENT, TEACHER, Dimension, fingerprint, sample,
                                    trial_params, uses_teacher)
+from edgepipe.targets.needs import target_needs
 from edgepipe.targets.profiles import load_target
 from edgepipe.training import nets
 from edgepipe.training.distill import DistillParams
@@ -599,6 +600,7 @@ KIND = StageKind(
     optional_inputs=("teacher", "reference"), output="model",
     accepts={"data": ("dataset",), "teacher": ("model",), "reference": ("tflite",)},
     main_output="model.h5", environment=environment, join=join_search, deps=lambda p: builder_files(p),
+    needs=lambda p: target_needs(load_target(p.target or "host")),
     exclusive=True,
     doc="search architectures and training knobs for the most accurate model within the target's budget",
 )

@@ -33,10 +33,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepipe.core.requirements import Requirement
 from edgepipe.targets.mcu._util import cache_root, sha256_bytes, sha256_file
 from edgepipe.targets.mcu.errors import McuError
 
-__all__ = ["TflmSources", "locate_sources", "ENV_VAR", "DOWNLOADS_REL"]
+__all__ = ["TflmSources", "locate_sources", "requirement", "ENV_VAR", "DOWNLOADS_REL"]
 
 ENV_VAR = "EDGEPIPE_TFLM_SRC"
 DOWNLOADS_REL = "tensorflow/lite/micro/tools/make/downloads"
@@ -105,6 +106,14 @@ def locate_sources(path: os.PathLike | str | None = None, *,
     Raises:
         McuError: nothing found, or the path is neither shape.
     """
+    p, how = _resolve(path)
+    if (p / "tensorflow" / "lite" / "micro").is_dir():
+        return _checkout(p)
+    return _mirror(_mirror_src(p), Path(cache_dir) if cache_dir else cache_root())
+
+
+def _resolve(path: os.PathLike | str | None) -> tuple[Path, str]:
+    """Where the sources are (a checkout, or a mirror folder) and how it was named; cheap, unpacks nothing."""
     if path is None:
         env = os.environ.get(ENV_VAR)
         mirror = next((m for m in default_mirrors() if (m / "src" / "tflite-micro.tar.gz").is_file()), None)
@@ -122,13 +131,30 @@ def locate_sources(path: os.PathLike | str | None = None, *,
         raise McuError(f"TFLite Micro source path {how} does not exist",
                        _HOW_TO_GET)
     p = p.resolve()
-    if (p / "tensorflow" / "lite" / "micro").is_dir():
-        return _checkout(p)
+    if not (p / "tensorflow" / "lite" / "micro").is_dir():
+        _mirror_src(p, how)
+    return p, how
+
+
+def _mirror_src(p: Path, how: str = "") -> Path:
     for src in (p / "src", p):
         if (src / "tflite-micro.tar.gz").is_file():
-            return _mirror(src, Path(cache_dir) if cache_dir else cache_root())
-    raise McuError(f"{how} is neither a TFLite Micro checkout nor a mirror "
+            return src
+    raise McuError(f"{how or p} is neither a TFLite Micro checkout nor a mirror "
                    "with src/tflite-micro.tar.gz", _HOW_TO_GET)
+
+
+def requirement(path: os.PathLike | str | None) -> Requirement:
+    """The sources a build for an emulated core needs (for the runner's preflight)."""
+
+    def unmet() -> str | None:
+        try:
+            _resolve(path)
+        except McuError as e:
+            return e.message
+        return None
+
+    return Requirement("TensorFlow Lite Micro's sources", unmet, _HOW_TO_GET)
 
 
 def default_mirrors() -> list[Path]:

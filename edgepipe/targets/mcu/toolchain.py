@@ -13,13 +13,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepipe.core import system
+from edgepipe.core.requirements import Requirement
 from edgepipe.targets.mcu.errors import McuError
 
-__all__ = ["Toolchain", "find_toolchain", "APT_PACKAGES"]
-
-#: Debian packages that provide everything this target needs.
-APT_PACKAGES = ("gcc-arm-none-eabi libnewlib-arm-none-eabi "
-                "libstdc++-arm-none-eabi-newlib qemu-system-arm")
+__all__ = ["Toolchain", "find_toolchain", "requirement"]
 
 _TOOLS = {
     "gcc": "arm-none-eabi-gcc",
@@ -66,7 +64,7 @@ def _first_line(exe: str) -> str:
                              text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise McuError(f"cannot run {exe} --version ({e})",
-                       f"reinstall it: apt-get install {APT_PACKAGES}")
+                       f"reinstall it: {_fix()}")
     lines = (out.stdout or out.stderr).strip().splitlines()
     return lines[0].strip() if lines else "unknown"
 
@@ -84,7 +82,7 @@ def _find(search_path: str | None) -> Toolchain:
     if missing:
         raise McuError(
             f"measuring on an emulated Cortex-M needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
-            " not installed", f"apt-get install {APT_PACKAGES}; or bench with measure: estimate (no toolchain)")
+            " not installed", f"{_fix()}; or bench with measure: estimate (no toolchain)")
     return Toolchain(gcc_version=_first_line(found["gcc"]),
                      qemu_version=_first_line(found["qemu"]), **found)
 
@@ -102,3 +100,27 @@ def find_toolchain(search_path: str | None = None) -> Toolchain:
         McuError: a tool is missing; the fix names the Debian packages.
     """
     return _find(search_path if search_path is not None else os.environ.get("PATH"))
+
+
+def _fix() -> str:
+    return system.fix_for([p for p in system.PACKAGES if p.group == "run"])
+
+
+def _unmet() -> str | None:
+    """What keeps the firmware from being built and run here, or None."""
+    gone = [name for name in _TOOLS.values() if shutil.which(name) is None]
+    if gone:
+        return f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} not installed"
+    tc = find_toolchain()
+    # The C and C++ libraries come in packages of their own; ask the compiler where it would link them from.
+    for lib in ("libc_nano.a", "libstdc++_nano.a"):
+        found = subprocess.run([tc.gcc, "-mthumb", "-mcpu=cortex-m4", f"-print-file-name={lib}"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        if not Path(found).is_absolute():
+            return f"the Arm toolchain has no {lib} (newlib's C{'++' if 'stdc' in lib else ''} library)"
+    return None
+
+
+def requirement(cpu: str) -> Requirement:
+    """What measuring on an emulated core needs from this machine (for the runner's preflight)."""
+    return Requirement(f"the Arm toolchain and QEMU to emulate the {cpu}", _unmet, _fix())

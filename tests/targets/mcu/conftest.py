@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgepipe.core import system
 from edgepipe.targets.mcu.sources import default_mirrors
 
 MIRROR = Path(os.environ["EDGEPIPE_TFLM_SRC"]) if os.environ.get("EDGEPIPE_TFLM_SRC") else next(
     (m for m in default_mirrors() if m.is_dir()), default_mirrors()[0])
 MLPERF = MIRROR / "mlperf_tiny"
-APT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm"
+APT = system.install_command([p for p in system.PACKAGES if p.group == "run"])
 
 
 def have_toolchain() -> bool:

@@ -3,7 +3,8 @@
 import pytest
 
 from edgepipe.targets.mcu.errors import McuError, one_line
-from edgepipe.targets.mcu.toolchain import APT_PACKAGES, find_toolchain
+from edgepipe.core import system
+from edgepipe.targets.mcu.toolchain import find_toolchain
 
 
 def test_error_is_one_line_what_fix():
@@ -25,4 +26,6 @@ def test_missing_toolchain_names_debian_packages(tmp_path):
     msg = str(ei.value)
     assert "\n" not in msg
     assert "arm-none-eabi-gcc" in msg and "qemu-system-arm" in msg
-    assert f"apt-get install {APT_PACKAGES}" in msg
+    assert ("apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib "
+            "qemu-system-arm") in msg
+    assert all(p.name in msg for p in system.PACKAGES if p.group == "run")
