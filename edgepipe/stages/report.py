@@ -1,10 +1,14 @@
-"""The report stage: one table of accuracy against latency, FPS, size and memory for every variant.
+"""The report stage: accuracy against latency, FPS, size and memory for every variant, target by target.
 
 Writes report.md (for people), report.json (rows for machines), pareto.png (accuracy against latency,
 marker area by model size), report.html (all of it on one self-contained page, with training curves,
 confusion matrices, the doctor's findings and misclassified samples; see report_html.py) and prints
-the table. Accuracy gates make the run fail when a deployable model loses more than a set number of
+the tables. Accuracy gates make the run fail when a deployable model loses more than a set number of
 points against its float source.
+
+The report leads with the targets: its title names those measured, and the first table is a target's
+(a microcontroller's first, in its own units: latency in ms and FPS), then this host's, where every
+bench also measures; the Pareto plot has a panel per target in that target's units, this host's last.
 
 Two accuracies per model: `val accuracy`, on the data stage's validation split, is what the gates (and
 every "most accurate" line) judge by; `test accuracy`, on the test split, is the final figure, reported and
@@ -39,7 +43,9 @@ class Gate:
 class ReportParams:
     """Parameters of the report stage."""
 
-    title: str = param("edgepipe report", "heading of report.md")
+    title: str = param("edgepipe report: accuracy vs latency on {targets}",
+                       "heading of report.md; {targets} becomes the targets measured, microcontrollers first "
+                       "(e.g. 'Cortex-M4 (emulated) and this host (x86_64, AMD EPYC)')")
     reference: str | None = param(None, "row the delta column is measured against (e.g. teacher/float32)")
     gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
 
@@ -50,6 +56,7 @@ COLUMNS = ("model", "quant", "size", "compressed", "params", "MACs", "val accura
 
 TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
 TAG_LEGEND = ", ".join(f"[{tag}] {meaning}" for tag, meaning in PROVENANCE.values())
+TARGETS = "{targets}"  # in the title, replaced by the targets measured
 
 
 def run_report_stage(params: ReportParams, io: StageIO) -> str:
@@ -65,9 +72,11 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     gates = _gates(params.gates, by_name)
     provenance = benches[0]["provenance"] if benches else {}
     devices = _devices(benches)
-    report = {"title": params.title, "reference": params.reference, "provenance": provenance, "devices": devices,
+    measured = measured_targets(benches, targets)
+    heading = params.title.replace(TARGETS, _joined([m["label"] for m in measured]))
+    report = {"title": heading, "reference": params.reference, "provenance": provenance, "devices": devices,
               "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
-              "targets": [b["target"]["name"] for b in benches if "target" in b]}
+              "targets": [b["target"]["name"] for b in benches if "target" in b], "measured_on": measured}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
@@ -75,16 +84,19 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     report["searches"] = [{k: v for k, v in x.items() if k != "png"} for x in searches]
     fsio.write_json(io.out / "report.json", report)
     target_table = _target_table(rows, targets)
-    fsio.write_text(io.out / "report.md", _markdown(params.title, table, gates, provenance, int8_cost, target_table,
-                                                    devices) + "".join("\n" + "\n".join(search_lines(x)) + "\n"
-                                                                       for x in searches))
-    _pareto(rows, targets, io.out / "pareto.png")
-    write_html(io.out / "report.html", params.title, table, COLUMNS, gates, rows, benches,
+    own = target_tables(rows, targets, measured, devices)
+    host = _capital(measured[-1]["label"])
+    # a title without {targets} is kept as written; the line under it names them instead
+    subtitle = None if TARGETS in params.title else f"Measured on {_joined([m['label'] for m in measured])}."
+    md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle)
+    fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
+    _pareto(rows, targets, measured, io.out / "pareto.png")
+    write_html(io.out / "report.html", heading, table, COLUMNS, gates, rows, benches,
                run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
-               target_table=target_table, legend=TAG_LEGEND,
+               target_table=target_table, legend=TAG_LEGEND, target_tables=own, host_heading=host, subtitle=subtitle,
                searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches])
-    _print(table, target_table)
+    _print(table, target_table, own, host)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
@@ -156,8 +168,17 @@ def _gates(gates: list[Gate], by_name: dict[str, dict]) -> list[dict]:
     return out
 
 
-def _print(table: list[list[str]], target_table: list[list[str]]) -> None:
-    """The results table, and the per-target table with its legend when there is one."""
+def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict], host: str) -> None:
+    """Each target's own table, this host's results table, and every target side by side when there are any."""
+    for t in own:
+        ui.say(t["label"])
+        for line in _text_table(t["table"][1:], t["table"][0]):
+            ui.say(line)
+        for note in t["notes"]:
+            ui.say("  " + note)
+        ui.say("")
+    if own:
+        ui.say(host)
     for line in _text_table(table, COLUMNS):
         ui.say(line)
     if target_table:
@@ -223,10 +244,105 @@ def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
     for b in benches:
         for r in b["rows"]:
             for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
-                out.setdefault(r["name"], {})[t["name"]] = {k: t[k] for k in (
-                    "deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits", "edgetpu",
-                    "instructions", "flash", "emulated_device") if k in t}
+                fig = {k: t[k] for k in ("deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits",
+                                         "edgetpu", "instructions", "flash", "emulated_device") if k in t}
+                if "latency_p50_us" in fig:  # the same figure in a firmware engineer's units, tagged alike
+                    fig["latency_ms"] = _derived(fig["latency_p50_us"], lambda us: us / 1000)
+                    fig["fps"] = _derived(fig["latency_p50_us"], lambda us: 1e6 / us if us > 0 else None)
+                out.setdefault(r["name"], {})[t["name"]] = fig
     return out
+
+
+def _derived(figure: dict, fn) -> dict:
+    """`figure` with fn applied to its value (kept None, with its reason, when it has none)."""
+    return {**figure, "value": None if figure.get("value") is None else fn(figure["value"])}
+
+
+def measured_targets(benches: list[dict], targets: dict) -> list[dict]:
+    """The targets the report's figures come from, in the order it shows them: microcontrollers first, then
+    other devices, this host last (every bench measures on this host: the results table is its own).
+
+    Each is `{"target": name, "label": what the report calls it, "kind": the profile's kind}`.
+    """
+    profiles, emulated = {}, {}
+    for b in benches:
+        t = b.get("target") or {}
+        if not t.get("name"):
+            continue
+        profiles[t["name"]] = t
+        emulated[t["name"]] = (b.get("device") or {}).get("emulated")
+        for h, device in (b.get("fleet") or {}).items():
+            profiles[f"{t['name']}@{h}"] = t
+            emulated[f"{t['name']}@{h}"] = (device or {}).get("emulated")
+    out = []
+    for name in dict.fromkeys(n for per in targets.values() for n in per if n != "host"):
+        t = profiles.get(name, {})
+        if t.get("kind") == "mcu":
+            core = t["cpu"].title() if t.get("cpu") and t["cpu"] == name else name  # cortex-m4 -> Cortex-M4
+            label = f"{core} ({'estimated' if t.get('measure') == 'estimate' else 'emulated'})"
+        else:
+            label = f"{name} (emulated)" if emulated.get(name) else name
+        out.append({"target": name, "label": label, "kind": t.get("kind")})
+    out.sort(key=lambda m: m["kind"] != "mcu")  # stable: benches keep their order within a kind
+    host = (benches[0].get("provenance") or {}) if benches else {}
+    what = ", ".join(str(host[k]) for k in ("machine", "cpu") if host.get(k))
+    return out + [{"target": "host", "label": f"this host ({what})" if what else "this host", "kind": "cpu"}]
+
+
+def _joined(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices: dict) -> list[dict]:
+    """Each target's own table (every target but this host, whose table is the results table), in
+    `measured`'s order: `{"target", "label", "table": header + rows, "notes": lines under it}`.
+
+    Columns: accuracy, instructions and flash when measured (an emulated microcontroller), latency and
+    FPS in the target's units (ms on a microcontroller), memory; each figure tagged with its provenance.
+    A row is a model benched on the target; one the target cannot run reads n/a, the reason under the table.
+    """
+    out = []
+    for m in measured:
+        t = m["target"]
+        benched = [(r["name"], targets[r["name"]][t]) for r in rows if t in targets.get(r["name"], {})]
+        if t == "host" or not benched:
+            continue
+        has = {key for _, f in benched for key in f}
+        columns = [("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %")]
+        if "instructions" in has:
+            columns.append(("instructions", "instructions", lambda v: f"{v / 1e6:.2f} M"))
+        if m["kind"] == "mcu":
+            columns += [("latency (ms)", "latency_ms", _figure), ("FPS", "fps", _figure)]
+        else:
+            columns += [("p50 latency", "latency_p50_us", _us), ("FPS", "fps", _figure)]
+        if "flash" in has:
+            columns.append(("flash", "flash", fsio.human_size))
+        columns.append(("memory", "memory", None))
+        table = [["model"] + [title for title, _, _ in columns]]
+        table += [[name] + [_cell(f, key, fmt) for _, key, fmt in columns] for name, f in benched]
+        tags = dict.fromkeys(f[key]["provenance"] for _, f in benched for _, key, _ in columns
+                             if isinstance(f.get(key), dict) and f[key].get("provenance") in PROVENANCE)
+        notes = ["; ".join(f"[{TAGS[p]}] {PROVENANCE[p][1]}" for p in tags) + "."] if tags else []
+        why: dict[str, list[str]] = {}
+        for name, f in benched:
+            if f.get("why_not"):
+                why.setdefault(f["why_not"], []).append(name)
+        notes += [f"n/a on {', '.join(names)}: {reason}." for reason, names in why.items()]
+        if devices.get(t):
+            notes.append(_capital(devices[t]))
+        out.append({"target": t, "label": _capital(m["label"]), "table": table, "notes": notes})
+    return out
+
+
+def _figure(v: float) -> str:
+    """A latency in ms or an FPS, three significant digits, never in scientific notation: 15.0, 66.5, 1,204."""
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{1 if v >= 10 else 2 if v >= 1 else 3}f}"
 
 
 def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
@@ -250,7 +366,15 @@ def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
             columns.append((t, f"flash@{t}", "flash", fsio.human_size))
         columns.append((t, f"mem@{t}", "memory", None))
     table = [["model"] + [title for _, title, _, _ in columns]]
+    for r in rows:
+        table.append([r["name"]] + [_cell(targets.get(r["name"], {}).get(t), key, fmt) for t, _, key, fmt in columns])
+    return table
 
+
+def _cell(f: dict | None, key: str, fmt) -> str:
+    """One model's figure `key` on one target (`f`: its figures there), formatted and tagged; n/a when the
+    target did not run it, `n/a (why)` when the figure was not measured, `uncalibrated` for an emulated
+    latency without a calibration."""
     def tagged(fig: dict | None, fmt) -> str:
         if not fig or fig.get("value") is None:
             if fig and fig.get("not_measured"):
@@ -258,21 +382,13 @@ def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
             return "uncalibrated" if fig and fig.get("provenance") == "emulated" else "-"
         return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
 
-    for r in rows:
-        cells = [r["name"]]
-        for t, _, key, fmt in columns:
-            f = targets.get(r["name"], {}).get(t)
-            if f is None or not f.get("deployable", True) or (key != "memory" and "accuracy" not in f):
-                cells.append("NO FIT" if f is not None and f.get("fits") is False and key == "memory" else "n/a")
-                continue
-            if key == "memory":
-                mem = f.get("memory") or {}
-                fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
-                cells.append(tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits)
-            else:
-                cells.append(tagged(f.get(key), fmt))
-        table.append(cells)
-    return table
+    if f is None or not f.get("deployable", True) or (key != "memory" and "accuracy" not in f):
+        return "NO FIT" if f is not None and f.get("fits") is False and key == "memory" else "n/a"
+    if key == "memory":
+        mem = f.get("memory") or {}
+        fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
+        return tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits
+    return tagged(f.get(key), fmt)
 
 
 def _short(v):
@@ -306,8 +422,18 @@ def _devices(benches: list[dict]) -> dict[str, str]:
     return out
 
 
-def _markdown(title: str, table, gates, provenance, int8_cost, target_table=(), devices=None) -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=(), own=(), host="This host",
+              subtitle=None) -> str:
+    """The heading, each target's own table, this host's results table, gates, int8's cost per class, and
+    every target side by side."""
+    lines = [f"# {heading}", ""] + ([subtitle, ""] if subtitle else [])
+    for t in own:
+        lines += [f"## {t['label']}", "", "| " + " | ".join(t["table"][0]) + " |", "|" + "---|" * len(t["table"][0])]
+        lines += ["| " + " | ".join(r) + " |" for r in t["table"][1:]]
+        lines += [""] + [f"- {note}" for note in t["notes"]] + [""]
+    if own:
+        lines += [f"## {host}", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter: val accuracy on "
               "the data stage's validation split (what the gates judge by), test accuracy on the full test split "
@@ -322,42 +448,63 @@ def _markdown(title: str, table, gates, provenance, int8_cost, target_table=(), 
             worst = ", ".join(f"{x['class']} {x['points_lost']:+.2f}" for x in c["classes"][:3])
             lines.append(f"- {c['model']} ({c['points_lost']:+.2f} overall): {worst}")
     if target_table:
-        lines += ["", "On the targets (each figure tagged with where it comes from):", "",
+        lines += ["", "## Every target side by side", "", "Each figure tagged with where it comes from:", "",
                   "| " + " | ".join(target_table[0]) + " |", "|" + "---|" * len(target_table[0])]
         lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
         lines += ["", TAG_LEGEND + "."]
-        lines += [f"- {name}: {text}" for name, text in (devices or {}).items()]
     if provenance:
         lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
     return "\n".join(lines) + "\n"
 
 
-def _pareto(rows: list[dict], targets: dict, dest: Path) -> None:
-    """Accuracy against latency, one panel per target (this host's LiteRT first), the Pareto front drawn.
+def _pareto(rows: list[dict], targets: dict, measured: list[dict], dest: Path) -> None:
+    """pareto.png: `pareto_figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(rows, targets, measured)
+    with fsio.atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
+    """Accuracy against latency, one panel per target in `measured`'s order (this host last), the Pareto
+    front drawn; the matplotlib Figure.
 
     On a target, each model is placed at its accuracy and latency there (emulated or measured on the
-    device); a target whose models have no latency in milliseconds (an uncalibrated emulated core) is
-    drawn against instructions per inference instead.
+    device), in the target's units: ms on a microcontroller, on this host and other devices the unit that
+    fits the values (us, ms or s). A target whose models have no latency (an uncalibrated emulated core)
+    is drawn against instructions per inference instead. Tick labels are plain numbers, never offsets or
+    powers of ten; the axis is logarithmic only when the values span more than tenfold.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("host", "p50 latency on this host, 1 thread (us, log)",
-               [(((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
-                 100 * r["accuracy"], r) for r in rows])]
-    names = list(dict.fromkeys(t for per in targets.values() for t in per if t != "host"))
-    for t in names:
+    panels = []  # (title, x label, [(x, accuracy %, row)])
+    for m in measured:
+        t = m["target"]
+        if t == "host":
+            points = [(((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
+                       100 * r["accuracy"], r) for r in rows]
+            scale, unit = _time_unit([x for x, _, _ in points if x])
+            panels.append((_capital(m["label"]), f"p50 latency, 1 thread ({unit})",
+                           [(x and x / scale, y, r) for x, y, r in points]))
+            continue
         figs = [(targets.get(r["name"], {}).get(t), r) for r in rows]
         figs = [(f, r) for f, r in figs if f and f.get("accuracy") and f["accuracy"].get("value") is not None]
         if not figs:
             continue
-        timed = [f for f, _ in figs if (f.get("latency_p50_us") or {}).get("value") is not None]
-        key, label = (("latency_p50_us", f"latency on {t} (us, log)") if timed else
-                      ("instructions", f"instructions per inference on {t} (log)"))
-        panels.append((t, label, [((f.get(key) or {}).get("value"), 100 * f["accuracy"]["value"], r)
-                                  for f, r in figs]))
+        timed = [f["latency_p50_us"]["value"] for f, _ in figs
+                 if (f.get("latency_p50_us") or {}).get("value") is not None]
+        if timed:
+            key, (scale, unit) = "latency_p50_us", (1000, "ms") if m["kind"] == "mcu" else _time_unit(timed)
+            xlabel = f"{'' if m['kind'] == 'mcu' else 'p50 '}latency ({unit})"
+        else:
+            key, scale, xlabel = "instructions", 1e6, "instructions per inference (millions)"
+        points = [((f.get(key) or {}).get("value"), 100 * f["accuracy"]["value"], r) for f, r in figs]
+        panels.append((_capital(m["label"]), xlabel, [(x and x / scale, y, r) for x, y, r in points]))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     colors = {"float32": "tab:blue", "float16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
     for ax, (title, xlabel, points) in zip(axes[0], panels):
@@ -375,18 +522,38 @@ def _pareto(rows: list[dict], targets: dict, dest: Path) -> None:
         if front:
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", lw=1, alpha=0.5,
                     label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test accuracy on {title} (%)")
+        log = _plain_axes(ax, [x for x, _, _ in points])
+        ax.set_xlabel(xlabel[:-1] + ", log scale)" if log else xlabel)
+        ax.set_ylabel("test accuracy (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         _label_without_overlap(fig, ax, points)
     fig.suptitle("accuracy vs latency (marker area ~ file size, diamond = QAT)")
     fig.tight_layout()
-    with fsio.atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _time_unit(values_us: list[float]) -> tuple[float, str]:
+    """(divisor, unit) in which the largest of these microsecond values reads under 1,000."""
+    top = max(values_us, default=0)
+    return next(((d, u) for d, u in ((1, "us"), (1e3, "ms")) if top < 1000 * d), (1e6, "s"))
+
+
+def _plain_axes(ax, xs: list[float]) -> bool:
+    """Plain-number ticks on both axes (a firmware engineer reads 13.5, not 1.35 x 10^4 or an offset);
+    a log x axis, ticked at 1, 2 and 5 of each decade, only when xs span more than tenfold. Whether it is log."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:.6f}".rstrip("0").rstrip("."))
+    log = bool(xs) and max(xs) > 10 * min(xs)
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    return log
 
 
 def _label_without_overlap(fig, ax, points) -> None:

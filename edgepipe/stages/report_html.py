@@ -1,7 +1,8 @@
 """report.html: one self-contained page (pictures embedded) beside report.md.
 
-Sections, each with an id a test or a browser can find: `results` (the table), `targets` (figures on
-each device, tagged with their provenance, when a bench ran on one), `gates`, `pareto`,
+Sections, each with an id a test or a browser can find: first `target-<name>` for each target a bench
+measured besides this host (its own table, a microcontroller's first), then `results` (this host's table),
+`targets` (every target side by side, each figure tagged with its provenance), `gates`, `pareto`,
 `int8` (the classes quantization hurt most), `training` (per training stage: curves, confusion matrix,
 the doctor's findings) and `misclassified` (test images the deployable model gets wrong).
 
@@ -37,13 +38,14 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
                benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None,
                int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "",
-               searches: list[tuple[str, list[str], Path]] = ()) -> None:
-    """Write the page to `dest` (atomically)."""
+               searches: list[tuple[str, list[str], Path]] = (), target_tables: list[dict] = (),
+               host_heading: str = "Results", subtitle: str | None = None) -> None:
+    """Write the page to `dest` (atomically). `target_tables` are `report.target_tables`' (shown first)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
-             "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
-             "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>",
-             _results(table, columns), _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
+             f"<p>{_e(subtitle)}</p>" if subtitle else "",
+             *(_own(t) for t in target_tables), _results(table, columns, host_heading),
+             _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
              *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
@@ -78,18 +80,28 @@ def _search(heading: str, lines: list[str], png: Path) -> str:
     return f"<h2>{_e(heading)}</h2>{''.join(body)}<table>{''.join(table)}</table>{pic}"
 
 
-def _results(table, columns) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in table)
-    return f"<h2 id='results'>Results</h2><table><tr>{head}</tr>{body}</table>"
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _own(t: dict) -> str:
+    """One target's own table and the notes under it."""
+    notes = "".join(f"<p class='small'>{_e(n)}</p>" for n in t["notes"])
+    return f"<h2 id='target-{_e(t['target'])}'>{_e(t['label'])}</h2>{_table(t['table'][0], t['table'][1:])}{notes}"
+
+
+def _results(table, columns, heading: str = "Results") -> str:
+    return (f"<h2 id='results'>{_e(heading)}</h2>{_table(columns, table)}"
+            "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
+            "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>")
 
 
 def _targets(target_table, legend: str) -> str:
     if not target_table:
         return ""
-    head = "".join(f"<th>{_e(c)}</th>" for c in target_table[0])
-    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in target_table[1:])
-    return (f"<h2 id='targets'>On the targets</h2><table><tr>{head}</tr>{body}</table>"
+    return (f"<h2 id='targets'>Every target side by side</h2>{_table(target_table[0], target_table[1:])}"
             f"<p class='small'>{_e(legend)}</p>")
 
 
