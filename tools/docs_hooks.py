@@ -28,12 +28,12 @@ _seen: set[str] = set()
 
 def on_config(config):
     """Import edgepipe from the checkout that holds mkdocs.yml, and refuse to document another copy."""
-    root = Path(config.config_file_path).resolve().parent
+    root = Path(config.config_file_path).parent
     sys.path.insert(0, str(root))
     import edgepipe
 
     found = Path(edgepipe.__file__).resolve().parent
-    if found != root / "edgepipe":
+    if found != (root / "edgepipe").resolve():
         raise PluginError(f"docs hooks: edgepipe imported from {found}, not {root / 'edgepipe'}; build from a "
                           "fresh process (python -m mkdocs build)")
     _seen.clear()
@@ -79,7 +79,7 @@ def _command(command, ctx, heading: str) -> str:
 
     usage = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
     text = inspect.cleandoc(command.help or "").split("\f")[0].replace("\b\n", "")
-    lines = [f"## {heading}", "", "```", usage, "```", "", text, ""]
+    lines = [f"## {heading}", "", "```", usage, "```", "", _text(text), ""]
     arguments = [p for p in command.get_params(ctx) if isinstance(p, click.Argument)]
     options = [(p, p.get_help_record(ctx)) for p in command.get_params(ctx) if isinstance(p, click.Option)]
     if arguments:
@@ -156,4 +156,17 @@ def _code(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    """A help text as one table cell."""
+    return _text(" ".join(text.split()))
+
+
+def _text(text: str) -> str:
+    """Help text as Markdown that renders as written: `runs/<recipe>/` is text, not an HTML tag, `a*b*c` no
+    emphasis, a pipe no table column; what stands between a pair of backticks stays code."""
+    parts = text.split("`")
+    paired = len(parts) % 2 == 1
+    for i, part in enumerate(parts):
+        if i % 2 == 0 or not paired:
+            parts[i] = (part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+                        .replace("_", "\\_").replace("|", "\\|"))
+    return "`".join(parts)
