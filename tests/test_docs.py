@@ -92,6 +92,23 @@ def test_readme_is_a_quickstart():
         assert (REPO / page).is_file(), f"README links to {page}, which does not exist"
 
 
+def test_pointers_to_the_docs_name_pages_and_sections_that_exist():
+    """`docs/PAGE.md, "Section"` in the code, the recipes and the benchmarks' log names a page and a heading
+    that exist, so an error message's `fix:` never sends a user to a section that moved."""
+    pointer = re.compile(r'docs/([\w./-]+\.md)(?:, "([^"]+)")?')
+    files = [*(REPO / "edgepipe").rglob("*.py"), *(REPO / "recipes").glob("*.yaml"), REPO / "benchmarks" / "README.md",
+             REPO / "edgepipe.toml", REPO / "Makefile"]
+    seen, bad = 0, []
+    for f in files:
+        for page, section in pointer.findall(f.read_text()):
+            seen += 1
+            doc = REPO / "docs" / page
+            headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M) if doc.is_file() else []
+            if not doc.is_file() or (section and not any(h.replace("`", "").startswith(section) for h in headings)):
+                bad.append(f"{f.relative_to(REPO)}: docs/{page}" + (f', "{section}"' if section else ""))
+    assert seen and not bad, "pointers to missing docs pages or sections:\n" + "\n".join(bad)
+
+
 def _commit(word):
     """True if `word` names a commit of this repository (an abbreviated hash)."""
     p = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{word}^{{commit}}"], capture_output=True)
