@@ -25,7 +25,7 @@ from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
 from edgepipe.targets.profiles import load_target
 
-# The keys a recipe may have at its top level, and in each stage (their meanings: README, "Recipes").
+# The keys a recipe may have at its top level, and in each stage (their meanings: docs/recipes.md).
 TOP_KEYS = ("name", "description", "vars", "profiles", "target", "tracking", "stages")
 STAGE_KEYS = ("kind", "params", "inputs", "publish", "description")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgepipe.core import fsio
 
-DEFAULT_SIZE = 2 * 1024**3  # bytes of distinct files kept per recipe; see README, "Experiments"
+DEFAULT_SIZE = 2 * 1024**3  # bytes of distinct files kept per recipe; see docs/runner.md, "The run cache"
 MANIFEST = "manifest.json"
 
 

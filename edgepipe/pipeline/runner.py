@@ -117,7 +117,7 @@ class Runner:
 
         With `jobs` > 1, stages whose inputs are ready run at the same time in worker processes (tiny
         models use about one core each, so two trainings on two cores can take little longer than one;
-        how much that gains depends on the host, see the README).
+        how much that gains depends on the host, see docs/runner.md, "Parallel stages").
         Each worker's output goes to ``runs/R/.logs/<stage>.log``. Stages of an `exclusive` kind (the
         bench, which times things) run alone.
         """

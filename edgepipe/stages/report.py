@@ -83,7 +83,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     searches = [_search(Path(d), io.out) for d in io.inputs.get("searches", [])]
     report["searches"] = [{k: v for k, v in x.items() if k != "png"} for x in searches]
     fsio.write_json(io.out / "report.json", report)
-    target_table = _target_table(rows, targets)
+    target_table = targets_table(rows, targets)
     own = target_tables(rows, targets, measured, devices)
     host = _capital(measured[-1]["label"])
     # a title without {targets} is kept as written; the line under it names them instead
@@ -226,7 +226,11 @@ def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str
 
 
 def _row(r: dict, ref: float | None) -> list[str]:
-    f = _flat(r, ref)
+    return row_cells(_flat(r, ref))
+
+
+def row_cells(f: dict) -> list[str]:
+    """One row of the results table (`COLUMNS`), as printed, from a report.json row."""
     us = lambda v: "-" if v is None else _us(v)  # noqa: E731
     return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
             "-" if f["compressed_bytes"] is None else fsio.human_size(f["compressed_bytes"]), f"{f['params']:,}",
@@ -345,7 +349,7 @@ def _figure(v: float) -> str:
     return f"{v:.{1 if v >= 10 else 2 if v >= 1 else 3}f}"
 
 
-def _target_table(rows: list[dict], targets: dict) -> list[list[str]]:
+def targets_table(rows: list[dict], targets: dict) -> list[list[str]]:
     """Header + rows of per-target columns, or [] when every figure is this host's own.
 
     Each target has accuracy, latency and memory columns; one whose figures include instructions and

@@ -16,8 +16,8 @@ wheels (ai-edge-litert, numpy) on Debian bookworm arm64's CPython 3.11 -- what R
     sshd (user ``pi``, passwordless sudo, hostname ``raspberrypi``), reached through qemu's ``hostfwd``.
     Everything on the device side is ARM, the kernel included. The image is faithful to Bookworm's
     PEP 668 set-up: ``python3 -m pip install`` system-wide is refused ("externally-managed-environment");
-    LiteRT lives in a venv, as a Pi user's README has it. One venv, ``/opt/edgepipe-litert``, is made at
-    build time from the pinned wheels (offline); ``~/litert`` is left for the user's own steps.
+    LiteRT lives in a venv, as docs/targets.md has a Pi user set it up. One venv, ``/opt/edgepipe-litert``, is
+    made at build time from the pinned wheels (offline); ``~/litert`` is left for the user's own steps.
 
 Both build once into edgepipe's cache (``~/.cache/edgepipe/pi`` by default, see `edgepipe.core.cache`), keyed by
 everything that goes into the build: a second :func:`build_device` call returns at once.
@@ -1224,7 +1224,7 @@ class EmulatedPiVM(_SshDevice):
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m edgepipe.testing.pi [--system]`: start an emulated Pi, print how to reach it and bench on
-    it, and keep it up until Ctrl-C (to try the README's device set-up without a Pi)."""
+    it, and keep it up until Ctrl-C (to try the device set-up of docs/targets.md without a Pi)."""
     import argparse
     import signal
 

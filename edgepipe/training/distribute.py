@@ -51,7 +51,7 @@ def make_strategy(kind: str):
     config = cluster()
     if config is None:
         raise EdgepipeError("strategy multi_worker needs TF_CONFIG, which is not set",
-                            "set TF_CONFIG on every machine (see README, Training on a cluster)")
+                            'set TF_CONFIG on every machine (see docs/training.md, "Training on a cluster")')
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as e:

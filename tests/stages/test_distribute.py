@@ -84,7 +84,8 @@ def test_worker_refuses_a_stage_that_is_not_multi_worker(tmp_path):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("", "needs TF_CONFIG, which is not set"),
+    ("", 'needs TF_CONFIG, which is not set; fix: set TF_CONFIG on every machine (see docs/training.md, "Training on '
+         'a cluster")'),
     ("{not json", "TF_CONFIG is not a valid cluster spec"),
 ])
 def test_multi_worker_without_a_cluster_is_one_line(tmp_path, value, expected):
