@@ -149,9 +149,12 @@ def _report(cpu):
                                 "memory": {"value": 32768, "what": "RSS growth", "provenance": "host-litert"}},
                        "cortex-m4": {"deployable": True, "accuracy": tag(0.9936, "emulated"),
                                      "instructions": tag(1150000, "emulated"), "latency_p50_us": tag(15000, "emulated"),
+                                     "latency_ms": tag(15.0, "emulated"), "fps": tag(66.67, "emulated"),
                                      "flash": tag(75469, "emulated"),
                                      "memory": {"value": 8908, "what": "RAM", "provenance": "emulated"}, "fits": True}}}
     return {"title": "mnist_student", "reference": None, "rows": [row], "targets": ["host", "cortex-m4"],
+            "measured_on": [{"target": "cortex-m4", "label": "Cortex-M4 (emulated)", "kind": "mcu"},
+                            {"target": "host", "label": f"this host (x86_64, {cpu})", "kind": "cpu"}],
             "provenance": {"target": "host", "cpu": cpu, "cores": 2, "ai_edge_litert": "2.3.0"},
             "devices": {"cortex-m4": "emulated: QEMU mps2-an386 (cortex-m4), 8.2.2"},
             "gates": [{"model": "student_qat/int8", "against": "student_scratch/float32", "split": "val",
@@ -183,8 +186,9 @@ def test_results_page_is_stamped_once_and_has_the_rows(tmp_path):
     assert page.count(host["cpu"]) == 1  # the host is stamped once, not per recipe
     assert "tools/results_page.py" in page and "## mnist_student" in page
     assert "| student_qat/int8 | int8 (QAT) | 28.6 KB | 23.0 KB | 23,236 | 0.44 M | 99.20 % | 99.41 % | -0.04 |" in page
-    assert "99.36 % [emu]" in page and "1.15 M [emu]" in page and "15.0 ms [emu]" in page and "fits" in page
-    assert "99.41 % [host]" in page and "[emu] TFLite Micro + CMSIS-NN" in page  # the tags and their legend
+    assert "| student_qat/int8 | 99.36 % [emu] | 1.15 M [emu] | 15.0 [emu] | 66.7 [emu] | 73.7 KB [emu] |" in page
+    assert "fits" in page and "[emu] TFLite Micro + CMSIS-NN" in page  # the tags and their legend
+    assert page.index("### Cortex-M4 (emulated)") < page.index("### This host")  # the target leads
     assert "gate PASSED: student_qat/int8 loses 0.02 validation points against student_scratch/float32" in page
 
 

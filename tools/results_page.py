@@ -63,9 +63,9 @@ def _git(root: Path, *args: str) -> str:
 
 
 def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
-    """A recipe's figures as its report prints them: the results table, the targets' table with its tags,
-    the devices, the gates and any search."""
-    from edgepipe.stages.report import COLUMNS, TAG_LEGEND, row_cells, search_lines, targets_table
+    """A recipe's figures as its report prints them: each target's own table first (a microcontroller's,
+    with its tags), then this host's results table, the devices, the gates and any search."""
+    from edgepipe.stages.report import COLUMNS, row_cells, search_lines, target_tables
 
     recipe, stage = path.parent.parent.name, path.parent.name
     measured_on = report.get("provenance") or {}
@@ -77,15 +77,18 @@ def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
                          and v is not None)
     lines = [f"## {recipe}" + ("" if stage == "report" else f" (stage {stage})"), "",
              f"From `runs/{recipe}/{stage}/report.json`, the report \"{report.get('title', '')}\""
-             + (f"; runtimes {runtimes}." if runtimes else "."), "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-    table = targets_table(rows, {r["name"]: r.get("targets") or {} for r in rows})
-    if table:
-        lines += ["", "On the targets:", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-        lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
-        lines += ["", TAG_LEGEND + "."]
+             + (f"; runtimes {runtimes}." if runtimes else ".")]
     devices = report.get("devices") or {}
+    measured = report.get("measured_on") or []
+    targets = {r["name"]: r.get("targets") or {} for r in rows}
+    for own in target_tables(rows, targets, measured, devices):
+        lines += ["", f"### {own['label']}", "", "| " + " | ".join(own["table"][0]) + " |",
+                  "|" + "---|" * len(own["table"][0])]
+        lines += ["| " + " | ".join(r) + " |" for r in own["table"][1:]]
+        lines += ["", *own["notes"]]
+    lines += ["", "### This host (the machine stamped above)", "", "| " + " | ".join(COLUMNS) + " |",
+              "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
     gates = report.get("gates") or []
     if devices or gates:
         lines.append("")
