@@ -148,3 +148,17 @@ def test_live_lines_only_on_a_terminal_outside_ci(monkeypatch, env, shown):
     monkeypatch.setattr(sys, "stdout", _Terminal())
     assert live.wanted() is shown
 
+
+def test_a_search_reports_trial_k_of_n_with_the_best_so_far_and_each_trials_epochs(tmp_path):
+    from tests.stages.test_search import search_recipe
+
+    idx = write_idx_dataset(tmp_path / "idx", n_train=160, n_test=40)
+    path = search_recipe(tmp_path, idx, trials=2, startup_trials=1)
+    events = []
+    Runner(load_recipe(path), tmp_path, on_progress=events.append).run(until="search")
+    trials = [e for e in events if e.stage == "search" and e.unit == "trial"]
+    assert [(e.done, e.total) for e in trials if not e.detail] == [(0, 2), (1, 2), (2, 2)]
+    assert trials[-1].note.startswith("best #") and trials[-1].note.endswith(" %"), trials[-1]
+    details = [e.detail for e in trials if e.detail]
+    assert details[0] == "epoch 0/2" and re.fullmatch(r"epoch 2/2 val_accuracy \d\.\d+", details[-1]), details
+
