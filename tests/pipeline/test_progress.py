@@ -162,3 +162,16 @@ def test_a_search_reports_trial_k_of_n_with_the_best_so_far_and_each_trials_epoc
     details = [e.detail for e in trials if e.detail]
     assert details[0] == "epoch 0/2" and re.fullmatch(r"epoch 2/2 val_accuracy \d\.\d+", details[-1]), details
 
+
+def test_the_emulator_says_each_finished_model(monkeypatch):
+    """`run_many` (the emulated bench's models on QEMU) calls back as each run ends, in the caller's thread."""
+    import threading
+
+    from edgepipe.targets.mcu import run as mcu_run
+
+    monkeypatch.setattr(mcu_run, "run", lambda seconds: time.sleep(seconds) or seconds)
+    seen = []
+    got = mcu_run.run_many([{"seconds": 0.3}, {"seconds": 0.0}], max_parallel=2,
+                           on_done=lambda k, i: seen.append((k, i, threading.current_thread().name)))
+    assert got == [0.3, 0.0]
+    assert seen == [(1, 1, threading.current_thread().name), (2, 0, threading.current_thread().name)]
