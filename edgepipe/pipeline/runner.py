@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edgepipe.core import fsio, runlock, ui
+from edgepipe.core import fsio, live, progress, runlock, ui
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
@@ -71,10 +71,12 @@ class Runner:
             TensorFlow state (op determinism, the Keras session) is left as it was (the Python API).
         track: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
             URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`).
+        on_progress: receives the running stages' progress events (`edgepipe.core.progress.Event`), from
+            worker processes too; None: live lines in the terminal when stdout is one (`edgepipe.core.live`).
     """
 
     def __init__(self, recipe: Recipe, root: Path = Path("."), cache_size: int = DEFAULT_SIZE,
-                 isolate: bool = False, track: str | None = None):
+                 isolate: bool = False, track: str | None = None, on_progress: progress.Sink | None = None):
         self.recipe = recipe
         self.root = Path(root)
         self.track = track
@@ -84,6 +86,8 @@ class Runner:
         self.lock = Lock(self.run_dir / "lock.json", recipe)
         self.cache = RunCache(self.run_dir / ".cache", cache_size)
         self.isolate = isolate
+        self.on_progress = on_progress
+        self._sink: progress.Sink | None = None  # where this run's stages report, while it runs
         self.record_number: int | None = None  # the run history's number of the last run
         self._results: dict[str, Result] = {}
         # Hashed once, now: the code that runs is the code imported at start, even if a source file
@@ -282,9 +286,19 @@ class Runner:
         waiting = list(plan)
         running: dict[concurrent.futures.Future, _Job] = {}
         failure: BaseException | None = None
-        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                       initializer=_end_with_runner, initargs=(os.getpid(),))
+        display = live.LiveProgress() if self.on_progress is None and live.wanted() else None
+        self._sink = self.on_progress or display
+        context = multiprocessing.get_context("spawn")
+        channel = (progress.Channel(context, self._sink) if self._sink is not None and (jobs > 1 or self.isolate)
+                   else None)  # the workers' progress events, to the sink in this process
+        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                                       initargs=(os.getpid(), channel and channel.queue))
                 if jobs > 1 or self.isolate else None)
+        shown = contextlib.ExitStack()  # closed last first: the workers' last events are in before the lines go
+        if display is not None:
+            shown.enter_context(display)
+        if channel is not None:
+            shown.callback(channel.close)
         try:
             while waiting or running:
                 if failure is None:
@@ -303,6 +317,8 @@ class Runner:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            shown.close()
+            self._sink = None
         if failure is not None:
             raise failure
         return [results[name] for name in plan if name in results]
@@ -345,7 +361,8 @@ class Runner:
                 ui.say(f"{tag} running: {reason}")
                 try:
                     _fresh_keras_session()
-                    summary = stage.kind.run(stage.params, io) or ""
+                    with progress.reporting(name, self._sink):
+                        summary = stage.kind.run(stage.params, io) or ""
                 except BaseException as e:
                     shutil.rmtree(io.out, ignore_errors=True)
                     raise _named(e, stage, io.out) from None
@@ -353,7 +370,7 @@ class Runner:
                 return
             log_file = self.run_dir / ".logs" / f"{name}.log"
             ui.say(f"{tag} running: {reason}  (log: {_rel(log_file)})")
-            running[pool.submit(_run_in_worker, stage.kind.name, stage.params, io, log_file)] = job
+            running[pool.submit(_run_in_worker, stage.kind.name, stage.params, io, log_file, name)] = job
             busy.add(name)
             if stage.kind.exclusive:
                 return
@@ -599,6 +616,17 @@ def _end_with_runner(runner_pid: int) -> None:
         os._exit(1)
 
 
+_events = None  # in a worker process: the queue its stages' progress events go to the runner through
+
+
+def _start_worker(runner_pid: int, events) -> None:
+    """A worker process's initializer: it ends with the runner, and reports progress to `events` (a queue
+    the runner reads; None: nobody watches)."""
+    global _events
+    _end_with_runner(runner_pid)
+    _events = events
+
+
 def _named(e: BaseException, stage: Stage, out: Path) -> BaseException:
     """An operating-system error in a stage (a full disk, a read-only folder) as one line naming the stage
     and the path; anything else unchanged."""
@@ -618,13 +646,14 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path) -> str:
-    """Run one stage in a worker process, with everything it prints (native code included) in `log_file`."""
+def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path, name: str) -> str:
+    """Run stage `name` in a worker process, with everything it prints (native code included) in `log_file`
+    and its progress events sent to the runner."""
     from edgepipe.core.native import quiet_native
     from edgepipe.stages.registry import kinds
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_native(log_file):
+    with quiet_native(log_file), progress.reporting(name, _events and _events.put):
         _fresh_keras_session()
         return kinds()[kind_name].run(params, io) or ""
 

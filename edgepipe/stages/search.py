@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgepipe.core import fsio, ui
+from edgepipe.core import fsio, progress, ui
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build, key_text, param, to_dict
 from edgepipe.core.stage import StageIO, StageKind
@@ -238,7 +238,13 @@ class _Search:
         kept = len([t for t in study.counted(self.study) if t.state.name in ("COMPLETE", "PRUNED")])
         if kept:
             ui.say(f"    resuming study '{self.name}': {kept} finished trial(s) kept")
-        return study.run_trials(self.study, self._trial, self.p.trials, self._said)
+        progress.update(min(kept, self.p.trials), self.p.trials, "trial")
+
+        def trial(t):
+            with progress.inner():  # a trial's epochs show beside the trial count, not instead of it
+                return self._trial(t)
+
+        return study.run_trials(self.study, trial, self.p.trials, self._said)
 
     # -- reference and budgets -------------------------------------------------------------------------
 
@@ -415,6 +421,7 @@ class _Search:
         verdict = "" if r["state"] != "complete" else (" ok" if r["feasible"] else " over budget")
         best_text = f"best #{best['trial']} {100 * best['val_accuracy']:.2f} %" if best else "no feasible trial yet"
         ui.say(f"{head}: {figures}{verdict} | {best_text} | {eta}")
+        progress.update(min(len(done), self.p.trials), self.p.trials, "trial", best_text)
 
     def _keys(self) -> list[str]:
         return ["val_accuracy", "latency_ms", "instructions", "flash_bytes", "ram_bytes"]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgepipe.core import progress
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
@@ -113,8 +114,9 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     class_weight = None
     if p.class_weights == "balanced":
         class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
+    # Keras' per-batch bar only in a terminal nobody else draws progress in (the runner's live lines)
     model.fit(train, validation_data=val, epochs=p.epochs, callbacks=callbacks, class_weight=class_weight,
-              verbose=1 if sys.stdout.isatty() else 2)
+              verbose=1 if sys.stdout.isatty() and not progress.active() else 2)
     rows = read_history(history_csv)
     write_history(rows, io.out / "history.csv")
     return rows
@@ -129,6 +131,7 @@ def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
         keras.callbacks.BackupAndRestore(str(io.work / "backup")),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.TerminateOnNaN(),
+        _epoch_progress(p.epochs),
     ]
     if not tf.distribute.has_strategy():  # the probe's eager gradient cannot read distributed variables
         callbacks.append(gradient_norms(watched, ds, io.out / "gradients.json"))
@@ -143,6 +146,26 @@ def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
                                                        min_delta=es.min_delta, restore_best_weights=es.restore_best,
                                                        mode="min" if es.monitor == "val_loss" else "max"))
     return callbacks
+
+
+def _epoch_progress(epochs: int):
+    """A Keras callback reporting epoch k/N and the last validation metric to `edgepipe.core.progress`."""
+    from edgepipe.core._tf import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        started = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if not self.started:  # the count starts at the first epoch run (not 0 when resuming a checkpoint)
+                self.started = True
+                progress.update(epoch, epochs, "epoch")
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            name = "val_accuracy" if "val_accuracy" in logs else next((k for k in logs if k.startswith("val_")), None)
+            progress.update(epoch + 1, epochs, "epoch", f"{name} {float(logs[name]):.4f}" if name else "")
+
+    return EpochProgress()
 
 
 def make_optimizer(p: Fit, steps_per_epoch: int):

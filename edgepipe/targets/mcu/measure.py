@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.core import ui
+from edgepipe.core import progress, ui
 from edgepipe.targets.mcu.build import build, get_target
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
@@ -58,7 +58,8 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
         raise McuError(f"target {target.name}: qemu_machine {target.qemu_machine} does not emulate {target.cpu}",
                        f"use qemu_machine: {core.machine} for {target.cpu}")
     jobs, prepared, out = [], [], {}
-    for path in models:
+    for k, path in enumerate(models):
+        progress.update(k, len(models), "firmware", path.name)
         info = read_model(path)
         built = build(sources, core, model=info, int8_kernels=True, toolchain=toolchain,
                       progress=_progress(core.name))
@@ -75,7 +76,11 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
         x_q = quantize_input(x_float, din)
         prepared.append((path, built, fw, sizing, x_q))
         jobs.append({"elf": fw, "inputs": x_q, "timeout": timeout, "run_dir": work / path.stem / "run"})
-    results = run_many(jobs, max_parallel=os.cpu_count())
+    names = [path.name for path, *_ in prepared]
+    if jobs:
+        progress.update(0, len(jobs), "model", "on the emulator")
+    results = run_many(jobs, max_parallel=os.cpu_count(),
+                       on_done=lambda k, i: progress.update(k, len(jobs), "model", f"emulated {names[i]}"))
     for (path, built, fw, sizing, x_q), res in zip(prepared, results):
         if isinstance(res, Exception):
             raise res

@@ -29,10 +29,10 @@ import struct
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -652,11 +652,13 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
             tmp_ctx.cleanup()
 
 
-def run_many(jobs: Sequence[dict], max_parallel: int | None = None) -> list:
+def run_many(jobs: Sequence[dict], max_parallel: int | None = None,
+             on_done: Callable[[int, int], None] | None = None) -> list:
     """Run several :func:`run` calls in parallel (up to the core count).
 
     Args:
         jobs: keyword-argument dicts for :func:`run`.
+        on_done: called in this thread as each run ends, with how many have ended and that job's index.
 
     Returns:
         a list aligned with *jobs* of :class:`RunResult` or :class:`McuError`.
@@ -669,7 +671,12 @@ def run_many(jobs: Sequence[dict], max_parallel: int | None = None) -> list:
         except McuError as e:
             return e
     with ThreadPoolExecutor(max_workers=n) as ex:
-        return list(ex.map(one, jobs))
+        futures = [ex.submit(one, kw) for kw in jobs]
+        if on_done is not None:
+            index = {f: i for i, f in enumerate(futures)}
+            for k, f in enumerate(as_completed(futures), 1):
+                on_done(k, index[f])
+        return [f.result() for f in futures]
 
 
 # ----------------------------------------------------- high-level helper ---
