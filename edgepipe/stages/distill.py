@@ -5,8 +5,7 @@ from __future__ import annotations
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import nets
-from edgepipe.training.distill import (DistillParams, check_teacher, distil, logits_of,  # noqa: F401 - the
-                                       make_distiller)  # stage's API, as before they moved
+from edgepipe.training.distill import DistillParams, check_teacher, distil
 from edgepipe.training.fit import seed_everything
 from edgepipe.training.modelio import load_model
 from edgepipe.training.outputs import write_training_outputs

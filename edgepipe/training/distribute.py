@@ -32,9 +32,10 @@ def cluster() -> dict | None:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]
         task = config["task"]
-        assert task["type"] in ("worker", "chief") and isinstance(workers, list) and workers
+        if task["type"] not in ("worker", "chief") or not isinstance(workers, list) or not workers:
+            raise ValueError("not a worker's cluster spec")  # a check, not an assert: python -O keeps it
         return config
-    except (ValueError, KeyError, TypeError, AssertionError):
+    except (ValueError, KeyError, TypeError):
         raise EdgepipeError("TF_CONFIG is not a valid cluster spec",
                             'set it to {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                             '"task": {"type": "worker", "index": N}} on each machine') from None

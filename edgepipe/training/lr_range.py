@@ -8,8 +8,8 @@ ten times too cautious on the validation curve: benchmarks/README.md has the fig
 
 The curve is the validation loss in inference mode, measured every few steps on a few hundred images,
 not the training loss: with BatchNormalization, a rate that still lowers the training-mode loss can
-already wreck the moving statistics that inference uses (seen here: Adam at 0.12 looked fine on the
-training loss of a small CNN and left the validation loss at 215).
+already wreck the moving statistics that inference uses, so the training loss would suggest rates that
+ruin the model.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class TrainParams(Fit):
                        "train+val; metrics.json gets their mean and std (1: off)", min=1, max=20)
     strategy: Literal["default", "mirrored", "multi_worker"] = param(
         "default", "tf.distribute strategy: default (one process), mirrored (local GPUs), multi_worker "
-        "(machines named by TF_CONFIG; see edgepipe.distribute)")
+        "(machines named by TF_CONFIG; see edgepipe.training.distribute)")
 
     def __post_init__(self):
         if self.strategy != "default" and (self.folds > 1 or self.lr == "auto"):

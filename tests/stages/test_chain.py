@@ -11,7 +11,8 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.stages.bench import BenchParams, run_bench_stage
 from edgepipe.stages.convert import ConvertParams, run_convert_stage
 from edgepipe.stages.data import DataParams, run_data_stage
-from edgepipe.stages.distill import DistillParams, make_distiller, run_distill_stage
+from edgepipe.stages.distill import run_distill_stage
+from edgepipe.training.distill import DistillParams, make_distiller
 from edgepipe.stages.qat import QatParams, quantize, run_qat_stage
 from edgepipe.stages.report import ReportParams, run_report_stage
 from edgepipe.stages.train import TrainParams, run_train_stage

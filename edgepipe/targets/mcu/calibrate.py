@@ -8,7 +8,7 @@
 
 Which published set
 -------------------
-NOTES.md (section 5) quotes three sets for that board:
+MLPerf Tiny publishes three sets for that board (docs/targets-mcu.md quotes them with their files):
 
 * MLPerf Tiny v0.5 *reference* (TFLM v2.3.1 + CMSIS-NN of 2020, mbed, gcc 6);
 * MLPerf Tiny v1.0 *OctoML* (microTVM runtime + CMSIS-NN kernels, 2022);
@@ -56,8 +56,8 @@ __all__ = ["MODELS", "PUBLISHED", "measure_models", "fit_factor", "calibration",
 MODELS = {"kws": "kws_ref_model.tflite", "ic": "pretrainedResnet_quant.tflite",
           "vww": "vww_96_int8.tflite", "ad": "ad01_int8.tflite"}
 
-#: Published STM32L4R5ZI (Cortex-M4F @ 120 MHz) latencies, as quoted in ../shared/mcu/NOTES.md section 5,
-#: with their source files in MLPerf Tiny's results repositories.
+#: Published STM32L4R5ZI (Cortex-M4F @ 120 MHz) latencies, with their source files in MLPerf Tiny's results
+#: repositories (quoted in docs/targets-mcu.md, "The published latencies it is fitted to").
 PUBLISHED = {
     "board": "NUCLEO-L4R5ZI (STM32L4R5ZI, Cortex-M4F)",
     "clock_hz": 120_000_000,
@@ -88,7 +88,7 @@ PUBLISHED = {
             "throughput_inf_per_s": {"kws": 13.323, "ic": 4.407},
         },
     },
-    "quoted_in": "../shared/mcu/NOTES.md, section 5",
+    "quoted_in": "docs/targets-mcu.md, The published latencies it is fitted to",
 }
 CHOSEN_SET = "v1.0_octoml_microtvm_cmsis_nn"
 

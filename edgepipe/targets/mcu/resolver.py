@@ -22,7 +22,7 @@ from edgepipe.targets.mcu.model import ModelInfo, builtin_operator_names
 
 __all__ = ["ResolverMethod", "parse_resolver_header", "resolver_header_path",
            "model_ops_header", "all_ops_header", "check_header_compiles",
-           "int8_registrations", "write_all_ops_header", "RESOLVER_REL"]
+           "int8_registrations", "RESOLVER_REL"]
 
 RESOLVER_REL = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 
@@ -208,14 +208,6 @@ def all_ops_header(tflm_root: str | Path) -> tuple[str, list[ResolverMethod]]:
     methods = sorted(_methods(tflm_root).values(), key=lambda m: m.method)
     calls = [f"{m.method}()" for m in methods]
     return _header(calls, [], "Every op of micro_mutable_op_resolver.h"), methods
-
-
-def write_all_ops_header(path: str | Path, tflm_root: str | Path) -> list[ResolverMethod]:
-    """Write :func:`all_ops_header` to *path*; return the methods it calls."""
-    from edgepipe.targets.mcu._util import atomic_write_text
-    text, methods = all_ops_header(tflm_root)
-    atomic_write_text(path, text)
-    return methods
 
 
 def check_header_compiles(header_text: str, tflm_root: str | Path, *,
