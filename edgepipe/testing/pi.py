@@ -64,7 +64,7 @@ from typing import Callable, Iterable, Iterator
 
 from edgepipe.core.cache import cache_dir as cache_dir_of
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.testing import sshd_config
+from edgepipe.targets.local_sshd import sshd_config
 
 __all__ = [
     "BUILDER_VERSION", "SUITE", "MIRROR", "USER_PACKAGES", "SYSTEM_PACKAGES", "KERNEL_PACKAGES", "WHEELS",
