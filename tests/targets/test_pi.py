@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.testing import pi
+from edgepipe.targets import emulated_pi
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _skip(variant: str) -> str | None:
-    missing = pi.missing_tools(variant)
+    missing = emulated_pi.missing_tools(variant)
     if missing:
         return f"missing host tools: {', '.join(missing)} (apt-get install qemu-user-static mmdebstrap openssh-server)"
     if os.geteuid() != 0:
@@ -53,7 +53,7 @@ def _same_as_host(bench: dict) -> None:
 
 @pytest.mark.skipif(_skip("user") is not None, reason=str(_skip("user")))
 def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli, tmp_path):
-    with pi.EmulatedPi(cpu="cortex-a72", workdir=tmp_path / "pi") as device:
+    with emulated_pi.EmulatedPi(cpu="cortex-a72", workdir=tmp_path / "pi") as device:
         bench, done = _bench(cli, tmp_path, device, device.python)
     _same_as_host(bench)
     assert bench["device"]["machine"] == "aarch64" and bench["device"]["emulated"] == "qemu-user cortex-a72"
@@ -68,7 +68,7 @@ def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli,
 def test_mnist_student_benches_on_an_emulated_pi_system_set_up_like_bookworm(cli, tmp_path):
     """A whole arm64 system: its own kernel, sshd and /proc; LiteRT in a venv, as on Raspberry Pi OS
     Bookworm, whose Python refuses `pip install` outside one."""
-    with pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm") as device:
+    with emulated_pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm") as device:
         refused = device.run("python3 -m pip install --no-index ai-edge-litert")
         assert refused.returncode != 0 and "externally-managed-environment" in refused.stdout + refused.stderr
         bench, _ = _bench(cli, tmp_path, device, device.python)
