@@ -145,7 +145,7 @@ def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli,
 def test_mnist_student_benches_on_an_emulated_pi_system_set_up_like_bookworm(cli, tmp_path):
     """A whole arm64 system: its own kernel, sshd and /proc; LiteRT in a venv, as on Raspberry Pi OS
     Bookworm, whose Python refuses `pip install` outside one."""
-    with emulated_pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm") as device:
+    with emulated_pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm", setup_binfmt=True) as device:
         refused = device.run("python3 -m pip install --no-index ai-edge-litert")
         assert refused.returncode != 0 and "externally-managed-environment" in refused.stdout + refused.stderr
         bench, _ = _bench(cli, tmp_path, device, device.python)

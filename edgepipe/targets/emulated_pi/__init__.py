@@ -22,9 +22,10 @@ wheels (ai-edge-litert, numpy) on Debian bookworm arm64's CPython 3.11 -- what R
 Both build once into edgepipe's cache (``~/.cache/edgepipe/pi`` by default, see `edgepipe.core.cache`), keyed by
 everything that goes into the build: a second :func:`build_device` call returns at once.
 
-Building the system variant needs aarch64 binfmt_misc, a machine-wide change; importing this package never
-makes it (see `binfmt`). ``python -m edgepipe.targets.emulated_pi [--system]`` starts either variant and
-prints how to reach it and bench on it.
+Building the system variant needs aarch64 binfmt_misc, a machine-wide change: only an explicit request
+makes it (``setup_binfmt=True``, which the command's ``--system`` passes), never importing this package
+(see `binfmt`). ``python -m edgepipe.targets.emulated_pi [--system]`` starts either variant and prints how
+to reach it and bench on it.
 
 Modules:
     pins          everything a build depends on (Debian suite and packages, wheel pins)

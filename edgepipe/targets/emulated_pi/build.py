@@ -13,7 +13,7 @@ from edgepipe.targets.emulated_pi.tools import BuildError, Progress, require_too
 
 
 def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72", variant: str = "user",
-                 progress: Progress = print, cores: int = 4, setup_binfmt: bool = True) -> Path:
+                 progress: Progress = print, cores: int = 4, setup_binfmt: bool = False) -> Path:
     """Build (once) and return the cached emulated device.
 
     variant="user": a directory with `python` (the wrapper script: the bench param `python`), `rootfs/`
@@ -24,8 +24,9 @@ def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72"
 
     variant="system": a directory with `vmlinuz`, `initrd.cpio`, `root.ext4` and `manifest.json`, keyed by
     the same pins plus the kernel packages, modules and init scripts. `cpu` is a boot-time choice
-    (EmulatedPiVM) and not part of this build. Needs root and binfmt_misc for aarch64 (enabled
-    machine-wide when `setup_binfmt`, with a progress line saying so).
+    (EmulatedPiVM) and not part of this build. Needs root and binfmt_misc for aarch64: enabled
+    machine-wide only when the caller asks, `setup_binfmt=True` (with a progress line saying so); else a
+    BuildError says how.
 
     One progress line per step; nothing (or only a cache hit) when cached. Atomic: a build runs in a
     temporary directory renamed into place when complete.

@@ -47,12 +47,13 @@ class EmulatedPiVM(SshDevice):
 
     Same attributes as EmulatedPi (user `pi`, python = the build-time venv's python), plus boot_seconds
     and console (the serial console log). Each boot has its own SSH host key and client key; the cached
-    image is never changed.
+    image is never changed. Building the image the first time needs aarch64 binfmt_misc: pass
+    `setup_binfmt=True` to have it enabled machine-wide (see `build_device`).
     """
 
     def __init__(self, cpu: str = "cortex-a72", *, smp: int = 2, memory: str = "2G",
                  cache_dir: str | Path | None = None, workdir: str | Path | None = None, progress: Progress = print,
-                 internet: bool = False, boot_timeout: float = 600, setup_binfmt: bool = True):
+                 internet: bool = False, boot_timeout: float = 600, setup_binfmt: bool = False):
         cpu_model(cpu)
         self.cpu, self.smp, self.memory, self.cache_dir, self.progress = cpu, smp, memory, cache_dir, progress
         self.internet, self.boot_timeout, self.setup_binfmt = internet, boot_timeout, setup_binfmt
