@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgepipe.targets.local_sshd import sshd_config
+
 
 def synthetic_images(n: int, num_classes: int = 4, size: int = 12, channels: int = 1, seed: int = 0):
     """`n` uint8 images (N, size, size, channels) and labels: class c lights up its own patch."""
@@ -100,16 +102,6 @@ def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int =
                                              "label": tfds.features.ClassLabel(names=["nw", "ne", "sw", "se"])}))
     builder.download_and_prepare()
     return Path(data_dir)
-
-
-def sshd_config(root: Path, port: int) -> str:
-    """An sshd of its own on 127.0.0.1:port: keys in `root`, public-key login only, no PAM (runs unprivileged)."""
-    return "\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {root / 'sshd.pid'}",
-        "LogLevel ERROR", ""])
 
 
 class LocalSshd:

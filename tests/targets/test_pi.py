@@ -4,7 +4,8 @@ The fast test uses qemu-user (the device's `python` is Debian's aarch64 Python u
 -cpu cortex-a72`, reached over the host's sshd); the slow one a full arm64 system on `qemu-system-aarch64
 -M virt -cpu cortex-a72` with its own kernel and sshd, set up the way Raspberry Pi OS Bookworm wants
 (LiteRT in a venv: a system-wide pip install is refused). Both build once into the user's cache and skip,
-saying what to install, without qemu-user-static, mmdebstrap or sshd.
+saying what to install, without qemu-user-static, mmdebstrap or sshd. Importing the emulated Pi, or collecting
+these tests, changes nothing machine-wide (binfmt_misc above all): a fast test checks it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,93 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from edgepipe.testing import pi
+from edgepipe.targets import emulated_pi
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Run in a fresh interpreter (nothing imported yet; an audit hook cannot be removed): import the modules
+# named in argv, a path as pytest collects a test file, and refuse, before it happens, any process started
+# and any look under /proc/sys/fs/binfmt_misc.
+IMPORT_GUARD = r"""
+import importlib, importlib.util, os, sys
+
+BINFMT = "/proc/sys/fs/binfmt_misc"
+
+def refuse(what):
+    raise RuntimeError(f"at import time: {what}")
+
+def under_binfmt(path):
+    try:
+        path = os.path.abspath(os.fsdecode(path))
+    except TypeError:  # a file descriptor
+        return False
+    return path == BINFMT or path.startswith(BINFMT + "/")
+
+def audit(event, args):
+    if event == "open" and under_binfmt(args[0]):
+        refuse(f"open {args[0]}")
+    if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork"):
+        refuse(f"{event} {args[:2]}")
+
+def guarded(call):
+    def check(path, *args, **kwargs):
+        if under_binfmt(path):
+            refuse(f"os.{call.__name__} {path}")
+        return call(path, *args, **kwargs)
+    return check
+
+sys.addaudithook(audit)
+os.stat, os.lstat = guarded(os.stat), guarded(os.lstat)  # Path.exists and is_file raise no audit event
+for target in sys.argv[1:]:
+    if target.endswith(".py"):
+        spec = importlib.util.spec_from_file_location("collected", target)
+        sys.modules["collected"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        importlib.import_module(target)
+"""
+
+
+def _import_guarded(*targets, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-c", IMPORT_GUARD, *map(str, targets)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_importing_the_emulated_pi_or_collecting_its_tests_touches_no_binfmt_misc():
+    """Enabling aarch64 binfmt_misc changes the whole machine, so only an explicit request to build the
+    system image does it: importing edgepipe, its CLI, the emulated Pi's modules or the test helpers, or
+    collecting this file, starts no process and opens or looks at nothing under /proc/sys/fs/binfmt_misc."""
+    files = sorted(Path(emulated_pi.__file__).parent.glob("*.py"))
+    modules = ["edgepipe", "edgepipe.cli", "edgepipe.testing", "edgepipe.targets.emulated_pi",
+               *(f"edgepipe.targets.emulated_pi.{p.stem}" for p in files if p.stem != "__init__")]
+    assert "edgepipe.targets.emulated_pi.binfmt" in modules and "edgepipe.targets.emulated_pi.__main__" in modules
+    done = _import_guarded(*modules, __file__)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("planted, refused", [
+    ("from edgepipe.targets.emulated_pi import ensure_binfmt_aarch64\nensure_binfmt_aarch64()",
+     "os.stat /proc/sys/fs/binfmt_misc/qemu-aarch64"),
+    ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
+])
+def test_the_import_guard_refuses_what_a_module_does_at_import_time(tmp_path, planted, refused):
+    """The check above can fail: a module enabling binfmt_misc, or starting anything, when imported is
+    stopped before it acts. PATH is empty, so even a guard that let it through could not run `mount`."""
+    (tmp_path / "planted.py").write_text(planted + "\n")
+    done = _import_guarded(tmp_path / "planted.py", path=str(tmp_path / "empty"))
+    assert done.returncode != 0 and f"RuntimeError: at import time: {refused}" in done.stderr, done.stderr[-2000:]
+
 
 def _skip(variant: str) -> str | None:
-    missing = pi.missing_tools(variant)
+    missing = emulated_pi.missing_tools(variant)
     if missing:
         return f"missing host tools: {', '.join(missing)} (apt-get install qemu-user-static mmdebstrap openssh-server)"
     if os.geteuid() != 0:
@@ -53,7 +130,7 @@ def _same_as_host(bench: dict) -> None:
 
 @pytest.mark.skipif(_skip("user") is not None, reason=str(_skip("user")))
 def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli, tmp_path):
-    with pi.EmulatedPi(cpu="cortex-a72", workdir=tmp_path / "pi") as device:
+    with emulated_pi.EmulatedPi(cpu="cortex-a72", workdir=tmp_path / "pi") as device:
         bench, done = _bench(cli, tmp_path, device, device.python)
     _same_as_host(bench)
     assert bench["device"]["machine"] == "aarch64" and bench["device"]["emulated"] == "qemu-user cortex-a72"
@@ -68,7 +145,7 @@ def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli,
 def test_mnist_student_benches_on_an_emulated_pi_system_set_up_like_bookworm(cli, tmp_path):
     """A whole arm64 system: its own kernel, sshd and /proc; LiteRT in a venv, as on Raspberry Pi OS
     Bookworm, whose Python refuses `pip install` outside one."""
-    with pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm") as device:
+    with emulated_pi.EmulatedPiVM(cpu="cortex-a72", workdir=tmp_path / "vm", setup_binfmt=True) as device:
         refused = device.run("python3 -m pip install --no-index ai-edge-litert")
         assert refused.returncode != 0 and "externally-managed-environment" in refused.stdout + refused.stderr
         bench, _ = _bench(cli, tmp_path, device, device.python)

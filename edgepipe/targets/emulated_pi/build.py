@@ -1,0 +1,44 @@
+"""Building an emulated Pi: the one call that returns a cache entry, either variant, building it first if need be."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgepipe.targets.emulated_pi.build_cache import cache_root
+from edgepipe.targets.emulated_pi.cpus import cpu_model
+from edgepipe.targets.emulated_pi.rootfs import user_device_entry
+from edgepipe.targets.emulated_pi.system_image import system_entry
+from edgepipe.targets.emulated_pi.tools import BuildError, Progress, require_tools
+
+
+def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72", variant: str = "user",
+                 progress: Progress = print, cores: int = 4, setup_binfmt: bool = False) -> Path:
+    """Build (once) and return the cached emulated device.
+
+    variant="user": a directory with `python` (the wrapper script: the bench param `python`), `rootfs/`
+    (bookworm arm64, extracted, with the ARM /proc/cpuinfo of `cpu`), `site/` (the wheels) and
+    `manifest.json`. Keyed by suite, mirror, packages, wheel pins and hashes, the cpuinfo text (`cpu`,
+    `cores`), the wrapper and BUILDER_VERSION. Disk: the base (rootfs + site) is shared by every cpu through
+    hard links.
+
+    variant="system": a directory with `vmlinuz`, `initrd.cpio`, `root.ext4` and `manifest.json`, keyed by
+    the same pins plus the kernel packages, modules and init scripts. `cpu` is a boot-time choice
+    (EmulatedPiVM) and not part of this build. Needs root and binfmt_misc for aarch64: enabled
+    machine-wide only when the caller asks, `setup_binfmt=True` (with a progress line saying so); else a
+    BuildError says how.
+
+    One progress line per step; nothing (or only a cache hit) when cached. Atomic: a build runs in a
+    temporary directory renamed into place when complete.
+    """
+    if variant not in ("user", "system"):
+        raise ValueError(f"variant must be 'user' or 'system', not {variant!r}")
+    cpu_model(cpu)
+    require_tools(variant)
+    root = cache_root(cache_dir)
+    if variant == "user":
+        return user_device_entry(root, cpu, cores, progress)
+    if os.geteuid() != 0:
+        raise BuildError("building the system variant needs root (mmdebstrap's root mode, mke2fs -d with owners)",
+                         "run the build once as root; the cache can then be used by others")
+    return system_entry(root, progress, setup_binfmt)
