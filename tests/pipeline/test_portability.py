@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 WITHOUT_FCNTL = "import sys; sys.modules['fcntl'] = None; from edgepipe.cli import entry; entry()"
 
 
-def test_status_and_the_smoke_recipes_data_stage_run_without_fcntl(tmp_path):
-    env = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(REPO.parent / "shared" / "datasets"),
+def test_status_and_the_smoke_recipes_data_stage_run_without_fcntl(tmp_path, mnist_dir):
+    env = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(mnist_dir.parent),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     smoke = REPO / "recipes" / "smoke.yaml"
 
