@@ -85,7 +85,7 @@ def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
         lines += ["", f"### {own['label']}", "", "| " + " | ".join(own["table"][0]) + " |",
                   "|" + "---|" * len(own["table"][0])]
         lines += ["| " + " | ".join(r) + " |" for r in own["table"][1:]]
-        lines += ["", *own["notes"]]
+        lines += ["", *(f"- {note}" for note in own["notes"])]
     lines += ["", "### This host (the machine stamped above)", "", "| " + " | ".join(COLUMNS) + " |",
               "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
