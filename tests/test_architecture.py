@@ -103,5 +103,6 @@ def test_the_checks_see_what_they_must_refuse():
 
 
 def test_the_graph_sees_imports_inside_functions():
-    # stages.bench imports edgetpu and remote only inside measure_on_target
-    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= code.imports_of("edgepipe.stages.bench")[0]
+    # the SSH backend imports edgetpu and remote only inside its methods
+    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= \
+        code.imports_of("edgepipe.targets.backends.ssh")[0]

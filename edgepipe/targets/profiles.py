@@ -141,12 +141,3 @@ def load_target(name_or_path: str) -> Target:
     raw.setdefault("name", path.stem)
     return build(Target, raw, str(path))
 
-
-def check_reach(target: Target, host: str | None) -> None:
-    """A target reached over SSH needs --host, and only such a target takes one."""
-    if target.reach == "ssh" and not host:
-        raise EdgepipeError(f"target {target.name} is reached over SSH but no host was given",
-                            "pass --host user@address (or set the bench stage's host param)")
-    if host and target.reach != "ssh":
-        raise EdgepipeError(f"target {target.name} is not reached over SSH (reach: {target.reach}), but a host was given",
-                            "drop --host, or use an SSH target such as rpi4")
