@@ -232,8 +232,13 @@ def targets(name):
             t = load_target(n)
             ui.say(f"  {n:<10} {t.kind:<8} reach {t.reach:<6} {t.description}")
         return
-    for key, value in dataclasses.asdict(load_target(name)).items():
+    from edgepipe.targets.backends import backend_for
+
+    profile = load_target(name)
+    backend = backend_for(profile)  # which also checks what its kind of device needs from the profile
+    for key, value in dataclasses.asdict(profile).items():
         ui.say(f"  {key:<20} {value}")
+    ui.say(f"  {'measured by':<20} {backend.name} ({type(backend).__module__})")
 
 
 @main.command()

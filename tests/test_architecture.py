@@ -3,11 +3,17 @@
 Imports run cli -> pipeline -> stages -> (training, datasets, targets) -> core; within the lower wings,
 training may use datasets, and targets may use datasets (the artifact a bench reads); a search uses
 training and targets. No stage module imports another: what two stages share lives in a lower wing.
+And a device's kind is its backend's business: nothing else compares a profile's kind, reach or measure.
 """
 
 from __future__ import annotations
 
+import ast
+import typing
+from pathlib import Path
+
 from edgepipe.pipeline import code
+from edgepipe.targets.profiles import Target
 
 # wing -> the wings it may import (besides itself)
 ALLOWED = {
@@ -103,5 +109,91 @@ def test_the_checks_see_what_they_must_refuse():
 
 
 def test_the_graph_sees_imports_inside_functions():
-    # stages.bench imports edgetpu and remote only inside measure_on_target
-    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= code.imports_of("edgepipe.stages.bench")[0]
+    # the SSH backend imports edgetpu and remote only inside its methods
+    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= \
+        code.imports_of("edgepipe.targets.backends.ssh")[0]
+
+
+# What a Target's kind, reach and measure can be (their Literal choices): a comparison with one of these
+# values is a comparison of a device kind. A stage's kind ("train"), a schedule's ("step"), a dtype's
+# ("f") or a bench's own `measure` param ("profile") are other things with the same attribute name.
+DEVICE_FACTS = ("kind", "reach", "measure")
+BACKENDS = code.ROOT / "targets" / "backends"
+
+
+def _choices(annotation) -> set[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return set(typing.get_args(annotation))
+    return set().union(set(), *(_choices(a) for a in typing.get_args(annotation)))
+
+
+DEVICE_VALUES = set().union(*(_choices(typing.get_type_hints(Target)[f]) for f in DEVICE_FACTS))
+
+
+def _constants(node: ast.expr) -> set:
+    if isinstance(node, ast.Constant):
+        return {node.value}
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return set().union(set(), *(_constants(e) for e in node.elts))
+    return set()
+
+
+def _fact(node: ast.expr) -> str | None:
+    """`target.kind` (an attribute) or `reach` (a name) when it names a device fact, else None."""
+    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+    return name if name in DEVICE_FACTS else None
+
+
+def kind_comparisons(source: str, where: str) -> list[str]:
+    """Each comparison of a device fact (`x.kind`, `x.reach`, `x.measure`, or a variable of that name) with
+    one of a Target's values for them, in an expression or a `match`, as `where:line: what`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(_fact(o) for o in operands) and any(_constants(o) & DEVICE_VALUES for o in operands):
+                found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Match) and _fact(node.subject):
+            values = {p.value.value for p in ast.walk(node) if isinstance(p, ast.MatchValue)
+                      and isinstance(p.value, ast.Constant)}
+            if values & DEVICE_VALUES:
+                found.append((node.lineno, f"match {ast.unparse(node.subject)}"))
+    return [f"{where}:{line}: {what}" for line, what in sorted(found)]
+
+
+def device_kind_violations() -> list[str]:
+    found = []
+    for path in sorted(code.ROOT.rglob("*.py")):
+        if BACKENDS not in path.parents:
+            found += kind_comparisons(path.read_text(), path.relative_to(code.ROOT.parent).as_posix())
+    return found
+
+
+def test_only_backends_compare_a_device_kind():
+    """Adding a kind of device is one backend module and one registry line: no stage, search or pipeline
+    module branches on a profile's kind, reach or measure."""
+    found = device_kind_violations()
+    assert not found, "compare device kinds in edgepipe/targets/backends only:\n" + "\n".join(found)
+
+
+def test_the_kind_check_sees_what_it_must_refuse():
+    """The check catches comparisons of a device fact however they are written, and leaves a stage's,
+    a schedule's, a dtype's and a bench param's own `kind` and `measure` alone."""
+    assert {"cpu", "mcu", "ssh", "local", "emulated", "estimate"} <= DEVICE_VALUES
+    planted = "\n".join([
+        'if target.kind == "mcu": pass',
+        'if self.target.measure != "emulated": pass',
+        'if profile.reach in ("ssh", "adb"): pass',
+        'if "edgetpu" == t.kind: pass',
+        'if reach != "ssh": pass',
+        'if stage.kind == "train" or s.kind == "step" or x.dtype.kind == "f": pass',
+        'if params.measure != "profile" and target.measure is None: pass',
+        'if target.kind == other.kind: pass',
+        'match target.reach:\n    case "adb": pass',
+        'match schedule.kind:\n    case "cosine": pass',
+    ])
+    assert kind_comparisons(planted, "planted.py") == [
+        "planted.py:1: target.kind == 'mcu'", "planted.py:2: self.target.measure != 'emulated'",
+        "planted.py:3: profile.reach in ('ssh', 'adb')", "planted.py:4: 'edgetpu' == t.kind",
+        "planted.py:5: reach != 'ssh'", "planted.py:9: match target.reach"]
+    assert BACKENDS.is_dir() and Path(code.module_file("edgepipe.targets.backends")).parent == BACKENDS

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build, param
+from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
 from edgepipe.targets.remote import HOST
 
@@ -121,11 +122,12 @@ def load(start: Path | None = None) -> ProjectConfig:
             raise RecipeError(f"{where}: target: {e.message}", e.fix) from None
     for name in config.hosts:
         try:
-            reach = load_target(name).reach
+            profile = load_target(name)
+            takes_host = backend_for(profile).takes_host
         except EdgepipeError as e:
             raise RecipeError(f"{where}: hosts.{name}: {e.message}", e.fix) from None
-        if reach != "ssh":
-            raise RecipeError(f"{where}: hosts.{name}: target {name} is not reached over SSH (reach: {reach})",
+        if not takes_host:
+            raise RecipeError(f"{where}: hosts.{name}: target {name} is not reached over SSH (reach: {profile.reach})",
                               "give hosts only for SSH targets (rpi4, rpi5, coral, or a profile with reach: ssh)")
     return config
 

@@ -23,6 +23,7 @@ from edgepipe.core.stage import StageKind
 from edgepipe.core.yamlio import load_yaml
 from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
+from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
 
 # The keys a recipe may have at its top level, and in each stage (their meanings: docs/recipes.md).
@@ -264,11 +265,12 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
             stage.params.target = default or fallback or "host"
         try:
             profile = load_target(stage.params.target)
+            backend = backend_for(profile)  # which also checks what its kind of device needs from the profile
         except EdgepipeError as e:
             raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
-        if host and hasattr(stage.params, "host") and profile.reach == "ssh":
+        if host and hasattr(stage.params, "host") and backend.takes_host:
             stage.params.host, took_host = host, True
-        elif hasattr(stage.params, "host") and profile.reach == "ssh" and stage.params.host is None:
+        elif hasattr(stage.params, "host") and backend.takes_host and stage.params.host is None:
             given = (hosts or {}).get(stage.params.target) or (hosts or {}).get(profile.name)
             if given:
                 stage.params.host = given

@@ -8,11 +8,10 @@ parameters and MACs; for int8 models whether TensorFlow Lite Micro runs it and t
 (found by search, the way firmware engineers size `tensor_arena`). The host figures come from
 `device_runner`, the same code a device runs.
 
-Then the target (`edgepipe.targets`): first the op lint (what the target cannot run), then its figures,
-each tagged with where it comes from (`edgepipe.targets.measure.PROVENANCE`): measured on the device
-over SSH (Raspberry Pi, Coral through the libedgetpu delegate) or adb (Android, `benchmark_model`),
-TFLite Micro on this host (an MCU's accuracy and arena), or an estimate (an MCU's latency). The stage is
-keyed on the host, its runtime versions and the target, so another machine or device reruns it.
+Then the target: first the op lint (what the target cannot run), then its figures, measured by the
+target's backend (`edgepipe.targets.backends`: the host, a device over SSH or adb, a Cortex-M emulated
+or estimated), each tagged with where it comes from (`edgepipe.targets.provenance.PROVENANCE`). The
+stage is keyed on the host, its runtime versions and the target, so another machine or device reruns it.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.targets import device_runner, lint, litert
-from edgepipe.targets.measure import host_provenance, target_figures
-from edgepipe.targets.needs import target_needs
-from edgepipe.targets.profiles import Target, check_reach, load_target
+from edgepipe.targets.backends import Backend, backend_for
+from edgepipe.targets.backends.host import host_provenance
+from edgepipe.targets.profiles import Target, load_target
 from edgepipe.targets.sidecar import sidecars
 from edgepipe.targets.tflm import tflm_check
 
@@ -76,53 +75,48 @@ def environment(params: BenchParams) -> dict:
     """
     p = host_provenance()
     key = {k: p[k] for k in ("cpu", "cores", "machine", "ai_edge_litert", "tflite_micro")}
-    target = effective_target(params)
+    target, backend = effective_target(params)
     key["target"] = dataclasses.asdict(target)
-    if target.reach in ("ssh", "adb"):
-        key["device"] = [params.host or params.adb_serial, *params.fleet]
-    if target.reach == "ssh" and params.host:  # upgrading LiteRT on the device re-benches
-        from edgepipe.targets import remote
-
-        key["device_runtime"] = {h: remote.runtime_version(remote.SshHost.parse(h, params.identity,
-                                                                                tuple(params.ssh_options)),
-                                                           params.python or target.python)
-                                 for h in dict.fromkeys([params.host, *params.fleet])}
-    if target.measure == "emulated":  # the compiler, the emulator and the sources make the figures too
-        from edgepipe.core.errors import EdgepipeError
-        from edgepipe.targets.mcu import measure as mcu
-
-        try:
-            key["emulator"] = mcu.environment(target)
-        except EdgepipeError:
-            key["emulator"] = "unavailable"  # the stage itself then says what to install
+    try:
+        key.update(backend.environment(target, params))
+    except EdgepipeError:
+        key["environment"] = "unavailable"  # the preflight, then the stage itself, says what to install
     return key
 
 
 def needs(params: BenchParams) -> list:
     """What measuring on the target needs from this machine (checked before the run starts)."""
-    return target_needs(effective_target(params), host=params.host, fleet=params.fleet, identity=params.identity,
-                        ssh_options=params.ssh_options, edgetpu_compiler=params.edgetpu_compiler)
+    target, backend = effective_target(params)
+    return backend.needs(target, params)
 
 
-def effective_target(params: BenchParams) -> Target:
-    """The target profile, with the bench's `measure` override applied (microcontrollers)."""
+def effective_target(params: BenchParams) -> tuple[Target, Backend]:
+    """The target profile, with the bench's `measure` override applied where the device takes one, and the
+    backend that measures on it."""
     target = load_target(params.target or "host")
-    if target.kind == "mcu" and params.measure != "profile":
+    backend = backend_for(target)
+    if params.measure in backend.measure_choices:
         target = dataclasses.replace(target, measure=params.measure)
-    return target
+        backend = backend_for(target)
+    return target, backend
+
+
+def _check(target: Target, backend: Backend, params: BenchParams) -> None:
+    """Refuse params the target cannot take, before anything is measured."""
+    if params.host and not backend.takes_host:
+        raise EdgepipeError(f"target {target.name} is not reached over SSH (reach: {target.reach}), but a host was "
+                            "given", "drop --host, or use an SSH target such as rpi4")
+    if params.measure != "profile" and params.measure not in backend.measure_choices:
+        raise EdgepipeError(f"measure: {params.measure} applies to microcontroller targets, not {target.name}",
+                            "drop measure from this bench stage")
+    backend.check(target, params)
 
 
 
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     """Lint every model for the target, measure it on this host and on the target; write bench.json."""
-    target = effective_target(params)
-    check_reach(target, params.host)
-    if target.kind != "mcu" and params.measure != "profile":
-        raise EdgepipeError(f"measure: {params.measure} applies to microcontroller targets, not {target.name}",
-                            "drop measure from this bench stage")
-    if target.kind == "mcu" and not params.tflm:
-        raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm is false",
-                            "drop tflm: false from this bench stage")
+    target, backend = effective_target(params)
+    _check(target, backend, params)
     ds = load_dataset(io.inputs["data"])
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:
@@ -142,8 +136,8 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
                                               params.runs, rounds=params.rounds, keep_predictions=True)
     host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items()}
     val = _val_accuracy(models, ds)
-    device = measure_on_target(target, params, deployable, x, y_test, io.work, host_top1, io.out / "edgetpu")
-    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, params, device, x, y_test)
+    device = backend.measure(target, params, deployable, x, y_test, work=io.work, host_top1=host_top1, out=io.out)
+    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test)
             for path, side in models]
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
                                             "device": device.get("_provenance"),
@@ -207,8 +201,8 @@ def _lint_models(models: list[tuple[Path, dict]], target: Target) -> list[dict]:
 
 
 
-def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Target, params: BenchParams,
-         device: dict, x: np.ndarray, y: np.ndarray) -> dict:
+def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Target, backend: Backend,
+         params: BenchParams, device: dict, x: np.ndarray, y: np.ndarray) -> dict:
     """One model's bench.json row: its sidecar facts, host figures, TFLite Micro check and target figures."""
     pred = host.pop("predictions")
     row = {
@@ -224,11 +218,19 @@ def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Targe
     if params.tflm and side["variant"] == "int8":
         din, _ = litert.io_details(litert.interpreter(path))
         row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:100], din), pred[:100])
-    row["target"] = target_figures(target, row, path, device.get(path.name), x, y)
+    row["target"] = _on_target(target, backend, row, path, device.get(path.name), x, y)
     if "_fleet" in device:  # every device of the fleet, the first one included
-        row["fleet"] = {h: target_figures(target, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}
+        row["fleet"] = {h: _on_target(target, backend, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}
                         for h, d in device["_fleet"].items() if path.name in d}
     return row
+
+
+def _on_target(target: Target, backend: Backend, row: dict, path: Path, device: dict | None, x: np.ndarray,
+               y: np.ndarray) -> dict:
+    """The row's figures on the target, each tagged with its `PROVENANCE` key; why not, where it cannot run it."""
+    if not target.runs(row["variant"]):
+        return {"name": target.name, "deployable": False, "why_not": f"{target.name} runs full-int8 models only"}
+    return {"name": target.name, "deployable": True, **backend.figures(target, row, path, device, x, y)}
 
 
 
@@ -262,63 +264,6 @@ def best_lines(rows: list[dict]) -> str:
 
 def _percent(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f} %"
-
-
-
-def measure_on_target(target: Target, params: BenchParams, models: list[Path], x: np.ndarray, y: np.ndarray,
-                      work: Path, host_top1: dict[str, np.ndarray], compiled_dir: Path | None = None) -> dict:
-    """Figures measured on the device itself or its emulator, by model file name (nothing for the host and
-    for a microcontroller that is estimated)."""
-    if target.kind == "mcu" and target.measure == "emulated":
-        from edgepipe.targets.mcu.measure import emulate
-
-        figures = emulate(models, x, y, host_top1, target, work=work / "emulated", timeout=params.emulator_timeout)
-        first = next(iter(figures.values()), {}).get("emulator", {})
-        return {"_provenance": {"emulated": True, **first}, **figures}
-    if target.reach == "ssh":
-        from concurrent.futures import ThreadPoolExecutor
-
-        from edgepipe.targets import edgetpu, remote
-
-        hosts = [remote.SshHost.parse(h, params.identity, tuple(params.ssh_options))
-                 for h in dict.fromkeys([params.host, *params.fleet])]
-        compiled: dict[str, tuple[Path, dict]] = {}
-        if target.kind == "edgetpu":  # the device runs the compiled model through the libedgetpu delegate
-            compiled_dir.mkdir(parents=True, exist_ok=True)  # an output of the bench: what a coral bundle ships
-            for m in models:
-                compiled[m.name] = edgetpu.compile_model(m, compiled_dir, params.edgetpu_compiler)
-        test_set = work / "test.npz"
-        np.savez(test_set, x=x, y=y)
-        files = [compiled[m.name][0] if compiled else m for m in models]
-
-        def one(host):
-            return remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
-                                         threads=params.threads, warmup=params.warmup, runs=params.runs,
-                                         delegate=target.delegate)
-
-        with ThreadPoolExecutor(min(params.parallel, len(hosts))) as pool:  # a device failing fails the stage
-            got_all = list(pool.map(one, hosts))
-        out: dict = {"_provenance": {**got_all[0]["provenance"], "host": str(hosts[0])}}
-        for m, f in zip(models, files):
-            out[m.name] = {**got_all[0]["models"][f.name], **({"edgetpu": compiled[m.name][1]} if compiled else {}),
-                           "emulated": got_all[0]["provenance"].get("emulated")}
-        if len(hosts) > 1:
-            out["_fleet"] = {str(h): {"provenance": g["provenance"],
-                                      **{m.name: {**g["models"][f.name], "emulated": g["provenance"].get("emulated")}
-                                         for m, f in zip(models, files)}}
-                             for h, g in zip(hosts, got_all)}
-        return out
-    if target.reach == "adb":
-        from edgepipe.targets import android
-
-        out = {"_provenance": {"adb_serial": params.adb_serial, "delegate": params.android_delegate}}
-        for m in models:  # the first thread count is the row's; every one is kept (0: benchmark_model's default)
-            runs = {t: android.bench(m, params.benchmark_model, threads=t if t else -1, runs=params.runs,
-                                     warmup=params.warmup, serial=params.adb_serial, delegate=params.android_delegate)
-                    for t in params.threads}
-            out[m.name] = {**runs[params.threads[0]], "threads": {f"threads_{t}": r for t, r in runs.items()}}
-        return out
-    return {}
 
 
 

@@ -24,15 +24,10 @@ from edgepipe.core.params import param
 from edgepipe.core.paths import C_IDENTIFIER, CPP_KEYWORDS
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
-from edgepipe.targets import device_runner, litert
-from edgepipe.targets.mcu.bundle import ALIGN, write_bundle
-from edgepipe.targets.mcu.project import write_project
-from edgepipe.targets.mcu.reference import tflm_python
-from edgepipe.targets.mcu.sources import locate_sources
-from edgepipe.targets.profiles import Target, load_target
+from edgepipe.targets.backends import backend_for
+from edgepipe.targets.profiles import load_target
 from edgepipe.targets.provenance import rows_by_name
 from edgepipe.targets.sidecar import sidecars
-from edgepipe.targets.tflm import mcu_figures, tflm_check
 
 
 @dataclasses.dataclass
@@ -83,11 +78,9 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
     shutil.copyfile(src, out / src.name)
     fsio.write_text(out / "labels.txt", "\n".join(side["classes"]) + "\n")
     fsio.write_json(out / "preprocessing.json", preprocessing_spec(side))
-    benches = [json.loads((Path(b) / "bench.json").read_text()) for b in io.inputs.get("benches", [])]
-    measured = _emulated_figures(benches, target, side["file"])
-    if target.kind == "edgetpu":
-        _edgetpu_model(out, src, io.inputs.get("benches", []), target)
-    fit = _mcu_files(out, src, side, ds, target, params.symbol, measured) if target.kind == "mcu" else None
+    bench_dirs = [Path(b) for b in io.inputs.get("benches", [])]
+    benches = [json.loads((b / "bench.json").read_text()) for b in bench_dirs]
+    fit = backend_for(target).bundle_files(target, out, src, side, ds, symbol=params.symbol, bench_dirs=bench_dirs)
     fsio.write_text(out / "MODEL_CARD.md", model_card(side, ds, target, fit, benches, params.intended_use))
     files = sorted(p for p in out.rglob("*") if p.is_file())
     sums = "".join(f"{fsio.sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
@@ -102,58 +95,6 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
         verdict = (f"; arena {fsio.human_size(fit['arena_bytes'])}, flash {fsio.human_size(fit['flash_needed_bytes'])} "
                    f"(estimate): {'fits' if fit['fits'] else 'does NOT fit'} {target.name}")
     return f"{target.name}/ {len(list(out.iterdir()))} files for {src.name}{verdict}"
-
-
-def _edgetpu_model(out: Path, src: Path, bench_dirs: list, target: Target) -> None:
-    """The model compiled for the Edge TPU, as the bench that measured it compiled it, and the compiler's log."""
-    for d in bench_dirs:
-        compiled = Path(d) / "edgetpu" / f"{src.stem}_edgetpu.tflite"
-        if compiled.is_file():
-            for f in compiled.parent.glob(f"{src.stem}_edgetpu*"):
-                shutil.copyfile(f, out / f.name)
-            return
-    raise EdgepipeError(f"bundle: no Edge TPU compilation of {src.name} among the benches given",
-                        f"give this bundle a bench of target {target.name} as input benches")
-
-
-def _emulated_figures(benches: list[dict], target: Target, file: str) -> dict | None:
-    """The figures an emulated bench of this target measured for this model file, if one is given."""
-    for b in benches:
-        if b.get("target", {}).get("name") != target.name:
-            continue
-        for r in b["rows"]:
-            if r["file"] == file and (r.get("target") or {}).get("emulated", {}).get("accuracy") is not None:
-                return r["target"]["emulated"]
-    return None
-
-
-def _mcu_files(out: Path, src: Path, side: dict, ds, target: Target, symbol: str, measured: dict | None) -> dict:
-    """The microcontroller files: C array, op resolver, I/O header, and for an Arm core a project that builds
-    and checks itself (Makefile, TFLite Micro source list, harness, example); fit.json. Returns the fit."""
-    x = ds.preprocess(ds.splits["test"][0][:100])
-    pred = litert.predict(src, x).argmax(1)
-    din, _ = litert.io_details(litert.interpreter(src))
-    x_q = device_runner.quantize_input(x, din)
-    tflm = tflm_check(src, x_q, pred)
-    if not tflm["ok"]:
-        raise EdgepipeError(f"bundle: TFLite Micro cannot run {src.name}: {tflm['error']}",
-                            f"run `edgepipe lint {src.name} --target {target.name}` to see which op")
-    fit = mcu_figures(target, {**side, "tflm": tflm}, src)
-    if measured:  # the arena the board needed, not the host's estimate plus a margin
-        arena, note = measured["arena_bytes"], (f"the smallest arena in which the model ran on the emulated "
-                                                f"{target.cpu} (arena_used_bytes() {measured['arena_used_bytes']})")
-    else:
-        arena, note = fit["ram_needed_bytes"], (f"TFLite Micro needed {fit['arena_bytes']} bytes on the host; plus "
-                                                "the target's margin")
-    sources = locate_sources(target.tflm_src)
-    write_bundle(src, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note)
-    if target.cpu:
-        samples = x_q[:8]
-        write_project(out, src, sources, target.cpu, flash_bytes=target.flash_bytes, ram_bytes=target.ram_bytes,
-                      samples=samples, expected=tflm_python(src, samples))
-    fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
-    fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
-    return fit
 
 
 def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], intended_use: str) -> str:

@@ -38,7 +38,6 @@ from edgepipe.search import figures as target_figures
 from edgepipe.search import front, study
 from edgepipe.search.space import (AUGMENT_SCALE, SCALED_AUGMENT, TEACHER, Dimension, fingerprint, sample,
                                    trial_params, uses_teacher)
-from edgepipe.targets.needs import target_needs
 from edgepipe.targets.profiles import load_target
 from edgepipe.training import nets
 from edgepipe.training.distill import DistillParams
@@ -275,9 +274,8 @@ class _Search:
                     raise EdgepipeError(f"search: {knob}: reference, but {self.target.name} gives no {figure} for "
                                         "the reference model", "use a calibrated profile (cortex-m4) or a number")
             if value is not None:
-                if figure == "latency_ms" and self.target.kind == "mcu" and not self.target.cycles_per_instruction \
-                        and self.target.measure == "emulated":
-                    raise EdgepipeError(f"search: {knob} on {self.target.name}, which has no latency calibration",
+                if figure == "latency_ms" and (why := target_figures.missing_figure(self.target, figure)):
+                    raise EdgepipeError(f"search: {knob} on {self.target.name}, which {why}",
                                         "bound latency on a calibrated profile (cortex-m4), or drop the budget")
                 out[figure] = float(value)
         if p.min_val_accuracy is not None:
@@ -607,7 +605,7 @@ KIND = StageKind(
     optional_inputs=("teacher", "reference"), output="model",
     accepts={"data": ("dataset",), "teacher": ("model",), "reference": ("tflite",)},
     main_output="model.h5", environment=environment, join=join_search, deps=lambda p: builder_files(p),
-    needs=lambda p: target_needs(load_target(p.target or "host")),
+    needs=lambda p: target_figures.needs(load_target(p.target or "host")),
     exclusive=True,
     doc="search architectures and training knobs for the most accurate model within the target's budget",
 )

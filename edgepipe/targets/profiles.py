@@ -10,6 +10,10 @@ Micro and CMSIS-NN cross-compiled for it (`edgepipe.targets.mcu`): accuracy, ins
 are measured on the target's instruction set, and latency is instructions x a `cycles_per_instruction`
 calibrated against published measurements of a real board, when the profile has one. `measure: estimate`
 falls back to MACs x `cycles_per_mac`, a planning estimate labelled as such wherever it is shown.
+
+What a profile's kind, reach and measure mean is its backend's business: `edgepipe.targets.backends`
+resolves the backend that measures on a profile, and refuses a profile that lacks what that backend
+needs (a microcontroller's RAM, flash and clock; an emulated one's cpu and qemu_machine).
 """
 
 from __future__ import annotations
@@ -65,13 +69,6 @@ class Target:
         if not SAFE_NAME.match(self.name):  # it names the bundle's folder
             raise ValueError(f"name {self.name!r} is not usable as a folder name; fix: use letters, digits, _, - "
                              "and . (not first), no / or ..")
-        if self.measure == "emulated" and not (self.cpu and self.qemu_machine):
-            raise ValueError("measure: emulated needs cpu and qemu_machine; fix: e.g. cpu: cortex-m4 and "
-                             "qemu_machine: mps2-an386, or measure: estimate")
-        missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(self, k) is None]
-        if self.kind == "mcu" and missing:  # the fit verdict and every latency in ms need them
-            raise ValueError(f"a microcontroller profile needs {', '.join(missing)}; fix: add "
-                             f"{', '.join(f'{k}: ...' for k in missing)} (see `edgepipe targets cortex-m4`)")
 
     def runs(self, variant: str) -> bool:
         """Whether this target's runtime can execute a model of `variant` (an int8-only runtime, such as
@@ -141,12 +138,3 @@ def load_target(name_or_path: str) -> Target:
     raw.setdefault("name", path.stem)
     return build(Target, raw, str(path))
 
-
-def check_reach(target: Target, host: str | None) -> None:
-    """A target reached over SSH needs --host, and only such a target takes one."""
-    if target.reach == "ssh" and not host:
-        raise EdgepipeError(f"target {target.name} is reached over SSH but no host was given",
-                            "pass --host user@address (or set the bench stage's host param)")
-    if host and target.reach != "ssh":
-        raise EdgepipeError(f"target {target.name} is not reached over SSH (reach: {target.reach}), but a host was given",
-                            "drop --host, or use an SSH target such as rpi4")

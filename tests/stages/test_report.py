@@ -1,5 +1,6 @@
 """The report stage on fixture bench.json content (no training, no toolchain): a host bench and a bench on the
-emulated Cortex-M4, shaped as `edgepipe.stages.bench` and `edgepipe.targets.measure` write them."""
+emulated Cortex-M4, shaped as `edgepipe.stages.bench` and the targets' backends (`edgepipe.targets.backends`)
+write them."""
 
 import dataclasses
 import json
@@ -57,7 +58,7 @@ def host_bench() -> dict:
 
 
 def m4_bench() -> dict:
-    """The emulated Cortex-M4's bench.json, as `measure: emulated` writes it (target_figures' MCU branch)."""
+    """The emulated Cortex-M4's bench.json, as `measure: emulated` writes it (`backends.mcu_emulated`'s figures)."""
     rows = []
     for name, (*_, m4) in MODELS.items():
         if m4 is None:

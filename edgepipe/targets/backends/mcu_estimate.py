@@ -1,0 +1,108 @@
+"""A microcontroller estimated from this host (`measure: estimate`; no toolchain needed).
+
+TFLite Micro's Python interpreter runs the int8 model on this host: it proves every operator exists in
+TFLite Micro, finds the smallest tensor arena, and gives the accuracy with TFLite Micro's own kernels
+(tagged `tflm-host`). Flash (the model's bytes plus the runtime's and its kernels' code) and latency
+(MACs x `cycles_per_mac` / clock) are estimates, tagged `estimate` (`edgepipe.targets.tflm.mcu_figures`).
+
+Every microcontroller bundles the same way: the model as a C array, its op resolver and I/O header,
+for an Arm core a project that builds and checks itself, and `fit.json`. The emulated microcontroller
+(`mcu_emulated`) is this backend measured on QEMU instead, and shares its checks and its bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.core import fsio
+from edgepipe.core.errors import EdgepipeError, RecipeError
+from edgepipe.targets import device_runner, litert
+from edgepipe.targets.backends.protocol import Backend
+from edgepipe.targets.profiles import Target
+from edgepipe.targets.tflm import mcu_figures, tflm_accuracy, tflm_check
+
+
+class EstimatedMcu(Backend):
+    name = "microcontroller (estimated)"
+    measure_choices = ("emulated", "estimate")
+    searchable = True
+
+    def check_profile(self, target: Target) -> None:
+        missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(target, k) is None]
+        if missing:  # the fit verdict and every latency in ms need them
+            raise RecipeError(f"target {target.name}: a microcontroller profile needs {', '.join(missing)}",
+                              f"add {', '.join(f'{k}: ...' for k in missing)} (see `edgepipe targets cortex-m4`)")
+
+    def check(self, target: Target, params) -> None:
+        if not params.tflm:
+            raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm "
+                                "is false", "drop tflm: false from this bench stage")
+
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
+                y: np.ndarray) -> dict:
+        mcu = mcu_figures(target, row, path)
+        acc = tflm_accuracy(path, x, y, mcu["arena_bytes"]) if mcu["arena_bytes"] else None
+        return {"mcu": mcu, "fits": mcu["fits"],
+                "accuracy": {"value": acc, "provenance": "tflm-host"},
+                "latency_p50_us": {"value": mcu["latency_us_estimate"], "provenance": "estimate"},
+                "memory": {"value": mcu["arena_bytes"], "what": "arena", "provenance": "tflm-host"}}
+
+    def search_figures(self, target: Target, tflite: Path, x_float: np.ndarray, *, macs: int, work: Path) -> dict:
+        din, _ = litert.io_details(litert.interpreter(tflite))
+        tflm = tflm_check(tflite, device_runner.quantize_input(x_float, din), litert.predict(tflite, x_float).argmax(1))
+        fit = mcu_figures(target, {"tflm": tflm, "size_bytes": tflite.stat().st_size, "macs": macs}, tflite)
+        return {"latency_p50_us": {"value": fit["latency_us_estimate"], "provenance": "estimate"},
+                "flash": {"value": fit["flash_needed_bytes"], "provenance": "estimate"},
+                "memory": {"value": fit["ram_needed_bytes"], "what": "arena + margin", "provenance": "estimate"},
+                "fits": fit["fits"]}
+
+    def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
+                     bench_dirs: list[Path]) -> dict | None:
+        """The C array, op resolver, I/O header, and for an Arm core a project that builds and checks itself
+        (Makefile, TFLite Micro source list, harness, example); fit.json. Returns the fit."""
+        from edgepipe.targets.mcu.bundle import ALIGN, write_bundle
+        from edgepipe.targets.mcu.project import write_project
+        from edgepipe.targets.mcu.reference import tflm_python
+        from edgepipe.targets.mcu.sources import locate_sources
+
+        measured = _emulated_figures(bench_dirs, target, side["file"])
+        x = ds.preprocess(ds.splits["test"][0][:100])
+        pred = litert.predict(model, x).argmax(1)
+        din, _ = litert.io_details(litert.interpreter(model))
+        x_q = device_runner.quantize_input(x, din)
+        tflm = tflm_check(model, x_q, pred)
+        if not tflm["ok"]:
+            raise EdgepipeError(f"bundle: TFLite Micro cannot run {model.name}: {tflm['error']}",
+                                f"run `edgepipe lint {model.name} --target {target.name}` to see which op")
+        fit = mcu_figures(target, {**side, "tflm": tflm}, model)
+        if measured:  # the arena the board needed, not the host's estimate plus a margin
+            arena, note = measured["arena_bytes"], (f"the smallest arena in which the model ran on the emulated "
+                                                    f"{target.cpu} (arena_used_bytes() {measured['arena_used_bytes']})")
+        else:
+            arena, note = fit["ram_needed_bytes"], (f"TFLite Micro needed {fit['arena_bytes']} bytes on the host; "
+                                                    "plus the target's margin")
+        sources = locate_sources(target.tflm_src)
+        write_bundle(model, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note)
+        if target.cpu:
+            samples = x_q[:8]
+            write_project(out, model, sources, target.cpu, flash_bytes=target.flash_bytes, ram_bytes=target.ram_bytes,
+                          samples=samples, expected=tflm_python(model, samples))
+        fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
+        fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
+        return fit
+
+
+def _emulated_figures(bench_dirs: list[Path], target: Target, file: str) -> dict | None:
+    """The figures an emulated bench of this target measured for this model file, if one is given."""
+    for d in bench_dirs:
+        b = json.loads((Path(d) / "bench.json").read_text())
+        if b.get("target", {}).get("name") != target.name:
+            continue
+        for r in b["rows"]:
+            if r["file"] == file and (r.get("target") or {}).get("emulated", {}).get("accuracy") is not None:
+                return r["target"]["emulated"]
+    return None
