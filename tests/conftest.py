@@ -12,6 +12,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 # A clone without ../shared (a user who cloned the project alone): what needs the offline mirrors skips.
 NO_MIRROR = f"needs the offline dataset mirror {SHARED_DATASETS} (../shared/datasets beside the repository)"
+MCU_MIRROR = REPO.parent / "shared" / "mcu"
+NO_TFLM = (f"needs TensorFlow Lite Micro's sources: the offline mirror {MCU_MIRROR} (../shared/mcu beside the "
+           "repository) or EDGEPIPE_TFLM_SRC")
+
+
+def no_tflm_sources() -> bool:
+    """No TFLite Micro sources a Cortex-M build or bundle could use (the skip's condition, not a guess)."""
+    return not os.environ.get("EDGEPIPE_TFLM_SRC") and not (MCU_MIRROR / "src" / "tflite-micro.tar.gz").is_file()
+
+
+@pytest.fixture
+def tflm_mirror():
+    """Skip, saying why, where no TFLite Micro sources are at hand (a clone without ../shared)."""
+    if no_tflm_sources():
+        pytest.skip(NO_TFLM)
 
 
 def pytest_addoption(parser):
@@ -44,9 +59,11 @@ def cli(tmp_path):
         exe = Path(sys.executable).with_name("edgepipe")
         done = subprocess.run([str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True,
                               text=True, timeout=timeout)
-        # Offline without the mirror, a recipe on a canonical dataset is refused by the preflight: skip, not fail.
-        if not SHARED_DATASETS.is_dir() and done.returncode == 2 and " is in no mirror " in done.stderr:
+        # Without the mirrors, the preflight refuses a recipe that needs them before any work: skip, not fail.
+        if done.returncode == 2 and not SHARED_DATASETS.is_dir() and " is in no mirror " in done.stderr:
             pytest.skip(NO_MIRROR)
+        if done.returncode == 2 and no_tflm_sources() and "needs TensorFlow Lite Micro's sources" in done.stderr:
+            pytest.skip(NO_TFLM)
         return done
 
     return run

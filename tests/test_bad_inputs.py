@@ -267,7 +267,8 @@ CASES = {
     "unknown_initializer": (lambda r: recipe(r, idx_stages(r, initializer="he_wonky")),
                             "could not be built (ValueError"),
     "user_builder_raises": (lambda r: recipe(r, _builder(r, "raises")), "arch 'userzoo:raises' could not be built"),
-    "mcu_without_toolchain": (lambda r: _emulated(r), "measuring on an emulated Cortex-M needs arm-none-eabi-gcc"),
+    "mcu_without_toolchain": (lambda r: _emulated(r), "stage 'bench' needs the Arm toolchain and QEMU to emulate the "
+                                                      "cortex-m4 (arm-none-eabi-gcc, "),
     "folds_more_than_images": (lambda r: recipe(r, _limited(idx_stages(r, folds=20), 10)), "leave a fold empty"),
     "unknown_param": (lambda r: recipe(r, idx_stages(r, epoch=3)), "unknown key 'epoch'"),
     "wrong_type": (lambda r: recipe(r, idx_stages(r, epochs="ten")), "expected an integer, got 'ten'"),
@@ -319,7 +320,8 @@ def _coral(root):
     return recipe(root, spec) + ["--target", "coral", "--host", "pi@192.0.2.1"]
 
 
-CASES["coral_without_compiler"] = (_coral, "edgetpu_compiler not found on this machine")
+CASES["coral_without_compiler"] = (_coral, "stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not "
+                                           "installed)")
 SSH_CASES = {
     # targets, through a real sshd on 127.0.0.1
     "unreachable_host": (lambda r, s: _remote(r, s, host=f"{s.user}@127.0.0.1:{_free_port()}"), "device unreachable"),

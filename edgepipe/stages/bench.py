@@ -85,8 +85,10 @@ def environment(params: BenchParams) -> dict:
 
 
 def needs(params: BenchParams) -> list:
-    """What measuring on the target needs from this machine (checked before the run starts)."""
+    """What measuring on the target needs from this machine (checked before the run starts); params that do
+    not fit the target are refused first, since no install would fix them."""
     target, backend = effective_target(params)
+    _check(target, backend, params)
     return backend.needs(target, params)
 
 

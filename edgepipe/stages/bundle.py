@@ -184,8 +184,14 @@ def _card_fit(side: dict, target, fit: dict) -> list[str]:
             latency, f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.", ""]
 
 
+def needs(params: BundleParams) -> list:
+    """What writing the bundle for the target needs from this machine (checked before the run starts)."""
+    target = load_target(params.target or "host")
+    return backend_for(target).bundle_needs(target)
+
+
 KIND = StageKind(
-    name="bundle", params=BundleParams, run=run_bundle_stage,
+    name="bundle", params=BundleParams, run=run_bundle_stage, needs=needs,
     inputs={"data": False, "model": False, "benches": True}, optional_inputs=("benches",),
     output="bundle", accepts={"data": ("dataset",), "model": ("tflite",), "benches": ("bench",)},
     main_output="", doc="firmware hand-off folder for one model on one target (C array, op resolver, card)",

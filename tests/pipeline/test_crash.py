@@ -108,7 +108,7 @@ def kill_in_every_stage(root: Path, seed: int) -> list[str]:
     return landed
 
 
-def test_sigkill_in_every_stage_then_rerun_is_whole(tmp_path):
+def test_sigkill_in_every_stage_then_rerun_is_whole(tmp_path, tflm_mirror):
     landed = kill_in_every_stage(tmp_path, seed=0)
     inside = {x.split(",")[0][3:] for x in landed if "(done)" not in x and x.startswith("in ")}
     # Inside at least five of the seven stages: a timed kill can still miss a sub-second stage (the bench
@@ -122,7 +122,7 @@ def test_sigkill_more_seeds(tmp_path, seed):
     kill_in_every_stage(tmp_path, seed)
 
 
-def test_same_recipe_and_seed_twice_give_identical_figures(tmp_path):
+def test_same_recipe_and_seed_twice_give_identical_figures(tmp_path, tflm_mirror):
     """Determinism: two clean runs in two folders, the same accuracy figures and the same model bytes."""
     reports, models = [], []
     for name in ("first", "second"):

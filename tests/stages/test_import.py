@@ -66,7 +66,7 @@ def test_a_keras_file_is_converted_benched_and_reported_like_a_trained_model(mad
     assert any(" mine " in line and f"stale: file {model} changed" in line for line in out.splitlines()), out
 
 
-def test_a_tflite_file_is_benched_and_bundled_like_a_converted_one(made, tmp_path):
+def test_a_tflite_file_is_benched_and_bundled_like_a_converted_one(made, tmp_path, tflm_mirror):
     src = made / "runs/made/conv"
     int8 = shutil.copy(src / "model_int8.tflite", tmp_path / "theirs.tflite")
     recipe = _user_recipe(tmp_path, made / "idx", int8, {

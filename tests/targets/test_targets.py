@@ -347,13 +347,16 @@ def test_coral_without_compiler_and_android_without_tools_say_how_to_get_them(tm
     if shutil.which("edgetpu_compiler", path=env["PATH"]) or shutil.which("adb", path=env["PATH"]):
         pytest.skip("edgetpu_compiler or adb is installed here")
     done = cli("bench", recipe, "--target", "coral", "--host", "pi@192.0.2.1", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 2  # the preflight: said before anything is measured
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgepipe: error: edgetpu_compiler not found on this machine")
+    assert line.startswith("edgepipe: error: stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not "
+                           "installed)")
     assert "apt-get install edgetpu-compiler" in line
     done = cli("bench", recipe, "--target", "android", env=env)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("edgepipe: error: adb not found on this machine")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "edgepipe: error: stage 'bench' needs adb, to reach the Android phone (adb is not installed); fix: "
+        "apt-get install adb, then connect the phone with USB debugging on"]
 
 
 def test_tool_output_parsers():

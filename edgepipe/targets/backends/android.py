@@ -20,7 +20,8 @@ class Android(Backend):
     name = "Android phone over adb"
 
     def needs(self, target: Target, params) -> list[Requirement]:
-        return [command("adb", "adb, to reach the Android phone", "apt-get install adb")]
+        return [command("adb", "adb, to reach the Android phone",
+                        "apt-get install adb, then connect the phone with USB debugging on")]
 
     def environment(self, target: Target, params) -> dict:
         return {"device": [params.adb_serial, *params.fleet]}

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError, RecipeError
+from edgepipe.core.requirements import Requirement
 from edgepipe.targets import device_runner, litert
 from edgepipe.targets.backends.protocol import Backend
 from edgepipe.targets.profiles import Target
@@ -59,6 +60,11 @@ class EstimatedMcu(Backend):
                 "flash": {"value": fit["flash_needed_bytes"], "provenance": "estimate"},
                 "memory": {"value": fit["ram_needed_bytes"], "what": "arena + margin", "provenance": "estimate"},
                 "fits": fit["fits"]}
+
+    def bundle_needs(self, target: Target) -> list[Requirement]:
+        from edgepipe.targets.mcu import sources
+
+        return [sources.requirement(target.tflm_src)]  # the op resolver and the project are TFLite Micro's
 
     def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
                      bench_dirs: list[Path]) -> dict | None:

@@ -80,6 +80,10 @@ class Backend(abc.ABC):
         raise EdgepipeError(f"a search cannot measure on {target.name} ({self.name})",
                             "search for host or a microcontroller profile; bench on the device afterwards")
 
+    def bundle_needs(self, target: Target) -> list[Requirement]:
+        """What writing this device's bundle needs from this machine, checked before the run starts."""
+        return []
+
     def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
                      bench_dirs: list[Path]) -> dict | None:
         """Write what this device needs beside the `.tflite` into the bundle folder `out`; returns its fit
