@@ -1,6 +1,6 @@
 """The make-like runner: decides which stages are stale, runs them, and records what they produced.
 
-Keys and freshness are `edgepipe.pipeline.lock`'s; this module schedules: it plans the stages, starts
+Keys and freshness are `edgepipe.pipeline.keys`'; this module schedules: it plans the stages, starts
 each once its inputs are done (up to `--jobs` at once, in worker processes), moves finished outputs into
 place and publishes them. The reason a stage runs or is skipped is always printed.
 
@@ -30,7 +30,8 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.paths import inside
 from edgepipe.core.stage import StageIO
 from edgepipe.pipeline import history, tracking
-from edgepipe.pipeline.lock import CodeVersion, Lock, stage_key, why_stale
+from edgepipe.pipeline.keys import CodeVersion, stage_key, why_stale
+from edgepipe.pipeline.lock import Lock
 from edgepipe.pipeline.runcache import DEFAULT_SIZE, RunCache, when
 from edgepipe.pipeline.recipe import Recipe, Stage
 
