@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 import time
@@ -124,7 +123,7 @@ class Outputs:
         main = out_dir / stage.kind.main_output
         size = f" ({fsio.human_size(main.stat().st_size)})" if main.is_file() else ""
         ui.say(f"{job.tag} done in {seconds:.1f} s -> {rel(main)}{size}" + (f"  | {summary}" if summary else ""))
-        self._say_findings(out_dir)
+        self._say_findings(stage, out_dir)
         self._evict(keep={job.key})
         return self._noted(stage, Result(stage.name, "ran", job.reason, seconds, summary))
 
@@ -158,14 +157,13 @@ class Outputs:
         took = f"; it took {entry.seconds:.1f} s" if entry.seconds else ""
         ui.say(f"{tag} restored from run cache (run of {when(entry.created)}{took}) in {seconds:.1f} s: {reason}"
                + (f"  | {entry.summary}" if entry.summary else ""))
-        self._say_findings(out_dir)
+        self._say_findings(stage, out_dir)
         return self._noted(stage, Result(stage.name, "restored", reason, seconds, entry.summary))
 
     @staticmethod
-    def _say_findings(out_dir: Path) -> None:
-        diagnostics = out_dir / "diagnostics.json"
-        for finding in json.loads(diagnostics.read_text()) if diagnostics.is_file() else []:
-            ui.say(f"    {finding.get('source', 'doctor')}: {finding['line']}")
+    def _say_findings(stage: Stage, out_dir: Path) -> None:
+        for line in stage.kind.findings(out_dir):
+            ui.say(f"    {line}")
 
     # -- the run cache ------------------------------------------------------------------------------
 

@@ -119,11 +119,11 @@ class Runner:
     def run_as_worker(self, name: str) -> str:
         """Run stage `name` as one more worker of a stage running elsewhere: its share of the work only.
 
-        A multi-worker training (`strategy: multi_worker`, TF_CONFIG names this machine) trains its share;
-        a search (a kind with `join`) runs trials of the chief's study, in the chief's work folder on this
-        machine or in the `storage` the stage names. Its inputs must already be there (the chief's machine,
-        or a shared file system, has them); it writes nothing under runs/ and no lock entry. The chief
-        runs `edgepipe run RECIPE --only NAME`.
+        Which stages take workers, and where a worker works, is the kind's to say (`StageKind.joinable`): a
+        multi-worker training's worker trains its share; a search's runs trials of the chief's study, in the
+        chief's work folder on this machine or in the `storage` the stage names. Its inputs must already be
+        there (the chief's machine, or a shared file system, has them); it writes nothing under runs/ and no
+        lock entry. The chief runs `edgepipe run RECIPE --only NAME`.
         """
         import tempfile
 
@@ -131,8 +131,8 @@ class Runner:
             raise EdgepipeError(f"no stage named '{name}' in {self.recipe.path}",
                                 f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
         stage = self.recipe.stages[name]
-        joins = stage.kind.join is not None
-        if not joins and getattr(stage.params, "strategy", "default") != "multi_worker":
+        where = stage.kind.joinable(stage.params) if stage.kind.joinable else None
+        if where is None:
             raise EdgepipeError(f"stage '{name}' can have no workers: it is neither a search nor a multi-worker "
                                 "training (strategy: multi_worker)",
                                 "set strategy: multi_worker on a train stage, or run it with edgepipe run",
@@ -145,9 +145,7 @@ class Runner:
             out, work = Path(tmp) / "out", Path(tmp) / name
             out.mkdir()
             work.mkdir()
-            if not joins:
-                return stage.kind.run(stage.params, self.scheduler.stage_io(stage, out, work))
-            if getattr(stage.params, "storage", None) is None:  # the study is in the chief's work folder here
+            if where == "chief":
                 work = self.run_dir / ".work" / name
                 key, _ = stage_key(stage, self.lock, self.run_dir, self.code[stage.kind.module])
                 if not self.scheduler.work_matches(stage, key):

@@ -203,7 +203,8 @@ class Scheduler:
         stage = job.stage
         ui.say(f"{job.tag} running: {job.reason}")
         try:
-            _fresh_keras_session()
+            if stage.kind.resets_keras:
+                _fresh_keras_session()
             with progress.reporting(stage.name, self._sink):
                 summary = stage.kind.run(stage.params, io) or ""
         except BaseException as e:
@@ -228,12 +229,7 @@ class Scheduler:
 
 
 def _fresh_keras_session() -> None:
-    """Reset Keras' global state between stages run in one process.
-
-    Keras numbers auto-named layers per process (conv2d, conv2d_1, ...), and the names are saved in
-    model.h5: without a reset, a stage's output bytes would depend on which stages ran before it in
-    the same process, and an unchanged stage would look changed to everything downstream.
-    """
+    """Reset Keras' global state between stages run in one process (see `StageKind.resets_keras`)."""
     import sys
 
     if "tf_keras" in sys.modules:
@@ -295,7 +291,9 @@ def _run_in_worker(kind_name: str, params, io: StageIO, log_file: Path, name: st
     from edgepipe.core.native import quiet_native
     from edgepipe.stages.registry import kinds
 
+    kind = kinds()[kind_name]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with quiet_native(log_file), progress.reporting(name, _events and _events.put):
-        _fresh_keras_session()
-        return kinds()[kind_name].run(params, io) or ""
+        if kind.resets_keras:
+            _fresh_keras_session()
+        return kind.run(params, io) or ""

@@ -581,6 +581,6 @@ def _label_without_overlap(fig, ax, points) -> None:
 KIND = StageKind(
     name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True, "searches": True}, light=True,
     output="report", accepts={"benches": ("bench",), "searches": ("model",)}, optional_inputs=("searches",),
-    main_output="report.md",
+    main_output="report.md", resets_keras=False,
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )
