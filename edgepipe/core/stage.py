@@ -4,8 +4,8 @@ A stage kind is a plain function `run(params, io) -> summary` plus the facts the
 its parameter dataclass, the input roles it takes, and optional external dependencies (files it reads
 that are not another stage's output). The code version in its cache key is derived from the imports of
 the module that defines `run` (see `edgepipe.pipeline.code`), never declared by hand. The runner asks a
-kind what it needs (`needs`, `joinable`, `findings`, `resets_keras`) and never probes a stage's
-parameters by name.
+kind what it needs (`needs`, `joinable`, `findings`, `resets_keras`, `reads_upstream`) and never probes a
+stage's parameters by name.
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ class StageIO:
         logs: a folder outside the output for logs that must not enter the output's digest (TensorBoard:
             its event files hold wall times, so they would differ on every run and rerun everything
             downstream); None: write no such logs.
+        upstream: stage name -> the output directory of every stage the inputs were made from, for a kind
+            that `reads_upstream` (empty for the others).
     """
 
     inputs: dict[str, Any]
     out: Path
     work: Path
     logs: Path | None = None
+    upstream: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 FINDINGS = "diagnostics.json"  # in a stage's output: what the doctor or the lint found, one entry per finding
@@ -89,6 +92,9 @@ class StageKind:
             auto-named layers per process and the names are saved in model.h5 (without it, a stage's bytes
             would depend on what ran before it in the same process). False for a kind that builds no Keras
             model, so that it leaves the caller's session alone where it runs in the caller's process.
+        reads_upstream: the stage also reads the outputs its inputs were made from (the report shows the
+            training curves and the dataset images behind the models its benches measured): the runner
+            hands them in `StageIO.upstream` and puts their digests in the stage's key.
     """
 
     name: str
@@ -108,6 +114,7 @@ class StageKind:
     needs: Callable[[Any], list[Requirement]] | None = None
     findings: Callable[[Path], list[str]] = findings_in
     resets_keras: bool = True
+    reads_upstream: bool = False
     output_for: Callable[[Any], str] | None = None
     also_outputs: tuple[str, ...] = ()
     doc: str = ""

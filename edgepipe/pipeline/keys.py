@@ -2,10 +2,10 @@
 
 A stage's key hashes its kind, its code (every edgepipe source file its module imports, directly or not,
 and the versions of the libraries they import: `edgepipe.pipeline.code`), its resolved parameters, the
-digests of its inputs (upstream outputs), the files outside `runs/` it reads (a dataset, a user's model
-builder) and, for a measuring stage, the machine. A stage is fresh only when its key matches the lock
-file (`edgepipe.pipeline.lock`) and every recorded output is still there, unchanged; the check runs
-cheapest first and says why.
+digests of its inputs (upstream outputs; for a kind that `reads_upstream`, of every stage they were made
+from too), the files outside `runs/` it reads (a dataset, a user's model builder) and, for a measuring
+stage, the machine. A stage is fresh only when its key matches the lock file (`edgepipe.pipeline.lock`)
+and every recorded output is still there, unchanged; the check runs cheapest first and says why.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def stage_key(stage: Stage, lock: Lock, run_dir: Path, version: CodeVersion) -> 
         "deps": {p: r["sha256"] for p, r in deps.items()},
         "environment": stage.kind.environment(stage.params) if stage.kind.environment else {},
     }
+    if stage.kind.reads_upstream:  # only then, so that no other kind's key changes
+        parts["upstream"] = {up: _input_digest(stage, up, lock, run_dir)
+                             for up in lock.recipe.ancestors(stage.name) if up != stage.name}
     key = fsio.sha256_text(json.dumps(parts, sort_keys=True, default=str))
     parts["deps_records"] = deps  # for the (size, mtime) shortcut next time; not part of the key
     return key, parts
@@ -111,6 +114,9 @@ def _what_changed(stage: Stage, old: dict, parts: dict) -> str:
     for role, digest in parts["inputs"].items():
         if old.get("inputs", {}).get(role) != digest:
             return f"input '{role}' changed"
+    for name, digest in parts.get("upstream", {}).items():
+        if old.get("upstream", {}).get(name) != digest:
+            return f"upstream '{name}' changed"
     old_deps, new_deps = old.get("deps", {}), parts["deps"]
     for path in sorted(set(old_deps) - set(new_deps)):
         return f"file {path} is no longer used (the source now resolves elsewhere)"

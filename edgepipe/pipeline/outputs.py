@@ -234,6 +234,20 @@ class Outputs:
                 ui.say(f"    republished {rel(dest)}")
 
 
+def find_report(recipe: Recipe, root: Path) -> Path:
+    """models/<recipe>/report.html if a stage published it, else the newest report stage's output."""
+    root = Path(root)
+    published = root / "models" / recipe.name / "report.html"
+    if published.is_file():
+        return published
+    built = [root / "runs" / recipe.name / name / "report.html" for name, stage in recipe.stages.items()
+             if stage.kind.produces(stage.params) == "report"]
+    built = [p for p in built if p.is_file()]
+    if not built:
+        raise EdgepipeError(f"{recipe.name} has no HTML report yet", f"run it first: edgepipe run {recipe.name}")
+    return max(built, key=lambda p: p.stat().st_mtime)
+
+
 def rel(p: Path) -> str:
     """`p` as the user is shown it: relative to the current folder when inside it."""
     try:

@@ -85,10 +85,13 @@ class Scheduler:
     # -- a stage's folders --------------------------------------------------------------------------
 
     def stage_io(self, stage: Stage, out: Path, work: Path, logs: Path | None = None) -> StageIO:
-        """What the stage function is handed: its inputs as the upstream stages' output folders."""
+        """What the stage function is handed: its inputs (and, if its kind reads them, the outputs they
+        were made from) as the upstream stages' output folders."""
         inputs = {role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
                   for role, ups in stage.inputs.items()}
-        return StageIO(inputs=inputs, out=out, work=work, logs=logs)
+        upstream = ({n: self.run_dir / n for n in self.recipe.ancestors(stage.name) if n != stage.name}
+                    if stage.kind.reads_upstream else {})
+        return StageIO(inputs=inputs, out=out, work=work, logs=logs, upstream=upstream)
 
     def work_matches(self, stage: Stage, key: str) -> bool:
         """Whether the stage's checkpoint folder was made under this same key."""
