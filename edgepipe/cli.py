@@ -148,7 +148,7 @@ def _summary(r, go, dry_run: bool) -> None:
 @root_opt
 def report(recipe, profile, sets, root):
     """Print where RECIPE's HTML report is (open it in a browser)."""
-    from edgepipe.stages.report_html import find_report
+    from edgepipe.pipeline.outputs import find_report
 
     ui.say(str(find_report(_load(recipe, profile, sets), root).resolve()))
 

@@ -3,14 +3,17 @@
 A stage kind is a plain function `run(params, io) -> summary` plus the facts the runner needs about it:
 its parameter dataclass, the input roles it takes, and optional external dependencies (files it reads
 that are not another stage's output). The code version in its cache key is derived from the imports of
-the module that defines `run` (see `edgepipe.pipeline.code`), never declared by hand.
+the module that defines `run` (see `edgepipe.pipeline.code`), never declared by hand. The runner asks a
+kind what it needs (`needs`, `joinable`, `findings`, `resets_keras`, `reads_upstream`) and never probes a
+stage's parameters by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from edgepipe.core.requirements import Requirement
 
@@ -27,12 +30,24 @@ class StageIO:
         logs: a folder outside the output for logs that must not enter the output's digest (TensorBoard:
             its event files hold wall times, so they would differ on every run and rerun everything
             downstream); None: write no such logs.
+        upstream: stage name -> the output directory of every stage the inputs were made from, for a kind
+            that `reads_upstream` (empty for the others).
     """
 
     inputs: dict[str, Any]
     out: Path
     work: Path
     logs: Path | None = None
+    upstream: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+FINDINGS = "diagnostics.json"  # in a stage's output: what the doctor or the lint found, one entry per finding
+
+
+def findings_in(out: Path) -> list[str]:
+    """The lines of the findings a stage wrote to its output's `FINDINGS` file, each as `source: line`."""
+    path = out / FINDINGS
+    return [f"{f.get('source', 'doctor')}: {f['line']}" for f in json.loads(path.read_text())] if path.is_file() else []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +77,24 @@ class StageKind:
             module of a user's model builder.
         environment: params -> facts about the machine the stage measures (CPU, runtime versions),
             part of the key, so a benchmark reruns on another machine instead of reporting stale figures.
-        join: `join(params, io) -> str`, one more process working on a running stage of this kind
-            (`edgepipe worker`: a search's trials); it writes no output. None: the kind cannot be joined.
+        join: `join(params, io) -> str`, what one more process working on a running stage of this kind runs
+            (`edgepipe worker`: a search's trials, a multi-worker training's share); its output is thrown away.
+        joinable: params -> where a worker of such a stage works, or None if the stage takes no workers:
+            "chief" in the chief's work folder on this machine (where the stage's state is: a search's
+            study), "own" in a scratch folder of its own (the state is shared otherwise: a storage URL, the
+            cluster TF_CONFIG names). None (the default): the kind takes no workers.
         needs: params -> what the stage needs from this machine (`edgepipe.core.requirements`): tools, a
             device that answers, an optional package. The runner checks them for every stage that will run
             before the first one starts.
+        findings: output directory -> lines the runner prints under the stage's closing line (the doctor's
+            and the lint's findings); by default those in its `FINDINGS` file.
+        resets_keras: the runner clears Keras' global state before the stage, since Keras numbers
+            auto-named layers per process and the names are saved in model.h5 (without it, a stage's bytes
+            would depend on what ran before it in the same process). False for a kind that builds no Keras
+            model, so that it leaves the caller's session alone where it runs in the caller's process.
+        reads_upstream: the stage also reads the outputs its inputs were made from (the report shows the
+            training curves and the dataset images behind the models its benches measured): the runner
+            hands them in `StageIO.upstream` and puts their digests in the stage's key.
     """
 
     name: str
@@ -82,7 +110,11 @@ class StageKind:
     light: bool = False
     environment: Callable[[Any], dict] | None = None
     join: Callable[[Any, StageIO], str | None] | None = None
+    joinable: Callable[[Any], Literal["chief", "own"] | None] | None = None
     needs: Callable[[Any], list[Requirement]] | None = None
+    findings: Callable[[Path], list[str]] = findings_in
+    resets_keras: bool = True
+    reads_upstream: bool = False
     output_for: Callable[[Any], str] | None = None
     also_outputs: tuple[str, ...] = ()
     doc: str = ""

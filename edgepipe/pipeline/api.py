@@ -11,8 +11,9 @@ from typing import Any
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline import config as project_config
+from edgepipe.pipeline.outputs import Result
 from edgepipe.pipeline.recipe import find_recipe, load_recipe
-from edgepipe.pipeline.runner import Result, Runner
+from edgepipe.pipeline.runner import Runner
 
 
 @dataclasses.dataclass

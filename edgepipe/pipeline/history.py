@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import to_dict
-from edgepipe.pipeline.lock import changed_keys
+from edgepipe.pipeline.keys import changed_keys
 from edgepipe.pipeline.recipe import Recipe
 
 FILE = "history.jsonl"

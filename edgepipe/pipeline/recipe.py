@@ -1,8 +1,9 @@
 """Loading a recipe: YAML in, a validated DAG of stages out, or one RecipeError line.
 
 Everything is checked here, once: YAML syntax, top-level and stage keys, stage kinds, parameter names,
-types and ranges, `${var}` references, input roles, references to unknown stages, and cycles. The runner
-never sees an invalid recipe.
+types and ranges, `${var}` references (`edgepipe.pipeline.overrides` substitutes them, after a profile's
+and `--set`'s overrides), input roles, references to unknown stages, and cycles. The runner never sees
+an invalid recipe.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgepipe.core.params import build
 from edgepipe.core.paths import relative_pattern, safe_name
 from edgepipe.core.stage import StageKind
 from edgepipe.core.yamlio import load_yaml
+from edgepipe.pipeline import overrides
 from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
 from edgepipe.targets.backends import backend_for
@@ -30,7 +32,6 @@ from edgepipe.targets.profiles import load_target
 TOP_KEYS = ("name", "description", "vars", "profiles", "target", "tracking", "stages")
 STAGE_KEYS = ("kind", "params", "inputs", "publish", "description")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +114,14 @@ def load_recipe(path: Path | dict, profile: str | None = None, sets: tuple[str, 
         path = Path(path)
         raw = _read(path)
     where = str(path)
-    overrides = _overrides(raw, profile, sets, where)
-    overrides += [(k, copy.deepcopy(v), f"set[{k!r}]") for k, v in (values or {}).items()]
-    for key, value, origin in overrides:
-        _apply_override(raw, key, value, origin)
+    changes = overrides.collect(raw, profile, sets, where)
+    changes += [(k, copy.deepcopy(v), f"set[{k!r}]") for k, v in (values or {}).items()]
+    for key, value, origin in changes:
+        overrides.apply(raw, key, value, origin)
     variables = raw.get("vars") or {}
     if not isinstance(variables, dict):
         raise RecipeError(f"{where}: vars must be a mapping of name: value", "e.g. vars: {seed: 0}")
-    raw_stages = _substitute(raw["stages"], variables, f"{where}: stages")
+    raw_stages = overrides.substitute(raw["stages"], variables, f"{where}: stages")
     table = kinds()
     stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
     _apply_target(stages, target or raw.get("target"), host, where, default_target, hosts or {})
@@ -193,32 +194,6 @@ def _check_top(raw: Any, where: str) -> None:
                               "use lower-case letters, digits and _ and start with a letter")
 
 
-def _overrides(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -> list[tuple[str, Any, str]]:
-    """(dotted key, value, where it came from) of the profile's overrides, then of each --set, in order."""
-    overrides: list[tuple[str, Any, str]] = []
-    if profile is not None:
-        profiles = raw.get("profiles") or {}
-        if not isinstance(profiles, dict) or profile not in profiles:
-            names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else ""
-            raise RecipeError(f"{where}: unknown profile '{profile}'",
-                              f"use one of: {names}" if names else "define it under profiles: in the recipe")
-        if not isinstance(profiles[profile], dict):
-            raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value",
-                              "e.g. profiles: {smoke: {teacher.epochs: 1}}")
-        overrides += [(k, v, f"{where}: profiles.{profile}.{k}") for k, v in profiles[profile].items()]
-    for s in sets:
-        if "=" not in s:
-            raise RecipeError(f"--set {s}: expected stage.key=value", "e.g. --set teacher.epochs=3")
-        key, value = s.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            raise RecipeError(f"--set {key}: the value {value!r} is not valid YAML",
-                              f"quote it for your shell and for YAML, e.g. --set '{key}=\"{value}\"'") from None
-        overrides.append((key, parsed, f"--set {key}"))
-    return overrides
-
-
 def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: dict, where: str) -> Stage:
     """One stage: its kind, validated params, inputs and publish patterns."""
     at = f"{where}: stages.{name}"
@@ -283,52 +258,6 @@ def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
     for key in mapping:
         if key not in allowed:
             raise RecipeError(f"{where}: unknown key '{key}'", f"use one of: {', '.join(allowed)}")
-
-
-def _apply_override(raw: dict, key: Any, value: Any, origin: str) -> None:
-    parts = key.split(".") if isinstance(key, str) else []
-    if len(parts) < 2 or not all(parts):
-        raise RecipeError(f"{origin}: expected stage.param", "e.g. teacher.epochs")
-    if parts[0] == "vars":
-        if raw.get("vars") is None:
-            raw["vars"] = {}
-        if not isinstance(raw["vars"], dict):
-            raise RecipeError(f"{origin}: vars must be a mapping", "e.g. vars: {seed: 0}")
-        raw["vars"][".".join(parts[1:])] = value
-        return
-    stage = raw["stages"].get(parts[0])
-    if not isinstance(stage, dict):
-        raise RecipeError(f"{origin}: no stage named '{parts[0]}'", f"use one of: {', '.join(map(str, raw['stages']))}")
-    if stage.get("params") is None:
-        stage["params"] = {}
-    node = stage["params"]
-    for part in parts[1:-1]:
-        if not isinstance(node, dict):
-            break
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    if not isinstance(node, dict):
-        raise RecipeError(f"{origin}: '{'.'.join(parts[1:-1]) or 'params'}' is not a mapping",
-                          "override a key inside a mapping parameter")
-    node[parts[-1]] = value  # validated with everything else, so a typo is still caught
-
-
-def _substitute(node: Any, variables: dict, where: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute(v, variables, f"{where}.{k}") for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, variables, f"{where}[{i}]") for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
-    for var in VAR.findall(node):
-        if var not in variables:
-            known = ", ".join(variables) or "none defined"
-            raise RecipeError(f"{where}: unknown variable ${{{var}}}", f"define it under vars: ({known})")
-    whole = VAR.fullmatch(node)
-    if whole:  # "${epochs}" keeps the variable's type
-        return variables[whole.group(1)]
-    return VAR.sub(lambda m: str(variables[m.group(1)]), node)
 
 
 OUTPUT_WORDS = {"dataset": "a dataset", "model": "a Keras model", "tflite": "converted .tflite models",

@@ -92,7 +92,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
     _pareto(rows, targets, measured, io.out / "pareto.png")
     write_html(io.out / "report.html", heading, table, COLUMNS, gates, rows, benches,
-               run_dir=Path(io.inputs["benches"][0]).parent, pareto=io.out / "pareto.png", provenance=provenance,
+               upstream=io.upstream, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
                target_table=target_table, legend=TAG_LEGEND, target_tables=own, host_heading=host, subtitle=subtitle,
                searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches])
@@ -581,6 +581,6 @@ def _label_without_overlap(fig, ax, points) -> None:
 KIND = StageKind(
     name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True, "searches": True}, light=True,
     output="report", accepts={"benches": ("bench",), "searches": ("model",)}, optional_inputs=("searches",),
-    main_output="report.md",
+    main_output="report.md", reads_upstream=True, resets_keras=False,
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )

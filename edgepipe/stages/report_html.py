@@ -6,8 +6,9 @@ measured besides this host (its own table, a microcontroller's first), then `res
 `int8` (the classes quantization hurt most), `training` (per training stage: curves, confusion matrix,
 the doctor's findings) and `misclassified` (test images the deployable model gets wrong).
 
-It reads the stages behind the benched models from the run directory: a bench's rows name the stage
-each model came from (`source`), and every stage's outputs sit in `runs/<recipe>/<stage>/`.
+It reads the stages behind the benched models from the report's upstream (`StageIO.upstream`, which the
+runner keys the report on): a bench's rows name the stage each model came from (`source`) and the data
+stage it was measured on (`data`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core import fsio
-from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.stage import FINDINGS
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -36,7 +37,7 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 
 
 def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
-               benches: list[dict], run_dir: Path, pareto: Path, provenance: dict, deployable: str | None,
+               benches: list[dict], upstream: dict[str, Path], pareto: Path, provenance: dict, deployable: str | None,
                int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "",
                searches: list[tuple[str, list[str], Path]] = (), target_tables: list[dict] = (),
                host_heading: str = "Results", subtitle: str | None = None) -> None:
@@ -46,7 +47,8 @@ def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: l
              f"<p>{_e(subtitle)}</p>" if subtitle else "",
              *(_own(t) for t in target_tables), _results(table, columns, host_heading),
              _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
-             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, run_dir), _misclassified(rows, benches, run_dir, deployable),
+             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, upstream),
+             _misclassified(rows, benches, upstream, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
     fsio.write_text(dest, "\n".join(parts))
@@ -129,15 +131,15 @@ def _int8(int8_cost: list[dict]) -> str:
             "against its float32)</th></tr>" + lines + "</table>")
 
 
-def _training(rows, run_dir: Path) -> str:
+def _training(rows, upstream: dict[str, Path]) -> str:
     """Curves, confusion matrix and the doctor's findings of every stage a benched model came from."""
     out = ["<h2 id='training'>Training</h2>"]
     for source in dict.fromkeys(r["source"] for r in rows):
-        stage = run_dir / source
-        if not (stage / "metrics.json").is_file():
+        stage = upstream.get(source)
+        if stage is None or not (stage / "metrics.json").is_file():
             continue
         metrics = json.loads((stage / "metrics.json").read_text())
-        findings = json.loads((stage / "diagnostics.json").read_text()) if (stage / "diagnostics.json").is_file() else []
+        findings = json.loads((stage / FINDINGS).read_text()) if (stage / FINDINGS).is_file() else []
         doctor = "".join(f"<div class='finding'>{_e(f['line'])}</div>" for f in findings) or \
             "<p class='ok'>doctor: no findings</p>"
         test = metrics.get("test", {})
@@ -152,19 +154,19 @@ def _training(rows, run_dir: Path) -> str:
     return "".join(out)
 
 
-def _misclassified(rows, benches, run_dir: Path, deployable: str | None) -> str:
+def _misclassified(rows, benches, upstream: dict[str, Path], deployable: str | None) -> str:
     row = next((r for r in rows if r["name"] == deployable), None) or next(
         (r for r in reversed(rows) if r["variant"] == "int8"), rows[-1] if rows else None)
-    data = next((b.get("data") for b in benches if b.get("data")), None)
+    data = upstream.get(next((b.get("data") for b in benches if b.get("data")), None))
     head = "<h2 id='misclassified'>What the deployable model gets wrong</h2>"
-    if row is None or not data or not (run_dir / data / "dataset.npz").is_file():
+    if row is None or data is None or not (data / "dataset.npz").is_file():
         return head + "<p class='ok'>no data to show</p>"
     wrong = row.get("misclassified") or []
     if not wrong:
         return head + f"<p class='ok'>{_e(row['name'])}: no mistakes on the test split</p>"
-    with np.load(run_dir / data / "dataset.npz") as z:
+    with np.load(data / "dataset.npz") as z:
         images = z["x_test"][[i for i, _, _ in wrong]]
-    classes = json.loads((run_dir / data / "dataset.json").read_text())["classes"]
+    classes = json.loads((data / "dataset.json").read_text())["classes"]
     return (head + f"<p>{_e(row['name'])}: the first {len(wrong)} of its mistakes on the test split "
             "(true → predicted)</p>" + _img(_grid_png(images, [(classes[t], classes[p]) for _, t, p in wrong]),
                                              "misclassified test images"))
@@ -196,17 +198,3 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return buf.getvalue()
-
-
-def find_report(recipe, root) -> Path:
-    """models/<recipe>/report.html if a stage published it, else the newest report stage's output."""
-    root = Path(root)
-    published = root / "models" / recipe.name / "report.html"
-    if published.is_file():
-        return published
-    built = [root / "runs" / recipe.name / name / "report.html" for name, stage in recipe.stages.items()
-             if stage.kind.name == "report"]
-    built = [p for p in built if p.is_file()]
-    if not built:
-        raise EdgepipeError(f"{recipe.name} has no HTML report yet", f"run it first: edgepipe run {recipe.name}")
-    return max(built, key=lambda p: p.stat().st_mtime)

@@ -607,5 +607,6 @@ KIND = StageKind(
     main_output="model.h5", environment=environment, join=join_search, deps=lambda p: builder_files(p),
     needs=lambda p: target_figures.needs(load_target(p.target or "host")),
     exclusive=True,
+    joinable=lambda p: "own" if p.storage else "chief",  # no storage: the study is a file in the chief's work folder
     doc="search architectures and training knobs for the most accurate model within the target's budget",
 )

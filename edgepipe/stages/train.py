@@ -77,6 +77,8 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 KIND = StageKind(
     name="train", params=TrainParams, run=run_train_stage, inputs={"data": False}, output="model", accepts={"data": ("dataset",)},
     main_output="model.h5", deps=lambda p: nets.builder_files(p.arch),
+    # a worker trains its share of a multi-worker training as the chief does; TF_CONFIG names the others
+    join=run_train_stage, joinable=lambda p: "own" if p.strategy == "multi_worker" else None,
     doc="train a model from the zoo on a dataset",
 )
 

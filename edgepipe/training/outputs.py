@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core import fsio
-from edgepipe.core.stage import StageIO
+from edgepipe.core.stage import FINDINGS, StageIO
 from edgepipe.datasets.artifact import Dataset
 from edgepipe.training import doctor, nets
 from edgepipe.training.evaluate import evaluate
@@ -54,7 +54,7 @@ def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *
                                                         "restore_best": es.enabled and es.restore_best},
                                gradients=json.loads(gradients.read_text()) if gradients.is_file() else [],
                                dead=dead_relus(model, ds), batchnorm=batchnorm_modes(model, ds))
-    fsio.write_json(stage_io.out / "diagnostics.json", [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
+    fsio.write_json(stage_io.out / FINDINGS, [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
     return metrics
 
 
