@@ -128,19 +128,24 @@ def test_a_dataset_in_no_mirror_and_offline_is_refused(monkeypatch, tmp_path):
 
 
 def test_every_shipped_recipe_declares_what_its_stages_need():
-    """Each stage of a shipped recipe that measures on an emulated core asks for the toolchain first."""
-    emulated = 0
+    """Each stage of a shipped recipe that measures on an emulated core asks for the toolchain first, and each
+    Cortex-M bundle for TFLite Micro's sources."""
+    emulated = bundles = 0
     for path in sorted((REPO / "recipes").glob("*.yaml")):
         recipe = load_recipe(path)
         for name, stage in recipe.stages.items():
-            if stage.kind.needs is None:
+            target = getattr(stage.params, "target", None) or ""
+            whats = [r.what for r in stage.kind.needs(stage.params)] if stage.kind.needs else []
+            if "cortex-m" not in target:
                 continue
-            whats = [r.what for r in stage.kind.needs(stage.params)]
-            target = getattr(stage.params, "target", None)
-            if target and "cortex-m" in target and getattr(stage.params, "measure", "profile") != "estimate":
+            if stage.kind.name == "bundle":
+                bundles += 1
+                assert "TensorFlow Lite Micro's sources" in whats, (path.name, name, whats)
+            elif getattr(stage.params, "measure", "profile") != "estimate":
                 emulated += 1
                 assert any(w.startswith("the Arm toolchain") for w in whats), (path.name, name, whats)
-    assert emulated >= 2  # mnist_student's bench_m4 and mnist_search's search at least
+                assert "TensorFlow Lite Micro's sources" in whats, (path.name, name, whats)
+    assert emulated >= 2 and bundles >= 2  # mnist_student's bench_m4 and firmware, mnist_search's search
 
 
 def test_the_package_list_names_what_the_fix_says():
