@@ -226,7 +226,7 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
                           "see `edgepipe targets`")
     if default is not None:
         try:
-            load_target(default)
+            backend_for(load_target(default))  # the profile is whole for its kind of device, used or not
         except EdgepipeError as e:
             raise RecipeError(f"{where}: target: {e.message}", e.fix) from None
         if not any(hasattr(s.params, "target") for s in stages.values()):
