@@ -28,7 +28,10 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.search.front import figure_text
 from edgepipe.stages.report_html import write_html
 from edgepipe.stages.report_pareto import write_pareto
-from edgepipe.targets.provenance import PROVENANCE, rows_by_name
+from edgepipe.stages.report_tables import (COLUMNS, TAG_LEGEND, capital, devices_measured, figures_by_target, flat_row,
+                                           joined, measured_targets, short, table_row, target_tables,
+                                           targets_table, text_table)
+from edgepipe.targets.provenance import rows_by_name
 
 
 @dataclasses.dataclass
@@ -51,12 +54,6 @@ class ReportParams:
     gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
 
 
-COLUMNS = ("model", "quant", "size", "compressed", "params", "MACs", "val accuracy", "test accuracy", "delta",
-           "p50 1T", "p99 1T", "FPS 1T", "p50 all", "arena")
-
-
-TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
-TAG_LEGEND = ", ".join(f"[{tag}] {meaning}" for tag, meaning in PROVENANCE.values())
 TARGETS = "{targets}"  # in the title, replaced by the targets measured
 
 
@@ -69,14 +66,14 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
         if name and name not in by_name:
             raise EdgepipeError(f"report: no benched model named '{name}'", f"use one of: {', '.join(by_name)}")
     ref = by_name[params.reference]["accuracy"] if params.reference else None
-    table = [_row(r, ref) for r in rows]
+    table = [table_row(r, ref) for r in rows]
     gates = _gates(params.gates, by_name)
     provenance = benches[0]["provenance"] if benches else {}
-    devices = _devices(benches)
+    devices = devices_measured(benches)
     measured = measured_targets(benches, targets)
-    heading = params.title.replace(TARGETS, _joined([m["label"] for m in measured]))
+    heading = params.title.replace(TARGETS, joined([m["label"] for m in measured]))
     report = {"title": heading, "reference": params.reference, "provenance": provenance, "devices": devices,
-              "rows": [{**_flat(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
+              "rows": [{**flat_row(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
               "targets": [b["target"]["name"] for b in benches if "target" in b], "measured_on": measured}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
@@ -86,9 +83,9 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     fsio.write_json(io.out / "report.json", report)
     target_table = targets_table(rows, targets)
     own = target_tables(rows, targets, measured, devices)
-    host = _capital(measured[-1]["label"])
+    host = capital(measured[-1]["label"])
     # a title without {targets} is kept as written; the line under it names them instead
-    subtitle = None if TARGETS in params.title else f"Measured on {_joined([m['label'] for m in measured])}."
+    subtitle = None if TARGETS in params.title else f"Measured on {joined([m['label'] for m in measured])}."
     md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle)
     fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
     write_pareto(rows, targets, measured, io.out / "pareto.png")
@@ -132,7 +129,7 @@ def search_lines(s: dict) -> list[str]:
                 f"{figure_text('flash_bytes', ref.get('flash_bytes'))}, RAM {figure_text('ram_bytes', ref.get('ram_bytes'))})"
                 if ref else "") + "."]
     c = s["chosen"]
-    chosen_values = ", ".join(f"{k}={_short(v)}" for k, v in c["values"].items())
+    chosen_values = ", ".join(f"{k}={short(v)}" for k, v in c["values"].items())
     lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {figure_text('val_accuracy', c['val_accuracy'])}, "
               f"{figure_text('latency_ms', c.get('latency_ms'))}, flash {figure_text('flash_bytes', c.get('flash_bytes'))}, RAM "
               f"{figure_text('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
@@ -144,7 +141,7 @@ def search_lines(s: dict) -> list[str]:
     lines += ["", "The feasible front (no other trial is both more accurate and cheaper on the target):", "",
               "| trial | val int8 | latency | instructions | flash | RAM | values |", "|---|---|---|---|---|---|---|"]
     for r in s["front"]:
-        values = ", ".join(f"{k}={_short(v)}" for k, v in r.get("values", {}).items())
+        values = ", ".join(f"{k}={short(v)}" for k, v in r.get("values", {}).items())
         lines.append(f"| {r['trial']} | {figure_text('val_accuracy', r.get('val_accuracy'))} | "
                      f"{figure_text('latency_ms', r.get('latency_ms'))} | {figure_text('instructions', r.get('instructions'))} | "
                      f"{figure_text('flash_bytes', r.get('flash_bytes'))} | {figure_text('ram_bytes', r.get('ram_bytes'))} | "
@@ -173,36 +170,20 @@ def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict
     """Each target's own table, this host's results table, and every target side by side when there are any."""
     for t in own:
         ui.say(t["label"])
-        for line in _text_table(t["table"][1:], t["table"][0]):
+        for line in text_table(t["table"][1:], t["table"][0]):
             ui.say(line)
         for note in t["notes"]:
             ui.say("  " + note)
         ui.say("")
     if own:
         ui.say(host)
-    for line in _text_table(table, COLUMNS):
+    for line in text_table(table, COLUMNS):
         ui.say(line)
     if target_table:
         ui.say("")
-        for line in _text_table(target_table[1:], target_table[0]):
+        for line in text_table(target_table[1:], target_table[0]):
             ui.say(line)
         ui.say("  " + TAG_LEGEND)
-
-
-def _flat(r: dict, ref: float | None) -> dict:
-    one = r["latency"].get("threads_1")
-    many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
-    return {
-        "name": r["name"], "quantization": r.get("label", r["variant"]), "qat": r["qat"], "accuracy": r["accuracy"],
-        "val_accuracy": r.get("val_accuracy"), "val_samples": r.get("val_samples"),
-        "delta_points": None if ref is None else 100 * (r["accuracy"] - ref),
-        "size_bytes": r["size_bytes"], "compressed_bytes": r.get("compressed_bytes"), "params": r["params"],
-        "macs": r["macs"], "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
-        "latency_p99_us": one and one["p99_us"], "fps": one and one["fps"],
-        "latency_p50_us_all_threads": many and many["p50_us"], "fps_all_threads": many and many["fps"],
-        "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"), "tflm_ok": (r.get("tflm") or {}).get("ok"),
-        "test_samples": r["test_samples"], "parity": r["parity"],
-    }
 
 
 def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str, str] | None = None) -> list[dict]:
@@ -223,207 +204,6 @@ def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str
         out.append({"model": r["name"], "against": float_row["name"],
                     "points_lost": 100 * (float_row["accuracy"] - r["accuracy"]),
                     "classes": [{"class": c, "points_lost": d} for d, c in drops]})
-    return out
-
-
-def _row(r: dict, ref: float | None) -> list[str]:
-    return row_cells(_flat(r, ref))
-
-
-def row_cells(f: dict) -> list[str]:
-    """One row of the results table (`COLUMNS`), as printed, from a report.json row."""
-    us = lambda v: "-" if v is None else _us(v)  # noqa: E731
-    return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
-            "-" if f["compressed_bytes"] is None else fsio.human_size(f["compressed_bytes"]), f"{f['params']:,}",
-            f"{f['macs'] / 1e6:.2f} M",
-            "-" if f["val_accuracy"] is None else f"{100 * f['val_accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
-            "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
-            us(f["latency_p99_us"]), "-" if f["fps"] is None else f"{f['fps']:,.0f}",
-            us(f["latency_p50_us_all_threads"]),
-            "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
-
-
-def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
-    """model name -> target name -> its figures there (accuracy, latency, memory, fit), provenance-tagged."""
-    out: dict[str, dict[str, dict]] = {}
-    for b in benches:
-        for r in b["rows"]:
-            for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
-                fig = {k: t[k] for k in ("deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits",
-                                         "edgetpu", "instructions", "flash", "emulated_device") if k in t}
-                if "latency_p50_us" in fig:  # the same figure in a firmware engineer's units, tagged alike
-                    fig["latency_ms"] = _derived(fig["latency_p50_us"], lambda us: us / 1000)
-                    fig["fps"] = _derived(fig["latency_p50_us"], lambda us: 1e6 / us if us > 0 else None)
-                out.setdefault(r["name"], {})[t["name"]] = fig
-    return out
-
-
-def _derived(figure: dict, fn) -> dict:
-    """`figure` with fn applied to its value (kept None, with its reason, when it has none)."""
-    return {**figure, "value": None if figure.get("value") is None else fn(figure["value"])}
-
-
-def measured_targets(benches: list[dict], targets: dict) -> list[dict]:
-    """The targets the report's figures come from, in the order it shows them: microcontrollers first, then
-    other devices, this host last (every bench measures on this host: the results table is its own).
-
-    Each is `{"target": name, "label": what the report calls it, "kind": the profile's kind}`.
-    """
-    profiles, emulated = {}, {}
-    for b in benches:
-        t = b.get("target") or {}
-        if not t.get("name"):
-            continue
-        profiles[t["name"]] = t
-        emulated[t["name"]] = (b.get("device") or {}).get("emulated")
-        for h, device in (b.get("fleet") or {}).items():
-            profiles[f"{t['name']}@{h}"] = t
-            emulated[f"{t['name']}@{h}"] = (device or {}).get("emulated")
-    out = []
-    for name in dict.fromkeys(n for per in targets.values() for n in per if n != "host"):
-        t = profiles.get(name, {})
-        if t.get("kind") == "mcu":
-            core = t["cpu"].title() if t.get("cpu") and t["cpu"] == name else name  # cortex-m4 -> Cortex-M4
-            label = f"{core} ({'estimated' if t.get('measure') == 'estimate' else 'emulated'})"
-        else:
-            label = f"{name} (emulated)" if emulated.get(name) else name
-        out.append({"target": name, "label": label, "kind": t.get("kind")})
-    out.sort(key=lambda m: m["kind"] != "mcu")  # stable: benches keep their order within a kind
-    host = (benches[0].get("provenance") or {}) if benches else {}
-    what = ", ".join(str(host[k]) for k in ("machine", "cpu") if host.get(k))
-    return out + [{"target": "host", "label": f"this host ({what})" if what else "this host", "kind": "cpu"}]
-
-
-def _joined(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices: dict) -> list[dict]:
-    """Each target's own table (every target but this host, whose table is the results table), in
-    `measured`'s order: `{"target", "label", "table": header + rows, "notes": lines under it}`.
-
-    Columns: accuracy, instructions and flash when measured (an emulated microcontroller), latency and
-    FPS in the target's units (ms on a microcontroller), memory; each figure tagged with its provenance.
-    A row is a model benched on the target; one the target cannot run reads n/a, the reason under the table.
-    """
-    out = []
-    for m in measured:
-        t = m["target"]
-        benched = [(r["name"], targets[r["name"]][t]) for r in rows if t in targets.get(r["name"], {})]
-        if t == "host" or not benched:
-            continue
-        has = {key for _, f in benched for key in f}
-        columns = [("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %")]
-        if "instructions" in has:
-            columns.append(("instructions", "instructions", lambda v: f"{v / 1e6:.2f} M"))
-        if m["kind"] == "mcu":
-            columns += [("latency (ms)", "latency_ms", _figure), ("FPS", "fps", _figure)]
-        else:
-            columns += [("p50 latency", "latency_p50_us", _us), ("FPS", "fps", _figure)]
-        if "flash" in has:
-            columns.append(("flash", "flash", fsio.human_size))
-        columns.append(("memory", "memory", None))
-        table = [["model"] + [title for title, _, _ in columns]]
-        table += [[name] + [_cell(f, key, fmt) for _, key, fmt in columns] for name, f in benched]
-        tags = dict.fromkeys(f[key]["provenance"] for _, f in benched for _, key, _ in columns
-                             if isinstance(f.get(key), dict) and f[key].get("provenance") in PROVENANCE)
-        notes = ["; ".join(f"[{TAGS[p]}] {PROVENANCE[p][1]}" for p in tags) + "."] if tags else []
-        why: dict[str, list[str]] = {}
-        for name, f in benched:
-            if f.get("why_not"):
-                why.setdefault(f["why_not"], []).append(name)
-        notes += [f"n/a on {', '.join(names)}: {reason}." for reason, names in why.items()]
-        if devices.get(t):
-            notes.append(_capital(devices[t]))
-        out.append({"target": t, "label": _capital(m["label"]), "table": table, "notes": notes})
-    return out
-
-
-def _figure(v: float) -> str:
-    """A latency in ms or an FPS, three significant digits, never in scientific notation: 15.0, 66.5, 1,204."""
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.{1 if v >= 10 else 2 if v >= 1 else 3}f}"
-
-
-def targets_table(rows: list[dict], targets: dict) -> list[list[str]]:
-    """Header + rows of per-target columns, or [] when every figure is this host's own.
-
-    Each target has accuracy, latency and memory columns; one whose figures include instructions and
-    flash (an emulated microcontroller) has those columns too.
-    """
-    names = list(dict.fromkeys(t for per in targets.values() for t in per))
-    if names in ([], ["host"]):
-        return []
-    columns = []  # (target, column title, figure key, format)
-    for t in names:
-        figures = [per[t] for per in targets.values() if t in per]
-        has = {key for f in figures for key in f}
-        columns.append((t, f"acc@{t}", "accuracy", lambda v: f"{100 * v:.2f} %"))
-        if "instructions" in has:
-            columns.append((t, f"instr@{t}", "instructions", lambda v: f"{v / 1e6:.2f} M"))
-        columns.append((t, f"p50@{t}", "latency_p50_us", _us))
-        if "flash" in has:
-            columns.append((t, f"flash@{t}", "flash", fsio.human_size))
-        columns.append((t, f"mem@{t}", "memory", None))
-    table = [["model"] + [title for _, title, _, _ in columns]]
-    for r in rows:
-        table.append([r["name"]] + [_cell(targets.get(r["name"], {}).get(t), key, fmt) for t, _, key, fmt in columns])
-    return table
-
-
-def _cell(f: dict | None, key: str, fmt) -> str:
-    """One model's figure `key` on one target (`f`: its figures there), formatted and tagged; n/a when the
-    target did not run it, `n/a (why)` when the figure was not measured, `uncalibrated` for an emulated
-    latency without a calibration."""
-    def tagged(fig: dict | None, fmt) -> str:
-        if not fig or fig.get("value") is None:
-            if fig and fig.get("not_measured"):
-                return f"n/a ({fig['not_measured']})"
-            return "uncalibrated" if fig and fig.get("provenance") == "emulated" else "-"
-        return f"{fmt(fig['value'])} [{TAGS[fig['provenance']]}]"
-
-    if f is None or not f.get("deployable", True) or (key != "memory" and "accuracy" not in f):
-        return "NO FIT" if f is not None and f.get("fits") is False and key == "memory" else "n/a"
-    if key == "memory":
-        mem = f.get("memory") or {}
-        fits = "" if f.get("fits") is None else (" fits" if f["fits"] else " NO FIT")
-        return tagged(mem, lambda v, w=mem.get("what"): f"{fsio.human_size(v)} {w}") + fits
-    return tagged(f.get(key), fmt)
-
-
-def _short(v):
-    """A sampled value as a person reads it: 0.00976 and 1.18, not 0.009764507263345905."""
-    return f"{v:.3g}" if isinstance(v, float) else v
-
-
-def _us(v: float) -> str:
-    return f"{v:.0f} us" if v < 1000 else f"{v / 1000:.1f} ms"  # one column reads alike: 8.5 ms beside 12.9 ms
-
-
-def _text_table(table: list[list[str]], columns) -> list[str]:
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in table]
-
-
-def _devices(benches: list[dict]) -> dict[str, str]:
-    """Target name -> what its figures were measured on, an emulator named as one."""
-    out = {}
-    for b in benches:
-        name, device = b.get("target", {}).get("name"), b.get("device") or {}
-        if not name or name == "host" or not device:
-            continue
-        if device.get("machine") and device.get("cpu") and "arm-none-eabi-gcc" in device:  # an emulated MCU
-            out[name] = f"emulated: QEMU {device['machine']} ({device['cpu']}), {device['qemu-system-arm']}"
-        else:
-            where = device.get("host", "")
-            emulated = f", emulated ({device['emulated']})" if device.get("emulated") else ""
-            out[name] = f"{device.get('cpu') or device.get('machine') or '?'} at {where}{emulated}".replace(" at ,", ",")
     return out
 
 

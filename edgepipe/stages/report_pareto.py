@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepipe.core import fsio
+from edgepipe.stages.report_tables import capital
 
 
 def write_pareto(rows: list[dict], targets: dict, measured: list[dict], dest: Path) -> None:
@@ -39,7 +40,7 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
             points = [(((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
                        100 * r["accuracy"], r) for r in rows]
             scale, unit = _time_unit([x for x, _, _ in points if x])
-            panels.append((m["label"][:1].upper() + m["label"][1:], f"p50 latency, 1 thread ({unit})",
+            panels.append((capital(m["label"]), f"p50 latency, 1 thread ({unit})",
                            [(x and x / scale, y, r) for x, y, r in points]))
             continue
         figs = [(targets.get(r["name"], {}).get(t), r) for r in rows]
@@ -54,7 +55,7 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
         else:
             key, scale, xlabel = "instructions", 1e6, "instructions per inference (millions)"
         points = [((f.get(key) or {}).get("value"), 100 * f["accuracy"]["value"], r) for f, r in figs]
-        panels.append((m["label"][:1].upper() + m["label"][1:], xlabel, [(x and x / scale, y, r) for x, y, r in points]))
+        panels.append((capital(m["label"]), xlabel, [(x and x / scale, y, r) for x, y, r in points]))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
     colors = {"float32": "tab:blue", "float16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
     for ax, (title, xlabel, points) in zip(axes[0], panels):

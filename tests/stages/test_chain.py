@@ -297,7 +297,7 @@ def test_strided_cnn_needs_three_widths():
 
 
 def test_report_latencies_read_alike_in_one_column_and_sampled_values_are_short():
-    from edgepipe.stages.report import _short, _us
+    from edgepipe.stages.report_tables import micros_text, short
 
-    assert [_us(v) for v in (5.4, 987.0, 8522.0, 12850.0)] == ["5 us", "987 us", "8.5 ms", "12.8 ms"]
-    assert _short(0.009764507263345905) == "0.00976" and _short(12) == 12 and _short(True) is True
+    assert [micros_text(v) for v in (5.4, 987.0, 8522.0, 12850.0)] == ["5 us", "987 us", "8.5 ms", "12.8 ms"]
+    assert short(0.009764507263345905) == "0.00976" and short(12) == 12 and short(True) is True

@@ -208,7 +208,7 @@ def test_mcu_latency_in_ms_and_fps_each_tagged(host_and_m4, tmp_path):
 
 
 def _pareto_axes(benches: list[dict]) -> dict:
-    from edgepipe.stages.report import figures_by_target, measured_targets
+    from edgepipe.stages.report_tables import figures_by_target, measured_targets
     from edgepipe.stages.report_pareto import pareto_figure
     from edgepipe.targets.provenance import rows_by_name
 
