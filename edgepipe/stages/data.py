@@ -17,7 +17,7 @@ from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
-from edgepipe.datasets import sources
+from edgepipe.datasets import readers, sources
 from edgepipe.datasets.artifact import write_npz
 from edgepipe.datasets.augment import Augment
 from edgepipe.datasets.sources import KERAS_DATASETS
@@ -149,7 +149,7 @@ def _check_splits(splits: dict, p: DataParams) -> None:
 
 def _adapt(x: np.ndarray, p: DataParams) -> np.ndarray:
     if p.image_size and tuple(x.shape[1:3]) != tuple(p.image_size):
-        x = np.stack([sources.resize(a, p.image_size) for a in x])
+        x = np.stack([readers.resize(a, p.image_size) for a in x])
     if p.channels == 3 and x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     elif p.channels == 1 and x.shape[-1] == 3:  # ITU-R 601 luma, as PIL's "L"
