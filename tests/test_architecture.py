@@ -1,8 +1,10 @@
 """The package's floor plan, read from its imports (ast, no TensorFlow): one way, no cycles, stages as siblings.
 
-Imports run cli -> pipeline -> stages -> (training, datasets, targets) -> core; within the lower wings,
-training may use datasets, and targets may use datasets (the artifact a bench reads); a search uses
-training and targets. No stage module imports another: what two stages share lives in a lower wing.
+Imports run cli -> pipeline -> stages -> (training, datasets, export, targets) -> core; within the lower
+wings, training may use datasets, targets may use datasets (the artifact a bench reads), and export may use
+datasets and targets (it reads the .tflite it writes with the host's LiteRT, as a device would; devices
+never need Keras, so targets does not import export); a search uses training, export and targets. No stage
+module imports another: what two stages share lives in a lower wing.
 And a device's kind is its backend's business: nothing else compares a profile's kind, reach or measure.
 """
 
@@ -21,11 +23,13 @@ ALLOWED = {
     "datasets": {"core"},
     "training": {"core", "datasets"},
     "targets": {"core", "datasets"},
-    "search": {"core", "datasets", "training", "targets"},
-    "stages": {"core", "datasets", "training", "targets", "search"},
+    "export": {"core", "datasets", "targets"},  # reads back the .tflite it writes with the host's LiteRT
+    "search": {"core", "datasets", "training", "export", "targets"},
+    "stages": {"core", "datasets", "training", "export", "targets", "search"},
     "pipeline": {"core", "stages", "targets"},
     "cli": {"core", "pipeline", "stages", "targets", "training", "datasets", "edgepipe"},
-    "testing": {"core", "datasets", "pipeline", "stages", "training", "targets", "search", "cli"},  # tests drive the cli
+    # tests drive the cli
+    "testing": {"core", "datasets", "pipeline", "stages", "training", "export", "targets", "search", "cli"},
     "edgepipe": {"core", "pipeline"},  # the package face re-exports the public names
 }
 STAGE_TO_STAGE: set[tuple[str, str]] = set()  # none: DistillParams(TrainParams) both live in training
@@ -101,11 +105,13 @@ def test_the_checks_see_what_they_must_refuse():
     planted = {"edgepipe.stages.bench": frozenset({"edgepipe.stages.convert"}),
                "edgepipe.stages.convert": frozenset({"edgepipe.stages.registry"}),
                "edgepipe.stages.registry": frozenset({"edgepipe.stages.bench"}),
-               "edgepipe.core.fsio": frozenset({"edgepipe.targets.litert"})}
+               "edgepipe.core.fsio": frozenset({"edgepipe.targets.litert"}),
+               "edgepipe.targets.tflm": frozenset({"edgepipe.export.sidecar"})}
     assert cycles(planted) == [["edgepipe.stages.bench", "edgepipe.stages.convert", "edgepipe.stages.registry"]]
     found = violations({**code.graph(), **planted})
     assert "edgepipe.stages.bench -> edgepipe.stages.convert (a stage imports another stage)" in found
     assert "edgepipe.core.fsio -> edgepipe.targets.litert (core may not import targets)" in found
+    assert "edgepipe.targets.tflm -> edgepipe.export.sidecar (targets may not import export)" in found
 
 
 def test_the_graph_sees_imports_inside_functions():

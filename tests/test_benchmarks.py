@@ -21,7 +21,7 @@ def _run_dir(root, ours: bytes, ref: bytes):
 
 
 def _int8(arch: str, shape=(28, 28, 1)) -> bytes:
-    from edgepipe.targets import converter as convert
+    from edgepipe.export import converter as convert
     from edgepipe.training import nets
 
     x = np.random.default_rng(0).random((16, *shape), dtype=np.float32)

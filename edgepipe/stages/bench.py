@@ -29,11 +29,11 @@ from edgepipe.core.native import quiet_native
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
+from edgepipe.export.sidecar import sidecars
 from edgepipe.targets import device_runner, lint, litert
 from edgepipe.targets.backends import Backend, backend_for
 from edgepipe.targets.backends.host import host_provenance
 from edgepipe.targets.profiles import Target, load_target
-from edgepipe.targets.sidecar import sidecars
 from edgepipe.targets.tflm import tflm_check
 
 

@@ -24,10 +24,10 @@ from edgepipe.core.params import param
 from edgepipe.core.paths import C_IDENTIFIER, CPP_KEYWORDS
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
+from edgepipe.export.sidecar import sidecars
 from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
 from edgepipe.targets.provenance import rows_by_name
-from edgepipe.targets.sidecar import sidecars
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """The convert stage: LiteRT models in several formats, each checked against Keras before it counts.
 
-The formats are `edgepipe.targets.converter`'s. Every `.tflite` is loaded in the
+The formats are `edgepipe.export.converter`'s. Every `.tflite` is loaded in the
 LiteRT interpreter and compared with the Keras model on held-out samples: float formats by the largest
 absolute difference of the output probabilities, int8 by top-1 agreement. Beside each model: a JSON
 sidecar (I/O shape, dtype, scale and zero point, preprocessing, classes, parity) and `labels.txt`.
@@ -20,10 +20,10 @@ from edgepipe.core.params import param
 from edgepipe.core.paths import SAFE_NAME
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
+from edgepipe.export import quant_debug
+from edgepipe.export.converter import QUANTIZED, Granularity, Variant, convert
+from edgepipe.export.sidecar import describe_tflite
 from edgepipe.targets import litert
-from edgepipe.targets import quant_debug
-from edgepipe.targets.converter import QUANTIZED, Granularity, Variant, convert
-from edgepipe.targets.sidecar import describe_tflite
 from edgepipe.training import nets
 from edgepipe.training.modelio import carried_forward, load_model
 

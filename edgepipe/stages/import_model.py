@@ -83,7 +83,7 @@ def run_import_stage(params: ImportParams, io: StageIO) -> str:
 
 def _import_tflite(params: ImportParams, ds: Dataset, io: StageIO) -> str:
     from edgepipe.targets import litert
-    from edgepipe.targets.sidecar import describe_tflite, tflite_facts
+    from edgepipe.export.sidecar import describe_tflite, tflite_facts
 
     src = source(params)
     name = params.name or io.out.name

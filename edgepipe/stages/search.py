@@ -250,7 +250,7 @@ class _Search:
     def _reference(self) -> dict | None:
         if "reference" not in self.io.inputs:
             return None
-        from edgepipe.targets.sidecar import sidecars
+        from edgepipe.export.sidecar import sidecars
 
         ref_dir = Path(self.io.inputs["reference"])
         side = next((s for s in sidecars(ref_dir) if s["variant"] == "int8"), None)
@@ -378,7 +378,7 @@ class _Search:
         return Prune.pruned
 
     def _figures(self, model, tflite: Path, macs: int) -> dict:
-        from edgepipe.targets.converter import convert
+        from edgepipe.export.converter import convert
 
         tflite.write_bytes(convert(model, "int8", self.representative, "int8", tflite.stem))
         got = target_figures.measure(tflite, self.target, self.x_measure, macs=macs, work=tflite.parent / "emu",
@@ -525,7 +525,7 @@ class _Search:
     def _compare(self, tp, values: dict, distils: bool, final) -> dict:
         """The chosen configuration trained the other way round (same seed, epochs and knobs); both int8
         models judged on the validation split."""
-        from edgepipe.targets.converter import convert
+        from edgepipe.export.converter import convert
         from edgepipe.training.fit import seed_everything
 
         tp = dataclasses.replace(tp, epochs=self.p.final_epochs or tp.epochs)

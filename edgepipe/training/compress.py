@@ -4,7 +4,7 @@ The prune and cluster stages wrap the chosen layers of a trained model (tfmot's 
 and `cluster_weights`), fine-tune it with the shared training loop and strip the wrappers again, so the
 next stage gets a plain Keras model whose kernels are sparse or take few distinct values. The qat stage's
 `preserve` keeps them so through quantization (tfmot's collaborative-optimization schemes). The figures
-(`weight_stats` here, `edgepipe.targets.weights` for a `.tflite`) are read from the weights themselves.
+(`weight_stats` here, `edgepipe.export.weights` for a `.tflite`) are read from the weights themselves.
 """
 
 from __future__ import annotations

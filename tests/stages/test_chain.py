@@ -273,7 +273,7 @@ def test_zoo_models_quantize_and_their_qat_int8_matches_keras(arch, args):
     """Each zoo model goes through tfmot's QAT wrapper (conv -> BN -> ReLU folds) and its int8 model
     reproduces the QAT Keras model's probabilities (untrained models: their top-1 is near-constant, so the
     probabilities are the real check; measured differences 0.002 to 0.009)."""
-    from edgepipe.targets import converter as convert
+    from edgepipe.export import converter as convert
     from edgepipe.training import nets
 
     model = nets.build_model(arch, (28, 28, 1), 10, args)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.export.weights import tflite_weight_stats
 from edgepipe.stages.cluster import ClusterParams, run_cluster_stage
 from edgepipe.stages.convert import ConvertParams, run_convert_stage
 from edgepipe.stages.data import DataParams, run_data_stage
@@ -16,7 +17,6 @@ from edgepipe.stages.qat import QatParams, run_qat_stage
 from edgepipe.stages.train import TrainParams, run_train_stage
 from edgepipe.testing import FAST, write_idx_dataset
 from edgepipe.testing import run_stage as stage
-from edgepipe.targets.weights import tflite_weight_stats
 from edgepipe.training.modelio import load_model
 
 ARCH = {"arch": "strided_cnn", "arch_args": {"widths": [8, 16, 16]}}  # Conv -> BN -> ReLU blocks, as the zoo's

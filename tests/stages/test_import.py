@@ -107,7 +107,7 @@ def test_a_savedmodel_folder_is_imported_and_every_file_in_it_is_hashed(made, tm
 
 
 def test_a_float_tflite_is_recognised_as_float32(made, tmp_path):
-    from edgepipe.targets.sidecar import tflite_facts
+    from edgepipe.export.sidecar import tflite_facts
 
     facts = tflite_facts(made / "runs/made/conv/model_float32.tflite")
     assert facts["variant"] == "float32"

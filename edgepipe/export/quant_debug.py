@@ -29,7 +29,7 @@ import numpy as np
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.native import quiet_native
-from edgepipe.targets.converter import Granularity, int8_converter
+from edgepipe.export.converter import Granularity, int8_converter
 
 COLUMNS = ("rank", "layer", "op", "tensor", "unresolved_channels", "channel_relative_rmse", "relative_rmse", "rmse", "max_abs_error", "scale", "zero_point",
            "range_min", "range_max")
