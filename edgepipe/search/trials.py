@@ -332,6 +332,5 @@ def _history(path: Path) -> list[dict]:
     return read_history(path) if path.is_file() else []
 
 
-
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
