@@ -249,12 +249,14 @@ def targets(name):
 def lint(models, target, int8):
     """Check .tflite MODELS for what TARGET cannot run: float ops in int8 graphs, quantize islands, missing ops."""
     from edgepipe.targets import lint as linter
+    from edgepipe.targets.backends import backend_for
     from edgepipe.targets.profiles import load_target
 
     t = load_target(target or "host")
+    runtime = backend_for(t).runtime  # what the device runs is its backend's knowledge
     count = 0
     for path in models:
-        for f in linter.lint_for(path, t, int8):
+        for f in linter.lint_for(path, t, runtime, int8):
             ui.say(f.line(path.name))
             count += 1
     ui.say(f"{len(models)} model(s), {count} finding(s) for target {t.name}")

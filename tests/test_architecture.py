@@ -145,14 +145,23 @@ def _constants(node: ast.expr) -> set:
 
 
 def _fact(node: ast.expr) -> str | None:
-    """`target.kind` (an attribute) or `reach` (a name) when it names a device fact, else None."""
-    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
-    return name if name in DEVICE_FACTS else None
+    """The device fact `node` reads, else None: `target.kind` (an attribute), `reach` or `target_kind` (a
+    name), or a profile as a dict, as bench.json keeps it (`t["kind"]`, `t.get("measure")`)."""
+    if isinstance(node, ast.Subscript):
+        name = node.slice.value if isinstance(node.slice, ast.Constant) else None
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        name = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
+    else:
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+    if not isinstance(name, str):
+        return None
+    return name if name in DEVICE_FACTS or name.endswith(tuple(f"_{f}" for f in DEVICE_FACTS)) else None
 
 
 def kind_comparisons(source: str, where: str) -> list[str]:
-    """Each comparison of a device fact (`x.kind`, `x.reach`, `x.measure`, or a variable of that name) with
-    one of a Target's values for them, in an expression or a `match`, as `where:line: what`."""
+    """Each comparison of a device fact (`x.kind`, `x.reach`, `x.measure`, a variable of that name or ending
+    in it, or that key of a dict) with one of a Target's values for them, in an expression or a `match`, as
+    `where:line: what`."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
@@ -197,9 +206,13 @@ def test_the_kind_check_sees_what_it_must_refuse():
         'if target.kind == other.kind: pass',
         'match target.reach:\n    case "adb": pass',
         'match schedule.kind:\n    case "cosine": pass',
+        'if t.get("kind") == "mcu" or m["measure"] != "estimate": pass',
+        'if target_kind == "edgetpu" or spec["kind"] == "constant" or stage_kind == "train": pass',
     ])
     assert kind_comparisons(planted, "planted.py") == [
         "planted.py:1: target.kind == 'mcu'", "planted.py:2: self.target.measure != 'emulated'",
         "planted.py:3: profile.reach in ('ssh', 'adb')", "planted.py:4: 'edgetpu' == t.kind",
-        "planted.py:5: reach != 'ssh'", "planted.py:9: match target.reach"]
+        "planted.py:5: reach != 'ssh'", "planted.py:9: match target.reach",
+        "planted.py:13: m['measure'] != 'estimate'", "planted.py:13: t.get('kind') == 'mcu'",
+        "planted.py:14: target_kind == 'edgetpu'"]
     assert BACKENDS.is_dir() and Path(code.module_file("edgepipe.targets.backends")).parent == BACKENDS

@@ -69,7 +69,6 @@ def measure(tflite: Path, target: Target, x_float: np.ndarray, *, macs: int, wor
     return budget_values(figures)
 
 
-
 def budget_values(figures: dict) -> dict:
     """A target's tagged figures as the flat ones a search bounds and ranks: latency in ms, flash and RAM
     in bytes, the instruction count; `fits`, and the provenance they share (None when nothing ran)."""

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from edgepipe.core import fsio
+from edgepipe.targets.provenance import PROVENANCE
 
 # figure -> (direction, column title)
 OBJECTIVES = {
@@ -137,3 +138,23 @@ def figure_text(figure: str, value: float | None) -> str:
     if figure == "instructions":
         return f"{value / 1e6:.2f} M"
     return fsio.human_size(value)
+
+
+def row_text(r: dict) -> str:
+    """"val 98.91 %, 7.90 ms, flash 58.2 KB, RAM 9.1 KB [emu] (note)": what a trial measured."""
+    labels = {"latency_ms": "", "instructions": "instructions ", "flash_bytes": "flash ", "ram_bytes": "RAM "}
+    parts = [f"val {100 * r['val_accuracy']:.2f} %"] if r.get("val_accuracy") is not None else []
+    parts += [labels[k] + figure_text(k, r[k]) for k in labels if r.get(k) is not None
+              and not (k == "instructions" and r.get("latency_ms") is not None)]
+    text = ", ".join(parts)
+    if r.get("provenance"):
+        text += f" [{PROVENANCE.get(r['provenance'], (r['provenance'],))[0]}]"
+    if r.get("note") and r["state"] != "complete":
+        text += f" ({r['note']})"
+    return text.strip()
+
+
+def budget_text(budgets: dict) -> str:
+    """The budgets as a sentence: "latency_ms <= 8.00 ms, val_accuracy >= 98.00 %", or "no budget"."""
+    return ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in budgets.items()) or \
+        "no budget"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepipe.core import fsio
-from edgepipe.stages.report_tables import capital
+from edgepipe.stages.report_tables import WORKED_OUT, capital, latency_provenance
 
 
 def write_pareto(rows: list[dict], targets: dict, measured: list[dict], dest: Path) -> None:
@@ -23,10 +23,11 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
     front drawn; the matplotlib Figure.
 
     On a target, each model is placed at its accuracy and latency there (emulated or measured on the
-    device), in the target's units: ms on a microcontroller, on this host and other devices the unit that
-    fits the values (us, ms or s). A target whose models have no latency (an uncalibrated emulated core)
-    is drawn against instructions per inference instead. Tick labels are plain numbers, never offsets or
-    powers of ten; the axis is logarithmic only when the values span more than tenfold.
+    device), in the target's units: ms where the latency is worked out (a microcontroller's, `WORKED_OUT`),
+    on this host and the devices timed the unit that fits the values (us, ms or s). A target whose models
+    have no latency (an uncalibrated emulated core) is drawn against instructions per inference instead.
+    Tick labels are plain numbers, never offsets or powers of ten; the axis is logarithmic only when the
+    values span more than tenfold.
     """
     import matplotlib
 
@@ -50,8 +51,9 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
         timed = [f["latency_p50_us"]["value"] for f, _ in figs
                  if (f.get("latency_p50_us") or {}).get("value") is not None]
         if timed:
-            key, (scale, unit) = "latency_p50_us", (1000, "ms") if m["kind"] == "mcu" else _time_unit(timed)
-            xlabel = f"{'' if m['kind'] == 'mcu' else 'p50 '}latency ({unit})"
+            worked_out = latency_provenance(f for f, _ in figs) in WORKED_OUT
+            key, (scale, unit) = "latency_p50_us", (1000, "ms") if worked_out else _time_unit(timed)
+            xlabel = f"{'' if worked_out else 'p50 '}latency ({unit})"
         else:
             key, scale, xlabel = "instructions", 1e6, "instructions per inference (millions)"
         points = [((f.get(key) or {}).get("value"), 100 * f["accuracy"]["value"], r) for f, r in figs]

@@ -16,6 +16,13 @@ COLUMNS = ("model", "quant", "size", "compressed", "params", "MACs", "val accura
 TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
 TAG_LEGEND = ", ".join(f"[{tag}] {meaning}" for tag, meaning in PROVENANCE.values())
 
+# A latency worked out rather than timed, by its provenance -> how a target's label says so. Instructions x
+# a calibrated cycles per instruction (emulated) or MACs x cycles per MAC (estimate), at the board's clock:
+# one number per model, not a percentile of timed runs, so the report shows it in ms (a firmware engineer's
+# unit) and FPS, without "p50"; and a target whose latencies are worked out (a microcontroller's) leads the
+# report, since it is the one a model must be fitted to. A timed latency (target, host-litert) is a p50.
+WORKED_OUT = {"emulated": "emulated", "estimate": "estimated"}
+
 
 def flat_row(r: dict, ref: float | None) -> dict:
     """A bench row as report.json keeps it: its figures flattened, the delta against `ref` in points."""
@@ -72,11 +79,24 @@ def _derived(figure: dict, fn) -> dict:
     return {**figure, "value": None if figure.get("value") is None else fn(figure["value"])}
 
 
-def measured_targets(benches: list[dict], targets: dict) -> list[dict]:
-    """The targets the report's figures come from, in the order it shows them: microcontrollers first, then
-    other devices, this host last (every bench measures on this host: the results table is its own).
+def latency_provenance(figures) -> str | None:
+    """Where one target's latencies come from, from its models' figures there (`figures_by_target`'s values
+    for that target; None where a model was not benched on it): the provenance of the first latency figure,
+    since every model of a target is measured alike. None when no model has one (none ran there)."""
+    for f in figures:
+        latency = (f or {}).get("latency_p50_us")
+        if isinstance(latency, dict) and latency.get("provenance"):
+            return latency["provenance"]
+    return None
 
-    Each is `{"target": name, "label": what the report calls it, "kind": the profile's kind}`.
+
+def measured_targets(benches: list[dict], targets: dict) -> list[dict]:
+    """The targets the report's figures come from, in the order it shows them: those whose latencies are
+    worked out (`WORKED_OUT`: a microcontroller, emulated or estimated) first, then the devices timed, this
+    host last (every bench measures on this host: the results table is its own).
+
+    Each is `{"target": name, "label": what the report calls it, "kind": the profile's kind}`; the kind is
+    recorded for report.json's readers, the report decides nothing on it.
     """
     profiles, emulated = {}, {}
     for b in benches:
@@ -88,16 +108,16 @@ def measured_targets(benches: list[dict], targets: dict) -> list[dict]:
         for h, device in (b.get("fleet") or {}).items():
             profiles[f"{t['name']}@{h}"] = t
             emulated[f"{t['name']}@{h}"] = (device or {}).get("emulated")
-    out = []
+    out, worked_out = [], set()
     for name in dict.fromkeys(n for per in targets.values() for n in per if n != "host"):
         t = profiles.get(name, {})
-        if t.get("kind") == "mcu":
-            core = t["cpu"].title() if t.get("cpu") and t["cpu"] == name else name  # cortex-m4 -> Cortex-M4
-            label = f"{core} ({'estimated' if t.get('measure') == 'estimate' else 'emulated'})"
-        else:
-            label = f"{name} (emulated)" if emulated.get(name) else name
+        core = t["cpu"].title() if t.get("cpu") and t["cpu"] == name else name  # cortex-m4 -> Cortex-M4
+        how = WORKED_OUT.get(latency_provenance(per.get(name) for per in targets.values()))
+        if how:
+            worked_out.add(name)
+        label = f"{core} ({how})" if how else f"{core} (emulated)" if emulated.get(name) else core
         out.append({"target": name, "label": label, "kind": t.get("kind")})
-    out.sort(key=lambda m: m["kind"] != "mcu")  # stable: benches keep their order within a kind
+    out.sort(key=lambda m: m["target"] not in worked_out)  # stable: benches keep their order otherwise
     host = (benches[0].get("provenance") or {}) if benches else {}
     what = ", ".join(str(host[k]) for k in ("machine", "cpu") if host.get(k))
     return out + [{"target": "host", "label": f"this host ({what})" if what else "this host", "kind": "cpu"}]
@@ -118,7 +138,8 @@ def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices
     `measured`'s order: `{"target", "label", "table": header + rows, "notes": lines under it}`.
 
     Columns: accuracy, instructions and flash when measured (an emulated microcontroller), latency and
-    FPS in the target's units (ms on a microcontroller), memory; each figure tagged with its provenance.
+    FPS in the target's units (ms where the latency is worked out, `WORKED_OUT`; else the timed p50),
+    memory; each figure tagged with its provenance.
     A row is a model benched on the target; one the target cannot run reads n/a, the reason under the table.
     """
     out = []
@@ -131,7 +152,7 @@ def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices
         columns = [("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %")]
         if "instructions" in has:
             columns.append(("instructions", "instructions", lambda v: f"{v / 1e6:.2f} M"))
-        if m["kind"] == "mcu":
+        if latency_provenance(f for _, f in benched) in WORKED_OUT:
             columns += [("latency (ms)", "latency_ms", _figure), ("FPS", "fps", _figure)]
         else:
             columns += [("p50 latency", "latency_p50_us", micros_text), ("FPS", "fps", _figure)]

@@ -6,10 +6,12 @@ no delegate applied) and reports, one line each:
 - `float_op`: an operator computing in float inside a model that is meant to be fully int8 (an int8
   variant, or any model for an int8-only target such as the Edge TPU or a microcontroller);
 - `quant_island`: a DEQUANTIZE -> float ops -> QUANTIZE detour in the middle of an int8 graph;
-- `unsupported_op`: an operator the target's runtime does not have (TFLite Micro, the Edge TPU).
+- `unsupported_op`: an operator the target's runtime does not have (TFLite Micro, the Edge TPU);
+- `unsupported_op_version`: an operator written in a version the target's compiler refuses.
 
-Each finding names the operator and, when the converter kept it in the tensor name, the Keras layer
-that produced it.
+What a target's runtime runs is its backend's knowledge (`Backend.runtime` in `edgepipe.targets.backends`,
+a `Runtime`); the checks here are the same for every device. Each finding names the operator and, when the
+converter kept it in the tensor name, the Keras layer that produced it.
 """
 
 from __future__ import annotations
@@ -17,43 +19,33 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.native import quiet_native
 
-# Built-in operators of TFLite Micro's op resolver (tflite-micro `micro_mutable_op_resolver.h`, 2025).
-TFLM_OPS = frozenset("""
-ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND BROADCAST_ARGS
-BROADCAST_TO CALL_ONCE CAST CEIL CONCATENATION CONV_2D COS CUMSUM DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE
-DIV ELU EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND
-GREATER GREATER_EQUAL HARD_SWISH IF L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOGICAL_AND
-LOGICAL_NOT LOGICAL_OR LOGISTIC LOG_SOFTMAX MAX_POOL_2D MAXIMUM MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK
-PAD PADV2 PRELU QUANTIZE READ_VARIABLE REDUCE_MAX RELU RELU6 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR
-ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE
-SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM
-UNPACK VAR_HANDLE WHILE ZEROS_LIKE
-""".split())
-
-# Operators the Edge TPU compiler can map (coral.ai "TensorFlow models on the Edge TPU", supported
-# operations); anything else, and everything after it in the graph, runs on the host CPU.
-EDGETPU_OPS = frozenset("""
-ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXPAND_DIMS FULLY_CONNECTED HARD_SWISH
-L2_NORMALIZATION LOGISTIC LSTM MAXIMUM MAX_POOL_2D MEAN MINIMUM MUL PACK PAD PRELU QUANTIZE DEQUANTIZE REDUCE_MAX
-REDUCE_MIN RELU RELU6 RELU_N1_TO_1 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR RSQRT SLICE SOFTMAX
-SPACE_TO_DEPTH SPLIT SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM TANH TRANSPOSE TRANSPOSE_CONV
-""".split())
-
-RUNTIME_OPS = {"mcu": ("TFLite Micro", TFLM_OPS), "edgetpu": ("the Edge TPU", EDGETPU_OPS)}
-
-# The first operator version edgetpu_compiler 16.0 (its last release) refuses ("Didn't find op for builtin
-# opcode 'CONV_2D' version '6'"), as reported in google-coral/edgetpu #631 (CONV_2D), #845 (TRANSPOSE_CONV),
-# #879 (QUANTIZE) and google-coral/libedgetpu #71 (EXP). Newer TensorFlow converters write these versions;
-# an op not listed is not known to be refused.
-EDGETPU_REFUSED_VERSIONS = {"CONV_2D": 6, "TRANSPOSE_CONV": 4, "QUANTIZE": 3, "EXP": 2}
 FLOAT = (np.float32, np.float16, np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What a device's runtime runs, as its backend declares it (`Backend.runtime`): the lint's op checks.
+
+    Attributes:
+        name: the runtime as a finding names it ("is not an operator TFLite Micro has").
+        ops: the built-in operators it has.
+        refused_versions: operator -> the first version of it the device's compiler refuses.
+        refused_by: that compiler, as a finding names it ("edgetpu_compiler 16.0").
+        refused_fix: what a finding of a refused version says to do.
+    """
+
+    name: str
+    ops: frozenset[str]
+    refused_versions: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    refused_by: str = ""
+    refused_fix: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,17 +98,18 @@ def layer_of(tensor_name: str) -> str | None:
     return layer[len("quant_"):] if layer.startswith("quant_") else layer
 
 
-def lint(path: Path, *, int8: bool, target_kind: str | None = None, kept_float: Sequence[str] = ()) -> list[Finding]:
-    """Findings for `path`; `int8` says the model is meant to be fully integer, `target_kind` adds op checks.
-    Float operators of the `kept_float` layers come back marked intended."""
+def lint(path: Path, *, int8: bool, runtime: Runtime | None = None, kept_float: Sequence[str] = ()) -> list[Finding]:
+    """Findings for `path`; `int8` says the model is meant to be fully integer, `runtime` (what the target's
+    runtime runs, from its backend; None: any operator LiteRT has) adds the op checks. Float operators of
+    the `kept_float` layers come back marked intended."""
     graph = _Graph(*read_graph(path))
     findings: list[Finding] = []
     if int8:
         findings += _float_ops(graph, set(kept_float)) + _quant_islands(graph, set(kept_float))
-    if target_kind in RUNTIME_OPS:
-        findings += _unsupported_ops(graph, *RUNTIME_OPS[target_kind])
-    if target_kind == "edgetpu":
-        findings += _refused_versions(graph, op_versions(path))
+    if runtime is not None:
+        findings += _unsupported_ops(graph, runtime.name, runtime.ops)
+        if runtime.refused_versions:
+            findings += _refused_versions(graph, op_versions(path), runtime)
     return findings
 
 
@@ -131,16 +124,15 @@ def op_versions(path: Path) -> list[int]:
         raise EdgepipeError(f"{path}: not a valid LiteRT model ({e.message})", "re-run the convert stage") from None
 
 
-def _refused_versions(g: "_Graph", versions: list[int]) -> list[Finding]:
-    """Operators written in a version the Edge TPU compiler refuses."""
+def _refused_versions(g: "_Graph", versions: list[int], runtime: Runtime) -> list[Finding]:
+    """Operators written in a version the device's compiler refuses."""
     findings = []
     for op, version in zip(g.ops, versions):
-        first = EDGETPU_REFUSED_VERSIONS.get(op.name)
+        first = runtime.refused_versions.get(op.name)
         if first is not None and version >= first:
             findings.append(Finding("unsupported_op_version", op.name, g.layer(op),
-                                    f"{g.at(op)} is version {version}; edgetpu_compiler 16.0 takes it up to version "
-                                    f"{first - 1}; fix: convert with an older TensorFlow (2.8 and before write "
-                                    "versions it takes), or keep this op off the Edge TPU"))
+                                    f"{g.at(op)} is version {version}; {runtime.refused_by} takes it up to version "
+                                    f"{first - 1}; fix: {runtime.refused_fix}"))
     return findings
 
 
@@ -240,12 +232,13 @@ def integer_input(path: Path) -> bool:
     return all(tensors[i]["dtype"] in (np.int8, np.uint8) for i in ins)
 
 
-def lint_for(path: Path, target, int8: bool | None = None) -> list[Finding]:
-    """Lint `path` for a `Target`, from the file alone (`edgepipe lint`).
+def lint_for(path: Path, target, runtime: Runtime | None, int8: bool | None = None) -> list[Finding]:
+    """Lint `path` for a `Target` whose runtime runs `runtime` (its backend's), from the file alone
+    (`edgepipe lint`).
 
     Whether a model is meant to be fully int8 is known from its sidecar's variant when a bench lints it;
     from the file alone it is: when said (`int8`), when the target runs int8 only, or when the model's
     input is integer (the converter's full-integer output).
     """
     meant_int8 = int8 if int8 is not None else (target.needs_int8 or integer_input(path))
-    return lint(path, int8=meant_int8, target_kind=target.kind)
+    return lint(path, int8=meant_int8, runtime=runtime)

@@ -207,6 +207,20 @@ def test_mcu_latency_in_ms_and_fps_each_tagged(host_and_m4, tmp_path):
     assert qat["instructions"] == "1.16 M [emu]"
 
 
+def test_what_a_target_shows_comes_from_its_figures_not_its_profiles_kind(tmp_path):
+    """Units, label and place of each target's table follow its figures and their provenance: the same benches
+    with the profile's kind and measure left out of bench.json give the same report."""
+    benches = {"bench": host_bench(), "bench_m7": uncalibrated_m7_bench(), "bench_m4": estimated_m4_bench()}
+    blind = json.loads(json.dumps(benches))
+    for bench in blind.values():
+        del bench["target"]["kind"], bench["target"]["measure"]
+    seen = _report(tmp_path / "seen", benches)
+    unseen = _report(tmp_path / "unseen", blind)
+    assert (unseen / "report.md").read_text() == (seen / "report.md").read_text()
+    headings = [h for h, _ in _md_tables((seen / "report.md").read_text())]
+    assert headings[:3] == ["Cortex-M7 (emulated)", "Cortex-M4 (estimated)", "This host (x86_64, AMD EPYC)"]
+
+
 def _pareto_axes(benches: list[dict]) -> dict:
     from edgepipe.stages.report_tables import figures_by_target, measured_targets
     from edgepipe.stages.report_pareto import pareto_figure

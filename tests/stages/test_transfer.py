@@ -13,9 +13,10 @@ from edgepipe.stages.convert import ConvertParams, run_convert_stage
 from edgepipe.stages.data import DataParams, run_data_stage
 from edgepipe.stages.qat import QatParams, run_qat_stage
 from edgepipe.stages.train import TrainParams, run_train_stage
-from edgepipe.stages.transfer import TransferParams, adapter_weights, run_transfer_stage
+from edgepipe.stages.transfer import TransferParams, run_transfer_stage
 from edgepipe.testing import FAST, write_idx_dataset
 from edgepipe.testing import run_stage as stage
+from edgepipe.training.backbones import adapter_weights
 from edgepipe.training.modelio import load_model
 
 

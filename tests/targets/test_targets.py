@@ -269,9 +269,16 @@ def planted_model(tmp_path: Path, shape=(8, 8, 1), classes=3) -> Path:
     return path
 
 
+def runtime_of(profile: str) -> lint.Runtime | None:
+    """What a built-in profile's device runs, as its backend declares it for the lint."""
+    from edgepipe.targets.backends import backend_for
+
+    return backend_for(load_target(profile)).runtime
+
+
 def test_lint_catches_a_planted_float_op(tmp_path, cli):
     path = planted_model(tmp_path)
-    findings = lint.lint(path, int8=True, target_kind="edgetpu")
+    findings = lint.lint(path, int8=True, runtime=runtime_of("coral"))
     codes = {(f.code, f.op, f.layer) for f in findings}
     assert ("float_op", "SIN", "planted_sin") in codes
     assert ("quant_island", "DEQUANTIZE", "planted_sin") in codes
@@ -284,7 +291,7 @@ def test_lint_catches_a_planted_float_op(tmp_path, cli):
 def test_lint_passes_a_clean_int8_model_and_flags_nothing_in_float(tmp_path, cli, project):
     converted_recipe(tmp_path, project)
     out = tmp_path / "runs/tiny/tflite"
-    assert lint.lint(out / "model_int8.tflite", int8=True, target_kind="mcu") == []
+    assert lint.lint(out / "model_int8.tflite", int8=True, runtime=runtime_of("cortex-m4")) == []
     assert lint.lint(out / "model_float32.tflite", int8=False) == []
     # a float model on an int8-only target: every compute op is named
     assert {f.code for f in lint.lint(out / "model_float32.tflite", int8=True)} == {"float_op"}
@@ -310,16 +317,17 @@ def with_op_version(src: Path, dst: Path, op: str, version: int) -> Path:
 def test_lint_names_op_versions_the_edgetpu_compiler_refuses(tmp_path, project):
     converted_recipe(tmp_path, project)
     clean = tmp_path / "runs/tiny/tflite/model_int8.tflite"
-    first = lint.EDGETPU_REFUSED_VERSIONS["CONV_2D"]
+    first = runtime_of("coral").refused_versions["CONV_2D"]
     below = with_op_version(clean, tmp_path / "conv_below.tflite", "CONV_2D", first - 1)
-    assert not [f for f in lint.lint(below, int8=True, target_kind="edgetpu") if f.code == "unsupported_op_version"]
+    assert not [f for f in lint.lint(below, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"]
     refused = with_op_version(clean, tmp_path / "conv_refused.tflite", "CONV_2D", first)
     assert lint.op_versions(refused).count(first) >= 1
-    found = [f for f in lint.lint(refused, int8=True, target_kind="edgetpu") if f.code == "unsupported_op_version"]
+    found = [f for f in lint.lint(refused, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"]
     assert found and all(f.op == "CONV_2D" for f in found)
     assert f"is version {first}; edgetpu_compiler 16.0 takes it up to version {first - 1}" in found[0].message
     # the same file on a microcontroller: TFLite Micro's kernels take every version, nothing to say
-    assert not [f for f in lint.lint(refused, int8=True, target_kind="mcu") if f.code == "unsupported_op_version"]
+    assert not [f for f in lint.lint(refused, int8=True, runtime=runtime_of("cortex-m4"))
+                if f.code == "unsupported_op_version"]
 
 
 def test_bench_stage_prints_lint_findings_for_the_target(tmp_path, cli, project):

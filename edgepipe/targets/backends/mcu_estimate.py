@@ -23,14 +23,29 @@ from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.requirements import Requirement
 from edgepipe.targets import device_runner, litert
 from edgepipe.targets.backends.protocol import Backend
+from edgepipe.targets.lint import Runtime
 from edgepipe.targets.profiles import Target
 from edgepipe.targets.tflm import mcu_figures, tflm_accuracy, tflm_check
+
+# Built-in operators of TFLite Micro's op resolver (tflite-micro `micro_mutable_op_resolver.h`, 2025).
+TFLITE_MICRO = Runtime("TFLite Micro", frozenset("""
+ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND BROADCAST_ARGS
+BROADCAST_TO CALL_ONCE CAST CEIL CONCATENATION CONV_2D COS CUMSUM DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE
+DIV ELU EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND
+GREATER GREATER_EQUAL HARD_SWISH IF L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOGICAL_AND
+LOGICAL_NOT LOGICAL_OR LOGISTIC LOG_SOFTMAX MAX_POOL_2D MAXIMUM MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK
+PAD PADV2 PRELU QUANTIZE READ_VARIABLE REDUCE_MAX RELU RELU6 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR
+ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE
+SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM
+UNPACK VAR_HANDLE WHILE ZEROS_LIKE
+""".split()))
 
 
 class EstimatedMcu(Backend):
     name = "microcontroller (estimated)"
     measure_choices = ("emulated", "estimate")
     searchable = True
+    runtime = TFLITE_MICRO  # TFLite Micro's kernels take every operator version: nothing refused
 
     def check_profile(self, target: Target) -> None:
         missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(target, k) is None]

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.requirements import Requirement
+from edgepipe.targets.lint import Runtime
 from edgepipe.targets.profiles import Target
 
 
@@ -40,6 +41,8 @@ class Backend(abc.ABC):
     measure_choices: tuple[str, ...] = ()
     #: a search can measure every trial on it from here
     searchable: bool = False
+    #: what the device's runtime runs, for the lint (`edgepipe.targets.lint`); None: any operator LiteRT has
+    runtime: Runtime | None = None
 
     def check_profile(self, target: Target) -> None:
         """Refuse a profile this backend cannot measure with (RecipeError: what is missing; fix)."""

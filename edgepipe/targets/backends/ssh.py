@@ -27,7 +27,25 @@ import numpy as np
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.requirements import Requirement, tools
 from edgepipe.targets.backends.protocol import Backend, command
+from edgepipe.targets.lint import Runtime
 from edgepipe.targets.profiles import Target
+
+# Operators the Edge TPU compiler can map (coral.ai "TensorFlow models on the Edge TPU", supported
+# operations); anything else, and everything after it in the graph, runs on the host CPU. The versions:
+# the first of each operator edgetpu_compiler 16.0 (its last release) refuses ("Didn't find op for builtin
+# opcode 'CONV_2D' version '6'"), as reported in google-coral/edgetpu #631 (CONV_2D), #845 (TRANSPOSE_CONV),
+# #879 (QUANTIZE) and google-coral/libedgetpu #71 (EXP). Newer TensorFlow converters write these versions;
+# an op not listed is not known to be refused.
+EDGE_TPU = Runtime(
+    "the Edge TPU", frozenset("""
+ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXPAND_DIMS FULLY_CONNECTED HARD_SWISH
+L2_NORMALIZATION LOGISTIC LSTM MAXIMUM MAX_POOL_2D MEAN MINIMUM MUL PACK PAD PRELU QUANTIZE DEQUANTIZE REDUCE_MAX
+REDUCE_MIN RELU RELU6 RELU_N1_TO_1 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR RSQRT SLICE SOFTMAX
+SPACE_TO_DEPTH SPLIT SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM TANH TRANSPOSE TRANSPOSE_CONV
+""".split()),
+    refused_versions={"CONV_2D": 6, "TRANSPOSE_CONV": 4, "QUANTIZE": 3, "EXP": 2}, refused_by="edgetpu_compiler 16.0",
+    refused_fix="convert with an older TensorFlow (2.8 and before write versions it takes), or keep this op off the "
+                "Edge TPU")
 
 
 class SshLinux(Backend):
@@ -106,6 +124,7 @@ class SshLinux(Backend):
 
 class Coral(SshLinux):
     name = "Coral Edge TPU over SSH"
+    runtime = EDGE_TPU
 
     def needs(self, target: Target, params) -> list[Requirement]:
         from edgepipe.targets.edgetpu import INSTALL
