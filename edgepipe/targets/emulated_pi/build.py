@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgepipe.targets.emulated_pi.build_cache import cache_root
 from edgepipe.targets.emulated_pi.cpus import cpu_model
-from edgepipe.targets.emulated_pi.rootfs import user_device_entry
+from edgepipe.targets.emulated_pi.rootfs import user_base_name, user_device_entry, user_device_name
 from edgepipe.targets.emulated_pi.system_image import system_entry
 from edgepipe.targets.emulated_pi.tools import BuildError, Progress, require_tools
 
@@ -42,3 +42,27 @@ def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72"
         raise BuildError("building the system variant needs root (mmdebstrap's root mode, mke2fs -d with owners)",
                          "run the build once as root; the cache can then be used by others")
     return system_entry(root, progress, setup_binfmt)
+
+
+def user_build_state(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4) -> str:
+    """What `emulated_python(cpu)` has to do first: "built" (nothing, a cache lookup), "base" (the core's
+    entry from the cached base: hard links and a smoke test, seconds, no root) or "none" (the whole root
+    file system: mmdebstrap, root, the network)."""
+    cpu_model(cpu)
+    root = cache_root(cache_dir)
+    if (root / user_device_name(cpu, cores) / "manifest.json").is_file():
+        return "built"
+    return "base" if (root / user_base_name() / "manifest.json").is_file() else "none"
+
+
+def emulated_python(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4,
+                    progress: Progress = print) -> Path:
+    """The user variant's `python` alone, no SSH around it: Debian's aarch64 CPython 3.11 under
+    `qemu-aarch64-static -cpu <cpu>` with the pinned wheels, built into the cache first if need be (see
+    `build_device`). What a bench with `measure: emulated` runs the device runner with."""
+    state = user_build_state(cpu, cache_dir=cache_dir, cores=cores)
+    require_tools("build" if state == "none" else "python")
+    if state == "none" and os.geteuid() != 0:
+        raise BuildError("building the emulated Pi's root file system needs root (mmdebstrap)",
+                         "run it once as root with EDGEPIPE_CACHE naming this cache; later runs reuse it")
+    return user_device_entry(cache_root(cache_dir), cpu, cores, progress) / "python"

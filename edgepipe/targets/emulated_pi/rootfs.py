@@ -152,9 +152,14 @@ def _user_base_spec() -> dict:
             "python_tag": WHEEL_PYTHON}
 
 
+def user_base_name() -> str:
+    """The cache entry name of the base (rootfs + site) every core's entry is made from."""
+    return f"user-base-{cache_key(_user_base_spec())[:16]}"
+
+
 def _user_base_entry(root: Path, progress: Progress) -> Path:
     spec = _user_base_spec()
-    name = f"user-base-{cache_key(spec)[:16]}"
+    name = user_base_name()
     if (root / name / "manifest.json").is_file():
         return root / name
     wheels = wheels_entry(root, progress)
@@ -188,10 +193,15 @@ def _user_device_spec(cpu: str, cores: int) -> dict:
             "wrapper": wrapper_text(cpu, "ROOTFS", "SITE", qemu)}
 
 
+def user_device_name(cpu: str, cores: int) -> str:
+    """The cache entry name of the user variant for `cpu`: it changes with anything its build depends on."""
+    return f"user-{cpu}-{cache_key(_user_device_spec(cpu, cores))[:16]}"
+
+
 def user_device_entry(root: Path, cpu: str, cores: int, progress: Progress) -> Path:
     spec = _user_device_spec(cpu, cores)
     qemu = spec["qemu"]
-    name = f"user-{cpu}-{cache_key(spec)[:16]}"
+    name = user_device_name(cpu, cores)
     if (root / name / "manifest.json").is_file():
         return root / name
     base = _user_base_entry(root, progress)
