@@ -41,7 +41,7 @@ Modules:
     system_image  the system variant's configured root file system, kernel and ext4 image
     build         build_device: either variant, from the cache or built; emulated_python: the user
                   variant's python alone (what a bench with `measure: emulated` runs)
-    ssh           keys, ports and the SSH endpoint both devices share
+    ssh           what both devices share: keys, ports, the SSH endpoint, starting and stopping
     user_device   EmulatedPi: this machine's sshd and the emulated python
     vm            EmulatedPiVM: the booted arm64 VM
 
