@@ -61,8 +61,9 @@ class BenchParams:
     android_delegate: Literal["none", "gpu", "nnapi"] = param("none", "android: the delegate benchmark_model "
                                                               "runs the model with")
     measure: Literal["profile", "emulated", "estimate"] = param(
-        "profile", "microcontrollers: as the target profile says, emulated (TFLite Micro built for the core, run on "
-        "QEMU) or estimate (no toolchain needed)")
+        "profile", "as the target profile says; emulated: on QEMU (a microcontroller: TFLite Micro built for its "
+        "core; rpi4/rpi5: LiteRT in the Pi's arm64 Python, no latency); estimate: a microcontroller without a "
+        "toolchain")
     emulator_timeout: float = param(900.0, "wall-clock limit of one model's emulated run, in seconds", min=1.0)
 
 
@@ -106,11 +107,17 @@ def effective_target(params: BenchParams) -> tuple[Target, Backend]:
 def _check(target: Target, backend: Backend, params: BenchParams) -> None:
     """Refuse params the target cannot take, before anything is measured."""
     if params.host and not backend.takes_host:
-        raise EdgepipeError(f"target {target.name} is not reached over SSH (reach: {target.reach}), but a host was "
-                            "given", "drop --host, or use an SSH target such as rpi4")
+        device_itself = backend_for(load_target(params.target or "host")).takes_host  # without the measure param
+        other = (f"drop measure: {params.measure} to bench the device itself" if device_itself
+                 else "use an SSH target such as rpi4")
+        raise EdgepipeError(f"target {target.name} is measured by {backend.name}, not over SSH, but a host was given",
+                            f"drop --host (or the host param), or {other}")
     if params.measure != "profile" and params.measure not in backend.measure_choices:
-        raise EdgepipeError(f"measure: {params.measure} applies to microcontroller targets, not {target.name}",
-                            "drop measure from this bench stage")
+        takes = (f"takes measure: {' or '.join(backend.measure_choices)}" if backend.measure_choices
+                 else "is measured one way only")
+        raise EdgepipeError(f"measure: {params.measure} does not apply to target {target.name} ({backend.name}), "
+                            f"which {takes}", "drop measure from this bench stage" + (
+                                f", or use measure: {backend.measure_choices[0]}" if backend.measure_choices else ""))
     backend.check(target, params)
 
 

@@ -11,9 +11,14 @@ are measured on the target's instruction set, and latency is instructions x a `c
 calibrated against published measurements of a real board, when the profile has one. `measure: estimate`
 falls back to MACs x `cycles_per_mac`, a planning estimate labelled as such wherever it is shown.
 
+A Raspberry Pi profile (`rpi4`, `rpi5`) is measured on the device over SSH; with `measure: emulated` (the
+profile's or a bench's) its arm64 Python and LiteRT run under QEMU's model of its `cpu` on this machine:
+accuracy on the Pi's instruction set, no latency.
+
 What a profile's kind, reach and measure mean is its backend's business: `edgepipe.targets.backends`
 resolves the backend that measures on a profile, and refuses a profile that lacks what that backend
-needs (a microcontroller's RAM, flash and clock; an emulated one's cpu and qemu_machine).
+needs (a microcontroller's RAM, flash and clock; an emulated one's cpu and qemu_machine; an emulated
+Pi's cpu).
 """
 
 from __future__ import annotations
@@ -51,11 +56,12 @@ class Target:
     runtime_flash_bytes: int | None = param(None, "the runtime's own code size, before kernels (estimate)", min=0)
     arena_margin: float = param(0.1, "fraction added to the measured arena before the fit check", min=0.0, max=4.0)
     python: str = param("python3", "Python with ai-edge-litert and numpy on the device (reach: ssh)")
-    cpu: str | None = param(None, "MCU: the core TFLite Micro is compiled for and emulated (cortex-m4, cortex-m7, "
-                            "cortex-m55)")
+    cpu: str | None = param(None, "the core: MCU: TFLite Micro is compiled for it and emulated (cortex-m4, cortex-m7, "
+                            "cortex-m55); Pi: QEMU emulates it with measure: emulated (cortex-a72, cortex-a76)")
     measure: Literal["emulated", "estimate"] | None = param(
-        None, "MCU: emulated (TFLite Micro + CMSIS-NN built for cpu, run on qemu_machine) or estimate (MACs x "
-        "cycles_per_mac; no toolchain needed)")
+        None, "emulated: MCU: TFLite Micro + CMSIS-NN built for cpu, run on qemu_machine; Pi: LiteRT in the Pi's arm64 "
+        "Python under QEMU's cpu, no latency. estimate: MCU: MACs x cycles_per_mac, no toolchain needed. null: "
+        "measured on the device")
     qemu_machine: str | None = param(None, "MCU: the QEMU board that emulates cpu (mps2-an386, mps2-an500, "
                                      "mps3-an547)")
     cycles_per_instruction: float | None = param(
@@ -81,9 +87,9 @@ class Target:
 BUILTIN: dict[str, dict] = {
     "host": dict(description="this machine, LiteRT (XNNPACK) on the CPU", kind="cpu", reach="local"),
     "rpi4": dict(description="Raspberry Pi 4 (Cortex-A72 x4, 1.5 GHz), LiteRT on 64-bit Raspberry Pi OS",
-                 kind="cpu", reach="ssh", ram_bytes=1 << 30, clock_mhz=1500),
+                 kind="cpu", reach="ssh", ram_bytes=1 << 30, clock_mhz=1500, cpu="cortex-a72"),
     "rpi5": dict(description="Raspberry Pi 5 (Cortex-A76 x4, 2.4 GHz), LiteRT on 64-bit Raspberry Pi OS",
-                 kind="cpu", reach="ssh", ram_bytes=2 << 30, clock_mhz=2400),
+                 kind="cpu", reach="ssh", ram_bytes=2 << 30, clock_mhz=2400, cpu="cortex-a76"),
     "coral": dict(description="Coral USB Accelerator (Edge TPU) on a Linux host reached over SSH",
                   kind="edgetpu", runtime="ai-edge-litert + libedgetpu", delegate="libedgetpu.so.1",
                   reach="ssh", needs_int8=True),

@@ -98,6 +98,30 @@ def test_the_import_guard_refuses_what_a_module_does_at_import_time(tmp_path, pl
     assert done.returncode != 0 and f"RuntimeError: at import time: {refused}" in done.stderr, done.stderr[-2000:]
 
 
+def test_binfmt_misc_is_mounted_only_when_a_system_build_asks(tmp_path, monkeypatch):
+    """Only a system image to build, with `setup_binfmt=True`, mounts binfmt_misc or registers qemu: without
+    the request the build stops with how to do it by hand; with it, a cached image changes nothing."""
+    from edgepipe.targets.emulated_pi import binfmt, system_image
+
+    ran: list[str] = []
+    monkeypatch.setattr(binfmt, "run_step", lambda cmd, *a, **kw: ran.append(cmd[0]))
+    monkeypatch.setattr(binfmt, "binfmt_aarch64_enabled", lambda: False)  # as on a machine that never had it
+    monkeypatch.setattr(system_image, "binfmt_aarch64_enabled", lambda: False)
+    monkeypatch.setattr(system_image, "wheels_entry", lambda *a: pytest.fail("built past the binfmt check"))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # root: nothing but the request stands in the way
+    with pytest.raises(emulated_pi.BuildError, match="pass setup_binfmt=True"):
+        system_image.system_entry(tmp_path, None, setup_binfmt=False)
+    assert ran == []
+    with pytest.raises(emulated_pi.BuildError, match="still not enabled"):  # the planted check never sees it on
+        system_image.system_entry(tmp_path, None, setup_binfmt=True)
+    assert ran[-1] == "update-binfmts" and set(ran) <= {"mount", "update-binfmts"}
+    ran.clear()
+    cached = tmp_path / system_image.system_name()
+    cached.mkdir()
+    (cached / "manifest.json").write_text("{}")
+    assert system_image.system_entry(tmp_path, None, setup_binfmt=True) == cached and ran == []
+
+
 def _skip(variant: str) -> str | None:
     missing = emulated_pi.missing_tools(variant)
     if missing:

@@ -5,7 +5,8 @@
   (compile, then bench through the libedgetpu delegate);
 - `android`: a phone over adb, LiteRT's `benchmark_model`;
 - `mcu_emulated`: a Cortex-M, TFLite Micro + CMSIS-NN built for its core and run on QEMU;
-- `mcu_estimate`: a microcontroller estimated from TFLite Micro on this host and the model's MACs.
+- `mcu_estimate`: a microcontroller estimated from TFLite Micro on this host and the model's MACs;
+- `pi_emulated`: a Raspberry Pi's arm64 Python and LiteRT under QEMU on this host (`measure: emulated`).
 
 Adding a kind of device is one module here and one line in `REGISTRY`. `backend_for` is the only place,
 besides the backends themselves, that reads a profile's `kind`, `reach` and `measure`
@@ -15,7 +16,7 @@ besides the backends themselves, that reads a profile's `kind`, `reach` and `mea
 from __future__ import annotations
 
 from edgepipe.core.errors import RecipeError
-from edgepipe.targets.backends import android, host, mcu_emulated, mcu_estimate, ssh
+from edgepipe.targets.backends import android, host, mcu_emulated, mcu_estimate, pi_emulated, ssh
 from edgepipe.targets.backends.protocol import Backend
 from edgepipe.targets.profiles import Target
 
@@ -23,6 +24,7 @@ from edgepipe.targets.profiles import Target
 REGISTRY: list[tuple[tuple[str | None, str | None, str | None], Backend]] = [
     (("mcu", None, "emulated"), mcu_emulated.EmulatedMcu()),
     (("mcu", None, None), mcu_estimate.EstimatedMcu()),
+    (("cpu", None, "emulated"), pi_emulated.EmulatedPi()),
     (("edgetpu", "ssh", None), ssh.Coral()),
     ((None, "ssh", None), ssh.SshLinux()),
     ((None, "adb", None), android.Android()),

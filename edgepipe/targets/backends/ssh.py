@@ -11,10 +11,10 @@ compiled on this machine first, into the bench's `edgetpu/` folder (what a coral
 compiled file is benched on the device through the libedgetpu delegate; the compiler's operation
 counts go into the row.
 
-An emulated device (the emulated Raspberry Pi of `edgepipe.testing`) answers like a device but says so
-in its provenance: its accuracy is the device's, its timings and memory are the emulator's and are not
-reported. When it gets a profile of its own, that part becomes one more backend module (a `SshLinux`
-with its own `figures`) and one registry line.
+An emulated device behind SSH (`edgepipe.targets.emulated_pi`, started by hand or by a test) answers
+like a device but says so in its provenance: its accuracy is the device's, its timings and memory are
+the emulator's and are not reported. A bench's `measure: emulated` skips SSH altogether: the emulated
+Pi's python runs here (`pi_emulated`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ SPACE_TO_DEPTH SPLIT SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM TANH TRANS
 class SshLinux(Backend):
     name = "Linux device over SSH"
     takes_host = True
+    measure_choices = ("emulated",)  # a Pi's profile: its emulation on this machine (pi_emulated)
 
     def needs(self, target: Target, params) -> list[Requirement]:
         return [tools(["ssh"], "an SSH client, to reach the device"),

@@ -8,7 +8,9 @@ wheels (ai-edge-litert, numpy) on Debian bookworm arm64's CPython 3.11 -- what R
     The host's own sshd, on a free port, with throwaway keys. Only ``python`` is ARM: the bench param
     ``python`` points at a wrapper script that runs Debian's aarch64 ``python3.11`` under
     ``qemu-aarch64-static -cpu <core>`` (qemu-user, no binfmt_misc needed), with the wheels on its path.
-    ``mktemp``, ``scp`` and ``rm`` on the "device" are the host's. Starts at once.
+    ``mktemp``, ``scp`` and ``rm`` on the "device" are the host's. Starts at once. The same python also
+    runs alone, with no SSH around it (:func:`emulated_python`), which is how a bench with
+    ``measure: emulated`` on ``rpi4``/``rpi5`` runs the device runner (`edgepipe.targets.backends`).
 
 ``variant="system"`` (:class:`EmulatedPiVM`, slow: for a slow test)
     ``qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2G`` booting Debian's arm64 kernel with a
@@ -37,8 +39,9 @@ Modules:
     initramfs     the system variant's cpio initramfs and kernel modules
     binfmt        aarch64 binfmt_misc, enabled only when a system build asks
     system_image  the system variant's configured root file system, kernel and ext4 image
-    build         build_device: either variant, from the cache or built
-    ssh           keys, ports and the SSH endpoint both devices share
+    build         build_device: either variant, from the cache or built; emulated_python: the user
+                  variant's python alone (what a bench with `measure: emulated` runs)
+    ssh           what both devices share: keys, ports, the SSH endpoint, starting and stopping
     user_device   EmulatedPi: this machine's sshd and the emulated python
     vm            EmulatedPiVM: the booted arm64 VM
 
@@ -48,11 +51,11 @@ mode). Standard library only.
 """
 
 from edgepipe.targets.emulated_pi.binfmt import ensure_binfmt_aarch64
-from edgepipe.targets.emulated_pi.build import build_device
+from edgepipe.targets.emulated_pi.build import build_device, emulated_python, user_build_state
 from edgepipe.targets.emulated_pi.cpus import CPUS
 from edgepipe.targets.emulated_pi.tools import BuildError, missing_tools
 from edgepipe.targets.emulated_pi.user_device import EmulatedPi
 from edgepipe.targets.emulated_pi.vm import EmulatedPiVM
 
-__all__ = ["CPUS", "BuildError", "EmulatedPi", "EmulatedPiVM", "build_device", "ensure_binfmt_aarch64",
-           "missing_tools"]
+__all__ = ["CPUS", "BuildError", "EmulatedPi", "EmulatedPiVM", "build_device", "emulated_python",
+           "ensure_binfmt_aarch64", "missing_tools", "user_build_state"]

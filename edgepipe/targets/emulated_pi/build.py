@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgepipe.targets.emulated_pi.build_cache import cache_root
 from edgepipe.targets.emulated_pi.cpus import cpu_model
-from edgepipe.targets.emulated_pi.rootfs import user_device_entry
+from edgepipe.targets.emulated_pi.rootfs import user_base_name, user_device_entry, user_device_name
 from edgepipe.targets.emulated_pi.system_image import system_entry
-from edgepipe.targets.emulated_pi.tools import BuildError, Progress, require_tools
+from edgepipe.targets.emulated_pi.tools import Progress, require_tools
 
 
 def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72", variant: str = "user",
@@ -24,9 +23,11 @@ def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72"
 
     variant="system": a directory with `vmlinuz`, `initrd.cpio`, `root.ext4` and `manifest.json`, keyed by
     the same pins plus the kernel packages, modules and init scripts. `cpu` is a boot-time choice
-    (EmulatedPiVM) and not part of this build. Needs root and binfmt_misc for aarch64: enabled
+    (EmulatedPiVM) and not part of this build. Building it needs root and binfmt_misc for aarch64: enabled
     machine-wide only when the caller asks, `setup_binfmt=True` (with a progress line saying so); else a
-    BuildError says how.
+    BuildError says how. A cached image needs neither.
+
+    What a build needs (mmdebstrap, root, binfmt_misc) is checked only when there is something to build.
 
     One progress line per step; nothing (or only a cache hit) when cached. Atomic: a build runs in a
     temporary directory renamed into place when complete.
@@ -34,11 +35,28 @@ def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72"
     if variant not in ("user", "system"):
         raise ValueError(f"variant must be 'user' or 'system', not {variant!r}")
     cpu_model(cpu)
-    require_tools(variant)
     root = cache_root(cache_dir)
-    if variant == "user":
+    if variant == "user":  # its builds check what they need (mmdebstrap, root) when they have to build
+        require_tools("python")
         return user_device_entry(root, cpu, cores, progress)
-    if os.geteuid() != 0:
-        raise BuildError("building the system variant needs root (mmdebstrap's root mode, mke2fs -d with owners)",
-                         "run the build once as root; the cache can then be used by others")
+    require_tools("system")
     return system_entry(root, progress, setup_binfmt)
+
+
+def user_build_state(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4) -> str:
+    """What `emulated_python(cpu)` has to do first: "built" (nothing, a cache lookup), "base" (the core's
+    entry from the cached base: hard links and a smoke test, seconds, no root) or "none" (the whole root
+    file system: mmdebstrap, root, the network)."""
+    cpu_model(cpu)
+    root = cache_root(cache_dir)
+    if (root / user_device_name(cpu, cores) / "manifest.json").is_file():
+        return "built"
+    return "base" if (root / user_base_name() / "manifest.json").is_file() else "none"
+
+
+def emulated_python(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4,
+                    progress: Progress = print) -> Path:
+    """The user variant's `python` alone, no SSH around it: Debian's aarch64 CPython 3.11 under
+    `qemu-aarch64-static -cpu <cpu>` with the pinned wheels, built into the cache first if need be (see
+    `build_device`). What a bench with `measure: emulated` runs the device runner with."""
+    return build_device(cache_dir, cpu=cpu, variant="user", progress=progress, cores=cores) / "python"

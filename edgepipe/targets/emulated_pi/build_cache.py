@@ -75,15 +75,23 @@ def _locked(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def cached_entry(root: Path, name: str, spec: dict, build: Callable[[Path, Callable[[str], None]], dict],
-                 progress: Progress, label: str) -> Path:
-    """The cache entry `root/name`, building it with `build(tmpdir)` first if it is not there.
+def entry_name(kind: str, spec: dict) -> str:
+    """A cache entry's folder name: what it is (`wheels`, `user-cortex-a72`), then its key's first 16 hex digits."""
+    return f"{kind}-{cache_key(spec)[:16]}"
 
-    The build runs in `root/.tmp-name-*` and is renamed into place only when complete (with its
-    manifest.json written last), so a killed build leaves no entry; its leftovers are removed the next
-    time the same entry is built. `build(tmpdir, say)` prints one line per step through `say` (timed
-    into the manifest's "steps") and returns extra manifest fields.
+
+def cached_entry(root: Path, kind: str, spec: dict, build: Callable[[Path, Callable[[str], None]], dict],
+                 progress: Progress, label: str) -> Path:
+    """The cache entry of `kind` for `spec` under `root`, built with `build(tmpdir, say)` first if it is not there.
+
+    Only a build needs what goes into it: `build` makes the entries it is made from (cached entries
+    themselves) and checks what it needs, so a cached entry is a lookup and nothing else. The build runs
+    in `root/.tmp-name-*` and is renamed into place only when complete (with its manifest.json written
+    last), so a killed build leaves no entry; its leftovers are removed the next time the same entry is
+    built. `build` prints one line per step through `say` (timed into the manifest's "steps") and
+    returns extra manifest fields.
     """
+    name = entry_name(kind, spec)
     final = root / name
     if (final / "manifest.json").is_file():
         return final

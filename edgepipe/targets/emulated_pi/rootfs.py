@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from edgepipe.targets.emulated_pi.build_cache import cache_key, cached_entry, read_manifest
+from edgepipe.targets.emulated_pi.build_cache import cache_key, cached_entry, entry_name, read_manifest
 from edgepipe.targets.emulated_pi.cpus import CPUS, cpu_model, cpuinfo_text, write_cpuinfo
 from edgepipe.targets.emulated_pi.pins import (BUILDER_VERSION, MIRROR, SUITE, USER_PACKAGES, WHEEL_PLATFORMS,
                                               WHEEL_PYTHON, WHEELS)
-from edgepipe.targets.emulated_pi.tools import QEMU_USER, BuildError, Progress, run_step
+from edgepipe.targets.emulated_pi.tools import QEMU_USER, BuildError, Progress, require_tools, run_step
 from edgepipe.targets.emulated_pi.wheels import unpack_wheels, wheels_entry
 
 
@@ -152,17 +152,21 @@ def _user_base_spec() -> dict:
             "python_tag": WHEEL_PYTHON}
 
 
-def _user_base_entry(root: Path, progress: Progress) -> Path:
-    spec = _user_base_spec()
-    name = f"user-base-{cache_key(spec)[:16]}"
-    if (root / name / "manifest.json").is_file():
-        return root / name
-    wheels = wheels_entry(root, progress)
+def user_base_name() -> str:
+    """The cache entry name of the base (rootfs + site) every core's entry is made from."""
+    return entry_name("user-base", _user_base_spec())
 
+
+def _user_base_entry(root: Path, progress: Progress) -> Path:
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
+        require_tools("build")
+        if os.geteuid() != 0:
+            raise BuildError("building the emulated Pi's root file system needs root (mmdebstrap)",
+                             "run it once as root with EDGEPIPE_CACHE naming this cache; later runs reuse it")
+        wheels = wheels_entry(root, progress)
         log = tmp / "build.log"
-        say(f"pi: user base: [1/3] mmdebstrap --variant=extract --arch=arm64 "
-                       f"--include={','.join(USER_PACKAGES)} {SUITE}")
+        say(f"pi: user base: [1/3] mmdebstrap --variant=extract --arch=arm64 --include={','.join(USER_PACKAGES)} "
+            f"{SUITE}")
         debs = mmdebstrap_extract(tmp / "rootfs", USER_PACKAGES, log)
         say("pi: user base: [2/3] unpacking the wheels into site/")
         unpack_wheels(sorted(wheels.glob("*.whl")), tmp / "site")
@@ -172,7 +176,7 @@ def _user_base_entry(root: Path, progress: Progress) -> Path:
         return {"debs": debs, "wheels": read_manifest(wheels)["wheels"], "symlinks_relativized": n,
                 "python_deb": deb_version(debs, "python3.11")}
 
-    return cached_entry(root, name, spec, build, progress, "user base")
+    return cached_entry(root, "user-base", _user_base_spec(), build, progress, "user base")
 
 
 def emulated_marker(cpu: str) -> str:
@@ -188,22 +192,25 @@ def _user_device_spec(cpu: str, cores: int) -> dict:
             "wrapper": wrapper_text(cpu, "ROOTFS", "SITE", qemu)}
 
 
+def user_device_name(cpu: str, cores: int) -> str:
+    """The cache entry name of the user variant for `cpu`: it changes with anything its build depends on."""
+    return entry_name(f"user-{cpu}", _user_device_spec(cpu, cores))
+
+
 def user_device_entry(root: Path, cpu: str, cores: int, progress: Progress) -> Path:
     spec = _user_device_spec(cpu, cores)
     qemu = spec["qemu"]
-    name = f"user-{cpu}-{cache_key(spec)[:16]}"
-    if (root / name / "manifest.json").is_file():
-        return root / name
-    base = _user_base_entry(root, progress)
+    name = entry_name(f"user-{cpu}", spec)
 
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
+        base = _user_base_entry(root, progress)
         log = tmp / "build.log"
         final = root / name  # the wrapper names the final paths, valid once renamed into place
         say(f"pi: user {cpu}: [1/4] hard-link copy of the base rootfs and site")
         _hardlink_copy(base / "rootfs", tmp / "rootfs")
         _hardlink_copy(base / "site", tmp / "site")
         say(f"pi: user {cpu}: [2/4] ARM /proc/cpuinfo ({CPUS[cpu].board}, {CPUS[cpu].core} "
-                       f"part {CPUS[cpu].part:#05x})")
+            f"part {CPUS[cpu].part:#05x})")
         (tmp / "rootfs" / "proc" / "cpuinfo").unlink(missing_ok=True)  # never write through a hard link
         write_cpuinfo(tmp / "rootfs", cpu, cores)
         (tmp / "rootfs" / "etc" / "edgepipe-emulated").write_text(emulated_marker(cpu) + "\n")
@@ -224,4 +231,4 @@ def user_device_entry(root: Path, cpu: str, cores: int, progress: Progress) -> P
                 "compiled_by": compiled_by, "smoke": info, "base": base.name, "debs": base_m["debs"],
                 "wheels": base_m["wheels"], "python_deb": base_m["python_deb"]}
 
-    return cached_entry(root, name, spec, build, progress, f"user {cpu}")
+    return cached_entry(root, f"user-{cpu}", spec, build, progress, f"user {cpu}")

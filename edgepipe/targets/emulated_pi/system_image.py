@@ -8,13 +8,14 @@ Raspberry Pi OS Bookworm wants LiteRT installed (PEP 668). The tree becomes a sp
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from edgepipe.targets.emulated_pi.binfmt import binfmt_aarch64_enabled, ensure_binfmt_aarch64
-from edgepipe.targets.emulated_pi.build_cache import cache_key, cached_entry, disk_bytes, read_manifest, remove_tree
+from edgepipe.targets.emulated_pi.build_cache import cached_entry, disk_bytes, entry_name, read_manifest, remove_tree
 from edgepipe.targets.emulated_pi.initramfs import INITRAMFS_INIT, base_initramfs
 from edgepipe.targets.emulated_pi.pins import (BUILDER_VERSION, INITRAMFS_MODULES, KERNEL_PACKAGES, MIRROR, SUITE,
                                               SYSTEM_PACKAGES, VM_HOSTNAME, VM_IMAGE_BYTES, VM_UID, VM_USER, VM_VENV,
@@ -89,26 +90,32 @@ def system_spec() -> dict:
             "venv": VM_VENV}
 
 
+def system_name() -> str:
+    """The cache entry name of the system image."""
+    return entry_name("system", system_spec())
+
+
 def system_entry(root: Path, progress: Progress, setup_binfmt: bool) -> Path:
-    spec = system_spec()
-    name = f"system-{cache_key(spec)[:16]}"
-    if (root / name / "manifest.json").is_file():
-        return root / name
-    if setup_binfmt:
-        ensure_binfmt_aarch64(progress)
-    elif not binfmt_aarch64_enabled():
-        raise BuildError("aarch64 binfmt_misc emulation is not enabled (mmdebstrap configures the arm64 "
-                         "packages in a chroot)", "pass setup_binfmt=True, or enable it by hand (update-binfmts)")
-    wheels = wheels_entry(root, progress)
+    """The system image, built the first time; building needs aarch64 binfmt_misc, which only
+    `setup_binfmt=True` (an explicit request) enables, machine-wide."""
 
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
+        if os.geteuid() != 0:
+            raise BuildError("building the system variant needs root (mmdebstrap's root mode, mke2fs -d with "
+                             "owners)", "run the build once as root; the cache can then be used by others")
+        if setup_binfmt:
+            ensure_binfmt_aarch64(progress)
+        elif not binfmt_aarch64_enabled():
+            raise BuildError("aarch64 binfmt_misc emulation is not enabled (mmdebstrap configures the arm64 "
+                             "packages in a chroot)", "pass setup_binfmt=True, or enable it by hand (update-binfmts)")
+        wheels = wheels_entry(root, progress)
         log = tmp / "build.log"
         (tmp / "edgepipe-init").write_text(GUEST_INIT)
         (tmp / "customize.sh").write_text(CUSTOMIZE_HOOK)
         hook = (f"sh {shlex.quote(str(tmp / 'customize.sh'))} \"$1\" {shlex.quote(str(wheels))} "
                 f"{shlex.quote(str(tmp / 'edgepipe-init'))}")
         say(f"pi: system: [1/5] mmdebstrap --variant=minbase --arch=arm64 (configured under "
-                       f"qemu-user via binfmt_misc; a few minutes) + user {VM_USER}, venv {VM_VENV}")
+            f"qemu-user via binfmt_misc; a few minutes) + user {VM_USER}, venv {VM_VENV}")
         run_step(["mmdebstrap", "--variant=minbase", "--arch=arm64", f"--include={','.join(SYSTEM_PACKAGES)}",
                   f"--customize-hook={hook}", SUITE, str(tmp / "rootfs"), f"deb {MIRROR} {SUITE} main"],
                  log, "mmdebstrap (minbase, arm64)")
@@ -140,4 +147,4 @@ def system_entry(root: Path, progress: Progress, setup_binfmt: bool) -> Path:
                 "kernel_debs": kdebs, "python_deb": deb_version(debs, "python3.11"), "rootfs_bytes": rootfs_bytes,
                 "wheels": read_manifest(wheels)["wheels"], "venv": VM_VENV, "user": VM_USER}
 
-    return cached_entry(root, name, spec, build, progress, "system")
+    return cached_entry(root, "system", system_spec(), build, progress, "system")

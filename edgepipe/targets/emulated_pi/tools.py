@@ -28,16 +28,21 @@ SSHD = "/usr/sbin/sshd"
 
 
 def missing_tools(variant: str = "user") -> list[str]:
-    """The host tools (with the Debian package that has each) a variant needs and this machine lacks."""
-    need = {"mmdebstrap": "mmdebstrap", QEMU_USER: "qemu-user-static", "ssh": "openssh-client",
-            "ssh-keygen": "openssh-client", "scp": "openssh-client"}
+    """The host tools (with the Debian package that has each) this machine lacks for `variant`: "python"
+    runs the user variant's emulated python alone, "build" builds its root file system too, "user" is the
+    SSH device around it, "system" the whole VM."""
+    need = {QEMU_USER: "qemu-user-static"}
+    if variant != "python":
+        need["mmdebstrap"] = "mmdebstrap"
+    if variant in ("user", "system"):
+        need |= {"ssh": "openssh-client", "ssh-keygen": "openssh-client", "scp": "openssh-client"}
     if variant == "user":
         need[SSHD] = "openssh-server"
     elif variant == "system":
         need |= {QEMU_SYSTEM: "qemu-system-arm", "mke2fs": "e2fsprogs", "arch-test": "arch-test",
                  "update-binfmts": "binfmt-support"}
-    else:
-        raise ValueError(f"variant must be 'user' or 'system', not {variant!r}")
+    elif variant not in ("python", "build"):
+        raise ValueError(f"variant must be 'python', 'build', 'user' or 'system', not {variant!r}")
     return [f"{tool} ({pkg})" for tool, pkg in need.items()
             if not (Path(tool).is_file() if tool.startswith("/") else shutil.which(tool))]
 

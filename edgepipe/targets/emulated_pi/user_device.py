@@ -6,14 +6,13 @@ import getpass
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from edgepipe.targets.emulated_pi.build import build_device
 from edgepipe.targets.emulated_pi.build_cache import read_manifest
 from edgepipe.targets.emulated_pi.pins import SUITE
-from edgepipe.targets.emulated_pi.ssh import SshDevice, free_port, keygen, write_known_hosts
+from edgepipe.targets.emulated_pi.ssh import SshDevice, free_port
 from edgepipe.targets.emulated_pi.tools import SSHD, BuildError, Progress, missing_tools
 from edgepipe.targets.local_sshd import sshd_config
 
@@ -26,15 +25,13 @@ class EmulatedPi(SshDevice):
 
     Attributes (after __enter__): host (`user@127.0.0.1:port`), identity (the client's private key),
     ssh_options (`-o` options that make the client trust exactly this server), python (the wrapper path:
-    the bench param `python`), description, device (the cache entry), port, user.
+    the bench param `python`), description, device (the cache entry), port, user, workdir.
     """
 
     def __init__(self, cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None,
                  workdir: str | Path | None = None, progress: Progress = print, cores: int = 4):
         self.cpu, self.cache_dir, self.progress, self.cores = cpu, cache_dir, progress, cores
         self._workdir_arg = workdir
-        self.proc: subprocess.Popen | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
 
     @staticmethod
     def available() -> str | None:
@@ -42,34 +39,20 @@ class EmulatedPi(SshDevice):
         missing = missing_tools("user")
         return f"missing {', '.join(missing)}" if missing else None
 
-    def __enter__(self) -> "EmulatedPi":
+    def _prepare(self) -> None:
         self.device = build_device(self.cache_dir, cpu=self.cpu, variant="user", progress=self.progress,
                                    cores=self.cores)
         m = read_manifest(self.device)
         self.python = str(self.device / "python")
         self.description = (f"qemu-user {self.cpu}, Debian {SUITE} arm64, Python {m['smoke']['python']} "
                             f"(ai-edge-litert {m['smoke']['ai_edge_litert']}, numpy {m['smoke']['numpy']})")
-        if self._workdir_arg is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="edgepipe-pi-")
-            r = Path(self._tmp.name)
-        else:
-            r = Path(self._workdir_arg)
-            r.mkdir(parents=True, exist_ok=True)
-        try:
-            self._start_sshd(r)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
-    def _start_sshd(self, r: Path) -> None:
-        keygen(r / "host_key", "edgepipe-pi-host")
-        keygen(r / "client_key", "edgepipe-pi-client")
+    def _start(self, r: Path) -> None:
+        """This machine's sshd on a free port, trusting this instance's client key alone."""
+        self._keys(r, "edgepipe-pi", free_port(), getpass.getuser())
         (r / "authorized_keys").write_text((r / "client_key.pub").read_text())
         os.chmod(r / "authorized_keys", 0o600)
-        self.port = free_port()
         (r / "sshd_config").write_text(sshd_config(r, self.port))
-        write_known_hosts(r / "known_hosts", self.port, r / "host_key.pub")
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory, as root
         self._log = open(r / "sshd.log", "w")
@@ -79,26 +62,7 @@ class EmulatedPi(SshDevice):
         while True:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
+                    return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise BuildError(f"sshd did not start: {(r / 'sshd.log').read_text()[-500:]}")
             time.sleep(0.05)
-        self.user = getpass.getuser()
-        self.host = f"{self.user}@127.0.0.1:{self.port}"
-        self.identity = r / "client_key"
-        self.ssh_options = [f"UserKnownHostsFile={r / 'known_hosts'}", "StrictHostKeyChecking=yes"]
-        self.workdir = r
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-            self._log.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None

@@ -6,17 +6,16 @@ import contextlib
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from edgepipe.targets.emulated_pi.build import build_device
-from edgepipe.targets.emulated_pi.build_cache import cache_key, cache_root, read_manifest
+from edgepipe.targets.emulated_pi.build_cache import cache_root, read_manifest
 from edgepipe.targets.emulated_pi.cpus import cpu_model
 from edgepipe.targets.emulated_pi.initramfs import instance_cpio
 from edgepipe.targets.emulated_pi.pins import SUITE, VM_USER, VM_VENV
-from edgepipe.targets.emulated_pi.ssh import SshDevice, free_port, keygen, write_known_hosts
-from edgepipe.targets.emulated_pi.system_image import system_spec
+from edgepipe.targets.emulated_pi.ssh import SshDevice, free_port
+from edgepipe.targets.emulated_pi.system_image import system_name
 from edgepipe.targets.emulated_pi.tools import QEMU_SYSTEM, BuildError, Progress, missing_tools, show_progress
 
 
@@ -51,6 +50,9 @@ class EmulatedPiVM(SshDevice):
     `setup_binfmt=True` to have it enabled machine-wide (see `build_device`).
     """
 
+    stop_timeout = 20
+    _prefix = "edgepipe-pivm-"
+
     def __init__(self, cpu: str = "cortex-a72", *, smp: int = 2, memory: str = "2G",
                  cache_dir: str | Path | None = None, workdir: str | Path | None = None, progress: Progress = print,
                  internet: bool = False, boot_timeout: float = 600, setup_binfmt: bool = False):
@@ -58,8 +60,6 @@ class EmulatedPiVM(SshDevice):
         self.cpu, self.smp, self.memory, self.cache_dir, self.progress = cpu, smp, memory, cache_dir, progress
         self.internet, self.boot_timeout, self.setup_binfmt = internet, boot_timeout, setup_binfmt
         self._workdir_arg = workdir
-        self.proc: subprocess.Popen | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
 
     @staticmethod
     def available(cache_dir: str | Path | None = None) -> str | None:
@@ -67,12 +67,12 @@ class EmulatedPiVM(SshDevice):
         missing = missing_tools("system")
         if missing:
             return f"missing {', '.join(missing)}"
-        cached = (cache_root(cache_dir) / f"system-{cache_key(system_spec())[:16]}" / "manifest.json").is_file()
+        cached = (cache_root(cache_dir) / system_name() / "manifest.json").is_file()
         if not cached and os.geteuid() != 0:
             return "the system image is not cached and building it needs root"
         return None
 
-    def __enter__(self) -> "EmulatedPiVM":
+    def _prepare(self) -> None:
         self.device = build_device(self.cache_dir, cpu=self.cpu, variant="system", progress=self.progress,
                                    setup_binfmt=self.setup_binfmt)
         m = read_manifest(self.device)
@@ -80,39 +80,20 @@ class EmulatedPiVM(SshDevice):
         self.python = f"{VM_VENV}/bin/python"
         self.description = (f"qemu-system virt {self.cpu} x{self.smp}, {self.memory}, Debian {SUITE} arm64 "
                             f"(kernel {m['kernel_release']}), Python {pyver}")
-        if self._workdir_arg is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="edgepipe-pivm-")
-            r = Path(self._tmp.name)
-        else:
-            r = Path(self._workdir_arg)
-            r.mkdir(parents=True, exist_ok=True)
-        self.workdir = r
-        try:
-            self._boot(r)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
-    def _boot(self, r: Path) -> None:
-        keygen(r / "host_key", "edgepipe-pivm-host")
-        keygen(r / "client_key", "edgepipe-pivm-client")
+    def _start(self, r: Path) -> None:
+        """Boot the image with this instance's keys in its initramfs; return once its sshd lets us in."""
+        self._keys(r, "edgepipe-pivm", free_port(), VM_USER)
         initrd = r / "initrd.cpio"
         initrd.write_bytes((self.device / "initrd.cpio").read_bytes()
                            + instance_cpio(r / "host_key", (r / "client_key.pub").read_bytes()))
-        self.port = free_port()
-        write_known_hosts(r / "known_hosts", self.port, r / "host_key.pub")
-        self.user = VM_USER
-        self.host = f"{VM_USER}@127.0.0.1:{self.port}"
-        self.identity = r / "client_key"
-        self.ssh_options = [f"UserKnownHostsFile={r / 'known_hosts'}", "StrictHostKeyChecking=yes"]
         self.console = r / "console.log"
         cmd = vm_command(self.device, cpu=self.cpu, smp=self.smp, memory=self.memory, port=self.port,
                          initrd=initrd, console=self.console, internet=self.internet)
         show_progress(self.progress, f"pi: booting {self.description} (ssh on 127.0.0.1:{self.port})")
         start = time.monotonic()
-        self._qlog = open(r / "qemu.log", "w")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._qlog, stderr=subprocess.STDOUT,
+        self._log = open(r / "qemu.log", "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "TMPDIR": str(r)})  # -snapshot's overlay lives here
         while True:
             if self.proc.poll() is not None:
@@ -138,17 +119,3 @@ class EmulatedPiVM(SshDevice):
             s.settimeout(5)
             return s.recv(8).startswith(b"SSH-")
         return False
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-            self._qlog.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from edgepipe.targets.emulated_pi.build_cache import cache_key, cached_entry
+from edgepipe.targets.emulated_pi.build_cache import cached_entry
 from edgepipe.targets.emulated_pi.pins import BUILDER_VERSION, WHEEL_PLATFORMS, WHEEL_PYTHON, WHEELS
 from edgepipe.targets.emulated_pi.tools import BuildError, Progress, run_step
 
@@ -67,11 +67,9 @@ def _wheels_spec() -> dict:
 
 
 def wheels_entry(root: Path, progress: Progress) -> Path:
-    spec = _wheels_spec()
-    name = f"wheels-{cache_key(spec)[:16]}"
-
+    """The cache entry of the pinned aarch64 wheels (downloaded the first time)."""
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
         say("pi: wheels: pip download of the pinned aarch64 wheels (manylinux_2_27_aarch64 et al.)")
         return {"wheels": _download_wheels(tmp, tmp / "build.log")}
 
-    return cached_entry(root, name, spec, build, progress, "wheels")
+    return cached_entry(root, "wheels", _wheels_spec(), build, progress, "wheels")
