@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core import progress, ui
-from edgepipe.targets.mcu.build import build, get_target
+from edgepipe.targets.mcu.build import build
+from edgepipe.targets.mcu.cores import BOARDS, get_target
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
 from edgepipe.targets.mcu.reference import compare, tflm_python
-from edgepipe.targets.mcu.run import BOARDS, memory_report, prepare_firmware, run_many
+from edgepipe.targets.mcu.memory import memory_report
+from edgepipe.targets.mcu.prepare import prepare_firmware
+from edgepipe.targets.mcu.run import run_many
 from edgepipe.targets.mcu.sources import locate_sources
 from edgepipe.targets.mcu.toolchain import find_toolchain
 

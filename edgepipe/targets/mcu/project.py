@@ -2,7 +2,7 @@
 an example application and the board harness edgepipe measured it with.
 
 `make TFLM_DIR=<tflite-micro tree>` in the bundle folder compiles, with the flags and the sources
-edgepipe's own build used (`edgepipe.targets.mcu.build.plan`), a static library of the model, its op
+edgepipe's own build used (`edgepipe.targets.mcu.source_lists.plan`), a static library of the model, its op
 resolver and TFLite Micro (`build/libedgepipe_model.a`); `make check` also links the measuring harness
 for the emulated board and runs the sample inputs shipped in the bundle on QEMU, comparing every output
 byte with what edgepipe measured; `make example` links `main.cc`, a minimal application, for the same
@@ -19,16 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.targets.mcu.build import (
-    OPT_CORE,
-    OPT_KERNEL,
-    OPT_THIRD_PARTY,
-    compile_flags,
-    get_target,
-    include_dirs,
-    plan,
-)
-from edgepipe.targets.mcu.run import BOARDS, FIRMWARE_DIR
+from edgepipe.targets.mcu.cores import (BOARDS, OPT_CORE, OPT_KERNEL, OPT_THIRD_PARTY, compile_flags, get_target,
+                                         include_dirs)
+from edgepipe.targets.mcu.link import FIRMWARE_DIR
+from edgepipe.targets.mcu.source_lists import plan
 from edgepipe.targets.mcu.sources import TflmSources
 
 HARNESS_FILES = ("startup.c", "syscalls.c", "semihosting.h", "harness.cc", "arena.cc", "edgepipe_sections.ld")
