@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 
 from edgepipe.targets.mcu._util import cache_root
 from edgepipe.targets.mcu.compiler import Compiler, _archive, _member_name
-from edgepipe.targets.mcu.cores import (OPT_CORE, OPT_KERNEL, OPT_THIRD_PARTY, Target, compile_flags, get_target,
+from edgepipe.targets.mcu.cores import (OPT_CORE, OPT_KERNEL, OPT_THIRD_PARTY, Core, compile_flags, get_core,
                                          include_dirs)
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import ModelInfo
@@ -49,7 +49,7 @@ class BuildResult:
     """What :func:`build` produced (input to :func:`edgepipe.targets.mcu.link.link_firmware`).
 
     Attributes:
-        target: the :class:`~edgepipe.targets.mcu.cores.Target`.
+        core: the :class:`~edgepipe.targets.mcu.cores.Core`.
         sources: the :class:`~edgepipe.targets.mcu.sources.TflmSources`.
         toolchain: the :class:`~edgepipe.targets.mcu.toolchain.Toolchain`.
         archives: ``{"tflm_kernels"|"tflm_core"|"cmsis_nn": path}``, in link order.
@@ -61,7 +61,7 @@ class BuildResult:
         int8_kernels: whether int8-only registrations are used.
     """
 
-    target: Target
+    core: Core
     sources: TflmSources
     toolchain: Toolchain
     archives: dict
@@ -75,13 +75,13 @@ class BuildResult:
     compiler: Compiler | None = None
 
     def flags(self, lang: str) -> list[str]:
-        return compile_flags(self.target, lang)
+        return compile_flags(self.core, lang)
 
     def include_paths(self) -> list[str]:
-        return [str(self.sources.root / i) for i in include_dirs(self.target)]
+        return [str(self.sources.root / i) for i in include_dirs(self.core)]
 
     def summary(self) -> str:
-        return (f"{self.target.name}: {self.objects} objects "
+        return (f"{self.core.name}: {self.objects} objects "
                 f"({self.compiled} compiled, {self.cached} cached), "
                 f"{len(self.ops)} ops, {self.seconds:.1f} s")
 
@@ -104,7 +104,7 @@ def _default_progress(target: str) -> Callable[[int, int], None]:
     return cb
 
 
-def build(sources: TflmSources, target: str | Target = "cortex-m4", *,
+def build(sources: TflmSources, core: str | Core = "cortex-m4", *,
           model: ModelInfo | str | Path | None = None,
           ops: Iterable[str] | None = None,
           int8_kernels: bool = False,
@@ -116,7 +116,7 @@ def build(sources: TflmSources, target: str | Target = "cortex-m4", *,
 
     Args:
         sources: from :func:`edgepipe.targets.mcu.sources.locate_sources`.
-        target: ``cortex-m4``, ``cortex-m7`` or ``cortex-m55``.
+        core: ``cortex-m4``, ``cortex-m7`` or ``cortex-m55``.
         model: a ``.tflite`` (path or :class:`ModelInfo`) whose ops to build.
         ops: extra op names (``"ADD"``, ``"custom:CIRCULAR_BUFFER"``) or
             resolver method names (``"AddAdd"``), in addition to the model's.
@@ -130,7 +130,7 @@ def build(sources: TflmSources, target: str | Target = "cortex-m4", *,
         a :class:`BuildResult`.
     """
     t0 = time.monotonic()
-    t = get_target(target)
+    t = get_core(core)
     tc = toolchain or find_toolchain()
     cache = Path(cache_dir) if cache_dir else cache_root()
     root = sources.root
@@ -183,7 +183,7 @@ def build(sources: TflmSources, target: str | Target = "cortex-m4", *,
     archives = {}
     for g in ("tflm_kernels", "tflm_core", "cmsis_nn"):
         archives[g] = _archive(tc, cache, f"ep_{g}", sorted(groups[g]))
-    return BuildResult(target=t, sources=sources, toolchain=tc, archives=archives,
+    return BuildResult(core=t, sources=sources, toolchain=tc, archives=archives,
                        ops=chosen, kernel_sources=ksrcs, objects=total,
                        compiled=comp.stats["compiled"], cached=comp.stats["cached"],
                        seconds=time.monotonic() - t0, int8_kernels=int8_kernels,

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.sources import DOWNLOADS_REL
 
-__all__ = ["Target", "TARGETS", "get_target", "BOARDS", "compile_flags", "include_dirs",
+__all__ = ["Core", "CORES", "get_core", "BOARDS", "compile_flags", "include_dirs",
            "OPT_CORE", "OPT_KERNEL", "OPT_THIRD_PARTY"]
 
+
 @dataclass(frozen=True)
-class Target:
+class Core:
     """A Cortex-M CPU and the QEMU board that emulates it.
 
     Attributes:
@@ -43,25 +44,25 @@ class Target:
         return [f"-mcpu={self.name}", "-mfpu=auto", "-mfloat-abi=hard", "-mthumb"]
 
 
-TARGETS = {
-    "cortex-m4": Target("cortex-m4", "M4", "mps2-an386", "cortex-m4",
-                        "mps2_an386.ld", 0x40000000),
-    "cortex-m7": Target("cortex-m7", "M7", "mps2-an500", "cortex-m7",
-                        "mps2_an500.ld", 0x40000000),
-    "cortex-m55": Target("cortex-m55", "M55", "mps3-an547", "cortex-m55",
-                         "mps3_an547.ld", 0x58000000,
-                         ("-DARM_MODEL_USE_PMU_COUNTERS",)),
+CORES = {
+    "cortex-m4": Core("cortex-m4", "M4", "mps2-an386", "cortex-m4",
+                      "mps2_an386.ld", 0x40000000),
+    "cortex-m7": Core("cortex-m7", "M7", "mps2-an500", "cortex-m7",
+                      "mps2_an500.ld", 0x40000000),
+    "cortex-m55": Core("cortex-m55", "M55", "mps3-an547", "cortex-m55",
+                       "mps3_an547.ld", 0x58000000,
+                       ("-DARM_MODEL_USE_PMU_COUNTERS",)),
 }
 
 
-def get_target(name: str | Target) -> Target:
-    if isinstance(name, Target):
+def get_core(name: str | Core) -> Core:
+    if isinstance(name, Core):
         return name
     key = str(name).lower().replace("+fp", "")
-    if key not in TARGETS:
+    if key not in CORES:
         raise McuError(f"unknown MCU target {name!r}",
-                       "use one of " + ", ".join(sorted(TARGETS)))
-    return TARGETS[key]
+                       "use one of " + ", ".join(sorted(CORES)))
+    return CORES[key]
 
 
 #: QEMU machine -> memory layout and timer clock.
@@ -103,7 +104,7 @@ OPT_KERNEL = "-O2"     # KERNEL_OPTIMIZATION_LEVEL
 OPT_THIRD_PARTY = "-O2"  # THIRD_PARTY_KERNEL_OPTIMIZATION_LEVEL
 
 
-def _platform_flags(t: Target) -> list[str]:
+def _platform_flags(t: Core) -> list[str]:
     # PLATFORM_FLAGS of targets/cortex_m_generic_makefile.inc (minus -MD).
     return [*t.cpu_flags, "-DTF_LITE_MCU_DEBUG_LOG", "-mlittle-endian",
             "-Wno-type-limits", "-Wno-unused-private-field",
@@ -114,16 +115,16 @@ def _platform_flags(t: Target) -> list[str]:
             "-DARM_NN_ENABLE_F16=0", "-DARM_NN_ENABLE_F32=0"]
 
 
-def compile_flags(target: Target | str, lang: str) -> list[str]:
+def compile_flags(core: Core | str, lang: str) -> list[str]:
     """TFLM's flags for *lang* (``"c"`` or ``"c++"``), without -O and -I."""
-    t = get_target(target)
+    t = get_core(core)
     extra = _CXX_ONLY if lang == "c++" else _C_ONLY
     return [*extra, *_COMMON, *_platform_flags(t)]
 
 
-def include_dirs(target: Target | str) -> list[str]:
+def include_dirs(core: Core | str) -> list[str]:
     """Include dirs relative to the TFLM root, in TFLM's order."""
-    t = get_target(target)
+    t = get_core(core)
     dl = DOWNLOADS_REL
     return [".", dl, f"{dl}/gemmlowp", f"{dl}/flatbuffers/include",
             f"{dl}/kissfft", f"{dl}/ruy",

@@ -22,7 +22,7 @@ from edgepipe.targets.mcu._util import cache_root, nice_prefix, work_root
 from edgepipe.targets.mcu.build import BuildResult
 from edgepipe.targets.mcu.bundle import Bundle
 from edgepipe.targets.mcu.compiler import Compiler
-from edgepipe.targets.mcu.cores import BOARDS, Target, compile_flags, get_target, include_dirs
+from edgepipe.targets.mcu.cores import BOARDS, Core, compile_flags, get_core, include_dirs
 from edgepipe.targets.mcu.errors import McuError, one_line
 
 __all__ = ["Firmware", "link_firmware", "parse_overflow", "FIRMWARE_DIR"]
@@ -39,7 +39,7 @@ class Firmware:
     Attributes:
         elf, map: paths of the ELF and its linker map.
         work_dir: the folder holding them (and ``bundle/``, ``obj/``).
-        target: the :class:`~edgepipe.targets.mcu.cores.Target`; machine: QEMU board.
+        core: the :class:`~edgepipe.targets.mcu.cores.Core`; machine: QEMU board.
         flash_size, ram_size: the region sizes it was linked against.
         arena_size: ``kTensorArenaSize`` compiled in.
     """
@@ -47,7 +47,7 @@ class Firmware:
     elf: Path
     map: Path
     work_dir: Path
-    target: Target
+    core: Core
     machine: str
     flash_size: int
     ram_size: int
@@ -114,7 +114,7 @@ def _script(board: dict, work: Path, flash_size: int | None,
 
 
 def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
-                  target: str | Target, build: BuildResult, *,
+                  core: str | Core, build: BuildResult, *,
                   work_dir: str | os.PathLike | None = None,
                   flash_size: int | None = None, ram_size: int | None = None,
                   stack_size: int | None = None,
@@ -127,7 +127,7 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
             files (``model_data.h``, ``model_ops.h``, ``model_io.h`` and the
             ``model_data.cc`` defining the array, unless ``model_data.h``
             defines it itself).
-        target: must match ``build.target``.
+        core: must match ``build.core``.
         work_dir: output folder (default: a fresh one under the cache).
         flash_size, ram_size: override the board's region sizes (model a
             smaller part; a model that does not fit raises the fit error).
@@ -143,9 +143,9 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
             FLASH overflowed by N bytes ..." when a region overflows.
     """
     t0 = time.monotonic()
-    t = get_target(target)
-    if build.target.name != t.name:
-        raise McuError(f"build is for {build.target.name}, not {t.name}",
+    t = get_core(core)
+    if build.core.name != t.name:
+        raise McuError(f"build is for {build.core.name}, not {t.name}",
                        f"build for {t.name} first")
     machine = t.machine
     board = BOARDS[machine]
@@ -211,7 +211,7 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
                        "check the bundle files and the toolchain", detail=r.stderr)
     arena = _arena_from_header(work / "bundle" / "model_io.h")
     return Firmware(elf=work / "fw.elf", map=work / "fw.map", work_dir=work,
-                    target=t, machine=machine, flash_size=fl_size, ram_size=ram,
+                    core=t, machine=machine, flash_size=fl_size, ram_size=ram,
                     arena_size=arena, link_seconds=time.monotonic() - t0,
                     build=build)
 

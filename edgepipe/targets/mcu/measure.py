@@ -21,7 +21,7 @@ import numpy as np
 
 from edgepipe.core import progress, ui
 from edgepipe.targets.mcu.build import build
-from edgepipe.targets.mcu.cores import BOARDS, get_target
+from edgepipe.targets.mcu.cores import BOARDS, get_core
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
 from edgepipe.targets.mcu.reference import compare, tflm_python
@@ -56,7 +56,7 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
 
     toolchain = find_toolchain()
     sources = locate_sources(target.tflm_src)
-    core = get_target(target.cpu)
+    core = get_core(target.cpu)
     if BOARDS[core.machine]["cpu"] != target.cpu or (target.qemu_machine and target.qemu_machine != core.machine):
         raise McuError(f"target {target.name}: qemu_machine {target.qemu_machine} does not emulate {target.cpu}",
                        f"use qemu_machine: {core.machine} for {target.cpu}")

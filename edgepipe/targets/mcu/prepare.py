@@ -36,7 +36,7 @@ def prepare_firmware(model: str | Path | ModelInfo, build: BuildResult, *,
         "probe_arena", "tries"}``.
     """
     info = model if isinstance(model, ModelInfo) else read_model(model)
-    t = build.target
+    t = build.core
     board = BOARDS[t.machine]
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(
         prefix="fw-", dir=work_root()))

@@ -39,11 +39,11 @@ from edgepipe.targets.mcu.cores import BOARDS
 from edgepipe.targets.mcu.errors import McuError, one_line
 from edgepipe.targets.mcu.link import Firmware
 
-__all__ = ["RunResult", "run", "run_many"]
+__all__ = ["EmulatorRun", "run", "run_many"]
 
 
 @dataclass
-class RunResult:
+class EmulatorRun:
     """Outcome of one emulator run.
 
     Attributes:
@@ -97,7 +97,7 @@ def _read_summary(p: Path) -> dict:
 def run(elf: str | Path | Firmware, machine: str | None = None,
         inputs: np.ndarray | None = None, timeout: float = 600.0, *,
         run_dir: str | Path | None = None, qemu: str | None = None,
-        keep: bool = False) -> RunResult:
+        keep: bool = False) -> EmulatorRun:
     """Run the firmware on QEMU over *inputs*.
 
     Args:
@@ -218,7 +218,7 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
                            "this QEMU clocks the timer differently; update BOARDS")
         instr = ticks * ipt
         instr = instr.astype(np.int64) if float(ipt).is_integer() else instr
-        res = RunResult(outputs=outputs, ticks=ticks, instructions=instr,
+        res = EmulatorRun(outputs=outputs, ticks=ticks, instructions=instr,
                         instr_per_tick=ipt, calib_instr_per_tick=calib,
                         summary=summary, wall_seconds=wall, stdout=out_s)
         return res
@@ -236,7 +236,7 @@ def run_many(jobs: Sequence[dict], max_parallel: int | None = None,
         on_done: called in this thread as each run ends, with how many have ended and that job's index.
 
     Returns:
-        a list aligned with *jobs* of :class:`RunResult` or :class:`McuError`.
+        a list aligned with *jobs* of :class:`EmulatorRun` or :class:`McuError`.
     """
     n = max(1, min(len(jobs), max_parallel or os.cpu_count() or 1))
 
