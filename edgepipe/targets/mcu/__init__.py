@@ -22,6 +22,7 @@ Modules:
     link          link the harness firmware for a bundle (fit errors name the region)
     memory        flash and RAM of a linked firmware, by origin
     run           run a firmware on QEMU: outputs and instructions per inference
+    arena         the smallest tensor arena, one search for this host's TFLM and for the board
     prepare       a model's firmware: bundle, arena sized on the board, final link
     reference     host reference outputs (tflite_micro, ai_edge_litert)
     calibrate     MLPerf Tiny calibration of cycles per instruction

@@ -6,8 +6,9 @@ import tempfile
 from pathlib import Path
 
 from edgepipe.targets.mcu._util import work_root
+from edgepipe.targets.mcu.arena import smallest_arena
 from edgepipe.targets.mcu.build import BuildResult
-from edgepipe.targets.mcu.bundle import write_bundle, write_model_io
+from edgepipe.targets.mcu.bundle import ALIGN, write_bundle, write_model_io
 from edgepipe.targets.mcu.cores import BOARDS
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.link import Firmware, link_firmware
@@ -25,11 +26,11 @@ def prepare_firmware(model: str | Path | ModelInfo, build: BuildResult, *,
                      timeout: float = 120.0) -> tuple[Firmware, dict]:
     """Bundle *model*, size its arena on the board, and link the final firmware.
 
-    The arena is probed with a generous size, then shrunk to
-    ``arena_used_bytes()`` rounded up to 16 B; when AllocateTensors needs more
-    during planning (scratch buffers), it grows in steps until it works and
-    then bisects to the smallest working size (16-byte granularity).  The
-    figure compiled in is one that works.
+    The firmware is first linked with a generous arena, which reports
+    ``arena_used_bytes()``; from there :func:`~edgepipe.targets.mcu.arena.smallest_arena`
+    grows the arena in steps until AllocateTensors succeeds (planning can ask
+    for scratch the report left out) and bisects to the smallest working size,
+    in 16-byte units.  The figure compiled in is one that works.
 
     Returns:
         ``(firmware, info)`` with ``info = {"arena_size", "arena_used_bytes",
@@ -50,49 +51,34 @@ def prepare_firmware(model: str | Path | ModelInfo, build: BuildResult, *,
     r = run(fw, inputs=None, timeout=timeout)
     used = r.summary["arena_used_bytes"]
     tries = 0
-    last = [None]  # every link overwrites work/fw.elf: remember which size it has
+    last = [None, None]  # every link overwrites work/fw.elf: the size and the firmware of the latest one
 
-    def works(size: int) -> Firmware | None:
+    def works(size: int) -> bool:
         nonlocal tries
         tries += 1
-        last[0] = size
         write_model_io(bundle.dir, size)
-        f = link_firmware(bundle, t, build, work_dir=work, flash_size=flash_size,
-                          ram_size=ram_size)
+        last[:] = [size, link_firmware(bundle, t, build, work_dir=work, flash_size=flash_size,
+                                       ram_size=ram_size)]
         try:
-            run(f, inputs=None, timeout=timeout)
-            return f
+            run(last[1], inputs=None, timeout=timeout)
+            return True
         except McuError as e:
             if "AllocateTensors" not in e.message:
                 raise
-            return None
+            return False
 
-    # Grow from arena_used (rounded to 16 B) until AllocateTensors succeeds,
-    # then bisect the last step down to 16-byte granularity.
-    lo = hi = (used + 15) // 16 * 16
-    best = None
-    for step in (0, 16, 64, 256, 1024, 4096, 16384, 65536):
-        hi = lo + step
-        best = works(hi)
-        if best is not None:
-            break
-        fail_at = hi
-    else:
-        raise McuError(f"AllocateTensors still fails with a {hi:,} B arena "
+    # A try here is a link and an emulator boot, and the firmware's arena a whole number of ALIGN-byte units:
+    # the search starts from what TFLM reported using, grows by steps for scratch it left out, and bisects on
+    # those units.
+    first = -(-used // ALIGN) * ALIGN
+    growth = (0, 16, 64, 256, 1024, 4096, 16384, 65536)
+    arena = smallest_arena(works, first, failing=first - ALIGN, growth=growth, multiple=ALIGN)
+    if arena is None:
+        raise McuError(f"AllocateTensors still fails with a {first + growth[-1]:,} B arena "
                        f"(arena_used_bytes() reported {used:,} B)",
                        "report this model; TFLM needs far more scratch than it reports")
-    if hi != lo:
-        bad = fail_at
-        while hi - bad > 16:
-            mid = (bad + hi) // 2 // 16 * 16
-            f = works(mid)
-            if f is not None:
-                hi, best = mid, f
-            else:
-                bad = mid
-        if last[0] != hi:  # the ELF on disk is from a failed try: relink
-            best = works(hi)
-    fw, cand = best, hi
-    fw.arena_size = (cand + 15) // 16 * 16
+    if last[0] != arena:  # the ELF on disk is from a failed try: relink
+        works(arena)
+    fw = last[1]
     return fw, {"arena_size": fw.arena_size, "arena_used_bytes": used,
                 "probe_arena": probe, "tries": tries}
