@@ -26,10 +26,7 @@ KERNEL_FLASH_BYTES = {
     "RESHAPE": 500, "QUANTIZE": 1500, "DEQUANTIZE": 1500, "PAD": 1500, "CONCATENATION": 1500,
     "LOGISTIC": 1500, "TANH": 1500, "RELU": 800, "RELU6": 800, "HARD_SWISH": 1500,
 }
-
-
 DEFAULT_KERNEL_BYTES = 3000
-
 
 
 def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
@@ -69,7 +66,6 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
             "samples": len(x_q)}
 
 
-
 def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float:
     """Accuracy of an int8 model run by TFLite Micro's own kernels (what a microcontroller computes)."""
     from tflite_micro.python.tflite_micro import runtime
@@ -83,7 +79,6 @@ def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float
         interp.invoke()
         hits += int(np.argmax(interp.get_output(0)) == yi)
     return hits / len(y)
-
 
 
 def mcu_figures(target: Target, row: dict, path: Path) -> dict:

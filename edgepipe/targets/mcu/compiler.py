@@ -20,7 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepipe.targets.mcu._util import atomic_write_text, nice_prefix, sha256_bytes, sha256_file
+from edgepipe.core import fsio
+from edgepipe.targets.mcu._util import nice_prefix, sha256_bytes
 from edgepipe.targets.mcu.errors import McuError, one_line
 from edgepipe.targets.mcu.toolchain import Toolchain
 
@@ -43,7 +44,7 @@ class _HashMemo:
         with self._lock:
             h = self._d.get(k)
         if h is None:
-            h = sha256_file(path)
+            h = fsio.sha256_file(path)
             with self._lock:
                 self._d[k] = h
         return h
@@ -69,10 +70,11 @@ class Compiler:
     Args:
         root: directory the relative source and include paths refer to (the
             compiler runs there).
-        toolchain: from :func:`find_toolchain`.
+        toolchain: from :func:`~edgepipe.targets.mcu.toolchain.find_toolchain`.
         cache: the cache root.
-        sysdirs: dependency paths under these prefixes (the toolchain's own
-            headers) are covered by the compiler version, not hashed.
+
+    Dependencies under ``sysdirs`` (the toolchain's own headers, found from
+    its compiler) are covered by the compiler version, not hashed.
     """
 
     root: Path
@@ -159,13 +161,13 @@ class Compiler:
                 h = _MEMO.get(a)
                 if h is not None:
                     deps[self._rel(a)] = h
-            content = sha256_file(tmp_o)
+            content = fsio.sha256_file(tmp_o)
             obj = self.obj_dir / content[:2] / f"{content}.o"
             obj.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_o, obj)
-            atomic_write_text(self.man_dir / k1[:2] / f"{k1}.json",
-                              json.dumps({"src": self._rel(src), "obj": content,
-                                          "deps": deps}))
+            fsio.write_text(self.man_dir / k1[:2] / f"{k1}.json",
+                            json.dumps({"src": self._rel(src), "obj": content,
+                                        "deps": deps}))
         finally:
             for t in (tmp_o, tmp_d):
                 try:

@@ -21,17 +21,16 @@ class Core:
         name: ``cortex-m4`` etc. (TFLM's ``TARGET_ARCH`` minus ``+fp``).
         core: TFLM's ``CORE`` (M4, M7, M55) -> ``-DCPU_<core>=1``.
         machine: QEMU ``-M`` board.
+        qemu_cpu: QEMU ``-cpu``.
         extra_defines: target-specific defines TFLM adds.
-        linker_script: file name in ``firmware/``.
-        timer_base: CMSDK APB timer0 base address on that board.
+
+    The board's memory map, linker script and timer are in :data:`BOARDS`.
     """
 
     name: str
     core: str
     machine: str
     qemu_cpu: str
-    linker_script: str
-    timer_base: int
     extra_defines: tuple = ()
 
     @property
@@ -45,13 +44,9 @@ class Core:
 
 
 CORES = {
-    "cortex-m4": Core("cortex-m4", "M4", "mps2-an386", "cortex-m4",
-                      "mps2_an386.ld", 0x40000000),
-    "cortex-m7": Core("cortex-m7", "M7", "mps2-an500", "cortex-m7",
-                      "mps2_an500.ld", 0x40000000),
-    "cortex-m55": Core("cortex-m55", "M55", "mps3-an547", "cortex-m55",
-                       "mps3_an547.ld", 0x58000000,
-                       ("-DARM_MODEL_USE_PMU_COUNTERS",)),
+    "cortex-m4": Core("cortex-m4", "M4", "mps2-an386", "cortex-m4"),
+    "cortex-m7": Core("cortex-m7", "M7", "mps2-an500", "cortex-m7"),
+    "cortex-m55": Core("cortex-m55", "M55", "mps3-an547", "cortex-m55", ("-DARM_MODEL_USE_PMU_COUNTERS",)),
 }
 
 

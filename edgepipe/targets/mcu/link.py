@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from edgepipe.targets.mcu._util import cache_root, nice_prefix, work_root
 from edgepipe.targets.mcu.build import BuildResult
-from edgepipe.targets.mcu.bundle import Bundle
+from edgepipe.targets.mcu.bundle import BUNDLE_FILES, Bundle
 from edgepipe.targets.mcu.compiler import Compiler
 from edgepipe.targets.mcu.cores import BOARDS, Core, compile_flags, get_core, include_dirs
 from edgepipe.targets.mcu.errors import McuError, one_line
@@ -78,8 +78,7 @@ def _bundle_files(bundle) -> dict[str, Path]:
     """Accept a Bundle, a folder, or an iterable of file paths."""
     if isinstance(bundle, Bundle):
         d = bundle.dir
-        files = {n: d / n for n in ("model_data.h", "model_data.cc",
-                                    "model_ops.h", "model_io.h")}
+        files = {n: d / n for n in BUNDLE_FILES}
     elif isinstance(bundle, (str, os.PathLike)) and Path(bundle).is_dir():
         d = Path(bundle)
         files = {p.name: p for p in d.iterdir() if p.is_file()}

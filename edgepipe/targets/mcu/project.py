@@ -73,7 +73,8 @@ import struct, sys
 got, want = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
 size, count = struct.unpack("<II", want[4:12])
 _, got_size, got_count, _ = struct.unpack("<4sIII", got[:16])
-assert (got_size, got_count) == (size, count), f"outputs.bin holds {got_count} x {got_size} bytes, not {count} x {size}"
+if (got_size, got_count) != (size, count):
+    sys.exit(f"outputs.bin holds {got_count} x {got_size} bytes, not {count} x {size}")
 bad = [i for i in range(count) if got[16 + i * (4 + size) + 4:16 + (i + 1) * (4 + size)] != want[16 + i * size:16 + (i + 1) * size]]
 print(f"{count - len(bad)} of {count} sample outputs identical to edgepipe's measurement")
 sys.exit(1 if bad else 0)

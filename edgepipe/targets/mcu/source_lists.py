@@ -19,7 +19,7 @@ from typing import Iterable
 
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import ModelInfo, read_model
-from edgepipe.targets.mcu.resolver import ResolverMethod, _methods, int8_registrations
+from edgepipe.targets.mcu.resolver import ResolverMethod, _methods, int8_registrations, model_ops_header
 from edgepipe.targets.mcu.sources import DOWNLOADS_REL, TflmSources
 
 __all__ = ["plan", "core_sources", "cmsis_nn_sources", "kernel_sources_for", "ops_for_model"]
@@ -207,7 +207,6 @@ def kernel_sources_for(root: Path, register_fns: Iterable[str]) -> list[str]:
 def ops_for_model(model: ModelInfo | str | Path, root: Path, *,
                   int8_kernels: bool = False) -> list[ResolverMethod]:
     """The resolver methods a model needs (its builtin and custom ops)."""
-    from edgepipe.targets.mcu.resolver import model_ops_header
     if not isinstance(model, ModelInfo):
         model = read_model(model)
     return model_ops_header(model, root, int8_kernels=int8_kernels)[1]
