@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepipe.core.native import quiet_native
 from edgepipe.targets import device_runner, lint, litert
+from edgepipe.targets.mcu.arena import smallest_arena
 from edgepipe.targets.profiles import Target
 
 # TFLite Micro kernel code sizes (bytes, Cortex-M, -Os, CMSIS-NN where it has the kernel): an estimate for
@@ -25,10 +26,7 @@ KERNEL_FLASH_BYTES = {
     "RESHAPE": 500, "QUANTIZE": 1500, "DEQUANTIZE": 1500, "PAD": 1500, "CONCATENATION": 1500,
     "LOGISTIC": 1500, "TANH": 1500, "RELU": 800, "RELU6": 800, "HARD_SWISH": 1500,
 }
-
-
 DEFAULT_KERNEL_BYTES = 3000
-
 
 
 def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
@@ -47,27 +45,25 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
         except (RuntimeError, ValueError):
             return False
 
-    hi = max(64 * 1024, 10 * len(blob))
-    if not runs_with(hi):
+    # A try here takes a millisecond and the interpreter takes any byte count: the search starts from a size
+    # meant to suffice (ten times the model, at least 64 KiB) and bisects down from it, nothing known to fail.
+    generous = max(64 * 1024, 10 * len(blob))
+    arena = smallest_arena(runs_with, generous)
+    if arena is None:
         try:
-            runtime.Interpreter.from_bytes(blob, arena_size=hi)
+            runtime.Interpreter.from_bytes(blob, arena_size=generous)
             error = "invoke failed"
         except (RuntimeError, ValueError) as e:
             error = " ".join(str(e).split())[:200]
         return {"ok": False, "error": error}
-    lo = 0
-    while hi - lo > 16:  # the smallest arena (to 16 bytes) in which it allocates and runs
-        mid = (lo + hi) // 2
-        hi, lo = (mid, lo) if runs_with(mid) else (hi, mid)
-    interp = runtime.Interpreter.from_bytes(blob, arena_size=hi)
+    interp = runtime.Interpreter.from_bytes(blob, arena_size=arena)
     top1 = []
     for x in x_q:
         interp.set_input(x[None], 0)
         interp.invoke()
         top1.append(int(np.argmax(interp.get_output(0))))
-    return {"ok": True, "arena_bytes": int(hi), "top1_agreement_with_litert": float(np.mean(np.array(top1) == expected_top1)),
+    return {"ok": True, "arena_bytes": int(arena), "top1_agreement_with_litert": float(np.mean(np.array(top1) == expected_top1)),
             "samples": len(x_q)}
-
 
 
 def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float:
@@ -83,7 +79,6 @@ def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float
         interp.invoke()
         hits += int(np.argmax(interp.get_output(0)) == yi)
     return hits / len(y)
-
 
 
 def mcu_figures(target: Target, row: dict, path: Path) -> dict:

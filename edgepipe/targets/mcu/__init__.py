@@ -9,17 +9,24 @@ bytes, the arena, stack and heap use; the linked ELF and its map give the
 deployable flash and RAM broken down by origin.
 
 Modules:
-    errors     McuError (one-line "what; fix: how" failures)
-    toolchain  find arm-none-eabi-* and qemu-system-arm, with versions
-    sources    locate / unpack the TFLM sources (tarball mirror -> cache)
-    model      read a .tflite flatbuffer (ops, tensors, quantization)
-    resolver   generate model_ops.h from TFLM's micro_mutable_op_resolver.h
-    build      compile TFLM core, CMSIS-NN and the model's kernels (cached)
-    bundle     write model_data.{h,cc}, model_ops.h, model_io.h
-    run        link firmware, memory report, run on QEMU
-    reference  host reference outputs (tflite_micro, ai_edge_litert)
-    calibrate  MLPerf Tiny calibration of cycles per instruction
-    measure    a bench's figures for a set of models: accuracy, instructions, flash, RAM
+    errors        McuError (one-line "what; fix: how" failures)
+    toolchain     find arm-none-eabi-* and qemu-system-arm, with versions
+    sources       locate / unpack the TFLM sources (tarball mirror -> cache)
+    model         read a .tflite flatbuffer (ops, tensors, quantization)
+    resolver      generate model_ops.h from TFLM's micro_mutable_op_resolver.h
+    cores         the Cortex-M cores, the QEMU boards emulating them, TFLM's flags per core
+    source_lists  which TFLM and CMSIS-NN sources a model's build compiles
+    compiler      the object cache: compile a source once, static archives
+    build         compile TFLM core, CMSIS-NN and the model's kernels (cached)
+    bundle        write model_data.{h,cc}, model_ops.h, model_io.h
+    link          link the harness firmware for a bundle (fit errors name the region)
+    memory        flash and RAM of a linked firmware, by origin
+    run           run a firmware on QEMU: outputs and instructions per inference
+    arena         the smallest tensor arena, one search for this host's TFLM and for the board
+    prepare       a model's firmware: bundle, arena sized on the board, final link
+    reference     host reference outputs (tflite_micro, ai_edge_litert)
+    calibrate     MLPerf Tiny calibration of cycles per instruction
+    measure       a bench's figures for a set of models: accuracy, instructions, flash, RAM
 """
 
 from edgepipe.targets.mcu.errors import McuError

@@ -1,4 +1,5 @@
-"""Small helpers of the MCU target: its cache folder, hashing, atomic writes, niceness."""
+"""Small helpers of the MCU target: its cache folders, hashing bytes, writing a generated file only when it changed,
+niceness."""
 
 from __future__ import annotations
 
@@ -9,16 +10,8 @@ from pathlib import Path
 
 from edgepipe.core import fsio
 from edgepipe.core.cache import cache_dir
-from edgepipe.core.fsio import sha256_file  # noqa: F401 - one implementation, used by the build
 
-__all__ = [
-    "cache_root",
-    "sha256_file",
-    "sha256_bytes",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "nice_prefix",
-]
+__all__ = ["cache_root", "work_root", "sha256_bytes", "write_if_changed", "nice_prefix"]
 
 #: Niceness applied to every compiler / emulator process (shared machines).
 NICENESS = 10
@@ -38,16 +31,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    """Write *data* to *path* through a temporary file in the same folder and a rename."""
-    with fsio.atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_if_changed(path: os.PathLike | str, text: str) -> bool:
     """Atomically write *text* unless the file already holds it. True if written."""
     path = Path(path)
@@ -56,7 +39,8 @@ def write_if_changed(path: os.PathLike | str, text: str) -> bool:
             return False
     except OSError:
         pass
-    atomic_write_text(path, text)
+    with fsio.atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
     return True
 
 

@@ -47,7 +47,9 @@ import numpy as np
 from edgepipe.targets.mcu.build import build
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
-from edgepipe.targets.mcu.run import memory_report, prepare_firmware, run_many
+from edgepipe.targets.mcu.memory import memory_report
+from edgepipe.targets.mcu.prepare import prepare_firmware
+from edgepipe.targets.mcu.run import run_many
 from edgepipe.targets.mcu.sources import default_mirrors, locate_sources
 
 __all__ = ["MODELS", "PUBLISHED", "measure_models", "fit_factor", "calibration", "mlperf_dir"]

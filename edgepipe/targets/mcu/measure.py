@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core import progress, ui
-from edgepipe.targets.mcu.build import build, get_target
+from edgepipe.targets.mcu.build import build
+from edgepipe.targets.mcu.cores import BOARDS, get_core
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import read_model
 from edgepipe.targets.mcu.reference import compare, tflm_python
-from edgepipe.targets.mcu.run import BOARDS, memory_report, prepare_firmware, run_many
+from edgepipe.targets.mcu.memory import memory_report
+from edgepipe.targets.mcu.prepare import prepare_firmware
+from edgepipe.targets.mcu.run import run_many
 from edgepipe.targets.mcu.sources import locate_sources
 from edgepipe.targets.mcu.toolchain import find_toolchain
 
@@ -53,7 +56,7 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
 
     toolchain = find_toolchain()
     sources = locate_sources(target.tflm_src)
-    core = get_target(target.cpu)
+    core = get_core(target.cpu)
     if BOARDS[core.machine]["cpu"] != target.cpu or (target.qemu_machine and target.qemu_machine != core.machine):
         raise McuError(f"target {target.name}: qemu_machine {target.qemu_machine} does not emulate {target.cpu}",
                        f"use qemu_machine: {core.machine} for {target.cpu}")

@@ -6,7 +6,7 @@
 * ``ai_edge_litert`` default (``AUTO``): TFLite with its XNNPACK delegate.
 
 Every function returns ``(N, output_record_bytes)`` uint8, the raw bytes of
-all outputs concatenated -- the same layout as :class:`edgepipe.targets.mcu.run.RunResult`.
+all outputs concatenated -- the same layout as :class:`edgepipe.targets.mcu.run.EmulatorRun`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Two shapes of source are accepted:
   (``cmsis``, ``cmsis/Cortex_DFP``, ``cmsis_nn``, ``flatbuffers``, ``gemmlowp``,
   ``ruy``; ``kissfft`` optional) -- e.g. after running TFLM's make download
   step online;
-* **a mirror**: a folder shaped like ``/work/shared/mcu`` with
+* **a mirror**: a folder with
   ``src/{tflite-micro,cmsis,Cortex_DFP,cmsis_nn,flatbuffers,gemmlowp,ruy,kissfft}.tar.gz``
   (``git archive`` tarballs of the pinned commits).  A mirror is unpacked once
   into the cache, keyed by the tarballs' SHA-256, arranged exactly as TFLM's
@@ -33,8 +33,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepipe.core import fsio
 from edgepipe.core.requirements import Requirement
-from edgepipe.targets.mcu._util import cache_root, sha256_bytes, sha256_file
+from edgepipe.targets.mcu._util import cache_root, sha256_bytes
 from edgepipe.targets.mcu.errors import McuError
 
 __all__ = ["TflmSources", "locate_sources", "requirement", "ENV_VAR", "DOWNLOADS_REL"]
@@ -198,7 +199,7 @@ def _tarball_hashes(src: Path, cache: Path) -> dict[str, str]:
         st = tb.stat()
         key = f"{tb}:{st.st_size}:{st.st_mtime_ns}"
         if key not in memo:
-            memo[key] = sha256_file(tb)
+            memo[key] = fsio.sha256_file(tb)
             dirty = True
         out[name] = memo[key]
     if dirty:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.targets.mcu.build import Compiler, _make_list, _parse_depfile, _specialize
+from edgepipe.targets.mcu.compiler import Compiler, _parse_depfile
 from edgepipe.targets.mcu.errors import McuError
+from edgepipe.targets.mcu.source_lists import _make_list, _specialize
 from edgepipe.targets.mcu.sources import DOWNLOADS_REL, ENV_VAR, locate_sources
 from edgepipe.targets.mcu.toolchain import Toolchain
 from tests.targets.mcu.conftest import MIRROR
@@ -45,7 +46,7 @@ def test_manifest_invalidated_by_header_change(tmp_path):
     h.write_text("#define X 1\n")
     c = Compiler(tmp_path, _tc(), tmp_path / "cache")
     k = c.key1("a.cc", [], ["."])
-    from edgepipe.targets.mcu.build import _MEMO
+    from edgepipe.targets.mcu.compiler import _MEMO
     obj = c.obj_dir / "ab" / "abcd.o"
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"obj")

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def mnist_fw(tflm_sources, toolchain, tmp_path_factory, mnist_model):
     MNIST_MODEL = mnist_model
     from edgepipe.targets.mcu.build import build
-    from edgepipe.targets.mcu.run import prepare_firmware
+    from edgepipe.targets.mcu.prepare import prepare_firmware
     b = build(tflm_sources, "cortex-m4", model=MNIST_MODEL, progress=False)
     fw, info = prepare_firmware(MNIST_MODEL, b,
                                 work_dir=tmp_path_factory.mktemp("fw"))
@@ -33,7 +33,8 @@ def test_build_is_cached(tflm_sources, toolchain, mnist_fw, mnist_model):
 
 def test_run_matches_host_tflm(mnist_fw, mnist_model):
     MNIST_MODEL = mnist_model
-    from edgepipe.targets.mcu.run import memory_report, run
+    from edgepipe.targets.mcu.memory import memory_report
+    from edgepipe.targets.mcu.run import run
     b, fw, info = mnist_fw
     assert info["arena_used_bytes"] > 0 and info["arena_size"] >= info["arena_used_bytes"]
     x = np.random.default_rng(1).integers(-128, 128, (5, 28, 28, 1), dtype=np.int8)
@@ -56,7 +57,7 @@ def test_run_matches_host_tflm(mnist_fw, mnist_model):
 
 
 def test_fit_error_with_tiny_flash(mnist_fw, tmp_path):
-    from edgepipe.targets.mcu.run import link_firmware
+    from edgepipe.targets.mcu.link import link_firmware
     b, fw, info = mnist_fw
     with pytest.raises(McuError) as ei:
         link_firmware(fw.work_dir / "bundle", "cortex-m4", b, work_dir=tmp_path,
@@ -67,7 +68,7 @@ def test_fit_error_with_tiny_flash(mnist_fw, tmp_path):
 
 
 def test_fit_error_ram(mnist_fw, tmp_path):
-    from edgepipe.targets.mcu.run import link_firmware
+    from edgepipe.targets.mcu.link import link_firmware
     b, fw, info = mnist_fw
     with pytest.raises(McuError) as ei:
         link_firmware(fw.work_dir / "bundle", "cortex-m4", b, work_dir=tmp_path,
@@ -98,7 +99,8 @@ def test_arena_too_small_is_one_line(mnist_fw, tmp_path):
     import shutil
 
     from edgepipe.targets.mcu.bundle import write_model_io
-    from edgepipe.targets.mcu.run import link_firmware, run
+    from edgepipe.targets.mcu.link import link_firmware
+    from edgepipe.targets.mcu.run import run
     b, fw, info = mnist_fw
     shutil.copytree(fw.work_dir / "bundle", tmp_path / "bundle")
     write_model_io(tmp_path / "bundle", 1024)
@@ -110,7 +112,8 @@ def test_arena_too_small_is_one_line(mnist_fw, tmp_path):
 
 def test_fault_is_one_line(mnist_fw, tmp_path):
     """A firmware that executes an undefined instruction: one line, exit 99."""
-    from edgepipe.targets.mcu.run import link_firmware, run
+    from edgepipe.targets.mcu.link import link_firmware
+    from edgepipe.targets.mcu.run import run
     b, fw, info = mnist_fw
     fw2 = link_firmware(fw.work_dir / "bundle", "cortex-m4", b, work_dir=tmp_path,
                         defines=["EDGEPIPE_SELFTEST_FAULT"])

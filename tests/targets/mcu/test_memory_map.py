@@ -3,7 +3,8 @@
 import pytest
 
 from edgepipe.targets.mcu.errors import McuError
-from edgepipe.targets.mcu.run import _fit_error, classify, parse_map, parse_overflow
+from edgepipe.targets.mcu.link import _fit_error, parse_overflow
+from edgepipe.targets.mcu.memory import classify, parse_map
 
 MAP = """Archive member included to satisfy reference by file (symbol)
 

@@ -83,7 +83,7 @@ def test_model_header_uses_tflm_names(tflm_sources, mnist_model):
 @pytest.mark.e2e
 def test_all_ops_header_compiles(tflm_sources, toolchain):
     """Every op TFLM has, compiled against the real headers (-fsyntax-only)."""
-    from edgepipe.targets.mcu.build import compile_flags, include_dirs
+    from edgepipe.targets.mcu.cores import compile_flags, include_dirs
     from edgepipe.targets.mcu.resolver import all_ops_header, check_header_compiles
     h, ms = all_ops_header(tflm_sources.root)
     assert len(ms) > 100
@@ -93,7 +93,7 @@ def test_all_ops_header_compiles(tflm_sources, toolchain):
 
 @pytest.mark.e2e
 def test_wrong_method_name_fails_compile(tflm_sources, toolchain):
-    from edgepipe.targets.mcu.build import compile_flags, include_dirs
+    from edgepipe.targets.mcu.cores import compile_flags, include_dirs
     from edgepipe.targets.mcu.resolver import _header, check_header_compiles
     bad = _header(["AddPadv2()"], [], "guessed name")
     with pytest.raises(McuError) as ei:
