@@ -1,10 +1,11 @@
 """The package's floor plan, read from its imports (ast, no TensorFlow): one way, no cycles, stages as siblings.
 
-Imports run cli -> pipeline -> stages -> (training, datasets, export, targets) -> core; within the lower
-wings, training may use datasets, targets may use datasets (the artifact a bench reads), and export may use
-datasets and targets (it reads the .tflite it writes with the host's LiteRT, as a device would; devices
-never need Keras, so targets does not import export); a search uses training, export and targets. No stage
-module imports another: what two stages share lives in a lower wing.
+Imports run cli -> pipeline -> stages -> (training, export, targets) -> datasets -> tasks -> core; within
+the lower wings, training and targets may use datasets (the artifact a bench reads) and tasks (what a model's
+outputs mean), datasets may use tasks (the targets a model is trained to output), and export may use datasets
+and targets (it reads the .tflite it writes with the host's LiteRT, as a device would; devices never need
+Keras, so targets does not import export); a search uses training, export and targets. No stage module
+imports another: what two stages share lives in a lower wing.
 And a device's kind is its backend's business: nothing else compares a profile's kind, reach or measure.
 """
 
@@ -20,16 +21,17 @@ from edgepipe.targets.profiles import Target
 # wing -> the wings it may import (besides itself)
 ALLOWED = {
     "core": set(),
-    "datasets": {"core"},
-    "training": {"core", "datasets"},
-    "targets": {"core", "datasets"},
-    "export": {"core", "datasets", "targets"},  # reads back the .tflite it writes with the host's LiteRT
-    "search": {"core", "datasets", "training", "export", "targets"},
-    "stages": {"core", "datasets", "training", "export", "targets", "search"},
+    "tasks": {"core"},
+    "datasets": {"core", "tasks"},
+    "training": {"core", "datasets", "tasks"},
+    "targets": {"core", "datasets", "tasks"},
+    "export": {"core", "datasets", "tasks", "targets"},  # reads back the .tflite it writes with the host's LiteRT
+    "search": {"core", "datasets", "tasks", "training", "export", "targets"},
+    "stages": {"core", "datasets", "tasks", "training", "export", "targets", "search"},
     "pipeline": {"core", "stages", "targets"},
     "cli": {"core", "pipeline", "stages", "targets", "training", "datasets", "edgepipe"},
     # tests drive the cli
-    "testing": {"core", "datasets", "pipeline", "stages", "training", "export", "targets", "search", "cli"},
+    "testing": {"core", "datasets", "tasks", "pipeline", "stages", "training", "export", "targets", "search", "cli"},
     "edgepipe": {"core", "pipeline"},  # the package face re-exports the public names
 }
 STAGE_TO_STAGE: set[tuple[str, str]] = set()  # none: DistillParams(TrainParams) both live in training

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgepipe.core.params import param
 from edgepipe.datasets.artifact import Dataset
+from edgepipe.tasks import task_of
 
 
 @dataclasses.dataclass
@@ -34,7 +35,8 @@ class Augment:
 
 
 def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed: int = 0, extra=None):
-    """A tf.data pipeline of (input, label) batches: preprocessed, and augmented when `training`.
+    """A tf.data pipeline of (input, target) batches: preprocessed, and augmented when `training`; the
+    targets are what the dataset's task trains a model to output (one-hot classes, heat maps).
 
     `extra`, an array with one row per sample of the split, rides along unchanged as a third element
     (the distiller's cached teacher logits); shuffling keeps it aligned with its image.
@@ -56,7 +58,8 @@ def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed
             images += tf.random.normal(tf.shape(images), stddev=aug.noise, seed=seed + 4)
         return images, labels
 
-    columns = (x, y.astype(np.int32)) if extra is None else (x, y.astype(np.int32), extra)
+    targets = task_of(ds.info).targets(y, ds.info)
+    columns = (x, targets) if extra is None else (x, targets, extra)
     d = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         d = d.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)

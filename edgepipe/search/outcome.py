@@ -14,6 +14,7 @@ from edgepipe.core.params import to_dict
 from edgepipe.core.stage import StageIO
 from edgepipe.search import front
 from edgepipe.search.trials import Search
+from edgepipe.tasks import task_of
 from edgepipe.training import nets
 from edgepipe.training.distill import DistillParams
 
@@ -57,9 +58,10 @@ def finish(s: Search) -> str:
     metrics = write_training_outputs(model, s.ds, io, tp, extra={"search": {
         "trial": chosen["trial"], "values": values, "distils": distils, "retrained": trained}})
     acc = 100 * chosen["val_accuracy"]
+    task = task_of(s.ds.info)
     fig = front.row_text(chosen)
     return (f"trial {chosen['trial']} of {len(rows)} ({counts['pruned']} pruned, {counts['over budget']} over "
-            f"budget): val int8 {acc:.2f} %, {fig}; test accuracy {100 * metrics['test']['accuracy']:.2f} %")
+            f"budget): val int8 {acc:.2f} %, {fig}; test {task.headline_label} {100 * metrics['test'][task.headline]:.2f} %")
 
 
 def _final(s: Search, tp: DistillParams, values: dict, distils: bool, chosen: dict, out: Path):

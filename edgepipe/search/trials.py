@@ -28,7 +28,9 @@ from edgepipe.search import figures as target_figures
 from edgepipe.search import front, study
 from edgepipe.search.params import BUDGETS, SearchParams
 from edgepipe.search.space import AUGMENT_SCALE, SCALED_AUGMENT, TEACHER, fingerprint, sample, uses_teacher
+from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
+from edgepipe.tasks import task_of
 from edgepipe.training import nets
 from edgepipe.training.distill import DistillParams
 from edgepipe.training.modelio import load_model, save_model
@@ -47,6 +49,10 @@ class Search:
             raise EdgepipeError(f"search: {why}", "search for host or a microcontroller profile; bench on the "
                                 "device afterwards")
         self.ds = load_dataset(io.inputs["data"])
+        task = task_of(self.ds.info)
+        if task.name != "classification" and task.name not in backend_for(self.target).tasks:
+            raise EdgepipeError(f"search: {self.target.name} scores a classifier's class scores only; this data's "
+                                f"task is {task.name}", f"search {task.name} models on host (target: host)")
         self.has_teacher = "teacher" in io.inputs
         if (TEACHER in p.space or any(k in p.space for k in ("temperature", "alpha"))) and not self.has_teacher:
             raise EdgepipeError("search: the space distils (teacher, temperature or alpha) but the stage has no "
@@ -211,11 +217,13 @@ class Search:
         return self._values(row)
 
     def val_accuracy(self, tflite: Path | bytes) -> float:
-        """Top-1 accuracy of an int8 model on the whole validation split (LiteRT on this host)."""
+        """The task's headline metric (a classifier's top-1 accuracy) of an int8 model on the whole validation
+        split (LiteRT on this host)."""
         from edgepipe.targets import litert
 
         x_val, y_val = self.ds.splits["val"]
-        return float(np.mean(litert.predict(tflite, self.ds.preprocess(x_val)).argmax(1) == y_val))
+        task = task_of(self.ds.info)
+        return float(task.metrics(y_val, litert.predict(tflite, self.ds.preprocess(x_val)), self.ds.info)[task.headline])
 
     def trial_data(self, values: dict) -> Dataset:
         if AUGMENT_SCALE not in values:

@@ -35,6 +35,7 @@ from edgepipe.targets.backends import Backend, backend_for
 from edgepipe.targets.backends.host import host_provenance
 from edgepipe.targets.profiles import Target, load_target
 from edgepipe.targets.tflm import tflm_check
+from edgepipe.tasks import task_of
 
 
 @dataclasses.dataclass
@@ -127,6 +128,10 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     target, backend = effective_target(params)
     _check(target, backend, params)
     ds = load_dataset(io.inputs["data"])
+    task = task_of(ds.info)
+    if task.name != "classification" and task.name not in backend.tasks:
+        raise EdgepipeError(f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
+                            f"data's task is {task.name}", f"bench {task.name} models on host (target: host)")
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:
         x_test, y_test = x_test[: params.max_test_samples], y_test[: params.max_test_samples]
@@ -143,15 +148,25 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
                                               params.runs, rounds=params.rounds, keep_predictions=True)
-    host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items()}
+    for m in measured.values():
+        if "outputs" in m:  # raw outputs (a detector's): the task judges them
+            outputs = m.pop("outputs")
+            m["checked_outputs"] = outputs[:TFLM_SAMPLES]  # what TFLite Micro's are compared with
+            m["task_metrics"] = task.metrics(y_test, outputs, ds.info)
+            m["accuracy"] = m["task_metrics"][task.headline]
+            m.update(task.examples(outputs, ds.info))
+    host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items() if "predictions" in m}
     val = _val_accuracy(models, ds)
     device = backend.measure(target, params, deployable, x, y_test, work=io.work, host_top1=host_top1, out=io.out)
-    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test)
+    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test,
+                 ds.info)
             for path, side in models]
     fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
                                             "device": device.get("_provenance"),
                                             "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
                                             "data": Path(io.inputs["data"]).name, "classes": ds.classes,
+                                            "metric": {"name": task.headline, "short": task.headline_short, "label": task.headline_label,
+                                                       "shown": list(task.report_metrics)},
                                             "rows": rows})
     where = "" if target.name == "host" else f" on {target.name}"
     counted = [f for f in findings if not f.get("intended")]
@@ -161,10 +176,15 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
 
 
 
+#: test images TFLite Micro runs on this host, to check it agrees with LiteRT and to size the arena
+TFLM_SAMPLES = 100
+
+
 def _val_accuracy(models: list[tuple[Path, dict]], ds) -> dict[Path, dict]:
-    """Each model's accuracy on the data stage's validation split, from the .tflite on this host: the
-    figure the report's gates and "most accurate" lines choose on (the test split is only for the final
-    figure). None when the dataset has no validation images."""
+    """Each model's headline metric (a classifier's accuracy) on the data stage's validation split, from the
+    .tflite on this host: the figure the report's gates and "most accurate" lines choose on (the test split is
+    only for the final figure). None when the dataset has no validation images."""
+    task = task_of(ds.info)
     x_val, y_val = ds.splits["val"]
     out = {}
     for path, _ in models:
@@ -172,8 +192,8 @@ def _val_accuracy(models: list[tuple[Path, dict]], ds) -> dict[Path, dict]:
             out[path] = {"val_accuracy": None, "val_samples": 0}
             continue
         with quiet_native():
-            pred = litert.predict(path, ds.preprocess(x_val)).argmax(1)
-        out[path] = {"val_accuracy": float(np.mean(pred == y_val)), "val_samples": int(len(y_val))}
+            outputs = litert.predict(path, ds.preprocess(x_val))
+        out[path] = {"val_accuracy": task.metrics(y_val, outputs, ds.info)[task.headline], "val_samples": int(len(y_val))}
     return out
 
 
@@ -212,9 +232,11 @@ def _lint_models(models: list[tuple[Path, dict]], target: Target, backend: Backe
 
 
 def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Target, backend: Backend,
-         params: BenchParams, device: dict, x: np.ndarray, y: np.ndarray) -> dict:
+         params: BenchParams, device: dict, x: np.ndarray, y: np.ndarray, info: dict) -> dict:
     """One model's bench.json row: its sidecar facts, host figures, TFLite Micro check and target figures."""
-    pred = host.pop("predictions")
+    # LiteRT on this host: a classifier's top-1 classes, or another task's first raw outputs
+    reference = host.pop("predictions", None)
+    reference = host.pop("checked_outputs", None) if reference is None else reference[:TFLM_SAMPLES]
     row = {
         "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
         "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
@@ -227,7 +249,9 @@ def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Targe
     }
     if params.tflm and side["variant"] == "int8":
         din, _ = litert.io_details(litert.interpreter(path))
-        row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:100], din), pred[:100])
+        task = task_of(info)
+        row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:TFLM_SAMPLES], din), reference,
+                                 lambda a, b: task.agreement(a, b, info))
     row["target"] = _on_target(target, backend, row, path, device.get(path.name), x, y)
     if "_fleet" in device:  # every device of the fleet, the first one included
         row["fleet"] = {h: _on_target(target, backend, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}

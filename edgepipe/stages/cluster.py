@@ -15,7 +15,7 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
 from edgepipe.training.modelio import carried_forward, load_model
-from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.outputs import test_figure, write_training_outputs
 
 
 @dataclasses.dataclass
@@ -50,8 +50,8 @@ def run_cluster_stage(params: ClusterParams, io: StageIO) -> str:
     metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]),
                                                                    "clusters": params.clusters})
     most = max(s["unique"] for s in stats if s["clustered"])
-    return (f"clustered {len(chosen)} layers ({most} distinct values at most); test accuracy "
-            f"{100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)")
+    return (f"clustered {len(chosen)} layers ({most} distinct values at most); "
+            f"{test_figure(metrics)} ({metrics['epochs_run']} epochs)")
 
 
 KIND = StageKind(

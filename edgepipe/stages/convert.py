@@ -23,6 +23,7 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.export import quant_debug
 from edgepipe.export.converter import QUANTIZED, Granularity, Variant, convert
 from edgepipe.export.sidecar import describe_tflite
+from edgepipe.tasks import Task, task_of
 from edgepipe.targets import litert
 from edgepipe.training import nets
 from edgepipe.training.modelio import carried_forward, load_model
@@ -105,7 +106,7 @@ def run_convert_stage(params: ConvertParams, io: StageIO) -> str:
             blob = convert(model, variant, representative, params.io_type, name, params.granularity)
         path = io.out / f"{name}_{variant}.tflite"
         path.write_bytes(blob)
-        parity = check_parity(path, variant, x_val, reference, params.tolerance, name)
+        parity = check_parity(path, variant, x_val, reference, params.tolerance, name, task_of(ds.info), ds.info)
         sidecar = describe_tflite(path, ds, variant=variant, source=Path(io.inputs["model"]).name, qat=qat,
                                   params=n_params, macs=macs, parity=parity, **({"quantization": quant} if quant else {}),
                                   **carried_forward(io.inputs["model"]))
@@ -132,21 +133,23 @@ def _float_layers(model, params: ConvertParams, representative, x_val, name: str
     return keep, rows
 
 
-def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray, tol: Tolerance, name: str) -> dict:
+def check_parity(path: Path, variant: str, x: np.ndarray, reference: np.ndarray, tol: Tolerance, name: str,
+                 task: Task, info: dict) -> dict:
     """Compare the .tflite with the Keras outputs; raise if below the variant's threshold.
 
-    Float variants must reproduce Keras's probabilities (largest absolute difference). Variants with int8
-    weights (dynamic, int8) are judged by top-1 agreement: their largest difference is set by the one most
-    borderline input, and varies from run to run at full agreement (benchmarks/README.md).
+    Float variants must reproduce Keras's outputs (largest absolute difference). Variants with int8
+    weights (dynamic, int8) are judged by the agreement of their decoded outputs (the task's: top-1 for a
+    classifier): their largest difference is set by the one most borderline input, and varies from run to
+    run at full agreement (benchmarks/README.md).
     """
     out = litert.predict(path, x)
     diff = float(np.max(np.abs(out - reference)))
-    agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
-    parity = {"samples": len(x), "max_abs_diff": diff, "top1_agreement": agree}
+    agree = task.agreement(reference, out, info)
+    parity = {"samples": len(x), "max_abs_diff": diff, task.agreement_name: agree}
     if variant in ("int8", "dynamic", "int16x8"):
         key = f"{variant}_top1"
         limit = getattr(tol, key)
-        ok, what = agree >= limit, f"top-1 agreement {agree:.4f} < {limit}"
+        ok, what = agree >= limit, f"{task.agreement_label} {agree:.4f} < {limit}"
     else:
         key = variant
         limit = getattr(tol, key)

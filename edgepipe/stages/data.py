@@ -20,14 +20,23 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets import readers, sources
 from edgepipe.datasets.artifact import write_npz
 from edgepipe.datasets.augment import Augment
+from edgepipe.datasets.detection_sources import BOX_SOURCES, SynthData, detection_files, load_detection
+from edgepipe.datasets.detection_sources import describe as describe_synth
 from edgepipe.datasets.sources import KERAS_DATASETS
+from edgepipe.tasks import TASKS
+from edgepipe.tasks.detection_decode import STRIDE
+from edgepipe.tasks.detection_pictures import box_grid
 
 
 @dataclasses.dataclass
 class DataParams:
     """Parameters of the data stage."""
 
-    source: str = param("", "keras:NAME | tfds:NAME | idx:DIR | folder:DIR | npz:FILE")
+    source: str = param("", "keras:NAME | tfds:NAME | idx:DIR | folder:DIR | npz:FILE; detection: synth:digits | "
+                        "coco:ANNOTATIONS.json | yolo:DIR")
+    task: Literal["classification", "detection"] = param(
+        "classification", "what the labels are: one class per image, or objects' boxes (edgepipe.tasks)")
+    synth: SynthData = param(SynthData(), "synth:digits only: which digits are objects, how many scenes, how drawn")
     mirror: list[str] = param([], "directories searched for the canonical files before any download")
     val_fraction: float = param(0.1, "share of train carved out (stratified) for validation", min=0.01, max=0.5)
     test_fraction: float = param(0.2, "share held out for test when the source has no official test split",
@@ -48,9 +57,24 @@ class DataParams:
 
     def __post_init__(self) -> None:
         scheme, _, rest = self.source.partition(":")
+        if self.task == "detection":
+            if scheme not in BOX_SOURCES or not rest:
+                raise ValueError(f"source {self.source!r} gives no boxes; fix: for task: detection use synth:digits, "
+                                 "coco:ANNOTATIONS.json or yolo:DIR")
+            if scheme == "synth" and self.image_size is not None:
+                raise ValueError("image_size does not apply to synth: sources (they draw 96x96 scenes); fix: drop "
+                                 "image_size")
+            if self.image_size is not None and any(v % 8 for v in self.image_size):
+                raise ValueError(f"image_size {self.image_size} is not a multiple of 8 (a detector's heat map has "
+                                 "one cell per 8x8 pixels); fix: e.g. image_size: [96, 96]")
+            if self.augment.geometric() or self.balance != "none":
+                raise ValueError("task: detection takes no geometric augmentation or balance (they would move or "
+                                 "drop objects without their boxes); fix: drop augment's flip/rotate/translate/zoom "
+                                 "and balance (noise is fine)")
+            return
         if scheme not in ("keras", "tfds", "idx", "folder", "npz") or not rest:
             raise ValueError(f"source {self.source!r} is not valid; fix: use keras:NAME, tfds:NAME, idx:DIR, "
-                             f"folder:DIR or npz:FILE")
+                             f"folder:DIR or npz:FILE (synth:digits is a detection source: add task: detection)")
         if scheme == "keras" and rest not in KERAS_DATASETS:
             raise ValueError(f"source {self.source!r}: unknown keras dataset; fix: use one of: {', '.join(KERAS_DATASETS)}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
@@ -62,11 +86,18 @@ class DataParams:
 
 def dataset_files(params: DataParams) -> list[Path]:
     """The local files the source resolves to (hashed into the cache key); raises if a path is missing."""
+    scheme, _, rest = params.source.partition(":")
+    if scheme == "synth":  # drawn from MNIST's digits
+        return sources.files("keras:mnist", params.mirror)
+    if scheme in ("coco", "yolo"):
+        return detection_files(scheme, rest)
     return sources.files(params.source, params.mirror)
 
 
 def run_data_stage(params: DataParams, io: StageIO) -> str:
     """Load, split, resample and describe the dataset; write dataset.npz, dataset.json, samples.png."""
+    if params.task == "detection":
+        return _run_detection(params, io)
     rng = np.random.default_rng(params.seed)
     x_train, y_train, x_test, y_test, classes = sources.load(params.source, mirror=params.mirror,
                                                              image_size=params.image_size, channels=params.channels)
@@ -111,6 +142,44 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
             f"{'x'.join(map(str, info['input_shape']))}, imbalance {info['imbalance_ratio']:.2f}")
 
 
+def _run_detection(params: DataParams, io: StageIO) -> str:
+    """A detection dataset: drawn or read with its boxes, checked, described; dataset.npz holds the boxes as
+    `y_<split>` (`[class, x0, y0, x1, y1]` rows, class -1 for padding)."""
+    task = TASKS["detection"]
+    splits, classes = load_detection(params.source, synth=params.synth, mirror=params.mirror, seed=params.seed,
+                                     val_fraction=params.val_fraction, test_fraction=params.test_fraction,
+                                     image_size=params.image_size, channels=params.channels)
+    if params.class_names is not None:
+        if len(params.class_names) != len(classes):
+            raise EdgepipeError(f"class_names lists {len(params.class_names)} names for {len(classes)} classes",
+                                "give one name per class, in label order")
+        classes = list(params.class_names)
+    limits = {"train": params.limit_train, "test": params.limit_test}
+    for split, (x, y) in list(splits.items()):
+        y = task.check_labels(y, classes, f"{params.source}: {split}")
+        if limits.get(split):
+            x, y = x[:limits[split]], y[:limits[split]]
+        splits[split] = (_adapt(x, params), y)
+    _check_splits(splits, params, classes=False)
+    objects = {s: np.bincount(y[..., 0][y[..., 0] >= 0].astype(np.int64), minlength=len(classes)).tolist()
+               for s, (_, y) in splits.items()}
+    if not sum(objects["train"]):
+        raise EdgepipeError(f"{params.source}: the training scenes hold no object", "give images with boxes")
+    info = _describe(params, classes, splits, counts=objects) | {"grid_stride": STRIDE,
+                                                                 "max_objects": int(splits["train"][1].shape[1])}
+    if params.source.startswith("synth:"):
+        info["synth"] = describe_synth(params.synth)
+    write_npz(io.out / "dataset.npz", {f"{k}_{s}": a for s, xy in splits.items() for k, a in zip("xy", xy)})
+    fsio.write_json(io.out / "dataset.json", info)
+    x, y = splits["train"]
+    shown = params.samples_per_class * 4
+    box_grid(x[:shown], y[:shown], None, classes, io.out / "samples.png", columns=params.samples_per_class)
+    n = {s: len(v[1]) for s, v in splits.items()}
+    size = "x".join(map(str, info["input_shape"]))
+    return (f"{n['train']} train / {n['val']} val / {n['test']} test scenes, {sum(objects['train'])} "
+            f"training objects of {len(classes)} classes, {size}")
+
+
 KIND = StageKind(
     name="data", params=DataParams, run=run_data_stage, inputs={}, output="dataset", main_output="dataset.npz",
     deps=dataset_files, needs=lambda p: [r for r in [sources.requirement(p.source, p.mirror)] if r],
@@ -135,14 +204,14 @@ def _check_labels(x, y, classes, source, split):
     return x, y
 
 
-def _check_splits(splits: dict, p: DataParams) -> None:
-    """Every split holds images, and train at least two classes: otherwise training cannot run."""
+def _check_splits(splits: dict, p: DataParams, classes: bool = True) -> None:
+    """Every split holds images, and (a classifier's) train at least two classes: otherwise training cannot run."""
     for split, (_, y) in splits.items():
         if len(y) == 0:
             raise EdgepipeError(f"{p.source}: the {split} split is empty after splitting "
                                 f"({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())})",
                                 "give more images, or raise val_fraction / test_fraction, or limit_train / limit_test")
-    if len(np.unique(splits["train"][1])) < 2:
+    if classes and len(np.unique(splits["train"][1])) < 2:
         raise EdgepipeError(f"{p.source}: the train split holds one class after splitting",
                             "give more images of each class")
 
@@ -187,7 +256,9 @@ def _balanced_indices(y: np.ndarray, how: str, rng: np.random.Generator) -> np.n
     return rng.permutation(np.concatenate(idx))
 
 
-def _describe(p: DataParams, classes: list[str], splits: dict) -> dict:
+def _describe(p: DataParams, classes: list[str], splits: dict, counts: dict | None = None) -> dict:
+    """dataset.json: the source, classes, shapes, per-class `counts` (of images; a detection dataset passes
+    its objects'), the preprocessing every later stage applies, augmentation and seed."""
     x_train = splits["train"][0]
     channels = x_train.shape[-1]
     if p.normalize == "standardize":
@@ -195,10 +266,12 @@ def _describe(p: DataParams, classes: list[str], splits: dict) -> dict:
         mean, std = scaled.mean(0).tolist(), np.maximum(scaled.std(0), 1e-6).tolist()
     else:
         mean, std = [0.0] * channels, [1.0] * channels
-    counts = {s: np.bincount(xy[1], minlength=len(classes)).tolist() for s, xy in splits.items()}
+    if counts is None:
+        counts = {s: np.bincount(xy[1], minlength=len(classes)).tolist() for s, xy in splits.items()}
     train_counts = np.array(counts["train"])
     nonzero = train_counts[train_counts > 0]
     return {
+        "task": p.task,
         "source": p.source,
         "classes": classes,
         "num_classes": len(classes),

@@ -8,7 +8,7 @@ from edgepipe.training import nets
 from edgepipe.training.distill import DistillParams, check_teacher, distil
 from edgepipe.training.fit import seed_everything
 from edgepipe.training.modelio import load_model
-from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.outputs import test_figure, write_training_outputs
 
 
 def run_distill_stage(params: DistillParams, io: StageIO) -> str:
@@ -20,7 +20,7 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
     student = nets.build_for(params, ds)
     distil(student, teacher, ds, params, io)
     metrics = write_training_outputs(student, ds, io, params)
-    return f"student test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+    return f"student {test_figure(metrics)} ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(

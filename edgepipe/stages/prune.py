@@ -19,7 +19,7 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything, steps_per_epoch
 from edgepipe.training.modelio import carried_forward, load_model
-from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.outputs import test_figure, write_training_outputs
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ def run_prune_stage(params: PruneParams, io: StageIO) -> str:
     what = f"{params.m_by_n[0]}:{params.m_by_n[1]}" if params.m_by_n else f"{100 * achieved:.1f} % zeros"
     if len(pruned) < len(stats):
         what += f" ({100 * overall:.1f} % of all {len(stats)} layers' weights)"
-    return (f"pruned {len(pruned)} layers to {what}; test accuracy {100 * metrics['test']['accuracy']:.2f} % "
+    return (f"pruned {len(pruned)} layers to {what}; {test_figure(metrics)} "
             f"({metrics['epochs_run']} epochs)")
 
 

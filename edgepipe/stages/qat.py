@@ -17,7 +17,7 @@ from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
 from edgepipe.training.fit import EarlyStopping, Fit, Schedule, fit, seed_everything
 from edgepipe.training.modelio import carried_forward, load_model
-from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.outputs import test_figure, write_training_outputs
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
     model = compress.strip_cqat(model, params.preserve)
     kept = {"preserve": params.preserve} if params.preserve != "none" else {}
     metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]), **kept})
-    return f"QAT{'' if not kept else ' (preserving ' + params.preserve + ')'} test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs)"
+    return f"QAT{'' if not kept else ' (preserving ' + params.preserve + ')'} {test_figure(metrics)} ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(

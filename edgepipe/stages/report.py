@@ -28,9 +28,9 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.search.front import figure_text
 from edgepipe.stages.report_html import write_html
 from edgepipe.stages.report_pareto import write_pareto
-from edgepipe.stages.report_tables import (COLUMNS, TAG_LEGEND, capital, devices_measured, figures_by_target, flat_row,
-                                           joined, measured_targets, short, table_row, target_tables,
-                                           targets_table, text_table)
+from edgepipe.stages.report_tables import (TAG_LEGEND, capital, columns, devices_measured, figures_by_target, flat_row,
+                                           joined, measured_targets, metric_of, short, table_row, target_tables,
+                                           targets_table, task_table, text_table)
 from edgepipe.targets.provenance import rows_by_name
 
 
@@ -47,14 +47,15 @@ class Gate:
 class ReportParams:
     """Parameters of the report stage."""
 
-    title: str = param("edgepipe report: accuracy vs latency on {targets}",
+    title: str = param("edgepipe report: {metric} vs latency on {targets}",
                        "heading of report.md; {targets} becomes the targets measured, microcontrollers first "
-                       "(e.g. 'Cortex-M4 (emulated) and this host (x86_64, AMD EPYC)')")
+                       "(e.g. 'Cortex-M4 (emulated) and this host (x86_64, AMD EPYC)'), {metric} the task's "
+                       "headline metric (accuracy, F1)")
     reference: str | None = param(None, "row the delta column is measured against (e.g. teacher/float32)")
     gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
 
 
-TARGETS = "{targets}"  # in the title, replaced by the targets measured
+TARGETS, METRIC = "{targets}", "{metric}"  # in the title, replaced by the targets measured and the metric
 
 
 def run_report_stage(params: ReportParams, io: StageIO) -> str:
@@ -71,34 +72,38 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     provenance = benches[0]["provenance"] if benches else {}
     devices = devices_measured(benches)
     measured = measured_targets(benches, targets)
-    heading = params.title.replace(TARGETS, joined([m["label"] for m in measured]))
+    metric = metric_of(benches)
+    heading = params.title.replace(TARGETS, joined([m["label"] for m in measured])).replace(METRIC, metric["short"])
     report = {"title": heading, "reference": params.reference, "provenance": provenance, "devices": devices,
               "rows": [{**flat_row(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
-              "targets": [b["target"]["name"] for b in benches if "target" in b], "measured_on": measured}
+              "targets": [b["target"]["name"] for b in benches if "target" in b], "measured_on": measured,
+              "metric": metric}
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
     searches = [_search(Path(d), io.out) for d in io.inputs.get("searches", [])]
     report["searches"] = [{k: v for k, v in x.items() if k != "png"} for x in searches]
     fsio.write_json(io.out / "report.json", report)
-    target_table = targets_table(rows, targets)
-    own = target_tables(rows, targets, measured, devices)
+    target_table = targets_table(rows, targets, metric["short"])
+    own = target_tables(rows, targets, measured, devices, metric["short"])
+    tasks = task_table(rows, metric)
     host = capital(measured[-1]["label"])
     # a title without {targets} is kept as written; the line under it names them instead
     subtitle = None if TARGETS in params.title else f"Measured on {joined([m['label'] for m in measured])}."
-    md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle)
+    md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle, metric, tasks)
     fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
-    write_pareto(rows, targets, measured, io.out / "pareto.png")
-    write_html(io.out / "report.html", heading, table, COLUMNS, gates, rows, benches,
+    write_pareto(rows, targets, measured, io.out / "pareto.png", metric["short"])
+    write_html(io.out / "report.html", heading, table, columns(metric["short"]), gates, rows, benches,
                upstream=io.upstream, pareto=io.out / "pareto.png", provenance=provenance,
                deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
                target_table=target_table, legend=TAG_LEGEND, target_tables=own, host_heading=host, subtitle=subtitle,
-               searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches])
-    _print(table, target_table, own, host)
+               searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches],
+               metric=metric, task_table=tasks)
+    _print(table, target_table, own, host, metric["short"], tasks)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
-        raise EdgepipeError(f"accuracy gate failed: {g['model']} loses {g['drop_points']:.2f} validation points "
+        raise EdgepipeError(f"{metric['short']} gate failed: {g['model']} loses {g['drop_points']:.2f} validation points "
                             f"against {g['against']} (allowed {g['max_drop']})",
                             "train longer, use QAT, or relax the gate's max_drop")
     return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
@@ -166,8 +171,10 @@ def _gates(gates: list[Gate], by_name: dict[str, dict]) -> list[dict]:
     return out
 
 
-def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict], host: str) -> None:
-    """Each target's own table, this host's results table, and every target side by side when there are any."""
+def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict], host: str, short: str = "accuracy",
+           tasks: list[list[str]] = ()) -> None:
+    """Each target's own table, this host's results table, the task's other metrics, and every target side by
+    side when there are any."""
     for t in own:
         ui.say(t["label"])
         for line in text_table(t["table"][1:], t["table"][0]):
@@ -177,8 +184,12 @@ def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict
         ui.say("")
     if own:
         ui.say(host)
-    for line in text_table(table, COLUMNS):
+    for line in text_table(table, columns(short)):
         ui.say(line)
+    if tasks:
+        ui.say("")
+        for line in text_table(tasks[1:], tasks[0]):
+            ui.say(line)
     if target_table:
         ui.say("")
         for line in text_table(target_table[1:], target_table[0]):
@@ -208,7 +219,7 @@ def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str
 
 
 def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=(), own=(), host="This host",
-              subtitle=None) -> str:
+              subtitle=None, metric=None, tasks=()) -> str:
     """The heading, each target's own table, this host's results table, gates, int8's cost per class, and
     every target side by side."""
     lines = [f"# {heading}", ""] + ([subtitle, ""] if subtitle else [])
@@ -218,15 +229,24 @@ def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=()
         lines += [""] + [f"- {note}" for note in t["notes"]] + [""]
     if own:
         lines += [f"## {host}", ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    metric = metric or {"short": "accuracy", "label": "accuracy"}
+    head = columns(metric["short"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
-    lines += ["", "Accuracy is measured by running each exported `.tflite` in the LiteRT interpreter: val accuracy on "
-              "the data stage's validation split (what the gates judge by), test accuracy on the full test split "
+    what = "Accuracy" if metric["short"] == "accuracy" else f"{metric['short']}, {metric['label']},"
+    lines += ["", f"{what} is measured by running each exported `.tflite` in the LiteRT interpreter: val "
+              f"{metric['short']} on the data stage's validation split (what the gates judge by), test {metric['short']} "
+              "on the full test split "
               "(the final figure, never chosen on); delta = test points against the reference; latency is single-image invoke time after warm-up (p50/p99), 1T = one thread, "
               "all = every core; arena = smallest TFLite Micro tensor arena in which the int8 model runs.", ""]
     for g in gates:
         lines.append(f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
                      f"validation points against {g['against']} (allowed {g['max_drop']})")
+    if tasks:
+        lines += ["", f"Every {metric['short']} figure and these are the task's metrics on the test split (their "
+                  "thresholds: the bench's `task_metrics` definitions):", "",
+                  "| " + " | ".join(tasks[0]) + " |", "|" + "---|" * len(tasks[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in tasks[1:]]
     if int8_cost:
         lines += ["", "Classes int8 hurt most (accuracy points lost against the same stage's float32 model):", ""]
         for c in int8_cost:

@@ -40,18 +40,26 @@ def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: l
                benches: list[dict], upstream: dict[str, Path], pareto: Path, provenance: dict, deployable: str | None,
                int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "",
                searches: list[tuple[str, list[str], Path]] = (), target_tables: list[dict] = (),
-               host_heading: str = "Results", subtitle: str | None = None) -> None:
+               host_heading: str = "Results", subtitle: str | None = None, metric: dict | None = None,
+               task_table: list[list[str]] = ()) -> None:
     """Write the page to `dest` (atomically). `target_tables` are `report.target_tables`' (shown first)."""
+    short = (metric or {}).get("short", "accuracy")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
              f"<p>{_e(subtitle)}</p>" if subtitle else "",
              *(_own(t) for t in target_tables), _results(table, columns, host_heading),
-             _targets(target_table, legend), _gates(gates), _picture("pareto", "Accuracy against latency", pareto),
-             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, upstream),
-             _misclassified(rows, benches, upstream, deployable),
+             _task(task_table), _targets(target_table, legend), _gates(gates),
+             _picture("pareto", f"{short[:1].upper()}{short[1:]} against latency", pareto),
+             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, upstream, metric),
+             _mistakes(rows, benches, upstream, deployable),
              f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
              "</body></html>"]
     fsio.write_text(dest, "\n".join(parts))
+
+
+def _task(table: list[list[str]]) -> str:
+    """The task's other metrics (a detector's precision, recall, mAP, ...) on the test split."""
+    return f"<h2 id='task'>Task metrics (test split)</h2>{_table(table[0], table[1:])}" if table else ""
 
 
 def _e(text) -> str:
@@ -131,8 +139,10 @@ def _int8(int8_cost: list[dict]) -> str:
             "against its float32)</th></tr>" + lines + "</table>")
 
 
-def _training(rows, upstream: dict[str, Path]) -> str:
-    """Curves, confusion matrix and the doctor's findings of every stage a benched model came from."""
+def _training(rows, upstream: dict[str, Path], metric: dict | None = None) -> str:
+    """Curves, confusion matrix (a detector's predictions) and the doctor's findings of every stage a benched
+    model came from."""
+    name, short = (metric or {}).get("name", "accuracy"), (metric or {}).get("short", "accuracy")
     out = ["<h2 id='training'>Training</h2>"]
     for source in dict.fromkeys(r["source"] for r in rows):
         stage = upstream.get(source)
@@ -148,19 +158,26 @@ def _training(rows, upstream: dict[str, Path]) -> str:
             pics.append(_img((stage / "curves.png").read_bytes(), f"{source} curves"))
         if (stage / "confusion_matrix.png").is_file():
             pics.append(_img((stage / "confusion_matrix.png").read_bytes(), f"{source} confusion matrix"))
-        out.append(f"<h3>{_e(source)}</h3><p>test accuracy {100 * test.get('accuracy', 0):.2f} % after "
-                   f"{metrics.get('epochs_run', '?')} epochs; macro F1 {test.get('macro', {}).get('f1', 0):.3f}</p>"
+        if (stage / "predictions.png").is_file():
+            pics.append(_img((stage / "predictions.png").read_bytes(), f"{source} detections on test scenes"))
+        macro = f"; macro F1 {test['macro']['f1']:.3f}" if "macro" in test else ""
+        out.append(f"<h3>{_e(source)}</h3><p>test {_e(short)} {100 * test.get(name, 0):.2f} % after "
+                   f"{metrics.get('epochs_run', '?')} epochs{macro}</p>"
                    f"{doctor}<div class='stage'>{''.join(pics)}</div>")
     return "".join(out)
 
 
-def _misclassified(rows, benches, upstream: dict[str, Path], deployable: str | None) -> str:
+def _mistakes(rows, benches, upstream: dict[str, Path], deployable: str | None) -> str:
+    """What the deployable model gets wrong: a classifier's misclassified test images, a detector's detections
+    over the first test scenes."""
     row = next((r for r in rows if r["name"] == deployable), None) or next(
         (r for r in reversed(rows) if r["variant"] == "int8"), rows[-1] if rows else None)
     data = upstream.get(next((b.get("data") for b in benches if b.get("data")), None))
     head = "<h2 id='misclassified'>What the deployable model gets wrong</h2>"
     if row is None or data is None or not (data / "dataset.npz").is_file():
         return head + "<p class='ok'>no data to show</p>"
+    if "detections_shown" in row:
+        return _detections(row, data)
     wrong = row.get("misclassified") or []
     if not wrong:
         return head + f"<p class='ok'>{_e(row['name'])}: no mistakes on the test split</p>"
@@ -170,6 +187,24 @@ def _misclassified(rows, benches, upstream: dict[str, Path], deployable: str | N
     return (head + f"<p>{_e(row['name'])}: the first {len(wrong)} of its mistakes on the test split "
             "(true → predicted)</p>" + _img(_grid_png(images, [(classes[t], classes[p]) for _, t, p in wrong]),
                                              "misclassified test images"))
+
+
+def _detections(row: dict, data: Path) -> str:
+    """The deployable detector's detections (red) and the truth (green) on the first test scenes."""
+    import tempfile
+
+    from edgepipe.tasks.detection_pictures import box_grid
+
+    shown = [np.asarray(d, np.float32).reshape(-1, 8) for d in row["detections_shown"]]
+    with np.load(data / "dataset.npz") as z:
+        images, truth = z["x_test"][:len(shown)], z["y_test"][:len(shown)]
+    classes = json.loads((data / "dataset.json").read_text())["classes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        box_grid(images, truth, shown, classes, Path(tmp) / "d.png")
+        png = (Path(tmp) / "d.png").read_bytes()
+    return ("<h2 id='misclassified'>What the deployable model finds</h2>"
+            f"<p>{_e(row['name'])} on the first {len(shown)} test scenes: truth in green, its detections in red "
+            "(a cross at each centre, the class and score, the box when it has a size head)</p>" + _img(png, "detections"))
 
 
 def _grid_png(images: np.ndarray, labels: list[tuple[str, str]]) -> bytes:

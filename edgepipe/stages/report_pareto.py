@@ -8,17 +8,17 @@ from edgepipe.core import fsio
 from edgepipe.stages.report_tables import WORKED_OUT, capital, latency_provenance
 
 
-def write_pareto(rows: list[dict], targets: dict, measured: list[dict], dest: Path) -> None:
+def write_pareto(rows: list[dict], targets: dict, measured: list[dict], dest: Path, short: str = "accuracy") -> None:
     """pareto.png: `pareto_figure`, saved."""
     import matplotlib.pyplot as plt
 
-    fig = pareto_figure(rows, targets, measured)
+    fig = pareto_figure(rows, targets, measured, short)
     with fsio.atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
+def pareto_figure(rows: list[dict], targets: dict, measured: list[dict], short: str = "accuracy"):
     """Accuracy against latency, one panel per target in `measured`'s order (this host last), the Pareto
     front drawn; the matplotlib Figure.
 
@@ -77,12 +77,12 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict]):
                     label="Pareto front")
         log = _plain_axes(ax, [x for x, _, _ in points])
         ax.set_xlabel(xlabel[:-1] + ", log scale)" if log else xlabel)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {short} (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         _label_without_overlap(fig, ax, points)
-    fig.suptitle("accuracy vs latency (marker area ~ file size, diamond = QAT)")
+    fig.suptitle(f"{short} vs latency (marker area ~ file size, diamond = QAT)")
     fig.tight_layout()
     return fig
 

@@ -9,8 +9,36 @@ from __future__ import annotations
 from edgepipe.core import fsio
 from edgepipe.targets.provenance import PROVENANCE
 
-COLUMNS = ("model", "quant", "size", "compressed", "params", "MACs", "val accuracy", "test accuracy", "delta",
-           "p50 1T", "p99 1T", "FPS 1T", "p50 all", "arena")
+#: what the benches judged by, when they do not say (benches written before tasks existed classify)
+ACCURACY = {"name": "accuracy", "short": "accuracy", "label": "accuracy", "shown": []}
+
+
+def columns(short: str = "accuracy") -> tuple[str, ...]:
+    """The results table's columns, the headline metric named `short` ("accuracy", "F1")."""
+    return ("model", "quant", "size", "compressed", "params", "MACs", f"val {short}", f"test {short}", "delta",
+            "p50 1T", "p99 1T", "FPS 1T", "p50 all", "arena")
+
+
+COLUMNS = columns()
+
+
+def metric_of(benches: list[dict]) -> dict:
+    """The headline metric the benches judged every model by (`name`, `short`, `label`, and `shown`: the task's
+    other metrics the report tabulates)."""
+    return next((b["metric"] for b in benches if b.get("metric")), ACCURACY)
+
+
+def task_table(rows: list[dict], metric: dict) -> list[list[str]]:
+    """Header + rows of the task's other metrics on the test split (a detector's precision, recall, mAP, ...),
+    or [] when the task has none to show."""
+    shown = [k for k in metric.get("shown", []) if any(k in (r.get("task_metrics") or {}) for r in rows)]
+    if not shown:
+        return []
+    table = [["model", metric["short"], *shown]]
+    for r in rows:
+        m = r.get("task_metrics") or {}
+        table.append([r["name"], f"{r['accuracy']:.3f}", *("-" if m.get(k) is None else f"{m[k]:.3f}" for k in shown)])
+    return table
 
 
 TAGS = {key: tag for key, (tag, _) in PROVENANCE.items()}
@@ -133,7 +161,8 @@ def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices: dict) -> list[dict]:
+def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices: dict,
+                  short: str = "accuracy") -> list[dict]:
     """Each target's own table (every target but this host, whose table is the results table), in
     `measured`'s order: `{"target", "label", "table": header + rows, "notes": lines under it}`.
 
@@ -149,7 +178,7 @@ def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices
         if t == "host" or not benched:
             continue
         has = {key for _, f in benched for key in f}
-        columns = [("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %")]
+        columns = [(short, "accuracy", lambda v: f"{100 * v:.2f} %")]
         if "instructions" in has:
             columns.append(("instructions", "instructions", lambda v: f"{v / 1e6:.2f} M"))
         if latency_provenance(f for _, f in benched) in WORKED_OUT:
@@ -182,7 +211,7 @@ def _figure(v: float) -> str:
     return f"{v:.{1 if v >= 10 else 2 if v >= 1 else 3}f}"
 
 
-def targets_table(rows: list[dict], targets: dict) -> list[list[str]]:
+def targets_table(rows: list[dict], targets: dict, short: str = "accuracy") -> list[list[str]]:
     """Header + rows of per-target columns, or [] when every figure is this host's own.
 
     Each target has accuracy, latency and memory columns; one whose figures include instructions and
@@ -195,7 +224,7 @@ def targets_table(rows: list[dict], targets: dict) -> list[list[str]]:
     for t in names:
         figures = [per[t] for per in targets.values() if t in per]
         has = {key for f in figures for key in f}
-        columns.append((t, f"acc@{t}", "accuracy", lambda v: f"{100 * v:.2f} %"))
+        columns.append((t, f"{'acc' if short == 'accuracy' else short}@{t}", "accuracy", lambda v: f"{100 * v:.2f} %"))
         if "instructions" in has:
             columns.append((t, f"instr@{t}", "instructions", lambda v: f"{v / 1e6:.2f} M"))
         columns.append((t, f"p50@{t}", "latency_p50_us", micros_text))

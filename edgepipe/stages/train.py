@@ -18,11 +18,12 @@ from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import Dataset, load_dataset
+from edgepipe.tasks import task_of
 from edgepipe.training import distribute, nets
 from edgepipe.training.evaluate import evaluate
 from edgepipe.training.fit import Schedule, fit, make_optimizer, seed_everything
 from edgepipe.training.history import read_history
-from edgepipe.training.outputs import write_training_outputs
+from edgepipe.training.outputs import test_figure, write_training_outputs
 from edgepipe.training.params import TrainParams
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
         seed_everything(params.seed)
         sweep = dataclasses.replace(params, lr=1e-6, schedule=Schedule(kind="constant"))
         result = lr_range_test(build(), ds, make_optimizer(sweep, 1), params.batch_size,
-                               keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
-                               seed=params.seed)
+                               task_of(ds.info).loss(ds.info, params), seed=params.seed)
         write_lr_range(result, io.out)
         params = dataclasses.replace(params, lr=result["suggested_lr"])
         extra = {"lr": params.lr, "lr_chosen_by": "range test (lr_range.json)"}
@@ -70,8 +70,8 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
     chosen = f", lr {params.lr:.2g} from the range test" if "lr" in extra else ""
     if "cross_validation" in extra:
         cv = extra["cross_validation"]
-        chosen += f"; {params.folds}-fold val accuracy {100 * cv['mean']:.2f} ± {100 * cv['std']:.2f} %"
-    return f"test accuracy {100 * metrics['test']['accuracy']:.2f} % ({metrics['epochs_run']} epochs{chosen})"
+        chosen += f"; {params.folds}-fold val {cv['metric']} {100 * cv['mean']:.2f} ± {100 * cv['std']:.2f} %"
+    return f"{test_figure(metrics)} ({metrics['epochs_run']} epochs{chosen})"
 
 
 KIND = StageKind(
@@ -95,9 +95,12 @@ def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict
     y = np.concatenate([ds.splits["train"][1], ds.splits["val"][1]])
     rng = np.random.default_rng(params.seed)
     fold_of = np.empty(len(y), np.int64)
-    for c in np.unique(y):  # deal each class's images round-robin into the folds: stratified
-        idx = rng.permutation(np.flatnonzero(y == c))
-        fold_of[idx] = (np.arange(len(idx)) + int(c)) % k
+    if y.ndim == 1:
+        for c in np.unique(y):  # deal each class's images round-robin into the folds: stratified
+            idx = rng.permutation(np.flatnonzero(y == c))
+            fold_of[idx] = (np.arange(len(idx)) + int(c)) % k
+    else:  # boxes: images dealt at random
+        fold_of[rng.permutation(len(y))] = np.arange(len(y)) % k
     sizes = np.bincount(fold_of, minlength=k)
     if sizes.min() < 1 or any(np.sum(fold_of != i) == 0 for i in range(k)):
         raise EdgepipeError(f"folds: {k} folds of {len(y)} train+val images leave a fold empty",
@@ -116,10 +119,13 @@ def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict
         model = build()
         fit(model, fold, params, StageIO(io.inputs, out=where, work=where))
         scores = evaluate(model, fold, "val")
-        result = {"fold": i + 1, "val_samples": int(held.sum()), "accuracy": scores["accuracy"], "loss": scores["loss"],
+        headline = task_of(ds.info).headline
+        result = {"fold": i + 1, "val_samples": int(held.sum()), headline: scores[headline], "loss": scores.get("loss"),
                   "epochs_run": len(read_history(where / "history.csv"))}
         fsio.write_json(done, result)
         results.append(result)
-    accuracy = np.array([r["accuracy"] for r in results])
-    return {"folds": results, "mean": float(accuracy.mean()), "std": float(accuracy.std(ddof=1)),
-            "loss_mean": float(np.mean([r["loss"] for r in results]))}
+    headline = task_of(ds.info).headline
+    scores = np.array([r[headline] for r in results])
+    losses = [r["loss"] for r in results if r["loss"] is not None]
+    return {"folds": results, "metric": headline, "mean": float(scores.mean()), "std": float(scores.std(ddof=1)),
+            "loss_mean": float(np.mean(losses)) if losses else None}

@@ -29,8 +29,13 @@ KERNEL_FLASH_BYTES = {
 DEFAULT_KERNEL_BYTES = 3000
 
 
-def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
-    """Run the model in TFLite Micro: does it run, does it agree with LiteRT, what arena does it need."""
+def tflm_check(path: Path, x_q: np.ndarray, reference: np.ndarray, agree=None) -> dict:
+    """Run the model in TFLite Micro: does it run, does it agree with LiteRT, what arena does it need.
+
+    `reference` is LiteRT's result on the same inputs: a classifier's top-1 classes, or the raw outputs of
+    another task's model, which `agree(reference, outputs)` (the task's agreement) compares with TFLite
+    Micro's, dequantised.
+    """
     from tflite_micro.python.tflite_micro import runtime
 
     blob = path.read_bytes()
@@ -57,13 +62,18 @@ def tflm_check(path: Path, x_q: np.ndarray, expected_top1: np.ndarray) -> dict:
             error = " ".join(str(e).split())[:200]
         return {"ok": False, "error": error}
     interp = runtime.Interpreter.from_bytes(blob, arena_size=arena)
-    top1 = []
+    outputs = []
     for x in x_q:
         interp.set_input(x[None], 0)
         interp.invoke()
-        top1.append(int(np.argmax(interp.get_output(0))))
-    return {"ok": True, "arena_bytes": int(arena), "top1_agreement_with_litert": float(np.mean(np.array(top1) == expected_top1)),
-            "samples": len(x_q)}
+        outputs.append(interp.get_output(0)[0])
+    if reference.ndim == 1:
+        top1 = np.array([int(np.argmax(o)) for o in outputs])
+        agreement = {"top1_agreement_with_litert": float(np.mean(top1 == reference))}
+    else:
+        _, dout = litert.io_details(litert.interpreter(path))
+        agreement = {"agreement_with_litert": agree(reference, device_runner.dequantize_output(np.stack(outputs), dout))}
+    return {"ok": True, "arena_bytes": int(arena), **agreement, "samples": len(x_q)}
 
 
 def tflm_accuracy(path: Path, x: np.ndarray, y: np.ndarray, arena: int) -> float:

@@ -18,6 +18,7 @@ from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
 from edgepipe.datasets.augment import tf_dataset
+from edgepipe.tasks import task_of
 from edgepipe.training.history import read_history, write_history
 from edgepipe.training.probes import gradient_norms
 
@@ -62,7 +63,9 @@ class Fit:
                                      "callbacks see every Nth batch", min=1)
     epochs: int = param(10, "maximum epochs", min=1)
     early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
-    label_smoothing: float = param(0.0, "cross-entropy label smoothing", min=0.0, max=0.5)
+    label_smoothing: float = param(0.0, "cross-entropy label smoothing (classification)", min=0.0, max=0.5)
+    object_weight: float = param(100.0, "detection: the cross-entropy weight of a cell holding an object against a "
+                                 "background cell (FOMO's 100: most cells are background)", min=1.0, max=10000.0)
     clipnorm: float | None = param(None, "clip each gradient to this L2 norm", min=0.0)
     class_weights: Literal["none", "balanced"] = param("none", "weight the loss by inverse class frequency")
     seed: int = param(0, "seed for initialisation, shuffling and augmentation")
@@ -99,15 +102,13 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     Returns:
         the list of per-epoch history rows (dicts).
     """
-    from edgepipe.core._tf import keras
-
-    train = _one_hot(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra),
-                     len(ds.classes))
-    val = _one_hot(tf_dataset(ds, "val", max(p.batch_size, 256), training=False), len(ds.classes))
+    task = task_of(ds.info)
+    train = _pack(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra))
+    val = tf_dataset(ds, "val", max(p.batch_size, 256), training=False)
     if compile_model:
         model.compile(optimizer=make_optimizer(p, steps_per_epoch(ds, p.batch_size)),
-                      loss=loss or keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      loss=loss or task.loss(ds.info, p),
+                      metrics=task.keras_metrics(),
                       steps_per_execution=p.steps_per_execution)
     history_csv = io.work / "history.csv"
     callbacks = [*_callbacks(p, ds, io, target or model, history_csv), *callbacks]
@@ -197,8 +198,6 @@ def make_optimizer(p: Fit, steps_per_epoch: int):
 
 
 
-def _one_hot(d, k: int):
-    """Labels to one-hot; an extra third element joins them as y = (one_hot, extra)."""
-    from edgepipe.core._tf import tf
-
-    return d.map(lambda x, y, *extra: (x, (tf.one_hot(y, k), *extra) if extra else tf.one_hot(y, k)))
+def _pack(d):
+    """An extra third element joins the targets as y = (targets, extra)."""
+    return d.map(lambda x, y, *extra: (x, (y, *extra) if extra else y))

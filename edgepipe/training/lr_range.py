@@ -35,11 +35,9 @@ def lr_range_test(model, ds: Dataset, optimizer, batch_size: int, loss, *, steps
     Returns:
         {"suggested_lr", "min_loss_lr", "steepest_lr", "lrs", "losses" (smoothed), "steps_run", ...}.
     """
-    from edgepipe.core._tf import keras, tf
+    from edgepipe.core._tf import keras
 
-    k = len(ds.classes)
     train = tf_dataset(ds, "train", batch_size, training=True, seed=seed).repeat()
-    train = train.map(lambda x, y: (x, tf.one_hot(y, k)))
     x_val, y_val = ds.splits["val"]
     x_val, y_val = ds.preprocess(x_val[:VAL_IMAGES]), y_val[:VAL_IMAGES]
     model.compile(optimizer=optimizer, loss=loss)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.tasks import task_of
+from edgepipe.training import detection_nets
+from edgepipe.training.blocks import conv_bn_relu, ds_block
 
 
 def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="he_normal", kernel_regularizer=None,
@@ -25,7 +28,7 @@ def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="h
     """A VGG-style CNN for small images (28x28, 32x32): five conv-BN-ReLU layers, 106 k params and 8.3 M MACs at width 1."""
     from edgepipe.core._tf import keras
 
-    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
+    conv = conv_bn_relu(kernel_initializer, kernel_regularizer)
     c = lambda n: max(8, int(n * width))  # noqa: E731
     inputs = keras.Input(input_shape)
     x = conv(inputs, c(24), 3, 1)
@@ -46,8 +49,8 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
     """
     from edgepipe.core._tf import keras
 
-    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
-    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    conv = conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = ds_block(kernel_initializer, kernel_regularizer)
     c = lambda n: max(4, int(n * alpha))  # noqa: E731
     inputs = keras.Input(input_shape)
     x = conv(inputs, stem or c(8), stem_kernel, 2)  # 14x14
@@ -73,8 +76,8 @@ def strided_cnn(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he
     """
     from edgepipe.core._tf import keras
 
-    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
-    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    conv = conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = ds_block(kernel_initializer, kernel_regularizer)
     if len(widths) != 3:
         raise TypeError(f"widths must list 3 channel counts, got {list(widths)}")
     inputs = keras.Input(input_shape)
@@ -92,8 +95,8 @@ def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer=
     """A MobileNetV1-style net for larger images (96x96 or more), width multiplier `alpha`."""
     from edgepipe.core._tf import keras
 
-    conv = _conv_bn_relu(kernel_initializer, kernel_regularizer)
-    ds = _ds_block(kernel_initializer, kernel_regularizer)
+    conv = conv_bn_relu(kernel_initializer, kernel_regularizer)
+    ds = ds_block(kernel_initializer, kernel_regularizer)
     c = lambda n: max(8, int(n * alpha))  # noqa: E731
     inputs = keras.Input(input_shape)
     x = conv(inputs, c(32), 3, 2)
@@ -108,7 +111,7 @@ def tiny_conv(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glor
 
     L = keras.layers
     inputs = keras.Input(input_shape)
-    x = _conv_bn_relu(kernel_initializer, kernel_regularizer)(inputs, 4, 3, 2)
+    x = conv_bn_relu(kernel_initializer, kernel_regularizer)(inputs, 4, 3, 2)
     x = L.Flatten()(x)  # not pooling: the test data's classes differ by *where* the pattern is
     x = L.Dropout(dropout)(x)
     x = L.Dense(num_classes, kernel_initializer=kernel_initializer, name="logits")(x)
@@ -136,6 +139,9 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {
     "strided_cnn": strided_cnn,
     "mobilenet_tiny": mobilenet_tiny,
     "tiny_conv": tiny_conv,
+    # detection: a heat map of object centres (edgepipe.training.detection_nets)
+    "fomo": detection_nets.fomo,
+    "centroid_net": detection_nets.centroid_net,
 }
 
 
@@ -162,8 +168,9 @@ def resolve(arch: str) -> Callable[..., Any]:
     return builder
 
 
-def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, **common):
-    """Build `arch` and check it is a tf_keras model with the right input and output shapes."""
+def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, *, check_output=None, **common):
+    """Build `arch` and check it is a tf_keras model with the right input and output shapes (`check_output`:
+    a task's check of the output shape; None: `num_classes` class scores)."""
     from edgepipe.core._tf import keras
 
     builder = resolve(arch)
@@ -184,9 +191,12 @@ def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, **com
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgepipeError(f"arch '{arch}' builds a model of {len(model.inputs)} inputs and {len(model.outputs)} "
                             "outputs", "edgepipe trains classifiers: one image input, one class-score output")
-    if tuple(model.input_shape[1:]) != tuple(input_shape) or model.output_shape[-1] != num_classes:
+    want = check_output(tuple(model.output_shape[1:])) if check_output else (
+        None if model.output_shape[-1] == num_classes else f"{num_classes} class scores")
+    if tuple(model.input_shape[1:]) != tuple(input_shape) or want:
         raise EdgepipeError(f"arch '{arch}' maps {model.input_shape} to {model.output_shape}, the data is "
-                            f"{tuple(input_shape)} with {num_classes} classes", "fix the builder's shapes")
+                            f"{tuple(input_shape)} with {num_classes} classes (it needs {want or 'that input'})",
+                            "fix the builder's shapes")
     return model
 
 
@@ -200,7 +210,9 @@ def build_for(p, ds):
         common["kernel_regularizer"] = keras.regularizers.L1L2(l1=p.l1, l2=p.l2)
     if p.dropout is not None:
         common["dropout"] = p.dropout
-    return build_model(p.arch, ds.input_shape, len(ds.classes), p.arch_args, **common)
+    task = task_of(ds.info)
+    return build_model(p.arch, ds.input_shape, len(ds.classes), p.arch_args,
+                       check_output=lambda shape: task.check_output(shape, ds.info), **common)
 
 
 def builder_files(arch: str) -> list[Path]:
@@ -318,34 +330,3 @@ def _classifier(inputs, x, num_classes, dropout, initializer, regularizer, name,
     x = L.Dropout(dropout)(x)
     x = L.Dense(num_classes, kernel_initializer=initializer, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, L.Softmax(name="probs")(x), name=name)
-
-
-def _conv_bn_relu(initializer, regularizer):
-    from edgepipe.core._tf import keras
-
-    L = keras.layers
-
-    def block(x, filters, kernel, stride):
-        x = L.Conv2D(filters, kernel, stride, padding="same", use_bias=False, kernel_initializer=initializer,
-                     kernel_regularizer=regularizer)(x)
-        x = L.BatchNormalization()(x)
-        return L.ReLU()(x)
-
-    return block
-
-
-def _ds_block(initializer, regularizer):
-    from edgepipe.core._tf import keras
-
-    L = keras.layers
-
-    def block(x, filters, stride):
-        x = L.DepthwiseConv2D(3, stride, padding="same", use_bias=False, depthwise_initializer=initializer,
-                              depthwise_regularizer=regularizer)(x)
-        x = L.BatchNormalization()(x)
-        x = L.ReLU()(x)
-        x = L.Conv2D(filters, 1, use_bias=False, kernel_initializer=initializer, kernel_regularizer=regularizer)(x)
-        x = L.BatchNormalization()(x)
-        return L.ReLU()(x)
-
-    return block

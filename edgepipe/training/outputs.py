@@ -17,6 +17,7 @@ import numpy as np
 from edgepipe.core import fsio
 from edgepipe.core.stage import FINDINGS, StageIO
 from edgepipe.datasets.artifact import Dataset
+from edgepipe.tasks import task_of
 from edgepipe.training import doctor, nets
 from edgepipe.training.evaluate import evaluate
 from edgepipe.training.fit import Fit
@@ -25,29 +26,32 @@ from edgepipe.training.modelio import save_model
 from edgepipe.training.probes import batchnorm_modes, dead_relus
 
 
+#: test images a task draws its pictures from (a detector's predictions over them)
+PICTURED = 32
+
+
 def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *, extra: dict | None = None,
                            title: str = "") -> dict:
     """Save the model; write metrics.json (plus `extra`), curves.png, confusion_matrix.csv/.png (test split)
     and the doctor's diagnostics.json."""
     save_model(model, stage_io.out / "model.h5")
     rows = read_history(stage_io.out / "history.csv")
+    task = task_of(ds.info)
     metrics = {
         "test": evaluate(model, ds, "test"),
-        "val": {k: v for k, v in evaluate(model, ds, "val").items() if k in ("accuracy", "loss")},
+        "val": {k: v for k, v in evaluate(model, ds, "val").items() if k in (task.headline, "loss")},
         "epochs_run": len(rows),
+        "metric": task.headline, "metric_label": task.headline_label,
         "params": int(model.count_params()),
         "macs": nets.count_macs(model),
         **(extra or {}),
     }
     fsio.write_json(stage_io.out / "metrics.json", metrics)
     plot_curves(rows, stage_io.out / "curves.png", title)
-    cm = metrics["test"]["confusion_matrix"]
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *ds.classes])
-    writer.writerows([c, *r] for c, r in zip(ds.classes, cm))
-    fsio.write_text(stage_io.out / "confusion_matrix.csv", table.getvalue())
-    plot_confusion(cm, ds.classes, stage_io.out / "confusion_matrix.png")
+    if "confusion_matrix" in metrics["test"]:
+        write_confusion(metrics["test"]["confusion_matrix"], ds.classes, stage_io.out)
+    x, y = ds.splits["test"]
+    task.pictures(x, y, model.predict(ds.preprocess(x[:PICTURED]), verbose=0), ds.info, stage_io.out)
     es = params.early_stopping
     gradients = stage_io.out / "gradients.json"
     findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
@@ -60,6 +64,23 @@ def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *
 
 
 
+
+
+def test_figure(metrics: dict) -> str:
+    """A training stage's headline on the test split as its summary line says it: "test accuracy 99.20 %"."""
+    test = metrics["test"]
+    name = metrics.get("metric", "accuracy")
+    return f"test {metrics.get('metric_label', name)} {100 * test[name]:.2f} %"
+
+
+def write_confusion(cm: list, classes: list[str], out: Path) -> None:
+    """confusion_matrix.csv and .png: test images by true (rows) and predicted (columns) class."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *classes])
+    writer.writerows([c, *r] for c, r in zip(classes, cm))
+    fsio.write_text(out / "confusion_matrix.csv", table.getvalue())
+    plot_confusion(cm, classes, out / "confusion_matrix.png")
 
 
 def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:

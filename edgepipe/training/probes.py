@@ -11,6 +11,7 @@ import numpy as np
 
 from edgepipe.core import fsio
 from edgepipe.datasets.artifact import Dataset
+from edgepipe.tasks import task_of
 
 
 def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
@@ -22,7 +23,9 @@ def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
     from edgepipe.core._tf import keras, tf
 
     x, y = ds.splits["val"]
-    x, y = tf.constant(ds.preprocess(x[:samples])), tf.one_hot(y[:samples], len(ds.classes))
+    task = task_of(ds.info)
+    x, y = tf.constant(ds.preprocess(x[:samples])), tf.constant(task.targets(y[:samples], ds.info))
+    loss_fn = task.loss(ds.info)
     rows: list[dict] = []
 
     def measure(epoch, logs=None):
@@ -30,7 +33,7 @@ def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
         if not kernels:
             return
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(y, watched(x, training=False)))
+            loss = tf.reduce_mean(loss_fn(y, watched(x, training=False)))
         grads = tape.gradient(loss, kernels)
         rows.append({"epoch": epoch + 1, "norms": {v.name.rsplit("/", 1)[0]: float(tf.norm(g)) if g is not None
                                                     else 0.0 for v, g in zip(kernels, grads)}})
@@ -41,7 +44,7 @@ def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
 
 
 def batchnorm_modes(model, ds: Dataset, samples: int = 512, batch: int = 128) -> dict | None:
-    """Accuracy on train images with BatchNorm's moving statistics (inference, as exported) and with each
+    """The task's headline metric (accuracy) on train images with BatchNorm's moving statistics (inference, as exported) and with each
     batch's own statistics (as in training); None for a model with no BatchNorm layer that learns.
 
     A large gap means the moving averages lag the weights. The model's non-trainable variables (moving
@@ -53,15 +56,19 @@ def batchnorm_modes(model, ds: Dataset, samples: int = 512, batch: int = 128) ->
         return None
     x, y = ds.splits["train"]
     x, y = ds.preprocess(x[:samples]), y[:samples]
-    moving = model.predict(x, batch_size=batch, verbose=0).argmax(1)
+    task = task_of(ds.info)
+
+    def score(outputs):  # the task's headline metric (a classifier's: top-1 accuracy)
+        return float(task.metrics(y, outputs, ds.info)[task.headline])
+
+    moving = model.predict(x, batch_size=batch, verbose=0)
     kept = [v.numpy() for v in model.non_trainable_variables]
     try:
         batched = np.concatenate([model(x[i:i + batch], training=True).numpy() for i in range(0, len(x), batch)])
     finally:
         for v, value in zip(model.non_trainable_variables, kept):
             v.assign(value)
-    return {"moving": float(np.mean(moving == y)), "batch": float(np.mean(batched.argmax(1) == y)),
-            "samples": int(len(y))}
+    return {"moving": score(moving), "batch": score(batched), "metric": task.headline, "samples": int(len(y))}
 
 
 

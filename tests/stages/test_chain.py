@@ -208,6 +208,7 @@ def test_dynamic_range_parity_is_top1_agreement_not_largest_difference(chain):
     """A dynamic-range model passes when it ranks like Keras, however far one probability moves, and fails
     with one line naming tolerance.dynamic_top1 when it does not."""
     from edgepipe.stages.convert import Tolerance, check_parity
+    from edgepipe.tasks import task_of
 
     root, data, teacher = chain
     floats = stage(root, "dyn", run_convert_stage, ConvertParams, {"variants": ["dynamic"]}, data=data,
@@ -220,12 +221,14 @@ def test_dynamic_range_parity_is_top1_agreement_not_largest_difference(chain):
     moved[np.arange(len(x)), out.argmax(1)] -= 0.1
     keep = moved.argmax(1) == out.argmax(1)  # the images whose top-1 survives the move
     assert keep.sum() >= 10
-    parity = check_parity(floats / "teacher_dynamic.tflite", "dynamic", x[keep], moved[keep], Tolerance(), "teacher")
+    task = task_of(ds.info)
+    parity = check_parity(floats / "teacher_dynamic.tflite", "dynamic", x[keep], moved[keep], Tolerance(), "teacher",
+                          task, ds.info)
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] >= 0.1 - 1e-6
     shuffled = np.roll(out, 1, axis=1)  # every top-1 moved to another class
     with pytest.raises(EdgepipeError, match=r"teacher_dynamic.tflite disagrees with keras: top-1 agreement "
                                             r"0\.\d+ < 0\.99 on \d+ samples; fix: .*tolerance\.dynamic_top1$"):
-        check_parity(floats / "teacher_dynamic.tflite", "dynamic", x, shuffled, Tolerance(), "teacher")
+        check_parity(floats / "teacher_dynamic.tflite", "dynamic", x, shuffled, Tolerance(), "teacher", task, ds.info)
 
 
 def test_parity_failure_stops_conversion(chain):

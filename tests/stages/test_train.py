@@ -12,7 +12,7 @@ from edgepipe.core.stage import StageIO
 from edgepipe.stages.data import DataParams, run_data_stage
 from edgepipe.stages.train import TrainParams, run_train_stage
 from edgepipe.testing import write_idx_dataset
-from edgepipe.training.evaluate import classification_metrics
+from edgepipe.tasks.classification import classification_metrics
 from edgepipe.training.fit import make_optimizer
 
 

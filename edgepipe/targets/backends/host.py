@@ -37,6 +37,7 @@ def host_provenance() -> dict:
 class Host(Backend):
     name = "this host"
     searchable = True
+    tasks = ("detection",)  # the bench's own host figures: the task judges LiteRT's outputs here
 
     def environment(self, target: Target, params) -> dict:
         return {"host": host_provenance()}

@@ -41,6 +41,9 @@ class Backend(abc.ABC):
     measure_choices: tuple[str, ...] = ()
     #: a search can measure every trial on it from here
     searchable: bool = False
+    #: it scores any task's raw outputs on the device (a detector's heat maps), not only a classifier's class
+    #: scores: the tasks (`edgepipe.tasks`) it can bench, besides classification
+    tasks: tuple[str, ...] = ()
     #: what the device's runtime runs, for the lint (`edgepipe.targets.lint`); None: any operator LiteRT has
     runtime: Runtime | None = None
 
