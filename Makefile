@@ -24,13 +24,14 @@ else
 .DEFAULT_GOAL := help
 endif
 
-.PHONY: help setup system system-test run status test test-all bench clean
+.PHONY: help setup system system-test run status test test-all lint format bench clean
 
 help:
 	@echo "make recipe=NAME [profile=P] [until=STAGE] [jobs=N]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
 	@echo "make status recipe=NAME                       which stages are stale, and why"
 	@echo "make test                                     the fast test suite"
 	@echo "make test-all                                 every test, slow ones included"
+	@echo "make lint | make format                      ruff check and format --check | apply both"
 	@echo "make bench                                    benchmarks under benchmarks/"
 	@echo "make setup | make clean                       (setup: the Debian packages the recipes need, and .venv)"
 
@@ -62,8 +63,17 @@ run: setup
 status: setup
 	$(BIN)/edgepipe status $(recipe) $(if $(profile),--profile $(profile))
 
-test: system-test setup
+test: system-test setup lint
 	$(BIN)/python -m pytest -q -n $(test_workers) --durations=10
+
+# ruff's lint rules and formatting (pyproject.toml [tool.ruff]); `make format` applies both
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-all: system-test setup
 	$(BIN)/python -m pytest -q -n $(test_workers) --runslow
