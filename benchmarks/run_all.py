@@ -62,16 +62,23 @@ def latency_vs_reference(ours: Path, reference: Path, rounds: int = 7, runs: int
 
     shapes = [tuple(int(d) for d in io_details(interpreter(f))[0]["shape"][1:]) for f in (ours, reference)]
     if shapes[0] != shapes[1]:
-        raise EdgepipeError(f"{ours.name} takes {shapes[0]} and {reference.name} {shapes[1]}",
-                            "compare two models of the same input")
+        raise EdgepipeError(
+            f"{ours.name} takes {shapes[0]} and {reference.name} {shapes[1]}", "compare two models of the same input"
+        )
     x = np.random.default_rng(0).random((64, *shapes[0]), dtype=np.float32)  # invoke time ignores the content
     with quiet_native():
-        rows = device_runner.time_rounds([str(ours), str(reference)], x, [1], warmup=200, runs=runs * rounds,
-                                         rounds=rounds)
+        rows = device_runner.time_rounds(
+            [str(ours), str(reference)], x, [1], warmup=200, runs=runs * rounds, rounds=rounds
+        )
     p50 = [rows[str(f)]["latency"]["threads_1"]["round_p50_us"] for f in (ours, reference)]
     ratios = [a / b for a, b in zip(*p50)]
-    return {"p50_us": [statistics.median(v) for v in p50], "ratio": statistics.median(ratios),
-            "ratio_range": (min(ratios), max(ratios)), "rounds": rounds, "runs": runs}
+    return {
+        "p50_us": [statistics.median(v) for v in p50],
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+        "rounds": rounds,
+        "runs": runs,
+    }
 
 
 def mcu_calibration() -> None:
@@ -83,13 +90,17 @@ def mcu_calibration() -> None:
     from edgepipe.targets.profiles import load_target
 
     if not all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm")):
-        print("mcu_calibration: skipped (no Cortex-M toolchain: apt-get install gcc-arm-none-eabi "
-              "libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)")
+        print(
+            "mcu_calibration: skipped (no Cortex-M toolchain: apt-get install gcc-arm-none-eabi "
+            "libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)"
+        )
         return
     fit = calibration(log=print)
     profile = load_target("cortex-m4").cycles_per_instruction
-    print(f"mcu_calibration: fitted {fit['factor']:.3f} cycles per instruction; the cortex-m4 profile uses {profile}"
-          + ("" if abs(fit["factor"] - profile) < 0.01 else " (update it)"))
+    print(
+        f"mcu_calibration: fitted {fit['factor']:.3f} cycles per instruction; the cortex-m4 profile uses {profile}"
+        + ("" if abs(fit["factor"] - profile) < 0.01 else " (update it)")
+    )
 
 
 BENCHMARKS = ("runner_noop", "latency_vs_reference", "mcu_calibration")
@@ -97,11 +108,22 @@ BENCHMARKS = ("runner_noop", "latency_vs_reference", "mcu_calibration")
 
 @click.command()
 @click.argument("names", nargs=-1, type=click.Choice(BENCHMARKS))
-@click.option("--run-dir", type=click.Path(path_type=Path), default=REPO / "runs" / "mnist_student",
-              show_default=True, help="the mnist_student run whose .tflite files latency_vs_reference times")
-@click.option("--pair", nargs=2, type=click.Path(path_type=Path), default=None, metavar="OURS REFERENCE",
-              help="two .tflite files of the same input for latency_vs_reference, instead of the mnist_student "
-                   "run's QAT student and TF-MOT example")
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=REPO / "runs" / "mnist_student",
+    show_default=True,
+    help="the mnist_student run whose .tflite files latency_vs_reference times",
+)
+@click.option(
+    "--pair",
+    nargs=2,
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="OURS REFERENCE",
+    help="two .tflite files of the same input for latency_vs_reference, instead of the mnist_student "
+    "run's QAT student and TF-MOT example",
+)
 def main(names: tuple[str, ...], run_dir: Path, pair: tuple[Path, Path] | None) -> None:
     """Run the benchmarks NAMES (default: all) and print one line each."""
     from edgepipe.core.errors import EdgepipeError
@@ -117,8 +139,10 @@ def report(names, run_dir: Path, pair: tuple[Path, Path] | None = None) -> None:
     os.environ.setdefault("EDGEPIPE_DATA_MIRROR", str(REPO.parent / "shared" / "datasets"))
     if "runner_noop" in names:
         r = runner_noop()
-        print(f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} "
-              f"runs (min {r['min_s']:.3f}, max {r['max_s']:.3f})")
+        print(
+            f"runner_noop (smoke recipe, all stages fresh): median {r['median_s']:.3f} s over {r['runs']} "
+            f"runs (min {r['min_s']:.3f}, max {r['max_s']:.3f})"
+        )
     if "mcu_calibration" in names:
         mcu_calibration()
     if "latency_vs_reference" not in names:
@@ -126,14 +150,18 @@ def report(names, run_dir: Path, pair: tuple[Path, Path] | None = None) -> None:
     if pair is None:
         pair = tuple(run_dir / f for f in MNIST_STUDENT_PAIR)
         if not all(f.is_file() for f in pair):
-            print(f"latency_vs_reference: skipped (no {pair[0]} or {pair[1]}: run `make recipe=mnist_student` "
-                  "first, or name two models with --pair)")
+            print(
+                f"latency_vs_reference: skipped (no {pair[0]} or {pair[1]}: run `make recipe=mnist_student` "
+                "first, or name two models with --pair)"
+            )
             return
     lat = latency_vs_reference(*pair)
     (ours, ref), (a, b) = lat["p50_us"], (p.name for p in pair)
-    print(f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
-          f"{a} p50 {ours:.1f} us, {b} {ref:.1f} us, ratio {lat['ratio']:.2f} "
-          f"(rounds {lat['ratio_range'][0]:.2f}-{lat['ratio_range'][1]:.2f})")
+    print(
+        f"latency_vs_reference (1 thread, {lat['rounds']} interleaved rounds of {lat['runs']} invokes): "
+        f"{a} p50 {ours:.1f} us, {b} {ref:.1f} us, ratio {lat['ratio']:.2f} "
+        f"(rounds {lat['ratio_range'][0]:.2f}-{lat['ratio_range'][1]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,15 @@ def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str |
     from edgepipe.pipeline.recipe import find_recipe, load_recipe
 
     config = _config()
-    return load_recipe(find_recipe(recipe), profile=profile, sets=sets, target=target, host=host,
-                       default_target=config.target, hosts=config.hosts)
+    return load_recipe(
+        find_recipe(recipe),
+        profile=profile,
+        sets=sets,
+        target=target,
+        host=host,
+        default_target=config.target,
+        hosts=config.hosts,
+    )
 
 
 def _runner(r, root: Path, track: str | None = None):
@@ -42,8 +49,9 @@ class _Once(click.Option):
     def process_value(self, ctx, value):
         values = super().process_value(ctx, value)
         if len(values) > 1:
-            raise click.UsageError(f"{max(self.opts, key=len)} given {len(values)} times ({', '.join(map(str, values))})",
-                                   ctx=ctx)
+            raise click.UsageError(
+                f"{max(self.opts, key=len)} given {len(values)} times ({', '.join(map(str, values))})", ctx=ctx
+            )
         return values[0] if values else self._single_default
 
     def get_help_extra(self, ctx):  # show the single default, not the tuple multiple=True implies
@@ -62,11 +70,21 @@ profile_opt = _option("--profile", "-p", default=None, help="apply the recipe's 
 set_opt = click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="override a param (repeatable)")
 until_opt = _option("--until", default=None, metavar="STAGE", help="run this stage and what it depends on")
 only_opt = _option("--only", default=None, metavar="STAGE", help="run just this stage on existing inputs")
-target_opt = _option("--target", "-t", default=None, metavar="NAME|FILE.yaml",
-                     help="device to bench and bundle for (`edgepipe targets` lists them)")
+target_opt = _option(
+    "--target",
+    "-t",
+    default=None,
+    metavar="NAME|FILE.yaml",
+    help="device to bench and bundle for (`edgepipe targets` lists them)",
+)
 host_opt = _option("--host", default=None, metavar="USER@ADDR[:PORT]", help="SSH address of the target device")
-root_opt = _option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-                   show_default=True, help="folder that holds runs/ and models/")
+root_opt = _option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="folder that holds runs/ and models/",
+)
 
 
 def _stack(*options):
@@ -74,6 +92,7 @@ def _stack(*options):
         for option in reversed(options):
             f = option(f)
         return f
+
     return apply
 
 
@@ -102,16 +121,29 @@ def main(ctx: click.Context, debug: bool) -> None:
 @root_opt
 @click.option("--force", is_flag=True, help="rerun the selected stages even if up to date")
 @click.option("--dry-run", is_flag=True, help="say what would run, run nothing")
-@_option("-j", "--jobs", default=1, show_default=True, type=int,
-         help="stages run at once, in worker processes, when their inputs are ready")
-@click.option("--track", is_flag=False, flag_value="", default=None, metavar="[URI]",
-              help="log the run to MLflow (at URI; default: the recipe's tracking.uri, $EDGEPIPE_TRACKING_URI, "
-                   "else sqlite in mlruns/)")
+@_option(
+    "-j",
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=int,
+    help="stages run at once, in worker processes, when their inputs are ready",
+)
+@click.option(
+    "--track",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[URI]",
+    help="log the run to MLflow (at URI; default: the recipe's tracking.uri, $EDGEPIPE_TRACKING_URI, "
+    "else sqlite in mlruns/)",
+)
 def run(recipe, profile, sets, until, only, target, host, root, force, dry_run, jobs, track):
     """Run the stale stages of RECIPE (a name in recipes/ or a path)."""
     r = _load(recipe, profile, sets, target, host)
-    _summary(r, lambda: _runner(r, root, track).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs),
-             dry_run)
+    _summary(
+        r, lambda: _runner(r, root, track).run(until=until, only=only, force=force, dry_run=dry_run, jobs=jobs), dry_run
+    )
 
 
 @main.command()
@@ -138,9 +170,12 @@ def _summary(r, go, dry_run: bool) -> None:
     restored = sum(x.action == "restored" for x in results)
     total = time.perf_counter() - start
     last = next((x.summary for x in reversed(ran) if x.summary), "")
-    ui.say(f"{r.name}: {len(ran) - restored} ran, " + (f"{restored} restored from the run cache, " if restored else "")
-           + f"{len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
-           f"{f' in {total:.1f} s' if ran else ''}" + (f"; {last}" if last else ""))
+    ui.say(
+        f"{r.name}: {len(ran) - restored} ran, "
+        + (f"{restored} restored from the run cache, " if restored else "")
+        + f"{len(results) - len(ran)} {'checked' if dry_run else 'skipped'}"
+        f"{f' in {total:.1f} s' if ran else ''}" + (f"; {last}" if last else "")
+    )
 
 
 @main.command()
@@ -171,7 +206,9 @@ def runs(recipe, root):
 
     r = _load(recipe, None, ())
     records = history.read(root / "runs" / r.name)
-    for line in history.listing(records) if records else [f"{r.name}: no runs recorded yet (runs/{r.name}/history.jsonl)"]:
+    for line in (
+        history.listing(records) if records else [f"{r.name}: no runs recorded yet (runs/{r.name}/history.jsonl)"]
+    ):
         ui.say(line)
 
 
@@ -194,7 +231,9 @@ def compare(recipe, a, b, root):
 @main.command()
 @recipe_arg
 @root_opt
-@_option("--keep", default=1, show_default=True, type=int, help="run cache entries kept per stage, most recently used first")
+@_option(
+    "--keep", default=1, show_default=True, type=int, help="run cache entries kept per stage, most recently used first"
+)
 def gc(recipe, root, keep):
     """Prune RECIPE's run cache (runs/RECIPE/.cache): keep the newest KEEP entries of each stage."""
     from edgepipe.core.fsio import human_size
@@ -203,8 +242,10 @@ def gc(recipe, root, keep):
     gone, freed = _runner(_load(recipe, None, ()), root).gc(keep)
     for e in gone:
         ui.say(f"  removed {e.stage:<14} run of {when(e.created)}  key {e.key[:12]}")
-    ui.say(f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
-           "files freed")
+    ui.say(
+        f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
+        "files freed"
+    )
 
 
 @main.command()
@@ -244,8 +285,11 @@ def targets(name):
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @target_opt
-@click.option("--int8/--no-int8", default=None, help="treat the models as full-int8 (default: the target's rule, "
-              "or a model whose input is integer)")
+@click.option(
+    "--int8/--no-int8",
+    default=None,
+    help="treat the models as full-int8 (default: the target's rule, or a model whose input is integer)",
+)
 def lint(models, target, int8):
     """Check .tflite MODELS for what TARGET cannot run: float ops in int8 graphs, quantize islands, missing ops."""
     from edgepipe.targets import lint as linter
@@ -285,7 +329,9 @@ def kinds(kind):
     t = table()
     if kind is None:
         for k in t.values():
-            ui.say(f"  {k.name:<10} {k.doc}  (inputs: {', '.join(r + ('?' if r in k.optional_inputs else '') for r in k.inputs) or 'none'})")
+            ui.say(
+                f"  {k.name:<10} {k.doc}  (inputs: {', '.join(r + ('?' if r in k.optional_inputs else '') for r in k.inputs) or 'none'})"
+            )
         return
     if kind not in t:
         raise EdgepipeError(f"unknown stage kind '{kind}'", f"use one of: {', '.join(t)}", exit_code=2)
@@ -332,8 +378,11 @@ def entry() -> None:
     except Exception as e:  # a bug in edgepipe, not in the user's input
         if debug:
             raise
-        _fail(f"internal error: {type(e).__name__}: {e}; fix: rerun with --debug for the traceback and report it", 1,
-              prefix="edgepipe: ")
+        _fail(
+            f"internal error: {type(e).__name__}: {e}; fix: rerun with --debug for the traceback and report it",
+            1,
+            prefix="edgepipe: ",
+        )
 
 
 def _fail(line: str, code: int, prefix: str = "edgepipe: error: ") -> None:

@@ -13,8 +13,10 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 # A clone without ../shared (a user who cloned the project alone): what needs the offline mirrors skips.
 NO_MIRROR = f"needs the offline dataset mirror {SHARED_DATASETS} (../shared/datasets beside the repository)"
 MCU_MIRROR = REPO.parent / "shared" / "mcu"
-NO_TFLM = (f"needs TensorFlow Lite Micro's sources: the offline mirror {MCU_MIRROR} (../shared/mcu beside the "
-           "repository) or EDGEPIPE_TFLM_SRC")
+NO_TFLM = (
+    f"needs TensorFlow Lite Micro's sources: the offline mirror {MCU_MIRROR} (../shared/mcu beside the "
+    "repository) or EDGEPIPE_TFLM_SRC"
+)
 
 
 def no_tflm_sources() -> bool:
@@ -57,8 +59,9 @@ def cli(tmp_path):
     def run(*args, cwd=None, env=None, timeout=600):
         e = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(SHARED_DATASETS), **(env or {}))
         exe = Path(sys.executable).with_name("edgepipe")
-        done = subprocess.run([str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            [str(exe), *map(str, args)], cwd=cwd or tmp_path, env=e, capture_output=True, text=True, timeout=timeout
+        )
         # Without the mirrors, the preflight refuses a recipe that needs them before any work: skip, not fail.
         if done.returncode == 2 and not SHARED_DATASETS.is_dir() and " is in no mirror " in done.stderr:
             pytest.skip(NO_MIRROR)

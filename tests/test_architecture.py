@@ -75,8 +75,9 @@ def cycles(graph: dict[str, frozenset[str]]) -> list[list[str]]:
 
 
 def stage_modules(graph) -> set[str]:
-    return {m for m in graph if m.startswith("edgepipe.stages.") and "KIND = StageKind(" in
-            code.module_file(m).read_text()}
+    return {
+        m for m in graph if m.startswith("edgepipe.stages.") and "KIND = StageKind(" in code.module_file(m).read_text()
+    }
 
 
 def violations(graph: dict[str, frozenset[str]]) -> list[str]:
@@ -104,11 +105,13 @@ def test_imports_run_one_way_and_stages_are_siblings():
 
 def test_the_checks_see_what_they_must_refuse():
     """The two checks catch a planted cycle and a planted stage -> stage import (they can fail)."""
-    planted = {"edgepipe.stages.bench": frozenset({"edgepipe.stages.convert"}),
-               "edgepipe.stages.convert": frozenset({"edgepipe.stages.registry"}),
-               "edgepipe.stages.registry": frozenset({"edgepipe.stages.bench"}),
-               "edgepipe.core.fsio": frozenset({"edgepipe.targets.litert"}),
-               "edgepipe.targets.tflm": frozenset({"edgepipe.export.sidecar"})}
+    planted = {
+        "edgepipe.stages.bench": frozenset({"edgepipe.stages.convert"}),
+        "edgepipe.stages.convert": frozenset({"edgepipe.stages.registry"}),
+        "edgepipe.stages.registry": frozenset({"edgepipe.stages.bench"}),
+        "edgepipe.core.fsio": frozenset({"edgepipe.targets.litert"}),
+        "edgepipe.targets.tflm": frozenset({"edgepipe.export.sidecar"}),
+    }
     assert cycles(planted) == [["edgepipe.stages.bench", "edgepipe.stages.convert", "edgepipe.stages.registry"]]
     found = violations({**code.graph(), **planted})
     assert "edgepipe.stages.bench -> edgepipe.stages.convert (a stage imports another stage)" in found
@@ -118,8 +121,9 @@ def test_the_checks_see_what_they_must_refuse():
 
 def test_the_graph_sees_imports_inside_functions():
     # the SSH backend imports edgetpu and remote only inside its methods
-    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= \
-        code.imports_of("edgepipe.targets.backends.ssh")[0]
+    assert {"edgepipe.targets.edgetpu", "edgepipe.targets.remote"} <= code.imports_of("edgepipe.targets.backends.ssh")[
+        0
+    ]
 
 
 # What a Target's kind, reach and measure can be (their Literal choices): a comparison with one of these
@@ -171,8 +175,11 @@ def kind_comparisons(source: str, where: str) -> list[str]:
             if any(_fact(o) for o in operands) and any(_constants(o) & DEVICE_VALUES for o in operands):
                 found.append((node.lineno, ast.unparse(node)))
         elif isinstance(node, ast.Match) and _fact(node.subject):
-            values = {p.value.value for p in ast.walk(node) if isinstance(p, ast.MatchValue)
-                      and isinstance(p.value, ast.Constant)}
+            values = {
+                p.value.value
+                for p in ast.walk(node)
+                if isinstance(p, ast.MatchValue) and isinstance(p.value, ast.Constant)
+            }
             if values & DEVICE_VALUES:
                 found.append((node.lineno, f"match {ast.unparse(node.subject)}"))
     return [f"{where}:{line}: {what}" for line, what in sorted(found)]
@@ -197,24 +204,31 @@ def test_the_kind_check_sees_what_it_must_refuse():
     """The check catches comparisons of a device fact however they are written, and leaves a stage's,
     a schedule's, a dtype's and a bench param's own `kind` and `measure` alone."""
     assert {"cpu", "mcu", "ssh", "local", "emulated", "estimate"} <= DEVICE_VALUES
-    planted = "\n".join([
-        'if target.kind == "mcu": pass',
-        'if self.target.measure != "emulated": pass',
-        'if profile.reach in ("ssh", "adb"): pass',
-        'if "edgetpu" == t.kind: pass',
-        'if reach != "ssh": pass',
-        'if stage.kind == "train" or s.kind == "step" or x.dtype.kind == "f": pass',
-        'if params.measure != "profile" and target.measure is None: pass',
-        'if target.kind == other.kind: pass',
-        'match target.reach:\n    case "adb": pass',
-        'match schedule.kind:\n    case "cosine": pass',
-        'if t.get("kind") == "mcu" or m["measure"] != "estimate": pass',
-        'if target_kind == "edgetpu" or spec["kind"] == "constant" or stage_kind == "train": pass',
-    ])
+    planted = "\n".join(
+        [
+            'if target.kind == "mcu": pass',
+            'if self.target.measure != "emulated": pass',
+            'if profile.reach in ("ssh", "adb"): pass',
+            'if "edgetpu" == t.kind: pass',
+            'if reach != "ssh": pass',
+            'if stage.kind == "train" or s.kind == "step" or x.dtype.kind == "f": pass',
+            'if params.measure != "profile" and target.measure is None: pass',
+            "if target.kind == other.kind: pass",
+            'match target.reach:\n    case "adb": pass',
+            'match schedule.kind:\n    case "cosine": pass',
+            'if t.get("kind") == "mcu" or m["measure"] != "estimate": pass',
+            'if target_kind == "edgetpu" or spec["kind"] == "constant" or stage_kind == "train": pass',
+        ]
+    )
     assert kind_comparisons(planted, "planted.py") == [
-        "planted.py:1: target.kind == 'mcu'", "planted.py:2: self.target.measure != 'emulated'",
-        "planted.py:3: profile.reach in ('ssh', 'adb')", "planted.py:4: 'edgetpu' == t.kind",
-        "planted.py:5: reach != 'ssh'", "planted.py:9: match target.reach",
-        "planted.py:13: m['measure'] != 'estimate'", "planted.py:13: t.get('kind') == 'mcu'",
-        "planted.py:14: target_kind == 'edgetpu'"]
+        "planted.py:1: target.kind == 'mcu'",
+        "planted.py:2: self.target.measure != 'emulated'",
+        "planted.py:3: profile.reach in ('ssh', 'adb')",
+        "planted.py:4: 'edgetpu' == t.kind",
+        "planted.py:5: reach != 'ssh'",
+        "planted.py:9: match target.reach",
+        "planted.py:13: m['measure'] != 'estimate'",
+        "planted.py:13: t.get('kind') == 'mcu'",
+        "planted.py:14: target_kind == 'edgetpu'",
+    ]
     assert BACKENDS.is_dir() and Path(code.module_file("edgepipe.targets.backends")).parent == BACKENDS

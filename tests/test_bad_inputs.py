@@ -16,9 +16,15 @@ import yaml
 
 from edgepipe.testing import synthetic_images, tiny_recipe, write_idx, write_idx_dataset, write_png_folder
 
-GOOD_TRAIN = {"arch": "tiny_conv", "epochs": 1, "batch_size": 16, "tensorboard": False,
-              "early_stopping": {"enabled": False}, "schedule": {"kind": "constant"}}
-LAYERNORM_BUILDER = '''
+GOOD_TRAIN = {
+    "arch": "tiny_conv",
+    "epochs": 1,
+    "batch_size": 16,
+    "tensorboard": False,
+    "early_stopping": {"enabled": False},
+    "schedule": {"kind": "constant"},
+}
+LAYERNORM_BUILDER = """
 import tf_keras as keras
 def build(input_shape, num_classes, **_):
     i = keras.Input(input_shape)
@@ -31,7 +37,7 @@ def raises(input_shape, num_classes, **_):
 def wrong_shape(input_shape, num_classes, **_):
     i = keras.Input((5, 5, 1))
     return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Flatten()(i)))
-'''
+"""
 
 
 def recipe(root: Path, stages: dict | str, **top) -> list[str]:
@@ -51,6 +57,7 @@ def data_only(source: str) -> dict:
 
 
 # -- the cases: id -> (setup(root) -> CLI args, the text the one error line must contain) ------------------
+
 
 def _idx_mismatch(root):
     d = write_idx_dataset(root / "idx")
@@ -103,8 +110,11 @@ def _builder(root, fn):
 
 def _qat_layer(root):
     spec = _builder(root, "build")
-    spec["qat"] = {"kind": "qat", "inputs": {"data": "data", "model": "model"},
-                   "params": {"epochs": 1, "batch_size": 16, "tensorboard": False}}
+    spec["qat"] = {
+        "kind": "qat",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"epochs": 1, "batch_size": 16, "tensorboard": False},
+    }
     return recipe(root, spec)
 
 
@@ -113,16 +123,26 @@ def _bench_shape(root):
     small = write_idx_dataset(root / "small", size=8)
     spec["small"] = {"kind": "data", "params": {"source": f"idx:{small}", "val_fraction": 0.2}}
     spec["model"]["inputs"] = {"data": "small"}
-    spec["tflite"] = {"kind": "convert", "inputs": {"data": "small", "model": "model"},
-                      "params": {"variants": ["float32"], "parity_samples": 10, "representative_samples": 10}}
+    spec["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "small", "model": "model"},
+        "params": {"variants": ["float32"], "parity_samples": 10, "representative_samples": 10},
+    }
     spec["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 5}}
     return recipe(root, spec)
 
 
 def _profile(root: Path, name: str, clock: bool = True) -> str:
     path = root / "board.yaml"
-    spec = {"name": name, "kind": "mcu", "reach": "none", "needs_int8": True, "ram_bytes": 65536,
-            "flash_bytes": 262144, **({"clock_mhz": 48} if clock else {})}
+    spec = {
+        "name": name,
+        "kind": "mcu",
+        "reach": "none",
+        "needs_int8": True,
+        "ram_bytes": 65536,
+        "flash_bytes": 262144,
+        **({"clock_mhz": 48} if clock else {}),
+    }
     path.write_text(yaml.safe_dump(spec))
     return str(path)
 
@@ -130,11 +150,21 @@ def _profile(root: Path, name: str, clock: bool = True) -> str:
 def _emulated(root: Path) -> list[str]:
     """An emulated Cortex-M4 bench on a machine whose PATH has no cross toolchain (set by the test)."""
     spec = idx_stages(root)
-    spec["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                      "params": {"variants": ["int8"], "parity_samples": 10, "representative_samples": 10,
-                                 "tolerance": {"int8_top1": 0.0}}}
-    spec["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                     "params": {"runs": 5, "target": "cortex-m4"}}
+    spec["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {
+            "variants": ["int8"],
+            "parity_samples": 10,
+            "representative_samples": 10,
+            "tolerance": {"int8_top1": 0.0},
+        },
+    }
+    spec["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"runs": 5, "target": "cortex-m4"},
+    }
     (root / "bin").mkdir()
     return recipe(root, spec)
 
@@ -185,11 +215,22 @@ def _free_port() -> int:
 
 def _remote(root, sshd, host=None, identity=None, python=sys.executable):
     spec = idx_stages(root)
-    spec["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                      "params": {"variants": ["float32"], "parity_samples": 10, "representative_samples": 10}}
-    spec["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                     "params": {"runs": 5, "threads": [1], "identity": str(identity or sshd.identity),
-                                "python": python, "ssh_options": sshd.ssh_options}}
+    spec["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"variants": ["float32"], "parity_samples": 10, "representative_samples": 10},
+    }
+    spec["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {
+            "runs": 5,
+            "threads": [1],
+            "identity": str(identity or sshd.identity),
+            "python": python,
+            "ssh_options": sshd.ssh_options,
+        },
+    }
     return recipe(root, spec) + ["--target", "rpi4", "--host", host or sshd.host]
 
 
@@ -203,96 +244,175 @@ CASES = {
     "malformed_yaml": (lambda r: recipe(r, "stages:\n  data: {kind: data\n"), "malformed YAML at line"),
     "recipe_not_a_mapping": (lambda r: recipe(r, "- data\n- train\n"), "a recipe is a mapping"),
     "recipe_not_found": (lambda r: ["run", "no_such_recipe"], "recipe 'no_such_recipe' not found"),
-    "unknown_top_key": (lambda r: recipe(r, {"data": data_only("keras:mnist")["data"]}, stagez=1),
-                        "unknown key 'stagez'"),
+    "unknown_top_key": (
+        lambda r: recipe(r, {"data": data_only("keras:mnist")["data"]}, stagez=1),
+        "unknown key 'stagez'",
+    ),
     "missing_stages": (lambda r: recipe(r, "description: nothing to run\n"), "'stages' must be a non-empty mapping"),
-    "duplicate_stage_name": (lambda r: recipe(r, "stages:\n  data: {kind: data}\n  data: {kind: data}\n"),
-                             "duplicate key 'data'"),
+    "duplicate_stage_name": (
+        lambda r: recipe(r, "stages:\n  data: {kind: data}\n  data: {kind: data}\n"),
+        "duplicate key 'data'",
+    ),
     "bad_stage_name": (lambda r: recipe(r, {"Data": data_only("keras:mnist")["data"]}), "invalid stage name"),
     "unknown_kind": (lambda r: recipe(r, {"data": {"kind": "dat"}}), "unknown stage kind 'dat'"),
     # found by tests/test_properties.py:
     "kind_a_list": (lambda r: recipe(r, {"data": {"kind": []}}), "unknown stage kind []"),
     # wiring of the wrong kind: the error names the role, the stage given and what the role takes
-    "convert_model_is_data": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
-        "kind": "convert", "inputs": {"data": "data", "model": "data"}}}),
+    "convert_model_is_data": (
+        lambda r: recipe(
+            r, {**idx_stages(r), "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "data"}}}
+        ),
         "stages.tflite.inputs.model: stage 'data' is a data stage, which outputs a dataset; the role model takes "
-        "a Keras model; fix: name a train or transfer or distill or search or import or prune or cluster or qat stage"),
-    "bench_models_lists_a_train_stage": (lambda r: recipe(r, {**idx_stages(r), "bench": {
-        "kind": "bench", "inputs": {"data": "data", "models": ["model"]}}}), "the role models takes converted"),
-    "report_benches_lists_a_convert_stage": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
-        "kind": "convert", "inputs": {"data": "data", "model": "model"}}, "report": {
-        "kind": "report", "inputs": {"benches": ["tflite"]}}}), "stage 'tflite' is a convert stage"),
-    "train_data_is_a_train_stage": (lambda r: recipe(r, {**idx_stages(r), "other": {
-        "kind": "train", "inputs": {"data": "model"}}}), "the role data takes a dataset; fix: name a data stage"),
-    "empty_list_role": (lambda r: recipe(r, {**idx_stages(r), "bench": {
-        "kind": "bench", "inputs": {"data": "data", "models": []}}}), "inputs.models: the list is empty"),
+        "a Keras model; fix: name a train or transfer or distill or search or import or prune or cluster or qat stage",
+    ),
+    "bench_models_lists_a_train_stage": (
+        lambda r: recipe(
+            r, {**idx_stages(r), "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["model"]}}}
+        ),
+        "the role models takes converted",
+    ),
+    "report_benches_lists_a_convert_stage": (
+        lambda r: recipe(
+            r,
+            {
+                **idx_stages(r),
+                "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"}},
+                "report": {"kind": "report", "inputs": {"benches": ["tflite"]}},
+            },
+        ),
+        "stage 'tflite' is a convert stage",
+    ),
+    "train_data_is_a_train_stage": (
+        lambda r: recipe(r, {**idx_stages(r), "other": {"kind": "train", "inputs": {"data": "model"}}}),
+        "the role data takes a dataset; fix: name a data stage",
+    ),
+    "empty_list_role": (
+        lambda r: recipe(r, {**idx_stages(r), "bench": {"kind": "bench", "inputs": {"data": "data", "models": []}}}),
+        "inputs.models: the list is empty",
+    ),
     # paths that would leave the run's folders
-    "recipe_name_climbs_out": (lambda r: recipe(r, idx_stages(r), name="../../outside"),
-                               "name: '../../outside' is not a usable file name"),
-    "publish_parent_dir": (lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"],
-                                                                           "publish": ["../../escaped.npz"]}}),
-                           "publish[0]: '../../escaped.npz' points outside the stage's output folder"),
-    "publish_absolute": (lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"],
-                                                                         "publish": ["/etc/passwd"]}}),
-                         "points outside the stage's output folder"),
-    "bundle_symbol_not_c": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
-        "kind": "convert", "inputs": {"data": "data", "model": "model"}}, "fw": {
-        "kind": "bundle", "inputs": {"data": "data", "model": "tflite"}, "params": {"symbol": "x; system(1)"}}}),
-        "symbol 'x; system(1)' is not a C identifier"),
-    "convert_name_climbs_out": (lambda r: recipe(r, {**idx_stages(r), "tflite": {
-        "kind": "convert", "inputs": {"data": "data", "model": "model"}, "params": {"name": "../x"}}}),
-        "name '../x' is not a usable file-name prefix"),
-    "target_profile_name_climbs_out": (lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "../evil")],
-                                       "name '../evil' is not usable as a folder name"),
-    "mcu_profile_without_clock": (lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "board", clock=False)],
-                                  "a microcontroller profile needs clock_mhz"),
+    "recipe_name_climbs_out": (
+        lambda r: recipe(r, idx_stages(r), name="../../outside"),
+        "name: '../../outside' is not a usable file name",
+    ),
+    "publish_parent_dir": (
+        lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"], "publish": ["../../escaped.npz"]}}),
+        "publish[0]: '../../escaped.npz' points outside the stage's output folder",
+    ),
+    "publish_absolute": (
+        lambda r: recipe(r, {**idx_stages(r), "data": {**idx_stages(r)["data"], "publish": ["/etc/passwd"]}}),
+        "points outside the stage's output folder",
+    ),
+    "bundle_symbol_not_c": (
+        lambda r: recipe(
+            r,
+            {
+                **idx_stages(r),
+                "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"}},
+                "fw": {
+                    "kind": "bundle",
+                    "inputs": {"data": "data", "model": "tflite"},
+                    "params": {"symbol": "x; system(1)"},
+                },
+            },
+        ),
+        "symbol 'x; system(1)' is not a C identifier",
+    ),
+    "convert_name_climbs_out": (
+        lambda r: recipe(
+            r,
+            {
+                **idx_stages(r),
+                "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"}, "params": {"name": "../x"}},
+            },
+        ),
+        "name '../x' is not a usable file-name prefix",
+    ),
+    "target_profile_name_climbs_out": (
+        lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "../evil")],
+        "name '../evil' is not usable as a folder name",
+    ),
+    "mcu_profile_without_clock": (
+        lambda r: recipe(r, idx_stages(r)) + ["--target", _profile(r, "board", clock=False)],
+        "a microcontroller profile needs clock_mhz",
+    ),
     # click's own usage errors, in the house format
     "jobs_not_a_number": (lambda r: recipe(r, idx_stages(r)) + ["--jobs", "two"], "'two' is not a valid integer"),
     "lint_missing_file": (lambda r: ["lint", str(r / "missing.tflite")], "missing.tflite' does not exist"),
     "root_is_a_file": (lambda r: recipe(r, idx_stages(r)) + ["--root", str(_a_file(r))], "is a file"),
     "unknown_option": (lambda r: recipe(r, idx_stages(r)) + ["--jbos", "2"], "No such option '--jbos'"),
     # what used to be accepted silently
-    "profile_given_twice": (lambda r: recipe(r, idx_stages(r)) + ["--profile", "a", "--profile", "b"],
-                            "--profile given 2 times (a, b)"),
-    "set_value_not_yaml": (lambda r: recipe(r, idx_stages(r)) + ["--set", "model.arch_args={width: [1"],
-                           "the value '{width: [1' is not valid YAML"),
+    "profile_given_twice": (
+        lambda r: recipe(r, idx_stages(r)) + ["--profile", "a", "--profile", "b"],
+        "--profile given 2 times (a, b)",
+    ),
+    "set_value_not_yaml": (
+        lambda r: recipe(r, idx_stages(r)) + ["--set", "model.arch_args={width: [1"],
+        "the value '{width: [1' is not valid YAML",
+    ),
     "nan_pixels": (lambda r: recipe(r, data_only(f"npz:{_npz(r, nan=True)}")), "pixel values are NaN or infinite"),
-    "npz_made_with_np_save": (lambda r: recipe(r, data_only(f"npz:{_npz(r, save=True)}")),
-                              "holds one array (made with numpy.save)"),
+    "npz_made_with_np_save": (
+        lambda r: recipe(r, data_only(f"npz:{_npz(r, save=True)}")),
+        "holds one array (made with numpy.save)",
+    ),
     "string_labels": (lambda r: recipe(r, data_only(f"npz:{_npz(r, labels='str')}")), "not class indices"),
     "idx_images_file_is_labels": (_idx_swapped, "holds a 1-dimensional array (a labels file?)"),
     "non_utf8_recipe": (lambda r: _latin1_recipe(r), "not UTF-8 text"),
-    "zero_width_layer": (lambda r: recipe(r, idx_stages(r, arch="strided_cnn", arch_args={"widths": [0, 8, 8]})),
-                         "arch 'strided_cnn' could not be built"),
-    "unknown_initializer": (lambda r: recipe(r, idx_stages(r, initializer="he_wonky")),
-                            "could not be built (ValueError"),
+    "zero_width_layer": (
+        lambda r: recipe(r, idx_stages(r, arch="strided_cnn", arch_args={"widths": [0, 8, 8]})),
+        "arch 'strided_cnn' could not be built",
+    ),
+    "unknown_initializer": (
+        lambda r: recipe(r, idx_stages(r, initializer="he_wonky")),
+        "could not be built (ValueError",
+    ),
     "user_builder_raises": (lambda r: recipe(r, _builder(r, "raises")), "arch 'userzoo:raises' could not be built"),
-    "mcu_without_toolchain": (lambda r: _emulated(r), "stage 'bench' needs the Arm toolchain and QEMU to emulate the "
-                                                      "cortex-m4 (arm-none-eabi-gcc, "),
+    "mcu_without_toolchain": (
+        lambda r: _emulated(r),
+        "stage 'bench' needs the Arm toolchain and QEMU to emulate the cortex-m4 (arm-none-eabi-gcc, ",
+    ),
     "folds_more_than_images": (lambda r: recipe(r, _limited(idx_stages(r, folds=20), 10)), "leave a fold empty"),
     "unknown_param": (lambda r: recipe(r, idx_stages(r, epoch=3)), "unknown key 'epoch'"),
     "wrong_type": (lambda r: recipe(r, idx_stages(r, epochs="ten")), "expected an integer, got 'ten'"),
     "out_of_range": (lambda r: recipe(r, idx_stages(r, lr=-1.0)), "-1.0 is out of range"),
     "bad_choice": (lambda r: recipe(r, idx_stages(r, optimizer="adamw9")), "'adamw9' is not a valid choice"),
-    "missing_input": (lambda r: recipe(r, {**idx_stages(r), "model": {"kind": "train", "params": GOOD_TRAIN}}),
-                      "missing input 'data'"),
-    "unknown_stage_reference": (lambda r: recipe(r, {"model": {"kind": "train", "inputs": {"data": "dta"},
-                                                               "params": GOOD_TRAIN}}), "no stage named 'dta'"),
-    "cycle": (lambda r: recipe(r, {**data_only("keras:mnist"),
-                                   "a": {"kind": "qat", "inputs": {"data": "data", "model": "b"}},
-                                   "b": {"kind": "qat", "inputs": {"data": "data", "model": "a"}}}), "input cycle"),
+    "missing_input": (
+        lambda r: recipe(r, {**idx_stages(r), "model": {"kind": "train", "params": GOOD_TRAIN}}),
+        "missing input 'data'",
+    ),
+    "unknown_stage_reference": (
+        lambda r: recipe(r, {"model": {"kind": "train", "inputs": {"data": "dta"}, "params": GOOD_TRAIN}}),
+        "no stage named 'dta'",
+    ),
+    "cycle": (
+        lambda r: recipe(
+            r,
+            {
+                **data_only("keras:mnist"),
+                "a": {"kind": "qat", "inputs": {"data": "data", "model": "b"}},
+                "b": {"kind": "qat", "inputs": {"data": "data", "model": "a"}},
+            },
+        ),
+        "input cycle",
+    ),
     "unknown_variable": (lambda r: recipe(r, idx_stages(r, epochs="${n}")), "unknown variable ${n}"),
     "unknown_profile": (lambda r: recipe(r, idx_stages(r)) + ["--profile", "fast"], "unknown profile 'fast'"),
     "bad_set": (lambda r: recipe(r, idx_stages(r)) + ["--set", "model.epochs"], "expected stage.key=value"),
     "unknown_architecture": (lambda r: recipe(r, idx_stages(r, arch="resnet999")), "unknown architecture 'resnet999'"),
-    "bad_module_function": (lambda r: recipe(r, idx_stages(r, arch="no_such_module:build")),
-                            "cannot import module no_such_module"),
-    "module_without_function": (lambda r: recipe(r, idx_stages(r, arch="json:no_such_builder")),
-                                "module json has no function no_such_builder"),
+    "bad_module_function": (
+        lambda r: recipe(r, idx_stages(r, arch="no_such_module:build")),
+        "cannot import module no_such_module",
+    ),
+    "module_without_function": (
+        lambda r: recipe(r, idx_stages(r, arch="json:no_such_builder")),
+        "module json has no function no_such_builder",
+    ),
     "unknown_target": (lambda r: recipe(r, idx_stages(r)) + ["--target", "rpi9"], "unknown target 'rpi9'"),
     "target_without_bench": (lambda r: recipe(r, idx_stages(r)) + ["--target", "rpi4"], "no bench or bundle stage"),
-    "host_without_ssh_target": (lambda r: recipe(r, idx_stages(r)) + ["--host", "pi@10.0.0.2"],
-                                "benches an SSH target"),
+    "host_without_ssh_target": (
+        lambda r: recipe(r, idx_stages(r)) + ["--host", "pi@10.0.0.2"],
+        "benches an SSH target",
+    ),
     # datasets
     "missing_dataset_dir": (lambda r: recipe(r, data_only(f"idx:{r}/nowhere")), "dataset directory not found"),
     "idx_count_mismatch": (_idx_mismatch, "labels"),
@@ -306,38 +426,56 @@ CASES = {
     "builder_wrong_shape": (lambda r: recipe(r, _builder(r, "wrong_shape")), "fix the builder's shapes"),
     "layer_qat_cannot_handle": (_qat_layer, "my_layernorm"),
     "model_input_not_matching_data": (_bench_shape, "takes input [8, 8, 1], the data 'data' is [12, 12, 1]"),
-    "coral_without_compiler": (lambda r: recipe(r, idx_stages(r)) + ["--target", "coral", "--host", "pi@192.0.2.1"],
-                               None),  # filled below: it needs the tflite stage
+    "coral_without_compiler": (
+        lambda r: recipe(r, idx_stages(r)) + ["--target", "coral", "--host", "pi@192.0.2.1"],
+        None,
+    ),  # filled below: it needs the tflite stage
 }
 
 
 def _coral(root):
     spec = idx_stages(root)
-    spec["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                      "params": {"variants": ["int8"], "parity_samples": 10, "representative_samples": 10,
-                                 "tolerance": {"int8_top1": 0.0}}}
+    spec["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {
+            "variants": ["int8"],
+            "parity_samples": 10,
+            "representative_samples": 10,
+            "tolerance": {"int8_top1": 0.0},
+        },
+    }
     spec["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 5}}
     return recipe(root, spec) + ["--target", "coral", "--host", "pi@192.0.2.1"]
 
 
-CASES["coral_without_compiler"] = (_coral, "stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not "
-                                           "installed)")
+CASES["coral_without_compiler"] = (
+    _coral,
+    "stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not installed)",
+)
 SSH_CASES = {
     # targets, through a real sshd on 127.0.0.1
     "unreachable_host": (lambda r, s: _remote(r, s, host=f"{s.user}@127.0.0.1:{_free_port()}"), "device unreachable"),
     "ssh_auth_failure": (lambda r, s: _remote(r, s, identity=_stranger_key(r)), "SSH authentication failed"),
-    "runtime_missing_on_device": (lambda r, s: _remote(r, s, python=str(Path(sys.base_prefix) / "bin/python3")),
-                                  "pip install ai-edge-litert numpy"),
+    "runtime_missing_on_device": (
+        lambda r, s: _remote(r, s, python=str(Path(sys.base_prefix) / "bin/python3")),
+        "pip install ai-edge-litert numpy",
+    ),
     "python_missing_on_device": (lambda r, s: _remote(r, s, python="/opt/no/python3"), "not found on the device"),
-    "host_key_unknown": (lambda r, s: _remote(r, s) + ["--set", f"bench.ssh_options=[UserKnownHostsFile={r}/empty_hosts, "
-                                                       "StrictHostKeyChecking=yes]"], "host key verification failed"),
+    "host_key_unknown": (
+        lambda r, s: (
+            _remote(r, s)
+            + ["--set", f"bench.ssh_options=[UserKnownHostsFile={r}/empty_hosts, StrictHostKeyChecking=yes]"]
+        ),
+        "host key verification failed",
+    ),
 }
 
 
 def check_one_clean_error(done: subprocess.CompletedProcess, expected: str, root: Path) -> str:
     assert done.returncode != 0, done.stdout
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr                       # one line, no traceback, no native noise
+    assert len(lines) == 1, done.stderr  # one line, no traceback, no native noise
     line = lines[0]
     assert line.startswith("edgepipe: error: ") and "; fix: " in line and "Traceback" not in done.stderr
     assert expected in line, line
@@ -362,14 +500,12 @@ def test_bad_input(case, tmp_path, cli):
     (tmp_path.parent / f"matrix_{case}.txt").write_text(line)  # collected into the matrix table by hand
 
 
-
-
 @pytest.mark.parametrize("case", list(SSH_CASES))
 def test_bad_target(case, tmp_path, cli, sshd):
     setup, expected = SSH_CASES[case]
     before = {p.name for p in Path("/tmp").glob("edgepipe.*")}
     line = check_one_clean_error(cli(*setup(tmp_path, sshd)), expected, tmp_path)
-    assert {p.name for p in Path("/tmp").glob("edgepipe.*")} == before   # the device's temp dir is gone
+    assert {p.name for p in Path("/tmp").glob("edgepipe.*")} == before  # the device's temp dir is gone
     (tmp_path.parent / f"matrix_{case}.txt").write_text(line)
 
 

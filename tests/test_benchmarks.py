@@ -46,16 +46,24 @@ def test_pair_of_different_inputs_is_one_error_line(tmp_path):
     a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
     a.write_bytes(_int8("tiny_conv"))
     b.write_bytes(_int8("tiny_conv", (12, 12, 1)))
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "latency_vs_reference",
-                           "--pair", str(a), str(b)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "latency_vs_reference", "--pair", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "a.tflite takes (28, 28, 1) and b.tflite (12, 12, 1)" in done.stderr
 
 
 def test_a_corrupt_model_is_one_error_line(tmp_path):
     run_dir = _run_dir(tmp_path, b"not a flatbuffer", b"nor this")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "latency_vs_reference",
-                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "latency_vs_reference", "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert done.stderr.startswith("benchmarks: error: ") and "not a valid LiteRT model" in done.stderr

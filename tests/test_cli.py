@@ -74,27 +74,54 @@ def test_smoke_recipe_end_to_end(tmp_path, cli):
     assert (tmp_path / "models/smoke/student_qat_int8.json").is_file()
     again = cli("run", REPO / "recipes/smoke.yaml")
     assert "smoke: 0 ran, 9 skipped" in again.stdout
-    assert (tmp_path / "models/smoke/report.md").is_file() and (tmp_path / "models/smoke/student_qat_int8.tflite").is_file()
+    assert (tmp_path / "models/smoke/report.md").is_file() and (
+        tmp_path / "models/smoke/student_qat_int8.tflite"
+    ).is_file()
 
 
 def test_png_folder_dataset_trains_converts_and_benches(tmp_path, cli):
     """A user's own PNG folder, through every stage a deployable model needs, from the command line."""
     root = write_png_folder(tmp_path / "shapes", per_class=30, size=16)
-    recipe = write_recipe(tmp_path / "shapes.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2}},
-        "model": {"kind": "train", "inputs": {"data": "data"},
-                  "params": {"arch": "tiny_conv", "epochs": 6, "lr": 0.02, "batch_size": 16, "tensorboard": False,
-                             "schedule": {"kind": "constant"}, "early_stopping": {"enabled": False}}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                   "params": {"variants": ["float32", "int8"], "representative_samples": 20, "parity_samples": 18}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
-    }})
+    recipe = write_recipe(
+        tmp_path / "shapes.yaml",
+        {
+            "stages": {
+                "data": {
+                    "kind": "data",
+                    "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2},
+                },
+                "model": {
+                    "kind": "train",
+                    "inputs": {"data": "data"},
+                    "params": {
+                        "arch": "tiny_conv",
+                        "epochs": 6,
+                        "lr": 0.02,
+                        "batch_size": 16,
+                        "tensorboard": False,
+                        "schedule": {"kind": "constant"},
+                        "early_stopping": {"enabled": False},
+                    },
+                },
+                "tflite": {
+                    "kind": "convert",
+                    "inputs": {"data": "data", "model": "model"},
+                    "params": {"variants": ["float32", "int8"], "representative_samples": 20, "parity_samples": 18},
+                },
+                "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
+                "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+            }
+        },
+    )
     p = cli("run", recipe)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "runs/shapes/report/report.json").read_text())["rows"]}
     assert set(rows) == {"model/float32", "model/int8"}
-    assert rows["model/int8"]["test_samples"] == 18 and rows["model/int8"]["tflm_ok"] and rows["model/int8"]["arena_bytes"] > 0
+    assert (
+        rows["model/int8"]["test_samples"] == 18
+        and rows["model/int8"]["tflm_ok"]
+        and rows["model/int8"]["arena_bytes"] > 0
+    )
     assert rows["model/float32"]["accuracy"] > 0.6, "three shapes, 72 training images: far above chance (1/3)"
     labels = (tmp_path / "runs/shapes/tflite/labels.txt").read_text().split()
     assert labels == ["circle", "square", "stripe"]
@@ -102,15 +129,36 @@ def test_png_folder_dataset_trains_converts_and_benches(tmp_path, cli):
 
 def test_offline_imagenet_weights_is_one_line(tmp_path, cli):
     root = write_png_folder(tmp_path / "shapes", per_class=4, size=32)
-    recipe = write_recipe(tmp_path / "tl.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.25, "test_fraction": 0.25}},
-        "tl": {"kind": "transfer", "inputs": {"data": "data"},
-               "params": {"backbone": "MobileNetV2", "alpha": 0.35, "input_size": [96, 96], "epochs": 1}},
-    }})
-    p = cli("run", recipe, env={"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
-                                "https_proxy": "http://127.0.0.1:9"})
-    one_error_line(p, "MobileNetV2 imagenet weights mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
-                   f"place it at {tmp_path / 'keras' / 'models'}")
+    recipe = write_recipe(
+        tmp_path / "tl.yaml",
+        {
+            "stages": {
+                "data": {
+                    "kind": "data",
+                    "params": {"source": f"folder:{root}", "val_fraction": 0.25, "test_fraction": 0.25},
+                },
+                "tl": {
+                    "kind": "transfer",
+                    "inputs": {"data": "data"},
+                    "params": {"backbone": "MobileNetV2", "alpha": 0.35, "input_size": [96, 96], "epochs": 1},
+                },
+            }
+        },
+    )
+    p = cli(
+        "run",
+        recipe,
+        env={
+            "KERAS_HOME": str(tmp_path / "keras"),
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9",
+        },
+    )
+    one_error_line(
+        p,
+        "MobileNetV2 imagenet weights mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
+        f"place it at {tmp_path / 'keras' / 'models'}",
+    )
     assert not (tmp_path / "runs/tl/tl").exists(), "a failed stage leaves no output"
 
 
@@ -122,8 +170,17 @@ def test_mnist_student_smoke_profile_end_to_end(tmp_path, cli):
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((tmp_path / "models/mnist_student/report.json").read_text())
     assert {r["name"] for r in report["rows"]} == {
-        "teacher/float32", "teacher/float16", "teacher/dynamic", "teacher/int8", "student/float32", "student/int8",
-        "student_scratch/float32", "student_scratch/int8", "student_qat/int8", "tfmot_ref_qat/int8"}
+        "teacher/float32",
+        "teacher/float16",
+        "teacher/dynamic",
+        "teacher/int8",
+        "student/float32",
+        "student/int8",
+        "student_scratch/float32",
+        "student_scratch/int8",
+        "student_qat/int8",
+        "tfmot_ref_qat/int8",
+    }
     assert (tmp_path / "models/mnist_student/student_qat_int8.tflite").is_file()
 
 
@@ -134,9 +191,15 @@ def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
     p = cli("run", REPO / "recipes/fashion_transfer.yaml", "--profile", "smoke")
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((tmp_path / "models/fashion_transfer/report.json").read_text())
-    assert {r["name"] for r in report["rows"]} == {"scratch/float32", "head_only/float32", "fine_tuned/float32",
-                                                   "fine_tuned/int8", "fine_tuned_qat/int8", "scratch_10/float32",
-                                                   "fine_tuned_10/float32"}
+    assert {r["name"] for r in report["rows"]} == {
+        "scratch/float32",
+        "head_only/float32",
+        "fine_tuned/float32",
+        "fine_tuned/int8",
+        "fine_tuned_qat/int8",
+        "scratch_10/float32",
+        "fine_tuned_10/float32",
+    }
     sidecar = json.loads((tmp_path / "models/fashion_transfer/fine_tuned_qat_int8.json").read_text())
     assert sidecar["input_adapter"] == {"in_model": False} and sidecar["qat"]
 
@@ -146,17 +209,39 @@ REPORT_SECTIONS = ("results", "gates", "pareto", "int8", "training", "misclassif
 
 def _shapes_report(tmp_path, cli):
     root = write_png_folder(tmp_path / "shapes", per_class=30, size=16)
-    recipe = write_recipe(tmp_path / "shapes.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2}},
-        "model": {"kind": "train", "inputs": {"data": "data"},
-                  "params": {"arch": "tiny_conv", "epochs": 3, "lr": 0.02, "batch_size": 16, "tensorboard": False}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                   "params": {"variants": ["float32", "int8"], "representative_samples": 20, "parity_samples": 18,
-                              "tolerance": {"int8_top1": 0.5}}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.html"],
-                   "params": {"gates": [{"model": "model/int8", "against": "model/float32", "max_drop": 100}]}},
-    }})
+    recipe = write_recipe(
+        tmp_path / "shapes.yaml",
+        {
+            "stages": {
+                "data": {
+                    "kind": "data",
+                    "params": {"source": f"folder:{root}", "val_fraction": 0.2, "test_fraction": 0.2},
+                },
+                "model": {
+                    "kind": "train",
+                    "inputs": {"data": "data"},
+                    "params": {"arch": "tiny_conv", "epochs": 3, "lr": 0.02, "batch_size": 16, "tensorboard": False},
+                },
+                "tflite": {
+                    "kind": "convert",
+                    "inputs": {"data": "data", "model": "model"},
+                    "params": {
+                        "variants": ["float32", "int8"],
+                        "representative_samples": 20,
+                        "parity_samples": 18,
+                        "tolerance": {"int8_top1": 0.5},
+                    },
+                },
+                "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 20}},
+                "report": {
+                    "kind": "report",
+                    "inputs": {"benches": ["bench"]},
+                    "publish": ["report.html"],
+                    "params": {"gates": [{"model": "model/int8", "against": "model/float32", "max_drop": 100}]},
+                },
+            }
+        },
+    )
     p = cli("run", recipe)
     assert p.returncode == 0, p.stderr[-2000:]
     where = cli("report", recipe)
@@ -197,8 +282,9 @@ def test_html_report_renders_in_headless_chromium(tmp_path, cli):
     for section in REPORT_SECTIONS:
         assert f'id="{section}"' in dom, section
     shot = tmp_path / "report.png"
-    subprocess.run([*args, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [*args, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120
+    )
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
@@ -210,13 +296,18 @@ def test_parallel_run_keeps_the_bench_alone_and_prints_the_report(tmp_path, cli)
     data = write_idx_dataset(tmp_path / "idx")
     recipe = tiny_recipe(data)
     fast = recipe["stages"]["model"]["params"]
-    recipe["stages"].update({
-        "slow": {"kind": "train", "inputs": {"data": "data"}, "params": {**fast, "epochs": 120, "batch_size": 8}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                   "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 10}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
-    })
+    recipe["stages"].update(
+        {
+            "slow": {"kind": "train", "inputs": {"data": "data"}, "params": {**fast, "epochs": 120, "batch_size": 8}},
+            "tflite": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "model"},
+                "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10},
+            },
+            "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 10}},
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+        }
+    )
     p = cli("run", write_recipe(tmp_path / "par.yaml", recipe), "--jobs", "2")
     assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.splitlines()

@@ -21,8 +21,13 @@ HEX_WORD = re.compile(r"\b[0-9a-f]{7,40}\b")
 
 def _build(config, dest):
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")  # Material's banner about MkDocs 2.0, not ours
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(dest)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(dest)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,13 @@ def site(tmp_path_factory):
 def _text(html_file):
     """A built page as text: tags dropped, entities for the characters the pages use undone."""
     text = re.sub(r"<[^>]+>", "", html_file.read_text())
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace("&#39;", "'").replace("&quot;", '"')
+    return (
+        text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+        .replace("&#39;", "'")
+        .replace("&quot;", '"')
+    )
 
 
 def test_site_builds_strictly_with_every_command_and_stage_kind(site):
@@ -96,8 +107,13 @@ def test_pointers_to_the_docs_name_pages_and_sections_that_exist():
     """`docs/PAGE.md, "Section"` in the code, the recipes and the benchmarks' log names a page and a heading
     that exist, so an error message's `fix:` never sends a user to a section that moved."""
     pointer = re.compile(r'docs/([\w./-]+\.md)(?:, "([^"]+)")?')
-    files = [*(REPO / "edgepipe").rglob("*.py"), *(REPO / "recipes").glob("*.yaml"), REPO / "benchmarks" / "README.md",
-             REPO / "edgepipe.toml", REPO / "Makefile"]
+    files = [
+        *(REPO / "edgepipe").rglob("*.py"),
+        *(REPO / "recipes").glob("*.yaml"),
+        REPO / "benchmarks" / "README.md",
+        REPO / "edgepipe.toml",
+        REPO / "Makefile",
+    ]
     seen, bad = 0, []
     for f in files:
         for page, section in pointer.findall(f.read_text()):
@@ -139,26 +155,71 @@ def test_dated_figures_only_on_the_results_page():
 def _report(cpu):
     """A report.json as the report stage writes it: one int8 row benched on the host and an emulated M4."""
     tag = lambda v, p: {"value": v, "provenance": p}  # noqa: E731
-    row = {"name": "student_qat/int8", "quantization": "int8", "qat": True, "accuracy": 0.9941, "val_accuracy": 0.992,
-           "val_samples": 6000, "delta_points": -0.04, "size_bytes": 29286, "compressed_bytes": 23552, "params": 23236,
-           "macs": 440000, "latency_p50_us": 7.2, "latency_p90_us": 7.9, "latency_p99_us": 8.4, "fps": 138000.0,
-           "latency_p50_us_all_threads": 15.1, "fps_all_threads": 66000.0, "arena_bytes": 7475, "tflm_ok": True,
-           "test_samples": 10000, "parity": {"samples": 200, "top1_agreement": 1.0},
-           "targets": {"host": {"deployable": True, "accuracy": tag(0.9941, "host-litert"),
-                                "latency_p50_us": tag(7.2, "host-litert"),
-                                "memory": {"value": 32768, "what": "RSS growth", "provenance": "host-litert"}},
-                       "cortex-m4": {"deployable": True, "accuracy": tag(0.9936, "emulated"),
-                                     "instructions": tag(1150000, "emulated"), "latency_p50_us": tag(15000, "emulated"),
-                                     "latency_ms": tag(15.0, "emulated"), "fps": tag(66.67, "emulated"),
-                                     "flash": tag(75469, "emulated"),
-                                     "memory": {"value": 8908, "what": "RAM", "provenance": "emulated"}, "fits": True}}}
-    return {"title": "mnist_student", "reference": None, "rows": [row], "targets": ["host", "cortex-m4"],
-            "measured_on": [{"target": "cortex-m4", "label": "Cortex-M4 (emulated)", "kind": "mcu"},
-                            {"target": "host", "label": f"this host (x86_64, {cpu})", "kind": "cpu"}],
-            "provenance": {"target": "host", "cpu": cpu, "cores": 2, "ai_edge_litert": "2.3.0"},
-            "devices": {"cortex-m4": "emulated: QEMU mps2-an386 (cortex-m4), 8.2.2"},
-            "gates": [{"model": "student_qat/int8", "against": "student_scratch/float32", "split": "val",
-                       "drop_points": 0.02, "max_drop": 0.3, "passed": True}], "searches": []}
+    row = {
+        "name": "student_qat/int8",
+        "quantization": "int8",
+        "qat": True,
+        "accuracy": 0.9941,
+        "val_accuracy": 0.992,
+        "val_samples": 6000,
+        "delta_points": -0.04,
+        "size_bytes": 29286,
+        "compressed_bytes": 23552,
+        "params": 23236,
+        "macs": 440000,
+        "latency_p50_us": 7.2,
+        "latency_p90_us": 7.9,
+        "latency_p99_us": 8.4,
+        "fps": 138000.0,
+        "latency_p50_us_all_threads": 15.1,
+        "fps_all_threads": 66000.0,
+        "arena_bytes": 7475,
+        "tflm_ok": True,
+        "test_samples": 10000,
+        "parity": {"samples": 200, "top1_agreement": 1.0},
+        "targets": {
+            "host": {
+                "deployable": True,
+                "accuracy": tag(0.9941, "host-litert"),
+                "latency_p50_us": tag(7.2, "host-litert"),
+                "memory": {"value": 32768, "what": "RSS growth", "provenance": "host-litert"},
+            },
+            "cortex-m4": {
+                "deployable": True,
+                "accuracy": tag(0.9936, "emulated"),
+                "instructions": tag(1150000, "emulated"),
+                "latency_p50_us": tag(15000, "emulated"),
+                "latency_ms": tag(15.0, "emulated"),
+                "fps": tag(66.67, "emulated"),
+                "flash": tag(75469, "emulated"),
+                "memory": {"value": 8908, "what": "RAM", "provenance": "emulated"},
+                "fits": True,
+            },
+        },
+    }
+    return {
+        "title": "mnist_student",
+        "reference": None,
+        "rows": [row],
+        "targets": ["host", "cortex-m4"],
+        "measured_on": [
+            {"target": "cortex-m4", "label": "Cortex-M4 (emulated)", "kind": "mcu"},
+            {"target": "host", "label": f"this host (x86_64, {cpu})", "kind": "cpu"},
+        ],
+        "provenance": {"target": "host", "cpu": cpu, "cores": 2, "ai_edge_litert": "2.3.0"},
+        "devices": {"cortex-m4": "emulated: QEMU mps2-an386 (cortex-m4), 8.2.2"},
+        "gates": [
+            {
+                "model": "student_qat/int8",
+                "against": "student_scratch/float32",
+                "split": "val",
+                "drop_points": 0.02,
+                "max_drop": 0.3,
+                "passed": True,
+            }
+        ],
+        "searches": [],
+    }
 
 
 def _write_report(root, cpu):
@@ -174,12 +235,25 @@ def test_results_page_is_stamped_once_and_has_the_rows(tmp_path):
     host = machine()
     _write_report(tmp_path, host["cpu"])
     out = tmp_path / "results.md"
-    p = subprocess.run([sys.executable, str(REPO / "tools" / "results_page.py"), str(tmp_path / "runs" / "mnist_student"),
-                        "--root", str(REPO), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "results_page.py"),
+            str(tmp_path / "runs" / "mnist_student"),
+            "--root",
+            str(REPO),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     page = out.read_text()
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     stamps = re.findall(r"^Written (20\d\d-\d\d-\d\d \d\d:\d\d) UTC from commit `([0-9a-f]+)`", page, re.M)
     assert len(stamps) == 1 and stamps[0][1] == head, page
     assert f"on {host['cpu']} ({host['cores']} cores)" in page
@@ -194,7 +268,18 @@ def test_results_page_is_stamped_once_and_has_the_rows(tmp_path):
 
 def test_results_page_refuses_a_report_from_another_machine(tmp_path):
     _write_report(tmp_path, "Some Other CPU 9000")
-    p = subprocess.run([sys.executable, str(REPO / "tools" / "results_page.py"), "--root", str(tmp_path),
-                        "-o", str(tmp_path / "results.md")], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "results_page.py"),
+            "--root",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "results.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and not (tmp_path / "results.md").exists()
     assert p.stderr.count("\n") == 1 and "Some Other CPU 9000" in p.stderr and "fix:" in p.stderr

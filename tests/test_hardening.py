@@ -25,8 +25,9 @@ from edgepipe.testing import check_clean_outcome, run_cli, tiny_recipe, write_id
 def tmpfs(path: Path, *options: str):
     """A small tmpfs mounted at `path` (skips where mounting is not allowed)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:80]}): needs root")
     try:
@@ -70,35 +71,50 @@ def test_an_internal_error_is_still_one_line(tmp_path, monkeypatch):
     code, _, err = run_cli(["status", str(path)], tmp_path)
     assert code == 1 and err.strip().splitlines() == [
         "edgepipe: internal error: RuntimeError: first line second line third; fix: rerun with --debug for the "
-        "traceback and report it"]
+        "traceback and report it"
+    ]
 
 
 def test_the_first_stage_to_import_tensorflow_fails_in_one_line(tmp_path, cli):
     """`--only` a convert stage: it is the first in its process to touch TensorFlow (through tfmot), and
     TensorFlow's native start-up lines must not come before the error line."""
     recipe = tiny_recipe(write_idx_dataset(tmp_path / "idx"), epochs=1)
-    recipe["stages"]["qat"] = {"kind": "qat", "inputs": {"data": "data", "model": "model"},
-                               "params": {"epochs": 1, "batch_size": 16, "tensorboard": False}}
-    recipe["stages"]["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "qat"},
-                                  "params": {"variants": ["float32"]}}
+    recipe["stages"]["qat"] = {
+        "kind": "qat",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"epochs": 1, "batch_size": 16, "tensorboard": False},
+    }
+    recipe["stages"]["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "qat"},
+        "params": {"variants": ["float32"]},
+    }
     path = write_recipe(tmp_path / "r.yaml", recipe)
     assert cli("run", path, "--until", "qat").returncode == 0
     done = cli("run", path, "--only", "tflite")
     assert done.returncode == 1
-    assert done.stderr.splitlines() == ["edgepipe: error: 'qat' is a QAT model, which converts to int8 only; fix: "
-                                        "set variants: [int8] here and convert its float source for float variants"]
+    assert done.stderr.splitlines() == [
+        "edgepipe: error: 'qat' is a QAT model, which converts to int8 only; fix: "
+        "set variants: [int8] here and convert its float source for float variants"
+    ]
 
 
 def test_a_lock_file_of_the_wrong_shape_is_treated_as_unreadable(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(write_idx_dataset(tmp_path / "idx"), epochs=1))
-    for broken in ({"version": 1, "stages": ["data"]}, {"version": 1, "stages": {"data": {"key": 3}}},
-                   {"version": 1, "stages": {"data": {"key": "k", "digest": "d", "outputs": {"a": "b"}}}}, [1, 2]):
+    for broken in (
+        {"version": 1, "stages": ["data"]},
+        {"version": 1, "stages": {"data": {"key": 3}}},
+        {"version": 1, "stages": {"data": {"key": "k", "digest": "d", "outputs": {"a": "b"}}}},
+        [1, 2],
+    ):
         (tmp_path / "runs/r").mkdir(parents=True, exist_ok=True)
         (tmp_path / "runs/r/lock.json").write_text(json.dumps(broken))
         code, out, err = run_cli(["status", str(path)], tmp_path)
         assert code == 0 and "data           stale: never run" in out, (broken, err)
-        assert err.strip() in ("", "edgepipe: warning: runs/r/lock.json is not a lock file edgepipe wrote; every "
-                                   "stage will rerun"), err
+        assert err.strip() in (
+            "",
+            "edgepipe: warning: runs/r/lock.json is not a lock file edgepipe wrote; every stage will rerun",
+        ), err
 
 
 def test_a_number_written_1e_3_is_the_number(tmp_path):
@@ -147,8 +163,14 @@ def test_an_interrupt_during_a_parallel_run_leaves_nothing_half_written(tmp_path
     recipe["stages"]["other"]["params"]["seed"] = 1
     path = write_recipe(tmp_path / "fan.yaml", recipe)
     exe = Path(sys.executable).with_name("edgepipe")
-    proc = subprocess.Popen([str(exe), "run", str(path), "--jobs", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", str(path), "--jobs", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     logs = [tmp_path / "runs/fan/.logs" / f"{name}.log" for name in ("model", "other")]
     deadline = time.time() + 180
     while time.time() < deadline and not all(p.is_file() and "Epoch 2/" in p.read_text() for p in logs):
@@ -180,4 +202,3 @@ def test_an_interrupt_during_a_parallel_run_leaves_nothing_half_written(tmp_path
     assert {p.name for p in (tmp_path / "runs/fan/.work").iterdir()} == {"model", "other"}  # checkpoints kept
     status = subprocess.run([str(exe), "status", str(path)], cwd=tmp_path, capture_output=True, text=True)
     assert "model          stale: never run" in status.stdout and status.returncode == 0
-

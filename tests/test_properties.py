@@ -28,10 +28,16 @@ from edgepipe.testing import check_clean_outcome, files_under, run_cli, write_id
 
 KINDS = kinds()
 SLOW = os.environ.get("EDGEPIPE_SLOW") == "1"
-settings.register_profile("fast", max_examples=25, deadline=None, derandomize=False,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("slow", max_examples=250, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "fast",
+    max_examples=25,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "slow", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 PROFILE = settings.get_profile("slow" if SLOW else "fast")
 
 # -- the pieces recipes are made of -------------------------------------------------------------------------
@@ -39,19 +45,62 @@ PROFILE = settings.get_profile("slow" if SLOW else "fast")
 GOOD_NAMES = st.sampled_from(["data", "model", "tflite", "bench", "report", "teacher", "b2"])
 BAD_NAMES = st.one_of(
     st.sampled_from(["../up", "/etc", "a/b", "..", ".", "~", "", "Data", "naïve", "名前", "x" * 120, "a b"]),
-    st.text(max_size=6), st.integers(-3, 3), st.none())
+    st.text(max_size=6),
+    st.integers(-3, 3),
+    st.none(),
+)
 NAMES = st.one_of(GOOD_NAMES, GOOD_NAMES, GOOD_NAMES, BAD_NAMES)  # mostly valid, so that later checks are reached
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["", "1e-3", "auto", "../../x", "/etc/passwd", "none", "cosine", "int8", "${seed}", "${nope}",
-                     "keras:mnist", "npz:nowhere.npz", "idx:/nonexistent", "tiny_conv", "json:loads", "x:y:z"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "",
+            "1e-3",
+            "auto",
+            "../../x",
+            "/etc/passwd",
+            "none",
+            "cosine",
+            "int8",
+            "${seed}",
+            "${nope}",
+            "keras:mnist",
+            "npz:nowhere.npz",
+            "idx:/nonexistent",
+            "tiny_conv",
+            "json:loads",
+            "x:y:z",
+        ]
+    ),
     st.text(max_size=10),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
-PATTERNS = st.one_of(st.sampled_from(["*.json", "../escape.txt", "/etc/passwd", "", "cortex-m4/*", "**/*", "..",
-                                      "a/../../b", "~/x", "C:\\x", "dataset.npz", "samples.png"]), st.integers())
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
+PATTERNS = st.one_of(
+    st.sampled_from(
+        [
+            "*.json",
+            "../escape.txt",
+            "/etc/passwd",
+            "",
+            "cortex-m4/*",
+            "**/*",
+            "..",
+            "a/../../b",
+            "~/x",
+            "C:\\x",
+            "dataset.npz",
+            "samples.png",
+        ]
+    ),
+    st.integers(),
+)
 
 
 def default_of(kind: str, name: str):
@@ -68,8 +117,15 @@ def field_names(kind: str) -> list[str]:
 
 @st.composite
 def stage_specs(draw, names: list):
-    kind = draw(st.one_of(st.sampled_from(sorted(KINDS)), st.sampled_from(sorted(KINDS)),
-                          st.sampled_from(["dat", "", "train2"]), st.integers(), st.none()))
+    kind = draw(
+        st.one_of(
+            st.sampled_from(sorted(KINDS)),
+            st.sampled_from(sorted(KINDS)),
+            st.sampled_from(["dat", "", "train2"]),
+            st.integers(),
+            st.none(),
+        )
+    )
     spec: dict = {}
     if draw(st.integers(0, 9)) or kind is None:
         spec["kind"] = kind
@@ -80,8 +136,9 @@ def stage_specs(draw, names: list):
         inputs = {}
         for role in roles:
             if draw(st.integers(0, 3)):
-                inputs[role] = draw(st.one_of(st.sampled_from(names), st.lists(st.sampled_from(names), max_size=3),
-                                              VALUES))
+                inputs[role] = draw(
+                    st.one_of(st.sampled_from(names), st.lists(st.sampled_from(names), max_size=3), VALUES)
+                )
         spec["inputs"] = inputs
     else:
         spec["params"] = draw(VALUES)
@@ -99,9 +156,13 @@ def recipes(draw):
         names.append(draw(BAD_NAMES))
     stages = {name: draw(stage_specs([n for n in names if isinstance(n, str)] or ["data"])) for name in names}
     raw: dict = {"stages": stages}
-    for key, strategy in (("name", NAMES), ("description", VALUES), ("vars", VALUES), ("target", st.one_of(
-            st.sampled_from(["host", "cortex-m4", "rpi4", "../x.yaml", "/etc/hosts"]), VALUES)),
-            ("profiles", st.dictionaries(st.text(max_size=5), VALUES, max_size=2))):
+    for key, strategy in (
+        ("name", NAMES),
+        ("description", VALUES),
+        ("vars", VALUES),
+        ("target", st.one_of(st.sampled_from(["host", "cortex-m4", "rpi4", "../x.yaml", "/etc/hosts"]), VALUES)),
+        ("profiles", st.dictionaries(st.text(max_size=5), VALUES, max_size=2)),
+    ):
         if draw(st.integers(0, 3)) == 0:
             raw[key] = draw(strategy)
     return raw
@@ -156,19 +217,36 @@ class Sandbox:
 def valid_recipe(data_dir: str) -> dict:
     """A recipe that loads: every stage kind, wired as the shipped recipes wire them."""
     fast = {"epochs": 1, "batch_size": 16, "tensorboard": False}
-    return {"name": "prop", "target": "host", "vars": {"seed": 0}, "profiles": {"smoke": {"model.epochs": 1}},
-            "stages": {
-                "data": {"kind": "data", "params": {"source": f"idx:{data_dir}", "val_fraction": 0.2, "seed": "${seed}"}},
-                "model": {"kind": "train", "inputs": {"data": "data"}, "params": {"arch": "tiny_conv", **fast}},
-                "student": {"kind": "distill", "inputs": {"data": "data", "teacher": "model"},
-                            "params": {"arch": "tiny_conv", **fast}},
-                "qat": {"kind": "qat", "inputs": {"data": "data", "model": "student"}, "params": fast},
-                "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "qat"},
-                           "params": {"variants": ["int8"]}, "publish": ["*.tflite"]},
-                "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 5}},
-                "firmware": {"kind": "bundle", "inputs": {"data": "data", "model": "tflite", "benches": ["bench"]},
-                             "params": {"target": "cortex-m4"}, "publish": ["cortex-m4/*"]},
-                "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.md"]}}}
+    return {
+        "name": "prop",
+        "target": "host",
+        "vars": {"seed": 0},
+        "profiles": {"smoke": {"model.epochs": 1}},
+        "stages": {
+            "data": {"kind": "data", "params": {"source": f"idx:{data_dir}", "val_fraction": 0.2, "seed": "${seed}"}},
+            "model": {"kind": "train", "inputs": {"data": "data"}, "params": {"arch": "tiny_conv", **fast}},
+            "student": {
+                "kind": "distill",
+                "inputs": {"data": "data", "teacher": "model"},
+                "params": {"arch": "tiny_conv", **fast},
+            },
+            "qat": {"kind": "qat", "inputs": {"data": "data", "model": "student"}, "params": fast},
+            "tflite": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "qat"},
+                "params": {"variants": ["int8"]},
+                "publish": ["*.tflite"],
+            },
+            "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}, "params": {"runs": 5}},
+            "firmware": {
+                "kind": "bundle",
+                "inputs": {"data": "data", "model": "tflite", "benches": ["bench"]},
+                "params": {"target": "cortex-m4"},
+                "publish": ["cortex-m4/*"],
+            },
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.md"]},
+        },
+    }
 
 
 def paths_of(node, prefix=()):
@@ -207,10 +285,26 @@ def with_data(raw, data_dir: Path):
 
 
 @PROFILE
-@given(raw=st.one_of(recipes(), mutated_recipes(), mutated_recipes()), extra=st.lists(st.sampled_from([
-    ["--profile", "smoke"], ["--profile", "a", "--profile", "b"], ["--set", "data.seed=1"], ["--set", "x"],
-    ["--set", "data.params=[1"], ["--set", "vars.seed=3"], ["--target", "cortex-m4"], ["--target", "../t.yaml"],
-    ["--host", "pi@10.0.0.2"], ["--host", "bad host"]]), max_size=2))
+@given(
+    raw=st.one_of(recipes(), mutated_recipes(), mutated_recipes()),
+    extra=st.lists(
+        st.sampled_from(
+            [
+                ["--profile", "smoke"],
+                ["--profile", "a", "--profile", "b"],
+                ["--set", "data.seed=1"],
+                ["--set", "x"],
+                ["--set", "data.params=[1"],
+                ["--set", "vars.seed=3"],
+                ["--target", "cortex-m4"],
+                ["--target", "../t.yaml"],
+                ["--host", "pi@10.0.0.2"],
+                ["--host", "bad host"],
+            ]
+        ),
+        max_size=2,
+    ),
+)
 def test_any_recipe_loads_or_is_refused_in_one_line(raw, extra):
     with Sandbox() as box:
         path = box.dir / "r.yaml"
@@ -221,8 +315,10 @@ def test_any_recipe_loads_or_is_refused_in_one_line(raw, extra):
 
 
 @PROFILE
-@given(text=st.one_of(st.text(max_size=80), st.binary(max_size=80).map(lambda b: b.decode("latin-1"))),
-       encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+@given(
+    text=st.one_of(st.text(max_size=80), st.binary(max_size=80).map(lambda b: b.decode("latin-1"))),
+    encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]),
+)
 def test_any_recipe_text_is_read_or_refused_in_one_line(text, encoding):
     with Sandbox() as box:
         path = box.dir / "r.yaml"
@@ -233,10 +329,36 @@ def test_any_recipe_text_is_read_or_refused_in_one_line(text, encoding):
         box.cli("status", str(path), "--root", str(box.root))
 
 
-NPZ_DEFECTS = ["none", "float01", "float255", "uint16", "int_negative", "bool", "str", "object", "nan", "inf",
-               "empty", "ndim2", "channels2", "zero_height", "y_float", "y_half", "y_str", "y_negative", "y_onehot",
-               "y_short", "y_nan", "one_class", "test_size", "np.save", "bytes", "junk_names", "class_names_ints",
-               "class_names_short"]
+NPZ_DEFECTS = [
+    "none",
+    "float01",
+    "float255",
+    "uint16",
+    "int_negative",
+    "bool",
+    "str",
+    "object",
+    "nan",
+    "inf",
+    "empty",
+    "ndim2",
+    "channels2",
+    "zero_height",
+    "y_float",
+    "y_half",
+    "y_str",
+    "y_negative",
+    "y_onehot",
+    "y_short",
+    "y_nan",
+    "one_class",
+    "test_size",
+    "np.save",
+    "bytes",
+    "junk_names",
+    "class_names_ints",
+    "class_names_short",
+]
 # every defect is tried in every run; hypothesis draws the rest (sizes, values, params) a few times each
 PER_CASE = settings(PROFILE, max_examples=30 if SLOW else 2)
 
@@ -300,8 +422,12 @@ def npz_datasets(draw, defect: str):
     xt, yt = x[: n // 2], y[: n // 2]
     if defect == "test_size":
         xt = np.zeros((len(yt), h + 1, w, x.shape[-1]), np.uint8)
-    arrays = {"train_test": {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt},
-              "train": {"x_train": x, "y_train": y}, "xy": {"x": x, "y": y}, "junk_names": {"a": x}}.get(layout, {})
+    arrays = {
+        "train_test": {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt},
+        "train": {"x_train": x, "y_train": y},
+        "xy": {"x": x, "y": y},
+        "junk_names": {"a": x},
+    }.get(layout, {})
     if defect == "class_names_ints":
         arrays["class_names"] = np.arange(4)
     elif defect == "class_names_short":
@@ -323,13 +449,18 @@ DATA_CHOICES = {  # the first values are valid, the last ones sometimes not
     "class_names": [None, ["a", "b", "c", "d", "e"], ["a"]],
 }
 DATA_PARAMS = st.lists(st.sampled_from(sorted(DATA_CHOICES)), max_size=3, unique=True).flatmap(
-    lambda keys: st.fixed_dictionaries({k: st.sampled_from(DATA_CHOICES[k]) for k in keys}))
+    lambda keys: st.fixed_dictionaries({k: st.sampled_from(DATA_CHOICES[k]) for k in keys})
+)
 
 
 @pytest.mark.parametrize("defect", NPZ_DEFECTS)
 @PER_CASE
-@given(data=st.data(), params=DATA_PARAMS,
-       publish=st.lists(PATTERNS, max_size=2), name=st.sampled_from([None, "ok", "../out", "a/b"]))
+@given(
+    data=st.data(),
+    params=DATA_PARAMS,
+    publish=st.lists(PATTERNS, max_size=2),
+    name=st.sampled_from([None, "ok", "../out", "a/b"]),
+)
 def test_any_npz_dataset_is_read_or_refused_in_one_line(defect, data, params, publish, name):
     """Refused in one line, or stored exactly: the images and labels of dataset.npz are the file's own,
     converted by the documented rule, and a defect that must be refused never comes out as a success."""
@@ -343,8 +474,9 @@ def test_any_npz_dataset_is_read_or_refused_in_one_line(defect, data, params, pu
             path.write_bytes(b"PK\x03\x04 not really a zip")
         else:
             np.savez(path, **arrays)
-        recipe = {"stages": {"data": {"kind": "data", "params": {"source": f"npz:{path}", **params},
-                                      "publish": publish}}}
+        recipe = {
+            "stages": {"data": {"kind": "data", "params": {"source": f"npz:{path}", **params}, "publish": publish}}
+        }
         if name is not None:
             recipe["name"] = name
         (box.dir / "r.yaml").write_text(dump(recipe))
@@ -354,8 +486,12 @@ def test_any_npz_dataset_is_read_or_refused_in_one_line(defect, data, params, pu
         assert defect in ACCEPTABLE_NPZ, f"a dataset with defect {defect!r} was accepted"
         if not set(params) & {"image_size", "channels"}:
             stored = stored_pairs(next((box.root / "runs").glob("*/data/dataset.npz")))
-            given = {(img.tobytes(), int(label)) for k in ("x_train", "x_test", "x")
-                     if k in arrays for img, label in zip(as_uint8(arrays[k]), arrays["y" + k[1:]])}
+            given = {
+                (img.tobytes(), int(label))
+                for k in ("x_train", "x_test", "x")
+                if k in arrays
+                for img, label in zip(as_uint8(arrays[k]), arrays["y" + k[1:]])
+            }
             assert stored <= given, "dataset.npz holds images or labels the source does not"
 
 
@@ -373,18 +509,34 @@ def as_uint8(x: np.ndarray) -> np.ndarray:
 
 def stored_pairs(npz: Path) -> set:
     with np.load(npz) as z:
-        return {(img.tobytes(), int(label)) for split in ("train", "val", "test")
-                for img, label in zip(z[f"x_{split}"], z[f"y_{split}"])}
+        return {
+            (img.tobytes(), int(label))
+            for split in ("train", "val", "test")
+            for img, label in zip(z[f"x_{split}"], z[f"y_{split}"])
+        }
 
 
-IDX_DEFECTS = ["none", "swap_labels", "magic", "ndim_255", "truncated", "empty", "garbage_gz", "dims_zero",
-               "smaller_images"]
+IDX_DEFECTS = [
+    "none",
+    "swap_labels",
+    "magic",
+    "ndim_255",
+    "truncated",
+    "empty",
+    "garbage_gz",
+    "dims_zero",
+    "smaller_images",
+]
 
 
 @pytest.mark.parametrize("how", IDX_DEFECTS)
 @PER_CASE
-@given(broken=st.sampled_from(["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                               "t10k-labels-idx1-ubyte"]), params=DATA_PARAMS)
+@given(
+    broken=st.sampled_from(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    ),
+    params=DATA_PARAMS,
+)
 def test_any_idx_folder_is_read_or_refused_in_one_line(how, broken, params):
     """One of the four MNIST-format files broken in the named way: refused in one line, or read."""
     with Sandbox() as box:
@@ -393,8 +545,11 @@ def test_any_idx_folder_is_read_or_refused_in_one_line(how, broken, params):
         import gzip
 
         if how == "swap_labels":
-            other = broken.replace("images-idx3", "labels-idx1") if "images" in broken else \
-                broken.replace("labels-idx1", "images-idx3")
+            other = (
+                broken.replace("images-idx3", "labels-idx1")
+                if "images" in broken
+                else broken.replace("labels-idx1", "images-idx3")
+            )
             shutil.copy(d / f"{other}.gz", target)
         elif how == "magic":
             target.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\0" * 12))
@@ -410,28 +565,45 @@ def test_any_idx_folder_is_read_or_refused_in_one_line(how, broken, params):
             write_idx(d / broken, np.zeros((0, 12, 12) if "images" in broken else (0,), np.uint8))
         elif how == "smaller_images" and "images" in broken:
             write_idx(d / broken, np.zeros((40 if "train" in broken else 12, 8, 8), np.uint8))
-        (box.dir / "r.yaml").write_text(dump({"stages": {"data": {"kind": "data", "params": {
-            "source": f"idx:{d}", **params}}}}))
+        (box.dir / "r.yaml").write_text(
+            dump({"stages": {"data": {"kind": "data", "params": {"source": f"idx:{d}", **params}}}})
+        )
         code, _, _ = box.cli("run", str(box.dir / "r.yaml"), "--root", str(box.root))
         harmless = how == "none" or (how == "smaller_images" and ("labels" in broken or params.get("image_size")))
         assert code != 0 or harmless, f"{broken} broken by {how!r} was accepted"
 
 
-FOLDER_DEFECTS = ["none", "hidden_folder", "empty_class", "other_size", "broken_file", "text_file", "one_class",
-                  "split_mismatch", "empty_file", "jpeg_named_png"]
+FOLDER_DEFECTS = [
+    "none",
+    "hidden_folder",
+    "empty_class",
+    "other_size",
+    "broken_file",
+    "text_file",
+    "one_class",
+    "split_mismatch",
+    "empty_file",
+    "jpeg_named_png",
+]
 
 
 @pytest.mark.parametrize("defect", FOLDER_DEFECTS)
 @PER_CASE
-@given(classes=st.integers(2, 3), per_class=st.integers(2, 4), mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16"]),
-       size=st.sampled_from([(6, 6), (5, 7)]), split=st.booleans(), params=DATA_PARAMS)
+@given(
+    classes=st.integers(2, 3),
+    per_class=st.integers(2, 4),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16"]),
+    size=st.sampled_from([(6, 6), (5, 7)]),
+    split=st.booleans(),
+    params=DATA_PARAMS,
+)
 def test_any_image_folder_is_read_or_refused_in_one_line(defect, classes, per_class, mode, size, split, params):
     from PIL import Image
 
     with Sandbox() as box:
         root = box.dir / "imgs"
         names = ["bird", "cat", "dog"][: 1 if defect == "one_class" else classes]
-        for part in (["train", "test"] if split else [""]):
+        for part in ["train", "test"] if split else [""]:
             for c, cls in enumerate(names):
                 d = root / part / cls
                 d.mkdir(parents=True, exist_ok=True)
@@ -456,21 +628,62 @@ def test_any_image_folder_is_read_or_refused_in_one_line(defect, classes, per_cl
         elif defect == "split_mismatch" and split:
             (root / "test" / "zebra").mkdir()
             Image.new("L", (size[1], size[0])).save(root / "test" / "zebra" / "z.png")
-        (box.dir / "r.yaml").write_text(dump({"stages": {"data": {"kind": "data", "params": {
-            "source": f"folder:{root}", **params}}}}))
+        (box.dir / "r.yaml").write_text(
+            dump({"stages": {"data": {"kind": "data", "params": {"source": f"folder:{root}", **params}}}})
+        )
         code, _, _ = box.cli("run", str(box.dir / "r.yaml"), "--root", str(box.root))
-        harmless = (defect in ("none", "hidden_folder", "text_file", "jpeg_named_png")
-                    or (defect == "other_size" and params.get("image_size")) or (defect == "split_mismatch" and not split))
+        harmless = (
+            defect in ("none", "hidden_folder", "text_file", "jpeg_named_png")
+            or (defect == "other_size" and params.get("image_size"))
+            or (defect == "split_mismatch" and not split)
+        )
         assert code != 0 or harmless, f"an image folder with defect {defect!r} was accepted"
 
 
-COMMANDS = st.sampled_from(["run", "status", "graph", "kinds", "targets", "lint", "bench", "report", "worker",
-                            "nosuch"])
-TOKENS = st.sampled_from(["RECIPE", "MISSING.yaml", "--jobs", "two", "0", "-1", "2", "--profile", "smoke",
-                          "--root", "ROOTFILE", "--root", "ROOT", "--set", "data.seed=2", "data.seed=[",
-                          "--until", "data", "--only", "nope", "--target", "rpi4", "--target", "cortex-m4",
-                          "--host", "pi@127.0.0.1:1", "--force", "--dry-run", "--int8", "MODEL", "train", "data",
-                          "cortex-m4", "-p", "", "ünï", "--bogus"])
+COMMANDS = st.sampled_from(
+    ["run", "status", "graph", "kinds", "targets", "lint", "bench", "report", "worker", "nosuch"]
+)
+TOKENS = st.sampled_from(
+    [
+        "RECIPE",
+        "MISSING.yaml",
+        "--jobs",
+        "two",
+        "0",
+        "-1",
+        "2",
+        "--profile",
+        "smoke",
+        "--root",
+        "ROOTFILE",
+        "--root",
+        "ROOT",
+        "--set",
+        "data.seed=2",
+        "data.seed=[",
+        "--until",
+        "data",
+        "--only",
+        "nope",
+        "--target",
+        "rpi4",
+        "--target",
+        "cortex-m4",
+        "--host",
+        "pi@127.0.0.1:1",
+        "--force",
+        "--dry-run",
+        "--int8",
+        "MODEL",
+        "train",
+        "data",
+        "cortex-m4",
+        "-p",
+        "",
+        "ünï",
+        "--bogus",
+    ]
+)
 
 
 @PROFILE
@@ -478,12 +691,28 @@ TOKENS = st.sampled_from(["RECIPE", "MISSING.yaml", "--jobs", "two", "0", "-1", 
 def test_any_command_line_runs_or_is_refused_in_one_line(command, tokens, tiny_int8_model):
     with Sandbox() as box:
         data = write_idx_dataset(box.dir / "idx", n_train=40, n_test=12)
-        (box.dir / "r.yaml").write_text(dump({"stages": {"data": {"kind": "data", "params": {
-            "source": f"idx:{data}", "val_fraction": 0.2}, "publish": ["dataset.json"]}}}))
+        (box.dir / "r.yaml").write_text(
+            dump(
+                {
+                    "stages": {
+                        "data": {
+                            "kind": "data",
+                            "params": {"source": f"idx:{data}", "val_fraction": 0.2},
+                            "publish": ["dataset.json"],
+                        }
+                    }
+                }
+            )
+        )
         (box.dir / "rootfile").write_text("a file, not a folder")
         shutil.copy(tiny_int8_model, box.dir / "m.tflite")
-        swap = {"RECIPE": str(box.dir / "r.yaml"), "MISSING.yaml": str(box.dir / "missing.yaml"),
-                "ROOTFILE": str(box.dir / "rootfile"), "ROOT": str(box.root), "MODEL": str(box.dir / "m.tflite")}
+        swap = {
+            "RECIPE": str(box.dir / "r.yaml"),
+            "MISSING.yaml": str(box.dir / "missing.yaml"),
+            "ROOTFILE": str(box.dir / "rootfile"),
+            "ROOT": str(box.root),
+            "MODEL": str(box.dir / "m.tflite"),
+        }
         box.cli(command, *[swap.get(t, t) for t in tokens])
 
 

@@ -34,8 +34,10 @@ def on_config(config):
 
     found = Path(edgepipe.__file__).resolve().parent
     if found != (root / "edgepipe").resolve():
-        raise PluginError(f"docs hooks: edgepipe imported from {found}, not {root / 'edgepipe'}; build from a "
-                          "fresh process (python -m mkdocs build)")
+        raise PluginError(
+            f"docs hooks: edgepipe imported from {found}, not {root / 'edgepipe'}; build from a "
+            "fresh process (python -m mkdocs build)"
+        )
     _seen.clear()
     return config
 
@@ -51,8 +53,10 @@ def on_page_markdown(markdown, page, config, files):
 def on_post_build(config):
     missing = [m for m in (CLI_MARKER, STAGES_MARKER) if m not in _seen]
     if missing:
-        raise PluginError(f"docs hooks: no page holds {', '.join(missing)}; the generated reference would be "
-                          "missing (docs/reference/cli.md and stages.md each hold one)")
+        raise PluginError(
+            f"docs hooks: no page holds {', '.join(missing)}; the generated reference would be "
+            "missing (docs/reference/cli.md and stages.md each hold one)"
+        )
 
 
 # --- the command line -------------------------------------------------------------------------------------
@@ -69,8 +73,9 @@ def cli_reference() -> str:
     for name, command in main.commands.items():
         if command.hidden:
             continue
-        parts.append(_command(command, click.Context(command, info_name=name, parent=root),
-                              heading=f"`edgepipe {name}`"))
+        parts.append(
+            _command(command, click.Context(command, info_name=name, parent=root), heading=f"`edgepipe {name}`")
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -101,16 +106,32 @@ def stages_reference() -> str:
 
     parts = []
     for name, kind in kinds().items():
-        inputs = ", ".join(
-            f"`{role}`" + (" (a list)" if many else "") + (" (optional)" if role in kind.optional_inputs else "")
-            + (f": {' or '.join(kind.accepts[role])}" if role in kind.accepts else "")
-            for role, many in kind.inputs.items()) or "none"
+        inputs = (
+            ", ".join(
+                f"`{role}`"
+                + (" (a list)" if many else "")
+                + (" (optional)" if role in kind.optional_inputs else "")
+                + (f": {' or '.join(kind.accepts[role])}" if role in kind.accepts else "")
+                for role, many in kind.inputs.items()
+            )
+            or "none"
+        )
         outputs = " or ".join(dict.fromkeys((kind.output, *kind.also_outputs)))
-        lines = [f"## `{name}`", "", (kind.doc[:1].upper() + kind.doc[1:] + ".") if kind.doc else "", "",
-                 f"- inputs: {inputs}", f"- produces: {outputs}", f"- closing line names: `{kind.main_output}`", "",
-                 "| parameter | type | default | range | meaning |", "|---|---|---|---|---|"]
-        lines += [f"| {_code(p)} | {_code(t)} | {_code(d)} | {r} | {_cell(m)} |"
-                  for p, t, d, r, m in param_rows(kind.params)]
+        lines = [
+            f"## `{name}`",
+            "",
+            (kind.doc[:1].upper() + kind.doc[1:] + ".") if kind.doc else "",
+            "",
+            f"- inputs: {inputs}",
+            f"- produces: {outputs}",
+            f"- closing line names: `{kind.main_output}`",
+            "",
+            "| parameter | type | default | range | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_code(p)} | {_code(t)} | {_code(d)} | {r} | {_cell(m)} |" for p, t, d, r, m in param_rows(kind.params)
+        ]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -129,7 +150,9 @@ def param_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str, st
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        bounds = "" if lo is None and hi is None else f"{'' if lo is None else lo} .. {'' if hi is None else hi}".strip()
+        bounds = (
+            "" if lo is None and hi is None else f"{'' if lo is None else lo} .. {'' if hi is None else hi}".strip()
+        )
         rows.append((prefix + f.name, type_text(tp), repr(to_dict(default)), bounds, f.metadata.get("doc", "")))
         (item,) = typing.get_args(tp) if typing.get_origin(tp) is list else (None,)
         if item is not None and dataclasses.is_dataclass(item):
@@ -167,6 +190,12 @@ def _text(text: str) -> str:
     paired = len(parts) % 2 == 1
     for i, part in enumerate(parts):
         if i % 2 == 0 or not paired:
-            parts[i] = (part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
-                        .replace("_", "\\_").replace("|", "\\|"))
+            parts[i] = (
+                part.replace("&", "&amp;")
+                .replace("<", "&lt;")
+                .replace(">", "&gt;")
+                .replace("*", "\\*")
+                .replace("_", "\\_")
+                .replace("|", "\\|")
+            )
     return "`".join(parts)

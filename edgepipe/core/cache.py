@@ -18,8 +18,9 @@ def cache_dir(*parts: str) -> Path:
     created if missing."""
     base = os.environ.get(ENV)
     if not base:
-        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                            "edgepipe")
+        base = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgepipe"
+        )
     path = Path(base).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

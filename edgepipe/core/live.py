@@ -53,10 +53,16 @@ class LiveProgress:
 
         self.console = Console(highlight=False)
         self._progress = Progress(
-            TextColumn("{task.description}", markup=False), BarColumn(bar_width=16),
+            TextColumn("{task.description}", markup=False),
+            BarColumn(bar_width=16),
             TextColumn("{task.fields[where]}", markup=False),
-            Times(), console=self.console, transient=True, refresh_per_second=4,
-            redirect_stdout=True, redirect_stderr=sys.stderr.isatty())
+            Times(),
+            console=self.console,
+            transient=True,
+            refresh_per_second=4,
+            redirect_stdout=True,
+            redirect_stderr=sys.stderr.isatty(),
+        )
         self._tasks: dict[str, object] = {}  # stage -> its rich task id
         self._counts: dict[str, tuple] = {}  # stage -> (unit, total) of the count its ETA is for
 
@@ -78,7 +84,8 @@ class LiveProgress:
             return
         if task is None:
             task = self._tasks[event.stage] = self._progress.add_task(
-                f"{event.stage:<14}", total=None, where="running", began=time.monotonic(), since=None, first=None)
+                f"{event.stage:<14}", total=None, where="running", began=time.monotonic(), since=None, first=None
+            )
         fields = {}
         if event.total is not None and self._counts.get(event.stage) != (event.unit, event.total):
             # a new count (the trials are done, the chosen model's epochs begin): its ETA starts afresh

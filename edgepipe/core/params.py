@@ -105,8 +105,9 @@ def _check(tp: Any, value: Any, where: str, meta: Any = None) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise RecipeError(f"{where}: {_show(value)} is not a valid choice",
-                              f"use one of: {', '.join(map(str, choices))}")
+            raise RecipeError(
+                f"{where}: {_show(value)} is not a valid choice", f"use one of: {', '.join(map(str, choices))}"
+            )
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
@@ -127,12 +128,16 @@ def _check(tp: Any, value: Any, where: str, meta: Any = None) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {_show(value)}", "write a whole number, unquoted (e.g. 10)")
+            raise RecipeError(
+                f"{where}: expected an integer, got {_show(value)}", "write a whole number, unquoted (e.g. 10)"
+            )
     elif tp is float:
         if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: expected a number, got {_show(value)}", "write a number, unquoted (e.g. 0.001)")
+            raise RecipeError(
+                f"{where}: expected a number, got {_show(value)}", "write a number, unquoted (e.g. 0.001)"
+            )
         value = float(value)
         if not math.isfinite(value):
             raise RecipeError(f"{where}: {value} is not a finite number", "write a finite number (e.g. 0.001)")

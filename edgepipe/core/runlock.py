@@ -25,8 +25,9 @@ except ImportError:  # everything but Windows
 
 
 def _busy(path: Path) -> EdgepipeError:
-    return EdgepipeError(f"another edgepipe run is using {path.parent}",
-                         "wait for it to finish (or stop it) and run again")
+    return EdgepipeError(
+        f"another edgepipe run is using {path.parent}", "wait for it to finish (or stop it) and run again"
+    )
 
 
 @contextlib.contextmanager

@@ -29,8 +29,9 @@ class Package:
 PACKAGES = (
     Package("gcc-arm-none-eabi", "arm-none-eabi-gcc", "run", "builds TFLite Micro for the emulated Cortex-M boards"),
     Package("libnewlib-arm-none-eabi", "/usr/lib/arm-none-eabi/newlib/libc.a", "run", "the C library it links"),
-    Package("libstdc++-arm-none-eabi-newlib", "/usr/lib/arm-none-eabi/newlib/libstdc++.a", "run",
-            "the C++ library it links"),
+    Package(
+        "libstdc++-arm-none-eabi-newlib", "/usr/lib/arm-none-eabi/newlib/libstdc++.a", "run", "the C++ library it links"
+    ),
     Package("qemu-system-arm", "qemu-system-arm", "run", "runs the firmware on the emulated Cortex-M boards"),
     Package("openssh-client", "ssh", "test", "reaches SSH targets (a recipe with --host needs it too)"),
     Package("openssh-server", "/usr/sbin/sshd", "test", "the SSH 'device' the tests bench on 127.0.0.1"),
@@ -99,21 +100,29 @@ def ensure(group: str) -> int:
     prefix = _privilege()
     if shutil.which("apt-get") is None or prefix is None:
         why = "no apt-get here" if shutil.which("apt-get") is None else "not root and no passwordless sudo"
-        print(f"edgepipe needs Debian packages it cannot install itself ({why}); run: {install_command(need)}",
-              flush=True)
+        print(
+            f"edgepipe needs Debian packages it cannot install itself ({why}); run: {install_command(need)}", flush=True
+        )
         return 0
     print(f"installing Debian packages{'' if not prefix else ' with sudo'}: {names}", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     with tempfile.NamedTemporaryFile("w+", prefix="edgepipe-apt-", suffix=".log", delete=False) as log:
-        ok = all(subprocess.run([*prefix, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env).returncode == 0
-                 for cmd in (["apt-get", "update", "-q"],
-                             ["apt-get", "install", "-y", "-q", "--no-install-recommends", *(p.name for p in need)]))
+        ok = all(
+            subprocess.run([*prefix, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env).returncode == 0
+            for cmd in (
+                ["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *(p.name for p in need)],
+            )
+        )
     still = missing(group)
     if ok and not still:
         os.unlink(log.name)
         return 0
-    print(f"could not install {' '.join(p.name for p in still) or names} (apt-get's output: {log.name}); "
-          f"run: {install_command(still or need)}", flush=True)
+    print(
+        f"could not install {' '.join(p.name for p in still) or names} (apt-get's output: {log.name}); "
+        f"run: {install_command(still or need)}",
+        flush=True,
+    )
     return 0
 
 

@@ -51,7 +51,6 @@ def load_dataset(stage_dir: Path) -> Dataset:
     return Dataset(info, splits)
 
 
-
 def write_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, but byte-for-byte reproducible.
 
@@ -62,5 +61,8 @@ def write_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
-                       compress_type=zipfile.ZIP_DEFLATED)
+            z.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                buf.getvalue(),
+                compress_type=zipfile.ZIP_DEFLATED,
+            )

@@ -32,8 +32,6 @@ class Augment:
         return self.flip != "none" or any(v > 0 for v in (self.rotate, self.translate, self.zoom))
 
 
-
-
 def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed: int = 0, extra=None):
     """A tf.data pipeline of (input, target) batches: preprocessed, and augmented when `training`; the
     targets are what the dataset's task trains a model to output (one-hot classes, heat maps).
@@ -63,8 +61,11 @@ def tf_dataset(ds: Dataset, split: str, batch_size: int, *, training: bool, seed
     d = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         d = d.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    d = d.batch(batch_size).map(lambda images, labels, *rest: (*prepare(images, labels), *rest),
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    d = d.batch(batch_size).map(
+        lambda images, labels, *rest: (*prepare(images, labels), *rest),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return d.prefetch(tf.data.AUTOTUNE)
 
 
@@ -107,5 +108,10 @@ def random_affine(images, aug: Augment, seed: int = 0):
         m = m @ matrix((z, zero, cx * (1 - z)), (zero, z, cy * (1 - z)), (zero, zero, one))
     transforms = tf.reshape(m, [n, 9])[:, :8]
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode=aug.fill.upper())
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=aug.fill.upper(),
+    )

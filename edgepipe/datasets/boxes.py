@@ -49,8 +49,14 @@ class DetectionSet(NamedTuple):
     files: list[str]  # each image's path
 
 
-def read_coco(annotations: str | Path, images_dir: str | Path | None = None, *, max_objects: int = 6,
-              image_size=None, channels: int | None = None) -> DetectionSet:
+def read_coco(
+    annotations: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    max_objects: int = 6,
+    image_size=None,
+    channels: int | None = None,
+) -> DetectionSet:
     """Read a COCO detection JSON and its images.
 
     Args:
@@ -76,14 +82,18 @@ def read_coco(annotations: str | Path, images_dir: str | Path | None = None, *, 
     for index, ann in enumerate(anns):
         where = f"{path}: annotations[{index}]"
         if not isinstance(ann, dict):
-            raise EdgepipeError(f"{where} is {_show(ann)}, not an object",
-                                'write each annotation as {"id", "image_id", "category_id", "bbox"}')
+            raise EdgepipeError(
+                f"{where} is {_show(ann)}, not an object",
+                'write each annotation as {"id", "image_id", "category_id", "bbox"}',
+            )
         if "id" in ann:
             where = f"{path}: annotation id {_show(ann['id'])}"
         image_id, category_id = ann.get("image_id"), ann.get("category_id")
         if not _is_id(image_id) or image_id not in images:
-            raise EdgepipeError(f"{where}: image_id {_show(image_id)} is not the id of an entry in images",
-                                "point image_id at an image listed under images")
+            raise EdgepipeError(
+                f"{where}: image_id {_show(image_id)} is not the id of an entry in images",
+                "point image_id at an image listed under images",
+            )
         entry = images[image_id]
         where += f" (image {entry['file_name']!r})"
         crowd = ann.get("iscrowd", 0)
@@ -91,26 +101,35 @@ def read_coco(annotations: str | Path, images_dir: str | Path | None = None, *, 
             raise EdgepipeError(f"{where}: iscrowd is {_show(crowd)}", "write iscrowd as 0 or 1")
         if not _is_id(category_id) or category_id not in categories:
             known = ", ".join(f"{k} ({categories[k]})" for k in sorted(categories, key=_id_order)[:12])
-            raise EdgepipeError(f"{where}: unknown category_id {_show(category_id)}",
-                                f"use one of the categories' ids: {known}")
+            raise EdgepipeError(
+                f"{where}: unknown category_id {_show(category_id)}", f"use one of the categories' ids: {known}"
+            )
         if crowd:
             continue
         box = _coco_box(ann.get("bbox"), entry["width"], entry["height"], where)
         per_image[image_id].append((class_of[category_id], *box))
     for image_id, rows in per_image.items():
         if len(rows) > max_objects:
-            raise EdgepipeError(f"{path}: image {images[image_id]['file_name']!r} (id {_show(image_id)}) has "
-                                f"{len(rows)} objects, more than max_objects {max_objects}",
-                                f"set max_objects to at least {len(rows)}")
+            raise EdgepipeError(
+                f"{path}: image {images[image_id]['file_name']!r} (id {_show(image_id)}) has "
+                f"{len(rows)} objects, more than max_objects {max_objects}",
+                f"set max_objects to at least {len(rows)}",
+            )
     files = [images[i]["path"] for i in images]
     pixels = [_load_image(f, channels, images[i], path) for f, i in zip(files, images)]
     names = [categories[cid] for cid in sorted(categories, key=_id_order)]
-    return _assemble(pixels, [per_image[i] for i in images], names, [str(f) for f in files], max_objects,
-                     image_size)
+    return _assemble(pixels, [per_image[i] for i in images], names, [str(f) for f in files], max_objects, image_size)
 
 
-def read_yolo(root: str | Path, *, split: str | None = None, max_objects: int = 6, image_size=None,
-              channels: int | None = None, classes: list[str] | None = None) -> DetectionSet:
+def read_yolo(
+    root: str | Path,
+    *,
+    split: str | None = None,
+    max_objects: int = 6,
+    image_size=None,
+    channels: int | None = None,
+    classes: list[str] | None = None,
+) -> DetectionSet:
     """Read a YOLO txt dataset: root/images/... and root/labels/... (or images/SPLIT and labels/SPLIT).
 
     Args:
@@ -125,17 +144,25 @@ def read_yolo(root: str | Path, *, split: str | None = None, max_objects: int = 
         EdgepipeError: naming the file and line at fault.
     """
     _check_options(max_objects, image_size, channels)
-    if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) and c.strip() for c in classes)
-                                or not classes or len(set(classes)) != len(classes)):
-        raise EdgepipeError(f"classes {_show(classes)} is not a list of distinct class names",
-                            'give the names in class-id order, e.g. ["bolt", "nut"]')
+    if classes is not None and (
+        isinstance(classes, str)
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+        or not classes
+        or len(set(classes)) != len(classes)
+    ):
+        raise EdgepipeError(
+            f"classes {_show(classes)} is not a list of distinct class names",
+            'give the names in class-id order, e.g. ["bolt", "nut"]',
+        )
     root = Path(root)
     image_root, label_root = root / "images", root / "labels"
     if split is not None:
         image_root, label_root = image_root / split, label_root / split
     if not image_root.is_dir():
-        raise EdgepipeError(f"yolo:{root}: no folder {image_root}",
-                            "put the images under images/ and their .txt labels under labels/, same names")
+        raise EdgepipeError(
+            f"yolo:{root}: no folder {image_root}",
+            "put the images under images/ and their .txt labels under labels/, same names",
+        )
     names = list(classes) if classes is not None else _yolo_classes(root)
     found = sorted(p for p in image_root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
     if not found:
@@ -145,28 +172,35 @@ def read_yolo(root: str | Path, *, split: str | None = None, max_objects: int = 
         label = (label_root / image.relative_to(image_root)).with_suffix(".txt")
         if label in label_of.values():
             other = next(i for i, lab in label_of.items() if lab == label)
-            raise EdgepipeError(f"yolo:{image} and {other} share the label file {label}",
-                                "give every image its own name (not only its own extension)")
+            raise EdgepipeError(
+                f"yolo:{image} and {other} share the label file {label}",
+                "give every image its own name (not only its own extension)",
+            )
         label_of[image] = label
     if label_root.is_dir():
         expected = set(label_of.values()) | {root / "labels" / "classes.txt"}
         for label in sorted(label_root.rglob("*.txt")):
             if label not in expected:
-                raise EdgepipeError(f"{label}: a label file without an image (looked for "
-                                    f"{(image_root / label.relative_to(label_root)).with_suffix('.*')})",
-                                    "add its image (PNG, JPEG, BMP or GIF) or delete the label file")
+                raise EdgepipeError(
+                    f"{label}: a label file without an image (looked for "
+                    f"{(image_root / label.relative_to(label_root)).with_suffix('.*')})",
+                    "add its image (PNG, JPEG, BMP or GIF) or delete the label file",
+                )
     rows, pixels = [], []
     for image in found:
         entry = {"path": image}
         pixels.append(_load_image(image, channels, entry, None))
         rows.append(_yolo_labels(label_of[image], len(names), entry["width"], entry["height"]))
         if len(rows[-1]) > max_objects:
-            raise EdgepipeError(f"{label_of[image]}: {len(rows[-1])} objects, more than max_objects {max_objects}",
-                                f"set max_objects to at least {len(rows[-1])}")
+            raise EdgepipeError(
+                f"{label_of[image]}: {len(rows[-1])} objects, more than max_objects {max_objects}",
+                f"set max_objects to at least {len(rows[-1])}",
+            )
     return _assemble(pixels, rows, names, [str(p) for p in found], max_objects, image_size)
 
 
 # -- COCO ---------------------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -178,18 +212,26 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise EdgepipeError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})",
-                            "fix the JSON there (a COCO file is one JSON object)") from None
+        raise EdgepipeError(
+            f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})",
+            "fix the JSON there (a COCO file is one JSON object)",
+        ) from None
     except (ValueError, RecursionError) as e:  # a number too long to parse, nesting too deep
-        raise EdgepipeError(f"{path}: unreadable JSON ({type(e).__name__}: {' '.join(str(e).split())[:80]})",
-                            "write a plain COCO JSON object") from None
+        raise EdgepipeError(
+            f"{path}: unreadable JSON ({type(e).__name__}: {' '.join(str(e).split())[:80]})",
+            "write a plain COCO JSON object",
+        ) from None
     if not isinstance(data, dict):
-        raise EdgepipeError(f"{path}: the JSON is {_show(data)}, not an object",
-                            'a COCO file is one object with "images", "annotations" and "categories"')
+        raise EdgepipeError(
+            f"{path}: the JSON is {_show(data)}, not an object",
+            'a COCO file is one object with "images", "annotations" and "categories"',
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise EdgepipeError(f"{path}: {key!r} is {'missing' if key not in data else _show(data[key])}, not a list",
-                                f'give the COCO object a "{key}" list')
+            raise EdgepipeError(
+                f"{path}: {key!r} is {'missing' if key not in data else _show(data[key])}, not a list",
+                f'give the COCO object a "{key}" list',
+            )
     return data
 
 
@@ -200,11 +242,13 @@ def _coco_categories(data: dict, path: Path) -> dict:
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
             raise EdgepipeError(f"{where} is {_show(cat)}", 'write each category as {"id": 1, "name": "..."}')
         if cat["id"] in categories:
-            raise EdgepipeError(f"{where}: category id {_show(cat['id'])} is listed twice",
-                                "give each category its own id")
+            raise EdgepipeError(
+                f"{where}: category id {_show(cat['id'])} is listed twice", "give each category its own id"
+            )
         if not cat["name"].strip() or cat["name"] in categories.values():
-            raise EdgepipeError(f"{where}: category name {cat['name']!r} is empty or listed twice",
-                                "give each category its own name")
+            raise EdgepipeError(
+                f"{where}: category name {cat['name']!r} is empty or listed twice", "give each category its own name"
+            )
         categories[cat["id"]] = cat["name"]
     if not categories:
         raise EdgepipeError(f"{path}: no categories", 'list the classes under "categories"')
@@ -215,18 +259,26 @@ def _coco_images(data: dict, path: Path, root: Path) -> dict:
     images = {}
     for index, entry in enumerate(data["images"]):
         where = f"{path}: images[{index}]"
-        if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not isinstance(entry.get("file_name"), str) \
-                or not entry["file_name"].strip():
-            raise EdgepipeError(f"{where} is {_show(entry)}",
-                                'write each image as {"id": 1, "file_name": "a.jpg", "width": W, "height": H}')
+        if (
+            not isinstance(entry, dict)
+            or not _is_id(entry.get("id"))
+            or not isinstance(entry.get("file_name"), str)
+            or not entry["file_name"].strip()
+        ):
+            raise EdgepipeError(
+                f"{where} is {_show(entry)}",
+                'write each image as {"id": 1, "file_name": "a.jpg", "width": W, "height": H}',
+            )
         if entry["id"] in images:
             raise EdgepipeError(f"{where}: image id {_show(entry['id'])} is listed twice", "give each image its own id")
         size = {}
         for key in ("width", "height"):
             value = entry.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise EdgepipeError(f"{where} ({entry['file_name']!r}): {key} is {_show(value)}",
-                                    f"write {key} as the image's size in pixels, or leave it out")
+                raise EdgepipeError(
+                    f"{where} ({entry['file_name']!r}): {key} is {_show(value)}",
+                    f"write {key} as the image's size in pixels, or leave it out",
+                )
             size[key] = value
         images[entry["id"]] = {"file_name": entry["file_name"], "path": root / entry["file_name"], **size}
     if not images:
@@ -251,26 +303,31 @@ def _image_size(file: Path, annotations: Path | None) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     if not file.is_file():
-        raise EdgepipeError(f"{file}: image not found" + (f" (named in {annotations})" if annotations else ""),
-                            "check its file_name, or give the folder the names start from" if annotations
-                            else "check the path")
+        raise EdgepipeError(
+            f"{file}: image not found" + (f" (named in {annotations})" if annotations else ""),
+            "check its file_name, or give the folder the names start from" if annotations else "check the path",
+        )
     try:
         with Image.open(file) as im:
             return im.width, im.height
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EdgepipeError(f"{file}: corrupt or unreadable image ({type(e).__name__})",
-                            "delete or replace the file") from None
+        raise EdgepipeError(
+            f"{file}: corrupt or unreadable image ({type(e).__name__})", "delete or replace the file"
+        ) from None
 
 
 # -- YOLO ---------------------------------------------------------------------------------------------------
+
 
 def _yolo_classes(root: Path) -> list[str]:
     for name in CLASS_FILES:
         f = root / name
         if f.is_file():
             return _yaml_names(f) if f.suffix == ".yaml" else _names_file(f)
-    raise EdgepipeError(f"yolo:{root}: no class names (looked for {', '.join(CLASS_FILES)})",
-                        "write the class names, one a line in class-id order, to classes.txt there")
+    raise EdgepipeError(
+        f"yolo:{root}: no class names (looked for {', '.join(CLASS_FILES)})",
+        "write the class names, one a line in class-id order, to classes.txt there",
+    )
 
 
 def _text(f: Path) -> str:
@@ -294,8 +351,10 @@ def _names_file(f: Path) -> list[str]:
         lines.pop()
     for number, line in enumerate(lines, 1):
         if not line.strip():
-            raise EdgepipeError(f"{f}:{number}: empty line: class {number - 1} has no name",
-                                "write one class name a line, in class-id order, with no blank lines between")
+            raise EdgepipeError(
+                f"{f}:{number}: empty line: class {number - 1} has no name",
+                "write one class name a line, in class-id order, with no blank lines between",
+            )
     if not lines:
         raise EdgepipeError(f"{f}: no class names", "write one class name a line, in class-id order")
     if len(set(n.strip() for n in lines)) != len(lines):
@@ -313,14 +372,19 @@ def _yaml_names(f: Path) -> list[str]:
         at = f":{mark.line + 1}" if mark is not None else ""
         raise EdgepipeError(f"{f}{at}: malformed YAML", "fix the YAML there") from None
     names = data.get("names") if isinstance(data, dict) else None
-    if isinstance(names, dict) and all(isinstance(k, int) and not isinstance(k, bool) for k in names) \
-            and sorted(names) == list(range(len(names))):
+    if (
+        isinstance(names, dict)
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in names)
+        and sorted(names) == list(range(len(names)))
+    ):
         names = [names[i] for i in range(len(names))]
     if isinstance(names, list):  # YAML reads `names: [0, 1, 7]` as numbers; they are names all the same
         names = [str(n) if isinstance(n, int) and not isinstance(n, bool) else n for n in names]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise EdgepipeError(f"{f}: names is {_show(names)}",
-                            "write names: as a list of class names in class-id order, or {0: name, 1: name, ...}")
+        raise EdgepipeError(
+            f"{f}: names is {_show(names)}",
+            "write names: as a list of class names in class-id order, or {0: name, 1: name, ...}",
+        )
     if len(set(names)) != len(names):
         raise EdgepipeError(f"{f}: a class name is listed twice", "give each class its own name")
     return names
@@ -336,41 +400,60 @@ def _yolo_labels(f: Path, num_classes: int, width: int, height: int) -> list[tup
             continue
         where = f"{f}:{number}"
         if len(tokens) != 5:
-            raise EdgepipeError(f"{where}: {_show(line.strip())} has {len(tokens)} fields",
-                                "write one object a line: class cx cy w h (cx..h as fractions of the image)")
+            raise EdgepipeError(
+                f"{where}: {_show(line.strip())} has {len(tokens)} fields",
+                "write one object a line: class cx cy w h (cx..h as fractions of the image)",
+            )
         if not _CLASS_ID.fullmatch(tokens[0]):
-            raise EdgepipeError(f"{where}: class {_show(tokens[0])} is not a class number",
-                                f"write a class number 0..{num_classes - 1}")
+            raise EdgepipeError(
+                f"{where}: class {_show(tokens[0])} is not a class number", f"write a class number 0..{num_classes - 1}"
+            )
         if len(tokens[0]) > 9 or int(tokens[0]) >= num_classes:
-            raise EdgepipeError(f"{where}: unknown class {_show(tokens[0])}; there are {num_classes} classes",
-                                f"use a class number 0..{num_classes - 1}, or add the class to the classes file")
+            raise EdgepipeError(
+                f"{where}: unknown class {_show(tokens[0])}; there are {num_classes} classes",
+                f"use a class number 0..{num_classes - 1}, or add the class to the classes file",
+            )
         values = []
         for token in tokens[1:]:
             value = float(token) if _NUMBER.fullmatch(token) else None
             if value is None or not math.isfinite(value):
-                raise EdgepipeError(f"{where}: {_show(token)} is not a finite number",
-                                    "write cx cy w h as numbers between 0 and 1")
+                raise EdgepipeError(
+                    f"{where}: {_show(token)} is not a finite number", "write cx cy w h as numbers between 0 and 1"
+                )
             values.append(value)
         cx, cy, w, h = values
-        box = _box_in_image((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-                            (cy + h / 2) * height, width, height, where, f"box {_show(' '.join(tokens[1:]))}")
+        box = _box_in_image(
+            (cx - w / 2) * width,
+            (cy - h / 2) * height,
+            (cx + w / 2) * width,
+            (cy + h / 2) * height,
+            width,
+            height,
+            where,
+            f"box {_show(' '.join(tokens[1:]))}",
+        )
         rows.append((int(tokens[0]), *box))
     return rows
 
 
 # -- shared -------------------------------------------------------------------------------------------------
 
+
 def _box_in_image(x0, y0, x1, y1, width, height, where, what) -> tuple[float, float, float, float]:
     if not (x1 > x0 and y1 > y0):
         raise EdgepipeError(f"{where}: {what} has zero or negative width or height", "give every box a positive size")
     tol = EDGE_TOLERANCE
     if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
-        raise EdgepipeError(f"{where}: {what} reaches outside the {width}x{height} image "
-                            f"(x {x0:g}..{x1:g}, y {y0:g}..{y1:g})", "clip or fix the box to lie inside the image")
+        raise EdgepipeError(
+            f"{where}: {what} reaches outside the {width}x{height} image (x {x0:g}..{x1:g}, y {y0:g}..{y1:g})",
+            "clip or fix the box to lie inside the image",
+        )
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
     if not (x1 > x0 and y1 > y0):
-        raise EdgepipeError(f"{where}: {what} lies on the image's edge, with no area inside it",
-                            "remove the box or fix it to lie inside the image")
+        raise EdgepipeError(
+            f"{where}: {what} lies on the image's edge, with no area inside it",
+            "remove the box or fix it to lie inside the image",
+        )
     return x0, y0, x1, y1
 
 
@@ -381,8 +464,10 @@ def _load_image(file: Path, channels: int | None, entry: dict, annotations: Path
 
     width, height = _image_size(file, annotations)
     if entry.get("width") not in (None, width) or entry.get("height") not in (None, height):
-        raise EdgepipeError(f"{file}: image is {width}x{height} but {annotations} says "
-                            f"{entry['width']}x{entry['height']}", "fix width and height in the annotations")
+        raise EdgepipeError(
+            f"{file}: image is {width}x{height} but {annotations} says {entry['width']}x{entry['height']}",
+            "fix width and height in the annotations",
+        )
     entry["width"], entry["height"] = width, height
     try:
         with warnings.catch_warnings():
@@ -393,19 +478,25 @@ def _load_image(file: Path, channels: int | None, entry: dict, annotations: Path
                 grey = channels == 1 or (channels is None and im.mode in ("L", "1", "I;16", "I", "F"))
                 array = np.asarray(im.convert("L" if grey else "RGB"), np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise EdgepipeError(f"{file}: image too large to decode safely ({' '.join(str(e).split())[:120]})",
-                            "downscale the file, or remove it") from None
+        raise EdgepipeError(
+            f"{file}: image too large to decode safely ({' '.join(str(e).split())[:120]})",
+            "downscale the file, or remove it",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EdgepipeError(f"{file}: corrupt or unreadable image ({type(e).__name__})",
-                            "delete or replace the file") from None
+        raise EdgepipeError(
+            f"{file}: corrupt or unreadable image ({type(e).__name__})", "delete or replace the file"
+        ) from None
     return array[..., None] if array.ndim == 2 else array
 
 
 def _check_options(max_objects, image_size, channels) -> None:
     if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 0:
         raise EdgepipeError(f"max_objects is {_show(max_objects)}", "give a whole number >= 0, e.g. 6")
-    if image_size is not None and not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+    if image_size is not None and not (
+        isinstance(image_size, (list, tuple))
+        and len(image_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
         raise EdgepipeError(f"image_size is {_show(image_size)}", "give [height, width] in pixels, e.g. [96, 96]")
     if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise EdgepipeError(f"channels is {_show(channels)}", "use 1 (grey), 3 (RGB) or leave it out")
@@ -427,15 +518,18 @@ def _assemble(pixels, rows, names, files, max_objects, image_size) -> DetectionS
     if len(sizes) > 1:
         first = pixels[0].shape[:2]
         odd = next(i for i, p in enumerate(pixels) if p.shape[:2] != first)
-        raise EdgepipeError(f"{files[odd]}: image is {pixels[odd].shape[1]}x{pixels[odd].shape[0]}, {files[0]} is "
-                            f"{first[1]}x{first[0]}", "give image_size: [height, width] to resize all (boxes follow)")
+        raise EdgepipeError(
+            f"{files[odd]}: image is {pixels[odd].shape[1]}x{pixels[odd].shape[0]}, {files[0]} is "
+            f"{first[1]}x{first[0]}",
+            "give image_size: [height, width] to resize all (boxes follow)",
+        )
     if len({p.shape[-1] for p in pixels}) > 1:  # grey and colour mixed: promote to RGB
         pixels = [to_rgb(p) for p in pixels]
     boxes = np.zeros((len(pixels), max_objects, 5), np.float32)
     boxes[:, :, 0] = -1
     for i, image_rows in enumerate(rows):
         if image_rows:
-            boxes[i, :len(image_rows)] = image_rows
+            boxes[i, : len(image_rows)] = image_rows
     return DetectionSet(np.stack(pixels), boxes, list(names), files)
 
 

@@ -44,19 +44,33 @@ class SynthData:
     val: int = param(1000, "validation scenes (the drawing's family)", min=1)
     test: int = param(1000, "test scenes", min=1)
     test_family: Literal["base", "heldout"] = param(
-        "heldout", "the test scenes' family: heldout (other backgrounds and sizes) judges transfer; base judges "
-        "in distribution")
+        "heldout",
+        "the test scenes' family: heldout (other backgrounds and sizes) judges transfer; base judges in distribution",
+    )
     draw: SynthParams = param(SynthParams(), "how scenes are drawn (family, sizes, distractors, occlusion, ...)")
 
     def __post_init__(self):
-        if not self.classes or len(set(self.classes)) != len(self.classes) or any(
-                c not in [str(d) for d in range(10)] for c in self.classes):
-            raise ValueError(f"classes {self.classes!r} must be distinct digits '0'..'9'; fix: e.g. classes: "
-                             "['0', '1', '7']")
+        if (
+            not self.classes
+            or len(set(self.classes)) != len(self.classes)
+            or any(c not in [str(d) for d in range(10)] for c in self.classes)
+        ):
+            raise ValueError(
+                f"classes {self.classes!r} must be distinct digits '0'..'9'; fix: e.g. classes: ['0', '1', '7']"
+            )
 
 
-def load_detection(source: str, *, synth: SynthData, mirror: list[str], seed: int, val_fraction: float = 0.1,
-                   test_fraction: float = 0.2, image_size=None, channels=None):
+def load_detection(
+    source: str,
+    *,
+    synth: SynthData,
+    mirror: list[str],
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    image_size=None,
+    channels=None,
+):
     """The splits `{"train", "val", "test"}: (images, boxes)` and class names of detection source `source`.
 
     A user's files (`coco:ANNOTATIONS.json`, `yolo:DIR`) are split at random (seeded) into `val_fraction` and
@@ -70,7 +84,9 @@ def load_detection(source: str, *, synth: SynthData, mirror: list[str], seed: in
     scheme, _, rest = source.partition(":")
     if scheme == "synth":
         if rest not in SYNTH_SOURCES:
-            raise EdgepipeError(f"source {source!r}: no such generator", f"use synth:{' or synth:'.join(SYNTH_SOURCES)}")
+            raise EdgepipeError(
+                f"source {source!r}: no such generator", f"use synth:{' or synth:'.join(SYNTH_SOURCES)}"
+            )
         return _synth_digits(synth, mirror, seed)
     from edgepipe.datasets import boxes
 
@@ -88,8 +104,12 @@ def load_detection(source: str, *, synth: SynthData, mirror: list[str], seed: in
         classes = parts["train"].classes
         splits = {name: (part.images, part.boxes) for name, part in parts.items()}
         if "val" not in splits or "test" not in splits:  # carve what the folders lack out of train
-            carved = _random_splits(*splits["train"], 0.0 if "val" in splits else val_fraction,
-                                    0.0 if "test" in splits else test_fraction, seed)
+            carved = _random_splits(
+                *splits["train"],
+                0.0 if "val" in splits else val_fraction,
+                0.0 if "test" in splits else test_fraction,
+                seed,
+            )
             splits = {name: splits.get(name, carved[name]) for name in ("val", "test")} | {"train": carved["train"]}
         return _trimmed(splits), classes
     raise EdgepipeError(f"source {source!r} gives no boxes", "for detection use synth:digits, coco:FILE or yolo:DIR")
@@ -100,8 +120,10 @@ def detection_files(scheme: str, where: str) -> list[Path]:
     file beside it, or every file under a YOLO folder."""
     path = Path(where)
     if not path.exists():
-        raise EdgepipeError(f"{scheme}:{where}: no such {'file' if scheme == 'coco' else 'folder'}",
-                            "give the path of the annotations JSON (coco:) or of the dataset folder (yolo:)")
+        raise EdgepipeError(
+            f"{scheme}:{where}: no such {'file' if scheme == 'coco' else 'folder'}",
+            "give the path of the annotations JSON (coco:) or of the dataset folder (yolo:)",
+        )
     root = path.parent if scheme == "coco" else path
     return sorted(p for p in root.rglob("*") if p.is_file())
 
@@ -112,12 +134,11 @@ def _trimmed(splits: dict) -> dict:
     return {name: (x, b[:, :rows]) for name, (x, b) in splits.items()}
 
 
-def _random_splits(images: np.ndarray, boxes: np.ndarray, val_fraction: float, test_fraction: float,
-                   seed: int) -> dict:
+def _random_splits(images: np.ndarray, boxes: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict:
     """Images dealt at random (seeded) into val, test and train, in that order of the permutation."""
     order = np.random.default_rng(seed).permutation(len(images))
     n_val, n_test = int(round(val_fraction * len(images))), int(round(test_fraction * len(images)))
-    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
     return {name: (images[np.sort(idx)], boxes[np.sort(idx)]) for name, idx in parts.items()}
 
 
@@ -134,8 +155,9 @@ def _synth_digits(p: SynthData, mirror: list[str], seed: int):
             options.update(family=p.test_family, size_range=None)
         # each split its own stream: scene i of a split depends on (seed, split, i) only
         split_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
-        images, boxes = synth_digits.generate(*pools[split], getattr(p, split), seed=split_seed,
-                                              classes=p.classes, **options)
+        images, boxes = synth_digits.generate(
+            *pools[split], getattr(p, split), seed=split_seed, classes=p.classes, **options
+        )
         splits[split] = (images[..., None], boxes)
     return splits, list(p.classes)
 
@@ -144,6 +166,9 @@ def describe(p: SynthData) -> dict:
     """What `dataset.json` records of a drawn dataset: the generator's version (part of the cache key through
     the code) and what each split was drawn with."""
     test_family = FAMILIES[p.test_family]
-    return {"generator": "synth:digits", "generator_version": synth_digits.VERSION,
-            "families": {"train": p.draw.family, "val": p.draw.family, "test": p.test_family},
-            "test_size_range": list(p.draw.sizes()) if p.test_family == p.draw.family else list(test_family.size_range)}
+    return {
+        "generator": "synth:digits",
+        "generator_version": synth_digits.VERSION,
+        "families": {"train": p.draw.family, "val": p.draw.family, "test": p.test_family},
+        "test_size_range": list(p.draw.sizes()) if p.test_family == p.draw.family else list(test_family.size_range),
+    }

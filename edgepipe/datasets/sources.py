@@ -20,8 +20,17 @@ import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.requirements import Requirement
-from edgepipe.datasets.readers import (IDX_FILES, IMAGE_EXTS, idx_paths, nhwc, read_cifar, read_folder, read_idx_dir,
-                                       read_npz, resize)
+from edgepipe.datasets.readers import (
+    IDX_FILES,
+    IMAGE_EXTS,
+    idx_paths,
+    nhwc,
+    read_cifar,
+    read_folder,
+    read_idx_dir,
+    read_npz,
+    resize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +39,27 @@ MIRROR_ENV = "EDGEPIPE_DATA_MIRROR"
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path.home() / ".keras" / "datasets")
 CLASS_NAMES = {
     "mnist": [str(i) for i in range(10)],
-    "fashion_mnist": ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                      "ankle boot"],
+    "fashion_mnist": [
+        "t-shirt/top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    ],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 # Folder names a mirror may use for a keras dataset (the first is the canonical one).
-MIRROR_NAMES = {"mnist": ["mnist"], "fashion_mnist": ["fashion-mnist", "fashion_mnist"],
-                "cifar10": ["cifar-10-batches-py", "cifar10"], "cifar100": ["cifar-100-python", "cifar100"]}
+MIRROR_NAMES = {
+    "mnist": ["mnist"],
+    "fashion_mnist": ["fashion-mnist", "fashion_mnist"],
+    "cifar10": ["cifar-10-batches-py", "cifar10"],
+    "cifar100": ["cifar-100-python", "cifar100"],
+}
 CIFAR_TARBALLS = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
@@ -82,8 +105,10 @@ def files(source: str, mirror: list[str]) -> list[Path]:
 def _existing_dir(path: str, scheme: str) -> Path:
     d = Path(path)
     if not d.is_dir():
-        raise EdgepipeError(f"{scheme}:{path}: dataset directory not found",
-                            "check the path in the recipe's source (relative paths start at the current directory)")
+        raise EdgepipeError(
+            f"{scheme}:{path}: dataset directory not found",
+            "check the path in the recipe's source (relative paths start at the current directory)",
+        )
     return d
 
 
@@ -127,15 +152,20 @@ def _load_keras(name: str, mirror: list[str]):
     try:
         (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
     except Exception as e:  # keras raises plain Exception on network failure
-        raise EdgepipeError(f"keras:{name}: not found locally and the download failed ({type(e).__name__})",
-                            _mirror_fix(name)) from None
+        raise EdgepipeError(
+            f"keras:{name}: not found locally and the download failed ({type(e).__name__})", _mirror_fix(name)
+        ) from None
     names = CLASS_NAMES.get(name) or [str(i) for i in range(100)]
     return nhwc(x, f"keras:{name}"), y.reshape(-1), nhwc(xt, f"keras:{name}"), yt.reshape(-1), names
 
 
 # Where keras' own download of each dataset comes from (keras.datasets), for the preflight.
-_DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "fashion_mnist": "storage.googleapis.com",
-                   "cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+_DOWNLOAD_HOSTS = {
+    "mnist": "storage.googleapis.com",
+    "fashion_mnist": "storage.googleapis.com",
+    "cifar10": "www.cs.toronto.edu",
+    "cifar100": "www.cs.toronto.edu",
+}
 
 
 def requirement(source: str, mirror: list[str]) -> Requirement | None:
@@ -156,10 +186,11 @@ def requirement(source: str, mirror: list[str]) -> Requirement | None:
 
 
 def _mirror_fix(name: str) -> str:
-    need = (", ".join(f"{n}.gz" for n in IDX_FILES) if name in ("mnist", "fashion_mnist")
-            else CIFAR_TARBALLS[name])
-    return (f"put {need} in <mirror>/{MIRROR_NAMES[name][0]}/ and set the data param mirror, data_mirror in "
-            f"edgepipe.toml or ${MIRROR_ENV} to <mirror>")
+    need = ", ".join(f"{n}.gz" for n in IDX_FILES) if name in ("mnist", "fashion_mnist") else CIFAR_TARBALLS[name]
+    return (
+        f"put {need} in <mirror>/{MIRROR_NAMES[name][0]}/ and set the data param mirror, data_mirror in "
+        f"edgepipe.toml or ${MIRROR_ENV} to <mirror>"
+    )
 
 
 def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -185,7 +216,9 @@ def _load_tfds(name: str, mirror: list[str], image_size):
         try:
             b = tfds.builder(name, data_dir=str(d) if d else None)
         except Exception as e:  # noqa: BLE001 - tfds raises many types for an unknown name
-            raise EdgepipeError(f"tfds:{name}: unknown dataset ({type(e).__name__})", "check the name at tensorflow.org/datasets") from None
+            raise EdgepipeError(
+                f"tfds:{name}: unknown dataset ({type(e).__name__})", "check the name at tensorflow.org/datasets"
+            ) from None
         if b.is_prepared():
             builder = b
             break
@@ -196,14 +229,18 @@ def _load_tfds(name: str, mirror: list[str], image_size):
             b.download_and_prepare()
             builder = b
         except Exception as e:  # noqa: BLE001
-            raise EdgepipeError(f"tfds:{name}: not prepared locally and the download failed ({type(e).__name__})",
-                                f"run tfds once online and copy its data_dir ({name}/<version>) to <mirror>/tfds/, "
-                                f"then set the data param mirror or ${MIRROR_ENV}") from None
+            raise EdgepipeError(
+                f"tfds:{name}: not prepared locally and the download failed ({type(e).__name__})",
+                f"run tfds once online and copy its data_dir ({name}/<version>) to <mirror>/tfds/, "
+                f"then set the data param mirror or ${MIRROR_ENV}",
+            ) from None
     features = builder.info.features
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
-        raise EdgepipeError(f"tfds:{name}: no image/label features (it has {', '.join(features.keys())})",
-                            "edgepipe reads image classification datasets with a ClassLabel label")
+        raise EdgepipeError(
+            f"tfds:{name}: no image/label features (it has {', '.join(features.keys())})",
+            "edgepipe reads image classification datasets with a ClassLabel label",
+        )
     classes = list(features[label_key].names)
     size = tuple(image_size) if image_size else None
 

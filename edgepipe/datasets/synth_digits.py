@@ -59,13 +59,13 @@ class SynthParams:
 
     family: Literal["base", "heldout"] = param("base", "backgrounds and default size range (heldout: a test family)")
     size_range: list[int] | None = param(None, "[min, max] digit size in px (longer side, upright); None: the family's")
-    max_objects: int = param(6, "most digits on a canvas (labelled or not), and the rows of the boxes array",
-                             min=0, max=32)
+    max_objects: int = param(
+        6, "most digits on a canvas (labelled or not), and the rows of the boxes array", min=0, max=32
+    )
     min_centre_distance: float = param(12.0, "least distance in px between any two digits' box centres", min=0, max=96)
     distractor_rate: float = param(0.25, "chance that a digit is an unlabelled non-class digit", min=0, max=1)
     occlusion_rate: float = param(0.15, "chance that a bar is drawn across part of a digit", min=0, max=1)
-    max_occlusion: float = param(0.4, "a digit hidden beyond this fraction of its pixels is not drawn",
-                                 min=0, max=0.95)
+    max_occlusion: float = param(0.4, "a digit hidden beyond this fraction of its pixels is not drawn", min=0, max=0.95)
     max_rotation: float = param(25.0, "largest rotation either way, degrees", min=0, max=180)
     contrast: list[float] = param([60.0, 200.0], "[min, max] ink contrast against the local background, grey levels")
     max_blur: float = param(1.0, "largest Gaussian blur sigma of a glyph, px", min=0, max=4)
@@ -73,23 +73,31 @@ class SynthParams:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}; "
-                             f"fix: use family: {' or '.join(FAMILIES)}")
-        if self.size_range is not None and not (_pair(self.size_range) and 4 <= self.size_range[0]
-                                                <= self.size_range[1] <= 64):
-            raise ValueError(f"size_range {self.size_range!r} is not [min, max] with 4 <= min <= max <= 64; "
-                             "fix: e.g. size_range: [10, 32]")
+            raise ValueError(
+                f"family {self.family!r} is not one of {', '.join(FAMILIES)}; fix: use family: {' or '.join(FAMILIES)}"
+            )
+        if self.size_range is not None and not (
+            _pair(self.size_range) and 4 <= self.size_range[0] <= self.size_range[1] <= 64
+        ):
+            raise ValueError(
+                f"size_range {self.size_range!r} is not [min, max] with 4 <= min <= max <= 64; "
+                "fix: e.g. size_range: [10, 32]"
+            )
         if not (_pair(self.contrast) and 0 <= self.contrast[0] <= self.contrast[1] <= 255):
-            raise ValueError(f"contrast {self.contrast!r} is not [min, max] with 0 <= min <= max <= 255; "
-                             "fix: e.g. contrast: [60, 200]")
+            raise ValueError(
+                f"contrast {self.contrast!r} is not [min, max] with 0 <= min <= max <= 255; "
+                "fix: e.g. contrast: [60, 200]"
+            )
         for f in dataclasses.fields(self):
             lo, hi, value = f.metadata.get("min"), f.metadata.get("max"), getattr(self, f.name)
             if lo is None:
                 continue
             whole = f.type == "int"
             if not _number(value) or (whole and value != int(value)) or not lo <= value <= hi:  # NaN fails too
-                raise ValueError(f"{f.name} {value!r} is not a {'whole ' if whole else ''}number in [{lo}, {hi}]; "
-                                 f"fix: use a value in [{lo}, {hi}]")
+                raise ValueError(
+                    f"{f.name} {value!r} is not a {'whole ' if whole else ''}number in [{lo}, {hi}]; "
+                    f"fix: use a value in [{lo}, {hi}]"
+                )
 
     def sizes(self) -> tuple[int, int]:
         """The (min, max) digit size in effect."""
@@ -104,8 +112,9 @@ def _pair(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value)
 
 
-def generate(digits_images: np.ndarray, digits_labels: np.ndarray, n: int, *, seed: int, classes, with_masks=False,
-             **options):
+def generate(
+    digits_images: np.ndarray, digits_labels: np.ndarray, n: int, *, seed: int, classes, with_masks=False, **options
+):
     """Draw `n` detection scenes of MNIST digits, with their boxes.
 
     Args:
@@ -163,8 +172,9 @@ def _params(options: dict) -> SynthParams:
 
 def _whole(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise EdgepipeError(f"synth_digits: {name} {value!r} is not a non-negative whole number",
-                            f"give {name} as an integer >= 0")
+        raise EdgepipeError(
+            f"synth_digits: {name} {value!r} is not a non-negative whole number", f"give {name} as an integer >= 0"
+        )
     return int(value)
 
 
@@ -174,14 +184,19 @@ def _prepare(images, labels, classes):
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.dtype != np.uint8 or 0 in images.shape:
-        raise EdgepipeError(f"synth_digits: digit images are {images.dtype} {images.shape}",
-                            "give uint8 (N, H, W) digit images, e.g. MNIST's")
+        raise EdgepipeError(
+            f"synth_digits: digit images are {images.dtype} {images.shape}",
+            "give uint8 (N, H, W) digit images, e.g. MNIST's",
+        )
     if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
-        raise EdgepipeError(f"synth_digits: digit labels are {labels.dtype} {labels.shape} for {len(images)} images",
-                            "give one integer digit per image, shape (N,)")
+        raise EdgepipeError(
+            f"synth_digits: digit labels are {labels.dtype} {labels.shape} for {len(images)} images",
+            "give one integer digit per image, shape (N,)",
+        )
     if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
-        raise EdgepipeError(f"synth_digits: classes {classes!r} is not a list of digits",
-                            'e.g. classes=["0", "1", "7"]')
+        raise EdgepipeError(
+            f"synth_digits: classes {classes!r} is not a list of digits", 'e.g. classes=["0", "1", "7"]'
+        )
     digits = []
     for c in classes:
         text = str(c)
@@ -189,13 +204,17 @@ def _prepare(images, labels, classes):
             raise EdgepipeError(f"synth_digits: class {c!r} is not a digit 0-9", 'e.g. classes=["0", "1", "7"]')
         digits.append(int(text))
     if not digits or len(set(digits)) != len(digits):
-        raise EdgepipeError(f"synth_digits: classes {list(classes)} must name one or more distinct digits",
-                            'e.g. classes=["0", "1", "7"]')
+        raise EdgepipeError(
+            f"synth_digits: classes {list(classes)} must name one or more distinct digits",
+            'e.g. classes=["0", "1", "7"]',
+        )
     class_pools = [np.flatnonzero(labels == d) for d in digits]
     for d, pool in zip(digits, class_pools):
         if not len(pool):
-            raise EdgepipeError(f"synth_digits: no image of digit {d} among the {len(images)} given",
-                                "pass MNIST's images and labels, or drop that class")
+            raise EdgepipeError(
+                f"synth_digits: no image of digit {d} among the {len(images)} given",
+                "pass MNIST's images and labels, or drop that class",
+            )
     distractor_pool = np.flatnonzero(~np.isin(labels, digits))
     return images, class_pools, distractor_pool
 
@@ -229,8 +248,13 @@ def _scene(rng, p: SynthParams, glyphs, class_pools, distractor_pool):
         cls = -1 if distractor else int(rng.integers(len(class_pools)))
         pool = distractor_pool if distractor else class_pools[cls]
         glyph = glyphs[pool[rng.integers(len(pool))]].astype(np.float32) / 255
-        alpha = _warp(glyph, size=rng.uniform(lo, hi), angle=rng.uniform(-p.max_rotation, p.max_rotation),
-                      aspect=math.exp(rng.uniform(-0.15, 0.15)), blur=rng.uniform(0, p.max_blur))
+        alpha = _warp(
+            glyph,
+            size=rng.uniform(lo, hi),
+            angle=rng.uniform(-p.max_rotation, p.max_rotation),
+            aspect=math.exp(rng.uniform(-0.15, 0.15)),
+            blur=rng.uniform(0, p.max_blur),
+        )
         drawn = alpha >= DRAWN_ALPHA
         if not drawn.any():
             continue
@@ -293,8 +317,9 @@ def _visible(objects: list[_Object], p: SynthParams) -> dict[int, np.ndarray]:
             visible[k] = seen
             cover |= obj.mask | bar
         boxes = {k: _box(seen) for k, seen in sorted(visible.items())}
-        clash = next((j for i in boxes for j in boxes if i < j and not _far(boxes[i], boxes[j], p.min_centre_distance)),
-                     None)
+        clash = next(
+            (j for i in boxes for j in boxes if i < j and not _far(boxes[i], boxes[j], p.min_centre_distance)), None
+        )
         if clash is None:
             return visible
         alive.discard(clash)
@@ -316,7 +341,7 @@ def _paste(patch: np.ndarray, top: int, left: int) -> np.ndarray:
     h, w = patch.shape
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, CANVAS), min(left + w, CANVAS)
     if y0 < y1 and x0 < x1:
-        out[y0:y1, x0:x1] = patch[y0 - top:y1 - top, x0 - left:x1 - left]
+        out[y0:y1, x0:x1] = patch[y0 - top : y1 - top, x0 - left : x1 - left]
     return out
 
 
@@ -325,7 +350,7 @@ def _blend(image: np.ndarray, alpha: np.ndarray, top: int, left: int, ink: float
     h, w = alpha.shape
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, CANVAS), min(left + w, CANVAS)
     if y0 < y1 and x0 < x1:
-        a = alpha[y0 - top:y1 - top, x0 - left:x1 - left]
+        a = alpha[y0 - top : y1 - top, x0 - left : x1 - left]
         window = image[y0:y1, x0:x1]
         window += a * (ink - window)
 
@@ -349,11 +374,12 @@ def _bar(rng, box) -> tuple[int, int, int, int]:
 def _bar_mask(bar) -> np.ndarray:
     out = np.zeros((CANVAS, CANVAS), bool)
     if bar:
-        out[bar[0]:bar[2], bar[1]:bar[3]] = True
+        out[bar[0] : bar[2], bar[1] : bar[3]] = True
     return out
 
 
 # -- glyphs -------------------------------------------------------------------------------------------------
+
 
 def _warp(glyph: np.ndarray, *, size: float, angle: float, aspect: float, blur: float) -> np.ndarray:
     """A glyph's coverage after cropping to its ink, stretching its width by `aspect` (its height by
@@ -363,7 +389,7 @@ def _warp(glyph: np.ndarray, *, size: float, angle: float, aspect: float, blur: 
     if not ink.any():
         return np.zeros((1, 1), np.float32)
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-    crop = glyph[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop = glyph[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape
     scale = size / max(w * aspect, h / aspect)  # the longer side, once stretched, is `size`
     sx, sy = scale * aspect, scale / aspect
@@ -421,6 +447,7 @@ def _band(n: int, sigma: float) -> np.ndarray:
 
 # -- backgrounds --------------------------------------------------------------------------------------------
 
+
 def _background(rng, kind: str) -> np.ndarray:
     """A (CANVAS, CANVAS) float background in grey levels: a pattern in [0, 1] spread over a random range."""
     pattern = _PATTERNS[kind](rng)
@@ -451,8 +478,8 @@ def _value_noise(rng):
     out = np.zeros((CANVAS, CANVAS), np.float32)
     cells = int(rng.integers(3, 9))
     for octave in range(3):
-        grid = rng.random((cells * 2 ** octave + 1,) * 2)
-        out += _upsample(grid) / 2 ** octave
+        grid = rng.random((cells * 2**octave + 1,) * 2)
+        out += _upsample(grid) / 2**octave
     return _normalise(out)
 
 
@@ -493,9 +520,15 @@ def _blotches(rng):
         cy, cx = rng.uniform(0, CANVAS, 2)
         width = rng.uniform(6, 25)
         sign = rng.choice([-1, 1])
-        out += np.outer(sign * np.exp(-(at - cy) ** 2 / (2 * width ** 2)), np.exp(-(at - cx) ** 2 / (2 * width ** 2)))
+        out += np.outer(sign * np.exp(-((at - cy) ** 2) / (2 * width**2)), np.exp(-((at - cx) ** 2) / (2 * width**2)))
     return _normalise(out)
 
 
-_PATTERNS = {"gradient": _gradient, "noise": _value_noise, "stripes": _stripes,
-             "checker": _checker, "rings": _rings, "blotches": _blotches}
+_PATTERNS = {
+    "gradient": _gradient,
+    "noise": _value_noise,
+    "stripes": _stripes,
+    "checker": _checker,
+    "rings": _rings,
+    "blotches": _blotches,
+}

@@ -78,13 +78,18 @@ def to_int16x8(model, representative, io_type, granularity: Granularity = "per_c
 
 
 FORMATS: dict[str, Callable[..., bytes]] = {
-    "float32": to_float32, "float16": to_float16, "dynamic": to_dynamic, "int8": to_int8, "int16x8": to_int16x8,
+    "float32": to_float32,
+    "float16": to_float16,
+    "dynamic": to_dynamic,
+    "int8": to_int8,
+    "int16x8": to_int16x8,
 }
 QUANTIZED = ("int8", "int16x8")  # the formats calibrated on representative data, with a granularity
 
 
-def convert(model, variant: str, representative, io_type: str, name: str,
-            granularity: Granularity = "per_channel") -> bytes:
+def convert(
+    model, variant: str, representative, io_type: str, name: str, granularity: Granularity = "per_channel"
+) -> bytes:
     """The `.tflite` bytes of `model` in format `variant`; a converter failure is one error line."""
     try:
         # int8 I/O makes the converter warn about "statistics for quantized inputs"; the sidecar records the
@@ -95,5 +100,7 @@ def convert(model, variant: str, representative, io_type: str, name: str,
                 return FORMATS[variant](model, representative, io_type, granularity)
             return FORMATS[variant](model, representative, io_type)
     except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError
-        raise EdgepipeError(f"converting '{name}' to {variant} failed: {' '.join(str(e).split())[:200]}",
-                            "check the model uses ops LiteRT supports for this format") from None
+        raise EdgepipeError(
+            f"converting '{name}' to {variant} failed: {' '.join(str(e).split())[:200]}",
+            "check the model uses ops LiteRT supports for this format",
+        ) from None

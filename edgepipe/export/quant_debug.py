@@ -31,21 +31,34 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.native import quiet_native
 from edgepipe.export.converter import Granularity, int8_converter
 
-COLUMNS = ("rank", "layer", "op", "tensor", "unresolved_channels", "channel_relative_rmse", "relative_rmse", "rmse", "max_abs_error", "scale", "zero_point",
-           "range_min", "range_max")
+COLUMNS = (
+    "rank",
+    "layer",
+    "op",
+    "tensor",
+    "unresolved_channels",
+    "channel_relative_rmse",
+    "relative_rmse",
+    "rmse",
+    "max_abs_error",
+    "scale",
+    "zero_point",
+    "range_min",
+    "range_max",
+)
 
 
 def _relative_rmse(f, q, scale, zero_point) -> float:
     f = np.asarray(f, dtype=np.float64).ravel()
     d = (np.asarray(q, dtype=np.float64).ravel() - zero_point) * scale
-    return float(np.sqrt(np.mean((f - d) ** 2)) / max(np.sqrt(np.mean(f ** 2)), 1e-12))
+    return float(np.sqrt(np.mean((f - d) ** 2)) / max(np.sqrt(np.mean(f**2)), 1e-12))
 
 
 def _channel_relative_rmse(f, q, scale, zero_point) -> float:
     f = np.asarray(f, dtype=np.float64)
     d = (np.asarray(q, dtype=np.float64) - zero_point) * scale
     f, d = f.reshape(-1, f.shape[-1]), d.reshape(-1, d.shape[-1])
-    signal = np.sqrt(np.mean(f ** 2, axis=0))
+    signal = np.sqrt(np.mean(f**2, axis=0))
     live = signal > 1e-6 * max(float(signal.max()), 1e-30)
     if not live.any():
         return 0.0
@@ -62,11 +75,17 @@ def _debugger(model, representative, samples, io_type, granularity, denylisted_n
     converter = int8_converter(model, representative, "float32" if io_type == "float32" else "int8", granularity)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(
-        layer_direct_compare_metrics={"channel_relative_rmse": _channel_relative_rmse, "relative_rmse": _relative_rmse,
-                                      "float_abs_max": _range},
-        denylisted_nodes=list(denylisted_nodes) or None, fully_quantize=io_type != "float32")
+        layer_direct_compare_metrics={
+            "channel_relative_rmse": _channel_relative_rmse,
+            "relative_rmse": _relative_rmse,
+            "float_abs_max": _range,
+        },
+        denylisted_nodes=list(denylisted_nodes) or None,
+        fully_quantize=io_type != "float32",
+    )
     return tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([x[None]] for x in samples), debug_options=options)
+        converter=converter, debug_dataset=lambda: ([x[None]] for x in samples), debug_options=options
+    )
 
 
 def layer_names(model) -> list[str]:
@@ -80,8 +99,9 @@ def _layers_of(tensor: str, names: Sequence[str]) -> list[str]:
     return [n for n in names if n in parts]
 
 
-def debug(model, representative: np.ndarray, samples: np.ndarray, io_type: str,
-          granularity: Granularity = "per_channel") -> list[dict]:
+def debug(
+    model, representative: np.ndarray, samples: np.ndarray, io_type: str, granularity: Granularity = "per_channel"
+) -> list[dict]:
     """Per quantized operator: its layer, relative and absolute error, scale and range; worst first."""
     with quiet_native():
         dbg = _debugger(model, representative, samples, io_type, granularity)
@@ -104,15 +124,22 @@ def debug(model, representative: np.ndarray, samples: np.ndarray, io_type: str,
         zero = int(float(r["zero_point"]))
         rms = channel_rms.get(first[r["tensor_name"]])
         live = rms[rms > 0] if rms is not None else np.zeros(0)
-        rows.append({
-            "layer": layers[-1] if layers else r["tensor_name"].split(";")[0],
-            "op": r["op_name"], "tensor": r["tensor_name"],
-            "unresolved_channels": float(np.mean(live < scale)) if live.size else 0.0,
-            "channel_relative_rmse": float(r["channel_relative_rmse"]),
-            "relative_rmse": float(r["relative_rmse"]), "rmse": float(np.sqrt(float(r["mean_squared_error"]))),
-            "max_abs_error": float(r["max_abs_error"]), "scale": scale, "zero_point": zero,
-            "range_min": scale * (-128 - zero), "range_max": scale * (127 - zero),
-        })
+        rows.append(
+            {
+                "layer": layers[-1] if layers else r["tensor_name"].split(";")[0],
+                "op": r["op_name"],
+                "tensor": r["tensor_name"],
+                "unresolved_channels": float(np.mean(live < scale)) if live.size else 0.0,
+                "channel_relative_rmse": float(r["channel_relative_rmse"]),
+                "relative_rmse": float(r["relative_rmse"]),
+                "rmse": float(np.sqrt(float(r["mean_squared_error"]))),
+                "max_abs_error": float(r["max_abs_error"]),
+                "scale": scale,
+                "zero_point": zero,
+                "range_min": scale * (-128 - zero),
+                "range_max": scale * (127 - zero),
+            }
+        )
     # Ties (no channel lost) go by the whole tensor's relative error: per channel, a softmax's near-zero
     # probabilities would rank it first for rounding what no decision depends on.
     rows.sort(key=lambda r: (-r["unresolved_channels"], -r["relative_rmse"]))
@@ -131,8 +158,9 @@ def _channel_rms(model, layers: list[str], samples: np.ndarray) -> dict[str, np.
     probe = keras.Model(model.input, [model.get_layer(n).get_output_at(-1) for n in layers])
     outs = probe.predict(samples, batch_size=256, verbose=0)
     outs = outs if isinstance(outs, list) else [outs]
-    return {n: np.sqrt(np.mean(o.reshape(-1, o.shape[-1]).astype(np.float64) ** 2, axis=0))
-            for n, o in zip(layers, outs)}
+    return {
+        n: np.sqrt(np.mean(o.reshape(-1, o.shape[-1]).astype(np.float64) ** 2, axis=0)) for n, o in zip(layers, outs)
+    }
 
 
 def write(rows: list[dict], out: Path, title: str) -> None:
@@ -148,8 +176,14 @@ def write(rows: list[dict], out: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
     labels = [f"{r['layer']} ({r['op']})" for r in shown]
     ax.barh(labels, [r["unresolved_channels"] for r in shown], color="tab:red", label="channels below one int8 step")
-    ax.barh(labels, [min(1.0, r["channel_relative_rmse"]) for r in shown], color="tab:gray", alpha=0.5, height=0.4,
-            label="relative error (debugger)")
+    ax.barh(
+        labels,
+        [min(1.0, r["channel_relative_rmse"]) for r in shown],
+        color="tab:gray",
+        alpha=0.5,
+        height=0.4,
+        label="relative error (debugger)",
+    )
     ax.set_xlim(0, 1)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
@@ -177,25 +211,31 @@ def worst_layers(rows: list[dict], n: int) -> list[str]:
     return out
 
 
-def convert_keeping_float(model, representative, samples, io_type: str, keep: Sequence[str],
-                          granularity: Granularity, name: str) -> tuple[bytes, list[str]]:
+def convert_keeping_float(
+    model, representative, samples, io_type: str, keep: Sequence[str], granularity: Granularity, name: str
+) -> tuple[bytes, list[str]]:
     """int8 with the operators of the `keep` layers in float; returns the bytes and the denylisted tensors."""
     names = layer_names(model)
     unknown = [k for k in keep if k not in names]
     if unknown:
-        raise EdgepipeError(f"keep_float: model '{name}' has no layer {', '.join(map(repr, unknown))}",
-                            f"use layer names of the model: {', '.join(names)}")
+        raise EdgepipeError(
+            f"keep_float: model '{name}' has no layer {', '.join(map(repr, unknown))}",
+            f"use layer names of the model: {', '.join(names)}",
+        )
     if io_type == "uint8":
-        raise EdgepipeError("keep_float with io_type uint8: the debugger's converter writes int8 or float I/O",
-                            "use io_type: int8 or float32 with keep_float")
+        raise EdgepipeError(
+            "keep_float with io_type uint8: the debugger's converter writes int8 or float I/O",
+            "use io_type: int8 or float32 with keep_float",
+        )
     with quiet_native():
         probe = _debugger(model, representative, samples[:1], io_type, granularity)
         tensors = _quantized_tensors(probe.quant_model)
     nodes = [t for t in tensors if set(_layers_of(t, names)) & set(keep)]
     if not nodes:
-        raise EdgepipeError(f"keep_float: no operator of '{name}' belongs to {', '.join(keep)}",
-                            "name layers that compute (Conv2D, Dense, ...), not BatchNormalization or ReLU "
-                            "folded into them")
+        raise EdgepipeError(
+            f"keep_float: no operator of '{name}' belongs to {', '.join(keep)}",
+            "name layers that compute (Conv2D, Dense, ...), not BatchNormalization or ReLU folded into them",
+        )
     with quiet_native():
         blob = _debugger(model, representative, samples[:1], io_type, granularity, nodes).get_nondebug_quantized_model()
     return blob, nodes

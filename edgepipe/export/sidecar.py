@@ -24,8 +24,12 @@ def describe_tflite(path: Path, ds: Dataset, **extra) -> dict:
 
     def tensor(d):
         scale, zero = d["quantization"]
-        return {"shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "scale": float(scale), "zero_point": int(zero)}
+        return {
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero),
+        }
 
     return {
         "file": path.name,
@@ -37,7 +41,6 @@ def describe_tflite(path: Path, ds: Dataset, **extra) -> dict:
         "classes": ds.classes,
         **extra,
     }
-
 
 
 def sidecars(stage_dir: Path) -> list[dict]:
@@ -61,8 +64,9 @@ def tflite_facts(path: Path) -> dict:
     size = lambda t: int(np.prod(tensors[t]["shape"], dtype=np.int64))  # noqa: E731
     dtypes = {np.dtype(tensors[t]["dtype"]).name for t in constants}
     integer_input = any(np.dtype(tensors[i]["dtype"]).kind in "iu" for i in ins)
-    variant = ("int8" if integer_input else "float16" if "float16" in dtypes
-               else "dynamic" if "int8" in dtypes else "float32")
+    variant = (
+        "int8" if integer_input else "float16" if "float16" in dtypes else "dynamic" if "int8" in dtypes else "float32"
+    )
     macs = 0
     for op in ops:
         if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 1:

@@ -9,7 +9,6 @@ import numpy as np
 from edgepipe.core.weights import weight_stats_of
 from edgepipe.targets import litert
 
-
 WEIGHTED_OPS = {"CONV_2D": 0, "FULLY_CONNECTED": 0, "DEPTHWISE_CONV_2D": 3}  # op -> its filter's output-channel axis
 
 

@@ -44,10 +44,20 @@ class RunResult:
         return f"RunResult({self.recipe}: {done}; {len(self.rows)} report rows)"
 
 
-def run(recipe: str | Path | dict, set: dict[str, Any] | None = None, profile: str | None = None, *,  # noqa: A002
-        until: str | None = None, only: str | None = None, force: bool = False, jobs: int = 1,
-        root: str | Path = ".", target: str | None = None, host: str | None = None,
-        isolate: bool = True) -> RunResult:
+def run(
+    recipe: str | Path | dict,
+    set: dict[str, Any] | None = None,
+    profile: str | None = None,
+    *,  # noqa: A002
+    until: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    root: str | Path = ".",
+    target: str | None = None,
+    host: str | None = None,
+    isolate: bool = True,
+) -> RunResult:
     """Run a recipe's stale stages, as `edgepipe run` does, and return what happened and the report's rows.
 
     The project config (edgepipe.toml) is read from the current folder up, as every command does; the
@@ -83,25 +93,27 @@ def run(recipe: str | Path | dict, set: dict[str, Any] | None = None, profile: s
             failed accuracy gate, as one line with its fix; never SystemExit.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own "still starting" test
-        raise EdgepipeError("edgepipe.run was called while a worker process of a run was starting (a script "
-                            "calling it at import time)", 'call it under if __name__ == "__main__":, or pass '
-                            "isolate=False")
+        raise EdgepipeError(
+            "edgepipe.run was called while a worker process of a run was starting (a script calling it at import time)",
+            'call it under if __name__ == "__main__":, or pass isolate=False',
+        )
     cfg = project_config.load()
     source = recipe if isinstance(recipe, dict) else find_recipe(str(recipe))
-    r = load_recipe(source, profile=profile, target=target, host=host, default_target=cfg.target,
-                    hosts=cfg.hosts, values=set)
+    r = load_recipe(
+        source, profile=profile, target=target, host=host, default_target=cfg.target, hosts=cfg.hosts, values=set
+    )
     runner = Runner(r, Path(root), cache_size=cfg.cache_bytes, isolate=isolate)
     with project_config.environment(cfg):
         try:
             results = runner.run(until=until, only=only, force=force, jobs=jobs)
         except concurrent.futures.process.BrokenProcessPool:
-            raise EdgepipeError(f"a worker process of the run of {r.name} died before its stage finished",
-                                f"see runs/{r.name}/.logs/; in a script, call edgepipe.run under "
-                                'if __name__ == "__main__":') from None
+            raise EdgepipeError(
+                f"a worker process of the run of {r.name} died before its stage finished",
+                f'see runs/{r.name}/.logs/; in a script, call edgepipe.run under if __name__ == "__main__":',
+            ) from None
     reports = {}
     for result in results:
         report = runner.run_dir / result.stage / "report.json"
         if r.stages[result.stage].kind.name == "report" and report.is_file():
             reports[result.stage] = json.loads(report.read_text()).get("rows", [])
-    return RunResult(r.name, results, next(iter(reports.values()), []), reports, runner.run_dir,
-                     runner.record_number)
+    return RunResult(r.name, results, next(iter(reports.values()), []), reports, runner.run_dir, runner.record_number)

@@ -106,8 +106,7 @@ def closure(name: str) -> list[str]:
 
 def code_files(name: str) -> dict[str, str]:
     """Path (relative to the package's parent) -> SHA-256 of every source file in `closure(name)`."""
-    return {module_file(m).relative_to(ROOT.parent).as_posix(): fsio.sha256_file(module_file(m))
-            for m in closure(name)}
+    return {module_file(m).relative_to(ROOT.parent).as_posix(): fsio.sha256_file(module_file(m)) for m in closure(name)}
 
 
 def libraries(name: str) -> dict[str, str | None]:

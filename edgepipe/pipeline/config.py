@@ -28,8 +28,18 @@ from edgepipe.targets.remote import HOST
 FILE = "edgepipe.toml"
 MIRROR_ENV = "EDGEPIPE_DATA_MIRROR"  # the data stage's search path (edgepipe.datasets.sources)
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*$", re.IGNORECASE)
-UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
-         "T": 1024**4, "TB": 1024**4}
+UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KB": 1024,
+    "M": 1024**2,
+    "MB": 1024**2,
+    "G": 1024**3,
+    "GB": 1024**3,
+    "T": 1024**4,
+    "TB": 1024**4,
+}
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 
 
@@ -37,25 +47,36 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 class ProjectConfig:
     """The keys of edgepipe.toml (or [tool.edgepipe]), each with its default and meaning."""
 
-    data_mirror: list[str] | str = param([], "folders searched for dataset files before any download (relative "
-                                             "to the config file); $EDGEPIPE_DATA_MIRROR wins over it")
-    target: str | None = param(None, "target of the bench and bundle stages that name none, when the recipe has "
-                                     "no target: (a profile name or a .yaml file); --target wins")
-    hosts: dict[str, str] = param({}, "target name -> user@address[:port] of that device, for SSH targets; "
-                                      "--host and a stage's host param win")
+    data_mirror: list[str] | str = param(
+        [],
+        "folders searched for dataset files before any download (relative "
+        "to the config file); $EDGEPIPE_DATA_MIRROR wins over it",
+    )
+    target: str | None = param(
+        None,
+        "target of the bench and bundle stages that name none, when the recipe has "
+        "no target: (a profile name or a .yaml file); --target wins",
+    )
+    hosts: dict[str, str] = param(
+        {}, "target name -> user@address[:port] of that device, for SSH targets; --host and a stage's host param win"
+    )
     tracking_uri: str | None = param(None, "experiment tracking URI (an MLflow server, or a local folder)")
-    run_cache_size: int | str = param("2 GB", "bytes each recipe's run cache may hold (e.g. 500 MB, 10 GB); 0 "
-                                              "turns the run cache off")
+    run_cache_size: int | str = param(
+        "2 GB", "bytes each recipe's run cache may hold (e.g. 500 MB, 10 GB); 0 turns the run cache off"
+    )
     path: Path | None = None  # the file it was read from (not a key)
 
     def __post_init__(self):
         if isinstance(self.data_mirror, str):
             self.data_mirror = [self.data_mirror]
         _size(self.run_cache_size)
-        if self.tracking_uri is not None and (not self.tracking_uri.strip() or "://" in self.tracking_uri
-                                              and not URI.match(self.tracking_uri)):
-            raise ValueError(f"tracking_uri {self.tracking_uri!r} is neither a URI nor a folder; fix: e.g. "
-                             "http://localhost:5000, file:///srv/mlruns or mlruns")
+        if self.tracking_uri is not None and (
+            not self.tracking_uri.strip() or "://" in self.tracking_uri and not URI.match(self.tracking_uri)
+        ):
+            raise ValueError(
+                f"tracking_uri {self.tracking_uri!r} is neither a URI nor a folder; fix: e.g. "
+                "http://localhost:5000, file:///srv/mlruns or mlruns"
+            )
         for name, host in self.hosts.items():
             if not HOST.match(host):
                 raise ValueError(f"hosts.{name}: {host!r} is not user@address[:port]; fix: e.g. pi@192.168.1.20")
@@ -83,8 +104,9 @@ def find(start: Path | None = None) -> tuple[Path, dict] | None:
         table = _read(pyproject).get("tool", {}).get("edgepipe") if pyproject.is_file() else None
         if own.is_file():
             if table is not None:
-                raise RecipeError(f"{own} and [tool.edgepipe] in {pyproject} both configure this project",
-                                  "keep one of them")
+                raise RecipeError(
+                    f"{own} and [tool.edgepipe] in {pyproject} both configure this project", "keep one of them"
+                )
             return own, _read(own)
         if table is not None:
             if not isinstance(table, dict):
@@ -127,8 +149,10 @@ def load(start: Path | None = None) -> ProjectConfig:
         except EdgepipeError as e:
             raise RecipeError(f"{where}: hosts.{name}: {e.message}", e.fix) from None
         if not takes_host:
-            raise RecipeError(f"{where}: hosts.{name}: target {name} is not reached over SSH (reach: {profile.reach})",
-                              "give hosts only for SSH targets (rpi4, rpi5, coral, or a profile with reach: ssh)")
+            raise RecipeError(
+                f"{where}: hosts.{name}: target {name} is not reached over SSH (reach: {profile.reach})",
+                "give hosts only for SSH targets (rpi4, rpi5, coral, or a profile with reach: ssh)",
+            )
     return config
 
 
@@ -169,6 +193,8 @@ def _size(value) -> int:
         return value
     m = SIZE.match(value) if isinstance(value, str) else None
     if m is None or m.group(2).upper() not in UNITS:
-        raise ValueError(f"run_cache_size {value!r} is not a size; fix: write bytes (e.g. 0, 500000000) or a size "
-                         "such as \"500 MB\" or \"10 GB\"")
+        raise ValueError(
+            f"run_cache_size {value!r} is not a size; fix: write bytes (e.g. 0, 500000000) or a size "
+            'such as "500 MB" or "10 GB"'
+        )
     return int(float(m.group(1)) * UNITS[m.group(2).upper()])

@@ -26,8 +26,9 @@ FILE = "history.jsonl"
 HEADLINE = ("accuracy", "val_accuracy", "test_accuracy", "size_bytes", "latency_p50_us", "arena_bytes")
 
 
-def record(recipe: Recipe, run_dir: Path, results: list, command: str, keys: dict[str, str],
-           error: str | None = None) -> dict:
+def record(
+    recipe: Recipe, run_dir: Path, results: list, command: str, keys: dict[str, str], error: str | None = None
+) -> dict:
     """The record of one run: `results` are the runner's `Result`s, `keys` each stage's cache key."""
     actions = {r.stage: r.action for r in results}
     metrics: dict = {"reports": {}, "models": {}}
@@ -38,13 +39,20 @@ def record(recipe: Recipe, run_dir: Path, results: list, command: str, keys: dic
         if stage.kind.name == "report" and (out / "report.json").is_file():
             report = _json(out / "report.json")
             metrics["reports"][name] = {
-                "rows": [{"name": r.get("name"), **{k: r[k] for k in HEADLINE if k in r}} for r in report.get("rows", [])],
-                "gates": [{k: g.get(k) for k in ("model", "against", "drop_points", "passed")}
-                          for g in report.get("gates", [])]}
+                "rows": [
+                    {"name": r.get("name"), **{k: r[k] for k in HEADLINE if k in r}} for r in report.get("rows", [])
+                ],
+                "gates": [
+                    {k: g.get(k) for k in ("model", "against", "drop_points", "passed")}
+                    for g in report.get("gates", [])
+                ],
+            }
         elif (out / "metrics.json").is_file():
             m = _json(out / "metrics.json")
-            figures = {"val_accuracy": (m.get("val") or {}).get("accuracy"),
-                       "test_accuracy": (m.get("test") or {}).get("accuracy")}
+            figures = {
+                "val_accuracy": (m.get("val") or {}).get("accuracy"),
+                "test_accuracy": (m.get("test") or {}).get("accuracy"),
+            }
             if any(v is not None for v in figures.values()):
                 metrics["models"][name] = figures
     return {
@@ -58,8 +66,9 @@ def record(recipe: Recipe, run_dir: Path, results: list, command: str, keys: dic
         "error": error,
         "params": {name: to_dict(s.params) for name, s in recipe.stages.items()},
         "keys": keys,
-        "stages": [{"stage": r.stage, "action": r.action, "reason": r.reason, "seconds": round(r.seconds, 2)}
-                   for r in results],
+        "stages": [
+            {"stage": r.stage, "action": r.action, "reason": r.reason, "seconds": round(r.seconds, 2)} for r in results
+        ],
         "metrics": metrics,
         "machine": machine(),
     }
@@ -77,9 +86,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"host": platform.node(), "os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "edgepipe": importlib.metadata.version("edgepipe")}
+    return {
+        "host": platform.node(),
+        "os": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "edgepipe": importlib.metadata.version("edgepipe"),
+    }
 
 
 def append(run_dir: Path, rec: dict) -> int:
@@ -116,8 +130,9 @@ def read(run_dir: Path) -> list[dict]:
 def pick(records: list[dict], which: str, recipe: str) -> dict:
     """Record `which` (a number, or `last`) of `records`, or one error line saying which exist."""
     if not records:
-        raise EdgepipeError(f"{recipe} has no run history yet (runs/{recipe}/{FILE})",
-                            f"run `edgepipe run {recipe}` first", exit_code=2)
+        raise EdgepipeError(
+            f"{recipe} has no run history yet (runs/{recipe}/{FILE})", f"run `edgepipe run {recipe}` first", exit_code=2
+        )
     if which == "last":
         return records[-1]
     try:
@@ -125,9 +140,11 @@ def pick(records: list[dict], which: str, recipe: str) -> dict:
     except ValueError:
         n = None
     if n is None or not 1 <= n <= len(records):
-        raise EdgepipeError(f"{recipe}: no run record {which!r} (there {'is' if len(records) == 1 else 'are'} "
-                            f"{len(records)})", f"use a number from 1 to {len(records)}, or last "
-                            f"(`edgepipe runs {recipe}` lists them)", exit_code=2)
+        raise EdgepipeError(
+            f"{recipe}: no run record {which!r} (there {'is' if len(records) == 1 else 'are'} {len(records)})",
+            f"use a number from 1 to {len(records)}, or last (`edgepipe runs {recipe}` lists them)",
+            exit_code=2,
+        )
     return records[n - 1]
 
 
@@ -137,8 +154,9 @@ def changes(old: dict | None, new: dict) -> str:
         return "first run"
     keys = changed_keys(old["params"], new["params"])
     stages = set(old["params"]) ^ set(new["params"])
-    parts = [k for k in keys if k.split(".")[0] not in stages][:3] + [f"stage {s} {'added' if s in new['params'] else 'removed'}"
-                                                                      for s in sorted(stages)]
+    parts = [k for k in keys if k.split(".")[0] not in stages][:3] + [
+        f"stage {s} {'added' if s in new['params'] else 'removed'}" for s in sorted(stages)
+    ]
     if len(keys) > 3:
         parts.append(f"{len(keys) - 3} more")
     if not parts:
@@ -169,13 +187,21 @@ def listing(records: list[dict]) -> list[str]:
     width = max([len("headline"), *map(len, heads)])
     lines = [f"{'#':>3}  {'date (UTC)':<16}  {'status':<6}  {'headline':<{width}}  changed vs previous"]
     for i, rec in enumerate(records):
-        lines.append(f"{rec['number']:>3}  {_date(rec):<16}  {rec.get('status', '?'):<6}  {heads[i]:<{width}}  "
-                     f"{changes(records[i - 1] if i else None, rec)}")
+        lines.append(
+            f"{rec['number']:>3}  {_date(rec):<16}  {rec.get('status', '?'):<6}  {heads[i]:<{width}}  "
+            f"{changes(records[i - 1] if i else None, rec)}"
+        )
     return lines
 
 
-LABELS = {"accuracy": "test accuracy", "val_accuracy": "val accuracy", "test_accuracy": "test accuracy",
-          "size_bytes": "size", "latency_p50_us": "p50 1T", "arena_bytes": "arena"}
+LABELS = {
+    "accuracy": "test accuracy",
+    "val_accuracy": "val accuracy",
+    "test_accuracy": "test accuracy",
+    "size_bytes": "size",
+    "latency_p50_us": "p50 1T",
+    "arena_bytes": "arena",
+}
 # compare prints validation before test: the figure a choice is made on, then the final one
 _COMPARED = ("val_accuracy", "accuracy", "test_accuracy", "size_bytes", "latency_p50_us", "arena_bytes")
 
@@ -199,8 +225,14 @@ def comparison(a: dict, b: dict) -> list[str]:
             x, y = ra.get(name) or {}, rb.get(name) or {}
             for i, field in enumerate(f for f in _COMPARED if f in x or f in y):
                 label = f"{name if i == 0 else '':<24}{LABELS[field]:<14}"
-                lines.append(row(label, _figure(field, x.get(field)), _figure(field, y.get(field)),
-                                 _change(field, x.get(field), y.get(field))))
+                lines.append(
+                    row(
+                        label,
+                        _figure(field, x.get(field)),
+                        _figure(field, y.get(field)),
+                        _change(field, x.get(field), y.get(field)),
+                    )
+                )
     models = list(dict.fromkeys([*a["metrics"]["models"], *b["metrics"]["models"]]))
     if models:
         lines.append("training stages:")
@@ -208,8 +240,9 @@ def comparison(a: dict, b: dict) -> list[str]:
             x, y = a["metrics"]["models"].get(name) or {}, b["metrics"]["models"].get(name) or {}
             for i, field in enumerate(("val_accuracy", "test_accuracy")):
                 label = f"{name if i == 0 else '':<24}{LABELS[field]:<14}"
-                lines.append(row(label, _pct(x.get(field)), _pct(y.get(field)),
-                                 _change(field, x.get(field), y.get(field))))
+                lines.append(
+                    row(label, _pct(x.get(field)), _pct(y.get(field)), _change(field, x.get(field), y.get(field)))
+                )
     return lines
 
 

@@ -61,8 +61,9 @@ def stage_key(stage: Stage, lock: Lock, run_dir: Path, version: CodeVersion) -> 
         "environment": stage.kind.environment(stage.params) if stage.kind.environment else {},
     }
     if stage.kind.reads_upstream:  # only then, so that no other kind's key changes
-        parts["upstream"] = {up: _input_digest(stage, up, lock, run_dir)
-                             for up in lock.recipe.ancestors(stage.name) if up != stage.name}
+        parts["upstream"] = {
+            up: _input_digest(stage, up, lock, run_dir) for up in lock.recipe.ancestors(stage.name) if up != stage.name
+        }
     key = fsio.sha256_text(json.dumps(parts, sort_keys=True, default=str))
     parts["deps_records"] = deps  # for the (size, mtime) shortcut next time; not part of the key
     return key, parts
@@ -71,8 +72,10 @@ def stage_key(stage: Stage, lock: Lock, run_dir: Path, version: CodeVersion) -> 
 def _input_digest(stage: Stage, upstream: str, lock: Lock, run_dir: Path) -> str:
     entry = lock.entry(upstream)
     if not entry or not (run_dir / upstream).is_dir():
-        raise EdgepipeError(f"stage '{stage.name}' needs the output of '{upstream}', which has not been "
-                            f"produced", f"run `edgepipe run {lock.recipe.path} --until {upstream}` first")
+        raise EdgepipeError(
+            f"stage '{stage.name}' needs the output of '{upstream}', which has not been produced",
+            f"run `edgepipe run {lock.recipe.path} --until {upstream}` first",
+        )
     return entry["digest"]
 
 
@@ -103,8 +106,11 @@ def _what_changed(stage: Stage, old: dict, parts: dict) -> str:
         if changed and old_files:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             return f"code of {', '.join(changed[:3])}{more} changed"
-        libs = [f"{k} {old.get('libraries', {}).get(k)} -> {v}" for k, v in parts["libraries"].items()
-                if (old.get("libraries") or {}).get(k) != v]
+        libs = [
+            f"{k} {old.get('libraries', {}).get(k)} -> {v}"
+            for k, v in parts["libraries"].items()
+            if (old.get("libraries") or {}).get(k) != v
+        ]
         if libs and old_files == new_files:
             return f"library {', '.join(libs)} changed"
         return f"code of {stage.kind.module} changed"

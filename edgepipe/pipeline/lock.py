@@ -50,7 +50,17 @@ class Lock:
 
 def _well_formed(entry) -> bool:
     """A lock entry as `Lock.record` writes it (a hand-edited or foreign file is treated as unreadable)."""
-    return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("digest"), str)
-            and isinstance(entry.get("parts", {}), dict) and isinstance(entry.get("outputs"), dict)
-            and all(isinstance(r, dict) and isinstance(r.get("sha256"), str) and isinstance(r.get("size"), int)
-                    and isinstance(r.get("mtime_ns"), int) for r in entry["outputs"].values()))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("digest"), str)
+        and isinstance(entry.get("parts", {}), dict)
+        and isinstance(entry.get("outputs"), dict)
+        and all(
+            isinstance(r, dict)
+            and isinstance(r.get("sha256"), str)
+            and isinstance(r.get("size"), int)
+            and isinstance(r.get("mtime_ns"), int)
+            for r in entry["outputs"].values()
+        )
+    )

@@ -114,8 +114,9 @@ class Outputs:
             fsio.replace_dir(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        records = self._store(stage, job.key, fsio.dir_records(out_dir), seconds=time.perf_counter() - job.start,
-                              summary=summary)
+        records = self._store(
+            stage, job.key, fsio.dir_records(out_dir), seconds=time.perf_counter() - job.start, summary=summary
+        )
         self.lock.record(stage.name, job.key, job.parts, records)
         self._publish(stage)
         shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
@@ -141,8 +142,10 @@ class Outputs:
         try:
             records = self.cache.restore(entry, tmp)
             if records is None:
-                ui.say(f"{tag} run cache entry of {when(entry.created)} no longer matches its files (edited in "
-                       "place?); dropped it")
+                ui.say(
+                    f"{tag} run cache entry of {when(entry.created)} no longer matches its files (edited in "
+                    "place?); dropped it"
+                )
                 return None
             fsio.replace_dir(tmp, out_dir)
         except OSError as e:  # a cache that cannot be read is a miss: the stage runs as if it were not there
@@ -155,8 +158,10 @@ class Outputs:
         shutil.rmtree(self.run_dir / ".work" / stage.name, ignore_errors=True)
         seconds = time.perf_counter() - start
         took = f"; it took {entry.seconds:.1f} s" if entry.seconds else ""
-        ui.say(f"{tag} restored from run cache (run of {when(entry.created)}{took}) in {seconds:.1f} s: {reason}"
-               + (f"  | {entry.summary}" if entry.summary else ""))
+        ui.say(
+            f"{tag} restored from run cache (run of {when(entry.created)}{took}) in {seconds:.1f} s: {reason}"
+            + (f"  | {entry.summary}" if entry.summary else "")
+        )
         self._say_findings(stage, out_dir)
         return self._noted(stage, Result(stage.name, "restored", reason, seconds, entry.summary))
 
@@ -167,8 +172,9 @@ class Outputs:
 
     # -- the run cache ------------------------------------------------------------------------------
 
-    def _store(self, stage: Stage, key: str, records: dict, seconds: float, summary: str,
-               created: float | None = None) -> dict:
+    def _store(
+        self, stage: Stage, key: str, records: dict, seconds: float, summary: str, created: float | None = None
+    ) -> dict:
         """Put a finished stage's outputs in the run cache; return their records as they now are. The cache
         is a convenience: if the disk refuses, the run goes on without it, saying so."""
         if not self.cache.enabled:
@@ -200,9 +206,11 @@ class Outputs:
         if gone:
             what = ", ".join(f"{e.stage} of {when(e.created)}" for e in gone[:3])
             more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
-            ui.say(f"    run cache: evicted {len(gone)} least recently used entr{'y' if len(gone) == 1 else 'ies'} "
-                   f"({what}{more}) to stay under {fsio.human_size(self.cache.limit)} (run_cache_size in "
-                   "edgepipe.toml)")
+            ui.say(
+                f"    run cache: evicted {len(gone)} least recently used entr{'y' if len(gone) == 1 else 'ies'} "
+                f"({what}{more}) to stay under {fsio.human_size(self.cache.limit)} (run_cache_size in "
+                "edgepipe.toml)"
+            )
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -211,12 +219,17 @@ class Outputs:
         out_dir = self.run_dir / stage.name
         files: list[Path] = []
         for pattern in stage.publish:  # relative, no `..` (checked at load); a link must not lead out either
-            matches = sorted(p for p in out_dir.glob(pattern) if p.is_file()
-                             and inside(out_dir, p, f"stage '{stage.name}': published file"))
+            matches = sorted(
+                p
+                for p in out_dir.glob(pattern)
+                if p.is_file() and inside(out_dir, p, f"stage '{stage.name}': published file")
+            )
             if not matches:
-                raise EdgepipeError(f"stage '{stage.name}': publish pattern '{pattern}' matched no output file",
-                                    f"use one of: {', '.join(sorted(self.lock.entry(stage.name)['outputs']))}",
-                                    exit_code=2)
+                raise EdgepipeError(
+                    f"stage '{stage.name}': publish pattern '{pattern}' matched no output file",
+                    f"use one of: {', '.join(sorted(self.lock.entry(stage.name)['outputs']))}",
+                    exit_code=2,
+                )
             files.extend(matches)
         return files
 
@@ -240,8 +253,11 @@ def find_report(recipe: Recipe, root: Path) -> Path:
     published = root / "models" / recipe.name / "report.html"
     if published.is_file():
         return published
-    built = [root / "runs" / recipe.name / name / "report.html" for name, stage in recipe.stages.items()
-             if stage.kind.produces(stage.params) == "report"]
+    built = [
+        root / "runs" / recipe.name / name / "report.html"
+        for name, stage in recipe.stages.items()
+        if stage.kind.produces(stage.params) == "report"
+    ]
     built = [p for p in built if p.is_file()]
     if not built:
         raise EdgepipeError(f"{recipe.name} has no HTML report yet", f"run it first: edgepipe run {recipe.name}")

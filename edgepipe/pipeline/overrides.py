@@ -24,11 +24,15 @@ def collect(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -
         profiles = raw.get("profiles") or {}
         if not isinstance(profiles, dict) or profile not in profiles:
             names = ", ".join(profiles) if isinstance(profiles, dict) and profiles else ""
-            raise RecipeError(f"{where}: unknown profile '{profile}'",
-                              f"use one of: {names}" if names else "define it under profiles: in the recipe")
+            raise RecipeError(
+                f"{where}: unknown profile '{profile}'",
+                f"use one of: {names}" if names else "define it under profiles: in the recipe",
+            )
         if not isinstance(profiles[profile], dict):
-            raise RecipeError(f"{where}: profiles.{profile} must be a mapping of stage.key: value",
-                              "e.g. profiles: {smoke: {teacher.epochs: 1}}")
+            raise RecipeError(
+                f"{where}: profiles.{profile} must be a mapping of stage.key: value",
+                "e.g. profiles: {smoke: {teacher.epochs: 1}}",
+            )
         overrides += [(k, v, f"{where}: profiles.{profile}.{k}") for k, v in profiles[profile].items()]
     for s in sets:
         if "=" not in s:
@@ -37,8 +41,10 @@ def collect(raw: dict, profile: str | None, sets: tuple[str, ...], where: str) -
         try:
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
-            raise RecipeError(f"--set {key}: the value {value!r} is not valid YAML",
-                              f"quote it for your shell and for YAML, e.g. --set '{key}=\"{value}\"'") from None
+            raise RecipeError(
+                f"--set {key}: the value {value!r} is not valid YAML",
+                f"quote it for your shell and for YAML, e.g. --set '{key}=\"{value}\"'",
+            ) from None
         overrides.append((key, parsed, f"--set {key}"))
     return overrides
 
@@ -68,8 +74,10 @@ def apply(raw: dict, key: Any, value: Any, origin: str) -> None:
             node[part] = {}
         node = node[part]
     if not isinstance(node, dict):
-        raise RecipeError(f"{origin}: '{'.'.join(parts[1:-1]) or 'params'}' is not a mapping",
-                          "override a key inside a mapping parameter")
+        raise RecipeError(
+            f"{origin}: '{'.'.join(parts[1:-1]) or 'params'}' is not a mapping",
+            "override a key inside a mapping parameter",
+        )
     node[parts[-1]] = value  # validated with everything else, so a typo is still caught
 
 

@@ -88,9 +88,16 @@ def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
     raise RecipeError(f"recipe '{name_or_path}' not found", fix)
 
 
-def load_recipe(path: Path | dict, profile: str | None = None, sets: tuple[str, ...] = (), target: str | None = None,
-                host: str | None = None, default_target: str | None = None,
-                hosts: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(
+    path: Path | dict,
+    profile: str | None = None,
+    sets: tuple[str, ...] = (),
+    target: str | None = None,
+    host: str | None = None,
+    default_target: str | None = None,
+    hosts: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> Recipe:
     """Read, override, substitute and validate a recipe.
 
     Args:
@@ -148,13 +155,17 @@ def _from_mapping(recipe: dict) -> tuple[dict, Path]:
     stand-in path messages and the lock name it by."""
     name = recipe.get("name")
     if not isinstance(name, str) or not name:
-        raise RecipeError("a recipe given as a mapping has no name", "add a name, e.g. {'name': 'smoke', 'stages': ...}")
+        raise RecipeError(
+            "a recipe given as a mapping has no name", "add a name, e.g. {'name': 'smoke', 'stages': ...}"
+        )
     where = Path(f"<recipe {name}>")
     try:
         raw = copy.deepcopy(recipe)
     except Exception as e:  # noqa: BLE001 - a value that cannot be copied (a model object, a generator)
-        raise RecipeError(f"{where}: cannot copy the recipe ({type(e).__name__})",
-                          "use plain values: dicts, lists, strings, numbers, booleans") from None
+        raise RecipeError(
+            f"{where}: cannot copy the recipe ({type(e).__name__})",
+            "use plain values: dicts, lists, strings, numbers, booleans",
+        ) from None
     _check_top(raw, str(where))
     return raw, where
 
@@ -168,12 +179,17 @@ def _read(path: Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        fix = ("each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
-               else "fix the YAML syntax there")
+        fix = (
+            "each key may appear once in a mapping: rename or remove one"
+            if "duplicate key" in problem
+            else "fix the YAML syntax there"
+        )
         raise RecipeError(f"{where}: malformed YAML{at}: {problem}", fix) from None
     except UnicodeDecodeError as e:
-        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r})",
-                          "save the recipe as UTF-8") from None
+        raise RecipeError(
+            f"{where}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r})",
+            "save the recipe as UTF-8",
+        ) from None
     except OSError as e:
         raise RecipeError(f"{where}: cannot read recipe: {e.strerror}", "check the path and its permissions") from None
     _check_top(raw, where)
@@ -182,16 +198,22 @@ def _read(path: Path) -> dict:
 
 def _check_top(raw: Any, where: str) -> None:
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
-                          "start from a shipped recipe in recipes/ (e.g. smoke.yaml)")
+        raise RecipeError(
+            f"{where}: a recipe is a mapping with a 'stages' key, got {type(raw).__name__}",
+            "start from a shipped recipe in recipes/ (e.g. smoke.yaml)",
+        )
     _only_keys(raw, TOP_KEYS, where)
     if "stages" not in raw or not isinstance(raw["stages"], dict) or not raw["stages"]:
-        raise RecipeError(f"{where}: 'stages' must be a non-empty mapping of stage name -> stage",
-                          "add stages: with at least one stage (see recipes/smoke.yaml)")
+        raise RecipeError(
+            f"{where}: 'stages' must be a non-empty mapping of stage name -> stage",
+            "add stages: with at least one stage (see recipes/smoke.yaml)",
+        )
     for name in raw["stages"]:
         if not isinstance(name, str) or not NAME.match(name):
-            raise RecipeError(f"{where}: stages.{name}: invalid stage name",
-                              "use lower-case letters, digits and _ and start with a letter")
+            raise RecipeError(
+                f"{where}: stages.{name}: invalid stage name",
+                "use lower-case letters, digits and _ and start with a letter",
+            )
 
 
 def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: dict, where: str) -> Stage:
@@ -214,24 +236,33 @@ def _build_stage(name: str, spec: Any, table: dict[str, StageKind], raw_stages: 
     return Stage(name, kind, params, inputs, tuple(publish))
 
 
-def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, where: str,
-                  fallback: str | None = None, hosts: dict[str, str] | None = None) -> None:
+def _apply_target(
+    stages: dict[str, Stage],
+    default: Any,
+    host: str | None,
+    where: str,
+    fallback: str | None = None,
+    hosts: dict[str, str] | None = None,
+) -> None:
     """Give stages with a `target` param the recipe's target unless they name one; check every target exists.
 
     `--host` goes to the stages whose target is reached over SSH; it is an error if none is, so a
     mistyped command does not silently bench on this machine.
     """
     if default is not None and not isinstance(default, str):
-        raise RecipeError(f"{where}: target must be a profile name or a .yaml path, got {default!r}",
-                          "see `edgepipe targets`")
+        raise RecipeError(
+            f"{where}: target must be a profile name or a .yaml path, got {default!r}", "see `edgepipe targets`"
+        )
     if default is not None:
         try:
             backend_for(load_target(default))  # the profile is whole for its kind of device, used or not
         except EdgepipeError as e:
             raise RecipeError(f"{where}: target: {e.message}", e.fix) from None
         if not any(hasattr(s.params, "target") for s in stages.values()):
-            raise RecipeError(f"target {default}: no bench or bundle stage in {where} uses a target",
-                              "add a bench stage, or drop --target")
+            raise RecipeError(
+                f"target {default}: no bench or bundle stage in {where} uses a target",
+                "add a bench stage, or drop --target",
+            )
     took_host = False
     for name, stage in stages.items():
         if not hasattr(stage.params, "target"):
@@ -250,8 +281,10 @@ def _apply_target(stages: dict[str, Stage], default: Any, host: str | None, wher
             if given:
                 stage.params.host = given
     if host and not took_host:
-        raise RecipeError(f"--host {host}: no stage of {where} benches an SSH target",
-                          "add --target rpi4 (or another SSH target), or drop --host")
+        raise RecipeError(
+            f"--host {host}: no stage of {where} benches an SSH target",
+            "add --target rpi4 (or another SSH target), or drop --host",
+        )
 
 
 def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -260,8 +293,14 @@ def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
             raise RecipeError(f"{where}: unknown key '{key}'", f"use one of: {', '.join(allowed)}")
 
 
-OUTPUT_WORDS = {"dataset": "a dataset", "model": "a Keras model", "tflite": "converted .tflite models",
-                "bench": "bench figures", "bundle": "a firmware bundle", "report": "a report"}
+OUTPUT_WORDS = {
+    "dataset": "a dataset",
+    "model": "a Keras model",
+    "tflite": "converted .tflite models",
+    "bench": "bench figures",
+    "bundle": "a firmware bundle",
+    "report": "a report",
+}
 
 
 def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: str, table: dict) -> dict:
@@ -282,12 +321,15 @@ def _check_inputs(raw: Any, kind: StageKind, all_stages: dict, name: str, at: st
             raise RecipeError(f"{at}.inputs: missing input '{role}'", f"add inputs: {{{role}: <stage name>}}")
         value = raw[role]
         if isinstance(value, list) and not value:
-            raise RecipeError(f"{at}.inputs.{role}: the list is empty",
-                              f"name at least one stage, e.g. {role}: [<stage name>]")
+            raise RecipeError(
+                f"{at}.inputs.{role}: the list is empty", f"name at least one stage, e.g. {role}: [<stage name>]"
+            )
         refs = value if isinstance(value, list) else [value]
         if isinstance(value, list) and not many:
-            raise RecipeError(f"{at}.inputs.{role}: expected one stage name, got a list",
-                              f"this role takes a single stage, e.g. {role}: {refs[0]}")
+            raise RecipeError(
+                f"{at}.inputs.{role}: expected one stage name, got a list",
+                f"this role takes a single stage, e.g. {role}: {refs[0]}",
+            )
         for ref in refs:
             _check_reference(ref, role, kind, all_stages, name, at, table)
         inputs[role] = list(refs) if many else refs[0]
@@ -298,8 +340,9 @@ def _check_reference(ref: Any, role: str, kind: StageKind, all_stages: dict, nam
     if not isinstance(ref, str) or ref not in all_stages or ref == name:
         others = ", ".join(s for s in all_stages if s != name)
         what = f"no stage named {ref!r}" if ref != name else "a stage cannot read its own output"
-        raise RecipeError(f"{at}.inputs.{role}: {what}",
-                          f"use one of: {others}" if others else "add the stage it reads to the recipe")
+        raise RecipeError(
+            f"{at}.inputs.{role}: {what}", f"use one of: {others}" if others else "add the stage it reads to the recipe"
+        )
     wanted = kind.accepts.get(role)
     spec = all_stages[ref]
     given = table.get(spec.get("kind")) if isinstance(spec, dict) and isinstance(spec.get("kind"), str) else None
@@ -309,10 +352,12 @@ def _check_reference(ref: Any, role: str, kind: StageKind, all_stages: dict, nam
     if wanted and given is not None and output not in wanted:
         makers = [k.name for k in table.values() if k.output in wanted or set(k.also_outputs) & set(wanted)]
         article = "an" if given.name[0] in "aeiou" else "a"
-        raise RecipeError(f"{at}.inputs.{role}: stage '{ref}' is {article} {given.name} stage, which outputs "
-                          f"{OUTPUT_WORDS.get(output, output)}; the role {role} takes "
-                          f"{' or '.join(OUTPUT_WORDS.get(w, w) for w in wanted)}",
-                          f"name a {' or '.join(makers)} stage")
+        raise RecipeError(
+            f"{at}.inputs.{role}: stage '{ref}' is {article} {given.name} stage, which outputs "
+            f"{OUTPUT_WORDS.get(output, output)}; the role {role} takes "
+            f"{' or '.join(OUTPUT_WORDS.get(w, w) for w in wanted)}",
+            f"name a {' or '.join(makers)} stage",
+        )
 
 
 def _where_of(at: str) -> str:
@@ -328,7 +373,7 @@ def _topological(stages: dict[str, Stage], where: str) -> list[str]:
         if state.get(n) == 2:
             return
         if state.get(n) == 1:
-            cycle = path[path.index(n):] + [n]
+            cycle = path[path.index(n) :] + [n]
             raise RecipeError(f"{where}: input cycle {' -> '.join(cycle)}", "remove one of these inputs")
         state[n] = 1
         for up in stages[n].upstream():

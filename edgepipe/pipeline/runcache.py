@@ -94,8 +94,16 @@ class RunCache:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def store(self, key: str, stage: str, out_dir: Path, records: dict[str, dict], seconds: float,
-              summary: str = "", created: float | None = None) -> dict[str, dict]:
+    def store(
+        self,
+        key: str,
+        stage: str,
+        out_dir: Path,
+        records: dict[str, dict],
+        seconds: float,
+        summary: str = "",
+        created: float | None = None,
+    ) -> dict[str, dict]:
         """Keep the finished stage's outputs (`records` as the lock has them) under `key`; return their
         records as they now are.
 

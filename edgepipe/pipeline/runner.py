@@ -44,8 +44,15 @@ class Runner:
             worker processes too; None: live lines in the terminal when stdout is one (`edgepipe.core.live`).
     """
 
-    def __init__(self, recipe: Recipe, root: Path = Path("."), cache_size: int = DEFAULT_SIZE,
-                 isolate: bool = False, track: str | None = None, on_progress: progress.Sink | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        root: Path = Path("."),
+        cache_size: int = DEFAULT_SIZE,
+        isolate: bool = False,
+        track: str | None = None,
+        on_progress: progress.Sink | None = None,
+    ):
         self.recipe = recipe
         self.root = Path(root)
         self.track = track
@@ -66,8 +73,11 @@ class Runner:
         """Names of the stages a run would consider, in order."""
         for flag, name in (("--until", until), ("--only", only)):
             if name is not None and name not in self.recipe.stages:
-                raise EdgepipeError(f"{flag} {name}: no such stage in {self.recipe.path}",
-                                    f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+                raise EdgepipeError(
+                    f"{flag} {name}: no such stage in {self.recipe.path}",
+                    f"use one of: {', '.join(self.recipe.stages)}",
+                    exit_code=2,
+                )
         if until and only:
             raise EdgepipeError("--until and --only cannot be combined", "use one of them", exit_code=2)
         if only:
@@ -80,8 +90,14 @@ class Runner:
         """Each planned stage as fresh or stale, with the reason; runs nothing."""
         return self.run(until=until, only=only, dry_run=True)
 
-    def run(self, until: str | None = None, only: str | None = None, force: bool = False,
-            dry_run: bool = False, jobs: int = 1) -> list[Result]:
+    def run(
+        self,
+        until: str | None = None,
+        only: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        jobs: int = 1,
+    ) -> list[Result]:
         """Run the stale stages of the plan; return what happened to each, in plan order.
 
         With `jobs` > 1, stages whose inputs are ready run at the same time in worker processes (tiny
@@ -104,8 +120,7 @@ class Runner:
         `force` reruns only the stages of `kind`."""
         targets = [n for n, s in self.recipe.stages.items() if s.kind.name == kind]
         if not targets:
-            raise EdgepipeError(f"{self.recipe.path} has no {kind} stage", f"add a stage of kind {kind}",
-                                exit_code=2)
+            raise EdgepipeError(f"{self.recipe.path} has no {kind} stage", f"add a stage of kind {kind}", exit_code=2)
         downstream = set(targets)
         for name, stage in self.recipe.stages.items():  # topological order: upstream first
             if downstream & set(stage.upstream()):
@@ -128,19 +143,26 @@ class Runner:
         import tempfile
 
         if name not in self.recipe.stages:
-            raise EdgepipeError(f"no stage named '{name}' in {self.recipe.path}",
-                                f"use one of: {', '.join(self.recipe.stages)}", exit_code=2)
+            raise EdgepipeError(
+                f"no stage named '{name}' in {self.recipe.path}",
+                f"use one of: {', '.join(self.recipe.stages)}",
+                exit_code=2,
+            )
         stage = self.recipe.stages[name]
         where = stage.kind.joinable(stage.params) if stage.kind.joinable else None
         if where is None:
-            raise EdgepipeError(f"stage '{name}' can have no workers: it is neither a search nor a multi-worker "
-                                "training (strategy: multi_worker)",
-                                "set strategy: multi_worker on a train stage, or run it with edgepipe run",
-                                exit_code=2)
+            raise EdgepipeError(
+                f"stage '{name}' can have no workers: it is neither a search nor a multi-worker "
+                "training (strategy: multi_worker)",
+                "set strategy: multi_worker on a train stage, or run it with edgepipe run",
+                exit_code=2,
+            )
         missing = [u for u in stage.upstream() if not (self.run_dir / u).is_dir()]
         if missing:
-            raise EdgepipeError(f"stage '{name}' needs '{missing[0]}', which is not in {rel(self.run_dir)}",
-                                f"run `edgepipe run {self.recipe.path} --until {missing[0]}` on this machine first")
+            raise EdgepipeError(
+                f"stage '{name}' needs '{missing[0]}', which is not in {rel(self.run_dir)}",
+                f"run `edgepipe run {self.recipe.path} --until {missing[0]}` on this machine first",
+            )
         with tempfile.TemporaryDirectory(prefix=f"edgepipe-worker-{name}-") as tmp:
             out, work = Path(tmp) / "out", Path(tmp) / name
             out.mkdir()
@@ -149,10 +171,11 @@ class Runner:
                 work = self.run_dir / ".work" / name
                 key, _ = stage_key(stage, self.lock, self.run_dir, self.code[stage.kind.module])
                 if not self.scheduler.work_matches(stage, key):
-                    raise EdgepipeError(f"no run of stage '{name}' with these inputs and params is going on in "
-                                        f"{rel(self.run_dir)}",
-                                        f"start it first (edgepipe run {self.recipe.path} --only {name}), or give "
-                                        "the stage a shared storage: URL")
+                    raise EdgepipeError(
+                        f"no run of stage '{name}' with these inputs and params is going on in {rel(self.run_dir)}",
+                        f"start it first (edgepipe run {self.recipe.path} --only {name}), or give "
+                        "the stage a shared storage: URL",
+                    )
             return stage.kind.join(stage.params, self.scheduler.stage_io(stage, out, work))
 
     def preflight(self, plan: list[str], force: bool = False, forced: set[str] = frozenset()) -> None:

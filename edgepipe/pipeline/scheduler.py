@@ -33,8 +33,16 @@ log = logging.getLogger(__name__)
 class Scheduler:
     """Decides, for one recipe's run folder, what each planned stage needs, and runs those that are stale."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, lock: Lock, code: dict[str, CodeVersion], outputs: Outputs,
-                 isolate: bool, on_progress: progress.Sink | None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        lock: Lock,
+        code: dict[str, CodeVersion],
+        outputs: Outputs,
+        isolate: bool,
+        on_progress: progress.Sink | None,
+    ):
         self.recipe = recipe
         self.run_dir = run_dir
         self.lock = lock
@@ -87,10 +95,15 @@ class Scheduler:
     def stage_io(self, stage: Stage, out: Path, work: Path, logs: Path | None = None) -> StageIO:
         """What the stage function is handed: its inputs (and, if its kind reads them, the outputs they
         were made from) as the upstream stages' output folders."""
-        inputs = {role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
-                  for role, ups in stage.inputs.items()}
-        upstream = ({n: self.run_dir / n for n in self.recipe.ancestors(stage.name) if n != stage.name}
-                    if stage.kind.reads_upstream else {})
+        inputs = {
+            role: [self.run_dir / u for u in ups] if isinstance(ups, list) else self.run_dir / ups
+            for role, ups in stage.inputs.items()
+        }
+        upstream = (
+            {n: self.run_dir / n for n in self.recipe.ancestors(stage.name) if n != stage.name}
+            if stage.kind.reads_upstream
+            else {}
+        )
         return StageIO(inputs=inputs, out=out, work=work, logs=logs, upstream=upstream)
 
     def work_matches(self, stage: Stage, key: str) -> bool:
@@ -130,11 +143,16 @@ class Scheduler:
         display = live.LiveProgress() if self.on_progress is None and live.wanted() else None
         self._sink = self.on_progress or display
         context = multiprocessing.get_context("spawn")
-        channel = (progress.Channel(context, self._sink) if self._sink is not None and (jobs > 1 or self.isolate)
-                   else None)  # the workers' progress events, to the sink in this process
-        pool = (concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                                       initargs=(os.getpid(), channel and channel.queue))
-                if jobs > 1 or self.isolate else None)
+        channel = (
+            progress.Channel(context, self._sink) if self._sink is not None and (jobs > 1 or self.isolate) else None
+        )  # the workers' progress events, to the sink in this process
+        pool = (
+            concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), channel and channel.queue)
+            )
+            if jobs > 1 or self.isolate
+            else None
+        )
         shown = contextlib.ExitStack()  # closed last first: the workers' last events are in before the lines go
         if display is not None:
             shown.enter_context(display)
@@ -164,8 +182,9 @@ class Scheduler:
             raise failure
         return [results[name] for name in plan if name in results]
 
-    def _start_ready(self, plan: list[str], waiting: list[str], running: dict, results: dict, force: set[str],
-                     jobs: int, pool) -> None:
+    def _start_ready(
+        self, plan: list[str], waiting: list[str], running: dict, results: dict, force: set[str], jobs: int, pool
+    ) -> None:
         """Start, in plan order, the waiting stages whose inputs are done, until `jobs` run, an exclusive
         stage started, or a stage ran in this process (what it unblocked is then next, in plan order)."""
         busy = {job.stage.name for job in running.values()}
@@ -226,8 +245,10 @@ class Scheduler:
                 shutil.rmtree(self.run_dir / ".tmp" / job.stage.name, ignore_errors=True)
                 failure = failure or _named(e, job.stage, self.run_dir / ".tmp" / job.stage.name)
                 if not isinstance(e, EdgepipeError):
-                    ui.warn(f"stage '{job.stage.name}' failed; its log: "
-                            f"{rel(self.run_dir / '.logs' / (job.stage.name + '.log'))}")
+                    ui.warn(
+                        f"stage '{job.stage.name}' failed; its log: "
+                        f"{rel(self.run_dir / '.logs' / (job.stage.name + '.log'))}"
+                    )
         return failure
 
 

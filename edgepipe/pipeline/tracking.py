@@ -40,10 +40,24 @@ INSTALL = "pip install -e .[mlflow]"
 # While tracking: a server that does not answer fails in seconds, not after MLflow's minutes of retries.
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # What a stage's output holds that is worth keeping beside its figures, by what the stage outputs.
-ARTIFACTS = {"dataset": ("dataset.json",), "model": ("model.h5", "metrics.json", "history.csv", "curves.png"),
-             "bench": ("bench.json",), "report": ("report.md", "report.json", "pareto.png", "report.html")}
-ROW_METRICS = ("val_accuracy", "accuracy", "delta_points", "size_bytes", "params", "macs", "latency_p50_us",
-               "latency_p99_us", "fps", "arena_bytes")
+ARTIFACTS = {
+    "dataset": ("dataset.json",),
+    "model": ("model.h5", "metrics.json", "history.csv", "curves.png"),
+    "bench": ("bench.json",),
+    "report": ("report.md", "report.json", "pareto.png", "report.html"),
+}
+ROW_METRICS = (
+    "val_accuracy",
+    "accuracy",
+    "delta_points",
+    "size_bytes",
+    "params",
+    "macs",
+    "latency_p50_us",
+    "latency_p99_us",
+    "fps",
+    "arena_bytes",
+)
 
 
 @dataclasses.dataclass
@@ -51,26 +65,37 @@ class TrackingParams:
     """A recipe's `tracking:` block."""
 
     enabled: bool = param(True, "log each `edgepipe run` of this recipe to MLflow")
-    uri: str | None = param(None, "MLflow tracking URI (null: --track URI, $EDGEPIPE_TRACKING_URI, "
-                                  "$MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db)")
+    uri: str | None = param(
+        None,
+        "MLflow tracking URI (null: --track URI, $EDGEPIPE_TRACKING_URI, "
+        "$MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db)",
+    )
     experiment: str | None = param(None, "MLflow experiment name (null: the recipe's name)")
 
     def __post_init__(self):
         if self.uri is not None:
             check_uri(self.uri, "uri")
-        if self.experiment is not None and (not self.experiment.strip() or len(self.experiment) > 250
-                                            or any(ord(c) < 32 for c in self.experiment)):
-            raise ValueError(f"experiment {self.experiment!r} is not a usable MLflow experiment name; fix: give a "
-                             "name of 1 to 250 printable characters, or null for the recipe's name")
+        if self.experiment is not None and (
+            not self.experiment.strip() or len(self.experiment) > 250 or any(ord(c) < 32 for c in self.experiment)
+        ):
+            raise ValueError(
+                f"experiment {self.experiment!r} is not a usable MLflow experiment name; fix: give a "
+                "name of 1 to 250 printable characters, or null for the recipe's name"
+            )
 
 
 def check_uri(uri: str, what: str) -> str:
     """A tracking URI as MLflow takes it (`scheme:...` or a path), or a ValueError naming `what`."""
     scheme = uri.split(":", 1)[0] if ":" in uri else None
-    if not uri.strip() or any(c.isspace() for c in uri) or (scheme is not None and len(scheme) > 1
-                                                              and not SCHEME.match(scheme)):
-        raise ValueError(f"{what} {uri!r} is not a tracking URI; fix: e.g. sqlite:///mlruns/mlflow.db, "
-                         "http://mlflow.example.com:5000 or databricks")
+    if (
+        not uri.strip()
+        or any(c.isspace() for c in uri)
+        or (scheme is not None and len(scheme) > 1 and not SCHEME.match(scheme))
+    ):
+        raise ValueError(
+            f"{what} {uri!r} is not a tracking URI; fix: e.g. sqlite:///mlruns/mlflow.db, "
+            "http://mlflow.example.com:5000 or databricks"
+        )
     return uri
 
 
@@ -89,9 +114,16 @@ class Tracker:
         with self._quiet(f"stage '{stage.name}'"):
             out = self.run_dir / stage.name
             output = stage.kind.produces(stage.params)
-            run = self.client.create_run(self.experiment_id, run_name=stage.name, tags={
-                "mlflow.parentRunId": self.run_id, "edgepipe.kind": stage.kind.name, "edgepipe.action": action,
-                "edgepipe.stage": stage.name})
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=stage.name,
+                tags={
+                    "mlflow.parentRunId": self.run_id,
+                    "edgepipe.kind": stage.kind.name,
+                    "edgepipe.action": action,
+                    "edgepipe.stage": stage.name,
+                },
+            )
             rid = run.info.run_id
             self._log(rid, params=_flat(to_dict(stage.params)))
             for name in ARTIFACTS.get(output, ()):
@@ -126,14 +158,26 @@ class Tracker:
         files = self._tflite_files(stage)
         headline = []
         for row in report.get("rows", []):
-            rid = self.client.create_run(self.experiment_id, run_name=row["name"], tags={
-                "mlflow.parentRunId": parent, "edgepipe.row": row["name"],
-                "edgepipe.quantization": str(row.get("quantization"))}).info.run_id
-            figures = [(k if k != "accuracy" else "test_accuracy", row[k], 0) for k in ROW_METRICS
-                       if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)]
+            rid = self.client.create_run(
+                self.experiment_id,
+                run_name=row["name"],
+                tags={
+                    "mlflow.parentRunId": parent,
+                    "edgepipe.row": row["name"],
+                    "edgepipe.quantization": str(row.get("quantization")),
+                },
+            ).info.run_id
+            figures = [
+                (k if k != "accuracy" else "test_accuracy", row[k], 0)
+                for k in ROW_METRICS
+                if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+            ]
             self._log(rid, metrics=figures)
-            headline += [(f"{row['name']}/{k}", v, 0) for k, v, _ in figures
-                         if k in ("val_accuracy", "test_accuracy", "size_bytes", "latency_p50_us")]
+            headline += [
+                (f"{row['name']}/{k}", v, 0)
+                for k, v, _ in figures
+                if k in ("val_accuracy", "test_accuracy", "size_bytes", "latency_p50_us")
+            ]
             path = files.get(row["name"])
             if path is not None:
                 self.client.log_artifact(rid, str(path), "tflite")
@@ -163,10 +207,10 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
         ms = [Metric(_metric_key(k), float(v), now, int(step)) for k, v, step in metrics or ()]
         for i in range(0, len(ms), 1000):
-            self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+            self.client.log_batch(run_id, metrics=ms[i : i + 1000])
 
     @contextlib.contextmanager
     def _quiet(self, what: str) -> Iterator[None]:
@@ -204,8 +248,10 @@ def start(recipe, root: Path, track: str | None) -> Tracker | None:
         with _mlflow_quiet():
             from mlflow.tracking import MlflowClient
     except ImportError:
-        raise EdgepipeError("tracking is on, but MLflow is not installed",
-                            f"{INSTALL} (or drop --track and the recipe's tracking block)") from None
+        raise EdgepipeError(
+            "tracking is on, but MLflow is not installed",
+            f"{INSTALL} (or drop --track and the recipe's tracking block)",
+        ) from None
     uri = track or (block.uri if block else None) or next((os.environ[v] for v in URI_ENV if os.environ.get(v)), None)
     artifacts = None
     if uri is None:  # MLflow's file store refuses new runs since 3.x; its own default is SQLite
@@ -218,10 +264,14 @@ def start(recipe, root: Path, track: str | None) -> Tracker | None:
                 Path(root, "mlruns").mkdir(parents=True, exist_ok=True)
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-                name, artifact_location=artifacts)
-            run = client.create_run(experiment_id, run_name=f"{recipe.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                    tags={"edgepipe.recipe": str(recipe.path), "edgepipe.host": platform.node()})
+            experiment_id = (
+                experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifacts)
+            )
+            run = client.create_run(
+                experiment_id,
+                run_name=f"{recipe.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                tags={"edgepipe.recipe": str(recipe.path), "edgepipe.host": platform.node()},
+            )
     except Exception as e:  # noqa: BLE001 - MLflow, SQLAlchemy and requests each raise their own
         ui.warn(f"tracking skipped: MLflow at {uri} cannot be reached ({_reason(e)}); the run goes on without it")
         return _Skipped(uri)

@@ -27,16 +27,17 @@ from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import Target
 
 # the search's flat figure -> the figure of the schema it is read from
-TAGGED = {"latency_ms": "latency_p50_us", "instructions": "instructions", "flash_bytes": "flash",
-          "ram_bytes": "memory"}
+TAGGED = {"latency_ms": "latency_p50_us", "instructions": "instructions", "flash_bytes": "flash", "ram_bytes": "memory"}
 
 
 def supported(target: Target) -> str | None:
     """None if a search can measure on `target`, else why not."""
     if backend_for(target).searchable:
         return None
-    return (f"a search measures every trial, so it needs a target it can reach from here: a microcontroller "
-            f"profile (emulated or estimated) or host, not {target.name} ({target.reach})")
+    return (
+        f"a search measures every trial, so it needs a target it can reach from here: a microcontroller "
+        f"profile (emulated or estimated) or host, not {target.name} ({target.reach})"
+    )
 
 
 def environment(target: Target) -> dict:
@@ -72,12 +73,18 @@ def measure(tflite: Path, target: Target, x_float: np.ndarray, *, macs: int, wor
 def budget_values(figures: dict) -> dict:
     """A target's tagged figures as the flat ones a search bounds and ranks: latency in ms, flash and RAM
     in bytes, the instruction count; `fits`, and the provenance they share (None when nothing ran)."""
+
     def value(name: str):
         return (figures.get(name) or {}).get("value")
 
     us = value("latency_p50_us")
     tags = [f["provenance"] for f in figures.values() if isinstance(f, dict) and "provenance" in f]
-    flat = {"latency_ms": None if us is None else us / 1000, "instructions": value("instructions"),
-            "flash_bytes": value("flash"), "ram_bytes": value("memory"), "fits": figures.get("fits"),
-            "provenance": tags[0] if tags else None}
+    flat = {
+        "latency_ms": None if us is None else us / 1000,
+        "instructions": value("instructions"),
+        "flash_bytes": value("flash"),
+        "ram_bytes": value("memory"),
+        "fits": figures.get("fits"),
+        "provenance": tags[0] if tags else None,
+    }
     return flat | ({"why_not": figures["why_not"]} if "why_not" in figures else {})

@@ -56,8 +56,10 @@ def choose(rows: list[dict], pick: str, keys: list[str]) -> dict | None:
     order = [pick, *[k for k in keys if k != pick]]
 
     def rank(r):
-        return tuple((-1 if OBJECTIVES[k][0] == "maximize" else 1) * (r.get(k) if r.get(k) is not None else math.inf)
-                     for k in order)
+        return tuple(
+            (-1 if OBJECTIVES[k][0] == "maximize" else 1) * (r.get(k) if r.get(k) is not None else math.inf)
+            for k in order
+        )
 
     return min(feasible, key=rank)
 
@@ -70,20 +72,41 @@ def closest(rows: list[dict]) -> dict | None:
 
 def write_csv(rows: list[dict], searched: list[str], dest: Path) -> None:
     """trials.csv: one row per trial, searched values then figures."""
-    cols = ["trial", "state", *searched, "val_accuracy", "latency_ms", "instructions", "flash_bytes", "ram_bytes",
-            "params", "macs", "feasible", "over_budget", "epochs", "seconds", "runner", "note"]
+    cols = [
+        "trial",
+        "state",
+        *searched,
+        "val_accuracy",
+        "latency_ms",
+        "instructions",
+        "flash_bytes",
+        "ram_bytes",
+        "params",
+        "macs",
+        "feasible",
+        "over_budget",
+        "epochs",
+        "seconds",
+        "runner",
+        "note",
+    ]
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({**{k: r.get("values", {}).get(k) for k in searched},
-                    **{k: r.get(k) for k in cols if k not in searched},
-                    "over_budget": "; ".join(r.get("over_budget") or [])})
+        w.writerow(
+            {
+                **{k: r.get("values", {}).get(k) for k in searched},
+                **{k: r.get(k) for k in cols if k not in searched},
+                "over_budget": "; ".join(r.get("over_budget") or []),
+            }
+        )
     fsio.write_text(dest, out.getvalue())
 
 
-def plot(rows: list[dict], chosen: dict | None, dest: Path, *, x_key: str, budgets: dict, reference: dict | None,
-         title: str) -> None:
+def plot(
+    rows: list[dict], chosen: dict | None, dest: Path, *, x_key: str, budgets: dict, reference: dict | None, title: str
+) -> None:
     """pareto.png: validation accuracy against the target figure, every trial, the front drawn, budget lines."""
     import matplotlib
 
@@ -93,18 +116,39 @@ def plot(rows: list[dict], chosen: dict | None, dest: Path, *, x_key: str, budge
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     style = {"feasible": ("tab:blue", "o"), "infeasible": ("tab:red", "x"), "pruned": ("0.6", ".")}
     for label, (color, marker) in style.items():
-        pts = [r for r in rows if r.get(x_key) is not None and r.get("val_accuracy") is not None
-               and _group(r) == label]
+        pts = [r for r in rows if r.get(x_key) is not None and r.get("val_accuracy") is not None and _group(r) == label]
         if pts:
-            ax.scatter([r[x_key] for r in pts], [100 * r["val_accuracy"] for r in pts], c=color, marker=marker,
-                       s=28, label=f"{label} ({len(pts)})", zorder=3)
+            ax.scatter(
+                [r[x_key] for r in pts],
+                [100 * r["val_accuracy"] for r in pts],
+                c=color,
+                marker=marker,
+                s=28,
+                label=f"{label} ({len(pts)})",
+                zorder=3,
+            )
     f = sorted((r for r in front(rows, ["val_accuracy", x_key]) if r.get(x_key) is not None), key=lambda r: r[x_key])
     if f:
-        ax.step([r[x_key] for r in f], [100 * r["val_accuracy"] for r in f], where="post", c="tab:blue", lw=1,
-                zorder=2, label="front")
+        ax.step(
+            [r[x_key] for r in f],
+            [100 * r["val_accuracy"] for r in f],
+            where="post",
+            c="tab:blue",
+            lw=1,
+            zorder=2,
+            label="front",
+        )
     if chosen is not None and chosen.get(x_key) is not None:
-        ax.scatter([chosen[x_key]], [100 * chosen["val_accuracy"]], s=160, facecolors="none", edgecolors="k",
-                   lw=1.5, zorder=4, label=f"chosen: trial {chosen['trial']}")
+        ax.scatter(
+            [chosen[x_key]],
+            [100 * chosen["val_accuracy"]],
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            lw=1.5,
+            zorder=4,
+            label=f"chosen: trial {chosen['trial']}",
+        )
     if reference is not None and reference.get(x_key) is not None:
         ax.axvline(reference[x_key], c="tab:green", ls=":", lw=1, label="reference model")
     limit = budgets.get(x_key)
@@ -141,11 +185,14 @@ def figure_text(figure: str, value: float | None) -> str:
 
 
 def row_text(r: dict) -> str:
-    """"val 98.91 %, 7.90 ms, flash 58.2 KB, RAM 9.1 KB [emu] (note)": what a trial measured."""
+    """ "val 98.91 %, 7.90 ms, flash 58.2 KB, RAM 9.1 KB [emu] (note)": what a trial measured."""
     labels = {"latency_ms": "", "instructions": "instructions ", "flash_bytes": "flash ", "ram_bytes": "RAM "}
     parts = [f"val {100 * r['val_accuracy']:.2f} %"] if r.get("val_accuracy") is not None else []
-    parts += [labels[k] + figure_text(k, r[k]) for k in labels if r.get(k) is not None
-              and not (k == "instructions" and r.get("latency_ms") is not None)]
+    parts += [
+        labels[k] + figure_text(k, r[k])
+        for k in labels
+        if r.get(k) is not None and not (k == "instructions" and r.get("latency_ms") is not None)
+    ]
     text = ", ".join(parts)
     if r.get("provenance"):
         text += f" [{PROVENANCE.get(r['provenance'], (r['provenance'],))[0]}]"
@@ -156,5 +203,7 @@ def row_text(r: dict) -> str:
 
 def budget_text(budgets: dict) -> str:
     """The budgets as a sentence: "latency_ms <= 8.00 ms, val_accuracy >= 98.00 %", or "no budget"."""
-    return ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in budgets.items()) or \
-        "no budget"
+    return (
+        ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in budgets.items())
+        or "no budget"
+    )

@@ -26,10 +26,13 @@ def finish(s: Search) -> str:
     chosen = front.choose([r for r in rows if r["state"] == "complete"], p.pick, s.keys())
     if chosen is None:
         near = front.closest(rows)
-        what = (f"; the closest: trial {near['trial']} ({'; '.join(near['over_budget']) or 'not measured'})"
-                if near else "")
-        raise EdgepipeError(f"search: no trial of {len(rows)} met the budget ({front.budget_text(s.budgets)}){what}",
-                            "relax the budget, or move the space toward smaller models (fewer channels)")
+        what = (
+            f"; the closest: trial {near['trial']} ({'; '.join(near['over_budget']) or 'not measured'})" if near else ""
+        )
+        raise EdgepipeError(
+            f"search: no trial of {len(rows)} met the budget ({front.budget_text(s.budgets)}){what}",
+            "relax the budget, or move the space toward smaller models (fewer channels)",
+        )
     values = chosen["values"]
     tp = p.trial_train(values)
     distils = bool(chosen.get("distils"))
@@ -43,25 +46,47 @@ def finish(s: Search) -> str:
     f = front.front([r for r in rows if r["state"] == "complete"], keys)
     fsio.write_json(io.out / "front.json", [_public(r) for r in sorted(f, key=lambda r: -r["val_accuracy"])])
     x_key = "latency_ms" if any(r.get("latency_ms") is not None for r in rows) else "instructions"
-    front.plot(rows, chosen, io.out / "pareto.png", x_key=x_key, budgets=s.budgets, reference=s.reference,
-               title=f"search on {s.target.name}: {len(rows)} trials")
-    counts = {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "over budget",
-                                                                          "failed")}
-    summary = {"target": s.target.name, "study": s.name, "storage": p.storage or "work folder (SQLite)",
-               "budgets": s.budgets, "reference": s.reference, "trials": counts,
-               "chosen": {**_public(chosen), "train": to_dict(tp), "retrained_epochs": p.final_epochs},
-               "distillation": comparison, "front_size": len(f),
-               "runners": sorted({r["runner"] for r in rows if r.get("runner")})}
+    front.plot(
+        rows,
+        chosen,
+        io.out / "pareto.png",
+        x_key=x_key,
+        budgets=s.budgets,
+        reference=s.reference,
+        title=f"search on {s.target.name}: {len(rows)} trials",
+    )
+    counts = {
+        state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "over budget", "failed")
+    }
+    summary = {
+        "target": s.target.name,
+        "study": s.name,
+        "storage": p.storage or "work folder (SQLite)",
+        "budgets": s.budgets,
+        "reference": s.reference,
+        "trials": counts,
+        "chosen": {**_public(chosen), "train": to_dict(tp), "retrained_epochs": p.final_epochs},
+        "distillation": comparison,
+        "front_size": len(f),
+        "runners": sorted({r["runner"] for r in rows if r.get("runner")}),
+    }
     fsio.write_json(io.out / "search.json", summary)
     from edgepipe.training.outputs import write_training_outputs
 
-    metrics = write_training_outputs(model, s.ds, io, tp, extra={"search": {
-        "trial": chosen["trial"], "values": values, "distils": distils, "retrained": trained}})
+    metrics = write_training_outputs(
+        model,
+        s.ds,
+        io,
+        tp,
+        extra={"search": {"trial": chosen["trial"], "values": values, "distils": distils, "retrained": trained}},
+    )
     acc = 100 * chosen["val_accuracy"]
     task = task_of(s.ds.info)
     fig = front.row_text(chosen)
-    return (f"trial {chosen['trial']} of {len(rows)} ({counts['pruned']} pruned, {counts['over budget']} over "
-            f"budget): val int8 {acc:.2f} %, {fig}; test {task.headline_label} {100 * metrics['test'][task.headline]:.2f} %")
+    return (
+        f"trial {chosen['trial']} of {len(rows)} ({counts['pruned']} pruned, {counts['over budget']} over "
+        f"budget): val int8 {acc:.2f} %, {fig}; test {task.headline_label} {100 * metrics['test'][task.headline]:.2f} %"
+    )
 
 
 def _final(s: Search, tp: DistillParams, values: dict, distils: bool, chosen: dict, out: Path):
@@ -116,8 +141,13 @@ def _compare(s: Search, tp, values: dict, distils: bool, final) -> dict:
         blob = convert(model, "int8", s.representative, "int8", "compare")
         accs["with_teacher" if way else "without_teacher"] = s.val_accuracy(blob)
     gain = accs["with_teacher"] - accs["without_teacher"]
-    return {**accs, "epochs": tp.epochs, "split": "val", "distillation_gain_points": round(100 * gain, 2),
-            "paid": gain > 0}
+    return {
+        **accs,
+        "epochs": tp.epochs,
+        "split": "val",
+        "distillation_gain_points": round(100 * gain, 2),
+        "paid": gain > 0,
+    }
 
 
 def _public(r: dict) -> dict:

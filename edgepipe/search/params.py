@@ -25,49 +25,75 @@ BUDGETS = {"max_latency_ms": "latency_ms", "max_flash_bytes": "flash_bytes", "ma
 class SearchParams:
     """Parameters of the search stage."""
 
-    train: dict[str, Any] = param({}, "each trial's train parameters, as a train (or distill) stage's params, "
-                                  "before the searched values are set; its epochs are each trial's budget")
-    space: dict[str, Dimension] = param({}, "searched parameters: a dotted path into train (arch_args.widths.0, "
-                                        "lr), or teacher / augment_scale, each with choices or low/high")
+    train: dict[str, Any] = param(
+        {},
+        "each trial's train parameters, as a train (or distill) stage's params, "
+        "before the searched values are set; its epochs are each trial's budget",
+    )
+    space: dict[str, Dimension] = param(
+        {},
+        "searched parameters: a dotted path into train (arch_args.widths.0, "
+        "lr), or teacher / augment_scale, each with choices or low/high",
+    )
     trials: int = param(20, "trials in all, shared by every process working on the study", min=1)
-    target: str | None = param(None, "target profile the figures are measured on; null: the recipe's target, "
-                               "else host")
-    objectives: list[Objective] = param(["val_accuracy"], "what the sampler optimizes; val_accuracy alone "
-                                        "prunes trials early, more objectives make it multi-objective (no pruning)")
+    target: str | None = param(None, "target profile the figures are measured on; null: the recipe's target, else host")
+    objectives: list[Objective] = param(
+        ["val_accuracy"],
+        "what the sampler optimizes; val_accuracy alone "
+        "prunes trials early, more objectives make it multi-objective (no pruning)",
+    )
     pick: Objective = param("val_accuracy", "which figure picks the chosen model among the feasible trials")
     max_latency_ms: float | Literal["reference"] | None = param(
-        None, "budget: latency on the target (ms); reference: the reference input's", min=0.0)
+        None, "budget: latency on the target (ms); reference: the reference input's", min=0.0
+    )
     max_flash_bytes: int | Literal["reference"] | None = param(
-        None, "budget: flash of the model with its runtime on the target; reference: the reference input's", min=1)
+        None, "budget: flash of the model with its runtime on the target; reference: the reference input's", min=1
+    )
     max_ram_bytes: int | Literal["reference"] | None = param(
-        None, "budget: RAM used on the target (arena, stack, runtime); reference: the reference input's", min=1)
-    min_val_accuracy: float | None = param(None, "budget: the int8 model's validation accuracy at least this "
-                                           "(0..1)", min=0.0, max=1.0)
+        None, "budget: RAM used on the target (arena, stack, runtime); reference: the reference input's", min=1
+    )
+    min_val_accuracy: float | None = param(
+        None, "budget: the int8 model's validation accuracy at least this (0..1)", min=0.0, max=1.0
+    )
     sampler: Literal["tpe", "nsga2", "random"] = param("tpe", "Optuna sampler")
-    pruner: Literal["median", "hyperband", "none"] = param("median", "stops hopeless trials early on their "
-                                                           "validation accuracy per epoch (single objective)")
+    pruner: Literal["median", "hyperband", "none"] = param(
+        "median", "stops hopeless trials early on their validation accuracy per epoch (single objective)"
+    )
     startup_trials: int = param(5, "random trials before the sampler models the space (and before pruning)", min=0)
     seed: int = param(0, "seed of the sampler (each trial's training seed is train.seed)")
     screen: bool = param(True, "measure each architecture untrained first and skip training it when over budget")
     measure_samples: int = param(4, "validation images run on the target per trial (instructions, latency)", min=1)
     representative_samples: int = param(200, "train images calibrating each trial's int8 conversion", min=10)
-    final_epochs: int | None = param(None, "retrain the chosen configuration for this many epochs as the output "
-                                     "(null: the chosen trial's own model)", min=1)
-    compare_distillation: bool = param(False, "also train the chosen configuration the other way (with the "
-                                       "teacher if it had none, without if it had): did distillation pay?")
-    storage: str | None = param(None, "Optuna storage URL (postgresql://..., sqlite:///..., journal:/path) for "
-                                "workers on other machines; null: a SQLite file in the stage's work folder")
+    final_epochs: int | None = param(
+        None,
+        "retrain the chosen configuration for this many epochs as the output (null: the chosen trial's own model)",
+        min=1,
+    )
+    compare_distillation: bool = param(
+        False,
+        "also train the chosen configuration the other way (with the "
+        "teacher if it had none, without if it had): did distillation pay?",
+    )
+    storage: str | None = param(
+        None,
+        "Optuna storage URL (postgresql://..., sqlite:///..., journal:/path) for "
+        "workers on other machines; null: a SQLite file in the stage's work folder",
+    )
     study: str | None = param(None, "study name in the storage; null: the stage's name")
 
     def __post_init__(self):
         if not self.space:
             raise ValueError("space is empty: nothing to search; fix: add e.g. lr: {low: 0.001, high: 0.01}")
         if len(self.objectives) != len(set(self.objectives)) or "val_accuracy" not in self.objectives:
-            raise ValueError("objectives must list val_accuracy once, and any other figure once; fix: e.g. "
-                             "[val_accuracy, latency_ms]")
+            raise ValueError(
+                "objectives must list val_accuracy once, and any other figure once; fix: e.g. "
+                "[val_accuracy, latency_ms]"
+            )
         if len(self.objectives) > 1 and self.pruner != "none":
-            raise ValueError("Optuna cannot prune a multi-objective study; fix: set pruner: none, or optimize "
-                             "val_accuracy alone (the budgets still hold)")
+            raise ValueError(
+                "Optuna cannot prune a multi-objective study; fix: set pruner: none, or optimize "
+                "val_accuracy alone (the budgets still hold)"
+            )
         if self.storage is not None and (problem := study.check_url(self.storage)):
             raise ValueError(f"storage {self.storage!r} {problem}; fix: e.g. sqlite:////shared/study.db")
         check_space(self)
@@ -83,8 +109,10 @@ def check_space(p: SearchParams) -> None:
         if path in p.train or path in p.space:
             raise ValueError(f"train.{path} is not available in a search (each trial trains one model); fix: drop it")
     if p.train.get("lr") == "auto" or "arch" not in p.train and "arch" not in p.space:
-        raise ValueError("a search's train params need an arch (fixed or searched) and a numeric lr; fix: e.g. "
-                         "train: {arch: strided_cnn, lr: 0.005}")
+        raise ValueError(
+            "a search's train params need an arch (fixed or searched) and a numeric lr; fix: e.g. "
+            "train: {arch: strided_cnn, lr: 0.005}"
+        )
     try:
         p.trial_train({})
     except RecipeError as e:
@@ -98,13 +126,16 @@ def check_space(p: SearchParams) -> None:
                 continue
             if name == AUGMENT_SCALE:
                 if not isinstance(value, (int, float)) or value < 0:
-                    raise ValueError(f"space.augment_scale: {value!r} is not a factor >= 0; fix: e.g. "
-                                     "{low: 0.5, high: 1.5}")
+                    raise ValueError(
+                        f"space.augment_scale: {value!r} is not a factor >= 0; fix: e.g. {{low: 0.5, high: 1.5}}"
+                    )
                 continue
             try:
                 p.trial_train({name: value})
             except RecipeError as e:
-                raise ValueError(f"space.{key_text(name)} = {value!r}: {_unprefixed(e.message)}; fix: {e.fix}") from None
+                raise ValueError(
+                    f"space.{key_text(name)} = {value!r}: {_unprefixed(e.message)}; fix: {e.fix}"
+                ) from None
             if name == "arch":
                 archs.append(value)
     for arch in archs:

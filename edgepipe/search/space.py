@@ -41,8 +41,9 @@ class Dimension:
     high: int | float | None = param(None, "largest value of a range (inclusive)")
     step: int | float | None = param(None, "grid step of a range (integers: 1 unless given)")
     log: bool = param(False, "sample the range on a log scale (low > 0)")
-    type: Literal["auto", "int", "float"] = param("auto", "int or float; auto: int when low, high and step are "
-                                                  "whole numbers")
+    type: Literal["auto", "int", "float"] = param(
+        "auto", "int or float; auto: int when low, high and step are whole numbers"
+    )
 
     def __post_init__(self):
         if self.choices is not None:
@@ -52,8 +53,10 @@ class Dimension:
                 raise ValueError("choices is empty; fix: list at least two values")
             bad = [c for c in self.choices if not isinstance(c, (bool, int, float, str)) and c is not None]
             if bad:
-                raise ValueError(f"choice {bad[0]!r} is not a number, string or boolean; fix: search each element "
-                                 "of a list on its own (e.g. arch_args.widths.0)")
+                raise ValueError(
+                    f"choice {bad[0]!r} is not a number, string or boolean; fix: search each element "
+                    "of a list on its own (e.g. arch_args.widths.0)"
+                )
             if len({json.dumps(c) for c in self.choices}) != len(self.choices):
                 raise ValueError("choices repeat a value; fix: list each value once")
             return
@@ -61,8 +64,10 @@ class Dimension:
             raise ValueError("a dimension needs choices, or low and high; fix: e.g. {low: 8, high: 32}")
         if not self.low < self.high:
             what = "empty (low equals high)" if self.low == self.high else "inverted (low above high)"
-            raise ValueError(f"the range [{self.low}, {self.high}] is {what}; fix: make low smaller than high, or set "
-                             "a fixed value in train instead")
+            raise ValueError(
+                f"the range [{self.low}, {self.high}] is {what}; fix: make low smaller than high, or set "
+                "a fixed value in train instead"
+            )
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0; fix: raise low or drop log")
         if self.log and self.step is not None:
@@ -107,21 +112,27 @@ def set_path(tree: dict, path: str, value: Any, where: str) -> None:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise RecipeError(f"{where}: '{path}' indexes element {key} of a list of {len(node)}",
-                                  "index within the list train gives (from 0), e.g. arch_args.widths.0")
+                raise RecipeError(
+                    f"{where}: '{path}' indexes element {key} of a list of {len(node)}",
+                    "index within the list train gives (from 0), e.g. arch_args.widths.0",
+                )
             key = int(key)
         elif not isinstance(node, dict):
             done = ".".join(keys[:i])
-            raise RecipeError(f"{where}: '{path}' goes inside '{done}', which is {node!r}, not a mapping or list",
-                              f"give train.{done} as a mapping or list first")
+            raise RecipeError(
+                f"{where}: '{path}' goes inside '{done}', which is {node!r}, not a mapping or list",
+                f"give train.{done} as a mapping or list first",
+            )
         if last:
             node[key] = value
         else:
             if isinstance(node, dict) and key not in node:
                 node[key] = [] if keys[i + 1].isdigit() else {}
                 if keys[i + 1].isdigit():
-                    raise RecipeError(f"{where}: '{path}' indexes a list that train does not give",
-                                      f"give train.{'.'.join(keys[:i + 1])} as a full list first")
+                    raise RecipeError(
+                        f"{where}: '{path}' indexes a list that train does not give",
+                        f"give train.{'.'.join(keys[: i + 1])} as a full list first",
+                    )
             node = node[key]
 
 

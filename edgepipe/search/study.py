@@ -40,7 +40,7 @@ def storage_url(storage: str | None, work: Path) -> str:
 def check_url(storage: str) -> str | None:
     """None if `storage` is a storage URL edgepipe can hand to Optuna, else the problem (at load)."""
     if storage.startswith("journal:"):
-        return None if storage[len("journal:"):] else "journal: needs a file path (journal:/shared/study.log)"
+        return None if storage[len("journal:") :] else "journal: needs a file path (journal:/shared/study.log)"
     scheme = storage.partition("://")[0]
     if "://" not in storage or not scheme:
         return "is not a storage URL (sqlite:///file.db, postgresql://user@host/db, journal:/path/file.log)"
@@ -56,7 +56,9 @@ def _quiet_optuna():
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")  # "use it with Study.optimize": see run_trials
+        warnings.filterwarnings(
+            "ignore", message="Heartbeat of storage"
+        )  # "use it with Study.optimize": see run_trials
         yield
 
 
@@ -66,20 +68,21 @@ def _storage(url: str):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal:"):])
+        path = Path(url[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     # The heartbeat marks a trial whose process died as failed after the grace period, wherever it ran.
     with _quiet_optuna():
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=4 * HEARTBEAT_SECONDS,
-                                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                                              max_retry=1),
-                                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                                          else {})
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=4 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+        )
 
 
-def open_study(url: str, name: str, fingerprint: str, directions: list[str], sampler, pruner, *,
-               create: bool = True):
+def open_study(url: str, name: str, fingerprint: str, directions: list[str], sampler, pruner, *, create: bool = True):
     """Create or load study `name` in `url`; a study of that name made for another space is refused."""
     import optuna
     import sqlalchemy.exc
@@ -88,28 +91,42 @@ def open_study(url: str, name: str, fingerprint: str, directions: list[str], sam
     try:
         storage = _storage(url)
         if create:
-            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                        pruner=pruner, load_if_exists=True)
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                directions=directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
         else:
             study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
     except KeyError:
-        raise EdgepipeError(f"no study '{name}' in {shown}",
-                            "start the search first (edgepipe run RECIPE --only STAGE), then the workers") from None
+        raise EdgepipeError(
+            f"no study '{name}' in {shown}",
+            "start the search first (edgepipe run RECIPE --only STAGE), then the workers",
+        ) from None
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as e:
         text = " ".join(str(e).split())[:200]
-        raise EdgepipeError(f"cannot open the search's storage {shown}: {type(e).__name__}: {text}",
-                            "check the URL, that the database server is reachable and its Python driver "
-                            "installed (postgresql: pip install psycopg2-binary)") from None
+        raise EdgepipeError(
+            f"cannot open the search's storage {shown}: {type(e).__name__}: {text}",
+            "check the URL, that the database server is reachable and its Python driver "
+            "installed (postgresql: pip install psycopg2-binary)",
+        ) from None
     have = study.user_attrs.get(SPACE_ATTR)
     if have is None:
         study.set_user_attr(SPACE_ATTR, fingerprint)
     elif have != fingerprint:
-        raise EdgepipeError(f"study '{name}' in {shown} was made for another search space or budget "
-                            f"({have}, this search is {fingerprint})",
-                            "give this search its own `study` name, or delete the old study")
+        raise EdgepipeError(
+            f"study '{name}' in {shown} was made for another search space or budget "
+            f"({have}, this search is {fingerprint})",
+            "give this search its own `study` name, or delete the old study",
+        )
     if [d.name.lower() for d in study.directions] != directions:
-        raise EdgepipeError(f"study '{name}' optimizes {len(study.directions)} objective(s), this search "
-                            f"{len(directions)}", "give this search its own `study` name")
+        raise EdgepipeError(
+            f"study '{name}' optimizes {len(study.directions)} objective(s), this search {len(directions)}",
+            "give this search its own `study` name",
+        )
     return study
 
 
@@ -153,9 +170,11 @@ def counted(study) -> list:
     """The trials that count against the budget: finished (complete or pruned) and running or queued."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                TrialState.RUNNING))
-            if not t.user_attrs.get(SURPLUS_ATTR)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if not t.user_attrs.get(SURPLUS_ATTR)
+    ]
 
 
 def run_trials(study, objective: Callable, budget: int, on_done: Callable[[object], None]) -> int:
@@ -218,6 +237,8 @@ def wait_for_others(study, timeout: float = 24 * 3600) -> None:
             ui.say(f"    waiting for {len(running)} trial(s) still running in other workers")
             said = True
         if time.monotonic() - start > timeout:
-            raise EdgepipeError(f"{len(running)} trial(s) still running after {timeout / 3600:.0f} h",
-                                "stop the workers, or fail their trials in the study")
+            raise EdgepipeError(
+                f"{len(running)} trial(s) still running after {timeout / 3600:.0f} h",
+                "stop the workers, or fail their trials in the study",
+            )
         time.sleep(5)

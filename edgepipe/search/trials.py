@@ -46,17 +46,22 @@ class Search:
         self.p, self.io = p, io
         self.target = load_target(p.target or "host")
         if (why := target_figures.supported(self.target)) is not None:
-            raise EdgepipeError(f"search: {why}", "search for host or a microcontroller profile; bench on the "
-                                "device afterwards")
+            raise EdgepipeError(
+                f"search: {why}", "search for host or a microcontroller profile; bench on the device afterwards"
+            )
         self.ds = load_dataset(io.inputs["data"])
         task = task_of(self.ds.info)
         if task.name != "classification" and task.name not in backend_for(self.target).tasks:
-            raise EdgepipeError(f"search: {self.target.name} scores a classifier's class scores only; this data's "
-                                f"task is {task.name}", f"search {task.name} models on host (target: host)")
+            raise EdgepipeError(
+                f"search: {self.target.name} scores a classifier's class scores only; this data's task is {task.name}",
+                f"search {task.name} models on host (target: host)",
+            )
         self.has_teacher = "teacher" in io.inputs
         if (TEACHER in p.space or any(k in p.space for k in ("temperature", "alpha"))) and not self.has_teacher:
-            raise EdgepipeError("search: the space distils (teacher, temperature or alpha) but the stage has no "
-                                "teacher input", "add inputs: {teacher: <a train stage>} or drop them from space")
+            raise EdgepipeError(
+                "search: the space distils (teacher, temperature or alpha) but the stage has no teacher input",
+                "add inputs: {teacher: <a train stage>} or drop them from space",
+            )
         self.teacher = None
         if self.has_teacher:
             from edgepipe.training.distill import check_teacher
@@ -70,7 +75,8 @@ class Search:
         rng = np.random.default_rng(0)
         x_train = self.ds.splits["train"][0]
         self.representative = self.ds.preprocess(
-            x_train[rng.choice(len(x_train), min(p.representative_samples, len(x_train)), replace=False)])
+            x_train[rng.choice(len(x_train), min(p.representative_samples, len(x_train)), replace=False)]
+        )
         self.reference = self._reference()
         self.budgets = self._budgets()
         self.name = p.study or io.work.name  # the runner names the work folder after the stage
@@ -82,9 +88,15 @@ class Search:
 
     def _fingerprint(self, env: dict) -> str:
         p = self.p
-        return fingerprint({k: v for k, v in to_dict(p).items()
-                            if k not in ("trials", "storage", "study", "final_epochs", "compare_distillation")},
-                           env, self.budgets)
+        return fingerprint(
+            {
+                k: v
+                for k, v in to_dict(p).items()
+                if k not in ("trials", "storage", "study", "final_epochs", "compare_distillation")
+            },
+            env,
+            self.budgets,
+        )
 
     def _sampler(self, seed: int):
         import optuna
@@ -107,13 +119,20 @@ class Search:
         return optuna.pruners.NopPruner()
 
     def run_trials(self, *, create: bool) -> int:
-        self.study = study.open_study(study.storage_url(self.p.storage, self.io.work), self.name, self.fingerprint,
-                                      [front.OBJECTIVES[o][0] for o in self.p.objectives], self._sampler(self.p.seed),
-                                      self._pruner(), create=create)
+        self.study = study.open_study(
+            study.storage_url(self.p.storage, self.io.work),
+            self.name,
+            self.fingerprint,
+            [front.OBJECTIVES[o][0] for o in self.p.objectives],
+            self._sampler(self.p.seed),
+            self._pruner(),
+            create=create,
+        )
         if not create or self.study.trials:
             # A worker joining, or a search resuming, with the chief's seed would propose the first trials again.
-            self.study.sampler = self._sampler(zlib.crc32(f"{self.p.seed}:{len(self.study.trials)}:"
-                                                          f"{study.this_runner()}".encode()))
+            self.study.sampler = self._sampler(
+                zlib.crc32(f"{self.p.seed}:{len(self.study.trials)}:{study.this_runner()}".encode())
+            )
         kept = len([t for t in study.counted(self.study) if t.state.name in ("COMPLETE", "PRUNED")])
         if kept:
             ui.say(f"    resuming study '{self.name}': {kept} finished trial(s) kept")
@@ -135,10 +154,17 @@ class Search:
         ref_dir = Path(self.io.inputs["reference"])
         side = next((s for s in sidecars(ref_dir) if s["variant"] == "int8"), None)
         if side is None:
-            raise EdgepipeError(f"search: the reference stage '{ref_dir.name}' has no int8 model",
-                                "give it variants: [int8]")
-        figures = target_figures.measure(ref_dir / side["file"], self.target, self.x_measure, macs=side["macs"],
-                                         work=self.io.work / "reference", env_key=self.env_key)
+            raise EdgepipeError(
+                f"search: the reference stage '{ref_dir.name}' has no int8 model", "give it variants: [int8]"
+            )
+        figures = target_figures.measure(
+            ref_dir / side["file"],
+            self.target,
+            self.x_measure,
+            macs=side["macs"],
+            work=self.io.work / "reference",
+            env_key=self.env_key,
+        )
         return {"file": side["file"], **figures, "params": side["params"], "macs": side["macs"]}
 
     def _budgets(self) -> dict[str, float]:
@@ -147,16 +173,22 @@ class Search:
             value = getattr(p, knob)
             if value == "reference":
                 if self.reference is None:
-                    raise EdgepipeError(f"search: {knob}: reference needs a reference input",
-                                        "add inputs: {reference: <a convert stage with an int8 model>}")
+                    raise EdgepipeError(
+                        f"search: {knob}: reference needs a reference input",
+                        "add inputs: {reference: <a convert stage with an int8 model>}",
+                    )
                 value = self.reference.get(figure)
                 if value is None:
-                    raise EdgepipeError(f"search: {knob}: reference, but {self.target.name} gives no {figure} for "
-                                        "the reference model", "use a calibrated profile (cortex-m4) or a number")
+                    raise EdgepipeError(
+                        f"search: {knob}: reference, but {self.target.name} gives no {figure} for the reference model",
+                        "use a calibrated profile (cortex-m4) or a number",
+                    )
             if value is not None:
                 if figure == "latency_ms" and (why := target_figures.missing_figure(self.target, figure)):
-                    raise EdgepipeError(f"search: {knob} on {self.target.name}, which {why}",
-                                        "bound latency on a calibrated profile (cortex-m4), or drop the budget")
+                    raise EdgepipeError(
+                        f"search: {knob} on {self.target.name}, which {why}",
+                        "bound latency on a calibrated profile (cortex-m4), or drop the budget",
+                    )
                 out[figure] = float(value)
         if p.min_val_accuracy is not None:
             out["val_accuracy"] = p.min_val_accuracy
@@ -172,8 +204,11 @@ class Search:
             excess = (limit - value) / limit if figure == "val_accuracy" else (value - limit) / limit
             worst = excess if worst is None else max(worst, excess)
             if excess > 0:
-                missed.append(f"{figure} {front.figure_text(figure, value)} > {front.figure_text(figure, limit)}" if figure != "val_accuracy"
-                              else f"val_accuracy {front.figure_text(figure, value)} < {front.figure_text(figure, limit)}")
+                missed.append(
+                    f"{figure} {front.figure_text(figure, value)} > {front.figure_text(figure, limit)}"
+                    if figure != "val_accuracy"
+                    else f"val_accuracy {front.figure_text(figure, value)} < {front.figure_text(figure, limit)}"
+                )
         return missed, worst
 
     # -- one trial -------------------------------------------------------------------------------------
@@ -223,7 +258,9 @@ class Search:
 
         x_val, y_val = self.ds.splits["val"]
         task = task_of(self.ds.info)
-        return float(task.metrics(y_val, litert.predict(tflite, self.ds.preprocess(x_val)), self.ds.info)[task.headline])
+        return float(
+            task.metrics(y_val, litert.predict(tflite, self.ds.preprocess(x_val)), self.ds.info)[task.headline]
+        )
 
     def trial_data(self, values: dict) -> Dataset:
         if AUGMENT_SCALE not in values:
@@ -263,8 +300,9 @@ class Search:
         from edgepipe.export.converter import convert
 
         tflite.write_bytes(convert(model, "int8", self.representative, "int8", tflite.stem))
-        got = target_figures.measure(tflite, self.target, self.x_measure, macs=macs, work=tflite.parent / "emu",
-                                     env_key=self.env_key)
+        got = target_figures.measure(
+            tflite, self.target, self.x_measure, macs=macs, work=tflite.parent / "emu", env_key=self.env_key
+        )
         return {k: got.get(k) for k in ("latency_ms", "instructions", "flash_bytes", "ram_bytes", "provenance")}
 
     def _values(self, row: dict) -> tuple[float, ...]:
@@ -281,8 +319,9 @@ class Search:
         for figure, limit in self.budgets.items():  # Optuna's constraints: feasible when every value is <= 0
             value = row.get(figure)
             if value is not None:
-                trial.set_constraint(figure, (limit - value) / limit if figure == "val_accuracy"
-                                     else (value - limit) / limit)
+                trial.set_constraint(
+                    figure, (limit - value) / limit if figure == "val_accuracy" else (value - limit) / limit
+                )
 
     def _said(self, t) -> None:
         """One line per finished trial: its figures, the best so far, an ETA."""
@@ -312,17 +351,29 @@ class Search:
         """Every trial of the study as a row (surplus trials and retried orphans left out)."""
         from optuna.trial import TrialState
 
-        states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-                  TrialState.RUNNING: "running"}
+        states = {
+            TrialState.COMPLETE: "complete",
+            TrialState.PRUNED: "pruned",
+            TrialState.FAIL: "failed",
+            TrialState.RUNNING: "running",
+        }
         retried = {t.user_attrs.get(study.RETRY_OF_ATTR) for t in self.study.get_trials(deepcopy=False)}
         out = []
         for t in self.study.get_trials(deepcopy=False):
-            if t.state not in states or t.user_attrs.get(study.SURPLUS_ATTR) or (
-                    t.state == TrialState.FAIL and t.number in retried):
+            if (
+                t.state not in states
+                or t.user_attrs.get(study.SURPLUS_ATTR)
+                or (t.state == TrialState.FAIL and t.number in retried)
+            ):
                 continue
-            row = {"trial": t.number, "state": states[t.state], "values": t.user_attrs.get("values", t.params),
-                   "runner": t.user_attrs.get(study.RUNNER_ATTR), "distils": t.user_attrs.get("distils"),
-                   **t.user_attrs.get("row", {})}
+            row = {
+                "trial": t.number,
+                "state": states[t.state],
+                "values": t.user_attrs.get("values", t.params),
+                "runner": t.user_attrs.get(study.RUNNER_ATTR),
+                "distils": t.user_attrs.get("distils"),
+                **t.user_attrs.get("row", {}),
+            }
             if t.state == TrialState.FAIL:
                 row["note"] = t.user_attrs.get("error", "failed")
             if row["state"] == "complete" and row.get("note", "").startswith("over budget untrained"):

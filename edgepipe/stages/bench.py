@@ -51,22 +51,28 @@ class BenchParams:
     python: str | None = param(None, "Python with ai-edge-litert on the device (null: the target profile's)")
     warmup: int = param(20, "untimed invokes before timing", min=0)
     runs: int = param(300, "timed single-image invokes per model and thread count", min=5)
-    rounds: int = param(5, "host latency is timed in rounds, every model in turn in each, so that a machine's "
-                        "drift during the bench falls on all models alike", min=1)
+    rounds: int = param(
+        5,
+        "host latency is timed in rounds, every model in turn in each, so that a machine's "
+        "drift during the bench falls on all models alike",
+        min=1,
+    )
     threads: list[int] = param([1, 0], "thread counts to time; 0 means every core")
     tflm: bool = param(True, "check int8 models with TensorFlow Lite Micro and measure the arena")
     max_test_samples: int | None = param(None, "cap the test images used for accuracy (null: all)", min=1)
     edgetpu_compiler: str = param("edgetpu_compiler", "Coral: the compiler command")
     benchmark_model: str | None = param(None, "android: path of LiteRT's benchmark_model binary for the phone")
     adb_serial: str | None = param(None, "android: the phone's serial when several are connected")
-    android_delegate: Literal["none", "gpu", "nnapi"] = param("none", "android: the delegate benchmark_model "
-                                                              "runs the model with")
+    android_delegate: Literal["none", "gpu", "nnapi"] = param(
+        "none", "android: the delegate benchmark_model runs the model with"
+    )
     measure: Literal["profile", "emulated", "estimate"] = param(
-        "profile", "as the target profile says; emulated: on QEMU (a microcontroller: TFLite Micro built for its "
+        "profile",
+        "as the target profile says; emulated: on QEMU (a microcontroller: TFLite Micro built for its "
         "core; rpi4/rpi5: LiteRT in the Pi's arm64 Python, no latency); estimate: a microcontroller without a "
-        "toolchain")
+        "toolchain",
+    )
     emulator_timeout: float = param(900.0, "wall-clock limit of one model's emulated run, in seconds", min=1.0)
-
 
 
 def environment(params: BenchParams) -> dict:
@@ -109,18 +115,27 @@ def _check(target: Target, backend: Backend, params: BenchParams) -> None:
     """Refuse params the target cannot take, before anything is measured."""
     if params.host and not backend.takes_host:
         device_itself = backend_for(load_target(params.target or "host")).takes_host  # without the measure param
-        other = (f"drop measure: {params.measure} to bench the device itself" if device_itself
-                 else "use an SSH target such as rpi4")
-        raise EdgepipeError(f"target {target.name} is measured by {backend.name}, not over SSH, but a host was given",
-                            f"drop --host (or the host param), or {other}")
+        other = (
+            f"drop measure: {params.measure} to bench the device itself"
+            if device_itself
+            else "use an SSH target such as rpi4"
+        )
+        raise EdgepipeError(
+            f"target {target.name} is measured by {backend.name}, not over SSH, but a host was given",
+            f"drop --host (or the host param), or {other}",
+        )
     if params.measure != "profile" and params.measure not in backend.measure_choices:
-        takes = (f"takes measure: {' or '.join(backend.measure_choices)}" if backend.measure_choices
-                 else "is measured one way only")
-        raise EdgepipeError(f"measure: {params.measure} does not apply to target {target.name} ({backend.name}), "
-                            f"which {takes}", "drop measure from this bench stage" + (
-                                f", or use measure: {backend.measure_choices[0]}" if backend.measure_choices else ""))
+        takes = (
+            f"takes measure: {' or '.join(backend.measure_choices)}"
+            if backend.measure_choices
+            else "is measured one way only"
+        )
+        raise EdgepipeError(
+            f"measure: {params.measure} does not apply to target {target.name} ({backend.name}), which {takes}",
+            "drop measure from this bench stage"
+            + (f", or use measure: {backend.measure_choices[0]}" if backend.measure_choices else ""),
+        )
     backend.check(target, params)
-
 
 
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:
@@ -130,8 +145,11 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     ds = load_dataset(io.inputs["data"])
     task = task_of(ds.info)
     if task.name != "classification" and task.name not in backend.tasks:
-        raise EdgepipeError(f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
-                            f"data's task is {task.name}", f"bench {task.name} models on host (target: host)")
+        raise EdgepipeError(
+            f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
+            f"data's task is {task.name}",
+            f"bench {task.name} models on host (target: host)",
+        )
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:
         x_test, y_test = x_test[: params.max_test_samples], y_test[: params.max_test_samples]
@@ -146,8 +164,16 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     deployable = [path for path, side in models if target.runs(side["variant"])]
     # Host figures come from device_runner, the code a device runs, so they compare like for like.
     with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-        measured = device_runner.measure_many([str(p) for p, _ in models], x, y_test, params.threads, params.warmup,
-                                              params.runs, rounds=params.rounds, keep_predictions=True)
+        measured = device_runner.measure_many(
+            [str(p) for p, _ in models],
+            x,
+            y_test,
+            params.threads,
+            params.warmup,
+            params.runs,
+            rounds=params.rounds,
+            keep_predictions=True,
+        )
     for m in measured.values():
         if "outputs" in m:  # raw outputs (a detector's): the task judges them
             outputs = m.pop("outputs")
@@ -158,22 +184,33 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items() if "predictions" in m}
     val = _val_accuracy(models, ds)
     device = backend.measure(target, params, deployable, x, y_test, work=io.work, host_top1=host_top1, out=io.out)
-    rows = [_row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test,
-                 ds.info)
-            for path, side in models]
-    fsio.write_json(io.out / "bench.json", {"provenance": host_provenance(), "target": dataclasses.asdict(target),
-                                            "device": device.get("_provenance"),
-                                            "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
-                                            "data": Path(io.inputs["data"]).name, "classes": ds.classes,
-                                            "metric": {"name": task.headline, "short": task.headline_short, "label": task.headline_label,
-                                                       "shown": list(task.report_metrics)},
-                                            "rows": rows})
+    rows = [
+        _row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test, ds.info)
+        for path, side in models
+    ]
+    fsio.write_json(
+        io.out / "bench.json",
+        {
+            "provenance": host_provenance(),
+            "target": dataclasses.asdict(target),
+            "device": device.get("_provenance"),
+            "fleet": {h: d["provenance"] for h, d in device.get("_fleet", {}).items()},
+            "data": Path(io.inputs["data"]).name,
+            "classes": ds.classes,
+            "metric": {
+                "name": task.headline,
+                "short": task.headline_short,
+                "label": task.headline_label,
+                "shown": list(task.report_metrics),
+            },
+            "rows": rows,
+        },
+    )
     where = "" if target.name == "host" else f" on {target.name}"
     counted = [f for f in findings if not f.get("intended")]
     lint_note = f"; {len(counted)} lint findings" if counted else ""
     runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
     return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
-
 
 
 #: test images TFLite Micro runs on this host, to check it agrees with LiteRT and to size the arena
@@ -193,9 +230,11 @@ def _val_accuracy(models: list[tuple[Path, dict]], ds) -> dict[Path, dict]:
             continue
         with quiet_native():
             outputs = litert.predict(path, ds.preprocess(x_val))
-        out[path] = {"val_accuracy": task.metrics(y_val, outputs, ds.info)[task.headline], "val_samples": int(len(y_val))}
+        out[path] = {
+            "val_accuracy": task.metrics(y_val, outputs, ds.info)[task.headline],
+            "val_samples": int(len(y_val)),
+        }
     return out
-
 
 
 def _benchable_models(io: StageIO, ds, x: np.ndarray) -> list[tuple[Path, dict]]:
@@ -205,15 +244,18 @@ def _benchable_models(io: StageIO, ds, x: np.ndarray) -> list[tuple[Path, dict]]
         for side in sidecars(stage_dir):
             path = Path(stage_dir) / side["file"]
             if list(side["input"]["shape"][1:]) != list(x.shape[1:]):
-                raise EdgepipeError(f"{path.name} takes input {side['input']['shape'][1:]}, the data "
-                                    f"'{Path(io.inputs['data']).name}' is {list(x.shape[1:])}",
-                                    "bench a model on the dataset it was trained on (same size and channels)")
+                raise EdgepipeError(
+                    f"{path.name} takes input {side['input']['shape'][1:]}, the data "
+                    f"'{Path(io.inputs['data']).name}' is {list(x.shape[1:])}",
+                    "bench a model on the dataset it was trained on (same size and channels)",
+                )
             if side["preprocessing"] != ds.info["preprocessing"]:
-                raise EdgepipeError(f"{path.name} was converted with other preprocessing than this bench's data",
-                                    "bench a model on the dataset it was trained on")
+                raise EdgepipeError(
+                    f"{path.name} was converted with other preprocessing than this bench's data",
+                    "bench a model on the dataset it was trained on",
+                )
             models.append((path, side))
     return models
-
 
 
 def _lint_models(models: list[tuple[Path, dict]], target: Target, backend: Backend) -> list[dict]:
@@ -224,24 +266,49 @@ def _lint_models(models: list[tuple[Path, dict]], target: Target, backend: Backe
         runtime = backend.runtime if target.runs(side["variant"]) else None
         kept = side.get("quantization", {}).get("float_layers", ())
         for f in lint.lint(path, int8=side["variant"] == "int8", runtime=runtime, kept_float=kept):
-            findings.append({"source": "keep_float" if f.intended else "lint", "model": path.name, "code": f.code,
-                             "op": f.op, "layer": f.layer, "line": f.line(path.name),
-                             **({"intended": True} if f.intended else {})})
+            findings.append(
+                {
+                    "source": "keep_float" if f.intended else "lint",
+                    "model": path.name,
+                    "code": f.code,
+                    "op": f.op,
+                    "layer": f.layer,
+                    "line": f.line(path.name),
+                    **({"intended": True} if f.intended else {}),
+                }
+            )
     return findings
 
 
-
-def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Target, backend: Backend,
-         params: BenchParams, device: dict, x: np.ndarray, y: np.ndarray, info: dict) -> dict:
+def _row(
+    path: Path,
+    side: dict,
+    host: dict,
+    findings: list[dict],
+    target: Target,
+    backend: Backend,
+    params: BenchParams,
+    device: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    info: dict,
+) -> dict:
     """One model's bench.json row: its sidecar facts, host figures, TFLite Micro check and target figures."""
     # LiteRT on this host: a classifier's top-1 classes, or another task's first raw outputs
     reference = host.pop("predictions", None)
     reference = host.pop("checked_outputs", None) if reference is None else reference[:TFLM_SAMPLES]
     row = {
         "name": f"{side['file'].rsplit('_', 1)[0]}/{side['variant']}",
-        "variant": side["variant"], "source": side["source"], "qat": side["qat"], "file": side["file"],
-        "size_bytes": side["size_bytes"], "params": side["params"], "macs": side["macs"],
-        "input_dtype": side["input"]["dtype"], "parity": side["parity"], **host,
+        "variant": side["variant"],
+        "source": side["source"],
+        "qat": side["qat"],
+        "file": side["file"],
+        "size_bytes": side["size_bytes"],
+        "params": side["params"],
+        "macs": side["macs"],
+        "input_dtype": side["input"]["dtype"],
+        "parity": side["parity"],
+        **host,
         "compressed_bytes": len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)),
         "label": quant_label(side),
         "lint": [f["line"] for f in findings if f["model"] == path.name and not f.get("intended")],
@@ -250,22 +317,29 @@ def _row(path: Path, side: dict, host: dict, findings: list[dict], target: Targe
     if params.tflm and side["variant"] == "int8":
         din, _ = litert.io_details(litert.interpreter(path))
         task = task_of(info)
-        row["tflm"] = tflm_check(path, device_runner.quantize_input(x[:TFLM_SAMPLES], din), reference,
-                                 lambda a, b: task.agreement(a, b, info))
+        row["tflm"] = tflm_check(
+            path,
+            device_runner.quantize_input(x[:TFLM_SAMPLES], din),
+            reference,
+            lambda a, b: task.agreement(a, b, info),
+        )
     row["target"] = _on_target(target, backend, row, path, device.get(path.name), x, y)
     if "_fleet" in device:  # every device of the fleet, the first one included
-        row["fleet"] = {h: _on_target(target, backend, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}
-                        for h, d in device["_fleet"].items() if path.name in d}
+        row["fleet"] = {
+            h: _on_target(target, backend, row, path, d[path.name], x, y) | {"name": f"{target.name}@{h}"}
+            for h, d in device["_fleet"].items()
+            if path.name in d
+        }
     return row
 
 
-def _on_target(target: Target, backend: Backend, row: dict, path: Path, device: dict | None, x: np.ndarray,
-               y: np.ndarray) -> dict:
+def _on_target(
+    target: Target, backend: Backend, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray
+) -> dict:
     """The row's figures on the target, each tagged with its `PROVENANCE` key; why not, where it cannot run it."""
     if not target.runs(row["variant"]):
         return {"name": target.name, "deployable": False, "why_not": f"{target.name} runs full-int8 models only"}
     return {"name": target.name, "deployable": True, **backend.figures(target, row, path, device, x, y)}
-
 
 
 def quant_label(side: dict) -> str:
@@ -281,9 +355,12 @@ def best_lines(rows: list[dict]) -> str:
 
     Chosen on validation accuracy: the test split is only for the final figure, printed beside it.
     """
+
     def line(r):
-        return (f"{r['name']} val {_percent(r.get('val_accuracy'))}, test {_percent(r['accuracy'])} "
-                f"({r['size_bytes'] / 1024:.1f} KB)")
+        return (
+            f"{r['name']} val {_percent(r.get('val_accuracy'))}, test {_percent(r['accuracy'])} "
+            f"({r['size_bytes'] / 1024:.1f} KB)"
+        )
 
     def val(r):
         return -1.0 if r.get("val_accuracy") is None else r["val_accuracy"]
@@ -300,10 +377,16 @@ def _percent(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f} %"
 
 
-
 KIND = StageKind(
-    name="bench", params=BenchParams, run=run_bench_stage, inputs={"data": False, "models": True},
-    output="bench", accepts={"data": ("dataset",), "models": ("tflite",)},
-    main_output="bench.json", environment=environment, exclusive=True, needs=needs,
+    name="bench",
+    params=BenchParams,
+    run=run_bench_stage,
+    inputs={"data": False, "models": True},
+    output="bench",
+    accepts={"data": ("dataset",), "models": ("tflite",)},
+    main_output="bench.json",
+    environment=environment,
+    exclusive=True,
+    needs=needs,
     doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
 )

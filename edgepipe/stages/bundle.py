@@ -41,22 +41,34 @@ class BundleParams:
 
     def __post_init__(self):
         if not C_IDENTIFIER.match(self.symbol) or self.symbol in CPP_KEYWORDS:
-            raise ValueError(f"symbol {self.symbol!r} is not a C identifier; fix: use letters, digits and _, not "
-                             "starting with a digit, and not a C++ keyword (e.g. g_model_data)")
+            raise ValueError(
+                f"symbol {self.symbol!r} is not a C identifier; fix: use letters, digits and _, not "
+                "starting with a digit, and not a C++ keyword (e.g. g_model_data)"
+            )
 
 
 def preprocessing_spec(side: dict) -> dict:
     """How firmware turns raw pixels into the model's input, spelled out."""
     p = side["preprocessing"]
-    return {"input_shape": side["input"]["shape"], "input_dtype": side["input"]["dtype"],
-            "float_input": "x = (pixel * scale - mean) / std, per channel", "scale": p["scale"],
-            "mean": p["mean"], "std": p["std"],
-            "quantize": ("q = clamp(round(x / input_scale) + input_zero_point) to the input dtype's range"
-                         if side["input"]["dtype"] != "float32" else None),
-            "input_scale": side["input"]["scale"], "input_zero_point": side["input"]["zero_point"],
-            "output": "class scores in class order (labels.txt); dequantize: (q - output_zero_point) * output_scale",
-            "output_scale": side["output"]["scale"], "output_zero_point": side["output"]["zero_point"],
-            "recorded": p}
+    return {
+        "input_shape": side["input"]["shape"],
+        "input_dtype": side["input"]["dtype"],
+        "float_input": "x = (pixel * scale - mean) / std, per channel",
+        "scale": p["scale"],
+        "mean": p["mean"],
+        "std": p["std"],
+        "quantize": (
+            "q = clamp(round(x / input_scale) + input_zero_point) to the input dtype's range"
+            if side["input"]["dtype"] != "float32"
+            else None
+        ),
+        "input_scale": side["input"]["scale"],
+        "input_zero_point": side["input"]["zero_point"],
+        "output": "class scores in class order (labels.txt); dequantize: (q - output_zero_point) * output_scale",
+        "output_scale": side["output"]["scale"],
+        "output_zero_point": side["output"]["zero_point"],
+        "recorded": p,
+    }
 
 
 def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
@@ -66,11 +78,15 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
     side = next((s for s in sidecars(model_dir) if s["variant"] == params.variant), None)
     if side is None:
         have = ", ".join(s["variant"] for s in sidecars(model_dir))
-        raise EdgepipeError(f"bundle: stage '{model_dir.name}' has no {params.variant} model",
-                            f"set variant to one of: {have}, or add {params.variant} to its variants")
+        raise EdgepipeError(
+            f"bundle: stage '{model_dir.name}' has no {params.variant} model",
+            f"set variant to one of: {have}, or add {params.variant} to its variants",
+        )
     if not target.runs(params.variant):
-        raise EdgepipeError(f"bundle: {target.name} runs full-int8 models only, not {params.variant}",
-                            "bundle the int8 variant for this target")
+        raise EdgepipeError(
+            f"bundle: {target.name} runs full-int8 models only, not {params.variant}",
+            "bundle the int8 variant for this target",
+        )
     ds = load_dataset(io.inputs["data"])
     src = model_dir / side["file"]
     out = io.out / target.name
@@ -89,11 +105,15 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
         verdict = ""
     elif fit.get("measured"):
         m = fit["measured"]
-        verdict = (f"; measured on the emulated {target.cpu}: flash {fsio.human_size(m['flash_bytes'])}, RAM "
-                   f"{fsio.human_size(m['ram_used_bytes'])}: {'fits' if m['fits'] else 'does NOT fit'} {target.name}")
+        verdict = (
+            f"; measured on the emulated {target.cpu}: flash {fsio.human_size(m['flash_bytes'])}, RAM "
+            f"{fsio.human_size(m['ram_used_bytes'])}: {'fits' if m['fits'] else 'does NOT fit'} {target.name}"
+        )
     else:
-        verdict = (f"; arena {fsio.human_size(fit['arena_bytes'])}, flash {fsio.human_size(fit['flash_needed_bytes'])} "
-                   f"(estimate): {'fits' if fit['fits'] else 'does NOT fit'} {target.name}")
+        verdict = (
+            f"; arena {fsio.human_size(fit['arena_bytes'])}, flash {fsio.human_size(fit['flash_needed_bytes'])} "
+            f"(estimate): {'fits' if fit['fits'] else 'does NOT fit'} {target.name}"
+        )
     return f"{target.name}/ {len(list(out.iterdir()))} files for {src.name}{verdict}"
 
 
@@ -110,78 +130,112 @@ def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], in
 def _card_header(side: dict, ds, target) -> list[str]:
     info = ds.info
     counts = {s: len(ds.splits[s][1]) for s in ("train", "val", "test")}
-    return [f"# Model card: {side['file']}", "",
-            f"- Source: stage `{side['source']}`, {side['variant']}{' (QAT)' if side['qat'] else ''}, "
-            f"{side['params']:,} parameters, {side['macs'] / 1e6:.2f} M MACs, {fsio.human_size(side['size_bytes'])}",
-            f"- SHA-256: `{side['sha256']}`",
-            f"- Input: {side['input']['dtype']} {side['input']['shape']}; output: {side['output']['dtype']} "
-            f"scores for {len(side['classes'])} classes ({', '.join(side['classes'])})",
-            f"- Target: {target.name} ({target.description})", "",
-            "## Data", "",
-            f"- Source `{info.get('source')}`: {counts['train']:,} train / {counts['val']:,} validation / "
-            f"{counts['test']:,} test samples, {len(ds.classes)} classes.",
-            f"- Preprocessing: see `preprocessing.json` (scale {info['preprocessing']['scale']}, mean "
-            f"{info['preprocessing']['mean']}, std {info['preprocessing']['std']}).", ""]
+    return [
+        f"# Model card: {side['file']}",
+        "",
+        f"- Source: stage `{side['source']}`, {side['variant']}{' (QAT)' if side['qat'] else ''}, "
+        f"{side['params']:,} parameters, {side['macs'] / 1e6:.2f} M MACs, {fsio.human_size(side['size_bytes'])}",
+        f"- SHA-256: `{side['sha256']}`",
+        f"- Input: {side['input']['dtype']} {side['input']['shape']}; output: {side['output']['dtype']} "
+        f"scores for {len(side['classes'])} classes ({', '.join(side['classes'])})",
+        f"- Target: {target.name} ({target.description})",
+        "",
+        "## Data",
+        "",
+        f"- Source `{info.get('source')}`: {counts['train']:,} train / {counts['val']:,} validation / "
+        f"{counts['test']:,} test samples, {len(ds.classes)} classes.",
+        f"- Preprocessing: see `preprocessing.json` (scale {info['preprocessing']['scale']}, mean "
+        f"{info['preprocessing']['mean']}, std {info['preprocessing']['std']}).",
+        "",
+    ]
 
 
 def _card_metrics(side: dict, rows: list[dict], benches: list[dict]) -> list[str]:
     """Every benched variant's figures, then the model's weakest classes (the start of the limits)."""
     if not rows:
         return ["## Limits", ""]
-    lines = ["## Metrics of every variant", "",
-             "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host "
-             "named below.", "", "| model | quant | size | accuracy | p50 (host) |", "|---|---|---|---|---|"]
+    lines = [
+        "## Metrics of every variant",
+        "",
+        "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host named below.",
+        "",
+        "| model | quant | size | accuracy | p50 (host) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         one = r["latency"].get("threads_1") or {}
-        lines.append(f"| {r['name']} | {r['variant']}{' (QAT)' if r['qat'] else ''} | "
-                     f"{fsio.human_size(r['size_bytes'])} | {100 * r['accuracy']:.2f} % | "
-                     f"{one.get('p50_us', float('nan')):.0f} us |")
+        lines.append(
+            f"| {r['name']} | {r['variant']}{' (QAT)' if r['qat'] else ''} | "
+            f"{fsio.human_size(r['size_bytes'])} | {100 * r['accuracy']:.2f} % | "
+            f"{one.get('p50_us', float('nan')):.0f} us |"
+        )
     lines += ["", f"Host: {benches[0]['provenance'].get('cpu')}.", ""]
     mine = next((r for r in rows if r["file"] == side["file"]), None)
     if mine and mine.get("per_class_accuracy"):
         worst = sorted((a, c) for c, a in zip(side["classes"], mine["per_class_accuracy"]) if a is not None)[:3]
-        lines += ["## Limits", "",
-                  f"- Weakest classes on the test split: {', '.join(f'{c} {100 * a:.1f} %' for a, c in worst)}."]
+        lines += [
+            "## Limits",
+            "",
+            f"- Weakest classes on the test split: {', '.join(f'{c} {100 * a:.1f} %' for a, c in worst)}.",
+        ]
     return lines
 
 
 def _card_limits(ds) -> list[str]:
-    return [f"- Measured only on `{ds.info.get('source')}`'s test split; inputs unlike it (other sensors, "
-            "lighting, sizes) are untested.",
-            "- A classifier: it always answers one of the classes above, even for inputs of none of them.", ""]
+    return [
+        f"- Measured only on `{ds.info.get('source')}`'s test split; inputs unlike it (other sensors, "
+        "lighting, sizes) are untested.",
+        "- A classifier: it always answers one of the classes above, even for inputs of none of them.",
+        "",
+    ]
 
 
 def _card_fit(side: dict, target, fit: dict) -> list[str]:
     m = fit.get("measured")
     if m:  # measured on the emulated core: the figures of the firmware this bundle builds
         origin = ", ".join(f"{k} {v:,}" for k, v in m["flash_by_origin"].items() if v > 0 and k != "padding")
-        latency = (f"- Latency: {m['latency_ms']:.2f} ms per inference at {target.clock_mhz} MHz: "
-                   f"{m['instructions']['median']:,.0f} instructions on the emulated {target.cpu} x "
-                   f"{target.cycles_per_instruction} cycles per instruction ({target.calibration})."
-                   if m["latency_ms"] is not None else
-                   f"- Latency: {m['instructions']['median']:,.0f} instructions per inference on the emulated "
-                   f"{target.cpu}; no milliseconds: the profile has no calibrated cycles per instruction.")
-        return [f"## Fit on {target.name}", "",
-                f"Measured on QEMU's {m['emulator']['machine']} ({target.cpu}) with TFLite Micro and CMSIS-NN int8 "
-                f"kernels, the firmware built from this folder's files, over {m['test_samples']:,} test images.", "",
-                f"- Accuracy on the emulated board: {100 * m['accuracy']:.2f} %; the output bytes equal the "
-                f"tflite_micro interpreter's on {m['outputs_bit_exact_with_tflite_micro']:,} of {m['test_samples']:,} "
-                f"images, the class equals LiteRT's on this host for {100 * m['top1_agreement_with_host_litert']:.2f} %.",
-                f"- Flash: {m['flash_bytes']:,} of {target.flash_bytes:,} bytes ({origin}).",
-                f"- RAM: {m['ram_used_bytes']:,} of {target.ram_bytes:,} bytes used (tensor arena "
-                f"{m['arena_used_bytes']:,}, stack {m['stack_used_bytes']:,}, heap {m['heap_used_bytes']:,}, other "
-                f"statics); `kTensorArenaSize` is {fit['arena_hint_bytes']:,}.",
-                latency, f"- Verdict: {'fits' if m['fits'] else 'does NOT fit'}.", ""]
-    latency = (f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** from "
-               f"MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement."
-               if fit["latency_us_estimate"] is not None else
-               "- Latency: not estimated (the target profile gives no cycles_per_mac).")
-    return [f"## Fit on {target.name}", "",
-            f"- Tensor arena: {fit['arena_bytes']:,} bytes measured with TFLite Micro on the host; with the "
-            f"{100 * fit['arena_margin']:.0f} % margin {fit['ram_needed_bytes']:,} of {fit['ram_bytes']:,} bytes RAM.",
-            f"- Flash: {fit['flash_needed_bytes']:,} of {fit['flash_bytes']:,} bytes (model {side['size_bytes']:,} + "
-            f"runtime and kernels {fit['code_bytes_estimate']:,}, an estimate).",
-            latency, f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.", ""]
+        latency = (
+            f"- Latency: {m['latency_ms']:.2f} ms per inference at {target.clock_mhz} MHz: "
+            f"{m['instructions']['median']:,.0f} instructions on the emulated {target.cpu} x "
+            f"{target.cycles_per_instruction} cycles per instruction ({target.calibration})."
+            if m["latency_ms"] is not None
+            else f"- Latency: {m['instructions']['median']:,.0f} instructions per inference on the emulated "
+            f"{target.cpu}; no milliseconds: the profile has no calibrated cycles per instruction."
+        )
+        return [
+            f"## Fit on {target.name}",
+            "",
+            f"Measured on QEMU's {m['emulator']['machine']} ({target.cpu}) with TFLite Micro and CMSIS-NN int8 "
+            f"kernels, the firmware built from this folder's files, over {m['test_samples']:,} test images.",
+            "",
+            f"- Accuracy on the emulated board: {100 * m['accuracy']:.2f} %; the output bytes equal the "
+            f"tflite_micro interpreter's on {m['outputs_bit_exact_with_tflite_micro']:,} of {m['test_samples']:,} "
+            f"images, the class equals LiteRT's on this host for {100 * m['top1_agreement_with_host_litert']:.2f} %.",
+            f"- Flash: {m['flash_bytes']:,} of {target.flash_bytes:,} bytes ({origin}).",
+            f"- RAM: {m['ram_used_bytes']:,} of {target.ram_bytes:,} bytes used (tensor arena "
+            f"{m['arena_used_bytes']:,}, stack {m['stack_used_bytes']:,}, heap {m['heap_used_bytes']:,}, other "
+            f"statics); `kTensorArenaSize` is {fit['arena_hint_bytes']:,}.",
+            latency,
+            f"- Verdict: {'fits' if m['fits'] else 'does NOT fit'}.",
+            "",
+        ]
+    latency = (
+        f"- Latency: about {fit['latency_us_estimate'] / 1000:.2f} ms per inference, an **estimate** from "
+        f"MACs x {target.cycles_per_mac} cycles/MAC at {target.clock_mhz} MHz, not a measurement."
+        if fit["latency_us_estimate"] is not None
+        else "- Latency: not estimated (the target profile gives no cycles_per_mac)."
+    )
+    return [
+        f"## Fit on {target.name}",
+        "",
+        f"- Tensor arena: {fit['arena_bytes']:,} bytes measured with TFLite Micro on the host; with the "
+        f"{100 * fit['arena_margin']:.0f} % margin {fit['ram_needed_bytes']:,} of {fit['ram_bytes']:,} bytes RAM.",
+        f"- Flash: {fit['flash_needed_bytes']:,} of {fit['flash_bytes']:,} bytes (model {side['size_bytes']:,} + "
+        f"runtime and kernels {fit['code_bytes_estimate']:,}, an estimate).",
+        latency,
+        f"- Verdict: {'fits' if fit['fits'] else 'does NOT fit'}.",
+        "",
+    ]
 
 
 def needs(params: BundleParams) -> list:
@@ -191,8 +245,14 @@ def needs(params: BundleParams) -> list:
 
 
 KIND = StageKind(
-    name="bundle", params=BundleParams, run=run_bundle_stage, needs=needs,
-    inputs={"data": False, "model": False, "benches": True}, optional_inputs=("benches",),
-    output="bundle", accepts={"data": ("dataset",), "model": ("tflite",), "benches": ("bench",)},
-    main_output="", doc="firmware hand-off folder for one model on one target (C array, op resolver, card)",
+    name="bundle",
+    params=BundleParams,
+    run=run_bundle_stage,
+    needs=needs,
+    inputs={"data": False, "model": False, "benches": True},
+    optional_inputs=("benches",),
+    output="bundle",
+    accepts={"data": ("dataset",), "model": ("tflite",), "benches": ("bench",)},
+    main_output="",
+    doc="firmware hand-off folder for one model on one target (C array, op resolver, card)",
 )

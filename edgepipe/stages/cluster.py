@@ -38,25 +38,37 @@ def run_cluster_stage(params: ClusterParams, io: StageIO) -> str:
     ds = load_dataset(io.inputs["data"])
     source = load_model(io.inputs["model"])
     seed_everything(params.seed)
-    model, chosen = compress.apply_clustering(source, clusters=params.clusters, init=params.init,
-                                              layers=params.layers, skip=params.skip,
-                                              preserve_sparsity=params.preserve_sparsity)
+    model, chosen = compress.apply_clustering(
+        source,
+        clusters=params.clusters,
+        init=params.init,
+        layers=params.layers,
+        skip=params.skip,
+        preserve_sparsity=params.preserve_sparsity,
+    )
     fit(model, ds, params, io)
     model = compress.strip_clustering(model)
     stats = compress.weight_stats(model)
     for s in stats:
         s["clustered"] = s["layer"] in chosen
     fsio.write_json(io.out / "clusters.json", {"clusters": params.clusters, "init": params.init, "layers": stats})
-    metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]),
-                                                                   "clusters": params.clusters})
+    metrics = write_training_outputs(
+        model, ds, io, params, extra={**carried_forward(io.inputs["model"]), "clusters": params.clusters}
+    )
     most = max(s["unique"] for s in stats if s["clustered"])
-    return (f"clustered {len(chosen)} layers ({most} distinct values at most); "
-            f"{test_figure(metrics)} ({metrics['epochs_run']} epochs)")
+    return (
+        f"clustered {len(chosen)} layers ({most} distinct values at most); "
+        f"{test_figure(metrics)} ({metrics['epochs_run']} epochs)"
+    )
 
 
 KIND = StageKind(
-    name="cluster", params=ClusterParams, run=run_cluster_stage, inputs={"data": False, "model": False},
-    output="model", accepts={"data": ("dataset",), "model": ("model",)},
+    name="cluster",
+    params=ClusterParams,
+    run=run_cluster_stage,
+    inputs={"data": False, "model": False},
+    output="model",
+    accepts={"data": ("dataset",), "model": ("model",)},
     main_output="model.h5",
     doc="weight clustering (tfmot) of a trained model, fine-tuned",
 )

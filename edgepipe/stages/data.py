@@ -32,24 +32,30 @@ from edgepipe.tasks.detection_pictures import box_grid
 class DataParams:
     """Parameters of the data stage."""
 
-    source: str = param("", "keras:NAME | tfds:NAME | idx:DIR | folder:DIR | npz:FILE; detection: synth:digits | "
-                        "coco:ANNOTATIONS.json | yolo:DIR")
+    source: str = param(
+        "",
+        "keras:NAME | tfds:NAME | idx:DIR | folder:DIR | npz:FILE; detection: synth:digits | "
+        "coco:ANNOTATIONS.json | yolo:DIR",
+    )
     task: Literal["classification", "detection"] = param(
-        "classification", "what the labels are: one class per image, or objects' boxes (edgepipe.tasks)")
+        "classification", "what the labels are: one class per image, or objects' boxes (edgepipe.tasks)"
+    )
     synth: SynthData = param(SynthData(), "synth:digits only: which digits are objects, how many scenes, how drawn")
     mirror: list[str] = param([], "directories searched for the canonical files before any download")
     val_fraction: float = param(0.1, "share of train carved out (stratified) for validation", min=0.01, max=0.5)
-    test_fraction: float = param(0.2, "share held out for test when the source has no official test split",
-                                 min=0.05, max=0.5)
-    limit_train: int | None = param(None, "keep at most this many training images (stratified), for smoke runs",
-                                    min=2)
+    test_fraction: float = param(
+        0.2, "share held out for test when the source has no official test split", min=0.05, max=0.5
+    )
+    limit_train: int | None = param(None, "keep at most this many training images (stratified), for smoke runs", min=2)
     limit_test: int | None = param(None, "keep at most this many test images (stratified)", min=2)
     image_size: list[int] | None = param(None, "resize to [height, width]; null keeps the source size")
     channels: int | None = param(None, "1 (grayscale) or 3 (RGB); null keeps the source's", min=1, max=3)
     normalize: Literal["scale", "standardize", "none"] = param(
-        "scale", "scale: pixel/255; standardize: then minus train mean over train std; none: raw pixels")
+        "scale", "scale: pixel/255; standardize: then minus train mean over train std; none: raw pixels"
+    )
     balance: Literal["none", "oversample", "undersample"] = param(
-        "none", "resample the train split so every class has the same count")
+        "none", "resample the train split so every class has the same count"
+    )
     augment: Augment = param(Augment(), "on-the-fly training augmentation")
     seed: int = param(0, "seed for splits, subsets and resampling")
     samples_per_class: int = param(8, "images per class in samples.png", min=1, max=32)
@@ -59,27 +65,40 @@ class DataParams:
         scheme, _, rest = self.source.partition(":")
         if self.task == "detection":
             if scheme not in BOX_SOURCES or not rest:
-                raise ValueError(f"source {self.source!r} gives no boxes; fix: for task: detection use synth:digits, "
-                                 "coco:ANNOTATIONS.json or yolo:DIR")
+                raise ValueError(
+                    f"source {self.source!r} gives no boxes; fix: for task: detection use synth:digits, "
+                    "coco:ANNOTATIONS.json or yolo:DIR"
+                )
             if scheme == "synth" and self.image_size is not None:
-                raise ValueError("image_size does not apply to synth: sources (they draw 96x96 scenes); fix: drop "
-                                 "image_size")
+                raise ValueError(
+                    "image_size does not apply to synth: sources (they draw 96x96 scenes); fix: drop image_size"
+                )
             if self.image_size is not None and any(v % 8 for v in self.image_size):
-                raise ValueError(f"image_size {self.image_size} is not a multiple of 8 (a detector's heat map has "
-                                 "one cell per 8x8 pixels); fix: e.g. image_size: [96, 96]")
+                raise ValueError(
+                    f"image_size {self.image_size} is not a multiple of 8 (a detector's heat map has "
+                    "one cell per 8x8 pixels); fix: e.g. image_size: [96, 96]"
+                )
             if self.augment.geometric() or self.balance != "none":
-                raise ValueError("task: detection takes no geometric augmentation or balance (they would move or "
-                                 "drop objects without their boxes); fix: drop augment's flip/rotate/translate/zoom "
-                                 "and balance (noise is fine)")
+                raise ValueError(
+                    "task: detection takes no geometric augmentation or balance (they would move or "
+                    "drop objects without their boxes); fix: drop augment's flip/rotate/translate/zoom "
+                    "and balance (noise is fine)"
+                )
             return
         if scheme not in ("keras", "tfds", "idx", "folder", "npz") or not rest:
-            raise ValueError(f"source {self.source!r} is not valid; fix: use keras:NAME, tfds:NAME, idx:DIR, "
-                             f"folder:DIR or npz:FILE (synth:digits is a detection source: add task: detection)")
+            raise ValueError(
+                f"source {self.source!r} is not valid; fix: use keras:NAME, tfds:NAME, idx:DIR, "
+                f"folder:DIR or npz:FILE (synth:digits is a detection source: add task: detection)"
+            )
         if scheme == "keras" and rest not in KERAS_DATASETS:
-            raise ValueError(f"source {self.source!r}: unknown keras dataset; fix: use one of: {', '.join(KERAS_DATASETS)}")
+            raise ValueError(
+                f"source {self.source!r}: unknown keras dataset; fix: use one of: {', '.join(KERAS_DATASETS)}"
+            )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"image_size {self.image_size} must be [height, width] of at least 1; fix: e.g. "
-                             "image_size: [96, 96], or null to keep the source's size")
+            raise ValueError(
+                f"image_size {self.image_size} must be [height, width] of at least 1; fix: e.g. "
+                "image_size: [96, 96], or null to keep the source's size"
+            )
         if self.channels == 2:
             raise ValueError("channels must be 1 or 3; fix: use 1 (grayscale), 3 (RGB) or null (the source's)")
 
@@ -99,12 +118,15 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
     if params.task == "detection":
         return _run_detection(params, io)
     rng = np.random.default_rng(params.seed)
-    x_train, y_train, x_test, y_test, classes = sources.load(params.source, mirror=params.mirror,
-                                                             image_size=params.image_size, channels=params.channels)
+    x_train, y_train, x_test, y_test, classes = sources.load(
+        params.source, mirror=params.mirror, image_size=params.image_size, channels=params.channels
+    )
     if params.class_names is not None:
         if len(params.class_names) < len(classes):
-            raise EdgepipeError(f"class_names lists {len(params.class_names)} names for {len(classes)} classes",
-                                "give one name per class, in label order")
+            raise EdgepipeError(
+                f"class_names lists {len(params.class_names)} names for {len(classes)} classes",
+                "give one name per class, in label order",
+            )
         classes = list(params.class_names)
     x_train, y_train = _check_labels(x_train, y_train, classes, params.source, "train")
     if x_test is not None:
@@ -113,8 +135,10 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
     if x_test is not None:
         x_test = _adapt(x_test, params)
         if x_test.shape[1:] != x_train.shape[1:]:
-            raise EdgepipeError(f"{params.source}: test images are {list(x_test.shape[1:])}, train images "
-                                f"{list(x_train.shape[1:])}", "set image_size and channels to make them one size")
+            raise EdgepipeError(
+                f"{params.source}: test images are {list(x_test.shape[1:])}, train images {list(x_train.shape[1:])}",
+                "set image_size and channels to make them one size",
+            )
 
     if x_test is None:  # no official test split: carve one, stratified
         test_idx, keep = _stratified(y_train, params.test_fraction, rng)
@@ -138,35 +162,50 @@ def run_data_stage(params: DataParams, io: StageIO) -> str:
     fsio.write_json(io.out / "dataset.json", info)
     _sample_grid(x_train, y_train, classes, params.samples_per_class, io.out / "samples.png")
     n = {s: len(v[1]) for s, v in splits.items()}
-    return (f"{n['train']} train / {n['val']} val / {n['test']} test, {len(classes)} classes, "
-            f"{'x'.join(map(str, info['input_shape']))}, imbalance {info['imbalance_ratio']:.2f}")
+    return (
+        f"{n['train']} train / {n['val']} val / {n['test']} test, {len(classes)} classes, "
+        f"{'x'.join(map(str, info['input_shape']))}, imbalance {info['imbalance_ratio']:.2f}"
+    )
 
 
 def _run_detection(params: DataParams, io: StageIO) -> str:
     """A detection dataset: drawn or read with its boxes, checked, described; dataset.npz holds the boxes as
     `y_<split>` (`[class, x0, y0, x1, y1]` rows, class -1 for padding)."""
     task = TASKS["detection"]
-    splits, classes = load_detection(params.source, synth=params.synth, mirror=params.mirror, seed=params.seed,
-                                     val_fraction=params.val_fraction, test_fraction=params.test_fraction,
-                                     image_size=params.image_size, channels=params.channels)
+    splits, classes = load_detection(
+        params.source,
+        synth=params.synth,
+        mirror=params.mirror,
+        seed=params.seed,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        image_size=params.image_size,
+        channels=params.channels,
+    )
     if params.class_names is not None:
         if len(params.class_names) != len(classes):
-            raise EdgepipeError(f"class_names lists {len(params.class_names)} names for {len(classes)} classes",
-                                "give one name per class, in label order")
+            raise EdgepipeError(
+                f"class_names lists {len(params.class_names)} names for {len(classes)} classes",
+                "give one name per class, in label order",
+            )
         classes = list(params.class_names)
     limits = {"train": params.limit_train, "test": params.limit_test}
     for split, (x, y) in list(splits.items()):
         y = task.check_labels(y, classes, f"{params.source}: {split}")
         if limits.get(split):
-            x, y = x[:limits[split]], y[:limits[split]]
+            x, y = x[: limits[split]], y[: limits[split]]
         splits[split] = (_adapt(x, params), y)
     _check_splits(splits, params, classes=False)
-    objects = {s: np.bincount(y[..., 0][y[..., 0] >= 0].astype(np.int64), minlength=len(classes)).tolist()
-               for s, (_, y) in splits.items()}
+    objects = {
+        s: np.bincount(y[..., 0][y[..., 0] >= 0].astype(np.int64), minlength=len(classes)).tolist()
+        for s, (_, y) in splits.items()
+    }
     if not sum(objects["train"]):
         raise EdgepipeError(f"{params.source}: the training scenes hold no object", "give images with boxes")
-    info = _describe(params, classes, splits, counts=objects) | {"grid_stride": STRIDE,
-                                                                 "max_objects": int(splits["train"][1].shape[1])}
+    info = _describe(params, classes, splits, counts=objects) | {
+        "grid_stride": STRIDE,
+        "max_objects": int(splits["train"][1].shape[1]),
+    }
     if params.source.startswith("synth:"):
         info["synth"] = describe_synth(params.synth)
     write_npz(io.out / "dataset.npz", {f"{k}_{s}": a for s, xy in splits.items() for k, a in zip("xy", xy)})
@@ -176,13 +215,21 @@ def _run_detection(params: DataParams, io: StageIO) -> str:
     box_grid(x[:shown], y[:shown], None, classes, io.out / "samples.png", columns=params.samples_per_class)
     n = {s: len(v[1]) for s, v in splits.items()}
     size = "x".join(map(str, info["input_shape"]))
-    return (f"{n['train']} train / {n['val']} val / {n['test']} test scenes, {sum(objects['train'])} "
-            f"training objects of {len(classes)} classes, {size}")
+    return (
+        f"{n['train']} train / {n['val']} val / {n['test']} test scenes, {sum(objects['train'])} "
+        f"training objects of {len(classes)} classes, {size}"
+    )
 
 
 KIND = StageKind(
-    name="data", params=DataParams, run=run_data_stage, inputs={}, output="dataset", main_output="dataset.npz",
-    deps=dataset_files, needs=lambda p: [r for r in [sources.requirement(p.source, p.mirror)] if r],
+    name="data",
+    params=DataParams,
+    run=run_data_stage,
+    inputs={},
+    output="dataset",
+    main_output="dataset.npz",
+    deps=dataset_files,
+    needs=lambda p: [r for r in [sources.requirement(p.source, p.mirror)] if r],
     doc="load, split, normalise and describe a dataset",
 )
 
@@ -195,12 +242,16 @@ def _check_labels(x, y, classes, source, split):
     if len(x) != len(y):
         raise EdgepipeError(f"{source}: {split} has {len(x)} images but {len(y)} labels", "fix the source files")
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-        raise EdgepipeError(f"{source}: {split} labels run {y.min()}..{y.max()} for {len(classes)} classes",
-                            "labels must be 0..num_classes-1")
+        raise EdgepipeError(
+            f"{source}: {split} labels run {y.min()}..{y.max()} for {len(classes)} classes",
+            "labels must be 0..num_classes-1",
+        )
     present = np.unique(y)
     if split == "train" and len(present) < 2:
-        raise EdgepipeError(f"{source}: only one class ({classes[present[0]] if len(present) else 'none'}) in the data",
-                            "a classifier needs at least two classes")
+        raise EdgepipeError(
+            f"{source}: only one class ({classes[present[0]] if len(present) else 'none'}) in the data",
+            "a classifier needs at least two classes",
+        )
     return x, y
 
 
@@ -208,12 +259,15 @@ def _check_splits(splits: dict, p: DataParams, classes: bool = True) -> None:
     """Every split holds images, and (a classifier's) train at least two classes: otherwise training cannot run."""
     for split, (_, y) in splits.items():
         if len(y) == 0:
-            raise EdgepipeError(f"{p.source}: the {split} split is empty after splitting "
-                                f"({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())})",
-                                "give more images, or raise val_fraction / test_fraction, or limit_train / limit_test")
+            raise EdgepipeError(
+                f"{p.source}: the {split} split is empty after splitting "
+                f"({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())})",
+                "give more images, or raise val_fraction / test_fraction, or limit_train / limit_test",
+            )
     if classes and len(np.unique(splits["train"][1])) < 2:
-        raise EdgepipeError(f"{p.source}: the train split holds one class after splitting",
-                            "give more images of each class")
+        raise EdgepipeError(
+            f"{p.source}: the train split holds one class after splitting", "give more images of each class"
+        )
 
 
 def _adapt(x: np.ndarray, p: DataParams) -> np.ndarray:
@@ -251,8 +305,9 @@ def _balanced_indices(y: np.ndarray, how: str, rng: np.random.Generator) -> np.n
     counts = np.bincount(y)
     present = np.flatnonzero(counts)
     target = counts[present].max() if how == "oversample" else counts[present].min()
-    idx = [rng.choice(np.flatnonzero(y == c), target, replace=how == "oversample" and counts[c] < target)
-           for c in present]
+    idx = [
+        rng.choice(np.flatnonzero(y == c), target, replace=how == "oversample" and counts[c] < target) for c in present
+    ]
     return rng.permutation(np.concatenate(idx))
 
 
@@ -279,8 +334,9 @@ def _describe(p: DataParams, classes: list[str], splits: dict, counts: dict | No
         "sizes": {s: len(xy[1]) for s, xy in splits.items()},
         "counts": counts,
         "imbalance_ratio": float(nonzero.max() / nonzero.min()),
-        "class_weights_balanced": [float(len(splits["train"][1]) / (len(nonzero) * c)) if c else 0.0
-                                   for c in train_counts],
+        "class_weights_balanced": [
+            float(len(splits["train"][1]) / (len(nonzero) * c)) if c else 0.0 for c in train_counts
+        ],
         "pixel_mean": float(x_train.mean()),
         "pixel_std": float(x_train.std()),
         "preprocessing": {

@@ -24,8 +24,13 @@ def run_distill_stage(params: DistillParams, io: StageIO) -> str:
 
 
 KIND = StageKind(
-    name="distill", params=DistillParams, run=run_distill_stage, inputs={"data": False, "teacher": False},
-    output="model", accepts={"data": ("dataset",), "teacher": ("model",)},
-    main_output="model.h5", deps=lambda p: nets.builder_files(p.arch),
+    name="distill",
+    params=DistillParams,
+    run=run_distill_stage,
+    inputs={"data": False, "teacher": False},
+    output="model",
+    accepts={"data": ("dataset",), "teacher": ("model",)},
+    main_output="model.h5",
+    deps=lambda p: nets.builder_files(p.arch),
     doc="distil a teacher model into a small student",
 )

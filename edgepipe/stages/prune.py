@@ -26,20 +26,29 @@ from edgepipe.training.outputs import test_figure, write_training_outputs
 class PruneParams(Fit):
     """Parameters of the prune stage (the training knobs, with fine-tuning defaults)."""
 
-    sparsity: float = param(0.5, "fraction of each pruned kernel's weights set to zero at the end, in [0, 1)",
-                            min=0.0, max=0.999)
-    m_by_n: list[int] | None = param(None, "structured sparsity instead: [m, n] zeroes m of every n consecutive "
-                                     "weights (Conv2D and Dense only; sparsity is then ignored)")
-    ramp: float = param(0.6, "fraction of the fine-tuning over which sparsity ramps up; the rest trains at the "
-                        "target", min=0.05, max=1.0)
+    sparsity: float = param(
+        0.5, "fraction of each pruned kernel's weights set to zero at the end, in [0, 1)", min=0.0, max=0.999
+    )
+    m_by_n: list[int] | None = param(
+        None,
+        "structured sparsity instead: [m, n] zeroes m of every n consecutive "
+        "weights (Conv2D and Dense only; sparsity is then ignored)",
+    )
+    ramp: float = param(
+        0.6,
+        "fraction of the fine-tuning over which sparsity ramps up; the rest trains at the target",
+        min=0.05,
+        max=1.0,
+    )
     frequency: int = param(50, "steps between mask updates during the ramp", min=1)
     layers: list[str] = param([], "layers to prune (default: every layer tfmot can prune)")
     skip: list[str] = param([], "layers never pruned (the first conv and the classifier are usual picks)")
     lr: float = param(3e-4, "fine-tuning learning rate", min=0.0, max=1.0)
     epochs: int = param(4, "fine-tuning epochs", min=1)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
-    early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping (off: it would stop "
-                                          "before the ramp ends)")
+    early_stopping: EarlyStopping = param(
+        EarlyStopping(enabled=False), "early stopping (off: it would stop before the ramp ends)"
+    )
 
     def __post_init__(self):
         if self.m_by_n is not None:
@@ -61,8 +70,15 @@ def run_prune_stage(params: PruneParams, io: StageIO) -> str:
     if end_step >= steps:
         end_step -= frequency
     model, chosen = compress.apply_pruning(
-        source, sparsity=params.sparsity, m_by_n=tuple(params.m_by_n) if params.m_by_n else None,
-        layers=params.layers, skip=params.skip, begin_step=0, end_step=max(end_step, 1), frequency=frequency)
+        source,
+        sparsity=params.sparsity,
+        m_by_n=tuple(params.m_by_n) if params.m_by_n else None,
+        layers=params.layers,
+        skip=params.skip,
+        begin_step=0,
+        end_step=max(end_step, 1),
+        frequency=frequency,
+    )
     fit(model, ds, params, io, callbacks=compress.pruning_callbacks())
     model = compress.strip_pruning(model)
     stats = compress.weight_stats(model)
@@ -71,26 +87,39 @@ def run_prune_stage(params: PruneParams, io: StageIO) -> str:
     pruned = [s for s in stats if s["pruned"]]
     achieved = sum(s["zeros"] for s in pruned) / max(1, sum(s["weights"] for s in pruned))
     if not params.m_by_n and achieved < params.sparsity - 0.05:
-        raise EdgepipeError(f"prune: the pruned layers reached {100 * achieved:.1f} % zeros, not the "
-                            f"{100 * params.sparsity:.0f} % asked for ({steps} fine-tuning steps)",
-                            "give more epochs, or a smaller frequency")
+        raise EdgepipeError(
+            f"prune: the pruned layers reached {100 * achieved:.1f} % zeros, not the "
+            f"{100 * params.sparsity:.0f} % asked for ({steps} fine-tuning steps)",
+            "give more epochs, or a smaller frequency",
+        )
     # Over every weight kernel, skipped layers included: the figure a "pruned to N %" claim should quote.
     overall = sum(s["zeros"] for s in stats) / max(1, sum(s["weights"] for s in stats))
-    fsio.write_json(io.out / "sparsity.json", {"target": params.sparsity, "m_by_n": params.m_by_n,
-                                               "achieved": round(achieved, 4), "overall": round(overall, 4),
-                                               "layers": stats})
-    metrics = write_training_outputs(model, ds, io, params, extra={**carried_forward(io.inputs["model"]),
-                                                                   "sparsity": round(achieved, 4)})
+    fsio.write_json(
+        io.out / "sparsity.json",
+        {
+            "target": params.sparsity,
+            "m_by_n": params.m_by_n,
+            "achieved": round(achieved, 4),
+            "overall": round(overall, 4),
+            "layers": stats,
+        },
+    )
+    metrics = write_training_outputs(
+        model, ds, io, params, extra={**carried_forward(io.inputs["model"]), "sparsity": round(achieved, 4)}
+    )
     what = f"{params.m_by_n[0]}:{params.m_by_n[1]}" if params.m_by_n else f"{100 * achieved:.1f} % zeros"
     if len(pruned) < len(stats):
         what += f" ({100 * overall:.1f} % of all {len(stats)} layers' weights)"
-    return (f"pruned {len(pruned)} layers to {what}; {test_figure(metrics)} "
-            f"({metrics['epochs_run']} epochs)")
+    return f"pruned {len(pruned)} layers to {what}; {test_figure(metrics)} ({metrics['epochs_run']} epochs)"
 
 
 KIND = StageKind(
-    name="prune", params=PruneParams, run=run_prune_stage, inputs={"data": False, "model": False},
-    output="model", accepts={"data": ("dataset",), "model": ("model",)},
+    name="prune",
+    params=PruneParams,
+    run=run_prune_stage,
+    inputs={"data": False, "model": False},
+    output="model",
+    accepts={"data": ("dataset",), "model": ("model",)},
     main_output="model.h5",
     doc="magnitude pruning (tfmot) of a trained model to a target sparsity or m-by-n, fine-tuned",
 )

@@ -28,8 +28,11 @@ class QatParams(Fit):
     epochs: int = param(2, "fine-tuning epochs", min=1)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping")
-    preserve: compress.Preserve = param("none", "keep what an earlier stage made of the weights through QAT: "
-                                        "sparsity (a pruned model: PQAT), clusters (CQAT) or both (PCQAT)")
+    preserve: compress.Preserve = param(
+        "none",
+        "keep what an earlier stage made of the weights through QAT: "
+        "sparsity (a pruned model: PQAT), clusters (CQAT) or both (PCQAT)",
+    )
 
 
 def quantize(model, preserve: compress.Preserve = "none"):
@@ -48,9 +51,11 @@ def quantize(model, preserve: compress.Preserve = "none"):
         text = " ".join(str(e).split())
         layer = re.search(r"Layer ([\w/.-]+):<class", text) or re.search(r"layer '([\w/.-]+)'", text)
         where = f"layer '{layer.group(1)}'" if layer else f"model '{model.name}'"
-        raise EdgepipeError(f"QAT cannot quantize {where}: {text[:200]}",
-                            "use Conv2D/DepthwiseConv2D without activation -> BatchNormalization -> ReLU, "
-                            "or annotate that layer with a custom QuantizeConfig") from None
+        raise EdgepipeError(
+            f"QAT cannot quantize {where}: {text[:200]}",
+            "use Conv2D/DepthwiseConv2D without activation -> BatchNormalization -> ReLU, "
+            "or annotate that layer with a custom QuantizeConfig",
+        ) from None
 
 
 def run_qat_stage(params: QatParams, io: StageIO) -> str:
@@ -68,8 +73,12 @@ def run_qat_stage(params: QatParams, io: StageIO) -> str:
 
 
 KIND = StageKind(
-    name="qat", params=QatParams, run=run_qat_stage, inputs={"data": False, "model": False},
-    output="model", accepts={"data": ("dataset",), "model": ("model",)},
+    name="qat",
+    params=QatParams,
+    run=run_qat_stage,
+    inputs={"data": False, "model": False},
+    output="model",
+    accepts={"data": ("dataset",), "model": ("model",)},
     main_output="model.h5",
     doc="quantization-aware fine-tuning (tfmot) of a trained model",
 )

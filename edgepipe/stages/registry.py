@@ -11,9 +11,35 @@ from edgepipe.core.stage import StageKind
 
 def kinds() -> dict[str, StageKind]:
     """All stage kinds by name. Stage modules import TensorFlow lazily, so this is cheap."""
-    from edgepipe.stages import (bench, bundle, cluster, convert, data, distill, import_model, prune, qat, report,
-                                 search, train, transfer)
+    from edgepipe.stages import (
+        bench,
+        bundle,
+        cluster,
+        convert,
+        data,
+        distill,
+        import_model,
+        prune,
+        qat,
+        report,
+        search,
+        train,
+        transfer,
+    )
 
-    table = [data.KIND, train.KIND, transfer.KIND, distill.KIND, search.KIND, import_model.KIND, prune.KIND,
-             cluster.KIND, qat.KIND, convert.KIND, bench.KIND, bundle.KIND, report.KIND]
+    table = [
+        data.KIND,
+        train.KIND,
+        transfer.KIND,
+        distill.KIND,
+        search.KIND,
+        import_model.KIND,
+        prune.KIND,
+        cluster.KIND,
+        qat.KIND,
+        convert.KIND,
+        bench.KIND,
+        bundle.KIND,
+        report.KIND,
+    ]
     return {k.name: k for k in table}

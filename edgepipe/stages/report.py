@@ -28,9 +28,23 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.search.front import figure_text
 from edgepipe.stages.report_html import write_html
 from edgepipe.stages.report_pareto import write_pareto
-from edgepipe.stages.report_tables import (TAG_LEGEND, capital, columns, devices_measured, figures_by_target, flat_row,
-                                           joined, measured_targets, metric_of, short, table_row, target_tables,
-                                           targets_table, task_table, text_table)
+from edgepipe.stages.report_tables import (
+    TAG_LEGEND,
+    capital,
+    columns,
+    devices_measured,
+    figures_by_target,
+    flat_row,
+    joined,
+    measured_targets,
+    metric_of,
+    short,
+    table_row,
+    target_tables,
+    targets_table,
+    task_table,
+    text_table,
+)
 from edgepipe.targets.provenance import rows_by_name
 
 
@@ -47,10 +61,12 @@ class Gate:
 class ReportParams:
     """Parameters of the report stage."""
 
-    title: str = param("edgepipe report: {metric} vs latency on {targets}",
-                       "heading of report.md; {targets} becomes the targets measured, microcontrollers first "
-                       "(e.g. 'Cortex-M4 (emulated) and this host (x86_64, AMD EPYC)'), {metric} the task's "
-                       "headline metric (accuracy, F1)")
+    title: str = param(
+        "edgepipe report: {metric} vs latency on {targets}",
+        "heading of report.md; {targets} becomes the targets measured, microcontrollers first "
+        "(e.g. 'Cortex-M4 (emulated) and this host (x86_64, AMD EPYC)'), {metric} the task's "
+        "headline metric (accuracy, F1)",
+    )
     reference: str | None = param(None, "row the delta column is measured against (e.g. teacher/float32)")
     gates: list[Gate] = param([], "accuracy gates; the run fails if one is not met")
 
@@ -74,10 +90,17 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     measured = measured_targets(benches, targets)
     metric = metric_of(benches)
     heading = params.title.replace(TARGETS, joined([m["label"] for m in measured])).replace(METRIC, metric["short"])
-    report = {"title": heading, "reference": params.reference, "provenance": provenance, "devices": devices,
-              "rows": [{**flat_row(r, ref), "targets": targets.get(r["name"], {})} for r in rows], "gates": gates,
-              "targets": [b["target"]["name"] for b in benches if "target" in b], "measured_on": measured,
-              "metric": metric}
+    report = {
+        "title": heading,
+        "reference": params.reference,
+        "provenance": provenance,
+        "devices": devices,
+        "rows": [{**flat_row(r, ref), "targets": targets.get(r["name"], {})} for r in rows],
+        "gates": gates,
+        "targets": [b["target"]["name"] for b in benches if "target" in b],
+        "measured_on": measured,
+        "metric": metric,
+    }
     classes = next((b.get("classes") for b in benches if b.get("classes")), None)
     int8_cost = int8_class_cost(rows, classes, {g.model: g.against for g in params.gates})
     report["int8_class_cost"] = int8_cost
@@ -93,19 +116,37 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle, metric, tasks)
     fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
     write_pareto(rows, targets, measured, io.out / "pareto.png", metric["short"])
-    write_html(io.out / "report.html", heading, table, columns(metric["short"]), gates, rows, benches,
-               upstream=io.upstream, pareto=io.out / "pareto.png", provenance=provenance,
-               deployable=params.gates[0].model if params.gates else None, int8_cost=int8_cost,
-               target_table=target_table, legend=TAG_LEGEND, target_tables=own, host_heading=host, subtitle=subtitle,
-               searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches],
-               metric=metric, task_table=tasks)
+    write_html(
+        io.out / "report.html",
+        heading,
+        table,
+        columns(metric["short"]),
+        gates,
+        rows,
+        benches,
+        upstream=io.upstream,
+        pareto=io.out / "pareto.png",
+        provenance=provenance,
+        deployable=params.gates[0].model if params.gates else None,
+        int8_cost=int8_cost,
+        target_table=target_table,
+        legend=TAG_LEGEND,
+        target_tables=own,
+        host_heading=host,
+        subtitle=subtitle,
+        searches=[(f"Search {x['stage']} on {x['target']}", search_lines(x)[2:], x["png"]) for x in searches],
+        metric=metric,
+        task_table=tasks,
+    )
     _print(table, target_table, own, host, metric["short"], tasks)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
-        raise EdgepipeError(f"{metric['short']} gate failed: {g['model']} loses {g['drop_points']:.2f} validation points "
-                            f"against {g['against']} (allowed {g['max_drop']})",
-                            "train longer, use QAT, or relax the gate's max_drop")
+        raise EdgepipeError(
+            f"{metric['short']} gate failed: {g['model']} loses {g['drop_points']:.2f} validation points "
+            f"against {g['against']} (allowed {g['max_drop']})",
+            "train longer, use QAT, or relax the gate's max_drop",
+        )
     return f"{len(rows)} variants; gates {'passed' if gates else 'none'}"
 
 
@@ -113,44 +154,72 @@ def _search(stage_dir: Path, out: Path) -> dict:
     """A search stage's summary and front, its picture copied beside the report as search_<stage>.png."""
     summary = stage_dir / "search.json"
     if not summary.is_file():
-        raise EdgepipeError(f"report: stage '{stage_dir.name}' given as a search has no search.json",
-                            "list search stages under searches, benches under benches")
+        raise EdgepipeError(
+            f"report: stage '{stage_dir.name}' given as a search has no search.json",
+            "list search stages under searches, benches under benches",
+        )
     png = out / f"search_{stage_dir.name}.png"
     if (stage_dir / "pareto.png").is_file():
         fsio.copy_file(stage_dir / "pareto.png", png)
-    return {"stage": stage_dir.name, **json.loads(summary.read_text()),
-            "front": json.loads((stage_dir / "front.json").read_text()), "png": png}
+    return {
+        "stage": stage_dir.name,
+        **json.loads(summary.read_text()),
+        "front": json.loads((stage_dir / "front.json").read_text()),
+        "png": png,
+    }
 
 
 def search_lines(s: dict) -> list[str]:
     """The report's section on one search: trials, budgets, the choice, distillation, the front."""
     t = s["trials"]
-    budgets = ", ".join(f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in s["budgets"].items())
+    budgets = ", ".join(
+        f"{k} {'>=' if k == 'val_accuracy' else '<='} {figure_text(k, v)}" for k, v in s["budgets"].items()
+    )
     ref = s.get("reference")
-    lines = [f"## Search `{s['stage']}` on {s['target']}", "",
-             f"{sum(t.values())} trials: {t['complete']} trained to the end, {t['pruned']} pruned, {t['over budget']} "
-             f"over budget before training, {t['failed']} failed; budgets: {budgets or 'none'}"
-             + (f" (reference {ref['file']}: {figure_text('latency_ms', ref.get('latency_ms'))}, flash "
-                f"{figure_text('flash_bytes', ref.get('flash_bytes'))}, RAM {figure_text('ram_bytes', ref.get('ram_bytes'))})"
-                if ref else "") + "."]
+    lines = [
+        f"## Search `{s['stage']}` on {s['target']}",
+        "",
+        f"{sum(t.values())} trials: {t['complete']} trained to the end, {t['pruned']} pruned, {t['over budget']} "
+        f"over budget before training, {t['failed']} failed; budgets: {budgets or 'none'}"
+        + (
+            f" (reference {ref['file']}: {figure_text('latency_ms', ref.get('latency_ms'))}, flash "
+            f"{figure_text('flash_bytes', ref.get('flash_bytes'))}, RAM {figure_text('ram_bytes', ref.get('ram_bytes'))})"
+            if ref
+            else ""
+        )
+        + ".",
+    ]
     c = s["chosen"]
     chosen_values = ", ".join(f"{k}={short(v)}" for k, v in c["values"].items())
-    lines += ["", f"Chosen: trial {c['trial']}, validation int8 accuracy {figure_text('val_accuracy', c['val_accuracy'])}, "
-              f"{figure_text('latency_ms', c.get('latency_ms'))}, flash {figure_text('flash_bytes', c.get('flash_bytes'))}, RAM "
-              f"{figure_text('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}."]
+    lines += [
+        "",
+        f"Chosen: trial {c['trial']}, validation int8 accuracy {figure_text('val_accuracy', c['val_accuracy'])}, "
+        f"{figure_text('latency_ms', c.get('latency_ms'))}, flash {figure_text('flash_bytes', c.get('flash_bytes'))}, RAM "
+        f"{figure_text('ram_bytes', c.get('ram_bytes'))} ({c.get('provenance')}): {chosen_values}.",
+    ]
     d = s.get("distillation")
     if d:
-        lines += ["", f"Distillation for this configuration ({d['epochs']} epochs, int8, validation): with the teacher "
-                  f"{figure_text('val_accuracy', d['with_teacher'])}, without {figure_text('val_accuracy', d['without_teacher'])}: "
-                  f"{'paid' if d['paid'] else 'did not pay'} ({d['distillation_gain_points']:+.2f} points)."]
-    lines += ["", "The feasible front (no other trial is both more accurate and cheaper on the target):", "",
-              "| trial | val int8 | latency | instructions | flash | RAM | values |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Distillation for this configuration ({d['epochs']} epochs, int8, validation): with the teacher "
+            f"{figure_text('val_accuracy', d['with_teacher'])}, without {figure_text('val_accuracy', d['without_teacher'])}: "
+            f"{'paid' if d['paid'] else 'did not pay'} ({d['distillation_gain_points']:+.2f} points).",
+        ]
+    lines += [
+        "",
+        "The feasible front (no other trial is both more accurate and cheaper on the target):",
+        "",
+        "| trial | val int8 | latency | instructions | flash | RAM | values |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in s["front"]:
         values = ", ".join(f"{k}={short(v)}" for k, v in r.get("values", {}).items())
-        lines.append(f"| {r['trial']} | {figure_text('val_accuracy', r.get('val_accuracy'))} | "
-                     f"{figure_text('latency_ms', r.get('latency_ms'))} | {figure_text('instructions', r.get('instructions'))} | "
-                     f"{figure_text('flash_bytes', r.get('flash_bytes'))} | {figure_text('ram_bytes', r.get('ram_bytes'))} | "
-                     f"{values} |")
+        lines.append(
+            f"| {r['trial']} | {figure_text('val_accuracy', r.get('val_accuracy'))} | "
+            f"{figure_text('latency_ms', r.get('latency_ms'))} | {figure_text('instructions', r.get('instructions'))} | "
+            f"{figure_text('flash_bytes', r.get('flash_bytes'))} | {figure_text('ram_bytes', r.get('ram_bytes'))} | "
+            f"{values} |"
+        )
     lines += ["", f"![search front](search_{s['stage']}.png)"]
     return lines
 
@@ -162,17 +231,33 @@ def _gates(gates: list[Gate], by_name: dict[str, dict]) -> list[dict]:
     for g in gates:
         for name in (g.model, g.against):
             if by_name[name].get("val_accuracy") is None:
-                raise EdgepipeError(f"report: gate on '{name}', which has no validation accuracy (its bench "
-                                    "measured no validation images)",
-                                    "rerun its bench stage on a data stage with a validation split (val_fraction)")
+                raise EdgepipeError(
+                    f"report: gate on '{name}', which has no validation accuracy (its bench "
+                    "measured no validation images)",
+                    "rerun its bench stage on a data stage with a validation split (val_fraction)",
+                )
         drop = 100 * (by_name[g.against]["val_accuracy"] - by_name[g.model]["val_accuracy"])
-        out.append({"model": g.model, "against": g.against, "split": "val", "drop_points": drop,
-                    "max_drop": g.max_drop, "passed": drop <= g.max_drop})
+        out.append(
+            {
+                "model": g.model,
+                "against": g.against,
+                "split": "val",
+                "drop_points": drop,
+                "max_drop": g.max_drop,
+                "passed": drop <= g.max_drop,
+            }
+        )
     return out
 
 
-def _print(table: list[list[str]], target_table: list[list[str]], own: list[dict], host: str, short: str = "accuracy",
-           tasks: list[list[str]] = ()) -> None:
+def _print(
+    table: list[list[str]],
+    target_table: list[list[str]],
+    own: list[dict],
+    host: str,
+    short: str = "accuracy",
+    tasks: list[list[str]] = (),
+) -> None:
     """Each target's own table, this host's results table, the task's other metrics, and every target side by
     side when there are any."""
     for t in own:
@@ -209,17 +294,38 @@ def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str
         float_row = by_name.get((pairs or {}).get(r["name"], f"{r['name'].split('/')[0]}/float32"))
         if r["variant"] != "int8" or not float_row or not r.get("per_class_accuracy"):
             continue
-        drops = sorted(((100 * (f - q), classes[c] if classes else str(c)) for c, (f, q) in
-                        enumerate(zip(float_row["per_class_accuracy"], r["per_class_accuracy"])) if f is not None),
-                       reverse=True)
-        out.append({"model": r["name"], "against": float_row["name"],
-                    "points_lost": 100 * (float_row["accuracy"] - r["accuracy"]),
-                    "classes": [{"class": c, "points_lost": d} for d, c in drops]})
+        drops = sorted(
+            (
+                (100 * (f - q), classes[c] if classes else str(c))
+                for c, (f, q) in enumerate(zip(float_row["per_class_accuracy"], r["per_class_accuracy"]))
+                if f is not None
+            ),
+            reverse=True,
+        )
+        out.append(
+            {
+                "model": r["name"],
+                "against": float_row["name"],
+                "points_lost": 100 * (float_row["accuracy"] - r["accuracy"]),
+                "classes": [{"class": c, "points_lost": d} for d, c in drops],
+            }
+        )
     return out
 
 
-def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=(), own=(), host="This host",
-              subtitle=None, metric=None, tasks=()) -> str:
+def _markdown(
+    heading: str,
+    table,
+    gates,
+    provenance,
+    int8_cost,
+    target_table=(),
+    own=(),
+    host="This host",
+    subtitle=None,
+    metric=None,
+    tasks=(),
+) -> str:
     """The heading, each target's own table, this host's results table, gates, int8's cost per class, and
     every target side by side."""
     lines = [f"# {heading}", ""] + ([subtitle, ""] if subtitle else [])
@@ -234,18 +340,29 @@ def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=()
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     what = "Accuracy" if metric["short"] == "accuracy" else f"{metric['short']}, {metric['label']},"
-    lines += ["", f"{what} is measured by running each exported `.tflite` in the LiteRT interpreter: val "
-              f"{metric['short']} on the data stage's validation split (what the gates judge by), test {metric['short']} "
-              "on the full test split "
-              "(the final figure, never chosen on); delta = test points against the reference; latency is single-image invoke time after warm-up (p50/p99), 1T = one thread, "
-              "all = every core; arena = smallest TFLite Micro tensor arena in which the int8 model runs.", ""]
+    lines += [
+        "",
+        f"{what} is measured by running each exported `.tflite` in the LiteRT interpreter: val "
+        f"{metric['short']} on the data stage's validation split (what the gates judge by), test {metric['short']} "
+        "on the full test split "
+        "(the final figure, never chosen on); delta = test points against the reference; latency is single-image invoke time after warm-up (p50/p99), 1T = one thread, "
+        "all = every core; arena = smallest TFLite Micro tensor arena in which the int8 model runs.",
+        "",
+    ]
     for g in gates:
-        lines.append(f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
-                     f"validation points against {g['against']} (allowed {g['max_drop']})")
+        lines.append(
+            f"- gate {'PASSED' if g['passed'] else 'FAILED'}: {g['model']} loses {g['drop_points']:.2f} "
+            f"validation points against {g['against']} (allowed {g['max_drop']})"
+        )
     if tasks:
-        lines += ["", f"Every {metric['short']} figure and these are the task's metrics on the test split (their "
-                  "thresholds: the bench's `task_metrics` definitions):", "",
-                  "| " + " | ".join(tasks[0]) + " |", "|" + "---|" * len(tasks[0])]
+        lines += [
+            "",
+            f"Every {metric['short']} figure and these are the task's metrics on the test split (their "
+            "thresholds: the bench's `task_metrics` definitions):",
+            "",
+            "| " + " | ".join(tasks[0]) + " |",
+            "|" + "---|" * len(tasks[0]),
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in tasks[1:]]
     if int8_cost:
         lines += ["", "Classes int8 hurt most (accuracy points lost against the same stage's float32 model):", ""]
@@ -253,8 +370,15 @@ def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=()
             worst = ", ".join(f"{x['class']} {x['points_lost']:+.2f}" for x in c["classes"][:3])
             lines.append(f"- {c['model']} ({c['points_lost']:+.2f} overall): {worst}")
     if target_table:
-        lines += ["", "## Every target side by side", "", "Each figure tagged with where it comes from:", "",
-                  "| " + " | ".join(target_table[0]) + " |", "|" + "---|" * len(target_table[0])]
+        lines += [
+            "",
+            "## Every target side by side",
+            "",
+            "Each figure tagged with where it comes from:",
+            "",
+            "| " + " | ".join(target_table[0]) + " |",
+            "|" + "---|" * len(target_table[0]),
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
         lines += ["", TAG_LEGEND + "."]
     if provenance:
@@ -263,8 +387,16 @@ def _markdown(heading: str, table, gates, provenance, int8_cost, target_table=()
 
 
 KIND = StageKind(
-    name="report", params=ReportParams, run=run_report_stage, inputs={"benches": True, "searches": True}, light=True,
-    output="report", accepts={"benches": ("bench",), "searches": ("model",)}, optional_inputs=("searches",),
-    main_output="report.md", reads_upstream=True, resets_keras=False,
+    name="report",
+    params=ReportParams,
+    run=run_report_stage,
+    inputs={"benches": True, "searches": True},
+    light=True,
+    output="report",
+    accepts={"benches": ("bench",), "searches": ("model",)},
+    optional_inputs=("searches",),
+    main_output="report.md",
+    reads_upstream=True,
+    resets_keras=False,
     doc="accuracy vs latency/FPS, size and memory table, Pareto plot, accuracy gates",
 )

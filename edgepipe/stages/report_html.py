@@ -36,24 +36,47 @@ img{max-width:100%}.small{color:#57606a;font-size:12px}
 """
 
 
-def write_html(dest: Path, title: str, table: list[list[str]], columns, gates: list[dict], rows: list[dict],
-               benches: list[dict], upstream: dict[str, Path], pareto: Path, provenance: dict, deployable: str | None,
-               int8_cost: list[dict], target_table: list[list[str]] | None = None, legend: str = "",
-               searches: list[tuple[str, list[str], Path]] = (), target_tables: list[dict] = (),
-               host_heading: str = "Results", subtitle: str | None = None, metric: dict | None = None,
-               task_table: list[list[str]] = ()) -> None:
+def write_html(
+    dest: Path,
+    title: str,
+    table: list[list[str]],
+    columns,
+    gates: list[dict],
+    rows: list[dict],
+    benches: list[dict],
+    upstream: dict[str, Path],
+    pareto: Path,
+    provenance: dict,
+    deployable: str | None,
+    int8_cost: list[dict],
+    target_table: list[list[str]] | None = None,
+    legend: str = "",
+    searches: list[tuple[str, list[str], Path]] = (),
+    target_tables: list[dict] = (),
+    host_heading: str = "Results",
+    subtitle: str | None = None,
+    metric: dict | None = None,
+    task_table: list[list[str]] = (),
+) -> None:
     """Write the page to `dest` (atomically). `target_tables` are `report.target_tables`' (shown first)."""
     short = (metric or {}).get("short", "accuracy")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
-             f"<p>{_e(subtitle)}</p>" if subtitle else "",
-             *(_own(t) for t in target_tables), _results(table, columns, host_heading),
-             _task(task_table), _targets(target_table, legend), _gates(gates),
-             _picture("pareto", f"{short[:1].upper()}{short[1:]} against latency", pareto),
-             *(_search(*x) for x in searches), _int8(int8_cost), _training(rows, upstream, metric),
-             _mistakes(rows, benches, upstream, deployable),
-             f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
-             "</body></html>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
+        f"<p>{_e(subtitle)}</p>" if subtitle else "",
+        *(_own(t) for t in target_tables),
+        _results(table, columns, host_heading),
+        _task(task_table),
+        _targets(target_table, legend),
+        _gates(gates),
+        _picture("pareto", f"{short[:1].upper()}{short[1:]} against latency", pareto),
+        *(_search(*x) for x in searches),
+        _int8(int8_cost),
+        _training(rows, upstream, metric),
+        _mistakes(rows, benches, upstream, deployable),
+        f"<h2 id='provenance'>Measured on</h2><p>{_e(', '.join(f'{k} {v}' for k, v in provenance.items()))}</p>",
+        "</body></html>",
+    ]
     fsio.write_text(dest, "\n".join(parts))
 
 
@@ -103,16 +126,20 @@ def _own(t: dict) -> str:
 
 
 def _results(table, columns, heading: str = "Results") -> str:
-    return (f"<h2 id='results'>{_e(heading)}</h2>{_table(columns, table)}"
-            "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
-            "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>")
+    return (
+        f"<h2 id='results'>{_e(heading)}</h2>{_table(columns, table)}"
+        "<p class='small'>Accuracy from each exported <code>.tflite</code> in the LiteRT interpreter on the full "
+        "test split; latency: single-image invoke after warm-up; arena: smallest TFLite Micro arena.</p>"
+    )
 
 
 def _targets(target_table, legend: str) -> str:
     if not target_table:
         return ""
-    return (f"<h2 id='targets'>Every target side by side</h2>{_table(target_table[0], target_table[1:])}"
-            f"<p class='small'>{_e(legend)}</p>")
+    return (
+        f"<h2 id='targets'>Every target side by side</h2>{_table(target_table[0], target_table[1:])}"
+        f"<p class='small'>{_e(legend)}</p>"
+    )
 
 
 def _gates(gates) -> str:
@@ -122,7 +149,8 @@ def _gates(gates) -> str:
         f"<li><span class='{'pass' if g['passed'] else 'fail'}'>{'PASSED' if g['passed'] else 'FAILED'}</span> "
         f"{_e(g['model'])} loses {g['drop_points']:.2f} validation points against {_e(g['against'])} "
         f"(allowed {g['max_drop']})</li>"
-        for g in gates)
+        for g in gates
+    )
     return f"<h2 id='gates'>Accuracy gates</h2><ul>{items}</ul>"
 
 
@@ -133,10 +161,14 @@ def _int8(int8_cost: list[dict]) -> str:
         return head + "<p class='ok'>no model has both float32 and int8</p>"
     lines = "".join(
         f"<tr><td>{_e(c['model'])}</td><td>{c['points_lost']:+.2f}</td><td style='text-align:left'>"
-        + ", ".join(f"{_e(x['class'])} {x['points_lost']:+.2f}" for x in c["classes"][:3]) + "</td></tr>"
-        for c in int8_cost)
-    return (head + "<table><tr><th>int8 model</th><th>points lost overall</th><th>classes hurt most (points lost "
-            "against its float32)</th></tr>" + lines + "</table>")
+        + ", ".join(f"{_e(x['class'])} {x['points_lost']:+.2f}" for x in c["classes"][:3])
+        + "</td></tr>"
+        for c in int8_cost
+    )
+    return (
+        head + "<table><tr><th>int8 model</th><th>points lost overall</th><th>classes hurt most (points lost "
+        "against its float32)</th></tr>" + lines + "</table>"
+    )
 
 
 def _training(rows, upstream: dict[str, Path], metric: dict | None = None) -> str:
@@ -150,8 +182,10 @@ def _training(rows, upstream: dict[str, Path], metric: dict | None = None) -> st
             continue
         metrics = json.loads((stage / "metrics.json").read_text())
         findings = json.loads((stage / FINDINGS).read_text()) if (stage / FINDINGS).is_file() else []
-        doctor = "".join(f"<div class='finding'>{_e(f['line'])}</div>" for f in findings) or \
-            "<p class='ok'>doctor: no findings</p>"
+        doctor = (
+            "".join(f"<div class='finding'>{_e(f['line'])}</div>" for f in findings)
+            or "<p class='ok'>doctor: no findings</p>"
+        )
         test = metrics.get("test", {})
         pics = []
         if (stage / "curves.png").is_file():
@@ -161,9 +195,11 @@ def _training(rows, upstream: dict[str, Path], metric: dict | None = None) -> st
         if (stage / "predictions.png").is_file():
             pics.append(_img((stage / "predictions.png").read_bytes(), f"{source} detections on test scenes"))
         macro = f"; macro F1 {test['macro']['f1']:.3f}" if "macro" in test else ""
-        out.append(f"<h3>{_e(source)}</h3><p>test {_e(short)} {100 * test.get(name, 0):.2f} % after "
-                   f"{metrics.get('epochs_run', '?')} epochs{macro}</p>"
-                   f"{doctor}<div class='stage'>{''.join(pics)}</div>")
+        out.append(
+            f"<h3>{_e(source)}</h3><p>test {_e(short)} {100 * test.get(name, 0):.2f} % after "
+            f"{metrics.get('epochs_run', '?')} epochs{macro}</p>"
+            f"{doctor}<div class='stage'>{''.join(pics)}</div>"
+        )
     return "".join(out)
 
 
@@ -171,7 +207,8 @@ def _mistakes(rows, benches, upstream: dict[str, Path], deployable: str | None) 
     """What the deployable model gets wrong: a classifier's misclassified test images, a detector's detections
     over the first test scenes."""
     row = next((r for r in rows if r["name"] == deployable), None) or next(
-        (r for r in reversed(rows) if r["variant"] == "int8"), rows[-1] if rows else None)
+        (r for r in reversed(rows) if r["variant"] == "int8"), rows[-1] if rows else None
+    )
     data = upstream.get(next((b.get("data") for b in benches if b.get("data")), None))
     head = "<h2 id='misclassified'>What the deployable model gets wrong</h2>"
     if row is None or data is None or not (data / "dataset.npz").is_file():
@@ -184,9 +221,11 @@ def _mistakes(rows, benches, upstream: dict[str, Path], deployable: str | None) 
     with np.load(data / "dataset.npz") as z:
         images = z["x_test"][[i for i, _, _ in wrong]]
     classes = json.loads((data / "dataset.json").read_text())["classes"]
-    return (head + f"<p>{_e(row['name'])}: the first {len(wrong)} of its mistakes on the test split "
-            "(true → predicted)</p>" + _img(_grid_png(images, [(classes[t], classes[p]) for _, t, p in wrong]),
-                                             "misclassified test images"))
+    return (
+        head + f"<p>{_e(row['name'])}: the first {len(wrong)} of its mistakes on the test split "
+        "(true → predicted)</p>"
+        + _img(_grid_png(images, [(classes[t], classes[p]) for _, t, p in wrong]), "misclassified test images")
+    )
 
 
 def _detections(row: dict, data: Path) -> str:
@@ -197,14 +236,16 @@ def _detections(row: dict, data: Path) -> str:
 
     shown = [np.asarray(d, np.float32).reshape(-1, 8) for d in row["detections_shown"]]
     with np.load(data / "dataset.npz") as z:
-        images, truth = z["x_test"][:len(shown)], z["y_test"][:len(shown)]
+        images, truth = z["x_test"][: len(shown)], z["y_test"][: len(shown)]
     classes = json.loads((data / "dataset.json").read_text())["classes"]
     with tempfile.TemporaryDirectory() as tmp:
         box_grid(images, truth, shown, classes, Path(tmp) / "d.png")
         png = (Path(tmp) / "d.png").read_bytes()
-    return ("<h2 id='misclassified'>What the deployable model finds</h2>"
-            f"<p>{_e(row['name'])} on the first {len(shown)} test scenes: truth in green, its detections in red "
-            "(a cross at each centre, the class and score, the box when it has a size head)</p>" + _img(png, "detections"))
+    return (
+        "<h2 id='misclassified'>What the deployable model finds</h2>"
+        f"<p>{_e(row['name'])} on the first {len(shown)} test scenes: truth in green, its detections in red "
+        "(a cross at each centre, the class and score, the box when it has a size head)</p>" + _img(png, "detections")
+    )
 
 
 def _grid_png(images: np.ndarray, labels: list[tuple[str, str]]) -> bytes:

@@ -38,18 +38,30 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict], short: 
     for m in measured:
         t = m["target"]
         if t == "host":
-            points = [(((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
-                       100 * r["accuracy"], r) for r in rows]
+            points = [
+                (
+                    ((r["latency"].get("threads_1") or next(iter(r["latency"].values()), {})) or {}).get("p50_us"),
+                    100 * r["accuracy"],
+                    r,
+                )
+                for r in rows
+            ]
             scale, unit = _time_unit([x for x, _, _ in points if x])
-            panels.append((capital(m["label"]), f"p50 latency, 1 thread ({unit})",
-                           [(x and x / scale, y, r) for x, y, r in points]))
+            panels.append(
+                (
+                    capital(m["label"]),
+                    f"p50 latency, 1 thread ({unit})",
+                    [(x and x / scale, y, r) for x, y, r in points],
+                )
+            )
             continue
         figs = [(targets.get(r["name"], {}).get(t), r) for r in rows]
         figs = [(f, r) for f, r in figs if f and f.get("accuracy") and f["accuracy"].get("value") is not None]
         if not figs:
             continue
-        timed = [f["latency_p50_us"]["value"] for f, _ in figs
-                 if (f.get("latency_p50_us") or {}).get("value") is not None]
+        timed = [
+            f["latency_p50_us"]["value"] for f, _ in figs if (f.get("latency_p50_us") or {}).get("value") is not None
+        ]
         if timed:
             worked_out = latency_provenance(f for f, _ in figs) in WORKED_OUT
             key, (scale, unit) = "latency_p50_us", (1000, "ms") if worked_out else _time_unit(timed)
@@ -64,8 +76,15 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict], short: 
         points = sorted((p for p in points if p[0]), key=lambda p: (p[0], -p[1]))
         seen = set()
         for x, y, r in points:
-            ax.scatter(x, y, s=20 + r["size_bytes"] / 2000, alpha=0.6, color=colors.get(r["variant"], "gray"),
-                       marker="D" if r["qat"] else "o", label=None if r["variant"] in seen else r["variant"])
+            ax.scatter(
+                x,
+                y,
+                s=20 + r["size_bytes"] / 2000,
+                alpha=0.6,
+                color=colors.get(r["variant"], "gray"),
+                marker="D" if r["qat"] else "o",
+                label=None if r["variant"] in seen else r["variant"],
+            )
             seen.add(r["variant"])
         front, best = [], -1.0
         for x, y, _ in points:  # faster first: a point is on the front if nothing faster is as accurate
@@ -73,8 +92,15 @@ def pareto_figure(rows: list[dict], targets: dict, measured: list[dict], short: 
                 front.append((x, y))
                 best = y
         if front:
-            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", lw=1, alpha=0.5,
-                    label="Pareto front")
+            ax.step(
+                [x for x, _ in front],
+                [y for _, y in front],
+                where="post",
+                color="black",
+                lw=1,
+                alpha=0.5,
+                label="Pareto front",
+            )
         log = _plain_axes(ax, [x for x, _, _ in points])
         ax.set_xlabel(xlabel[:-1] + ", log scale)" if log else xlabel)
         ax.set_ylabel(f"test {short} (%)")
@@ -118,8 +144,14 @@ def _label_without_overlap(fig, ax, points) -> None:
     offsets = [(6, 4), (6, -11), (6, 14), (6, -21), (-6, 4), (-6, -11), (6, 24), (6, -31)]
     for x, y, r in points:
         for i, (dx, dy) in enumerate(offsets):
-            text = ax.annotate(r["name"], (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
-                               ha="left" if dx > 0 else "right")
+            text = ax.annotate(
+                r["name"],
+                (x, y),
+                fontsize=7,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha="left" if dx > 0 else "right",
+            )
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed) or i == len(offsets) - 1:
                 placed.append(box)

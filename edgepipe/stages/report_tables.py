@@ -15,8 +15,22 @@ ACCURACY = {"name": "accuracy", "short": "accuracy", "label": "accuracy", "shown
 
 def columns(short: str = "accuracy") -> tuple[str, ...]:
     """The results table's columns, the headline metric named `short` ("accuracy", "F1")."""
-    return ("model", "quant", "size", "compressed", "params", "MACs", f"val {short}", f"test {short}", "delta",
-            "p50 1T", "p99 1T", "FPS 1T", "p50 all", "arena")
+    return (
+        "model",
+        "quant",
+        "size",
+        "compressed",
+        "params",
+        "MACs",
+        f"val {short}",
+        f"test {short}",
+        "delta",
+        "p50 1T",
+        "p99 1T",
+        "FPS 1T",
+        "p50 all",
+        "arena",
+    )
 
 
 COLUMNS = columns()
@@ -57,15 +71,27 @@ def flat_row(r: dict, ref: float | None) -> dict:
     one = r["latency"].get("threads_1")
     many = max(r["latency"].items(), key=lambda kv: int(kv[0].split("_")[1]))[1] if r["latency"] else None
     return {
-        "name": r["name"], "quantization": r.get("label", r["variant"]), "qat": r["qat"], "accuracy": r["accuracy"],
-        "val_accuracy": r.get("val_accuracy"), "val_samples": r.get("val_samples"),
+        "name": r["name"],
+        "quantization": r.get("label", r["variant"]),
+        "qat": r["qat"],
+        "accuracy": r["accuracy"],
+        "val_accuracy": r.get("val_accuracy"),
+        "val_samples": r.get("val_samples"),
         "delta_points": None if ref is None else 100 * (r["accuracy"] - ref),
-        "size_bytes": r["size_bytes"], "compressed_bytes": r.get("compressed_bytes"), "params": r["params"],
-        "macs": r["macs"], "latency_p50_us": one and one["p50_us"], "latency_p90_us": one and one["p90_us"],
-        "latency_p99_us": one and one["p99_us"], "fps": one and one["fps"],
-        "latency_p50_us_all_threads": many and many["p50_us"], "fps_all_threads": many and many["fps"],
-        "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"), "tflm_ok": (r.get("tflm") or {}).get("ok"),
-        "test_samples": r["test_samples"], "parity": r["parity"],
+        "size_bytes": r["size_bytes"],
+        "compressed_bytes": r.get("compressed_bytes"),
+        "params": r["params"],
+        "macs": r["macs"],
+        "latency_p50_us": one and one["p50_us"],
+        "latency_p90_us": one and one["p90_us"],
+        "latency_p99_us": one and one["p99_us"],
+        "fps": one and one["fps"],
+        "latency_p50_us_all_threads": many and many["p50_us"],
+        "fps_all_threads": many and many["fps"],
+        "arena_bytes": (r.get("tflm") or {}).get("arena_bytes"),
+        "tflm_ok": (r.get("tflm") or {}).get("ok"),
+        "test_samples": r["test_samples"],
+        "parity": r["parity"],
     }
 
 
@@ -77,14 +103,22 @@ def table_row(r: dict, ref: float | None) -> list[str]:
 def row_cells(f: dict) -> list[str]:
     """One row of the results table (`COLUMNS`), as printed, from a report.json row."""
     us = lambda v: "-" if v is None else micros_text(v)  # noqa: E731
-    return [f["name"], f["quantization"] + (" (QAT)" if f["qat"] else ""), fsio.human_size(f["size_bytes"]),
-            "-" if f["compressed_bytes"] is None else fsio.human_size(f["compressed_bytes"]), f"{f['params']:,}",
-            f"{f['macs'] / 1e6:.2f} M",
-            "-" if f["val_accuracy"] is None else f"{100 * f['val_accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
-            "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}", us(f["latency_p50_us"]),
-            us(f["latency_p99_us"]), "-" if f["fps"] is None else f"{f['fps']:,.0f}",
-            us(f["latency_p50_us_all_threads"]),
-            "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"])]
+    return [
+        f["name"],
+        f["quantization"] + (" (QAT)" if f["qat"] else ""),
+        fsio.human_size(f["size_bytes"]),
+        "-" if f["compressed_bytes"] is None else fsio.human_size(f["compressed_bytes"]),
+        f"{f['params']:,}",
+        f"{f['macs'] / 1e6:.2f} M",
+        "-" if f["val_accuracy"] is None else f"{100 * f['val_accuracy']:.2f} %",
+        f"{100 * f['accuracy']:.2f} %",
+        "-" if f["delta_points"] is None else f"{f['delta_points']:+.2f}",
+        us(f["latency_p50_us"]),
+        us(f["latency_p99_us"]),
+        "-" if f["fps"] is None else f"{f['fps']:,.0f}",
+        us(f["latency_p50_us_all_threads"]),
+        "-" if f["arena_bytes"] is None else fsio.human_size(f["arena_bytes"]),
+    ]
 
 
 def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
@@ -93,8 +127,22 @@ def figures_by_target(benches: list[dict]) -> dict[str, dict[str, dict]]:
     for b in benches:
         for r in b["rows"]:
             for t in list((r.get("fleet") or {}).values()) or ([r["target"]] if r.get("target") else []):
-                fig = {k: t[k] for k in ("deployable", "why_not", "accuracy", "latency_p50_us", "memory", "fits",
-                                         "edgetpu", "instructions", "flash", "emulated_device") if k in t}
+                fig = {
+                    k: t[k]
+                    for k in (
+                        "deployable",
+                        "why_not",
+                        "accuracy",
+                        "latency_p50_us",
+                        "memory",
+                        "fits",
+                        "edgetpu",
+                        "instructions",
+                        "flash",
+                        "emulated_device",
+                    )
+                    if k in t
+                }
                 if "latency_p50_us" in fig:  # the same figure in a firmware engineer's units, tagged alike
                     fig["latency_ms"] = _derived(fig["latency_p50_us"], lambda us: us / 1000)
                     fig["fps"] = _derived(fig["latency_p50_us"], lambda us: 1e6 / us if us > 0 else None)
@@ -161,8 +209,9 @@ def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices: dict,
-                  short: str = "accuracy") -> list[dict]:
+def target_tables(
+    rows: list[dict], targets: dict, measured: list[dict], devices: dict, short: str = "accuracy"
+) -> list[dict]:
     """Each target's own table (every target but this host, whose table is the results table), in
     `measured`'s order: `{"target", "label", "table": header + rows, "notes": lines under it}`.
 
@@ -190,8 +239,12 @@ def target_tables(rows: list[dict], targets: dict, measured: list[dict], devices
         columns.append(("memory", "memory", None))
         table = [["model"] + [title for title, _, _ in columns]]
         table += [[name] + [_cell(f, key, fmt) for _, key, fmt in columns] for name, f in benched]
-        tags = dict.fromkeys(f[key]["provenance"] for _, f in benched for _, key, _ in columns
-                             if isinstance(f.get(key), dict) and f[key].get("provenance") in PROVENANCE)
+        tags = dict.fromkeys(
+            f[key]["provenance"]
+            for _, f in benched
+            for _, key, _ in columns
+            if isinstance(f.get(key), dict) and f[key].get("provenance") in PROVENANCE
+        )
         notes = ["; ".join(f"[{TAGS[p]}] {PROVENANCE[p][1]}" for p in tags) + "."] if tags else []
         why: dict[str, list[str]] = {}
         for name, f in benched:
@@ -241,6 +294,7 @@ def _cell(f: dict | None, key: str, fmt) -> str:
     """One model's figure `key` on one target (`f`: its figures there), formatted and tagged; n/a when the
     target did not run it, `n/a (why)` when the figure was not measured, `uncalibrated` for an emulated
     latency without a calibration."""
+
     def tagged(fig: dict | None, fmt) -> str:
         if not fig or fig.get("value") is None:
             if fig and fig.get("not_measured"):
@@ -286,5 +340,7 @@ def devices_measured(benches: list[dict]) -> dict[str, str]:
         else:
             where = device.get("host", "")
             emulated = f", emulated ({device['emulated']})" if device.get("emulated") else ""
-            out[name] = f"{device.get('cpu') or device.get('machine') or '?'} at {where}{emulated}".replace(" at ,", ",")
+            out[name] = f"{device.get('cpu') or device.get('machine') or '?'} at {where}{emulated}".replace(
+                " at ,", ","
+            )
     return out

@@ -68,11 +68,17 @@ def environment(params: SearchParams) -> dict:
 
 
 KIND = StageKind(
-    name="search", params=SearchParams, run=run_search_stage, inputs={"data": False, "teacher": False,
-                                                                      "reference": False},
-    optional_inputs=("teacher", "reference"), output="model",
+    name="search",
+    params=SearchParams,
+    run=run_search_stage,
+    inputs={"data": False, "teacher": False, "reference": False},
+    optional_inputs=("teacher", "reference"),
+    output="model",
     accepts={"data": ("dataset",), "teacher": ("model",), "reference": ("tflite",)},
-    main_output="model.h5", environment=environment, join=join_search, deps=lambda p: builder_files(p),
+    main_output="model.h5",
+    environment=environment,
+    join=join_search,
+    deps=lambda p: builder_files(p),
     needs=lambda p: target_figures.needs(load_target(p.target or "host")),
     exclusive=True,
     joinable=lambda p: "own" if p.storage else "chief",  # no storage: the study is a file in the chief's work folder

@@ -48,8 +48,14 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
         seed_everything(params.seed)
         sweep = dataclasses.replace(params, lr=1e-6, schedule=Schedule(kind="constant"))
-        result = lr_range_test(build(), ds, make_optimizer(sweep, 1), params.batch_size,
-                               task_of(ds.info).loss(ds.info, params), seed=params.seed)
+        result = lr_range_test(
+            build(),
+            ds,
+            make_optimizer(sweep, 1),
+            params.batch_size,
+            task_of(ds.info).loss(ds.info, params),
+            seed=params.seed,
+        )
         write_lr_range(result, io.out)
         params = dataclasses.replace(params, lr=result["suggested_lr"])
         extra = {"lr": params.lr, "lr_chosen_by": "range test (lr_range.json)"}
@@ -64,8 +70,11 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
         log.info("%s: %d params, %d MACs", params.arch, model.count_params(), nets.count_macs(model))
         fit(model, ds, params, io)
     if strategy is not None:
-        extra["strategy"] = {"kind": params.strategy, "replicas": strategy.num_replicas_in_sync,
-                             "cluster": distribute.cluster()}
+        extra["strategy"] = {
+            "kind": params.strategy,
+            "replicas": strategy.num_replicas_in_sync,
+            "cluster": distribute.cluster(),
+        }
     metrics = write_training_outputs(distribute.local_copy(model, strategy), ds, io, params, extra=extra)
     chosen = f", lr {params.lr:.2g} from the range test" if "lr" in extra else ""
     if "cross_validation" in extra:
@@ -75,13 +84,19 @@ def run_train_stage(params: TrainParams, io: StageIO) -> str:
 
 
 KIND = StageKind(
-    name="train", params=TrainParams, run=run_train_stage, inputs={"data": False}, output="model", accepts={"data": ("dataset",)},
-    main_output="model.h5", deps=lambda p: nets.builder_files(p.arch),
+    name="train",
+    params=TrainParams,
+    run=run_train_stage,
+    inputs={"data": False},
+    output="model",
+    accepts={"data": ("dataset",)},
+    main_output="model.h5",
+    deps=lambda p: nets.builder_files(p.arch),
     # a worker trains its share of a multi-worker training as the chief does; TF_CONFIG names the others
-    join=run_train_stage, joinable=lambda p: "own" if p.strategy == "multi_worker" else None,
+    join=run_train_stage,
+    joinable=lambda p: "own" if p.strategy == "multi_worker" else None,
     doc="train a model from the zoo on a dataset",
 )
-
 
 
 def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict:
@@ -103,8 +118,10 @@ def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict
         fold_of[rng.permutation(len(y))] = np.arange(len(y)) % k
     sizes = np.bincount(fold_of, minlength=k)
     if sizes.min() < 1 or any(np.sum(fold_of != i) == 0 for i in range(k)):
-        raise EdgepipeError(f"folds: {k} folds of {len(y)} train+val images leave a fold empty",
-                            f"use at most {len(y) // 2} folds, or more images")
+        raise EdgepipeError(
+            f"folds: {k} folds of {len(y)} train+val images leave a fold empty",
+            f"use at most {len(y) // 2} folds, or more images",
+        )
     results = []
     for i in range(k):
         where = io.work / f"fold{i + 1}"
@@ -120,12 +137,22 @@ def cross_validate(build, ds: Dataset, params: TrainParams, io: StageIO) -> dict
         fit(model, fold, params, StageIO(io.inputs, out=where, work=where))
         scores = evaluate(model, fold, "val")
         headline = task_of(ds.info).headline
-        result = {"fold": i + 1, "val_samples": int(held.sum()), headline: scores[headline], "loss": scores.get("loss"),
-                  "epochs_run": len(read_history(where / "history.csv"))}
+        result = {
+            "fold": i + 1,
+            "val_samples": int(held.sum()),
+            headline: scores[headline],
+            "loss": scores.get("loss"),
+            "epochs_run": len(read_history(where / "history.csv")),
+        }
         fsio.write_json(done, result)
         results.append(result)
     headline = task_of(ds.info).headline
     scores = np.array([r[headline] for r in results])
     losses = [r["loss"] for r in results if r["loss"] is not None]
-    return {"folds": results, "metric": headline, "mean": float(scores.mean()), "std": float(scores.std(ddof=1)),
-            "loss_mean": float(np.mean(losses)) if losses else None}
+    return {
+        "folds": results,
+        "metric": headline,
+        "mean": float(scores.mean()),
+        "std": float(scores.std(ddof=1)),
+        "loss_mean": float(np.mean(losses)) if losses else None,
+    }

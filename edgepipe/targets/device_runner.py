@@ -33,8 +33,10 @@ except ImportError:  # reported by main() as one line; the functions below need 
 
 EXIT_FAILED = 3
 # Raspberry Pi OS Bookworm (like Debian 12) refuses a system-wide `pip install` (PEP 668): use a venv.
-INSTALL = ("make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
-           "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python")
+INSTALL = (
+    "make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
+    "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python"
+)
 
 
 def load_interpreter_class(delegate: str | None = None):
@@ -86,8 +88,9 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
-def make_interpreter(model: str | bytes, num_threads: int | None = None, batch: int | None = None,
-                     delegate: str | None = None):
+def make_interpreter(
+    model: str | bytes, num_threads: int | None = None, batch: int | None = None, delegate: str | None = None
+):
     """An allocated interpreter for a model file (or its bytes), for `batch` samples if given, with an
     external delegate if named."""
     Interpreter, load_delegate, _ = load_interpreter_class(delegate)
@@ -117,7 +120,7 @@ def predict(make, x: np.ndarray, batch: int = 250) -> np.ndarray:
     interpreters: dict[int, tuple] = {}  # batch size -> (interpreter, input, output); the last batch may be short
     outputs = []
     for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
+        chunk = x[start : start + batch]
         if len(chunk) not in interpreters:
             interp = make(len(chunk))
             interpreters[len(chunk)] = (interp, *io_details(interp))
@@ -143,19 +146,46 @@ def rss_bytes() -> int | None:
         return None
 
 
-def measure(model_path: str, x: np.ndarray, y: np.ndarray, threads: list[int], warmup: int, runs: int,
-            delegate: str | None = None, misclassified_kept: int = 32, keep_predictions: bool = False) -> dict:
+def measure(
+    model_path: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    threads: list[int],
+    warmup: int,
+    runs: int,
+    delegate: str | None = None,
+    misclassified_kept: int = 32,
+    keep_predictions: bool = False,
+) -> dict:
     """Accuracy on every sample and latency at each thread count (0 = every core) of one model.
 
     Run one model per process for a clean memory figure (the SSH harness does).
     """
-    return measure_many([model_path], x, y, threads, warmup, runs, delegate=delegate,
-                        misclassified_kept=misclassified_kept, keep_predictions=keep_predictions)[model_path]
+    return measure_many(
+        [model_path],
+        x,
+        y,
+        threads,
+        warmup,
+        runs,
+        delegate=delegate,
+        misclassified_kept=misclassified_kept,
+        keep_predictions=keep_predictions,
+    )[model_path]
 
 
-def measure_many(model_paths: list[str], x: np.ndarray, y: np.ndarray, threads: list[int], warmup: int,
-                 runs: int, rounds: int = 1, delegate: str | None = None, misclassified_kept: int = 32,
-                 keep_predictions: bool = False) -> dict[str, dict]:
+def measure_many(
+    model_paths: list[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    threads: list[int],
+    warmup: int,
+    runs: int,
+    rounds: int = 1,
+    delegate: str | None = None,
+    misclassified_kept: int = 32,
+    keep_predictions: bool = False,
+) -> dict[str, dict]:
     """`measure` for several models: `time_rounds` for latency and memory, then each one's accuracy."""
     rows = time_rounds(model_paths, x, threads, warmup, runs, rounds, delegate)
     for path in model_paths:
@@ -163,8 +193,15 @@ def measure_many(model_paths: list[str], x: np.ndarray, y: np.ndarray, threads: 
     return rows
 
 
-def time_rounds(model_paths: list[str], x: np.ndarray, threads: list[int], warmup: int, runs: int,
-                rounds: int = 1, delegate: str | None = None) -> dict[str, dict]:
+def time_rounds(
+    model_paths: list[str],
+    x: np.ndarray,
+    threads: list[int],
+    warmup: int,
+    runs: int,
+    rounds: int = 1,
+    delegate: str | None = None,
+) -> dict[str, dict]:
     """Latency of several models taking the same input, timed in `rounds` interleaved rounds.
 
     In each round every model runs its share of the `runs` invokes in turn (after a short warm-up, since
@@ -198,7 +235,9 @@ def time_rounds(model_paths: list[str], x: np.ndarray, threads: list[int], warmu
             times.append(invoke_times(interp, x_q, 0 if r == 0 else max(1, warmup // rounds), share, start=r * share))
     for path, key, _, _, times in timed:
         rows[path]["latency"][key] = latency_stats(np.concatenate(times)) | {
-            "rounds": rounds, "round_p50_us": [float(np.percentile(t, 50)) for t in times]}
+            "rounds": rounds,
+            "round_p50_us": [float(np.percentile(t, 50)) for t in times],
+        }
     return rows
 
 
@@ -219,18 +258,25 @@ def invoke_times(interp, x_q: np.ndarray, warmup: int, runs: int, start: int = 0
 
 def latency_stats(times: np.ndarray) -> dict:
     """Percentiles, mean (microseconds) and FPS of a set of invoke times."""
-    return {"p50_us": float(np.percentile(times, 50)), "p90_us": float(np.percentile(times, 90)),
-            "p99_us": float(np.percentile(times, 99)), "mean_us": float(times.mean()),
-            "fps": float(1e6 / times.mean()), "runs": int(len(times))}
+    return {
+        "p50_us": float(np.percentile(times, 50)),
+        "p90_us": float(np.percentile(times, 90)),
+        "p99_us": float(np.percentile(times, 99)),
+        "mean_us": float(times.mean()),
+        "fps": float(1e6 / times.mean()),
+        "runs": int(len(times)),
+    }
 
 
-def accuracy(model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None, misclassified_kept: int,
-             keep_predictions: bool) -> dict:
+def accuracy(
+    model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None, misclassified_kept: int, keep_predictions: bool
+) -> dict:
     """Top-1 accuracy on every sample, per class, the first misclassified, and a hash of the predictions; for
     a model whose outputs are not class scores, a hash of them (and them, with `keep_predictions`)."""
     batch = None if delegate else 250  # the Edge TPU delegate runs the compiled batch-1 graph only
-    probs = predict(lambda n: make_interpreter(model_path, batch=n if batch else None, delegate=delegate),
-                    x, batch=batch or 1)
+    probs = predict(
+        lambda n: make_interpreter(model_path, batch=n if batch else None, delegate=delegate), x, batch=batch or 1
+    )
     if probs.ndim != 2:  # not class scores (a detector's heat map): the host's task judges the raw outputs
         row = {"test_samples": int(len(x)), "outputs_sha256": hashlib.sha256(probs.tobytes()).hexdigest()}
         if keep_predictions:
@@ -239,7 +285,8 @@ def accuracy(model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None
     pred = probs.argmax(1)
     classes = int(probs.shape[1])
     row = {
-        "accuracy": float(np.mean(pred == y)), "test_samples": int(len(y)),
+        "accuracy": float(np.mean(pred == y)),
+        "test_samples": int(len(y)),
         "per_class_accuracy": [float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(classes)],
         "misclassified": [[int(i), int(y[i]), int(pred[i])] for i in np.flatnonzero(pred != y)[:misclassified_kept]],
         "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
@@ -252,14 +299,37 @@ def accuracy(model_path: str, x: np.ndarray, y: np.ndarray, delegate: str | None
 #: (implementer, part) of the MIDR -> the core's name. ARM Ltd = 0x41. Covers every Raspberry Pi
 #: (ARM1176, Cortex-A7/A53/A72/A76) and the common boards and servers around them.
 ARM_CORES = {
-    (0x41, 0xB76): "ARM1176", (0x41, 0xC07): "Cortex-A7", (0x41, 0xC09): "Cortex-A9", (0x41, 0xC0F): "Cortex-A15",
-    (0x41, 0xD03): "Cortex-A53", (0x41, 0xD04): "Cortex-A35", (0x41, 0xD05): "Cortex-A55", (0x41, 0xD07): "Cortex-A57",
-    (0x41, 0xD08): "Cortex-A72", (0x41, 0xD09): "Cortex-A73", (0x41, 0xD0A): "Cortex-A75", (0x41, 0xD0B): "Cortex-A76",
-    (0x41, 0xD0C): "Neoverse-N1", (0x41, 0xD0D): "Cortex-A77", (0x41, 0xD0E): "Cortex-A76AE", (0x41, 0xD40): "Neoverse-V1",
-    (0x41, 0xD41): "Cortex-A78", (0x41, 0xD42): "Cortex-A78AE", (0x41, 0xD44): "Cortex-X1", (0x41, 0xD46): "Cortex-A510",
-    (0x41, 0xD47): "Cortex-A710", (0x41, 0xD48): "Cortex-X2", (0x41, 0xD49): "Neoverse-N2", (0x41, 0xD4B): "Cortex-A78C",
-    (0x41, 0xD4D): "Cortex-A715", (0x41, 0xD4E): "Cortex-X3", (0x41, 0xD4F): "Neoverse-V2", (0x41, 0xD80): "Cortex-A520",
-    (0x41, 0xD81): "Cortex-A720", (0x41, 0xD82): "Cortex-X4", (0x46, 0x001): "A64FX",
+    (0x41, 0xB76): "ARM1176",
+    (0x41, 0xC07): "Cortex-A7",
+    (0x41, 0xC09): "Cortex-A9",
+    (0x41, 0xC0F): "Cortex-A15",
+    (0x41, 0xD03): "Cortex-A53",
+    (0x41, 0xD04): "Cortex-A35",
+    (0x41, 0xD05): "Cortex-A55",
+    (0x41, 0xD07): "Cortex-A57",
+    (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD09): "Cortex-A73",
+    (0x41, 0xD0A): "Cortex-A75",
+    (0x41, 0xD0B): "Cortex-A76",
+    (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD0D): "Cortex-A77",
+    (0x41, 0xD0E): "Cortex-A76AE",
+    (0x41, 0xD40): "Neoverse-V1",
+    (0x41, 0xD41): "Cortex-A78",
+    (0x41, 0xD42): "Cortex-A78AE",
+    (0x41, 0xD44): "Cortex-X1",
+    (0x41, 0xD46): "Cortex-A510",
+    (0x41, 0xD47): "Cortex-A710",
+    (0x41, 0xD48): "Cortex-X2",
+    (0x41, 0xD49): "Neoverse-N2",
+    (0x41, 0xD4B): "Cortex-A78C",
+    (0x41, 0xD4D): "Cortex-A715",
+    (0x41, 0xD4E): "Cortex-X3",
+    (0x41, 0xD4F): "Neoverse-V2",
+    (0x41, 0xD80): "Cortex-A520",
+    (0x41, 0xD81): "Cortex-A720",
+    (0x41, 0xD82): "Cortex-X4",
+    (0x46, 0x001): "A64FX",
 }
 
 
@@ -304,10 +374,17 @@ def cpu_description(cpuinfo: str | None = None, dt_model: str | None = None) -> 
 
 def provenance(runtime: str | None) -> dict:
     """What the figures were measured on; `emulated` is what an emulated device says of itself, else None."""
-    return {"cpu": cpu_description(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "system": platform.system(), "hostname": platform.node(), "python": platform.python_version(),
-            "runtime": runtime, "runtime_version": runtime_version(runtime),
-            "emulated": _read("/etc/edgepipe-emulated").strip() or None}
+    return {
+        "cpu": cpu_description(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "runtime": runtime,
+        "runtime_version": runtime_version(runtime),
+        "emulated": _read("/etc/edgepipe-emulated").strip() or None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,15 +414,23 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for path in args.models:
         try:
-            results[os.path.basename(path)] = measure(path, x, y, args.threads, args.warmup, args.runs,
-                                                      delegate=args.delegate)
+            results[os.path.basename(path)] = measure(
+                path, x, y, args.threads, args.warmup, args.runs, delegate=args.delegate
+            )
         except (ValueError, RuntimeError, OSError) as e:
             what = "delegate" if args.delegate and "delegate" in str(e).lower() else "model"
-            fix = (f"check that {args.delegate} is installed on the device (Coral: the libedgetpu1-std package)"
-                   if what == "delegate" else "re-run the convert stage; check the file copied intact")
+            fix = (
+                f"check that {args.delegate} is installed on the device (Coral: the libedgetpu1-std package)"
+                if what == "delegate"
+                else "re-run the convert stage; check the file copied intact"
+            )
             return fail(f"{os.path.basename(path)}: {' '.join(str(e).split())[:200]}", fix)
-    out = {"provenance": provenance(runtime), "delegate": args.delegate, "peak_rss_bytes": peak_rss_bytes(),
-           "models": results}
+    out = {
+        "provenance": provenance(runtime),
+        "delegate": args.delegate,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "models": results,
+    }
     print(json.dumps(out))
     return 0
 

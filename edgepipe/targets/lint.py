@@ -76,14 +76,19 @@ def read_graph(path: Path) -> tuple[list[Op], dict[int, dict], set[int], set[int
 
     try:
         with quiet_native():
-            interp = Interpreter(model_path=str(path),
-                                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interp = Interpreter(
+                model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
     except (ValueError, RuntimeError) as e:
-        raise EdgepipeError(f"{path}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
-                            "re-run the convert stage to regenerate it") from None
+        raise EdgepipeError(
+            f"{path}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
+            "re-run the convert stage to regenerate it",
+        ) from None
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    ops = [Op(o["index"], o["op_name"], tuple(i for i in o["inputs"] if i >= 0), tuple(o["outputs"]))
-           for o in interp._get_ops_details()]  # noqa: SLF001 - the interpreter's only per-op listing
+    ops = [
+        Op(o["index"], o["op_name"], tuple(i for i in o["inputs"] if i >= 0), tuple(o["outputs"]))
+        for o in interp._get_ops_details()
+    ]  # noqa: SLF001 - the interpreter's only per-op listing
     ins = {d["index"] for d in interp.get_input_details()}
     outs = {d["index"] for d in interp.get_output_details()}
     return ops, tensors, ins, outs
@@ -95,7 +100,7 @@ def layer_of(tensor_name: str) -> str | None:
     if len(parts) < 3:
         return None
     layer = parts[1]
-    return layer[len("quant_"):] if layer.startswith("quant_") else layer
+    return layer[len("quant_") :] if layer.startswith("quant_") else layer
 
 
 def lint(path: Path, *, int8: bool, runtime: Runtime | None = None, kept_float: Sequence[str] = ()) -> list[Finding]:
@@ -130,9 +135,15 @@ def _refused_versions(g: "_Graph", versions: list[int], runtime: Runtime) -> lis
     for op, version in zip(g.ops, versions):
         first = runtime.refused_versions.get(op.name)
         if first is not None and version >= first:
-            findings.append(Finding("unsupported_op_version", op.name, g.layer(op),
-                                    f"{g.at(op)} is version {version}; {runtime.refused_by} takes it up to version "
-                                    f"{first - 1}; fix: {runtime.refused_fix}"))
+            findings.append(
+                Finding(
+                    "unsupported_op_version",
+                    op.name,
+                    g.layer(op),
+                    f"{g.at(op)} is version {version}; {runtime.refused_by} takes it up to version "
+                    f"{first - 1}; fix: {runtime.refused_fix}",
+                )
+            )
     return findings
 
 
@@ -176,18 +187,32 @@ def _float_ops(g: _Graph, kept: set[str]) -> list[Finding]:
     """Operators computing in float inside an int8 model (the I/O QUANTIZE/DEQUANTIZE excepted)."""
     findings = []
     for op in g.ops:
-        boundary = (op.name == "QUANTIZE" and set(op.inputs) <= g.inputs) or \
-                   (op.name == "DEQUANTIZE" and set(op.outputs) <= g.outputs)
+        boundary = (op.name == "QUANTIZE" and set(op.inputs) <= g.inputs) or (
+            op.name == "DEQUANTIZE" and set(op.outputs) <= g.outputs
+        )
         if op.name in ("QUANTIZE", "DEQUANTIZE") or boundary:
             continue
         if any(g.is_float(t) for t in (*op.inputs, *op.outputs)):
             if g.mentions(op, kept):
-                findings.append(Finding("float_op", op.name, g.layer(op), f"{g.at(op)} computes in float, as "
-                                        "keep_float asks", intended=True))
+                findings.append(
+                    Finding(
+                        "float_op",
+                        op.name,
+                        g.layer(op),
+                        f"{g.at(op)} computes in float, as keep_float asks",
+                        intended=True,
+                    )
+                )
                 continue
-            findings.append(Finding("float_op", op.name, g.layer(op),
-                                    f"{g.at(op)} computes in float in an int8 model; fix: replace the layer with "
-                                    "one that has an int8 kernel, or keep this model off int8-only targets"))
+            findings.append(
+                Finding(
+                    "float_op",
+                    op.name,
+                    g.layer(op),
+                    f"{g.at(op)} computes in float in an int8 model; fix: replace the layer with "
+                    "one that has an int8 kernel, or keep this model off int8-only targets",
+                )
+            )
     return findings
 
 
@@ -209,21 +234,41 @@ def _quant_islands(g: _Graph, kept: set[str]) -> list[Finding]:
                 todo += [o for o in nxt.outputs if g.is_float(o) and o not in g.outputs]
         inner = ", ".join(g.at(o) for o in island) or "nothing"
         if island and all(g.mentions(o, kept) for o in island):
-            findings.append(Finding("quant_island", op.name, g.layer(island[0]), f"DEQUANTIZE -> {inner} -> "
-                                    "QUANTIZE: kept float, as keep_float asks", intended=True))
+            findings.append(
+                Finding(
+                    "quant_island",
+                    op.name,
+                    g.layer(island[0]),
+                    f"DEQUANTIZE -> {inner} -> QUANTIZE: kept float, as keep_float asks",
+                    intended=True,
+                )
+            )
             continue
-        findings.append(Finding("quant_island", op.name, island and g.layer(island[0]) or g.layer(op),
-                                f"DEQUANTIZE -> {inner} -> QUANTIZE: the graph leaves int8 here; fix: use "
-                                "layers with int8 kernels so the converter keeps the graph integer"))
+        findings.append(
+            Finding(
+                "quant_island",
+                op.name,
+                island and g.layer(island[0]) or g.layer(op),
+                f"DEQUANTIZE -> {inner} -> QUANTIZE: the graph leaves int8 here; fix: use "
+                "layers with int8 kernels so the converter keeps the graph integer",
+            )
+        )
     return findings
 
 
 def _unsupported_ops(g: _Graph, runtime: str, supported: frozenset[str]) -> list[Finding]:
     """Operators the target's runtime does not have."""
-    return [Finding("unsupported_op", op.name, g.layer(op),
-                    f"{g.at(op)} is not an operator {runtime} has; fix: replace the layer, or "
-                    "pick a target whose runtime has it")
-            for op in g.ops if op.name not in supported]
+    return [
+        Finding(
+            "unsupported_op",
+            op.name,
+            g.layer(op),
+            f"{g.at(op)} is not an operator {runtime} has; fix: replace the layer, or "
+            "pick a target whose runtime has it",
+        )
+        for op in g.ops
+        if op.name not in supported
+    ]
 
 
 def integer_input(path: Path) -> bool:

@@ -22,11 +22,14 @@ def interpreter(model: Path | bytes, num_threads: int | None = None, batch: int 
     name = str(model) if isinstance(model, Path) else "model bytes"
     try:
         with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            return device_runner.make_interpreter(model if isinstance(model, Path) else bytes(model),
-                                                  num_threads=num_threads, batch=batch)
+            return device_runner.make_interpreter(
+                model if isinstance(model, Path) else bytes(model), num_threads=num_threads, batch=batch
+            )
     except (ValueError, RuntimeError) as e:
-        raise EdgepipeError(f"{name}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
-                            "re-run the convert stage to regenerate it") from None
+        raise EdgepipeError(
+            f"{name}: not a valid LiteRT model ({' '.join(str(e).split())[:160]})",
+            "re-run the convert stage to regenerate it",
+        ) from None
 
 
 def io_details(interp) -> tuple[dict, dict]:

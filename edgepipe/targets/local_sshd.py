@@ -12,9 +12,21 @@ from pathlib import Path
 
 def sshd_config(root: Path, port: int) -> str:
     """An sshd of its own on 127.0.0.1:port: keys in `root`, public-key login only, no PAM (runs unprivileged)."""
-    return "\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", f"PidFile {root / 'sshd.pid'}",
-        "LogLevel ERROR", ""])
+    return "\n".join(
+        [
+            f"Port {port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {root / 'host_key'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "PermitRootLogin prohibit-password",
+            "Subsystem sftp internal-sftp",
+            f"PidFile {root / 'sshd.pid'}",
+            "LogLevel ERROR",
+            "",
+        ]
+    )

@@ -13,8 +13,11 @@ PROVENANCE = {
     "target": ("tgt", "measured on the target"),
     "host-litert": ("host", "LiteRT on this host"),
     "tflm-host": ("tflm", "TFLite Micro on this host"),
-    "emulated": ("emu", "TFLite Micro + CMSIS-NN (a microcontroller) or LiteRT (a Raspberry Pi) on the target's "
-                        "instruction set, emulated (QEMU); ms only from a calibrated cycles per instruction"),
+    "emulated": (
+        "emu",
+        "TFLite Micro + CMSIS-NN (a microcontroller) or LiteRT (a Raspberry Pi) on the target's "
+        "instruction set, emulated (QEMU); ms only from a calibrated cycles per instruction",
+    ),
     "estimate": ("est", "estimate from MACs"),
 }
 

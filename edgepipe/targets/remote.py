@@ -22,7 +22,9 @@ from edgepipe.core.errors import EdgepipeError
 log = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("device_runner.py")
-HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
+HOST = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,16 +67,21 @@ class SshHost:
         """Run `argv` on the device (quoted for its shell), capturing output; SSH failures raise one line."""
         cmd = ["ssh", *self._common("-p"), self.dest, "--", shlex.join(argv)]
         log.info("ssh: %s", cmd)
-        return self._check(subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL))
+        return self._check(
+            subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        )
 
     def copy_to(self, files: list[Path], remote_dir: str, timeout: float = 600) -> None:
         """Copy local files into an existing remote directory."""
         cmd = ["scp", "-q", *self._common("-P"), *[str(f) for f in files], f"{self.dest}:{remote_dir}/"]
         log.info("scp: %s", cmd)
-        done = self._check(subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL))
+        done = self._check(
+            subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        )
         if done.returncode != 0:
-            raise EdgepipeError(f"{self}: copying files failed ({_first_line(done.stderr)})",
-                                "check free space in the device's /tmp")
+            raise EdgepipeError(
+                f"{self}: copying files failed ({_first_line(done.stderr)})", "check free space in the device's /tmp"
+            )
 
     def _check(self, done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
         """Turn ssh's own failures (exit 255) into one line; the remote command's exit code passes through."""
@@ -82,14 +89,20 @@ class SshHost:
             return done
         err = done.stderr
         if "Permission denied" in err or "Too many authentication failures" in err:
-            raise EdgepipeError(f"{self}: SSH authentication failed ({_first_line(err)})",
-                                f"check that `ssh {self.dest}` logs in without a password (ssh-copy-id), "
-                                "or name the key file in the bench param identity")
+            raise EdgepipeError(
+                f"{self}: SSH authentication failed ({_first_line(err)})",
+                f"check that `ssh {self.dest}` logs in without a password (ssh-copy-id), "
+                "or name the key file in the bench param identity",
+            )
         if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
-            raise EdgepipeError(f"{self}: host key verification failed",
-                                f"connect once with `ssh {self.dest}` to accept its key, or fix ~/.ssh/known_hosts")
-        raise EdgepipeError(f"{self}: device unreachable ({_first_line(err) or 'ssh exited 255'})",
-                            "check the address, that the device is on and that sshd runs on it")
+            raise EdgepipeError(
+                f"{self}: host key verification failed",
+                f"connect once with `ssh {self.dest}` to accept its key, or fix ~/.ssh/known_hosts",
+            )
+        raise EdgepipeError(
+            f"{self}: device unreachable ({_first_line(err) or 'ssh exited 255'})",
+            "check the address, that the device is on and that sshd runs on it",
+        )
 
 
 def _first_line(text: str) -> str:
@@ -97,8 +110,17 @@ def _first_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def bench_over_ssh(host: SshHost, models: list[Path], test_set: Path, *, python: str = "python3",
-                   threads: list[int], warmup: int, runs: int, delegate: str | None = None) -> dict:
+def bench_over_ssh(
+    host: SshHost,
+    models: list[Path],
+    test_set: Path,
+    *,
+    python: str = "python3",
+    threads: list[int],
+    warmup: int,
+    runs: int,
+    delegate: str | None = None,
+) -> dict:
     """Copy the runner, the models and the test set to the device, run each model there, collect the JSON.
 
     Each model runs in its own process on the device, so its memory figure is its own. The remote
@@ -111,15 +133,27 @@ def bench_over_ssh(host: SshHost, models: list[Path], test_set: Path, *, python:
     made = host.run(["mktemp", "-d", "/tmp/edgepipe.XXXXXXXX"], timeout=60)
     remote_dir = made.stdout.strip()
     if made.returncode != 0 or not remote_dir.startswith("/tmp/edgepipe."):
-        raise EdgepipeError(f"{host}: cannot make a temporary directory ({_first_line(made.stderr)})",
-                            "check that the device's /tmp is writable")
+        raise EdgepipeError(
+            f"{host}: cannot make a temporary directory ({_first_line(made.stderr)})",
+            "check that the device's /tmp is writable",
+        )
     try:
         host.copy_to([RUNNER, test_set, *models], remote_dir)
         out: dict = {"models": {}}
         for model in models:
-            argv = [python, f"{remote_dir}/{RUNNER.name}", f"{remote_dir}/{model.name}",
-                    "--data", f"{remote_dir}/{test_set.name}",
-                    "--warmup", str(warmup), "--runs", str(runs), "--threads", *[str(t) for t in threads]]
+            argv = [
+                python,
+                f"{remote_dir}/{RUNNER.name}",
+                f"{remote_dir}/{model.name}",
+                "--data",
+                f"{remote_dir}/{test_set.name}",
+                "--warmup",
+                str(warmup),
+                "--runs",
+                str(runs),
+                "--threads",
+                *[str(t) for t in threads],
+            ]
             if delegate:
                 argv += ["--delegate", delegate]
             done = host.run(argv)
@@ -147,8 +181,10 @@ def expand_home(host: SshHost, python: str) -> str:
 def runtime_version(host: SshHost, python: str) -> str:
     """The LiteRT runtime's version on the device (part of a bench's cache key: an upgrade re-benches), or
     why it could not be read."""
-    script = ("import importlib.metadata as m\nfor d in ('ai-edge-litert', 'tflite-runtime'):\n try: print(d, "
-              "m.version(d)); break\n except Exception: pass\nelse: print('none')")
+    script = (
+        "import importlib.metadata as m\nfor d in ('ai-edge-litert', 'tflite-runtime'):\n try: print(d, "
+        "m.version(d)); break\n except Exception: pass\nelse: print('none')"
+    )
     try:
         done = host.run([expand_home(host, python), "-c", script], timeout=120)
     except (EdgepipeError, subprocess.TimeoutExpired) as e:
@@ -158,8 +194,10 @@ def runtime_version(host: SshHost, python: str) -> str:
 
 def _parse(done: subprocess.CompletedProcess, host: SshHost, python: str) -> dict:
     if done.returncode == 127:
-        raise EdgepipeError(f"{host}: {python} not found on the device",
-                            "install Python 3 there, or name its interpreter in the bench param python")
+        raise EdgepipeError(
+            f"{host}: {python} not found on the device",
+            "install Python 3 there, or name its interpreter in the bench param python",
+        )
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -167,7 +205,8 @@ def _parse(done: subprocess.CompletedProcess, host: SshHost, python: str) -> dic
     if isinstance(result, dict) and "error" in result:
         raise EdgepipeError(f"{host}: {result['error']}", result.get("fix"))
     if done.returncode != 0 or not isinstance(result, dict):
-        raise EdgepipeError(f"{host}: the device runner failed with exit {done.returncode} "
-                            f"({_first_line(done.stderr) or 'no output'})",
-                            "run it by hand on the device to see why (edgepipe/targets/device_runner.py --help)")
+        raise EdgepipeError(
+            f"{host}: the device runner failed with exit {done.returncode} ({_first_line(done.stderr) or 'no output'})",
+            "run it by hand on the device to see why (edgepipe/targets/device_runner.py --help)",
+        )
     return result

@@ -21,10 +21,25 @@ from edgepipe.targets.profiles import Target
 # TFLite Micro kernel code sizes (bytes, Cortex-M, -Os, CMSIS-NN where it has the kernel): an estimate for
 # the flash check, grouped by cost. An op not listed counts as DEFAULT_KERNEL_BYTES.
 KERNEL_FLASH_BYTES = {
-    "CONV_2D": 9000, "DEPTHWISE_CONV_2D": 9000, "FULLY_CONNECTED": 4000, "SOFTMAX": 2500,
-    "MAX_POOL_2D": 2000, "AVERAGE_POOL_2D": 2000, "MEAN": 2500, "ADD": 2500, "MUL": 2000,
-    "RESHAPE": 500, "QUANTIZE": 1500, "DEQUANTIZE": 1500, "PAD": 1500, "CONCATENATION": 1500,
-    "LOGISTIC": 1500, "TANH": 1500, "RELU": 800, "RELU6": 800, "HARD_SWISH": 1500,
+    "CONV_2D": 9000,
+    "DEPTHWISE_CONV_2D": 9000,
+    "FULLY_CONNECTED": 4000,
+    "SOFTMAX": 2500,
+    "MAX_POOL_2D": 2000,
+    "AVERAGE_POOL_2D": 2000,
+    "MEAN": 2500,
+    "ADD": 2500,
+    "MUL": 2000,
+    "RESHAPE": 500,
+    "QUANTIZE": 1500,
+    "DEQUANTIZE": 1500,
+    "PAD": 1500,
+    "CONCATENATION": 1500,
+    "LOGISTIC": 1500,
+    "TANH": 1500,
+    "RELU": 800,
+    "RELU6": 800,
+    "HARD_SWISH": 1500,
 }
 DEFAULT_KERNEL_BYTES = 3000
 
@@ -72,7 +87,9 @@ def tflm_check(path: Path, x_q: np.ndarray, reference: np.ndarray, agree=None) -
         agreement = {"top1_agreement_with_litert": float(np.mean(top1 == reference))}
     else:
         _, dout = litert.io_details(litert.interpreter(path))
-        agreement = {"agreement_with_litert": agree(reference, device_runner.dequantize_output(np.stack(outputs), dout))}
+        agreement = {
+            "agreement_with_litert": agree(reference, device_runner.dequantize_output(np.stack(outputs), dout))
+        }
     return {"ok": True, "arena_bytes": int(arena), **agreement, "samples": len(x_q)}
 
 
@@ -107,10 +124,20 @@ def mcu_figures(target: Target, row: dict, path: Path) -> dict:
     ram_needed = None if arena is None else int(arena * (1 + target.arena_margin))
     fits_ram = None if ram_needed is None or target.ram_bytes is None else ram_needed <= target.ram_bytes
     fits_flash = None if target.flash_bytes is None else flash <= target.flash_bytes
-    latency_us = (row["macs"] * target.cycles_per_mac / target.clock_mhz
-                  if target.cycles_per_mac and target.clock_mhz else None)
-    return {"arena_bytes": arena, "arena_margin": target.arena_margin, "ram_needed_bytes": ram_needed,
-            "ram_bytes": target.ram_bytes, "flash_needed_bytes": flash, "flash_bytes": target.flash_bytes,
-            "code_bytes_estimate": code, "ops": kernels, "fits_ram": fits_ram, "fits_flash": fits_flash,
-            "fits": bool(tflm.get("ok")) and fits_ram is not False and fits_flash is not False,
-            "latency_us_estimate": latency_us}
+    latency_us = (
+        row["macs"] * target.cycles_per_mac / target.clock_mhz if target.cycles_per_mac and target.clock_mhz else None
+    )
+    return {
+        "arena_bytes": arena,
+        "arena_margin": target.arena_margin,
+        "ram_needed_bytes": ram_needed,
+        "ram_bytes": target.ram_bytes,
+        "flash_needed_bytes": flash,
+        "flash_bytes": target.flash_bytes,
+        "code_bytes_estimate": code,
+        "ops": kernels,
+        "fits_ram": fits_ram,
+        "fits_flash": fits_flash,
+        "fits": bool(tflm.get("ok")) and fits_ram is not False and fits_flash is not False,
+        "latency_us_estimate": latency_us,
+    }

@@ -27,8 +27,10 @@ def task_of(info: dict) -> Task:
     """The task of a dataset artifact (`dataset.json`); artifacts written before tasks existed classify."""
     name = info.get("task", "classification")
     if name not in TASKS:
-        raise EdgepipeError(f"the dataset's task {name!r} is not one edgepipe knows ({', '.join(TASKS)})",
-                            "rerun its data stage with this version of edgepipe")
+        raise EdgepipeError(
+            f"the dataset's task {name!r} is not one edgepipe knows ({', '.join(TASKS)})",
+            "rerun its data stage with this version of edgepipe",
+        )
     return TASKS[name]
 
 

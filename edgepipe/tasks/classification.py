@@ -23,11 +23,21 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     return {
         "accuracy": float(tp.sum() / max(1, cm.sum())),
         "samples": int(cm.sum()),
-        "per_class": [{"class": c, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                       "support": int(support[i])} for i, c in enumerate(classes)],
+        "per_class": [
+            {
+                "class": c,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        ],
         "macro": {m: float(v[present].mean()) for m, v in (("precision", precision), ("recall", recall), ("f1", f1))},
-        "weighted": {m: float((v * support).sum() / max(1, support.sum()))
-                     for m, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "weighted": {
+            m: float((v * support).sum() / max(1, support.sum()))
+            for m, v in (("precision", precision), ("recall", recall), ("f1", f1))
+        },
         "confusion_matrix": cm.tolist(),
     }
 
@@ -43,16 +53,20 @@ class Classification(Task):
     def check_labels(self, y, classes, where):
         y = np.asarray(y)
         if y.ndim > 1 and y.size != len(y):
-            raise EdgepipeError(f"{where}: labels have shape {list(y.shape)}, not one class per image",
-                                "give one class index per image (a detection dataset says task: detection)")
+            raise EdgepipeError(
+                f"{where}: labels have shape {list(y.shape)}, not one class per image",
+                "give one class index per image (a detection dataset says task: detection)",
+            )
         y = y.reshape(-1)
         if len(y) and not np.issubdtype(y.dtype, np.integer):
             if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
                 raise EdgepipeError(f"{where}: labels are not whole numbers", "labels must be 0..num_classes-1")
         y = y.astype(np.int64)
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise EdgepipeError(f"{where}: labels run {y.min()}..{y.max()} for {len(classes)} classes",
-                                "labels must be 0..num_classes-1")
+            raise EdgepipeError(
+                f"{where}: labels run {y.min()}..{y.max()} for {len(classes)} classes",
+                "labels must be 0..num_classes-1",
+            )
         return y
 
     def targets(self, y, info):

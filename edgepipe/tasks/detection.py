@@ -29,22 +29,34 @@ class Detection(Task):
     headline = "f1_d0.2"
     headline_label = "F1 (centroid within 0.2 of the image, one-to-one)"
     headline_short = "F1"
-    report_metrics = ("precision_d0.2", "recall_d0.2", "ei_f1_d0.2", "f1_1cell", "count_mae", "mean_iou_d0.2",
-                      "map_iou0.5", "map_iou0.5-0.95")
+    report_metrics = (
+        "precision_d0.2",
+        "recall_d0.2",
+        "ei_f1_d0.2",
+        "f1_1cell",
+        "count_mae",
+        "mean_iou_d0.2",
+        "map_iou0.5",
+        "map_iou0.5-0.95",
+    )
     agreement_name = "detections_agreement"
     agreement_label = "share of images with the same detections"
 
     def check_labels(self, y, classes, where):
         y = np.asarray(y)
         if y.ndim != 3 or y.shape[-1] != 5:
-            raise EdgepipeError(f"{where}: detection labels have shape {list(y.shape)}, not (images, max_objects, 5)",
-                                "give [class, x0, y0, x1, y1] rows per image, class -1 for padding")
+            raise EdgepipeError(
+                f"{where}: detection labels have shape {list(y.shape)}, not (images, max_objects, 5)",
+                "give [class, x0, y0, x1, y1] rows per image, class -1 for padding",
+            )
         if not np.all(np.isfinite(y)):
             raise EdgepipeError(f"{where}: detection labels hold NaN or infinity", "fix the boxes")
         cls = y[..., 0]
         if np.any(cls != np.round(cls)) or np.any(cls < -1) or np.any(cls >= len(classes)):
-            raise EdgepipeError(f"{where}: box classes run {cls.min():g}..{cls.max():g} for {len(classes)} classes",
-                                "classes must be 0..num_classes-1, -1 for padding")
+            raise EdgepipeError(
+                f"{where}: box classes run {cls.min():g}..{cls.max():g} for {len(classes)} classes",
+                "classes must be 0..num_classes-1, -1 for padding",
+            )
         real = cls >= 0
         if np.any((y[..., 3] <= y[..., 1])[real] | (y[..., 4] <= y[..., 2])[real]):
             raise EdgepipeError(f"{where}: a box has no area (x1 <= x0 or y1 <= y0)", "fix or drop the box")
@@ -58,8 +70,10 @@ class Detection(Task):
         grid = self.output_shape(info)
         c = len(info["classes"])
         if tuple(shape[:2]) != grid[:2] or shape[-1] not in (c + 1, c + 3):
-            return (f"a {grid[0]}x{grid[1]} grid of {c + 1} channels (background and {c} classes), or "
-                    f"{c + 3} with a size head")
+            return (
+                f"a {grid[0]}x{grid[1]} grid of {c + 1} channels (background and {c} classes), or "
+                f"{c + 3} with a size head"
+            )
         return None
 
     def targets(self, y, info):
@@ -80,7 +94,7 @@ class Detection(Task):
             loss = tf.reduce_mean(weight * -tf.reduce_sum(heat * tf.math.log(probs), axis=-1))
             if y_pred.shape[-1] == c1 + 2:  # the size head: L1 on the cells that hold an object
                 mask = y_true[..., c1 + 2]
-                l1 = tf.reduce_sum(tf.abs(y_pred[..., c1:] - y_true[..., c1:c1 + 2]), axis=-1)
+                l1 = tf.reduce_sum(tf.abs(y_pred[..., c1:] - y_true[..., c1 : c1 + 2]), axis=-1)
                 loss += tf.reduce_sum(mask * l1) / tf.maximum(tf.reduce_sum(mask), 1.0)
             return loss
 
@@ -89,14 +103,15 @@ class Detection(Task):
     def decode(self, outputs, info):
         """Per image, `(n, 8)` detections (`detection_decode.decode`)."""
         c1 = len(info["classes"]) + 1
-        sizes = outputs[..., c1:c1 + 2] if outputs.shape[-1] >= c1 + 2 else None
+        sizes = outputs[..., c1 : c1 + 2] if outputs.shape[-1] >= c1 + 2 else None
         return decode_batch(outputs[..., :c1], sizes, stride=STRIDE)
 
     def metrics(self, y, outputs, info):
         preds = self.decode(outputs, info)
         h, w = info["input_shape"][:2]
-        out = detection_metrics.summary(preds, np.asarray(y, np.float32), image_size=(h, w),
-                                        num_classes=len(info["classes"]), stride=STRIDE)
+        out = detection_metrics.summary(
+            preds, np.asarray(y, np.float32), image_size=(h, w), num_classes=len(info["classes"]), stride=STRIDE
+        )
         out["samples"] = len(preds)
         out["definitions"] = {k: detection_metrics.DEFINITIONS[k] for k in out if k in detection_metrics.DEFINITIONS}
         return out
@@ -108,8 +123,14 @@ class Detection(Task):
         from edgepipe.tasks.detection_pictures import box_grid
 
         n = len(outputs)
-        box_grid(x[:n], y[:n], self.decode(outputs, info), info["classes"], out / "predictions.png",
-                 title="test scenes: truth (green) and detections (red)")
+        box_grid(
+            x[:n],
+            y[:n],
+            self.decode(outputs, info),
+            info["classes"],
+            out / "predictions.png",
+            title="test scenes: truth (green) and detections (red)",
+        )
 
     def agreement(self, reference, outputs, info):
         a, b = self.decode(reference, info), self.decode(outputs, info)
@@ -121,5 +142,7 @@ def _same(p: np.ndarray, q: np.ndarray) -> bool:
     `AGREEMENT_PX` (both are ordered by class, then raster position)."""
     if len(p) != len(q):
         return False
-    return bool(np.all(p[:, CLASS] == q[:, CLASS]) and
-                np.all(np.hypot(p[:, CX] - q[:, CX], p[:, CY] - q[:, CY]) <= AGREEMENT_PX))
+    return bool(
+        np.all(p[:, CLASS] == q[:, CLASS])
+        and np.all(np.hypot(p[:, CX] - q[:, CX], p[:, CY] - q[:, CY]) <= AGREEMENT_PX)
+    )

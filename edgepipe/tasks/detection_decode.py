@@ -86,8 +86,9 @@ def _check_maps(heat_map, size_map) -> tuple[np.ndarray, np.ndarray | None]:
     return heat, size
 
 
-def decode(heat_map: np.ndarray, size_map: np.ndarray | None = None, *, threshold: float = THRESHOLD,
-           stride: int = STRIDE) -> np.ndarray:
+def decode(
+    heat_map: np.ndarray, size_map: np.ndarray | None = None, *, threshold: float = THRESHOLD, stride: int = STRIDE
+) -> np.ndarray:
     """One image's detections from its heat map and optional size map (the module docstring's rules).
 
     Args:
@@ -166,13 +167,16 @@ def decode(heat_map: np.ndarray, size_map: np.ndarray | None = None, *, threshol
     return np.array(rows, np.float64).astype(np.float32)
 
 
-def decode_batch(heat_maps: np.ndarray, size_maps: np.ndarray | None = None, *, threshold: float = THRESHOLD,
-                 stride: int = STRIDE) -> list[np.ndarray]:
+def decode_batch(
+    heat_maps: np.ndarray, size_maps: np.ndarray | None = None, *, threshold: float = THRESHOLD, stride: int = STRIDE
+) -> list[np.ndarray]:
     """`decode` of each image of a batch `(N, gh, gw, C + 1)` (and `(N, gh, gw, 2)` sizes): a list of N arrays."""
     if size_maps is not None and len(size_maps) != len(heat_maps):
         raise ValueError(f"{len(heat_maps)} heat maps but {len(size_maps)} size maps")
-    return [decode(h, None if size_maps is None else size_maps[i], threshold=threshold, stride=stride)
-            for i, h in enumerate(heat_maps)]
+    return [
+        decode(h, None if size_maps is None else size_maps[i], threshold=threshold, stride=stride)
+        for i, h in enumerate(heat_maps)
+    ]
 
 
 def centre_cell(box, grid_shape: tuple[int, int], stride: int = STRIDE) -> tuple[int, int]:
@@ -203,8 +207,10 @@ def objects(gt: np.ndarray, num_classes: int | None = None) -> tuple[np.ndarray,
     if num_classes is not None:
         bad |= classes >= num_classes
     if bad.any():
-        raise ValueError(f"ground-truth class {float(classes[bad][0])!r} is not -1 (padding) or a class index in "
-                         f"[0, {num_classes if num_classes is not None else 'C'})")
+        raise ValueError(
+            f"ground-truth class {float(classes[bad][0])!r} is not -1 (padding) or a class index in "
+            f"[0, {num_classes if num_classes is not None else 'C'})"
+        )
     boxes = real[:, 1:5]
     inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if inverted.any():
@@ -212,8 +218,9 @@ def objects(gt: np.ndarray, num_classes: int | None = None) -> tuple[np.ndarray,
     return classes.astype(np.int64), boxes
 
 
-def encode(gt: np.ndarray, grid_shape: tuple[int, int], num_classes: int, *,
-           stride: int = STRIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode(
+    gt: np.ndarray, grid_shape: tuple[int, int], num_classes: int, *, stride: int = STRIDE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's training targets from its padded ground truth (the module docstring's rules).
 
     Args:
@@ -247,8 +254,9 @@ def encode(gt: np.ndarray, grid_shape: tuple[int, int], num_classes: int, *,
     return heat, size, mask
 
 
-def encode_batch(gts: np.ndarray, grid_shape: tuple[int, int], num_classes: int, *,
-                 stride: int = STRIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_batch(
+    gts: np.ndarray, grid_shape: tuple[int, int], num_classes: int, *, stride: int = STRIDE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`encode` of each image of `(N, max_objects, 5)`: heat `(N, gh, gw, C + 1)`, size `(N, gh, gw, 2)`,
     size_mask `(N, gh, gw)`."""
     gh, gw = grid_shape

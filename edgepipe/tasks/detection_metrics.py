@@ -49,21 +49,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe.tasks.detection_decode import CLASS, CX, CY, DETECTION_COLUMNS, SCORE, STRIDE, X0, X1, Y0, Y1, \
-    objects
+from edgepipe.tasks.detection_decode import CLASS, CX, CY, DETECTION_COLUMNS, SCORE, STRIDE, X0, X1, Y0, Y1, objects
 
 #: Edge Impulse's match distance: 0.2 of the image size, between centroids in normalised coordinates
 EI_DISTANCE = 0.2
 #: object size bins on `max(w, h) / max(image height, width)` of the ground-truth box, `lo <= size < hi`;
 #: at 96x96 pixels: small < 16 px <= medium < 24 px <= large (the digits recipes draw 10-32 px objects)
-SIZE_BINS: tuple[tuple[str, float, float], ...] = (("small", 0.0, 1 / 6), ("medium", 1 / 6, 1 / 4),
-                                                   ("large", 1 / 4, math.inf))
+SIZE_BINS: tuple[tuple[str, float, float], ...] = (
+    ("small", 0.0, 1 / 6),
+    ("medium", 1 / 6, 1 / 4),
+    ("large", 1 / 4, math.inf),
+)
 #: COCO's IoU thresholds 0.50, 0.55, ..., 0.95, built as pycocotools builds them (so equal bit for bit)
-COCO_IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 #: COCO's 101 recall points 0, 0.01, ..., 1 (pycocotools' `recThrs`)
-COCO_RECALL_POINTS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 #: COCO's area range "all" (`areaRng[0]`), in square pixels
-COCO_AREA_RANGE = (0 ** 2, 1e5 ** 2)
+COCO_AREA_RANGE = (0**2, 1e5**2)
 #: COCO's cap on detections per image and class (`maxDets[-1]`)
 COCO_MAX_DETS = 100
 
@@ -72,20 +74,23 @@ RULES = ("ei", "one_to_one")
 #: what each key of `summary` means, thresholds included
 DEFINITIONS: dict[str, str] = {
     "ei_precision_d0.2": "Edge Impulse's centroid precision: same class, centroid distance <= 0.2 of the image "
-                         "size, several predictions may match one object (rule 'ei')",
+    "size, several predictions may match one object (rule 'ei')",
     "ei_recall_d0.2": "Edge Impulse's centroid recall (as ei_precision_d0.2)",
     "ei_f1_d0.2": "Edge Impulse's centroid F1, FOMO's val_f1 (as ei_precision_d0.2)",
     "precision_d0.2": "centroid precision: same class, distance <= 0.2 of the image size, one prediction per "
-                      "object, greedy by score (rule 'one_to_one')",
+    "object, greedy by score (rule 'one_to_one')",
     "recall_d0.2": "centroid recall (as precision_d0.2)",
     "f1_d0.2": "centroid F1 (as precision_d0.2)",
     "f1_1cell": "strict centroid F1: same class, distance <= one cell (stride px, 8), one-to-one",
     "count_mae": "mean over images of |number of predictions - number of objects|, all classes together",
     "count_exact": "fraction of images whose number of predictions equals their number of objects",
-    **{f"{m}_d0.2_{name}": f"centroid {m} of objects whose max(w, h) / image size is in [{lo:.4g}, {hi:.4g}) "
-                           "(one-to-one, distance <= 0.2; a false positive without a box counts in every bin; "
-                           "NaN when the bin has no object)"
-       for name, lo, hi in SIZE_BINS for m in ("recall", "f1")},
+    **{
+        f"{m}_d0.2_{name}": f"centroid {m} of objects whose max(w, h) / image size is in [{lo:.4g}, {hi:.4g}) "
+        "(one-to-one, distance <= 0.2; a false positive without a box counts in every bin; "
+        "NaN when the bin has no object)"
+        for name, lo, hi in SIZE_BINS
+        for m in ("recall", "f1")
+    },
     "mean_iou_d0.2": "mean IoU of the boxes of the one-to-one centroid matches at distance <= 0.2 (needs boxes)",
     "map_iou0.5": "COCO AP at IoU >= 0.5, 101 recall points, area all, maxDets 100, mean over classes (boxes)",
     "map_iou0.5-0.95": "COCO AP averaged over IoU 0.50:0.05:0.95, as map_iou0.5 otherwise (boxes)",
@@ -129,8 +134,9 @@ def _predictions(pred) -> np.ndarray:
     if pred.size == 0:
         return np.zeros((0, len(DETECTION_COLUMNS)), np.float64)
     if pred.ndim != 2 or pred.shape[1] != len(DETECTION_COLUMNS):
-        raise ValueError(f"predictions are (n, {len(DETECTION_COLUMNS)}) rows {', '.join(DETECTION_COLUMNS)}, "
-                         f"not {pred.shape}")
+        raise ValueError(
+            f"predictions are (n, {len(DETECTION_COLUMNS)}) rows {', '.join(DETECTION_COLUMNS)}, not {pred.shape}"
+        )
     return pred.astype(np.float64)
 
 
@@ -151,9 +157,16 @@ def _distance_bound(image_size, max_distance, max_distance_px) -> tuple[float, f
     return 1.0, 1.0, float(max_distance_px)
 
 
-def match_centroids(pred: np.ndarray, gt_classes: np.ndarray, gt_boxes: np.ndarray, *,
-                    image_size: tuple[int, int], max_distance: float | None = None,
-                    max_distance_px: float | None = None, rule: str = "one_to_one") -> np.ndarray:
+def match_centroids(
+    pred: np.ndarray,
+    gt_classes: np.ndarray,
+    gt_boxes: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    max_distance: float | None = None,
+    max_distance_px: float | None = None,
+    rule: str = "one_to_one",
+) -> np.ndarray:
     """One image's centroid matches: for each prediction, the index of its object, or -1.
 
     Args:
@@ -191,9 +204,15 @@ def _counts(match: np.ndarray, n_objects: int) -> Counts:
     return Counts(tp, len(match) - tp, n_objects - found)
 
 
-def centroid_counts(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int],
-                    max_distance: float | None = None, max_distance_px: float | None = None,
-                    rule: str = "one_to_one") -> Counts:
+def centroid_counts(
+    preds: Sequence,
+    gts: Sequence,
+    *,
+    image_size: tuple[int, int],
+    max_distance: float | None = None,
+    max_distance_px: float | None = None,
+    rule: str = "one_to_one",
+) -> Counts:
     """TP, FP and FN of centroid matching (`match_centroids`' arguments) summed over images.
 
     Edge Impulse's FOMO metric is `centroid_counts(..., max_distance=0.2, rule="ei")` on predictions decoded
@@ -201,8 +220,15 @@ def centroid_counts(preds: Sequence, gts: Sequence, *, image_size: tuple[int, in
     """
     total = Counts(0, 0, 0)
     for pred, classes, boxes in _pairs(preds, gts):
-        match = match_centroids(pred, classes, boxes, image_size=image_size, max_distance=max_distance,
-                                max_distance_px=max_distance_px, rule=rule)
+        match = match_centroids(
+            pred,
+            classes,
+            boxes,
+            image_size=image_size,
+            max_distance=max_distance,
+            max_distance_px=max_distance_px,
+            rule=rule,
+        )
         total += _counts(match, len(classes))
     return total
 
@@ -211,9 +237,15 @@ def _relative_size(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray
     return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / max(image_size)
 
 
-def counts_by_size(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int],
-                   max_distance: float = EI_DISTANCE, rule: str = "one_to_one",
-                   bins: Sequence[tuple[str, float, float]] = SIZE_BINS) -> dict[str, Counts]:
+def counts_by_size(
+    preds: Sequence,
+    gts: Sequence,
+    *,
+    image_size: tuple[int, int],
+    max_distance: float = EI_DISTANCE,
+    rule: str = "one_to_one",
+    bins: Sequence[tuple[str, float, float]] = SIZE_BINS,
+) -> dict[str, Counts]:
     """Centroid counts per object size bin, from one matching of all objects and predictions.
 
     An object's size is `max(w, h) / max(height, width)` of its box, and it falls in the bin with
@@ -226,7 +258,7 @@ def counts_by_size(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int
     for pred, classes, boxes in _pairs(preds, gts):
         match = match_centroids(pred, classes, boxes, image_size=image_size, max_distance=max_distance, rule=rule)
         obj_size = _relative_size(boxes, image_size)
-        pred_size = _relative_size(pred[:, X0:Y1 + 1], image_size)
+        pred_size = _relative_size(pred[:, X0 : Y1 + 1], image_size)
         found = np.zeros(len(classes), bool)
         found[match[match >= 0]] = True
         for name, lo, hi in bins:
@@ -272,12 +304,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _needs_boxes(pred: np.ndarray) -> None:
-    if np.isnan(pred[:, X0:Y1 + 1]).any():
+    if np.isnan(pred[:, X0 : Y1 + 1]).any():
         raise ValueError("these predictions have no boxes (decoded without a size head): box metrics need them")
 
 
-def mean_iou(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int],
-             max_distance: float = EI_DISTANCE) -> float:
+def mean_iou(
+    preds: Sequence, gts: Sequence, *, image_size: tuple[int, int], max_distance: float = EI_DISTANCE
+) -> float:
     """Mean IoU of predicted and true boxes over the one-to-one centroid matches at `max_distance`
     (normalised, 0.2); NaN when nothing matches. Matching by centroid, not by IoU, keeps the mean free of an
     IoU threshold's floor: it measures the boxes of the objects that were found."""
@@ -286,13 +319,18 @@ def mean_iou(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int],
         _needs_boxes(pred)
         match = match_centroids(pred, classes, boxes, image_size=image_size, max_distance=max_distance)
         for p in np.flatnonzero(match >= 0):
-            ious.append(box_iou(pred[p, X0:Y1 + 1], boxes[match[p]])[0, 0])
+            ious.append(box_iou(pred[p, X0 : Y1 + 1], boxes[match[p]])[0, 0])
     return float(np.mean(ious)) if ious else math.nan
 
 
-def coco_precision(preds: Sequence, gts: Sequence, num_classes: int, *,
-                   iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
-                   max_dets: int = COCO_MAX_DETS) -> np.ndarray:
+def coco_precision(
+    preds: Sequence,
+    gts: Sequence,
+    num_classes: int,
+    *,
+    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
+    max_dets: int = COCO_MAX_DETS,
+) -> np.ndarray:
     """COCOeval's precision table `(T, 101, num_classes)`: interpolated precision per IoU threshold, recall
     point and class; -1 for a class without objects (the module docstring's rules)."""
     thresholds = np.asarray(iou_thresholds, np.float64)
@@ -309,7 +347,7 @@ def coco_precision(preds: Sequence, gts: Sequence, num_classes: int, *,
             if not len(det) and not len(obj):
                 continue
             det = det[np.argsort(-det[:, SCORE], kind="mergesort")[:max_dets]]
-            iou = box_iou(det[:, X0:Y1 + 1], obj)
+            iou = box_iou(det[:, X0 : Y1 + 1], obj)
             det_matched = np.zeros((n_t, len(det)), bool)
             obj_taken = np.zeros((n_t, len(obj)), bool)
             for t, threshold in enumerate(thresholds):
@@ -350,8 +388,14 @@ def coco_precision(preds: Sequence, gts: Sequence, num_classes: int, *,
     return precision
 
 
-def coco_map(preds: Sequence, gts: Sequence, num_classes: int, *,
-             iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS, max_dets: int = COCO_MAX_DETS) -> float:
+def coco_map(
+    preds: Sequence,
+    gts: Sequence,
+    num_classes: int,
+    *,
+    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
+    max_dets: int = COCO_MAX_DETS,
+) -> float:
     """COCO mAP: the mean of `coco_precision` over IoU thresholds, recall points and classes with objects.
 
     `iou_thresholds=(0.5,)` gives mAP@0.5 (COCOeval's `stats[1]`), the default COCO's mAP@[.5:.95]
@@ -362,8 +406,15 @@ def coco_map(preds: Sequence, gts: Sequence, num_classes: int, *,
     return float(np.mean(present)) if present.size else math.nan
 
 
-def summary(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int], num_classes: int,
-            stride: int = STRIDE, boxes: bool | None = None) -> dict[str, float]:
+def summary(
+    preds: Sequence,
+    gts: Sequence,
+    *,
+    image_size: tuple[int, int],
+    num_classes: int,
+    stride: int = STRIDE,
+    boxes: bool | None = None,
+) -> dict[str, float]:
     """Every detection metric, keyed as in `DEFINITIONS` (which states each one's thresholds).
 
     Args:
@@ -379,16 +430,26 @@ def summary(preds: Sequence, gts: Sequence, *, image_size: tuple[int, int], num_
     ei = centroid_counts(preds, gts, image_size=image_size, max_distance=EI_DISTANCE, rule="ei")
     greedy = centroid_counts(preds, gts, image_size=image_size, max_distance=EI_DISTANCE)
     strict = centroid_counts(preds, gts, image_size=image_size, max_distance_px=stride)
-    out.update({"ei_precision_d0.2": ei.precision, "ei_recall_d0.2": ei.recall, "ei_f1_d0.2": ei.f1,
-                "precision_d0.2": greedy.precision, "recall_d0.2": greedy.recall, "f1_d0.2": greedy.f1,
-                "f1_1cell": strict.f1, "count_mae": count_mae(preds, gts), "count_exact": count_exact(preds, gts)})
+    out.update(
+        {
+            "ei_precision_d0.2": ei.precision,
+            "ei_recall_d0.2": ei.recall,
+            "ei_f1_d0.2": ei.f1,
+            "precision_d0.2": greedy.precision,
+            "recall_d0.2": greedy.recall,
+            "f1_d0.2": greedy.f1,
+            "f1_1cell": strict.f1,
+            "count_mae": count_mae(preds, gts),
+            "count_exact": count_exact(preds, gts),
+        }
+    )
     for name, c in counts_by_size(preds, gts, image_size=image_size).items():
         empty = c.tp + c.fn == 0  # no object of this size: nothing to say (EI's 1.0 would flatter)
         out[f"recall_d0.2_{name}"] = math.nan if empty else c.recall
         out[f"f1_d0.2_{name}"] = math.nan if empty else c.f1
     if boxes is None:
         all_preds = [_predictions(p) for p in preds]
-        boxes = any(len(p) for p in all_preds) and not any(np.isnan(p[:, X0:Y1 + 1]).any() for p in all_preds)
+        boxes = any(len(p) for p in all_preds) and not any(np.isnan(p[:, X0 : Y1 + 1]).any() for p in all_preds)
     if boxes:
         out["mean_iou_d0.2"] = mean_iou(preds, gts, image_size=image_size)
         out["map_iou0.5"] = coco_map(preds, gts, num_classes, iou_thresholds=(0.5,))

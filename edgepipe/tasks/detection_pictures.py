@@ -12,8 +12,16 @@ from edgepipe.tasks.detection_decode import CLASS, CX, CY, SCORE, X0, X1, Y0, Y1
 TRUTH, PREDICTED = "#2ca02c", "#d62728"
 
 
-def box_grid(images: np.ndarray, gts: np.ndarray, preds: list[np.ndarray] | None, classes: list[str], dest: Path, *,
-             columns: int = 8, title: str = "") -> None:
+def box_grid(
+    images: np.ndarray,
+    gts: np.ndarray,
+    preds: list[np.ndarray] | None,
+    classes: list[str],
+    dest: Path,
+    *,
+    columns: int = 8,
+    title: str = "",
+) -> None:
     """A PNG grid of `images` with their ground truth (green boxes, class names) and `preds` (red: a cross at
     each detected centre with its class and score, and its box when the model has a size head)."""
     import matplotlib
@@ -36,13 +44,28 @@ def box_grid(images: np.ndarray, gts: np.ndarray, preds: list[np.ndarray] | None
                 continue
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, ec=TRUTH))
             ax.text(x0, y0 - 1, classes[int(c)], color=TRUTH, fontsize=5, va="bottom")
-        for d in ([] if preds is None else preds[i]):
+        for d in [] if preds is None else preds[i]:
             ax.plot(d[CX] - 0.5, d[CY] - 0.5, "+", color=PREDICTED, ms=5, mew=1)
             if not np.isnan(d[X0]):
-                ax.add_patch(Rectangle((d[X0] - 0.5, d[Y0] - 0.5), d[X1] - d[X0], d[Y1] - d[Y0], fill=False, lw=0.6,
-                                       ec=PREDICTED, ls="--"))
-            ax.text(d[CX] + 2, d[CY] + 2, f"{classes[int(d[CLASS])]} {d[SCORE]:.2f}", color=PREDICTED, fontsize=4.5,
-                    va="top")
+                ax.add_patch(
+                    Rectangle(
+                        (d[X0] - 0.5, d[Y0] - 0.5),
+                        d[X1] - d[X0],
+                        d[Y1] - d[Y0],
+                        fill=False,
+                        lw=0.6,
+                        ec=PREDICTED,
+                        ls="--",
+                    )
+                )
+            ax.text(
+                d[CX] + 2,
+                d[CY] + 2,
+                f"{classes[int(d[CLASS])]} {d[SCORE]:.2f}",
+                color=PREDICTED,
+                fontsize=4.5,
+                va="top",
+            )
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()

@@ -26,7 +26,7 @@ def synthetic_images(n: int, num_classes: int = 4, size: int = 12, channels: int
     step = size // cells
     for i, c in enumerate(y):
         r, k = divmod(int(c), cells)
-        x[i, r * step:(r + 1) * step, k * step:(k + 1) * step, :] = rng.integers(180, 255)
+        x[i, r * step : (r + 1) * step, k * step : (k + 1) * step, :] = rng.integers(180, 255)
     return x, y.astype(np.uint8)
 
 
@@ -40,8 +40,15 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     return path
 
 
-def write_idx_dataset(root: Path, n_train: int = 120, n_test: int = 40, num_classes: int = 4, size: int = 12,
-                      gz: bool = True, seed: int = 1) -> Path:
+def write_idx_dataset(
+    root: Path,
+    n_train: int = 120,
+    n_test: int = 40,
+    num_classes: int = 4,
+    size: int = 12,
+    gz: bool = True,
+    seed: int = 1,
+) -> Path:
     """A complete MNIST-format dataset folder of synthetic images."""
     x, y = synthetic_images(n_train + n_test, num_classes, size, seed=seed)
     write_idx(root / "train-images-idx3-ubyte", x[:n_train, ..., 0], gz)
@@ -51,8 +58,15 @@ def write_idx_dataset(root: Path, n_train: int = 120, n_test: int = 40, num_clas
     return root
 
 
-def write_png_folder(root: Path, per_class: int = 20, classes=("circle", "square", "stripe"), size: int = 16,
-                     rgb: bool = True, ext: str = ".png", seed: int = 2) -> Path:
+def write_png_folder(
+    root: Path,
+    per_class: int = 20,
+    classes=("circle", "square", "stripe"),
+    size: int = 16,
+    rgb: bool = True,
+    ext: str = ".png",
+    seed: int = 2,
+) -> Path:
     """A `folder:` dataset of real image files (PNG, or JPEG with ext=".jpg"), one sub-folder per class."""
     from PIL import Image
 
@@ -76,10 +90,19 @@ def tiny_recipe(data_dir: Path, epochs: int = 2, arch: str = "tiny_conv") -> dic
     return {
         "stages": {
             "data": {"kind": "data", "params": {"source": f"idx:{data_dir}", "val_fraction": 0.2}},
-            "model": {"kind": "train", "inputs": {"data": "data"},
-                      "params": {"arch": arch, "epochs": epochs, "batch_size": 16, "lr": 0.01,
-                                 "schedule": {"kind": "constant"}, "tensorboard": False,
-                                 "early_stopping": {"enabled": False}}},
+            "model": {
+                "kind": "train",
+                "inputs": {"data": "data"},
+                "params": {
+                    "arch": arch,
+                    "epochs": epochs,
+                    "batch_size": 16,
+                    "lr": 0.01,
+                    "schedule": {"kind": "constant"},
+                    "tensorboard": False,
+                    "early_stopping": {"enabled": False},
+                },
+            },
         }
     }
 
@@ -96,10 +119,17 @@ def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int =
         return tf.data.Dataset.from_tensor_slices({"image": x[a:b], "label": y[a:b].astype("int64")})
 
     builder = tfds.dataset_builders.TfDataBuilder(
-        name=name, version="1.0.0", data_dir=str(data_dir),
+        name=name,
+        version="1.0.0",
+        data_dir=str(data_dir),
         split_datasets={"train": split(0, n_train), "test": split(n_train, n_train + n_test)},
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(12, 12, 1)),
-                                             "label": tfds.features.ClassLabel(names=["nw", "ne", "sw", "se"])}))
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(12, 12, 1)),
+                "label": tfds.features.ClassLabel(names=["nw", "ne", "sw", "se"]),
+            }
+        ),
+    )
     builder.download_and_prepare()
     return Path(data_dir)
 
@@ -141,12 +171,17 @@ class LocalSshd:
             self.port = s.getsockname()[1]
         (r / "sshd_config").write_text(sshd_config(r, self.port))
         host_pub = (r / "host_key.pub").read_text().split()
-        (r / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n"
-                                       f"[localhost]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        (r / "known_hosts").write_text(
+            f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n"
+            f"[localhost]:{self.port} {host_pub[0]} {host_pub[1]}\n"
+        )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on as root
-        self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(r / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(r / "sshd.log", "w"))
+        self.proc = subprocess.Popen(
+            [self.SSHD, "-D", "-e", "-f", str(r / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(r / "sshd.log", "w"),
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -169,8 +204,7 @@ class LocalSshd:
 
 
 # Training knobs that make a test's stage quick and its result depend only on its own arguments.
-FAST = {"batch_size": 16, "tensorboard": False, "early_stopping": {"enabled": False},
-        "schedule": {"kind": "constant"}}
+FAST = {"batch_size": 16, "tensorboard": False, "early_stopping": {"enabled": False}, "schedule": {"kind": "constant"}}
 
 
 def run_stage(root: Path, name: str, fn, cls, params: dict, **inputs) -> Path:

@@ -86,13 +86,14 @@ def adapter_weights(data_spec: dict, in_channels: int, preprocessing: str) -> tu
         src = order[o] if in_channels == 3 else 0
         kernel[0, 0, src, o] = a[o] * std[src] / scale
         bias[o] = a[o] * mean[src] / scale + b[o]
-    info = {"channels": "grayscale -> RGB" if in_channels == 1 else ("RGB -> BGR" if order != (0, 1, 2) else "RGB"),
-            "backbone_input": formula}
+    info = {
+        "channels": "grayscale -> RGB" if in_channels == 1 else ("RGB -> BGR" if order != (0, 1, 2) else "RGB"),
+        "backbone_input": formula,
+    }
     return kernel, bias, info
 
 
-def application_backbone(name: str, ds: Dataset, *, weights: str | None, alpha: float,
-                         input_size: list[int] | None):
+def application_backbone(name: str, ds: Dataset, *, weights: str | None, alpha: float, input_size: list[int] | None):
     """Application `name` (a key of `BACKBONES`) with `weights` (imagenet, a no-top weights file or None),
     seeing `input_size` (None: the data's): input, the backbone's feature map, its layers and the adapter
     description."""
@@ -126,8 +127,10 @@ def application_backbone(name: str, ds: Dataset, *, weights: str | None, alpha: 
     except EdgepipeError:
         raise
     except ValueError as e:  # bad size or alpha for these weights: the application says which
-        raise EdgepipeError(f"{name}: {' '.join(str(e).split())[:240]}",
-                            "choose an input_size/alpha the backbone supports (see its tf_keras docs)") from None
+        raise EdgepipeError(
+            f"{name}: {' '.join(str(e).split())[:240]}",
+            "choose an input_size/alpha the backbone supports (see its tf_keras docs)",
+        ) from None
     except Exception as e:  # noqa: BLE001 - keras' get_file raises a plain Exception when offline
         raise _weights_error(name, weights, e) from None
     frozen = [layer for layer in base.layers if layer.name not in ("image", "input_resize", "input_adapter")]
@@ -140,22 +143,36 @@ def stage_backbone(ds: Dataset, stage_dir: Path, cut_at: str | None):
 
     model = load_model(stage_dir)
     if tuple(model.input_shape[1:]) != tuple(ds.input_shape):
-        raise EdgepipeError(f"backbone '{Path(stage_dir).name}' takes {tuple(model.input_shape[1:])}, the data is "
-                            f"{tuple(ds.input_shape)}", "set the data stage's image_size and channels to match")
+        raise EdgepipeError(
+            f"backbone '{Path(stage_dir).name}' takes {tuple(model.input_shape[1:])}, the data is "
+            f"{tuple(ds.input_shape)}",
+            "set the data stage's image_size and channels to match",
+        )
     if cut_at:
         try:
             features = model.get_layer(cut_at).output
         except ValueError:
             names = ", ".join(layer.name for layer in model.layers[-8:])
-            raise EdgepipeError(f"backbone '{Path(stage_dir).name}' has no layer '{cut_at}'",
-                                f"name one of its layers, e.g. the last ones: {names}") from None
+            raise EdgepipeError(
+                f"backbone '{Path(stage_dir).name}' has no layer '{cut_at}'",
+                f"name one of its layers, e.g. the last ones: {names}",
+            ) from None
     else:
-        pool = next((layer for layer in model.layers if isinstance(
-            layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten))),
-            None)
+        pool = next(
+            (
+                layer
+                for layer in model.layers
+                if isinstance(
+                    layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+                )
+            ),
+            None,
+        )
         if pool is None:
-            raise EdgepipeError(f"backbone '{Path(stage_dir).name}' has no pooling or Flatten layer to cut below",
-                                "set cut_at to the name of the layer whose output is the feature map")
+            raise EdgepipeError(
+                f"backbone '{Path(stage_dir).name}' has no pooling or Flatten layer to cut below",
+                "set cut_at to the name of the layer whose output is the feature map",
+            )
         features = pool.input
     base = keras.Model(model.input, features)
     return model.input, features, base.layers[1:], {"in_model": False}
@@ -169,7 +186,8 @@ def add_head(inputs, features, head: Head, num_classes: int, name: str):
     x = features
     if len(x.shape) == 4:
         x = {"avg": L.GlobalAveragePooling2D, "max": L.GlobalMaxPooling2D, "flatten": L.Flatten}[head.pooling](
-            name="head_pool")(x)
+            name="head_pool"
+        )(x)
     if head.units:
         x = L.Dense(head.units, activation="relu", name="head_hidden")(x)
     x = L.Dropout(head.dropout, name="head_dropout")(x)
@@ -194,7 +212,7 @@ def adapt_batchnorm(layers: list, model, ds: Dataset, batch_size: int) -> int:
             layer.trainable = True  # a frozen BatchNormalization ignores training=True
         seen = 0
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]
+            batch = x[start : start + batch_size]
             for layer in bns:
                 layer.momentum = seen / (seen + len(batch))
             model(batch, training=True)
@@ -213,9 +231,11 @@ def unfreeze(backbone_layers: list, *, top: int | None, from_layer: str | None) 
     names = [layer.name for layer in backbone_layers]
     if from_layer is not None:
         if from_layer not in names:
-            raise EdgepipeError(f"fine_tune.unfreeze_from: the backbone has no layer '{from_layer}'",
-                                f"name a backbone layer, e.g. one of the last: {', '.join(names[-6:])}")
-        layers = backbone_layers[names.index(from_layer):]
+            raise EdgepipeError(
+                f"fine_tune.unfreeze_from: the backbone has no layer '{from_layer}'",
+                f"name a backbone layer, e.g. one of the last: {', '.join(names[-6:])}",
+            )
+        layers = backbone_layers[names.index(from_layer) :]
     elif top is not None:
         layers = backbone_layers[-top:]
     else:
@@ -233,8 +253,9 @@ def _weights_arg(weights: str | None):
         return weights
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise EdgepipeError(f"weights file {path} does not exist",
-                            "give the path of a no-top .h5 weights file, 'imagenet', or null")
+        raise EdgepipeError(
+            f"weights file {path} does not exist", "give the path of a no-top .h5 weights file, 'imagenet', or null"
+        )
     return str(path)
 
 
@@ -243,8 +264,9 @@ def _copy_weights(source, dest) -> None:
     src = [layer for layer in source.layers if layer.weights]
     dst = [layer for layer in dest.layers if layer.weights and layer.name not in ("input_adapter",)]
     if len(src) != len(dst):
-        raise EdgepipeError(f"internal: {len(src)} weighted layers in the pretrained backbone, {len(dst)} here",
-                            "report this as a bug")
+        raise EdgepipeError(
+            f"internal: {len(src)} weighted layers in the pretrained backbone, {len(dst)} here", "report this as a bug"
+        )
     for a, b in zip(src, dst):
         b.set_weights(a.get_weights())
 
@@ -254,11 +276,14 @@ def _weights_error(name: str, weights: str | None, e: Exception) -> EdgepipeErro
     text = " ".join(str(e).split())
     url = re.search(r"(https?://\S+?\.h5)", text)
     if weights != "imagenet" or not url:
-        return EdgepipeError(f"{name}: cannot load weights {weights} ({text[:200]})",
-                             "check the weights file matches the backbone without its top")
+        return EdgepipeError(
+            f"{name}: cannot load weights {weights} ({text[:200]})",
+            "check the weights file matches the backbone without its top",
+        )
     fname = url.group(1).rsplit("/", 1)[1]
     cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"  # where keras looks first
     return EdgepipeError(
         f"{name} imagenet weights {fname} are not cached and cannot be downloaded (offline?)",
         f"on a machine online, fetch {url.group(1)} and place it at {cache / fname}; "
-        f"or set weights to a local file or null")
+        f"or set weights to a local file or null",
+    )

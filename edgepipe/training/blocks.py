@@ -11,8 +11,15 @@ def conv_bn_relu(initializer, regularizer):
     L = keras.layers
 
     def block(x, filters, kernel, stride):
-        x = L.Conv2D(filters, kernel, stride, padding="same", use_bias=False, kernel_initializer=initializer,
-                     kernel_regularizer=regularizer)(x)
+        x = L.Conv2D(
+            filters,
+            kernel,
+            stride,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=initializer,
+            kernel_regularizer=regularizer,
+        )(x)
         x = L.BatchNormalization()(x)
         return L.ReLU()(x)
 
@@ -27,8 +34,14 @@ def ds_block(initializer, regularizer):
     L = keras.layers
 
     def block(x, filters, stride):
-        x = L.DepthwiseConv2D(3, stride, padding="same", use_bias=False, depthwise_initializer=initializer,
-                              depthwise_regularizer=regularizer)(x)
+        x = L.DepthwiseConv2D(
+            3,
+            stride,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=initializer,
+            depthwise_regularizer=regularizer,
+        )(x)
         x = L.BatchNormalization()(x)
         x = L.ReLU()(x)
         x = L.Conv2D(filters, 1, use_bias=False, kernel_initializer=initializer, kernel_regularizer=regularizer)(x)

@@ -9,7 +9,6 @@ next stage gets a plain Keras model whose kernels are sparse or take few distinc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -44,26 +43,38 @@ def _chosen(model, layers: Sequence[str], skip: Sequence[str], what: str, can) -
     names = [layer.name for layer in model.layers]
     for name in [*layers, *skip]:
         if name not in names:
-            raise EdgepipeError(f"{what}: model '{model.name}' has no layer '{name}'",
-                                f"use one of: {', '.join(n for n in names if can(model.get_layer(n)))}")
+            raise EdgepipeError(
+                f"{what}: model '{model.name}' has no layer '{name}'",
+                f"use one of: {', '.join(n for n in names if can(model.get_layer(n)))}",
+            )
     if layers:
         for name in layers:
             if not can(model.get_layer(name)):
                 kind = type(model.get_layer(name)).__name__
-                raise EdgepipeError(f"{what}: tfmot cannot {what} layer '{name}' ({kind}: no weights it handles)",
-                                    "name Conv2D, DepthwiseConv2D or Dense layers, or leave layers empty for all")
+                raise EdgepipeError(
+                    f"{what}: tfmot cannot {what} layer '{name}' ({kind}: no weights it handles)",
+                    "name Conv2D, DepthwiseConv2D or Dense layers, or leave layers empty for all",
+                )
         chosen = list(layers)
     else:
         chosen = [layer.name for layer in model.layers if can(layer)]
     chosen = [n for n in chosen if n not in skip]
     if not chosen:
-        raise EdgepipeError(f"{what}: no layer of model '{model.name}' is left to {what}",
-                            "skip fewer layers")
+        raise EdgepipeError(f"{what}: no layer of model '{model.name}' is left to {what}", "skip fewer layers")
     return chosen
 
 
-def apply_pruning(model, *, sparsity: float, m_by_n: tuple[int, int] | None, layers: Sequence[str],
-                  skip: Sequence[str], begin_step: int, end_step: int, frequency: int):
+def apply_pruning(
+    model,
+    *,
+    sparsity: float,
+    m_by_n: tuple[int, int] | None,
+    layers: Sequence[str],
+    skip: Sequence[str],
+    begin_step: int,
+    end_step: int,
+    frequency: int,
+):
     """A copy of `model` with the chosen layers wrapped for magnitude pruning: a polynomial ramp from 0 to
     `sparsity` between the steps, or a fixed m-of-n pattern (`m_by_n`, e.g. 2 of every 4 zero)."""
     tfmot = _tfmot()
@@ -75,8 +86,13 @@ def apply_pruning(model, *, sparsity: float, m_by_n: tuple[int, int] | None, lay
         return bool(prunable_weights(layer))
 
     chosen = _chosen(model, layers, skip, "prune", can)
-    schedule = sk.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=begin_step,
-                                  end_step=max(end_step, begin_step + 1), frequency=frequency)
+    schedule = sk.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=sparsity,
+        begin_step=begin_step,
+        end_step=max(end_step, begin_step + 1),
+        frequency=frequency,
+    )
     if m_by_n:
         schedule = sk.ConstantSparsity(0.5, begin_step=begin_step, frequency=frequency)  # unused by m-by-n masks
 
@@ -120,8 +136,9 @@ def pruning_callbacks() -> list:
     return [_tfmot().sparsity.keras.UpdatePruningStep()]
 
 
-def apply_clustering(model, *, clusters: int, init: CentroidInit, layers: Sequence[str], skip: Sequence[str],
-                     preserve_sparsity: bool):
+def apply_clustering(
+    model, *, clusters: int, init: CentroidInit, layers: Sequence[str], skip: Sequence[str], preserve_sparsity: bool
+):
     """A copy of `model` whose chosen layers' kernels are clustered to `clusters` shared values."""
     tfmot = _tfmot()
     ck = tfmot.clustering.keras
@@ -141,8 +158,9 @@ def apply_clustering(model, *, clusters: int, init: CentroidInit, layers: Sequen
             return fresh
         fresh.build(layer.input_shape)
         fresh.set_weights(layer.get_weights())  # centroids are initialised from the trained weights
-        return ck.cluster_weights(fresh, number_of_clusters=clusters, cluster_centroids_init=centroid,
-                                  preserve_sparsity=preserve_sparsity)
+        return ck.cluster_weights(
+            fresh, number_of_clusters=clusters, cluster_centroids_init=centroid, preserve_sparsity=preserve_sparsity
+        )
 
     clustered = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
@@ -179,13 +197,18 @@ def check_preserve(model, preserve: Preserve) -> None:
     stats = weight_stats(model)
     if preserve in ("sparsity", "both") and not any(s["sparsity"] >= 0.2 for s in stats):
         most = max((s["sparsity"] for s in stats), default=0.0)
-        raise EdgepipeError(f"qat: preserve: {preserve} on model '{model.name}', which was never pruned (its "
-                            f"sparsest kernel has {100 * most:.0f} % zeros)",
-                            "put a prune stage before this qat stage, or use preserve: none")
-    if preserve in ("clusters", "both") and not any(s["max_unique_per_channel"] <= 256 and s["unique"] < s["weights"] / 4
-                                                    for s in stats if s["weights"] >= 64):
-        raise EdgepipeError(f"qat: preserve: {preserve} on model '{model.name}', whose weights were never clustered",
-                            "put a cluster stage before this qat stage, or use preserve: none")
+        raise EdgepipeError(
+            f"qat: preserve: {preserve} on model '{model.name}', which was never pruned (its "
+            f"sparsest kernel has {100 * most:.0f} % zeros)",
+            "put a prune stage before this qat stage, or use preserve: none",
+        )
+    if preserve in ("clusters", "both") and not any(
+        s["max_unique_per_channel"] <= 256 and s["unique"] < s["weights"] / 4 for s in stats if s["weights"] >= 64
+    ):
+        raise EdgepipeError(
+            f"qat: preserve: {preserve} on model '{model.name}', whose weights were never clustered",
+            "put a cluster stage before this qat stage, or use preserve: none",
+        )
 
 
 def quantize_scheme(preserve: Preserve):

@@ -13,37 +13,73 @@ from __future__ import annotations
 from edgepipe.training.blocks import conv_bn_relu
 
 
-def fomo(input_shape, num_classes, *, alpha=0.35, head_filters=32, dropout=0.0, kernel_initializer="he_normal",
-         kernel_regularizer=None):
+def fomo(
+    input_shape,
+    num_classes,
+    *,
+    alpha=0.35,
+    head_filters=32,
+    dropout=0.0,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+):
     """Edge Impulse's FOMO as published in 2022: MobileNetV2 (`alpha`) cut at `block_6_expand_relu` (1/8
     resolution), a `head_filters` 1x1 conv and a (classes + background) 1x1 conv. From scratch: no ImageNet
     weights offline, and none exist for one channel."""
     from edgepipe.core._tf import keras
 
-    base = keras.applications.MobileNetV2(input_shape=tuple(input_shape), alpha=alpha, weights=None,
-                                          include_top=False)
+    base = keras.applications.MobileNetV2(input_shape=tuple(input_shape), alpha=alpha, weights=None, include_top=False)
     x = base.get_layer("block_6_expand_relu").output
-    return _head(base.input, x, num_classes, head_filters, dropout, kernel_initializer, kernel_regularizer,
-                 size_head=False, name="fomo")
+    return _head(
+        base.input,
+        x,
+        num_classes,
+        head_filters,
+        dropout,
+        kernel_initializer,
+        kernel_regularizer,
+        size_head=False,
+        name="fomo",
+    )
 
 
-def centroid_net(input_shape, num_classes, *, widths=(8, 16, 32, 32), head_filters=32, size_head=False,
-                 dropout=0.0, kernel_initializer="he_normal", kernel_regularizer=None):
+def centroid_net(
+    input_shape,
+    num_classes,
+    *,
+    widths=(8, 16, 32, 32),
+    head_filters=32,
+    size_head=False,
+    dropout=0.0,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+):
     """edgepipe's candidate: plain 3x3 convolutions (strides 2, 2, 2, then 1 for every further width), the same
     head as FOMO and an optional size head. No depthwise convolutions: on a Cortex-M4 with CMSIS-NN they cost
     several times the instructions per multiply-accumulate of a plain convolution."""
     from edgepipe.core._tf import keras
 
     if len(widths) < 3:
-        raise ValueError(f"widths {list(widths)} give less than the 3 stride-2 convolutions of a 1/8 grid; fix: "
-                         "give at least 3 widths")
+        raise ValueError(
+            f"widths {list(widths)} give less than the 3 stride-2 convolutions of a 1/8 grid; fix: "
+            "give at least 3 widths"
+        )
     inputs = keras.Input(tuple(input_shape))
     conv = conv_bn_relu(kernel_initializer, kernel_regularizer)
     x = inputs
     for i, width in enumerate(widths):
         x = conv(x, int(width), 3, 2 if i < 3 else 1)
-    return _head(inputs, x, num_classes, head_filters, dropout, kernel_initializer, kernel_regularizer,
-                 size_head=size_head, name="centroid_net")
+    return _head(
+        inputs,
+        x,
+        num_classes,
+        head_filters,
+        dropout,
+        kernel_initializer,
+        kernel_regularizer,
+        size_head=size_head,
+        name="centroid_net",
+    )
 
 
 def _head(inputs, x, num_classes, filters, dropout, initializer, regularizer, *, size_head, name):
@@ -52,15 +88,18 @@ def _head(inputs, x, num_classes, filters, dropout, initializer, regularizer, *,
     from edgepipe.core._tf import keras
 
     L = keras.layers
-    features = L.Conv2D(filters, 1, kernel_initializer=initializer, kernel_regularizer=regularizer,
-                        activation="relu", name="head")(x)
+    features = L.Conv2D(
+        filters, 1, kernel_initializer=initializer, kernel_regularizer=regularizer, activation="relu", name="head"
+    )(x)
     if dropout:
         features = L.Dropout(dropout)(features)
-    logits = L.Conv2D(num_classes + 1, 1, kernel_initializer=initializer, kernel_regularizer=regularizer,
-                      name="logits")(features)
+    logits = L.Conv2D(
+        num_classes + 1, 1, kernel_initializer=initializer, kernel_regularizer=regularizer, name="logits"
+    )(features)
     probs = L.Softmax(name="probs")(logits)
     if not size_head:
         return keras.Model(inputs, probs, name=name)
-    size = L.Conv2D(2, 1, kernel_initializer=initializer, kernel_regularizer=regularizer, activation="sigmoid",
-                    name="size")(features)
+    size = L.Conv2D(
+        2, 1, kernel_initializer=initializer, kernel_regularizer=regularizer, activation="sigmoid", name="size"
+    )(features)
     return keras.Model(inputs, L.Concatenate(name="heatmap_size")([probs, size]), name=name)

@@ -29,20 +29,24 @@ class DistillParams(TrainParams):
     folds: int = param(1, "not available for distillation: keep 1", min=1)
 
     temperature: float = param(4.0, "softmax temperature T of the soft targets", min=1.0, max=50.0)
-    alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0,
-                         max=1.0)
+    alpha: float = param(0.1, "weight of the hard-label cross-entropy; 1 - alpha goes to the teacher", min=0.0, max=1.0)
     teacher_outputs: Literal["online", "cached"] = param(
-        "online", "online: the teacher runs on every augmented batch the student sees; cached: its logits on "
-        "the un-augmented train images are computed once (identical without augmentation, and faster)")
+        "online",
+        "online: the teacher runs on every augmented batch the student sees; cached: its logits on "
+        "the un-augmented train images are computed once (identical without augmentation, and faster)",
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.folds != 1:
-            raise ValueError("folds (k-fold cross-validation) is available in train stages, not distill; "
-                             "fix: drop folds")
+            raise ValueError(
+                "folds (k-fold cross-validation) is available in train stages, not distill; fix: drop folds"
+            )
         if self.class_weights != "none" and self.teacher_outputs == "cached":
-            raise ValueError("class_weights do not combine with teacher_outputs: cached; "
-                             "fix: use teacher_outputs: online, or drop class_weights")
+            raise ValueError(
+                "class_weights do not combine with teacher_outputs: cached; "
+                "fix: use teacher_outputs: online, or drop class_weights"
+            )
 
 
 def logits_of(model):
@@ -51,10 +55,13 @@ def logits_of(model):
 
     last = model.layers[-1]
     is_softmax = isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and getattr(last.activation, "__name__", "") == "softmax")
+        isinstance(last, keras.layers.Activation) and getattr(last.activation, "__name__", "") == "softmax"
+    )
     if not is_softmax:
-        raise EdgepipeError(f"model '{model.name}' does not end in a Softmax layer, so its logits cannot be found",
-                            "end the builder with keras.layers.Softmax() after the last Dense")
+        raise EdgepipeError(
+            f"model '{model.name}' does not end in a Softmax layer, so its logits cannot be found",
+            "end the builder with keras.layers.Softmax() after the last Dense",
+        )
     return keras.Model(model.input, last.input, name=f"{model.name}_logits")
 
 
@@ -93,8 +100,9 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
             with tf.GradientTape() as tape:
                 logits = self.student_logits(x, training=True)
                 hard = self.ce(y, logits, sample_weight=sample_weight)
-                soft = keras.losses.kl_divergence(tf.nn.softmax(teacher / temperature),
-                                                  tf.nn.softmax(logits / temperature))
+                soft = keras.losses.kl_divergence(
+                    tf.nn.softmax(teacher / temperature), tf.nn.softmax(logits / temperature)
+                )
                 loss = alpha * hard + (1 - alpha) * temperature**2 * tf.reduce_mean(soft)
                 loss += tf.add_n(self.student.losses) if self.student.losses else 0.0
             variables = self.student.trainable_variables
@@ -116,17 +124,21 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
 def check_teacher(teacher, ds: Dataset) -> None:
     """The teacher must map the data's input shape to its classes."""
     if tuple(teacher.input_shape[1:]) != ds.input_shape or teacher.output_shape[-1] != len(ds.classes):
-        raise EdgepipeError(f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "
-                            f"{ds.input_shape} with {len(ds.classes)} classes", "distil on the teacher's dataset")
+        raise EdgepipeError(
+            f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "
+            f"{ds.input_shape} with {len(ds.classes)} classes",
+            "distil on the teacher's dataset",
+        )
 
 
 def distil(student, teacher, ds: Dataset, params: DistillParams, io: StageIO, callbacks=()) -> list[dict]:
     """Fit `student` to `teacher` and the labels as `params` say; returns the history rows."""
     distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
-    distiller.compile(optimizer=make_optimizer(params, steps_per_epoch(ds, params.batch_size)),
-                      steps_per_execution=params.steps_per_execution)
+    distiller.compile(
+        optimizer=make_optimizer(params, steps_per_epoch(ds, params.batch_size)),
+        steps_per_execution=params.steps_per_execution,
+    )
     cached = None
     if params.teacher_outputs == "cached":
         cached = logits_of(teacher).predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)
-    return fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached,
-               callbacks=callbacks)
+    return fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached, callbacks=callbacks)

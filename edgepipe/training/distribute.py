@@ -36,9 +36,11 @@ def cluster() -> dict | None:
             raise ValueError("not a worker's cluster spec")  # a check, not an assert: python -O keeps it
         return config
     except (ValueError, KeyError, TypeError):
-        raise EdgepipeError("TF_CONFIG is not a valid cluster spec",
-                            'set it to {"cluster": {"worker": ["host1:port", "host2:port"]}, '
-                            '"task": {"type": "worker", "index": N}} on each machine') from None
+        raise EdgepipeError(
+            "TF_CONFIG is not a valid cluster spec",
+            'set it to {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": N}} on each machine',
+        ) from None
 
 
 def make_strategy(kind: str):
@@ -51,13 +53,17 @@ def make_strategy(kind: str):
         return tf.distribute.MirroredStrategy()
     config = cluster()
     if config is None:
-        raise EdgepipeError("strategy multi_worker needs TF_CONFIG, which is not set",
-                            'set TF_CONFIG on every machine (see docs/training.md, "Training on a cluster")')
+        raise EdgepipeError(
+            "strategy multi_worker needs TF_CONFIG, which is not set",
+            'set TF_CONFIG on every machine (see docs/training.md, "Training on a cluster")',
+        )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as e:
-        raise EdgepipeError(f"cannot start MultiWorkerMirroredStrategy: {' '.join(str(e).split())[:200]}",
-                            "start training in a fresh process (edgepipe run --only STAGE, or edgepipe worker)") from None
+        raise EdgepipeError(
+            f"cannot start MultiWorkerMirroredStrategy: {' '.join(str(e).split())[:200]}",
+            "start training in a fresh process (edgepipe run --only STAGE, or edgepipe worker)",
+        ) from None
 
 
 def scope(strategy):

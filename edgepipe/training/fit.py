@@ -35,7 +35,6 @@ class Schedule:
     min_lr: float = param(0.0, "floor of the learning rate (cosine end value, plateau floor)", min=0.0)
 
 
-
 @dataclasses.dataclass
 class EarlyStopping:
     """Stop when the monitored metric stops improving."""
@@ -45,7 +44,6 @@ class EarlyStopping:
     patience: int = param(5, "epochs without improvement before stopping", min=1)
     min_delta: float = param(0.0, "smallest change that counts as improvement", min=0.0)
     restore_best: bool = param(True, "keep the weights of the best epoch, not the last")
-
 
 
 @dataclasses.dataclass
@@ -58,20 +56,31 @@ class Fit:
     weight_decay: float = param(1e-4, "decoupled weight decay (adamw only)", min=0.0)
     schedule: Schedule = param(Schedule(), "learning-rate schedule")
     batch_size: int = param(128, "samples per step", min=1)
-    steps_per_execution: int = param(16, "training steps per call into TensorFlow, the same updates with fewer "
-                                     "round trips from Python (it pays when trainings share the cores); per-batch "
-                                     "callbacks see every Nth batch", min=1)
+    steps_per_execution: int = param(
+        16,
+        "training steps per call into TensorFlow, the same updates with fewer "
+        "round trips from Python (it pays when trainings share the cores); per-batch "
+        "callbacks see every Nth batch",
+        min=1,
+    )
     epochs: int = param(10, "maximum epochs", min=1)
     early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
     label_smoothing: float = param(0.0, "cross-entropy label smoothing (classification)", min=0.0, max=0.5)
-    object_weight: float = param(100.0, "detection: the cross-entropy weight of a cell holding an object against a "
-                                 "background cell (FOMO's 100: most cells are background)", min=1.0, max=10000.0)
+    object_weight: float = param(
+        100.0,
+        "detection: the cross-entropy weight of a cell holding an object against a "
+        "background cell (FOMO's 100: most cells are background)",
+        min=1.0,
+        max=10000.0,
+    )
     clipnorm: float | None = param(None, "clip each gradient to this L2 norm", min=0.0)
     class_weights: Literal["none", "balanced"] = param("none", "weight the loss by inverse class frequency")
     seed: int = param(0, "seed for initialisation, shuffling and augmentation")
-    tensorboard: bool = param(True, "write TensorBoard logs to runs/<recipe>/.tb/<stage>/ (outside the stage's "
-                              "output, so they never make it look changed)")
-
+    tensorboard: bool = param(
+        True,
+        "write TensorBoard logs to runs/<recipe>/.tb/<stage>/ (outside the stage's "
+        "output, so they never make it look changed)",
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -82,15 +91,23 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-
 def steps_per_epoch(ds: Dataset, batch_size: int) -> int:
     """Training steps in one epoch of ds's train split (the last batch may be short)."""
     return int(np.ceil(len(ds.splits["train"][1]) / batch_size))
 
 
-
-def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bool = True, target=None,
-        train_extra=None, callbacks=()):
+def fit(
+    model,
+    ds: Dataset,
+    p: Fit,
+    io: StageIO,
+    *,
+    loss=None,
+    compile_model: bool = True,
+    target=None,
+    train_extra=None,
+    callbacks=(),
+):
     """Compile (unless the caller did) and fit `model` on ds's train split, validating on val.
 
     Resumes from `io.work` after a crash (BackupAndRestore keeps the last finished epoch there). Writes
@@ -106,18 +123,26 @@ def fit(model, ds: Dataset, p: Fit, io: StageIO, *, loss=None, compile_model: bo
     train = _pack(tf_dataset(ds, "train", p.batch_size, training=True, seed=p.seed, extra=train_extra))
     val = tf_dataset(ds, "val", max(p.batch_size, 256), training=False)
     if compile_model:
-        model.compile(optimizer=make_optimizer(p, steps_per_epoch(ds, p.batch_size)),
-                      loss=loss or task.loss(ds.info, p),
-                      metrics=task.keras_metrics(),
-                      steps_per_execution=p.steps_per_execution)
+        model.compile(
+            optimizer=make_optimizer(p, steps_per_epoch(ds, p.batch_size)),
+            loss=loss or task.loss(ds.info, p),
+            metrics=task.keras_metrics(),
+            steps_per_execution=p.steps_per_execution,
+        )
     history_csv = io.work / "history.csv"
     callbacks = [*_callbacks(p, ds, io, target or model, history_csv), *callbacks]
     class_weight = None
     if p.class_weights == "balanced":
         class_weight = dict(enumerate(ds.info["class_weights_balanced"]))
     # Keras' per-batch bar only in a terminal nobody else draws progress in (the runner's live lines)
-    model.fit(train, validation_data=val, epochs=p.epochs, callbacks=callbacks, class_weight=class_weight,
-              verbose=1 if sys.stdout.isatty() and not progress.active() else 2)
+    model.fit(
+        train,
+        validation_data=val,
+        epochs=p.epochs,
+        callbacks=callbacks,
+        class_weight=class_weight,
+        verbose=1 if sys.stdout.isatty() and not progress.active() else 2,
+    )
     rows = read_history(history_csv)
     write_history(rows, io.out / "history.csv")
     return rows
@@ -139,13 +164,22 @@ def _callbacks(p: Fit, ds: Dataset, io: StageIO, watched, history_csv):
     if p.tensorboard and io.logs is not None:  # never in io.out: event files hold wall times
         callbacks.append(keras.callbacks.TensorBoard(str(io.logs), profile_batch=0))
     if p.schedule.kind == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=p.schedule.gamma, patience=p.schedule.patience,
-                                                           min_lr=p.schedule.min_lr, verbose=1))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                factor=p.schedule.gamma, patience=p.schedule.patience, min_lr=p.schedule.min_lr, verbose=1
+            )
+        )
     es = p.early_stopping
     if es.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
-                                                       min_delta=es.min_delta, restore_best_weights=es.restore_best,
-                                                       mode="min" if es.monitor == "val_loss" else "max"))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=es.monitor,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                restore_best_weights=es.restore_best,
+                mode="min" if es.monitor == "val_loss" else "max",
+            )
+        )
     return callbacks
 
 
@@ -181,8 +215,11 @@ def make_optimizer(p: Fit, steps_per_epoch: int):
         warmup = s.warmup_epochs * steps_per_epoch
         decay = max(1, (p.epochs - s.warmup_epochs) * steps_per_epoch)
         alpha = s.min_lr / p.lr if p.lr else 0.0
-        lr = (keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
-              if warmup else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha))
+        lr = (
+            keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=alpha, warmup_target=p.lr, warmup_steps=warmup)
+            if warmup
+            else keras.optimizers.schedules.CosineDecay(p.lr, decay, alpha=alpha)
+        )
     kw: dict[str, Any] = {"learning_rate": lr}
     if p.clipnorm:
         kw["clipnorm"] = p.clipnorm
@@ -195,7 +232,6 @@ def make_optimizer(p: Fit, steps_per_epoch: int):
         "adamw": lambda: O.AdamW(weight_decay=p.weight_decay, **kw),
         "rmsprop": lambda: O.RMSprop(momentum=p.momentum if p.momentum < 1 else 0.0, **kw),
     }[p.optimizer]()
-
 
 
 def _pack(d):

@@ -21,7 +21,6 @@ def read_history(path: Path) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch, key=int)]
 
 
-
 def write_history(rows: list[dict], dest: Path) -> None:
     """Write history rows as CSV, atomically; the columns are the union of the rows' keys."""
     if not rows:

@@ -22,14 +22,24 @@ from edgepipe.core import fsio
 from edgepipe.datasets.artifact import Dataset
 from edgepipe.datasets.augment import tf_dataset
 
-SMOOTHING = 0.7      # exponential moving average of the measured losses (bias-corrected)
-EVERY = 4            # measure the validation loss every this many steps...
-VAL_IMAGES = 256     # ...on this many validation images
-BLOW_UP = 4.0        # stop once the smoothed loss is this many times its minimum
+SMOOTHING = 0.7  # exponential moving average of the measured losses (bias-corrected)
+EVERY = 4  # measure the validation loss every this many steps...
+VAL_IMAGES = 256  # ...on this many validation images
+BLOW_UP = 4.0  # stop once the smoothed loss is this many times its minimum
 
 
-def lr_range_test(model, ds: Dataset, optimizer, batch_size: int, loss, *, steps: int = 200, low: float = 1e-6,
-                  high: float = 10.0, seed: int = 0) -> dict:
+def lr_range_test(
+    model,
+    ds: Dataset,
+    optimizer,
+    batch_size: int,
+    loss,
+    *,
+    steps: int = 200,
+    low: float = 1e-6,
+    high: float = 10.0,
+    seed: int = 0,
+) -> dict:
     """Sweep the learning rate over `steps` training steps of `model` (which it trains: pass a throwaway).
 
     Returns:
@@ -71,8 +81,16 @@ def lr_range_test(model, ds: Dataset, optimizer, batch_size: int, loss, *, steps
     start = max(1, len(losses) // 10)
     slopes = [(losses[i] - losses[i - 1]) / math.log10(lrs[i] / lrs[i - 1]) for i in range(start, best + 1)]
     steepest = lrs[start + int(np.argmin(slopes))] if slopes else lrs[best] / 10
-    return {"suggested_lr": steepest, "min_loss_lr": lrs[best], "steepest_lr": steepest,
-            "lrs": lrs, "losses": losses, "steps_run": len(losses) * EVERY, "low": low, "high": high}
+    return {
+        "suggested_lr": steepest,
+        "min_loss_lr": lrs[best],
+        "steepest_lr": steepest,
+        "lrs": lrs,
+        "losses": losses,
+        "steps_run": len(losses) * EVERY,
+        "low": low,
+        "high": high,
+    }
 
 
 def write_lr_range(result: dict, out_dir) -> None:

@@ -23,8 +23,15 @@ from edgepipe.training import detection_nets
 from edgepipe.training.blocks import conv_bn_relu, ds_block
 
 
-def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="he_normal", kernel_regularizer=None,
-                width: float = 1.0):
+def cnn_teacher(
+    input_shape,
+    num_classes,
+    *,
+    dropout=0.25,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    width: float = 1.0,
+):
     """A VGG-style CNN for small images (28x28, 32x32): five conv-BN-ReLU layers, 106 k params and 8.3 M MACs at width 1."""
     from edgepipe.core._tf import keras
 
@@ -32,15 +39,24 @@ def cnn_teacher(input_shape, num_classes, *, dropout=0.25, kernel_initializer="h
     c = lambda n: max(8, int(n * width))  # noqa: E731
     inputs = keras.Input(input_shape)
     x = conv(inputs, c(24), 3, 1)
-    x = conv(x, c(32), 3, 2)              # 14x14
+    x = conv(x, c(32), 3, 2)  # 14x14
     x = conv(x, c(48), 3, 1)
-    x = conv(x, c(64), 3, 2)              # 7x7
+    x = conv(x, c(64), 3, 2)  # 7x7
     x = conv(x, c(96), 3, 1)
     return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "cnn_teacher")
 
 
-def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_normal", kernel_regularizer=None,
-               alpha: float = 1.0, stem: int | None = None, stem_kernel: int = 3):
+def ds_student(
+    input_shape,
+    num_classes,
+    *,
+    dropout=0.1,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    alpha: float = 1.0,
+    stem: int | None = None,
+    stem_kernel: int = 3,
+):
     """A tiny depthwise-separable CNN for microcontrollers; `alpha` scales every width (MobileNet's multiplier).
 
     The stride-2 stem keeps the largest activation small, which is what sets a TFLite Micro arena. Its
@@ -55,14 +71,22 @@ def ds_student(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_
     inputs = keras.Input(input_shape)
     x = conv(inputs, stem or c(8), stem_kernel, 2)  # 14x14
     x = ds(x, c(16), 1)
-    x = ds(x, c(32), 2)                   # 7x7
+    x = ds(x, c(32), 2)  # 7x7
     x = ds(x, c(32), 1)
-    x = ds(x, c(64), 2)                   # 4x4
+    x = ds(x, c(64), 2)  # 4x4
     return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "ds_student")
 
 
-def strided_cnn(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he_normal", kernel_regularizer=None,
-                widths=(16, 32, 40), blocks: int = 0):
+def strided_cnn(
+    input_shape,
+    num_classes,
+    *,
+    dropout=0.1,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    widths=(16, 32, 40),
+    blocks: int = 0,
+):
     """A CNN for 28x28-class inputs whose int8 LiteRT model beats TF-MOT's example model on host latency.
 
     Three stride-2 3x3 conv-BN-ReLU layers (28 -> 14 -> 7 -> 4) with `blocks` depthwise-separable blocks
@@ -81,17 +105,25 @@ def strided_cnn(input_shape, num_classes, *, dropout=0.1, kernel_initializer="he
     if len(widths) != 3:
         raise TypeError(f"widths must list 3 channel counts, got {list(widths)}")
     inputs = keras.Input(input_shape)
-    x = conv(inputs, widths[0], 3, 2)     # 14x14
-    x = conv(x, widths[1], 3, 2)          # 7x7
+    x = conv(inputs, widths[0], 3, 2)  # 14x14
+    x = conv(x, widths[1], 3, 2)  # 7x7
     for _ in range(blocks):
         x = ds(x, widths[1], 1)
-    x = conv(x, widths[2], 3, 2)          # 4x4
-    return _classifier(inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "strided_cnn",
-                       flatten=True)
+    x = conv(x, widths[2], 3, 2)  # 4x4
+    return _classifier(
+        inputs, x, num_classes, dropout, kernel_initializer, kernel_regularizer, "strided_cnn", flatten=True
+    )
 
 
-def mobilenet_tiny(input_shape, num_classes, *, dropout=0.2, kernel_initializer="he_normal", kernel_regularizer=None,
-                   alpha: float = 0.5):
+def mobilenet_tiny(
+    input_shape,
+    num_classes,
+    *,
+    dropout=0.2,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    alpha: float = 0.5,
+):
     """A MobileNetV1-style net for larger images (96x96 or more), width multiplier `alpha`."""
     from edgepipe.core._tf import keras
 
@@ -118,8 +150,9 @@ def tiny_conv(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glor
     return keras.Model(inputs, L.Softmax(name="probs")(x), name="tiny_conv")
 
 
-def tfmot_example(input_shape, num_classes, *, dropout=0.0, kernel_initializer="glorot_uniform",
-                  kernel_regularizer=None):
+def tfmot_example(
+    input_shape, num_classes, *, dropout=0.0, kernel_initializer="glorot_uniform", kernel_regularizer=None
+):
     """The model of TF-MOT's QAT example (Conv2D 12 3x3 ReLU, MaxPool 2x2, Flatten, Dense): the public reference."""
     from edgepipe.core._tf import keras
 
@@ -149,22 +182,28 @@ def resolve(arch: str) -> Callable[..., Any]:
     """An architecture name from the zoo, or ``package.module:function`` for a user builder."""
     if ":" not in arch:
         if arch not in ARCHITECTURES:
-            raise EdgepipeError(f"unknown architecture '{arch}'",
-                                f"use one of: {', '.join(ARCHITECTURES)}, or package.module:function")
+            raise EdgepipeError(
+                f"unknown architecture '{arch}'", f"use one of: {', '.join(ARCHITECTURES)}, or package.module:function"
+            )
         return ARCHITECTURES[arch]
     module_name, _, func = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise EdgepipeError(f"arch '{arch}': cannot import module {module_name} ({e})",
-                            "check the module is on PYTHONPATH or installed") from None
+        raise EdgepipeError(
+            f"arch '{arch}': cannot import module {module_name} ({e})", "check the module is on PYTHONPATH or installed"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the user's module failed while importing (a syntax error, ...)
-        raise EdgepipeError(f"arch '{arch}': importing {module_name} failed ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:160]})", "fix that module") from None
+        raise EdgepipeError(
+            f"arch '{arch}': importing {module_name} failed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+            "fix that module",
+        ) from None
     builder = getattr(module, func, None)
     if not callable(builder):
-        raise EdgepipeError(f"arch '{arch}': module {module_name} has no function {func}",
-                            "name a function that returns a tf_keras model")
+        raise EdgepipeError(
+            f"arch '{arch}': module {module_name} has no function {func}",
+            "name a function that returns a tf_keras model",
+        )
     return builder
 
 
@@ -181,22 +220,35 @@ def build_model(arch: str, input_shape, num_classes: int, arch_args: dict, *, ch
     except TypeError as e:
         raise EdgepipeError(f"arch '{arch}': bad arguments ({e})", "check arch_args against the builder") from None
     except Exception as e:  # noqa: BLE001 - the builder is the boundary: Keras or user code rejecting a value
-        fix = ("fix the builder, or the arch_args it is given" if ":" in arch else
-               "check arch_args (widths at least 1) and initializer (a tf_keras initializer name, e.g. he_normal)")
-        raise EdgepipeError(f"arch '{arch}' could not be built ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
-                            fix) from None
+        fix = (
+            "fix the builder, or the arch_args it is given"
+            if ":" in arch
+            else "check arch_args (widths at least 1) and initializer (a tf_keras initializer name, e.g. he_normal)"
+        )
+        raise EdgepipeError(
+            f"arch '{arch}' could not be built ({type(e).__name__}: {' '.join(str(e).split())[:160]})", fix
+        ) from None
     if not isinstance(model, keras.Model):
-        raise EdgepipeError(f"arch '{arch}' returned {type(model).__name__}, not a tf_keras model",
-                            "build it with tf_keras (import tf_keras as keras), not Keras 3")
+        raise EdgepipeError(
+            f"arch '{arch}' returned {type(model).__name__}, not a tf_keras model",
+            "build it with tf_keras (import tf_keras as keras), not Keras 3",
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise EdgepipeError(f"arch '{arch}' builds a model of {len(model.inputs)} inputs and {len(model.outputs)} "
-                            "outputs", "edgepipe trains classifiers: one image input, one class-score output")
-    want = check_output(tuple(model.output_shape[1:])) if check_output else (
-        None if model.output_shape[-1] == num_classes else f"{num_classes} class scores")
+        raise EdgepipeError(
+            f"arch '{arch}' builds a model of {len(model.inputs)} inputs and {len(model.outputs)} outputs",
+            "edgepipe trains classifiers: one image input, one class-score output",
+        )
+    want = (
+        check_output(tuple(model.output_shape[1:]))
+        if check_output
+        else (None if model.output_shape[-1] == num_classes else f"{num_classes} class scores")
+    )
     if tuple(model.input_shape[1:]) != tuple(input_shape) or want:
-        raise EdgepipeError(f"arch '{arch}' maps {model.input_shape} to {model.output_shape}, the data is "
-                            f"{tuple(input_shape)} with {num_classes} classes (it needs {want or 'that input'})",
-                            "fix the builder's shapes")
+        raise EdgepipeError(
+            f"arch '{arch}' maps {model.input_shape} to {model.output_shape}, the data is "
+            f"{tuple(input_shape)} with {num_classes} classes (it needs {want or 'that input'})",
+            "fix the builder's shapes",
+        )
     return model
 
 
@@ -211,8 +263,14 @@ def build_for(p, ds):
     if p.dropout is not None:
         common["dropout"] = p.dropout
     task = task_of(ds.info)
-    return build_model(p.arch, ds.input_shape, len(ds.classes), p.arch_args,
-                       check_output=lambda shape: task.check_output(shape, ds.info), **common)
+    return build_model(
+        p.arch,
+        ds.input_shape,
+        len(ds.classes),
+        p.arch_args,
+        check_output=lambda shape: task.check_output(shape, ds.info),
+        **common,
+    )
 
 
 def builder_files(arch: str) -> list[Path]:
@@ -228,8 +286,10 @@ def builder_files(arch: str) -> list[Path]:
     module_name = arch.partition(":")[0]
     origin = _source_of(module_name)
     if origin is False:
-        raise EdgepipeError(f"arch '{arch}': cannot import module {module_name} (not found)",
-                            "check the module is on PYTHONPATH or installed")
+        raise EdgepipeError(
+            f"arch '{arch}': cannot import module {module_name} (not found)",
+            "check the module is on PYTHONPATH or installed",
+        )
     if origin is None:
         return []  # built-in: no source
     top, home = module_name.split(".")[0], origin.parent
@@ -243,8 +303,7 @@ def builder_files(arch: str) -> list[Path]:
             continue
         seen.add(name)
         path = _source_of(name)
-        if not path or path.suffix != ".py" or (name != module_name and "." not in module_name
-                                                and path.parent != home):
+        if not path or path.suffix != ".py" or (name != module_name and "." not in module_name and path.parent != home):
             continue
         files[str(path)] = path
         todo.extend(_imported_names(path, name))

@@ -25,13 +25,13 @@ from edgepipe.training.history import read_history
 from edgepipe.training.modelio import save_model
 from edgepipe.training.probes import batchnorm_modes, dead_relus
 
-
 #: test images a task draws its pictures from (a detector's predictions over them)
 PICTURED = 32
 
 
-def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *, extra: dict | None = None,
-                           title: str = "") -> dict:
+def write_training_outputs(
+    model, ds: Dataset, stage_io: StageIO, params: Fit, *, extra: dict | None = None, title: str = ""
+) -> dict:
     """Save the model; write metrics.json (plus `extra`), curves.png, confusion_matrix.csv/.png (test split)
     and the doctor's diagnostics.json."""
     save_model(model, stage_io.out / "model.h5")
@@ -41,7 +41,8 @@ def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *
         "test": evaluate(model, ds, "test"),
         "val": {k: v for k, v in evaluate(model, ds, "val").items() if k in (task.headline, "loss")},
         "epochs_run": len(rows),
-        "metric": task.headline, "metric_label": task.headline_label,
+        "metric": task.headline,
+        "metric_label": task.headline_label,
         "params": int(model.count_params()),
         "macs": nets.count_macs(model),
         **(extra or {}),
@@ -54,16 +55,17 @@ def write_training_outputs(model, ds: Dataset, stage_io: StageIO, params: Fit, *
     task.pictures(x, y, model.predict(ds.preprocess(x[:PICTURED]), verbose=0), ds.info, stage_io.out)
     es = params.early_stopping
     gradients = stage_io.out / "gradients.json"
-    findings = doctor.diagnose(rows, metrics, ds.info, {"class_weights": params.class_weights,
-                                                        "restore_best": es.enabled and es.restore_best},
-                               gradients=json.loads(gradients.read_text()) if gradients.is_file() else [],
-                               dead=dead_relus(model, ds), batchnorm=batchnorm_modes(model, ds))
+    findings = doctor.diagnose(
+        rows,
+        metrics,
+        ds.info,
+        {"class_weights": params.class_weights, "restore_best": es.enabled and es.restore_best},
+        gradients=json.loads(gradients.read_text()) if gradients.is_file() else [],
+        dead=dead_relus(model, ds),
+        batchnorm=batchnorm_modes(model, ds),
+    )
     fsio.write_json(stage_io.out / FINDINGS, [dataclasses.asdict(f) | {"line": f.line()} for f in findings])
     return metrics
-
-
-
-
 
 
 def test_figure(metrics: dict) -> str:
@@ -113,7 +115,6 @@ def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-
 def plot_confusion(cm, classes, dest: Path) -> None:
     """The test confusion matrix as a picture (colour on a log scale, so that small counts show)."""
     import matplotlib
@@ -128,8 +129,7 @@ def plot_confusion(cm, classes, dest: Path) -> None:
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if i == j else "black")
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
     ax.set_xticks(range(k), [str(c)[:10] for c in classes], rotation=90, fontsize=7)
     ax.set_yticks(range(k), [str(c)[:10] for c in classes], fontsize=7)
     ax.set_xlabel("predicted")

@@ -35,12 +35,18 @@ def gradient_norms(watched, ds: Dataset, dest: Path, samples: int = 64):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(loss_fn(y, watched(x, training=False)))
         grads = tape.gradient(loss, kernels)
-        rows.append({"epoch": epoch + 1, "norms": {v.name.rsplit("/", 1)[0]: float(tf.norm(g)) if g is not None
-                                                    else 0.0 for v, g in zip(kernels, grads)}})
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "norms": {
+                    v.name.rsplit("/", 1)[0]: float(tf.norm(g)) if g is not None else 0.0
+                    for v, g in zip(kernels, grads)
+                },
+            }
+        )
         fsio.write_json(dest, rows)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=measure)
-
 
 
 def batchnorm_modes(model, ds: Dataset, samples: int = 512, batch: int = 128) -> dict | None:
@@ -64,21 +70,23 @@ def batchnorm_modes(model, ds: Dataset, samples: int = 512, batch: int = 128) ->
     moving = model.predict(x, batch_size=batch, verbose=0)
     kept = [v.numpy() for v in model.non_trainable_variables]
     try:
-        batched = np.concatenate([model(x[i:i + batch], training=True).numpy() for i in range(0, len(x), batch)])
+        batched = np.concatenate([model(x[i : i + batch], training=True).numpy() for i in range(0, len(x), batch)])
     finally:
         for v, value in zip(model.non_trainable_variables, kept):
             v.assign(value)
     return {"moving": score(moving), "batch": score(batched), "metric": task.headline, "samples": int(len(y))}
 
 
-
 def dead_relus(model, ds: Dataset, samples: int = 256) -> dict[str, float]:
     """Share of each ReLU layer's channels that output zero for every one of `samples` val images."""
     from edgepipe.core._tf import keras
 
-    relus = [layer for layer in model.layers
-             if isinstance(getattr(layer, "layer", layer), keras.layers.ReLU)
-             or getattr(getattr(layer, "layer", layer), "activation", None) is keras.activations.relu]
+    relus = [
+        layer
+        for layer in model.layers
+        if isinstance(getattr(layer, "layer", layer), keras.layers.ReLU)
+        or getattr(getattr(layer, "layer", layer), "activation", None) is keras.activations.relu
+    ]
     if not relus:
         return {}
     # A layer's newest node is this model's: tfmot's strip functions reuse layers of the model they strip.

@@ -29,7 +29,7 @@ def fake_digits():
             h, w = rng.integers(12, 21), rng.integers(8, 19)
             image = np.zeros((28, 28), np.uint8)
             top, left = (28 - h) // 2, (28 - w) // 2
-            image[top:top + h, left:left + w] = LEVEL0 + LEVEL_STEP * d
+            image[top : top + h, left : left + w] = LEVEL0 + LEVEL_STEP * d
             images.append(image)
             labels.append(d)
     return np.stack(images), np.array(labels)

@@ -18,12 +18,16 @@ from edgepipe.datasets import boxes as bx
 from edgepipe.datasets import synth_digits as sd
 
 SLOW = os.environ.get("EDGEPIPE_SLOW") == "1"
-PROPERTY = settings(max_examples=500 if SLOW else 60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    max_examples=500 if SLOW else 60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 CLASSES = ["0", "1", "7"]
 
 
 # -- writers, made here so that a reader bug cannot hide behind a matching writer bug ---------------------------
+
 
 def save_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +45,16 @@ def write_coco(root: Path, images, boxes, classes) -> Path:
         save_png(root / name, image)
         data["images"].append({"id": 1000 + i, "file_name": name, "height": image.shape[0], "width": image.shape[1]})
         for c, x0, y0, x1, y1 in rows[rows[:, 0] >= 0].tolist():
-            data["annotations"].append({"id": 7 + len(data["annotations"]), "image_id": 1000 + i,
-                                        "category_id": ids[int(c)], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                        "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            data["annotations"].append(
+                {
+                    "id": 7 + len(data["annotations"]),
+                    "image_id": 1000 + i,
+                    "category_id": ids[int(c)],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
     path = root / "annotations.json"
     path.write_text(json.dumps(data))
     return path
@@ -53,8 +64,10 @@ def write_yolo(root: Path, images, boxes, classes, *, skip_empty_labels=False) -
     for i, (image, rows) in enumerate(zip(images, boxes)):
         save_png(root / "images" / f"{i:03d}.png", image)
         h, w = image.shape[:2]
-        lines = [f"{int(c)} {(x0 + x1) / 2 / w!r} {(y0 + y1) / 2 / h!r} {(x1 - x0) / w!r} {(y1 - y0) / h!r}"
-                 for c, x0, y0, x1, y1 in rows[rows[:, 0] >= 0].tolist()]
+        lines = [
+            f"{int(c)} {(x0 + x1) / 2 / w!r} {(y0 + y1) / 2 / h!r} {(x1 - x0) / w!r} {(y1 - y0) / h!r}"
+            for c, x0, y0, x1, y1 in rows[rows[:, 0] >= 0].tolist()
+        ]
         if lines or not skip_empty_labels:
             (root / "labels").mkdir(exist_ok=True)
             (root / "labels" / f"{i:03d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
@@ -80,6 +93,7 @@ def odd_sized():
 
 
 # -- round trips ------------------------------------------------------------------------------------------------
+
 
 def assert_same(read: bx.DetectionSet, images, boxes, classes):
     assert read.images.dtype == np.uint8 and read.images.shape == (*images.shape, 1)
@@ -130,8 +144,16 @@ def test_coco_skips_crowd_regions_and_reads_sizes_from_the_files_when_the_json_h
     data = json.loads(path.read_text())
     for entry in data["images"]:
         del entry["width"], entry["height"]
-    data["annotations"].append({"id": 999, "image_id": 1000, "category_id": 3, "bbox": [0, 0, 96, 96], "iscrowd": 1,
-                                "segmentation": {"counts": [9216], "size": [96, 96]}})
+    data["annotations"].append(
+        {
+            "id": 999,
+            "image_id": 1000,
+            "category_id": 3,
+            "bbox": [0, 0, 96, 96],
+            "iscrowd": 1,
+            "segmentation": {"counts": [9216], "size": [96, 96]},
+        }
+    )
     path.write_text(json.dumps(data))
     assert_same(bx.read_coco(path, max_objects=5), images, boxes, CLASSES)
 
@@ -159,12 +181,16 @@ def test_edge_rounding_is_clipped_but_a_box_further_out_is_refused(tmp_path):
     assert bx.read_coco(path, max_objects=3).boxes[0, 0].tolist() == [2, 0, 0, 40, 30]
     data["annotations"][0]["bbox"] = [0, 0, 40.6, 30]
     path.write_text(json.dumps(data))
-    with pytest.raises(EdgepipeError, match=r"annotation id 7 \(image 'pics/000.png'\): bbox .* reaches outside the "
-                                            r"40x30 image"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"annotation id 7 \(image 'pics/000.png'\): bbox .* reaches outside the "
+        r"40x30 image",
+    ):
         bx.read_coco(path, max_objects=3)
 
 
 # -- bad input, by hand ----------------------------------------------------------------------------------------
+
 
 def one_line(e: EdgepipeError) -> str:
     text = str(e)
@@ -185,34 +211,54 @@ def set_ann(data, index, **values):
     return data
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda d: set_ann(d, 1, bbox=[35, 3, 6, 26]), "annotation id 8 (image 'pics/000.png'): bbox [35, 3, 6, 26] "
-                                                   "reaches outside the 40x30 image"),
-    (lambda d: set_ann(d, 1, bbox=[5, 3, 0, 26]),
-     "annotation id 8 (image 'pics/000.png'): bbox [5, 3, 0, 26] has zero"),
-    (lambda d: set_ann(d, 2, bbox=[5, 3, 4, -1]), "annotation id 9 (image 'pics/001.png'): bbox [5, 3, 4, -1] has zero "
-                                                  "or negative"),
-    (lambda d: set_ann(d, 1, bbox=[5, float("nan"), 4, 4]), "bbox [5, nan, 4, 4] holds NaN or infinity"),
-    (lambda d: set_ann(d, 1, bbox=[5, 3, 4]), "bbox is [5, 3, 4]"),
-    (lambda d: set_ann(d, 1, bbox="5 3 4 4"), "bbox is '5 3 4 4'"),
-    (lambda d: set_ann(d, 1, bbox=[5, 3, 10**400, 4]), "holds NaN or infinity"),
-    (lambda d: set_ann(d, 1, category_id=4), "annotation id 8 (image 'pics/000.png'): unknown category_id 4; fix: use "
-                                             "one of the categories' ids: 3 (0), 7 (1), 11 (7)"),
-    (lambda d: set_ann(d, 1, image_id=5), "annotation id 8: image_id 5 is not the id of an entry in images"),
-    (lambda d: set_ann(d, 1, iscrowd="no"), "iscrowd is 'no'"),
-    (lambda d: {**d, "annotations": d["annotations"] + [3]}, "annotations[3] is 3, not an object"),
-    (lambda d: {**d, "categories": d["categories"] + [{"id": 3, "name": "x"}]}, "category id 3 is listed twice"),
-    (lambda d: {**d, "categories": []}, "no categories"),
-    (lambda d: {**d, "images": d["images"] + [{"id": 1000, "file_name": "x.png"}]}, "image id 1000 is listed twice"),
-    (lambda d: {**d, "images": d["images"] + [{"id": 5, "file_name": "gone.png"}]}, "gone.png: image not found"),
-    (lambda d: {**d, "images": [{**d["images"][0], "width": 41}, d["images"][1]]}, "image is 40x30 but"),
-    (lambda d: {**d, "images": [{**d["images"][0], "width": "40"}, d["images"][1]]}, "width is '40'"),
-    (lambda d: {k: v for k, v in d.items() if k != "annotations"}, "'annotations' is missing, not a list"),
-    (lambda d: [d], "the JSON is [{"),
-    (lambda d: {**d, "annotations": [{**a, "image_id": 1000} for a in d["annotations"]] + [{**d["annotations"][0],
-                                                                                           "id": 50}]},
-     "image 'pics/000.png' (id 1000) has 4 objects, more than max_objects 3"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (
+            lambda d: set_ann(d, 1, bbox=[35, 3, 6, 26]),
+            "annotation id 8 (image 'pics/000.png'): bbox [35, 3, 6, 26] reaches outside the 40x30 image",
+        ),
+        (
+            lambda d: set_ann(d, 1, bbox=[5, 3, 0, 26]),
+            "annotation id 8 (image 'pics/000.png'): bbox [5, 3, 0, 26] has zero",
+        ),
+        (
+            lambda d: set_ann(d, 2, bbox=[5, 3, 4, -1]),
+            "annotation id 9 (image 'pics/001.png'): bbox [5, 3, 4, -1] has zero or negative",
+        ),
+        (lambda d: set_ann(d, 1, bbox=[5, float("nan"), 4, 4]), "bbox [5, nan, 4, 4] holds NaN or infinity"),
+        (lambda d: set_ann(d, 1, bbox=[5, 3, 4]), "bbox is [5, 3, 4]"),
+        (lambda d: set_ann(d, 1, bbox="5 3 4 4"), "bbox is '5 3 4 4'"),
+        (lambda d: set_ann(d, 1, bbox=[5, 3, 10**400, 4]), "holds NaN or infinity"),
+        (
+            lambda d: set_ann(d, 1, category_id=4),
+            "annotation id 8 (image 'pics/000.png'): unknown category_id 4; fix: use "
+            "one of the categories' ids: 3 (0), 7 (1), 11 (7)",
+        ),
+        (lambda d: set_ann(d, 1, image_id=5), "annotation id 8: image_id 5 is not the id of an entry in images"),
+        (lambda d: set_ann(d, 1, iscrowd="no"), "iscrowd is 'no'"),
+        (lambda d: {**d, "annotations": d["annotations"] + [3]}, "annotations[3] is 3, not an object"),
+        (lambda d: {**d, "categories": d["categories"] + [{"id": 3, "name": "x"}]}, "category id 3 is listed twice"),
+        (lambda d: {**d, "categories": []}, "no categories"),
+        (
+            lambda d: {**d, "images": d["images"] + [{"id": 1000, "file_name": "x.png"}]},
+            "image id 1000 is listed twice",
+        ),
+        (lambda d: {**d, "images": d["images"] + [{"id": 5, "file_name": "gone.png"}]}, "gone.png: image not found"),
+        (lambda d: {**d, "images": [{**d["images"][0], "width": 41}, d["images"][1]]}, "image is 40x30 but"),
+        (lambda d: {**d, "images": [{**d["images"][0], "width": "40"}, d["images"][1]]}, "width is '40'"),
+        (lambda d: {k: v for k, v in d.items() if k != "annotations"}, "'annotations' is missing, not a list"),
+        (lambda d: [d], "the JSON is [{"),
+        (
+            lambda d: {
+                **d,
+                "annotations": [{**a, "image_id": 1000} for a in d["annotations"]]
+                + [{**d["annotations"][0], "id": 50}],
+            },
+            "image 'pics/000.png' (id 1000) has 4 objects, more than max_objects 3",
+        ),
+    ],
+)
 def test_each_bad_coco_input_is_one_error_naming_where(coco, change, says):
     path, data = coco
     path.write_text(json.dumps(change(data)))
@@ -240,22 +286,25 @@ def yolo(tmp_path):
     return write_yolo(tmp_path, images, boxes, CLASSES)
 
 
-@pytest.mark.parametrize("line, says", [
-    ("0 0.5 0.5 0.2", "'0 0.5 0.5 0.2' has 4 fields"),
-    ("0 0.5 0.5 0.2 0.2 0.9", "has 6 fields"),
-    ("3 0.5 0.5 0.2 0.2", "unknown class '3'; there are 3 classes"),
-    ("-1 0.5 0.5 0.2 0.2", "class '-1' is not a class number"),
-    ("1.0 0.5 0.5 0.2 0.2", "class '1.0' is not a class number"),
-    ("1 0.5 nan 0.2 0.2", "'nan' is not a finite number"),
-    ("1 0.5 0.5 inf 0.2", "'inf' is not a finite number"),
-    ("1 0.5 0.5 1e999 0.2", "'1e999' is not a finite number"),
-    ("1 0,5 0.5 0.2 0.2", "'0,5' is not a finite number"),
-    ("1 0.5 0.5 0 0.2", "has zero or negative width or height"),
-    ("1 0.5 0.5 0.2 -0.2", "has zero or negative width or height"),
-    ("1 0.95 0.5 0.2 0.2", "reaches outside the 40x30 image (x 34..42, y 12..18)"),
-    ("1 0.5 1.5 0.2 0.2", "reaches outside the 40x30 image"),
-    ("1" + "0" * 5000 + " 0.5 0.5 0.2 0.2", "unknown class"),
-])
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("0 0.5 0.5 0.2", "'0 0.5 0.5 0.2' has 4 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "has 6 fields"),
+        ("3 0.5 0.5 0.2 0.2", "unknown class '3'; there are 3 classes"),
+        ("-1 0.5 0.5 0.2 0.2", "class '-1' is not a class number"),
+        ("1.0 0.5 0.5 0.2 0.2", "class '1.0' is not a class number"),
+        ("1 0.5 nan 0.2 0.2", "'nan' is not a finite number"),
+        ("1 0.5 0.5 inf 0.2", "'inf' is not a finite number"),
+        ("1 0.5 0.5 1e999 0.2", "'1e999' is not a finite number"),
+        ("1 0,5 0.5 0.2 0.2", "'0,5' is not a finite number"),
+        ("1 0.5 0.5 0 0.2", "has zero or negative width or height"),
+        ("1 0.5 0.5 0.2 -0.2", "has zero or negative width or height"),
+        ("1 0.95 0.5 0.2 0.2", "reaches outside the 40x30 image (x 34..42, y 12..18)"),
+        ("1 0.5 1.5 0.2 0.2", "reaches outside the 40x30 image"),
+        ("1" + "0" * 5000 + " 0.5 0.5 0.2 0.2", "unknown class"),
+    ],
+)
 def test_each_bad_yolo_line_is_one_error_naming_file_and_line(yolo, line, says):
     label = yolo / "labels" / "001.txt"
     label.write_text("1 0.5 0.5 0.2 0.2\n\n" + line + "\n")
@@ -346,10 +395,14 @@ def good_lines(draw):
     return f"{cls} {(x0 + x1) / 2 / WIDTH} {(y0 + y1) / 2 / HEIGHT} {(x1 - x0) / WIDTH} {(y1 - y0) / HEIGHT}"
 
 
-NOT_NUMBERS = st.one_of(st.sampled_from(["nan", "NaN", "inf", "-inf", "1e999", "0x10", "1,5", "1_0", "½", "١", "e3",
-                                         ".", "--1", "1e", "None", "0.5.5"]),
-                        st.text(NO_LINE_BREAK, min_size=1, max_size=6).filter(
-                            lambda t: len(t.split()) == 1 and not bx._NUMBER.fullmatch(t.strip())).map(str.strip))
+NOT_NUMBERS = st.one_of(
+    st.sampled_from(
+        ["nan", "NaN", "inf", "-inf", "1e999", "0x10", "1,5", "1_0", "½", "١", "e3", ".", "--1", "1e", "None", "0.5.5"]
+    ),
+    st.text(NO_LINE_BREAK, min_size=1, max_size=6)
+    .filter(lambda t: len(t.split()) == 1 and not bx._NUMBER.fullmatch(t.strip()))
+    .map(str.strip),
+)
 
 
 @st.composite
@@ -381,9 +434,12 @@ def bad_lines(draw):
 
 
 @PROPERTY
-@given(before=st.lists(st.one_of(good_lines(), st.sampled_from(["", "  ", "\t"])), max_size=2),
-       bad=bad_lines(), after=st.lists(st.text(NO_LINE_BREAK, max_size=20), max_size=3),
-       end=st.sampled_from(["\n", "\r\n", "\r"]))
+@given(
+    before=st.lists(st.one_of(good_lines(), st.sampled_from(["", "  ", "\t"])), max_size=2),
+    bad=bad_lines(),
+    after=st.lists(st.text(NO_LINE_BREAK, max_size=20), max_size=3),
+    end=st.sampled_from(["\n", "\r\n", "\r"]),
+)
 def test_a_bad_yolo_line_is_always_one_error_at_its_line(yolo_root, before, bad, after, end):
     label = yolo_root / "labels" / "a.txt"
     lines = [*before, bad, *after]
@@ -415,15 +471,23 @@ def coco_root(tmp_path_factory):
     return root
 
 
-BASE = {"images": [{"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT},
-                   {"id": 2, "file_name": "b.png", "width": WIDTH, "height": HEIGHT}],
-        "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 12]},
-                        {"id": 11, "image_id": 1, "category_id": 2, "bbox": [20, 5, 15, 20]},
-                        {"id": 12, "image_id": 2, "category_id": 2, "bbox": [0, 0, 40, 30]}]}
-JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=8)),
-                    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=8)
+BASE = {
+    "images": [
+        {"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT},
+        {"id": 2, "file_name": "b.png", "width": WIDTH, "height": HEIGHT},
+    ],
+    "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+    "annotations": [
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 12]},
+        {"id": 11, "image_id": 1, "category_id": 2, "bbox": [20, 5, 15, 20]},
+        {"id": 12, "image_id": 2, "category_id": 2, "bbox": [0, 0, 40, 30]},
+    ],
+}
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -433,27 +497,58 @@ def bad_coco(draw):
     index = draw(st.integers(0, 2))
     ann = data["annotations"][index]
     name = f"annotation id {ann['id']}"
-    kind = draw(st.sampled_from(["outside", "size", "bbox", "category", "image", "not_object", "section",
-                                 "duplicate", "file", "crowded", "cut", "bytes"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "outside",
+                "size",
+                "bbox",
+                "category",
+                "image",
+                "not_object",
+                "section",
+                "duplicate",
+                "file",
+                "crowded",
+                "cut",
+                "bytes",
+            ]
+        )
+    )
     if kind == "outside":
         x, y, w, h = ann["bbox"]
         beyond = draw(st.floats(bx.EDGE_TOLERANCE + 0.01, 1000))
-        ann["bbox"] = draw(st.sampled_from([[-beyond, y, w, h], [x, -beyond, w, h], [x, y, WIDTH - x + beyond, h],
-                                            [x, y, w, HEIGHT - y + beyond]]))
+        ann["bbox"] = draw(
+            st.sampled_from(
+                [[-beyond, y, w, h], [x, -beyond, w, h], [x, y, WIDTH - x + beyond, h], [x, y, w, HEIGHT - y + beyond]]
+            )
+        )
     elif kind == "size":
         ann["bbox"][draw(st.integers(2, 3))] = draw(st.one_of(st.just(0), st.floats(-1e9, 0)))
     elif kind == "bbox":
-        ann["bbox"] = draw(st.one_of(
-            st.lists(st.floats(0, 5), max_size=6).filter(lambda b: len(b) != 4),
-            st.tuples(st.floats(0, 5), st.floats(0, 5), st.sampled_from([math.nan, math.inf, -math.inf]),
-                      st.floats(1, 5)).map(list),
-            JSON.filter(lambda v: not isinstance(v, list))))
+        ann["bbox"] = draw(
+            st.one_of(
+                st.lists(st.floats(0, 5), max_size=6).filter(lambda b: len(b) != 4),
+                st.tuples(
+                    st.floats(0, 5), st.floats(0, 5), st.sampled_from([math.nan, math.inf, -math.inf]), st.floats(1, 5)
+                ).map(list),
+                JSON.filter(lambda v: not isinstance(v, list)),
+            )
+        )
     elif kind == "category":
-        ann["category_id"] = draw(st.one_of(st.integers().filter(lambda i: i not in (1, 2)), st.none(), st.floats(),
-                                            st.text(max_size=3), st.lists(st.integers(1, 2), max_size=2)))
+        ann["category_id"] = draw(
+            st.one_of(
+                st.integers().filter(lambda i: i not in (1, 2)),
+                st.none(),
+                st.floats(),
+                st.text(max_size=3),
+                st.lists(st.integers(1, 2), max_size=2),
+            )
+        )
     elif kind == "image":
-        ann["image_id"] = draw(st.one_of(st.integers().filter(lambda i: i not in (1, 2)), st.none(),
-                                         st.text(max_size=3)))
+        ann["image_id"] = draw(
+            st.one_of(st.integers().filter(lambda i: i not in (1, 2)), st.none(), st.text(max_size=3))
+        )
         name = f"annotation id {ann['id']}: image_id"
     elif kind == "not_object":
         data["annotations"][index] = draw(JSON.filter(lambda v: not isinstance(v, dict)))
@@ -468,15 +563,16 @@ def bad_coco(draw):
         data[key].append({**data[key][0], "name": "other", "file_name": "b.png"})
         name = "listed twice"
     elif kind == "file":
-        data["images"][draw(st.integers(0, 1))]["file_name"] = draw(st.sampled_from(["missing.png", "sub/a.png",
-                                                                                     "A.PNG", "a.png.png"]))
+        data["images"][draw(st.integers(0, 1))]["file_name"] = draw(
+            st.sampled_from(["missing.png", "sub/a.png", "A.PNG", "a.png.png"])
+        )
         name = "image not found"
     elif kind == "crowded":
         data["annotations"] += [{**ann, "id": 100 + i} for i in range(4)]
         name = "more than max_objects 4"
     text = json.dumps(data, allow_nan=True)
     if kind == "cut":
-        return text[:draw(st.integers(0, len(text) - 1))].encode(), "JSON"
+        return text[: draw(st.integers(0, len(text) - 1))].encode(), "JSON"
     if kind == "bytes":
         return draw(st.binary(max_size=64)), "annotations.json"
     return text.encode(), name

@@ -35,6 +35,7 @@ def tight_box(mask):
 
 # -- determinism and layout ---------------------------------------------------------------------------------
 
+
 def test_the_same_seed_gives_the_same_bytes_and_scene_i_depends_on_seed_and_i_only(fake_digits):
     x, y = fake_digits
     a = sd.generate(x, y, 30, seed=5, classes=CLASSES)
@@ -67,13 +68,23 @@ def test_arrays_and_padding(fake_digits):
 
 # -- boxes ----------------------------------------------------------------------------------------------------
 
+
 def test_a_box_is_the_tight_box_of_the_pixels_its_digit_inked(mnist, black_background):
     """One real MNIST digit per scene on black, at a fixed contrast: the pixels at least DRAWN_ALPHA x ink bright
     are the glyph's drawn pixels, found from the image alone; their tight box is the box."""
     x, y = mnist
     ink = 200.0
-    images, boxes = sd.generate(x, y, 300, seed=1, classes=[str(d) for d in range(10)], max_objects=1,
-                                occlusion_rate=0, noise=0, contrast=[ink, ink])
+    images, boxes = sd.generate(
+        x,
+        y,
+        300,
+        seed=1,
+        classes=[str(d) for d in range(10)],
+        max_objects=1,
+        occlusion_rate=0,
+        noise=0,
+        contrast=[ink, ink],
+    )
     seen = 0
     for image, row in zip(images, boxes[:, 0]):
         drawn = image >= ink * sd.DRAWN_ALPHA
@@ -108,6 +119,7 @@ def test_a_digit_cut_by_the_canvas_edge_is_boxed_inside_the_canvas(mnist):
 
 # -- classes and distractors --------------------------------------------------------------------------------
 
+
 def digit_under(image, mask, ink):
     """Which fake digit a visible mask shows: its median grey level, ink x the digit's level / 255."""
     level = np.median(image[mask].astype(float)) * 255 / ink
@@ -120,7 +132,7 @@ def flat(image):
     same = np.ones(image.shape, bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            same &= padded[dy:dy + image.shape[0], dx:dx + image.shape[1]] == image
+            same &= padded[dy : dy + image.shape[0], dx : dx + image.shape[1]] == image
     return same
 
 
@@ -129,9 +141,22 @@ def test_each_box_holds_a_digit_of_its_class_and_distractors_get_no_box(fake_dig
     mixes two levels): the level inside a box says which digit it holds."""
     x, y = fake_digits
     ink, classes = 200.0, ["2", "5", "8"]
-    images, boxes, masks = sd.generate(x, y, 150, seed=4, classes=classes, with_masks=True, distractor_rate=0.5,
-                                       size_range=[14, 24], occlusion_rate=0, noise=0, contrast=[ink, ink],
-                                       max_blur=0, max_objects=4, min_centre_distance=40)
+    images, boxes, masks = sd.generate(
+        x,
+        y,
+        150,
+        seed=4,
+        classes=classes,
+        with_masks=True,
+        distractor_rate=0.5,
+        size_range=[14, 24],
+        occlusion_rate=0,
+        noise=0,
+        contrast=[ink, ink],
+        max_blur=0,
+        max_objects=4,
+        min_centre_distance=40,
+    )
     checked, distractor_pixels = 0, 0
     levels = {d: ink * (LEVEL0 + LEVEL_STEP * d) / 255 for d in range(10)}
     for image, b, m in zip(images, boxes, masks):
@@ -158,6 +183,7 @@ def test_only_classes_in_the_list_are_labelled(fake_digits):
 
 # -- placement ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("distance", [12.0, 30.0])
 def test_box_centres_keep_the_minimum_distance(mnist, distance):
     x, y = mnist
@@ -173,11 +199,22 @@ def test_box_centres_keep_the_minimum_distance(mnist, distance):
 
 # -- families ---------------------------------------------------------------------------------------------------
 
+
 def upright_sizes(x, y, **kw):
     """The longer side of every box not cut by the canvas edge: one upright, unblurred, unhidden digit per
     scene, so the box's longer side is the size drawn, give or take the anti-aliasing."""
-    _, boxes = sd.generate(x, y, 600, seed=0, classes=[str(d) for d in range(10)], max_objects=1,
-                           max_rotation=0, max_blur=0, occlusion_rate=0, **kw)
+    _, boxes = sd.generate(
+        x,
+        y,
+        600,
+        seed=0,
+        classes=[str(d) for d in range(10)],
+        max_objects=1,
+        max_rotation=0,
+        max_blur=0,
+        occlusion_rate=0,
+        **kw,
+    )
     real = boxes[boxes[..., 0] >= 0]
     whole = (real[:, 1] > 0) & (real[:, 2] > 0) & (real[:, 3] < 96) & (real[:, 4] < 96)
     return np.maximum(real[:, 3] - real[:, 1], real[:, 4] - real[:, 2])[whole]
@@ -195,8 +232,11 @@ def test_the_heldout_family_paints_other_backgrounds_and_other_sizes(fake_digits
         sizes = upright_sizes(x, y, family=family)
         assert set(painted) == set(sd.FAMILIES[family].backgrounds)
         lo, hi = sd.FAMILIES[family].size_range
-        assert len(sizes) > 150 and lo - 1 <= sizes.min() <= lo + 2 and hi - 2 <= sizes.max() <= hi + 1, \
-            (family, sizes.min(), sizes.max())
+        assert len(sizes) > 150 and lo - 1 <= sizes.min() <= lo + 2 and hi - 2 <= sizes.max() <= hi + 1, (
+            family,
+            sizes.min(),
+            sizes.max(),
+        )
 
 
 def test_size_range_overrides_the_familys(fake_digits):
@@ -207,11 +247,20 @@ def test_size_range_overrides_the_familys(fake_digits):
 
 # -- occlusion ------------------------------------------------------------------------------------------------
 
+
 def square(top, left, side, total=None):
     mask = np.zeros((sd.CANVAS, sd.CANVAS), bool)
-    mask[max(top, 0):top + side, max(left, 0):left + side] = True
-    return sd._Object(cls=0, alpha=np.ones((side, side), np.float32), top=top, left=left, mask=mask,
-                      box=sd._box(mask), total=total if total is not None else side * side, ink=255.0)
+    mask[max(top, 0) : top + side, max(left, 0) : left + side] = True
+    return sd._Object(
+        cls=0,
+        alpha=np.ones((side, side), np.float32),
+        top=top,
+        left=left,
+        mask=mask,
+        box=sd._box(mask),
+        total=total if total is not None else side * side,
+        ink=255.0,
+    )
 
 
 def params(**kw):
@@ -261,8 +310,17 @@ def test_bars_are_drawn_over_their_digit_and_hide_it(mnist, black_background, mo
         return kept
 
     monkeypatch.setattr(sd, "_visible", spy)
-    images, boxes, masks = sd.generate(x, y, 60, seed=9, classes=[str(d) for d in range(10)], max_objects=1,
-                                       occlusion_rate=1.0, noise=0, with_masks=True)
+    images, boxes, masks = sd.generate(
+        x,
+        y,
+        60,
+        seed=9,
+        classes=[str(d) for d in range(10)],
+        max_objects=1,
+        occlusion_rate=1.0,
+        noise=0,
+        with_masks=True,
+    )
     bars = 0
     for image, objects, mask in zip(images, drawn, masks[:, 0]):
         for obj in objects:
@@ -294,23 +352,27 @@ def test_end_to_end_every_labelled_digit_shows_enough_of_itself(mnist, monkeypat
 
 # -- arguments ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, says", [
-    ({"classes": ["a"]}, "class 'a' is not a digit"),
-    ({"classes": [10]}, "class 10 is not a digit"),
-    ({"classes": ["1", "1"]}, "distinct digits"),
-    ({"classes": []}, "distinct digits"),
-    ({"classes": "017"}, "not a list of digits"),
-    ({"family": "nope"}, "family 'nope' is not one of base, heldout"),
-    ({"size_range": [2, 10]}, "size_range [2, 10]"),
-    ({"size_range": [30, 10]}, "size_range [30, 10]"),
-    ({"contrast": [0]}, "contrast [0]"),
-    ({"max_objects": 2.5}, "max_objects 2.5"),
-    ({"max_occlusion": float("nan")}, "max_occlusion nan"),
-    ({"min_centre_distance": "12"}, "min_centre_distance '12'"),
-    ({"sizes": [1, 2]}, "unknown option 'sizes'"),
-    ({"seed": -1}, "seed -1"),
-    ({"n": 1.5}, "n 1.5"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        ({"classes": ["a"]}, "class 'a' is not a digit"),
+        ({"classes": [10]}, "class 10 is not a digit"),
+        ({"classes": ["1", "1"]}, "distinct digits"),
+        ({"classes": []}, "distinct digits"),
+        ({"classes": "017"}, "not a list of digits"),
+        ({"family": "nope"}, "family 'nope' is not one of base, heldout"),
+        ({"size_range": [2, 10]}, "size_range [2, 10]"),
+        ({"size_range": [30, 10]}, "size_range [30, 10]"),
+        ({"contrast": [0]}, "contrast [0]"),
+        ({"max_objects": 2.5}, "max_objects 2.5"),
+        ({"max_occlusion": float("nan")}, "max_occlusion nan"),
+        ({"min_centre_distance": "12"}, "min_centre_distance '12'"),
+        ({"sizes": [1, 2]}, "unknown option 'sizes'"),
+        ({"seed": -1}, "seed -1"),
+        ({"n": 1.5}, "n 1.5"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(fake_digits, kwargs, says):
     x, y = fake_digits
     args = {"n": 2, "seed": 0, "classes": CLASSES, **kwargs}

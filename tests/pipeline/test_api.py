@@ -17,19 +17,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def chain(data: Path) -> dict:
-    return {"name": "nb", "stages": {
-        "data": {"kind": "data", "params": {"source": f"idx:{data}", "val_fraction": 0.2}},
-        "model": {"kind": "train", "inputs": {"data": "data"},
-                  "params": {"arch": "tiny_conv", "epochs": 1, "lr": 0.01, **FAST}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                   "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                  "params": {"warmup": 1, "runs": 5, "rounds": 1}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
-    }}
+    return {
+        "name": "nb",
+        "stages": {
+            "data": {"kind": "data", "params": {"source": f"idx:{data}", "val_fraction": 0.2}},
+            "model": {
+                "kind": "train",
+                "inputs": {"data": "data"},
+                "params": {"arch": "tiny_conv", "epochs": 1, "lr": 0.01, **FAST},
+            },
+            "tflite": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "model"},
+                "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10},
+            },
+            "bench": {
+                "kind": "bench",
+                "inputs": {"data": "data", "models": ["tflite"]},
+                "params": {"warmup": 1, "runs": 5, "rounds": 1},
+            },
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+        },
+    }
 
 
-NOTEBOOK = '''
+NOTEBOOK = """
 import json, sys
 import edgepipe
 
@@ -40,15 +52,20 @@ if __name__ == "__main__":
     print(json.dumps({"rows": result.rows, "stages": [(r.stage, r.action, r.reason) for r in result.stages],
                       "again": [r.action for r in again.stages], "record": again.record,
                       "tensorflow_imported_here": "tensorflow" in sys.modules}))
-'''
+"""
 
 
 def test_a_notebook_style_script_runs_a_dict_recipe_and_gets_rows_and_stages(tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text(textwrap.dedent(NOTEBOOK))
-    done = subprocess.run([sys.executable, str(script), json.dumps(chain(write_idx_dataset(tmp_path / "idx"))),
-                           str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(chain(write_idx_dataset(tmp_path / "idx"))), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert [s[:2] for s in out["stages"]] == [[n, "ran"] for n in ("data", "model", "tflite", "bench", "report")]

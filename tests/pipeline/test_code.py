@@ -22,18 +22,31 @@ def closure_files(kind: str) -> set[str]:
     return set(code.code_files(kinds()[kind].module))
 
 
-@pytest.mark.parametrize("kind,needs", [
-    # the cases the hand-kept tuples had missed
-    ("bundle", {"edgepipe/targets/litert.py", "edgepipe/targets/device_runner.py", "edgepipe/datasets/artifact.py"}),
-    ("convert", {"edgepipe/targets/device_runner.py"}),
-    ("qat", {"edgepipe/training/nets.py"}),
-    ("transfer", {"edgepipe/training/nets.py"}),
-    # and what each kind obviously runs
-    ("train", {"edgepipe/stages/train.py", "edgepipe/training/fit.py", "edgepipe/training/doctor.py",
-               "edgepipe/datasets/augment.py"}),
-    ("distill", {"edgepipe/stages/distill.py", "edgepipe/training/distill.py", "edgepipe/training/fit.py"}),
-    ("bench", {"edgepipe/targets/remote.py", "edgepipe/targets/tflm.py", "edgepipe/targets/lint.py"}),
-])
+@pytest.mark.parametrize(
+    "kind,needs",
+    [
+        # the cases the hand-kept tuples had missed
+        (
+            "bundle",
+            {"edgepipe/targets/litert.py", "edgepipe/targets/device_runner.py", "edgepipe/datasets/artifact.py"},
+        ),
+        ("convert", {"edgepipe/targets/device_runner.py"}),
+        ("qat", {"edgepipe/training/nets.py"}),
+        ("transfer", {"edgepipe/training/nets.py"}),
+        # and what each kind obviously runs
+        (
+            "train",
+            {
+                "edgepipe/stages/train.py",
+                "edgepipe/training/fit.py",
+                "edgepipe/training/doctor.py",
+                "edgepipe/datasets/augment.py",
+            },
+        ),
+        ("distill", {"edgepipe/stages/distill.py", "edgepipe/training/distill.py", "edgepipe/training/fit.py"}),
+        ("bench", {"edgepipe/targets/remote.py", "edgepipe/targets/tflm.py", "edgepipe/targets/lint.py"}),
+    ],
+)
 def test_a_kinds_code_is_everything_its_module_imports(kind, needs):
     assert needs <= closure_files(kind)
 
@@ -60,8 +73,14 @@ def test_editing_a_module_deep_in_a_stages_imports_makes_it_stale_naming_the_fil
     env = dict(os.environ, PYTHONPATH=str(copy))
 
     def edgepipe(*args):
-        done = subprocess.run([sys.executable, "-c", "from edgepipe.cli import entry; entry()", *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", "from edgepipe.cli import entry; entry()", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -90,8 +109,7 @@ def test_a_new_library_version_makes_the_stage_stale(tmp_path, monkeypatch):
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(write_idx_dataset(tmp_path / "idx"), epochs=1))
     Runner(load_recipe(path), tmp_path).run()
     real = code.importlib.metadata.version
-    monkeypatch.setattr(code.importlib.metadata, "version",
-                        lambda dist: "99.0" if dist == "tensorflow" else real(dist))
+    monkeypatch.setattr(code.importlib.metadata, "version", lambda dist: "99.0" if dist == "tensorflow" else real(dist))
     status = {r.stage: r.reason for r in Runner(load_recipe(path), tmp_path).status()}
     assert status["data"] == "library tensorflow 2.21.0 -> 99.0 changed"  # its readers import TensorFlow
 
@@ -117,14 +135,20 @@ def test_a_changed_module_a_user_builder_imports_makes_the_stage_stale(tmp_path,
     blocks.write_text(blocks.read_text() + "# a block, edited\n")
     status = {r.stage: r.reason for r in Runner(load_recipe(path), tmp_path).status()}
     assert status == {"data": "up to date", "model": f"file {helper} changed", "packaged": f"file {blocks} changed"}
-    assert not any("numpy" in f for f in json.loads((tmp_path / "runs/r/lock.json").read_text())
-                   ["stages"]["model"]["parts"]["deps"])  # installed libraries are not followed
+    assert not any(
+        "numpy" in f
+        for f in json.loads((tmp_path / "runs/r/lock.json").read_text())["stages"]["model"]["parts"]["deps"]
+    )  # installed libraries are not followed
 
 
 def test_a_transfer_stages_local_weights_file_is_hashed_into_its_key(tmp_path):
     weights = tmp_path / "backbone_no_top.h5"
     weights.write_bytes(b"weights")
-    stage = {"kind": "transfer", "inputs": {"data": "data"}, "params": {"backbone": "MobileNetV2", "weights": str(weights)}}
+    stage = {
+        "kind": "transfer",
+        "inputs": {"data": "data"},
+        "params": {"backbone": "MobileNetV2", "weights": str(weights)},
+    }
     recipe = {"stages": {"data": {"kind": "data", "params": {"source": "keras:mnist"}}, "tl": stage}}
     tl = load_recipe(write_recipe(tmp_path / "t.yaml", recipe)).stages["tl"]
     assert tl.kind.deps(tl.params) == [weights]

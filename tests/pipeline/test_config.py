@@ -52,8 +52,9 @@ def test_an_environment_variable_wins_over_the_file(project, monkeypatch):
 
 def test_tool_edgepipe_in_pyproject_and_the_run_cache_size(project):
     root, recipe = project
-    (root / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.edgepipe]\ndata_mirror = "mirror"\n'
-                                         'run_cache_size = 0\n')
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.edgepipe]\ndata_mirror = "mirror"\nrun_cache_size = 0\n'
+    )
     code, _, err = run_cli(["run", recipe], root)
     assert code == 0, err
     assert not (root / "runs/m/.cache").exists()  # 0: no run cache
@@ -61,39 +62,50 @@ def test_tool_edgepipe_in_pyproject_and_the_run_cache_size(project):
     code, _, err = run_cli(["status", recipe], root)
     assert check_clean_outcome(code, err, root) == (
         f"edgepipe: error: {root / 'edgepipe.toml'} and [tool.edgepipe] in {root / 'pyproject.toml'} both configure "
-        "this project; fix: keep one of them")
+        "this project; fix: keep one of them"
+    )
 
 
 def test_default_target_and_device_hosts(tmp_path):
     (tmp_path / "edgepipe.toml").write_text('target = "rpi4"\nhosts = { rpi4 = "pi@10.0.0.2:2222" }\n')
     cfg = config.load(tmp_path)
     assert cfg.target == "rpi4" and cfg.cache_bytes == 2 * 1024**3
-    recipe = write_recipe(tmp_path / "b.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": "keras:mnist"}},
-        "model": {"kind": "train", "inputs": {"data": "data"}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}},
-    }})
+    recipe = write_recipe(
+        tmp_path / "b.yaml",
+        {
+            "stages": {
+                "data": {"kind": "data", "params": {"source": "keras:mnist"}},
+                "model": {"kind": "train", "inputs": {"data": "data"}},
+                "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"}},
+                "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]}},
+            }
+        },
+    )
     r = load_recipe(recipe, default_target=cfg.target, hosts=cfg.hosts)
     assert (r.stages["bench"].params.target, r.stages["bench"].params.host) == ("rpi4", "pi@10.0.0.2:2222")
     r = load_recipe(recipe, target="host", default_target=cfg.target, hosts=cfg.hosts)  # --target wins
     assert (r.stages["bench"].params.target, r.stages["bench"].params.host) == ("host", None)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('data_mirorr = "x"\n', "unknown key 'data_mirorr'; fix: use one of: data_mirror, target, hosts, tracking_uri, "
-                            "run_cache_size"),
-    ("run_cache_size = \"lots\"\n", "run_cache_size 'lots' is not a size"),
-    ("run_cache_size = -1\n", "run_cache_size -1 is not a size"),
-    ('target = "toaster"\n', "target: unknown target 'toaster'"),
-    ('hosts = { rpi4 = "pi@@x" }\n', "hosts.rpi4: 'pi@@x' is not user@address[:port]"),
-    ('hosts = { rpi6 = "pi@x" }\n', "hosts.rpi6: unknown target 'rpi6'"),
-    ('hosts = { cortex-m4 = "pi@x" }\n', "hosts.cortex-m4: target cortex-m4 is not reached over SSH (reach: none)"),
-    ('tracking_uri = "ht tp://x"\n', "tracking_uri 'ht tp://x' is neither a URI nor a folder"),
-    ("tracking_uri = 5\n", "tracking_uri: expected a string, got 5"),
-    ("data_mirror = [1]\n", "data_mirror"),
-    ("data_mirror = \n", "malformed TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'data_mirorr = "x"\n',
+            "unknown key 'data_mirorr'; fix: use one of: data_mirror, target, hosts, tracking_uri, run_cache_size",
+        ),
+        ('run_cache_size = "lots"\n', "run_cache_size 'lots' is not a size"),
+        ("run_cache_size = -1\n", "run_cache_size -1 is not a size"),
+        ('target = "toaster"\n', "target: unknown target 'toaster'"),
+        ('hosts = { rpi4 = "pi@@x" }\n', "hosts.rpi4: 'pi@@x' is not user@address[:port]"),
+        ('hosts = { rpi6 = "pi@x" }\n', "hosts.rpi6: unknown target 'rpi6'"),
+        ('hosts = { cortex-m4 = "pi@x" }\n', "hosts.cortex-m4: target cortex-m4 is not reached over SSH (reach: none)"),
+        ('tracking_uri = "ht tp://x"\n', "tracking_uri 'ht tp://x' is neither a URI nor a folder"),
+        ("tracking_uri = 5\n", "tracking_uri: expected a string, got 5"),
+        ("data_mirror = [1]\n", "data_mirror"),
+        ("data_mirror = \n", "malformed TOML"),
+    ],
+)
 def test_a_bad_config_is_one_line_naming_the_key(tmp_path, text, message):
     (tmp_path / "edgepipe.toml").write_text(text)
     code, _, err = run_cli(["targets"], tmp_path)  # every command reads it, even one without a recipe
@@ -103,14 +115,24 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path, text, message):
 
 # -- properties: generated tables must load or be refused in one line -------------------------------------------
 
-SCALARS = st.one_of(st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=12), st.sampled_from(["host", "rpi4", "0", "2 GB", "10kb", "pi@h", "x://y",
-                                                           "mlruns", "../shared/datasets", ""]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=5)
-KEYS = st.one_of(st.sampled_from(config.KEYS), st.sampled_from(config.KEYS), st.text(min_size=1, max_size=12),
-                 st.sampled_from(["path", "Target", "data-mirror", "tracking"]))
+SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["host", "rpi4", "0", "2 GB", "10kb", "pi@h", "x://y", "mlruns", "../shared/datasets", ""]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=5,
+)
+KEYS = st.one_of(
+    st.sampled_from(config.KEYS),
+    st.sampled_from(config.KEYS),
+    st.text(min_size=1, max_size=12),
+    st.sampled_from(["path", "Target", "data-mirror", "tracking"]),
+)
 
 
 def toml_value(v) -> str:
@@ -119,8 +141,18 @@ def toml_value(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v) if not (isinstance(v, float) and math.isfinite(v) and v == int(v)) else f"{v:.1f}"
     if isinstance(v, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x10000
-                             else f"\\U{ord(c):08x}" for c in v) + '"'
+        return (
+            '"'
+            + "".join(
+                c
+                if c.isprintable() and c not in '"\\'
+                else f"\\u{ord(c):04x}"
+                if ord(c) < 0x10000
+                else f"\\U{ord(c):08x}"
+                for c in v
+            )
+            + '"'
+        )
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return "{" + ", ".join(f"{toml_value(k)} = {toml_value(x)}" for k, x in v.items()) + "}"

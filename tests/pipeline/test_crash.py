@@ -28,25 +28,50 @@ STAGE_SECONDS = {"data": 1.0, "model": 5.0, "qat": 6.0, "tflite": 3.0, "bench": 
 
 def crash_recipe(root: Path) -> Path:
     spec = tiny_recipe(write_idx_dataset(root / "idx", n_train=200, n_test=60), epochs=8)
-    spec["stages"].update({
-        "qat": {"kind": "qat", "inputs": {"data": "data", "model": "model"},
-                "params": {"epochs": 3, "batch_size": 16, "tensorboard": False}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "qat"},
-                   "params": {"variants": ["int8"], "parity_samples": 20, "representative_samples": 20,
-                              "tolerance": {"int8_top1": 0.5}}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                  "params": {"warmup": 2, "runs": 20, "threads": [1]}},
-        "firmware": {"kind": "bundle", "inputs": {"data": "data", "model": "tflite"}, "params": {"target": "cortex-m4"},
-                     "publish": ["cortex-m4/**/*"]},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.json", "report.md"]},
-    })
+    spec["stages"].update(
+        {
+            "qat": {
+                "kind": "qat",
+                "inputs": {"data": "data", "model": "model"},
+                "params": {"epochs": 3, "batch_size": 16, "tensorboard": False},
+            },
+            "tflite": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "qat"},
+                "params": {
+                    "variants": ["int8"],
+                    "parity_samples": 20,
+                    "representative_samples": 20,
+                    "tolerance": {"int8_top1": 0.5},
+                },
+            },
+            "bench": {
+                "kind": "bench",
+                "inputs": {"data": "data", "models": ["tflite"]},
+                "params": {"warmup": 2, "runs": 20, "threads": [1]},
+            },
+            "firmware": {
+                "kind": "bundle",
+                "inputs": {"data": "data", "model": "tflite"},
+                "params": {"target": "cortex-m4"},
+                "publish": ["cortex-m4/**/*"],
+            },
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}, "publish": ["report.json", "report.md"]},
+        }
+    )
     return write_recipe(root / "crash.yaml", spec)
 
 
 def run_and_kill(root: Path, recipe: Path, stage: str, delay: float) -> str:
     """Start a run; SIGKILL it inside `stage` (see below). Returns where the kill landed."""
-    proc = subprocess.Popen([str(EXE), "run", str(recipe)], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(EXE), "run", str(recipe)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     running = None
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -88,8 +113,11 @@ def check_whole(root: Path) -> None:
     models = root / "models/crash"
     for published in models.rglob("*"):
         if published.is_file():
-            source = next(run / s / published.relative_to(models) for s in ("report", "firmware")
-                          if (run / s / published.relative_to(models)).is_file())
+            source = next(
+                run / s / published.relative_to(models)
+                for s in ("report", "firmware")
+                if (run / s / published.relative_to(models)).is_file()
+            )
             assert published.read_bytes() == source.read_bytes()
     assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=models / "cortex-m4").returncode == 0
     report = json.loads((models / "report.json").read_text())
@@ -128,12 +156,17 @@ def test_same_recipe_and_seed_twice_give_identical_figures(tmp_path, tflm_mirror
     for name in ("first", "second"):
         root = tmp_path / name
         root.mkdir()
-        done = subprocess.run([str(EXE), "run", str(crash_recipe(root))], cwd=root, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            [str(EXE), "run", str(crash_recipe(root))], cwd=root, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr
         report = json.loads((root / "models/crash/report.json").read_text())
         reports.append([(r["name"], r["accuracy"], r["test_samples"]) for r in report["rows"]])
-        models.append([(root / "runs/crash" / s / f).read_bytes() for s, f in
-                       (("model", "model.h5"), ("qat", "model.h5"), ("tflite", "qat_int8.tflite"))])
+        models.append(
+            [
+                (root / "runs/crash" / s / f).read_bytes()
+                for s, f in (("model", "model.h5"), ("qat", "model.h5"), ("tflite", "qat_int8.tflite"))
+            ]
+        )
     assert reports[0] == reports[1]
     assert models[0] == models[1]

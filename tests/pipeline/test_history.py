@@ -13,17 +13,34 @@ def project(tmp_path_factory):
     """data -> model -> tflite -> bench -> report, run with lr 0.01, then 0.02, then 0.01 again."""
     root = tmp_path_factory.mktemp("history")
     data = write_idx_dataset(root / "idx")
-    path = write_recipe(root / "tiny.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": f"idx:{data}", "val_fraction": 0.2}},
-        "model": {"kind": "train", "inputs": {"data": "data"},
-                  "params": {"arch": "tiny_conv", "epochs": 2, "lr": 0.01, **FAST}},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                   "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                  "params": {"warmup": 1, "runs": 5, "rounds": 1}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]},
-                   "params": {"gates": [{"model": "model/float32", "against": "model/float32"}]}},
-    }})
+    path = write_recipe(
+        root / "tiny.yaml",
+        {
+            "stages": {
+                "data": {"kind": "data", "params": {"source": f"idx:{data}", "val_fraction": 0.2}},
+                "model": {
+                    "kind": "train",
+                    "inputs": {"data": "data"},
+                    "params": {"arch": "tiny_conv", "epochs": 2, "lr": 0.01, **FAST},
+                },
+                "tflite": {
+                    "kind": "convert",
+                    "inputs": {"data": "data", "model": "model"},
+                    "params": {"variants": ["float32"], "representative_samples": 10, "parity_samples": 10},
+                },
+                "bench": {
+                    "kind": "bench",
+                    "inputs": {"data": "data", "models": ["tflite"]},
+                    "params": {"warmup": 1, "runs": 5, "rounds": 1},
+                },
+                "report": {
+                    "kind": "report",
+                    "inputs": {"benches": ["bench"]},
+                    "params": {"gates": [{"model": "model/float32", "against": "model/float32"}]},
+                },
+            }
+        },
+    )
     outs = []
     for sets in ([], ["--set", "model.lr=0.02"], []):
         code, out, err = run_cli(["run", path, *sets], root)
@@ -70,7 +87,9 @@ def test_compare_prints_the_params_that_differ_and_the_figures_side_by_side(proj
     code, out, err = run_cli(["compare", path, "1", "2"], root)
     assert code == 0, err
     assert "params that differ:" in out
-    assert [line.split() for line in out.splitlines() if line.strip().startswith("model.lr")] == [["model.lr", "0.01", "0.02"]]
+    assert [line.split() for line in out.splitlines() if line.strip().startswith("model.lr")] == [
+        ["model.lr", "0.01", "0.02"]
+    ]
     figures = [line.split() for line in out.splitlines() if "model/float32" in line]
     assert len(figures) == 1 and figures[0][:3] == ["model/float32", "val", "accuracy"] and figures[0][4] == "%"
     percents = [line.index(" %") for line in out.splitlines() if "accuracy" in line]
@@ -84,8 +103,10 @@ def test_compare_with_a_record_that_does_not_exist_is_one_line(project, which):
     root, path, _ = project
     code, _, err = run_cli(["compare", path, "1", which], root)
     line = check_clean_outcome(code, err, root)
-    assert code == 2 and line == (f"edgepipe: error: tiny: no run record '{which}' (there are 3); fix: use a number "
-                                  "from 1 to 3, or last (`edgepipe runs tiny` lists them)")
+    assert code == 2 and line == (
+        f"edgepipe: error: tiny: no run record '{which}' (there are 3); fix: use a number "
+        "from 1 to 3, or last (`edgepipe runs tiny` lists them)"
+    )
 
 
 def test_a_torn_last_line_is_skipped(tmp_path):

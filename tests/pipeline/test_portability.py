@@ -15,13 +15,22 @@ WITHOUT_FCNTL = "import sys; sys.modules['fcntl'] = None; from edgepipe.cli impo
 
 
 def test_status_and_the_smoke_recipes_data_stage_run_without_fcntl(tmp_path, mnist_dir):
-    env = dict(os.environ, EDGEPIPE_DATA_MIRROR=str(mnist_dir.parent),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        EDGEPIPE_DATA_MIRROR=str(mnist_dir.parent),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     smoke = REPO / "recipes" / "smoke.yaml"
 
     def edgepipe(*args):
-        done = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT_FCNTL, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 

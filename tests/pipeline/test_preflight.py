@@ -22,10 +22,16 @@ BARE_PATH = str(Path(sys.executable).parent)
 
 def _with_bench(data: Path, **bench) -> dict:
     recipe = tiny_recipe(data, epochs=1)
-    recipe["stages"]["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                                  "params": {"variants": ["int8"]}}
-    recipe["stages"]["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                 "params": {"runs": 5, "warmup": 0, **bench}}
+    recipe["stages"]["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"variants": ["int8"]},
+    }
+    recipe["stages"]["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"runs": 5, "warmup": 0, **bench},
+    }
     return recipe
 
 
@@ -42,8 +48,9 @@ def test_a_missing_toolchain_refuses_the_run_in_seconds_before_training(tmp_path
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
-    assert lines[0].startswith("edgepipe: error: stage 'bench' needs the Arm toolchain and QEMU to emulate the "
-                               "cortex-m4 (arm-none-eabi-gcc, ")
+    assert lines[0].startswith(
+        "edgepipe: error: stage 'bench' needs the Arm toolchain and QEMU to emulate the cortex-m4 (arm-none-eabi-gcc, "
+    )
     assert "; fix: " in lines[0] and "apt-get install -y gcc-arm-none-eabi" in lines[0]
     assert "running" not in done.stdout  # no stage started: nothing trained
     assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
@@ -62,8 +69,9 @@ def test_only_stages_that_will_run_are_asked(tmp_path, data, monkeypatch):
         asked.append(params.epochs)
         return [Requirement("a planted tool", lambda: os.environ.get("PLANTED_MISSING"), "install the planted tool")]
 
-    monkeypatch.setattr(type(train), "needs", property(lambda self: needs if self.name == "train" else None),
-                        raising=False)
+    monkeypatch.setattr(
+        type(train), "needs", property(lambda self: needs if self.name == "train" else None), raising=False
+    )
     recipe = load_recipe(path)
     Runner(recipe, tmp_path).run()
     assert asked == [1]
@@ -89,27 +97,38 @@ def _unmet(kind: str, **params) -> list[str]:
 def test_each_kind_that_needs_the_machine_says_what(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", BARE_PATH)
     assert _unmet("bench", target="cortex-m4")[0].startswith(
-        "the Arm toolchain and QEMU to emulate the cortex-m4: arm-none-eabi-gcc, arm-none-eabi-g++")
-    assert _unmet("search", target="cortex-m4", train={"arch": "strided_cnn", "lr": 0.005},
-                  space={"lr": {"low": 0.001, "high": 0.01}})[0].startswith("the Arm toolchain")
+        "the Arm toolchain and QEMU to emulate the cortex-m4: arm-none-eabi-gcc, arm-none-eabi-g++"
+    )
+    assert _unmet(
+        "search",
+        target="cortex-m4",
+        train={"arch": "strided_cnn", "lr": 0.005},
+        space={"lr": {"low": 0.001, "high": 0.01}},
+    )[0].startswith("the Arm toolchain")
     assert _unmet("bench", target="android") == ["adb, to reach the Android phone: adb is not installed"]
     assert _unmet("bench", target="coral", host="me@127.0.0.1:9")[0] == (
-        "the Edge TPU compiler: edgetpu_compiler is not installed")
+        "the Edge TPU compiler: edgetpu_compiler is not installed"
+    )
     assert _unmet("bench", target="rpi4", host="pi@127.0.0.1:9") == [
         "an SSH client, to reach the device: ssh is not installed",
-        "the device pi@127.0.0.1:9 to answer over SSH: not asked (no ssh client)"]
+        "the device pi@127.0.0.1:9 to answer over SSH: not asked (no ssh client)",
+    ]
     assert _unmet("bench", target="host") == [] and _unmet("bench", target="cortex-m4", measure="estimate") == []
     monkeypatch.setenv("EDGEPIPE_TFLM_SRC", str(tmp_path / "nowhere"))
-    assert any(u.startswith("TensorFlow Lite Micro's sources: TFLite Micro source path EDGEPIPE_TFLM_SRC=")
-               for u in _unmet("bench", target="cortex-m4"))
+    assert any(
+        u.startswith("TensorFlow Lite Micro's sources: TFLite Micro source path EDGEPIPE_TFLM_SRC=")
+        for u in _unmet("bench", target="cortex-m4")
+    )
 
 
 def test_a_device_that_does_not_answer_is_refused_before_work(monkeypatch):
     if not os.path.exists("/usr/bin/ssh"):
         pytest.skip("ssh not installed (Debian: apt-get install openssh-client)")
     unmet = _unmet("bench", target="rpi4", host="pi@127.0.0.1:9")  # port 9 (discard): nothing listens
-    assert unmet == ["the device pi@127.0.0.1:9 to answer over SSH: pi@127.0.0.1:9: device unreachable "
-                     "(ssh: connect to host 127.0.0.1 port 9: Connection refused)"]
+    assert unmet == [
+        "the device pi@127.0.0.1:9 to answer over SSH: pi@127.0.0.1:9: device unreachable "
+        "(ssh: connect to host 127.0.0.1 port 9: Connection refused)"
+    ]
 
 
 def test_a_dataset_in_no_mirror_and_offline_is_refused(monkeypatch, tmp_path):
@@ -119,8 +138,10 @@ def test_a_dataset_in_no_mirror_and_offline_is_refused(monkeypatch, tmp_path):
     monkeypatch.delenv(sources.MIRROR_ENV, raising=False)
     monkeypatch.setattr(sources, "_reachable", lambda host, **kw: False)
     unmet = _unmet("data", source="keras:mnist", mirror=[str(tmp_path)])
-    assert unmet == [f"the mnist dataset: keras:mnist is in no mirror (looked in {tmp_path}) and its download host "
-                     "storage.googleapis.com does not answer"]
+    assert unmet == [
+        f"the mnist dataset: keras:mnist is in no mirror (looked in {tmp_path}) and its download host "
+        "storage.googleapis.com does not answer"
+    ]
     assert "train-images-idx3-ubyte.gz" in _needs("data", source="keras:mnist")[0].fix
     monkeypatch.setattr(sources, "_reachable", lambda host, **kw: True)  # online: keras downloads it
     assert _unmet("data", source="keras:mnist", mirror=[str(tmp_path)]) == []

@@ -20,8 +20,9 @@ from edgepipe.testing import tiny_recipe, write_idx_dataset, write_recipe
 
 
 def _epochs(events, stage):
-    return [(e.done, e.total, e.note.split()[0] if e.note else "")
-            for e in events if e.stage == stage and e.unit == "epoch"]
+    return [
+        (e.done, e.total, e.note.split()[0] if e.note else "") for e in events if e.stage == stage and e.unit == "epoch"
+    ]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -36,8 +37,12 @@ def test_a_training_reports_each_epoch_with_its_validation_metric(tmp_path, jobs
     for stage in ("model", "other") if jobs == 2 else ("model",):
         mine = [e for e in events if e.stage == stage]
         assert mine[0] == progress.Event(stage) and mine[-1] == progress.Event(stage, ended=True)
-        assert _epochs(events, stage) == [(0, 3, ""), (1, 3, "val_accuracy"), (2, 3, "val_accuracy"),
-                                          (3, 3, "val_accuracy")]
+        assert _epochs(events, stage) == [
+            (0, 3, ""),
+            (1, 3, "val_accuracy"),
+            (2, 3, "val_accuracy"),
+            (3, 3, "val_accuracy"),
+        ]
         assert re.fullmatch(r"val_accuracy \d\.\d+", mine[-2].note), mine[-2]
     data_events = [e for e in events if e.stage == "data"]
     assert data_events == [progress.Event("data"), progress.Event("data", ended=True)]  # started, ended, no count
@@ -52,7 +57,10 @@ def test_inner_updates_become_the_detail_of_the_outer_count():
             progress.update(1, 5, "epoch", "val_accuracy 0.5")
         progress.update(1, 2, "trial", "best 50.00 %")
     assert [(e.unit, e.done, e.note, e.detail) for e in events[1:-1]] == [
-        ("trial", 0, "", ""), ("trial", 0, "", "epoch 1/5 val_accuracy 0.5"), ("trial", 1, "best 50.00 %", "")]
+        ("trial", 0, "", ""),
+        ("trial", 0, "", "epoch 1/5 val_accuracy 0.5"),
+        ("trial", 1, "best 50.00 %", ""),
+    ]
     assert not progress.active()
 
 
@@ -67,8 +75,9 @@ def _cli(args, cwd, env):
     exe = Path(sys.executable).with_name("edgepipe")
     # A person's terminal, also when the suite runs in CI (where CI=true would rightly switch the lines off).
     person = {k: v for k, v in os.environ.items() if k != "CI"}
-    return [str(exe), *args], dict(person, EDGEPIPE_DATA_MIRROR=str(SHARED_DATASETS), COLUMNS="150",
-                                   LINES="30", TERM="xterm-256color", **env)
+    return [str(exe), *args], dict(
+        person, EDGEPIPE_DATA_MIRROR=str(SHARED_DATASETS), COLUMNS="150", LINES="30", TERM="xterm-256color", **env
+    )
 
 
 def _in_a_terminal(args, cwd, env, timeout=120) -> str:
@@ -98,8 +107,11 @@ def _in_a_terminal(args, cwd, env, timeout=120) -> str:
 def _plain(lines: str, root: Path) -> list[str]:
     """The runner's lines without what differs between two runs (times, the temporary folders)."""
     lines = lines.replace(str(root) + "/", "")
-    return [re.sub(r"\d+\.\d+ s|\d+(\.\d+)? [KM]?B\b|val_accuracy \d\.\d+|in \d+\.\d s", "#", line)
-            for line in lines.splitlines() if line.strip()]
+    return [
+        re.sub(r"\d+\.\d+ s|\d+(\.\d+)? [KM]?B\b|val_accuracy \d\.\d+|in \d+\.\d s", "#", line)
+        for line in lines.splitlines()
+        if line.strip()
+    ]
 
 
 def test_live_lines_in_a_terminal_only(tmp_path):
@@ -173,7 +185,10 @@ def test_the_emulator_says_each_finished_model(monkeypatch):
 
     monkeypatch.setattr(mcu_run, "run", lambda seconds: time.sleep(seconds) or seconds)
     seen = []
-    got = mcu_run.run_many([{"seconds": 0.3}, {"seconds": 0.0}], max_parallel=2,
-                           on_done=lambda k, i: seen.append((k, i, threading.current_thread().name)))
+    got = mcu_run.run_many(
+        [{"seconds": 0.3}, {"seconds": 0.0}],
+        max_parallel=2,
+        on_done=lambda k, i: seen.append((k, i, threading.current_thread().name)),
+    )
     assert got == [0.3, 0.0]
     assert seen == [(1, 1, threading.current_thread().name), (2, 0, threading.current_thread().name)]

@@ -56,14 +56,17 @@ def test_unknown_nested_param(tmp_path):
     assert "stages.model.params.schedule: unknown key 'kinds'" in error(tmp_path, r)
 
 
-@pytest.mark.parametrize("key,value,expect", [
-    ("epochs", "ten", "expected an integer, got 'ten'"),
-    ("epochs", 0, "0 is out of range"),
-    ("lr", True, "expected a number, got True"),
-    ("optimizer", "adamm", "'adamm' is not a valid choice; fix: use one of: sgd, momentum"),
-    ("label_smoothing", 0.9, "out of range"),
-    ("arch_args", [1], "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "key,value,expect",
+    [
+        ("epochs", "ten", "expected an integer, got 'ten'"),
+        ("epochs", 0, "0 is out of range"),
+        ("lr", True, "expected a number, got True"),
+        ("optimizer", "adamm", "'adamm' is not a valid choice; fix: use one of: sgd, momentum"),
+        ("label_smoothing", 0.9, "out of range"),
+        ("arch_args", [1], "expected a mapping"),
+    ],
+)
 def test_wrong_types_and_ranges(tmp_path, key, value, expect):
     r = tiny_recipe(tmp_path)
     r["stages"]["model"]["params"][key] = value
@@ -153,6 +156,11 @@ def test_shipped_recipes_validate():
     gate = student.stages["report"].params.gates[0]
     assert (gate.model, gate.against, gate.max_drop) == ("student_qat/int8", "student_scratch/float32", 0.3)
     assert set(student.stages["bench"].inputs["models"]) == {
-        "teacher_tflite", "student_tflite", "scratch_tflite", "qat_tflite", "ref_tflite"}
+        "teacher_tflite",
+        "student_tflite",
+        "scratch_tflite",
+        "qat_tflite",
+        "ref_tflite",
+    }
     with pytest.raises(RecipeError, match="recipe 'nope' not found"):
         find_recipe("nope")

@@ -118,7 +118,10 @@ def test_a_restore_that_fails_half_way_leaves_nothing_half_written_and_runs_the_
     assert r["data"].action == "ran" and "could not restore from the run cache" in capsys.readouterr().out
     assert not any((root / "runs/tiny/.tmp").iterdir())
     assert (root / "runs/tiny/data/dataset.npz").read_bytes() == first
-    assert json.loads((root / "runs/tiny/lock.json").read_text())["stages"]["data"]["parts"]["params"]["val_fraction"] == 0.2
+    assert (
+        json.loads((root / "runs/tiny/lock.json").read_text())["stages"]["data"]["parts"]["params"]["val_fraction"]
+        == 0.2
+    )
 
 
 def test_an_object_edited_in_place_is_replaced_when_its_content_is_produced_again(project):

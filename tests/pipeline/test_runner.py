@@ -151,8 +151,9 @@ def test_sigkill_during_training_then_resume(tmp_path):
     recipe = tiny_recipe(data, epochs=40)
     path = write_recipe(tmp_path / "k.yaml", recipe)
     exe = Path(sys.executable).with_name("edgepipe")
-    proc = subprocess.Popen([str(exe), "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = ""
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -238,8 +239,13 @@ def test_workers_end_when_the_runner_is_killed(tmp_path):
         recipe["stages"][name]["params"]["epochs"] = 400  # minutes: far longer than the test waits
     path = write_recipe(tmp_path / "fan.yaml", recipe)
     exe = Path(sys.executable).with_name("edgepipe")
-    proc = subprocess.Popen([str(exe), "run", str(path), "--jobs", "2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", str(path), "--jobs", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     logs = [tmp_path / "runs/fan/.logs" / f"{name}.log" for name in ("model", "other")]
     deadline = time.time() + 120
     while time.time() < deadline and not all(p.is_file() and "Epoch 2/" in p.read_text() for p in logs):

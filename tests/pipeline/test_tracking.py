@@ -18,11 +18,16 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional extra: pip 
 def _recipe(root, idx, tracking=None, epochs=2):
     spec = tiny_recipe(idx, epochs=epochs)
     spec["stages"]["model"]["params"]["tensorboard"] = True
-    spec["stages"]["conv"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                              "params": {"variants": ["float32", "int8"], "parity_samples": 20,
-                                         "representative_samples": 20}}
-    spec["stages"]["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["conv"]},
-                               "params": {"warmup": 1, "runs": 5, "rounds": 1, "threads": [1]}}
+    spec["stages"]["conv"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"variants": ["float32", "int8"], "parity_samples": 20, "representative_samples": 20},
+    }
+    spec["stages"]["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["conv"]},
+        "params": {"warmup": 1, "runs": 5, "rounds": 1, "threads": [1]},
+    }
     spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench"]}}
     if tracking is not None:
         spec["tracking"] = tracking
@@ -62,14 +67,17 @@ def test_a_tracked_run_logs_stages_epochs_rows_and_tflite_files_under_the_keys_o
     model = by_name["model"]
     assert model.data.params["lr"] == "0.01" and model.data.params["early_stopping.enabled"] == "False"
     history = client.get_metric_history(model.info.run_id, "val_loss")
-    logged = {(int(r["epoch"]), float(r["val_loss"]))
-              for r in __import__("csv").DictReader(open(tmp_path / "runs/tiny/model/history.csv"))}
+    logged = {
+        (int(r["epoch"]), float(r["val_loss"]))
+        for r in __import__("csv").DictReader(open(tmp_path / "runs/tiny/model/history.csv"))
+    }
     assert {(m.step, m.value) for m in history} == logged and len(logged) == 2  # one point per epoch
     metrics = json.loads((tmp_path / "runs/tiny/model/metrics.json").read_text())
     assert model.data.metrics["test_accuracy"] == metrics["test"]["accuracy"]
     assert "model.h5" in _artifacts(client, model.info.run_id)
-    assert {"tflite/model_float32.tflite", "tflite/model_int8.tflite"} <= set(_artifacts(client,
-                                                                                          by_name["conv"].info.run_id))
+    assert {"tflite/model_float32.tflite", "tflite/model_int8.tflite"} <= set(
+        _artifacts(client, by_name["conv"].info.run_id)
+    )
     report = json.loads((tmp_path / "runs/tiny/report/report.json").read_text())
     for row in report["rows"]:
         logged_row = by_name[row["name"]]
@@ -99,8 +107,11 @@ def test_tensorboard_logs_are_kept_outside_the_output_and_never_cascade_reruns(t
     idx = write_idx_dataset(tmp_path / "idx")
     spec = tiny_recipe(idx, epochs=2)
     spec["stages"]["model"]["params"]["tensorboard"] = True
-    spec["stages"]["conv"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                              "params": {"variants": ["float32"], "parity_samples": 20}}
+    spec["stages"]["conv"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"variants": ["float32"], "parity_samples": 20},
+    }
     recipe = write_recipe(tmp_path / "tb.yaml", spec)
     assert run_cli(["run", recipe], tmp_path)[0] == 0
     events = sorted(p.name for p in (tmp_path / "runs/tb/.tb/model").rglob("events.out.tfevents.*"))
@@ -133,8 +144,9 @@ def test_an_unreachable_tracking_server_is_one_warning_and_the_run_completes(tmp
     code, out, err = run_cli(["run", write_recipe(tmp_path / "d.yaml", spec)], tmp_path)
     assert check_clean_outcome(code, err, tmp_path) is None and code == 0
     warnings = [line for line in err.splitlines() if line.strip()]
-    assert len(warnings) == 1 and warnings[0].startswith(f"edgepipe: warning: tracking skipped: MLflow at {uri} "
-                                                         "cannot be reached"), err
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"edgepipe: warning: tracking skipped: MLflow at {uri} cannot be reached"
+    ), err
     assert f"tracking skipped: MLflow at {uri} could not be reached" in out
     assert (tmp_path / "runs/d/data/dataset.npz").is_file()
 
@@ -149,14 +161,17 @@ def test_tracking_without_mlflow_installed_names_the_extra_and_writes_nothing(tm
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
 
 
-@pytest.mark.parametrize("block, text", [
-    ({"url": "sqlite:///x.db"}, "tracking: unknown key 'url'; fix: use one of: enabled, uri, experiment"),
-    ({"enabled": "yes"}, "tracking.enabled: expected true or false"),
-    ({"uri": "http://a b"}, "tracking: uri 'http://a b' is not a tracking URI"),
-    ({"uri": 5000}, "tracking.uri: expected a string"),
-    ({"experiment": ""}, "tracking: experiment '' is not a usable MLflow experiment name"),
-    ("on", "tracking: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "block, text",
+    [
+        ({"url": "sqlite:///x.db"}, "tracking: unknown key 'url'; fix: use one of: enabled, uri, experiment"),
+        ({"enabled": "yes"}, "tracking.enabled: expected true or false"),
+        ({"uri": "http://a b"}, "tracking: uri 'http://a b' is not a tracking URI"),
+        ({"uri": 5000}, "tracking.uri: expected a string"),
+        ({"experiment": ""}, "tracking: experiment '' is not a usable MLflow experiment name"),
+        ("on", "tracking: expected a mapping"),
+    ],
+)
 def test_a_malformed_tracking_block_is_a_recipe_error(tmp_path, block, text):
     spec = _data_only(tmp_path)
     spec["tracking"] = block
@@ -167,20 +182,28 @@ def test_a_malformed_tracking_block_is_a_recipe_error(tmp_path, block, text):
 
 
 def test_a_track_value_that_is_no_uri_is_a_usage_error(tmp_path):
-    code, _, err = run_cli(["run", write_recipe(tmp_path / "d.yaml", _data_only(tmp_path)), "--track", "a b"],
-                           tmp_path)
+    code, _, err = run_cli(["run", write_recipe(tmp_path / "d.yaml", _data_only(tmp_path)), "--track", "a b"], tmp_path)
     line = check_clean_outcome(code, err, tmp_path)
     assert code == 2 and "--track 'a b' is not a tracking URI" in line, line
     assert not (tmp_path / "runs").exists()
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=2),
-                   st.sampled_from(["sqlite:///x.db", "http://localhost:5000", "databricks", "mlruns", " ", "a\tb"]))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=2),
+    st.sampled_from(["sqlite:///x.db", "http://localhost:5000", "databricks", "mlruns", " ", "a\tb"]),
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(block=st.one_of(VALUES, st.dictionaries(st.sampled_from(["enabled", "uri", "experiment", "Uri", "tags"]),
-                                               VALUES, max_size=4)))
+@given(
+    block=st.one_of(
+        VALUES, st.dictionaries(st.sampled_from(["enabled", "uri", "experiment", "Uri", "tags"]), VALUES, max_size=4)
+    )
+)
 def test_any_tracking_block_loads_or_is_one_recipe_error(tmp_path_factory, block):
     """Whatever the block holds, `edgepipe graph` (which loads and validates the recipe) prints the graph or
     one error line naming the tracking block."""

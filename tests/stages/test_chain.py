@@ -12,13 +12,13 @@ from edgepipe.stages.bench import BenchParams, run_bench_stage
 from edgepipe.stages.convert import ConvertParams, run_convert_stage
 from edgepipe.stages.data import DataParams, run_data_stage
 from edgepipe.stages.distill import run_distill_stage
-from edgepipe.training.distill import DistillParams, make_distiller
 from edgepipe.stages.qat import QatParams, quantize, run_qat_stage
 from edgepipe.stages.report import ReportParams, run_report_stage
 from edgepipe.stages.train import TrainParams, run_train_stage
 from edgepipe.targets import litert
 from edgepipe.testing import FAST, write_idx_dataset
 from edgepipe.testing import run_stage as stage
+from edgepipe.training.distill import DistillParams, make_distiller
 from edgepipe.training.modelio import load_model
 
 
@@ -27,17 +27,24 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     idx = write_idx_dataset(root / "idx", n_train=240, n_test=80)
     data = stage(root, "data", run_data_stage, DataParams, {"source": f"idx:{idx}", "val_fraction": 0.25})
-    teacher = stage(root, "teacher", run_train_stage, TrainParams,
-                    {"arch": "tiny_conv", "epochs": 8, "lr": 0.02, **FAST}, data=data)
+    teacher = stage(
+        root, "teacher", run_train_stage, TrainParams, {"arch": "tiny_conv", "epochs": 8, "lr": 0.02, **FAST}, data=data
+    )
     return root, data, teacher
 
 
 def test_distill_trains_student_and_leaves_teacher_untouched(chain):
     root, data, teacher_dir = chain
     before = (teacher_dir / "model.h5").read_bytes()
-    student = stage(root, "student", run_distill_stage, DistillParams,
-                    {"arch": "tiny_conv", "epochs": 6, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, **FAST},
-                    data=data, teacher=teacher_dir)
+    student = stage(
+        root,
+        "student",
+        run_distill_stage,
+        DistillParams,
+        {"arch": "tiny_conv", "epochs": 6, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, **FAST},
+        data=data,
+        teacher=teacher_dir,
+    )
     assert (teacher_dir / "model.h5").read_bytes() == before
     metrics = json.loads((student / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.8
@@ -63,13 +70,27 @@ def test_cached_teacher_outputs_train_the_same_student_as_online_without_augment
     assert Augment(**load_dataset(data).info["augment"]) == Augment()
     args = {"arch": "tiny_conv", "epochs": 2, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, "seed": 3, **FAST}
     online = stage(root, "online", run_distill_stage, DistillParams, args, data=data, teacher=teacher_dir)
-    cached = stage(root, "cached", run_distill_stage, DistillParams, {**args, "teacher_outputs": "cached"},
-                   data=data, teacher=teacher_dir)
+    cached = stage(
+        root,
+        "cached",
+        run_distill_stage,
+        DistillParams,
+        {**args, "teacher_outputs": "cached"},
+        data=data,
+        teacher=teacher_dir,
+    )
     w_online, w_cached = load_model(online).get_weights(), load_model(cached).get_weights()
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(w_online, w_cached))
     # and the teacher matters: a student distilled with alpha=1 (labels only) ends elsewhere
-    labels_only = stage(root, "labels_only", run_distill_stage, DistillParams,
-                        {**args, "teacher_outputs": "cached", "alpha": 1.0}, data=data, teacher=teacher_dir)
+    labels_only = stage(
+        root,
+        "labels_only",
+        run_distill_stage,
+        DistillParams,
+        {**args, "teacher_outputs": "cached", "alpha": 1.0},
+        data=data,
+        teacher=teacher_dir,
+    )
     assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(w_cached, load_model(labels_only).get_weights()))
 
 
@@ -77,18 +98,34 @@ def test_distillation_runs_steps_per_execution_with_the_same_updates(chain, step
     root, data, teacher_dir = chain
     seen = steps_per_execution_seen
     args = {"arch": "tiny_conv", "epochs": 2, "lr": 0.02, "temperature": 3.0, "alpha": 0.2, "seed": 4, **FAST}
-    one = stage(root, "spe1", run_distill_stage, DistillParams, {**args, "steps_per_execution": 1},
-                data=data, teacher=teacher_dir)
-    four = stage(root, "spe4", run_distill_stage, DistillParams, {**args, "steps_per_execution": 4},
-                 data=data, teacher=teacher_dir)
+    one = stage(
+        root,
+        "spe1",
+        run_distill_stage,
+        DistillParams,
+        {**args, "steps_per_execution": 1},
+        data=data,
+        teacher=teacher_dir,
+    )
+    four = stage(
+        root,
+        "spe4",
+        run_distill_stage,
+        DistillParams,
+        {**args, "steps_per_execution": 4},
+        data=data,
+        teacher=teacher_dir,
+    )
     assert seen == [1, 4], "the distiller is compiled with the stage's steps_per_execution"
     w_one, w_four = load_model(one).get_weights(), load_model(four).get_weights()
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(w_one, w_four))
 
 
 def test_cached_teacher_outputs_refuse_class_weights():
-    with pytest.raises(EdgepipeError, match="class_weights do not combine with teacher_outputs: cached.*"
-                                            "fix: use teacher_outputs: online"):
+    with pytest.raises(
+        EdgepipeError,
+        match="class_weights do not combine with teacher_outputs: cached.*fix: use teacher_outputs: online",
+    ):
         build(DistillParams, {"teacher_outputs": "cached", "class_weights": "balanced"}, "student")
 
 
@@ -133,8 +170,9 @@ def test_qat_convert_bench_report(chain):
     agree = np.mean(litert.predict(ints / "qat_int8.tflite", x_val).argmax(1) == qat_out.argmax(1))
     assert agree >= 0.98
 
-    bench = stage(root, "bench", run_bench_stage, BenchParams, {"warmup": 2, "runs": 10}, data=data,
-                  models=[floats, ints])
+    bench = stage(
+        root, "bench", run_bench_stage, BenchParams, {"warmup": 2, "runs": 10}, data=data, models=[floats, ints]
+    )
     rows = {r["name"]: r for r in json.loads((bench / "bench.json").read_text())["rows"]}
     assert set(rows) == {"teacher/float32", "teacher/float16", "teacher/dynamic", "teacher/int8", "qat/int8"}
     x_test, y_test = ds.preprocess(ds.splits["test"][0]), ds.splits["test"][1]
@@ -149,9 +187,17 @@ def test_qat_convert_bench_report(chain):
     assert 0 < lat["p50_us"] <= lat["p90_us"] <= lat["p99_us"] and lat["fps"] > 0
     assert "tflm" not in rows["teacher/float32"]
 
-    report = stage(root, "report", run_report_stage, ReportParams,
-                   {"reference": "teacher/float32", "gates": [{"model": "qat/int8", "against": "teacher/float32",
-                                                               "max_drop": 100}]}, benches=[bench])
+    report = stage(
+        root,
+        "report",
+        run_report_stage,
+        ReportParams,
+        {
+            "reference": "teacher/float32",
+            "gates": [{"model": "qat/int8", "against": "teacher/float32", "max_drop": 100}],
+        },
+        benches=[bench],
+    )
     rj = json.loads((report / "report.json").read_text())
     assert {r["name"] for r in rj["rows"]} == set(rows) and rj["gates"][0]["passed"]
     row = next(r for r in rj["rows"] if r["name"] == "qat/int8")
@@ -172,8 +218,11 @@ def test_qat_convert_bench_report(chain):
                 r[key] = rows["teacher/float32"][key] - 0.005 if key == "accuracy" else 0.895
         (root / f"bench{n}").mkdir()
         (root / f"bench{n}" / "bench.json").write_text(json.dumps(doctored))
-    with pytest.raises(EdgepipeError, match=r"accuracy gate failed: qat/int8 loses 0.50 validation points against "
-                                            r"teacher/float32 \(allowed 0.3\)"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"accuracy gate failed: qat/int8 loses 0.50 validation points against "
+        r"teacher/float32 \(allowed 0.3\)",
+    ):
         stage(root, "report2", run_report_stage, ReportParams, gate, benches=[root / "bench0"])
     passed = stage(root, "report3", run_report_stage, ReportParams, gate, benches=[root / "bench1"])
     assert json.loads((passed / "report.json").read_text())["gates"][0]["passed"]
@@ -183,8 +232,15 @@ def test_qat_convert_bench_report(chain):
 
 def test_uint8_io_uses_the_model_own_quantization(chain):
     root, data, teacher = chain
-    out = stage(root, "u8", run_convert_stage, ConvertParams, {"variants": ["int8"], "io_type": "uint8"},
-                data=data, model=teacher)
+    out = stage(
+        root,
+        "u8",
+        run_convert_stage,
+        ConvertParams,
+        {"variants": ["int8"], "io_type": "uint8"},
+        data=data,
+        model=teacher,
+    )
     side = json.loads((out / "teacher_int8.json").read_text())
     assert side["input"]["dtype"] == "uint8" and side["output"]["dtype"] == "uint8"
     assert 0 <= side["input"]["zero_point"] <= 255 and side["parity"]["top1_agreement"] >= 0.98
@@ -197,10 +253,12 @@ def test_bench_and_report_refuse_mismatched_inputs(chain):
     other = stage(root, "data_std", run_data_stage, DataParams, {"source": f"idx:{idx}", "normalize": "standardize"})
     with pytest.raises(EdgepipeError, match="teacher_float32.tflite was converted with other preprocessing"):
         stage(root, "bench_std", run_bench_stage, BenchParams, {"runs": 5}, data=other, models=[floats])
-    bench = stage(root, "bench_ok", run_bench_stage, BenchParams, {"runs": 5, "threads": [1]}, data=data,
-                  models=[floats])
-    with pytest.raises(EdgepipeError, match="report: no benched model named 'teacher/int9'; fix: use one of: "
-                                            "teacher/float32"):
+    bench = stage(
+        root, "bench_ok", run_bench_stage, BenchParams, {"runs": 5, "threads": [1]}, data=data, models=[floats]
+    )
+    with pytest.raises(
+        EdgepipeError, match="report: no benched model named 'teacher/int9'; fix: use one of: teacher/float32"
+    ):
         stage(root, "report_bad", run_report_stage, ReportParams, {"reference": "teacher/int9"}, benches=[bench])
 
 
@@ -211,8 +269,7 @@ def test_dynamic_range_parity_is_top1_agreement_not_largest_difference(chain):
     from edgepipe.tasks import task_of
 
     root, data, teacher = chain
-    floats = stage(root, "dyn", run_convert_stage, ConvertParams, {"variants": ["dynamic"]}, data=data,
-                   model=teacher)
+    floats = stage(root, "dyn", run_convert_stage, ConvertParams, {"variants": ["dynamic"]}, data=data, model=teacher)
     ds = load_dataset(data)
     x = ds.preprocess(ds.splits["val"][0])
     out = litert.predict(floats / "teacher_dynamic.tflite", x)
@@ -222,20 +279,31 @@ def test_dynamic_range_parity_is_top1_agreement_not_largest_difference(chain):
     keep = moved.argmax(1) == out.argmax(1)  # the images whose top-1 survives the move
     assert keep.sum() >= 10
     task = task_of(ds.info)
-    parity = check_parity(floats / "teacher_dynamic.tflite", "dynamic", x[keep], moved[keep], Tolerance(), "teacher",
-                          task, ds.info)
+    parity = check_parity(
+        floats / "teacher_dynamic.tflite", "dynamic", x[keep], moved[keep], Tolerance(), "teacher", task, ds.info
+    )
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] >= 0.1 - 1e-6
     shuffled = np.roll(out, 1, axis=1)  # every top-1 moved to another class
-    with pytest.raises(EdgepipeError, match=r"teacher_dynamic.tflite disagrees with keras: top-1 agreement "
-                                            r"0\.\d+ < 0\.99 on \d+ samples; fix: .*tolerance\.dynamic_top1$"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"teacher_dynamic.tflite disagrees with keras: top-1 agreement "
+        r"0\.\d+ < 0\.99 on \d+ samples; fix: .*tolerance\.dynamic_top1$",
+    ):
         check_parity(floats / "teacher_dynamic.tflite", "dynamic", x, shuffled, Tolerance(), "teacher", task, ds.info)
 
 
 def test_parity_failure_stops_conversion(chain):
     root, data, teacher = chain
     with pytest.raises(EdgepipeError, match=r"teacher_float16.tflite disagrees with keras: max abs difference"):
-        stage(root, "strict", run_convert_stage, ConvertParams,
-              {"variants": ["float16"], "tolerance": {"float16": 0.0}}, data=data, model=teacher)
+        stage(
+            root,
+            "strict",
+            run_convert_stage,
+            ConvertParams,
+            {"variants": ["float16"], "tolerance": {"float16": 0.0}},
+            data=data,
+            model=teacher,
+        )
 
 
 def test_qat_names_the_layer_it_cannot_quantize():
@@ -259,19 +327,31 @@ def test_corrupt_tflite_is_one_clear_error(tmp_path):
 def test_int8_class_cost_names_the_classes_quantization_hurt_most():
     from edgepipe.stages.report import int8_class_cost
 
-    rows = [{"name": "m/float32", "variant": "float32", "accuracy": 0.95, "per_class_accuracy": [1.0, 0.9, 0.95]},
-            {"name": "m/int8", "variant": "int8", "accuracy": 0.90, "per_class_accuracy": [0.8, 0.92, 0.95]},
-            {"name": "q/int8", "variant": "int8", "accuracy": 0.9, "per_class_accuracy": [0.9, 0.9, 0.9]}]
+    rows = [
+        {"name": "m/float32", "variant": "float32", "accuracy": 0.95, "per_class_accuracy": [1.0, 0.9, 0.95]},
+        {"name": "m/int8", "variant": "int8", "accuracy": 0.90, "per_class_accuracy": [0.8, 0.92, 0.95]},
+        {"name": "q/int8", "variant": "int8", "accuracy": 0.9, "per_class_accuracy": [0.9, 0.9, 0.9]},
+    ]
     [cost] = int8_class_cost(rows, ["cat", "dog", "owl"])  # q has no float32 sibling: nothing to compare
     gated = int8_class_cost(rows, ["cat", "dog", "owl"], {"q/int8": "m/float32"})  # a gate pairs them
     assert [c["model"] for c in gated] == ["m/int8", "q/int8"] and gated[1]["against"] == "m/float32"
     assert cost["model"] == "m/int8" and cost["points_lost"] == pytest.approx(5.0)
-    assert [(c["class"], round(c["points_lost"], 6)) for c in cost["classes"]] == [("cat", 20.0), ("owl", 0.0),
-                                                                                  ("dog", -2.0)]
+    assert [(c["class"], round(c["points_lost"], 6)) for c in cost["classes"]] == [
+        ("cat", 20.0),
+        ("owl", 0.0),
+        ("dog", -2.0),
+    ]
 
 
-@pytest.mark.parametrize("arch,args", [("ds_student", {"alpha": 0.5}), ("strided_cnn", {"widths": [4, 8, 8]}),
-                                       ("cnn_teacher", {"width": 0.1}), ("tfmot_example", {})])
+@pytest.mark.parametrize(
+    "arch,args",
+    [
+        ("ds_student", {"alpha": 0.5}),
+        ("strided_cnn", {"widths": [4, 8, 8]}),
+        ("cnn_teacher", {"width": 0.1}),
+        ("tfmot_example", {}),
+    ],
+)
 def test_zoo_models_quantize_and_their_qat_int8_matches_keras(arch, args):
     """Each zoo model goes through tfmot's QAT wrapper (conv -> BN -> ReLU folds) and its int8 model
     reproduces the QAT Keras model's probabilities (untrained models: their top-1 is near-constant, so the
@@ -294,8 +374,11 @@ def test_zoo_models_quantize_and_their_qat_int8_matches_keras(arch, args):
 def test_strided_cnn_needs_three_widths():
     from edgepipe.training import nets
 
-    with pytest.raises(EdgepipeError, match=r"arch 'strided_cnn': bad arguments \(widths must list 3 channel "
-                                            r"counts, got \[4, 8\]\); fix: check arch_args"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"arch 'strided_cnn': bad arguments \(widths must list 3 channel "
+        r"counts, got \[4, 8\]\); fix: check arch_args",
+    ):
         nets.build_model("strided_cnn", (28, 28, 1), 10, {"widths": [4, 8]})
 
 

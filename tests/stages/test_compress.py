@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepipe.core.errors import EdgepipeError
 from edgepipe.export.weights import tflite_weight_stats
 from edgepipe.stages.cluster import ClusterParams, run_cluster_stage
 from edgepipe.stages.convert import ConvertParams, run_convert_stage
@@ -32,9 +31,21 @@ def trained(tmp_path_factory):
 
 
 def _int8(root, data, model, name, **params):
-    out = stage(root, name, run_convert_stage, ConvertParams,
-                {"variants": ["int8"], "representative_samples": 20, "parity_samples": 40,
-                 "tolerance": {"int8_top1": 0.8}, **params}, data=data, model=model)
+    out = stage(
+        root,
+        name,
+        run_convert_stage,
+        ConvertParams,
+        {
+            "variants": ["int8"],
+            "representative_samples": 20,
+            "parity_samples": 40,
+            "tolerance": {"int8_top1": 0.8},
+            **params,
+        },
+        data=data,
+        model=model,
+    )
     return out / f"{model.name}_int8.tflite"
 
 
@@ -45,18 +56,27 @@ def _kernels_of(path):
 
 def test_pruning_reaches_its_sparsity_and_pqat_keeps_the_zeros_in_the_tflite(trained):
     root, data, model = trained
-    pruned = stage(root, "pruned", run_prune_stage, PruneParams,
-                   {"sparsity": 0.75, "epochs": 3, "frequency": 5, "lr": 0.003, **FAST}, data=data, model=model)
+    pruned = stage(
+        root,
+        "pruned",
+        run_prune_stage,
+        PruneParams,
+        {"sparsity": 0.75, "epochs": 3, "frequency": 5, "lr": 0.003, **FAST},
+        data=data,
+        model=model,
+    )
     report = json.loads((pruned / "sparsity.json").read_text())
     conv = [s for s in report["layers"] if s["pruned"]]
     assert conv and all(abs(s["sparsity"] - 0.75) < 0.02 for s in conv), conv
     assert abs(report["achieved"] - 0.75) < 0.02
     assert not any(type(layer).__name__.startswith("Prune") for layer in load_model(pruned).layers)  # stripped
 
-    pqat = stage(root, "pqat", run_qat_stage, QatParams, {"preserve": "sparsity", "epochs": 2, **FAST},
-                 data=data, model=pruned)
-    plain = stage(root, "qat_plain", run_qat_stage, QatParams, {"epochs": 2, "lr": 3e-3, **FAST},
-                  data=data, model=pruned)
+    pqat = stage(
+        root, "pqat", run_qat_stage, QatParams, {"preserve": "sparsity", "epochs": 2, **FAST}, data=data, model=pruned
+    )
+    plain = stage(
+        root, "qat_plain", run_qat_stage, QatParams, {"epochs": 2, "lr": 3e-3, **FAST}, data=data, model=pruned
+    )
     kept = _kernels_of(_int8(root, data, pqat, "pqat_tflite"))
     lost = _kernels_of(_int8(root, data, plain, "plain_tflite"))
     zeros_before = sum(s["zeros"] for s in conv)
@@ -68,9 +88,15 @@ def test_pruning_reaches_its_sparsity_and_pqat_keeps_the_zeros_in_the_tflite(tra
 def test_a_skipped_layer_stays_dense_and_the_overall_sparsity_counts_it(trained):
     root, data, model = trained
     first = next(layer.name for layer in load_model(model).layers if type(layer).__name__ == "Conv2D")
-    pruned = stage(root, "pruned_skip", run_prune_stage, PruneParams,
-                   {"sparsity": 0.75, "skip": [first], "epochs": 3, "frequency": 5, "lr": 0.003, **FAST},
-                   data=data, model=model)
+    pruned = stage(
+        root,
+        "pruned_skip",
+        run_prune_stage,
+        PruneParams,
+        {"sparsity": 0.75, "skip": [first], "epochs": 3, "frequency": 5, "lr": 0.003, **FAST},
+        data=data,
+        model=model,
+    )
     report = json.loads((pruned / "sparsity.json").read_text())
     by_name = {s["layer"]: s for s in report["layers"]}
     assert not by_name[first]["pruned"] and by_name[first]["sparsity"] < 0.1, by_name[first]
@@ -82,12 +108,26 @@ def test_a_skipped_layer_stays_dense_and_the_overall_sparsity_counts_it(trained)
 
 def test_clustering_leaves_few_values_and_cqat_keeps_them_in_the_tflite(trained):
     root, data, model = trained
-    clustered = stage(root, "clustered", run_cluster_stage, ClusterParams, {"clusters": 8, "epochs": 2, **FAST},
-                      data=data, model=model)
+    clustered = stage(
+        root,
+        "clustered",
+        run_cluster_stage,
+        ClusterParams,
+        {"clusters": 8, "epochs": 2, **FAST},
+        data=data,
+        model=model,
+    )
     layers = json.loads((clustered / "clusters.json").read_text())["layers"]
     assert all(s["unique"] <= 8 for s in layers if s["clustered"]) and any(s["clustered"] for s in layers)
-    cqat = stage(root, "cqat", run_qat_stage, QatParams, {"preserve": "clusters", "epochs": 1, **FAST},
-                 data=data, model=clustered)
+    cqat = stage(
+        root,
+        "cqat",
+        run_qat_stage,
+        QatParams,
+        {"preserve": "clusters", "epochs": 1, **FAST},
+        data=data,
+        model=clustered,
+    )
     per_channel = [s["max_unique_per_channel"] for s in _kernels_of(_int8(root, data, cqat, "cqat_tflite"))]
     assert per_channel and max(per_channel) <= 8, per_channel
     dense = [s["max_unique_per_channel"] for s in _kernels_of(_int8(root, data, model, "dense_tflite"))]
@@ -148,23 +188,59 @@ def test_the_debugger_ranks_a_planted_outlier_first_and_keeping_it_float_recover
 
     loose = {"tolerance": {"int8_top1": 0.0}}
     base = accuracy(_int8(root, data, clean, "clean_int8", **loose))
-    broken_dir = stage(root, "broken", run_convert_stage, ConvertParams,
-                       {"variants": ["int8"], "representative_samples": 40, "parity_samples": 40, "debug": True,
-                        "tolerance": {"int8_top1": 0.0}}, data=data, model=planted)
+    broken_dir = stage(
+        root,
+        "broken",
+        run_convert_stage,
+        ConvertParams,
+        {
+            "variants": ["int8"],
+            "representative_samples": 40,
+            "parity_samples": 40,
+            "debug": True,
+            "tolerance": {"int8_top1": 0.0},
+        },
+        data=data,
+        model=planted,
+    )
     broken = accuracy(broken_dir / "planted_int8.tflite")
     ranked = (broken_dir / "quant_debug.csv").read_text().splitlines()
     assert ranked[0].startswith("rank,layer,op") and ranked[1].split(",")[1] == "outlier", ranked[:4]
     assert (broken_dir / "quant_debug.png").stat().st_size > 1000
     assert broken < base - 0.2, (base, broken)  # the defect is real in int8...
 
-    worst = stage(root, "worst", run_convert_stage, ConvertParams,
-                  {"variants": ["int8"], "representative_samples": 40, "parity_samples": 40, "keep_float_worst": 1,
-                   "tolerance": {"int8_top1": 0.0}}, data=data, model=planted)
+    worst = stage(
+        root,
+        "worst",
+        run_convert_stage,
+        ConvertParams,
+        {
+            "variants": ["int8"],
+            "representative_samples": 40,
+            "parity_samples": 40,
+            "keep_float_worst": 1,
+            "tolerance": {"int8_top1": 0.0},
+        },
+        data=data,
+        model=planted,
+    )
     assert json.loads((worst / "planted_int8.json").read_text())["quantization"]["float_layers"] == ["outlier"]
     # The outlier tensor is quantized again where its consumer reads it, so the consumer stays float too.
-    fixed_dir = stage(root, "fixed", run_convert_stage, ConvertParams,
-                      {"variants": ["int8"], "representative_samples": 40, "parity_samples": 40,
-                       "keep_float": ["outlier", "after"], "tolerance": {"int8_top1": 0.9}}, data=data, model=planted)
+    fixed_dir = stage(
+        root,
+        "fixed",
+        run_convert_stage,
+        ConvertParams,
+        {
+            "variants": ["int8"],
+            "representative_samples": 40,
+            "parity_samples": 40,
+            "keep_float": ["outlier", "after"],
+            "tolerance": {"int8_top1": 0.9},
+        },
+        data=data,
+        model=planted,
+    )
     side = json.loads((fixed_dir / "planted_int8.json").read_text())
     assert side["quantization"]["float_layers"] == ["outlier", "after"] and quant_label(side) == "int8 (mixed)"
     fixed = accuracy(fixed_dir / "planted_int8.tflite")
@@ -180,9 +256,20 @@ def test_int16x8_is_closer_to_float_than_int8_and_per_tensor_has_one_scale(train
     from edgepipe.targets import litert
 
     root, data, model = trained
-    out = stage(root, "wide", run_convert_stage, ConvertParams,
-                {"variants": ["float32", "int8", "int16x8"], "representative_samples": 40, "parity_samples": 40,
-                 "tolerance": {"int8_top1": 0.8, "int16x8_top1": 0.9}}, data=data, model=model)
+    out = stage(
+        root,
+        "wide",
+        run_convert_stage,
+        ConvertParams,
+        {
+            "variants": ["float32", "int8", "int16x8"],
+            "representative_samples": 40,
+            "parity_samples": 40,
+            "tolerance": {"int8_top1": 0.8, "int16x8_top1": 0.9},
+        },
+        data=data,
+        model=model,
+    )
     ds = load_dataset(data)
     x = ds.preprocess(ds.splits["val"][0])
     ref = load_model(model).predict(x, verbose=0)
@@ -193,22 +280,38 @@ def test_int16x8_is_closer_to_float_than_int8_and_per_tensor_has_one_scale(train
 
     per_tensor = _int8(root, data, model, "per_tensor", granularity="per_tensor")
     interp = litert.interpreter(per_tensor)
-    kernels = [d for d in interp.get_tensor_details() if len(d["shape"]) == 4 and d["dtype"] == np.int8
-               and d["quantization_parameters"]["scales"].size >= 1]
+    kernels = [
+        d
+        for d in interp.get_tensor_details()
+        if len(d["shape"]) == 4 and d["dtype"] == np.int8 and d["quantization_parameters"]["scales"].size >= 1
+    ]
     per_channel = litert.interpreter(_int8(root, data, model, "per_channel_again"))
     assert kernels and all(d["quantization_parameters"]["scales"].size == 1 for d in kernels)
-    assert any(d["quantization_parameters"]["scales"].size > 1 for d in per_channel.get_tensor_details()
-               if len(d["shape"]) == 4)
+    assert any(
+        d["quantization_parameters"]["scales"].size > 1
+        for d in per_channel.get_tensor_details()
+        if len(d["shape"]) == 4
+    )
 
 
 def _recipe(root, idx, stage: dict) -> Path:
     """data -> a tiny strided CNN -> the stage under test (`x`)."""
     from edgepipe.testing import write_recipe
 
-    return write_recipe(root / "c.yaml", {"stages": {
-        "data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.25}},
-        "model": {"kind": "train", "inputs": {"data": "data"}, "params": {**ARCH, "epochs": 1, "lr": 0.01, **FAST}},
-        "x": stage}})
+    return write_recipe(
+        root / "c.yaml",
+        {
+            "stages": {
+                "data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.25}},
+                "model": {
+                    "kind": "train",
+                    "inputs": {"data": "data"},
+                    "params": {**ARCH, "epochs": 1, "lr": 0.01, **FAST},
+                },
+                "x": stage,
+            }
+        },
+    )
 
 
 AT_LOAD = [  # refused by `status`, before anything runs (exit 2)
@@ -216,23 +319,37 @@ AT_LOAD = [  # refused by `status`, before anything runs (exit 2)
     ({"kind": "prune", "params": {"sparsity": -0.1}}, "sparsity: -0.1 is out of range"),
     ({"kind": "prune", "params": {"m_by_n": [4, 2]}}, "m_by_n [4, 2] is not [m, n] with 0 < m < n"),
     ({"kind": "cluster", "params": {"clusters": 1}}, "clusters: 1 is out of range"),
-    ({"kind": "qat", "params": {"preserve": "zeros"}}, "preserve: 'zeros' is not a valid choice; fix: use one of: none, "
-     "sparsity, clusters, both"),
-    ({"kind": "convert", "params": {"variants": ["float32"], "keep_float": ["conv2d"]}},
-     "keep_float and keep_float_worst shape the int8 model"),
-    ({"kind": "convert", "params": {"granularity": "per_row"}}, "granularity: 'per_row' is not a valid choice; fix: use one "
-     "of: per_channel, per_tensor"),
+    (
+        {"kind": "qat", "params": {"preserve": "zeros"}},
+        "preserve: 'zeros' is not a valid choice; fix: use one of: none, sparsity, clusters, both",
+    ),
+    (
+        {"kind": "convert", "params": {"variants": ["float32"], "keep_float": ["conv2d"]}},
+        "keep_float and keep_float_worst shape the int8 model",
+    ),
+    (
+        {"kind": "convert", "params": {"granularity": "per_row"}},
+        "granularity: 'per_row' is not a valid choice; fix: use one of: per_channel, per_tensor",
+    ),
 ]
 AT_RUN = [  # refused when the stage sees the model (exit 1)
-    ({"kind": "prune", "params": {"layers": ["nope"]}}, "prune: model 'strided_cnn' has no layer 'nope'; fix: use "
-     "one of: conv2d, conv2d_1, conv2d_2, logits"),
-    ({"kind": "prune", "params": {"layers": ["batch_normalization"]}}, "tfmot cannot prune layer "
-     "'batch_normalization' (BatchNormalization"),
-    ({"kind": "qat", "params": {"preserve": "sparsity"}}, "preserve: sparsity on model 'strided_cnn', which was never "
-     "pruned"),
+    (
+        {"kind": "prune", "params": {"layers": ["nope"]}},
+        "prune: model 'strided_cnn' has no layer 'nope'; fix: use one of: conv2d, conv2d_1, conv2d_2, logits",
+    ),
+    (
+        {"kind": "prune", "params": {"layers": ["batch_normalization"]}},
+        "tfmot cannot prune layer 'batch_normalization' (BatchNormalization",
+    ),
+    (
+        {"kind": "qat", "params": {"preserve": "sparsity"}},
+        "preserve: sparsity on model 'strided_cnn', which was never pruned",
+    ),
     ({"kind": "qat", "params": {"preserve": "clusters"}}, "whose weights were never clustered"),
-    ({"kind": "convert", "params": {"variants": ["int8"], "keep_float": ["conv2d", "dense_9"]}},
-     "keep_float: model 'model' has no layer 'dense_9'; fix: use layer names of the model: "),
+    (
+        {"kind": "convert", "params": {"variants": ["int8"], "keep_float": ["conv2d", "dense_9"]}},
+        "keep_float: model 'model' has no layer 'dense_9'; fix: use layer names of the model: ",
+    ),
 ]
 
 

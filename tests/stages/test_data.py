@@ -34,16 +34,16 @@ def test_canonical_mnist_idx_keeps_official_test_split(tmp_path, mnist_dir):
 
 
 def test_keras_source_uses_the_offline_mirror(tmp_path, mnist_dir):
-    ds, info, _ = stage(tmp_path, source="keras:mnist", mirror=[str(mnist_dir.parent)], limit_train=200,
-                        limit_test=100)
+    ds, info, _ = stage(tmp_path, source="keras:mnist", mirror=[str(mnist_dir.parent)], limit_train=200, limit_test=100)
     assert info["sizes"]["test"] == 100 and info["classes"][0] == "0"
     files = dataset_files(build(DataParams, {"source": "keras:mnist", "mirror": [str(mnist_dir.parent)]}, "t"))
     assert [f.name for f in files][0] == "train-images-idx3-ubyte.gz"
 
 
 def test_fashion_mnist_from_mirror_has_names(tmp_path, mnist_dir):
-    _, info, _ = stage(tmp_path, source="keras:fashion_mnist", mirror=[str(mnist_dir.parent)], limit_train=100,
-                       limit_test=50)
+    _, info, _ = stage(
+        tmp_path, source="keras:fashion_mnist", mirror=[str(mnist_dir.parent)], limit_train=100, limit_test=50
+    )
     assert info["classes"][-1] == "ankle boot"
 
 
@@ -157,8 +157,12 @@ def test_keras_cache_npz_layout_and_class_names(tmp_path):
 
     x, y = synthetic_images(60, 4, 28)
     np.savez(tmp_path / "mnist.npz", x_train=x[:40, ..., 0], y_train=y[:40], x_test=x[40:, ..., 0], y_test=y[40:])
-    _, info, _ = stage(tmp_path, source="keras:mnist", mirror=[str(tmp_path)],
-                       class_names=["zero", "one", "two", "three", "4", "5", "6", "7", "8", "9"])
+    _, info, _ = stage(
+        tmp_path,
+        source="keras:mnist",
+        mirror=[str(tmp_path)],
+        class_names=["zero", "one", "two", "three", "4", "5", "6", "7", "8", "9"],
+    )
     assert info["sizes"]["test"] == 20 and info["input_shape"] == [28, 28, 1]
     assert info["classes"][:2] == ["zero", "one"]
     with pytest.raises(EdgepipeError, match="class_names lists 2 names for 10 classes"):
@@ -186,13 +190,13 @@ def test_folder_test_split_with_other_classes_is_refused(tmp_path):
 def _blob_batch(n, size, row, col):
     """n copies of a size x size image, black but for a 3x3 white blob centred at (row, col)."""
     x = np.zeros((n, size, size, 1), np.float32)
-    x[:, row - 1:row + 2, col - 1:col + 2] = 255.0
+    x[:, row - 1 : row + 2, col - 1 : col + 2] = 255.0
     return x
 
 
 def _centroids(images):
     """(row, col) of each image's brightness centroid."""
-    rows, cols = np.mgrid[:images.shape[1], :images.shape[2]]
+    rows, cols = np.mgrid[: images.shape[1], : images.shape[2]]
     mass = images[..., 0].sum(axis=(1, 2))
     return (images[..., 0] * rows).sum(axis=(1, 2)) / mass, (images[..., 0] * cols).sum(axis=(1, 2)) / mass
 
@@ -204,10 +208,14 @@ def test_random_affine_moves_pixels_as_each_keras_layer_would(kind):
     distance to the centre by 1 +- zoom (keras' factor maps output to input); a flip mirrors or keeps."""
     from edgepipe.datasets.augment import Augment, random_affine
 
-    size, n, c = 29, 256, 14.0                     # odd size: the centre is a pixel
-    x = _blob_batch(n, size, 14, 22)               # 8 px right of the centre
-    aug = {"rotate": Augment(rotate=0.05), "translate": Augment(translate=0.1), "zoom": Augment(zoom=0.2),
-           "flip": Augment(flip="horizontal")}[kind]
+    size, n, c = 29, 256, 14.0  # odd size: the centre is a pixel
+    x = _blob_batch(n, size, 14, 22)  # 8 px right of the centre
+    aug = {
+        "rotate": Augment(rotate=0.05),
+        "translate": Augment(translate=0.1),
+        "zoom": Augment(zoom=0.2),
+        "flip": Augment(flip="horizontal"),
+    }[kind]
     out = random_affine(x, aug, seed=3).numpy()
     r, k = _centroids(out)
     dist, angle = np.hypot(r - c, k - c), np.degrees(np.arctan2(r - c, k - c))

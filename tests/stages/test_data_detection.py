@@ -32,7 +32,7 @@ def scenes():
     digits = np.zeros((50, 28, 28), np.uint8)
     for i in range(50):
         h, w = rng.integers(12, 21), rng.integers(8, 19)
-        digits[i, (28 - h) // 2:(28 - h) // 2 + h, (28 - w) // 2:(28 - w) // 2 + w] = 80 + 15 * (i % 10)
+        digits[i, (28 - h) // 2 : (28 - h) // 2 + h, (28 - w) // 2 : (28 - w) // 2 + w] = 80 + 15 * (i % 10)
     images, boxes = synth_digits.generate(digits, np.arange(50) % 10, 30, seed=1, classes=["0", "1", "7"])
     return images[..., None], boxes
 
@@ -52,9 +52,12 @@ def test_synth_digits_draws_each_split_from_its_own_digits_and_tests_on_the_held
     assert all(np.array_equal(a, b) for s in SMALL for a, b in zip(ds.splits[s], again.splits[s]))
     other, *_ = stage(tmp_path / "seed", source="synth:digits", task="detection", mirror=mirror, synth=SMALL, seed=1)
     assert not np.array_equal(other.splits["train"][0], x)
-    base, *_ = stage(tmp_path / "base", source="synth:digits", task="detection", mirror=mirror,
-                     synth=SMALL | {"test_family": "base"})
-    assert np.array_equal(base.splits["train"][0], x) and not np.array_equal(base.splits["test"][0], ds.splits["test"][0])
+    base, *_ = stage(
+        tmp_path / "base", source="synth:digits", task="detection", mirror=mirror, synth=SMALL | {"test_family": "base"}
+    )
+    assert np.array_equal(base.splits["train"][0], x) and not np.array_equal(
+        base.splits["test"][0], ds.splits["test"][0]
+    )
     # the key hashes MNIST's files: the scenes are drawn from them
     p = build(DataParams, {"source": "synth:digits", "task": "detection", "mirror": mirror}, "t")
     assert {f.name for f in dataset_files(p)} >= {"train-images-idx3-ubyte.gz"}
@@ -68,8 +71,11 @@ def test_a_users_coco_or_yolo_files_are_split_with_their_boxes(tmp_path, scenes,
     ds, info, _ = stage(tmp_path, source=f"{fmt}:{where}", task="detection", val_fraction=0.2, test_fraction=0.2)
     assert info["sizes"] == {"train": 18, "val": 6, "test": 6} and info["classes"] == ["zero", "one", "seven"]
     rows = int((boxes[..., 0] >= 0).sum(1).max())  # as many rows as the most crowded image needs
-    got = {ds.splits[s][0][i].tobytes(): ds.splits[s][1][i] for s in ("train", "val", "test")
-           for i in range(len(ds.splits[s][0]))}
+    got = {
+        ds.splits[s][0][i].tobytes(): ds.splits[s][1][i]
+        for s in ("train", "val", "test")
+        for i in range(len(ds.splits[s][0]))
+    }
     for image, want in zip(images, boxes):  # every image kept its own boxes through the shuffle
         np.testing.assert_allclose(got[image.tobytes()], want[:rows], atol=1e-4)
     assert len(dataset_files(build(DataParams, {"source": f"{fmt}:{where}", "task": "detection"}, "t"))) >= 30
@@ -90,16 +96,28 @@ def test_yolo_split_folders_are_kept_and_a_missing_test_split_is_carved_from_tra
     assert {i.tobytes() for i in ds.splits["val"][0]} == {i.tobytes() for i in images[24:]}
 
 
-@pytest.mark.parametrize("params, says", [
-    ({"source": "keras:mnist", "task": "detection"}, r"gives no boxes; fix: for task: detection use synth:digits"),
-    ({"source": "synth:digits"}, r"synth:digits is a detection source: add task: detection"),
-    ({"source": "synth:digits", "task": "detection", "image_size": [64, 64]}, r"image_size does not apply to synth"),
-    ({"source": "coco:x.json", "task": "detection", "image_size": [60, 60]}, r"not a multiple of 8"),
-    ({"source": "synth:digits", "task": "detection", "augment": {"rotate": 0.1}}, r"no geometric augmentation"),
-    ({"source": "synth:digits", "task": "detection", "balance": "oversample"}, r"no geometric augmentation or balance"),
-    ({"source": "synth:digits", "task": "detection", "synth": {"classes": ["0", "0"]}}, r"distinct digits"),
-    ({"source": "synth:digits", "task": "detection", "synth": {"draw": {"family": "moon"}}}, r"data.synth.draw.family: 'moon' is not a valid choice"),
-])
+@pytest.mark.parametrize(
+    "params, says",
+    [
+        ({"source": "keras:mnist", "task": "detection"}, r"gives no boxes; fix: for task: detection use synth:digits"),
+        ({"source": "synth:digits"}, r"synth:digits is a detection source: add task: detection"),
+        (
+            {"source": "synth:digits", "task": "detection", "image_size": [64, 64]},
+            r"image_size does not apply to synth",
+        ),
+        ({"source": "coco:x.json", "task": "detection", "image_size": [60, 60]}, r"not a multiple of 8"),
+        ({"source": "synth:digits", "task": "detection", "augment": {"rotate": 0.1}}, r"no geometric augmentation"),
+        (
+            {"source": "synth:digits", "task": "detection", "balance": "oversample"},
+            r"no geometric augmentation or balance",
+        ),
+        ({"source": "synth:digits", "task": "detection", "synth": {"classes": ["0", "0"]}}, r"distinct digits"),
+        (
+            {"source": "synth:digits", "task": "detection", "synth": {"draw": {"family": "moon"}}},
+            r"data.synth.draw.family: 'moon' is not a valid choice",
+        ),
+    ],
+)
 def test_parameters_that_cannot_make_a_detection_dataset_are_refused_at_load(params, says):
     with pytest.raises((ValueError, EdgepipeError), match=says) as e:
         build(DataParams, params, "data")

@@ -31,8 +31,15 @@ def project(root: Path) -> Path:
 
 
 def run(args, cwd, env=None, **kw):
-    return subprocess.Popen([str(EXE), *map(str, args)], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [str(EXE), *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_two_workers_match_one_within_tolerance(tmp_path):
@@ -65,29 +72,41 @@ def test_two_workers_match_one_within_tolerance(tmp_path):
     assert "strategy" not in m1
     h1 = (one / "runs/d/model/history.csv").read_text().splitlines()
     h2 = (two / "runs/d/model/history.csv").read_text().splitlines()
-    assert len(h1) == len(h2) == 5                               # both ran the 4 epochs
+    assert len(h1) == len(h2) == 5  # both ran the 4 epochs
     # Same global batch, gradients averaged over the two halves: the same training up to summation order
     # and each worker's own augmentation/shuffle stream.
     assert abs(m1["test"]["accuracy"] - m2["test"]["accuracy"]) <= 0.1, (m1["test"], m2["test"])
     assert abs(m1["test"]["loss"] - m2["test"]["loss"]) <= 0.25 * max(m1["test"]["loss"], 0.05)
     # the non-chief kept nothing (history.jsonl records the chief's runs)
-    assert sorted(p.name for p in (two / "runs/d").iterdir() if not p.name.startswith(".")) == \
-        ["data", "history.jsonl", "lock.json", "model"]
+    assert sorted(p.name for p in (two / "runs/d").iterdir() if not p.name.startswith(".")) == [
+        "data",
+        "history.jsonl",
+        "lock.json",
+        "model",
+    ]
 
 
 def test_worker_refuses_a_stage_that_is_not_multi_worker(tmp_path):
     recipe = project(tmp_path)
     done = run(["worker", recipe, "model"], tmp_path)
     _, err = done.communicate(timeout=120)
-    assert done.returncode == 2 and "stage 'model' can have no workers: it is neither a search nor a multi-worker " \
-        "training" in err
+    assert (
+        done.returncode == 2
+        and "stage 'model' can have no workers: it is neither a search nor a multi-worker training" in err
+    )
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("", 'needs TF_CONFIG, which is not set; fix: set TF_CONFIG on every machine (see docs/training.md, "Training on '
-         'a cluster")'),
-    ("{not json", "TF_CONFIG is not a valid cluster spec"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (
+            "",
+            'needs TF_CONFIG, which is not set; fix: set TF_CONFIG on every machine (see docs/training.md, "Training on '
+            'a cluster")',
+        ),
+        ("{not json", "TF_CONFIG is not a valid cluster spec"),
+    ],
+)
 def test_multi_worker_without_a_cluster_is_one_line(tmp_path, value, expected):
     recipe = project(tmp_path)
     env = {"TF_CONFIG": value}
@@ -102,5 +121,7 @@ def test_worker_before_its_inputs_exist_says_what_to_run_first(tmp_path):
     done = run(["worker", recipe, "model", "--set", "model.strategy=multi_worker"], tmp_path)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 1
-    assert err.strip().splitlines() == [f"edgepipe: error: stage 'model' needs 'data', which is not in runs/d; "
-                                        f"fix: run `edgepipe run {recipe} --until data` on this machine first"]
+    assert err.strip().splitlines() == [
+        f"edgepipe: error: stage 'model' needs 'data', which is not in runs/d; "
+        f"fix: run `edgepipe run {recipe} --until data` on this machine first"
+    ]

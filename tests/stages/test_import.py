@@ -17,18 +17,22 @@ def made(tmp_path_factory):
     """A model trained and converted by edgepipe in one project: the files a user would bring."""
     root = tmp_path_factory.mktemp("made")
     spec = tiny_recipe(write_idx_dataset(root / "idx"), epochs=3)
-    spec["stages"]["conv"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                              "params": {"variants": ["float32", "int8"], "parity_samples": 20,
-                                         "representative_samples": 20}}
+    spec["stages"]["conv"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {"variants": ["float32", "int8"], "parity_samples": 20, "representative_samples": 20},
+    }
     code, out, err = run_cli(["run", write_recipe(root / "made.yaml", spec)], root)
     assert code == 0, err
     return root
 
 
 def _user_recipe(root: Path, idx: Path, model_path, downstream: dict) -> Path:
-    stages = {"data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.2}},
-              "mine": {"kind": "import", "inputs": {"data": "data"}, "params": {"path": str(model_path)}},
-              **downstream}
+    stages = {
+        "data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.2}},
+        "mine": {"kind": "import", "inputs": {"data": "data"}, "params": {"path": str(model_path)}},
+        **downstream,
+    }
     return write_recipe(root / "user.yaml", {"stages": stages})
 
 
@@ -37,11 +41,20 @@ BENCH = {"warmup": 1, "runs": 5, "rounds": 1, "threads": [1]}
 
 def test_a_keras_file_is_converted_benched_and_reported_like_a_trained_model(made, tmp_path):
     model = shutil.copy(made / "runs/made/model/model.h5", tmp_path / "my_model.h5")
-    recipe = _user_recipe(tmp_path, made / "idx", model, {
-        "conv": {"kind": "convert", "inputs": {"data": "data", "model": "mine"},
-                 "params": {"variants": ["float32"], "parity_samples": 20}},
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["conv"]}, "params": BENCH},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}}})
+    recipe = _user_recipe(
+        tmp_path,
+        made / "idx",
+        model,
+        {
+            "conv": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "mine"},
+                "params": {"variants": ["float32"], "parity_samples": 20},
+            },
+            "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["conv"]}, "params": BENCH},
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+        },
+    )
     code, out, err = run_cli(["run", recipe], tmp_path)
     assert code == 0, err
     mine = json.loads((tmp_path / "runs/user/mine/metrics.json").read_text())
@@ -69,11 +82,20 @@ def test_a_keras_file_is_converted_benched_and_reported_like_a_trained_model(mad
 def test_a_tflite_file_is_benched_and_bundled_like_a_converted_one(made, tmp_path, tflm_mirror):
     src = made / "runs/made/conv"
     int8 = shutil.copy(src / "model_int8.tflite", tmp_path / "theirs.tflite")
-    recipe = _user_recipe(tmp_path, made / "idx", int8, {
-        "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["mine"]}, "params": BENCH},
-        "firmware": {"kind": "bundle", "inputs": {"data": "data", "model": "mine", "benches": ["bench"]},
-                     "params": {"target": "cortex-m4"}},
-        "report": {"kind": "report", "inputs": {"benches": ["bench"]}}})
+    recipe = _user_recipe(
+        tmp_path,
+        made / "idx",
+        int8,
+        {
+            "bench": {"kind": "bench", "inputs": {"data": "data", "models": ["mine"]}, "params": BENCH},
+            "firmware": {
+                "kind": "bundle",
+                "inputs": {"data": "data", "model": "mine", "benches": ["bench"]},
+                "params": {"target": "cortex-m4"},
+            },
+            "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
+        },
+    )
     code, out, err = run_cli(["run", recipe], tmp_path)
     assert code == 0, err
     side = json.loads((tmp_path / "runs/user/mine/mine_int8.json").read_text())
@@ -96,7 +118,9 @@ def test_a_savedmodel_folder_is_imported_and_every_file_in_it_is_hashed(made, tm
     code, out, err = run_cli(["run", recipe], tmp_path)
     assert code == 0, err
     mine = json.loads((tmp_path / "runs/user/mine/metrics.json").read_text())
-    assert mine["test"]["accuracy"] == json.loads((made / "runs/made/model/metrics.json").read_text())["test"]["accuracy"]
+    assert (
+        mine["test"]["accuracy"] == json.loads((made / "runs/made/model/metrics.json").read_text())["test"]["accuracy"]
+    )
     lock = json.loads((tmp_path / "runs/user/lock.json").read_text())
     hashed = set(lock["stages"]["mine"]["parts"]["deps"])
     assert {str(folder / "saved_model.pb"), str(folder / "variables/variables.index")} <= hashed
@@ -135,8 +159,11 @@ CASES = {  # id -> (the file the import stage is given, made in tmp_path; text t
     "text as .h5": (lambda d: _write(d / "m.h5", b"not a model"), "is not a Keras model tf_keras can load", 1),
     "text as .tflite": (lambda d: _write(d / "m.tflite", b"not a model"), "is not a model LiteRT can run", 1),
     "onnx file": (lambda d: _write(d / "m.onnx", b"\x08\x07"), "a .onnx file is not a model edgepipe reads", 2),
-    "folder, not a SavedModel": (lambda d: (d / "folder").mkdir() or d / "folder", "is a folder but not a SavedModel",
-                                 1),
+    "folder, not a SavedModel": (
+        lambda d: (d / "folder").mkdir() or d / "folder",
+        "is a folder but not a SavedModel",
+        1,
+    ),
     "logits, no softmax": (lambda d: _logits_model(d / "logits.h5"), "does not output class probabilities", 1),
     "another image size": (lambda d: _other_shape(d / "small.h5"), "takes input [8, 8, 1], the data stage's", 1),
 }
@@ -156,25 +183,41 @@ def test_a_bad_model_file_is_one_clean_error(made, tmp_path, case):
     assert not (tmp_path / "runs/user/mine").exists()
 
 
-@pytest.mark.parametrize("path, role, text", [
-    ("m.h5", "models", "stage 'mine' is an import stage, which outputs a Keras model; the role models takes converted"),
-    ("m.tflite", "model", "stage 'mine' is an import stage, which outputs converted .tflite models; the role model "
-                          "takes a Keras model"),
-])
+@pytest.mark.parametrize(
+    "path, role, text",
+    [
+        (
+            "m.h5",
+            "models",
+            "stage 'mine' is an import stage, which outputs a Keras model; the role models takes converted",
+        ),
+        (
+            "m.tflite",
+            "model",
+            "stage 'mine' is an import stage, which outputs converted .tflite models; the role model "
+            "takes a Keras model",
+        ),
+    ],
+)
 def test_an_import_is_wired_by_what_its_file_is(made, tmp_path, path, role, text):
     _write(tmp_path / path, b"x")
     kind = {"models": "bench", "model": "convert"}[role]
     wiring = {"data": "data", role: ["mine"] if role == "models" else "mine"}
-    code, _, err = run_cli(["run", _user_recipe(tmp_path, made / "idx", tmp_path / path,
-                                                {"next": {"kind": kind, "inputs": wiring}})], tmp_path)
+    code, _, err = run_cli(
+        ["run", _user_recipe(tmp_path, made / "idx", tmp_path / path, {"next": {"kind": kind, "inputs": wiring}})],
+        tmp_path,
+    )
     line = check_clean_outcome(code, err, tmp_path)
     assert code == 2 and text in line and "name a " in line and "import" in line.split("fix:")[1], line
     assert not (tmp_path / "runs").exists()
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=300), suffix=st.sampled_from([".h5", ".keras", ".tflite", ""]),
-       head=st.sampled_from([b"", b"TFL3", b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"]))
+@given(
+    data=st.binary(max_size=300),
+    suffix=st.sampled_from([".h5", ".keras", ".tflite", ""]),
+    head=st.sampled_from([b"", b"TFL3", b"\x89HDF\r\n\x1a\n", b"PK\x03\x04"]),
+)
 def test_any_bytes_as_a_model_file_end_cleanly(made, tmp_path_factory, data, suffix, head):
     """Whatever the bytes (a flatbuffer's or HDF5's magic, a zip's), the import is one clean error line."""
     root = tmp_path_factory.mktemp("bytes")

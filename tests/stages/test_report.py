@@ -12,47 +12,98 @@ from edgepipe.stages.report import ReportParams, run_report_stage
 from edgepipe.targets.profiles import load_target
 from edgepipe.testing import run_stage
 
-HOST_PROVENANCE = {"target": "host", "cpu": "AMD EPYC", "cores": 2, "machine": "x86_64", "python": "3.11.2",
-                   "ai_edge_litert": "1.2.0", "tflite_micro": "0.dev20250305"}
-EMULATOR = {"machine": "mps2-an386", "cpu": "cortex-m4", "arm-none-eabi-gcc": "12.2.1", "qemu-system-arm": "7.2.15",
-            "wall_seconds": 3.1, "instructions_per_tick": 1}
+HOST_PROVENANCE = {
+    "target": "host",
+    "cpu": "AMD EPYC",
+    "cores": 2,
+    "machine": "x86_64",
+    "python": "3.11.2",
+    "ai_edge_litert": "1.2.0",
+    "tflite_micro": "0.dev20250305",
+}
+EMULATOR = {
+    "machine": "mps2-an386",
+    "cpu": "cortex-m4",
+    "arm-none-eabi-gcc": "12.2.1",
+    "qemu-system-arm": "7.2.15",
+    "wall_seconds": 3.1,
+    "instructions_per_tick": 1,
+}
 # name -> (variant, qat, size, host p50 us, host test accuracy, M4 figures or None (not benched there))
 MODELS = {
     "teacher/float32": ("float32", False, 361_472, 51.2, 0.9945, None),
     "student_scratch/float32": ("float32", False, 94_208, 17.4, 0.9943, "not int8"),
-    "student_qat/int8": ("int8", True, 29_286, 7.1, 0.9941,
-                         {"accuracy": 0.9936, "instructions": 1_155_873.0, "latency_ms": 15.0357, "flash": 75_469,
-                          "ram": 8_908}),
-    "tfmot_ref_qat/int8": ("int8", True, 23_757, 10.9, 0.9704,
-                           {"accuracy": 0.9704, "instructions": 988_530.0, "latency_ms": 12.8591, "flash": 72_601,
-                            "ram": 13_004}),
+    "student_qat/int8": (
+        "int8",
+        True,
+        29_286,
+        7.1,
+        0.9941,
+        {"accuracy": 0.9936, "instructions": 1_155_873.0, "latency_ms": 15.0357, "flash": 75_469, "ram": 8_908},
+    ),
+    "tfmot_ref_qat/int8": (
+        "int8",
+        True,
+        23_757,
+        10.9,
+        0.9704,
+        {"accuracy": 0.9704, "instructions": 988_530.0, "latency_ms": 12.8591, "flash": 72_601, "ram": 13_004},
+    ),
 }
 
 
 def _host_row(name: str) -> dict:
     variant, qat, size, p50, acc, _ = MODELS[name]
-    latency = {"threads_1": {"p50_us": p50, "p90_us": 1.2 * p50, "p99_us": 1.5 * p50, "fps": 1e6 / p50},
-               "threads_0": {"p50_us": 2 * p50, "p90_us": 2.2 * p50, "p99_us": 3 * p50, "fps": 5e5 / p50}}
-    return {"name": name, "variant": variant, "source": name.split("/")[0], "qat": qat, "file": f"{name}.tflite",
-            "size_bytes": size, "compressed_bytes": int(0.8 * size), "params": 23_236, "macs": 440_000,
-            "label": variant, "accuracy": acc, "val_accuracy": acc - 0.0005, "val_samples": 6000,
-            "test_samples": 10000, "parity": {}, "latency": latency, "model_rss_bytes": 32_768, "lint": [],
-            **({"tflm": {"ok": True, "arena_bytes": 7_475}} if variant == "int8" else {})}
+    latency = {
+        "threads_1": {"p50_us": p50, "p90_us": 1.2 * p50, "p99_us": 1.5 * p50, "fps": 1e6 / p50},
+        "threads_0": {"p50_us": 2 * p50, "p90_us": 2.2 * p50, "p99_us": 3 * p50, "fps": 5e5 / p50},
+    }
+    return {
+        "name": name,
+        "variant": variant,
+        "source": name.split("/")[0],
+        "qat": qat,
+        "file": f"{name}.tflite",
+        "size_bytes": size,
+        "compressed_bytes": int(0.8 * size),
+        "params": 23_236,
+        "macs": 440_000,
+        "label": variant,
+        "accuracy": acc,
+        "val_accuracy": acc - 0.0005,
+        "val_samples": 6000,
+        "test_samples": 10000,
+        "parity": {},
+        "latency": latency,
+        "model_rss_bytes": 32_768,
+        "lint": [],
+        **({"tflm": {"ok": True, "arena_bytes": 7_475}} if variant == "int8" else {}),
+    }
 
 
 def _bench(target: str, rows: list[dict], device: dict | None) -> dict:
-    return {"provenance": HOST_PROVENANCE, "target": dataclasses.asdict(load_target(target)), "device": device,
-            "fleet": {}, "data": "data", "classes": [str(i) for i in range(10)], "rows": rows}
+    return {
+        "provenance": HOST_PROVENANCE,
+        "target": dataclasses.asdict(load_target(target)),
+        "device": device,
+        "fleet": {},
+        "data": "data",
+        "classes": [str(i) for i in range(10)],
+        "rows": rows,
+    }
 
 
 def host_bench() -> dict:
     rows = []
     for name in MODELS:
         row = _host_row(name)
-        row["target"] = {"name": "host", "deployable": True,
-                         "accuracy": {"value": row["accuracy"], "provenance": "host-litert"},
-                         "latency_p50_us": {"value": row["latency"]["threads_1"]["p50_us"], "provenance": "host-litert"},
-                         "memory": {"value": row["model_rss_bytes"], "what": "RSS growth", "provenance": "host-litert"}}
+        row["target"] = {
+            "name": "host",
+            "deployable": True,
+            "accuracy": {"value": row["accuracy"], "provenance": "host-litert"},
+            "latency_p50_us": {"value": row["latency"]["threads_1"]["p50_us"], "provenance": "host-litert"},
+            "memory": {"value": row["model_rss_bytes"], "what": "RSS growth", "provenance": "host-litert"},
+        }
         rows.append(row)
     return _bench("host", rows, None)
 
@@ -65,17 +116,32 @@ def m4_bench() -> dict:
             continue
         row = _host_row(name)
         if m4 == "not int8":
-            row["target"] = {"name": "cortex-m4", "deployable": False, "why_not": "cortex-m4 runs full-int8 models only"}
+            row["target"] = {
+                "name": "cortex-m4",
+                "deployable": False,
+                "why_not": "cortex-m4 runs full-int8 models only",
+            }
         else:
-            device = {"accuracy": m4["accuracy"], "latency_ms": m4["latency_ms"], "fits": True,
-                      "instructions": {"median": m4["instructions"]}, "flash_bytes": m4["flash"],
-                      "ram_used_bytes": m4["ram"], "emulator": EMULATOR}
-            row["target"] = {"name": "cortex-m4", "deployable": True, "emulated": device, "fits": True,
-                             "accuracy": {"value": m4["accuracy"], "provenance": "emulated"},
-                             "latency_p50_us": {"value": 1000 * m4["latency_ms"], "provenance": "emulated"},
-                             "instructions": {"value": m4["instructions"], "provenance": "emulated"},
-                             "flash": {"value": m4["flash"], "provenance": "emulated"},
-                             "memory": {"value": m4["ram"], "what": "RAM", "provenance": "emulated"}}
+            device = {
+                "accuracy": m4["accuracy"],
+                "latency_ms": m4["latency_ms"],
+                "fits": True,
+                "instructions": {"median": m4["instructions"]},
+                "flash_bytes": m4["flash"],
+                "ram_used_bytes": m4["ram"],
+                "emulator": EMULATOR,
+            }
+            row["target"] = {
+                "name": "cortex-m4",
+                "deployable": True,
+                "emulated": device,
+                "fits": True,
+                "accuracy": {"value": m4["accuracy"], "provenance": "emulated"},
+                "latency_p50_us": {"value": 1000 * m4["latency_ms"], "provenance": "emulated"},
+                "instructions": {"value": m4["instructions"], "provenance": "emulated"},
+                "flash": {"value": m4["flash"], "provenance": "emulated"},
+                "memory": {"value": m4["ram"], "what": "RAM", "provenance": "emulated"},
+            }
         rows.append(row)
     return _bench("cortex-m4", rows, {"emulated": True, **EMULATOR})
 
@@ -84,14 +150,19 @@ def _report(tmp_path, benches: dict[str, dict], **params):
     for name, bench in benches.items():
         (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "bench.json").write_text(json.dumps(bench))
-    return run_stage(tmp_path, "report", run_report_stage, ReportParams, params,
-                     benches=[str(tmp_path / name) for name in benches])
+    return run_stage(
+        tmp_path, "report", run_report_stage, ReportParams, params, benches=[str(tmp_path / name) for name in benches]
+    )
 
 
 @pytest.fixture
 def host_and_m4(tmp_path):
-    return _report(tmp_path, {"bench": host_bench(), "bench_m4": m4_bench()},
-                   title="mnist_student: accuracy vs latency on {targets}", reference="teacher/float32")
+    return _report(
+        tmp_path,
+        {"bench": host_bench(), "bench_m4": m4_bench()},
+        title="mnist_student: accuracy vs latency on {targets}",
+        reference="teacher/float32",
+    )
 
 
 def estimated_m4_bench() -> dict:
@@ -101,10 +172,14 @@ def estimated_m4_bench() -> dict:
     for row in bench["rows"]:
         t = row["target"]
         if t["deployable"]:
-            row["target"] = {"name": "cortex-m4", "deployable": True, "fits": True,
-                             "accuracy": {"value": t["accuracy"]["value"], "provenance": "tflm-host"},
-                             "latency_p50_us": {"value": 2.0 * row["macs"] / 120, "provenance": "estimate"},
-                             "memory": {"value": 7_475, "what": "arena", "provenance": "tflm-host"}}
+            row["target"] = {
+                "name": "cortex-m4",
+                "deployable": True,
+                "fits": True,
+                "accuracy": {"value": t["accuracy"]["value"], "provenance": "tflm-host"},
+                "latency_p50_us": {"value": 2.0 * row["macs"] / 120, "provenance": "estimate"},
+                "memory": {"value": 7_475, "what": "arena", "provenance": "tflm-host"},
+            }
     return bench
 
 
@@ -145,14 +220,20 @@ def test_title_names_the_targets_measured_microcontroller_first(host_and_m4, tmp
     assert f"<h1>{heading}</h1>" in (host_and_m4 / "report.html").read_text()
 
     alone = _report(tmp_path / "alone", {"bench": host_bench()})  # the default title, on this host alone
-    assert (alone / "report.md").read_text().startswith(
-        "# edgepipe report: accuracy vs latency on this host (x86_64, AMD EPYC)\n")
+    assert (
+        (alone / "report.md")
+        .read_text()
+        .startswith("# edgepipe report: accuracy vs latency on this host (x86_64, AMD EPYC)\n")
+    )
     estimated = _report(tmp_path / "est", {"bench": host_bench(), "bench_m4": estimated_m4_bench()})
     assert "on Cortex-M4 (estimated) and this host" in (estimated / "report.md").read_text().splitlines()[0]
     # a title written without {targets} is kept as written; the line under it names the targets
     kept = _report(tmp_path / "kept", {"bench": host_bench(), "bench_m4": m4_bench()}, title="smoke")
-    assert (kept / "report.md").read_text().startswith(
-        "# smoke\n\nMeasured on Cortex-M4 (emulated) and this host (x86_64, AMD EPYC).\n")
+    assert (
+        (kept / "report.md")
+        .read_text()
+        .startswith("# smoke\n\nMeasured on Cortex-M4 (emulated) and this host (x86_64, AMD EPYC).\n")
+    )
 
 
 def test_first_table_is_the_microcontrollers_then_this_hosts(host_and_m4, tmp_path):
@@ -222,8 +303,8 @@ def test_what_a_target_shows_comes_from_its_figures_not_its_profiles_kind(tmp_pa
 
 
 def _pareto_axes(benches: list[dict]) -> dict:
-    from edgepipe.stages.report_tables import figures_by_target, measured_targets
     from edgepipe.stages.report_pareto import pareto_figure
+    from edgepipe.stages.report_tables import figures_by_target, measured_targets
     from edgepipe.targets.provenance import rows_by_name
 
     targets = figures_by_target(benches)

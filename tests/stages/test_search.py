@@ -24,20 +24,39 @@ TOOLCHAIN = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"
 
 def search_recipe(root: Path, idx: Path, **search) -> Path:
     """data -> search (host, tiny strided CNNs on 12x12 images) -> convert."""
-    params = {"target": "host", "trials": 4, "startup_trials": 2, "measure_samples": 2,
-              "representative_samples": 20,
-              "train": {"arch": "strided_cnn", "arch_args": {"widths": [4, 8, 8]}, "lr": 0.01, "epochs": 2,
-                        "batch_size": 16, "schedule": {"kind": "constant"}, "early_stopping": {"enabled": False}},
-              "space": {"arch_args.widths.0": {"low": 2, "high": 8, "step": 2},
-                        "arch_args.widths.2": {"choices": [4, 8, 16]},
-                        "lr": {"low": 0.003, "high": 0.03, "log": True}}}
+    params = {
+        "target": "host",
+        "trials": 4,
+        "startup_trials": 2,
+        "measure_samples": 2,
+        "representative_samples": 20,
+        "train": {
+            "arch": "strided_cnn",
+            "arch_args": {"widths": [4, 8, 8]},
+            "lr": 0.01,
+            "epochs": 2,
+            "batch_size": 16,
+            "schedule": {"kind": "constant"},
+            "early_stopping": {"enabled": False},
+        },
+        "space": {
+            "arch_args.widths.0": {"low": 2, "high": 8, "step": 2},
+            "arch_args.widths.2": {"choices": [4, 8, 16]},
+            "lr": {"low": 0.003, "high": 0.03, "log": True},
+        },
+    }
     params.update(search)
-    recipe = {"stages": {
-        "data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.25}},
-        "search": {"kind": "search", "inputs": {"data": "data"}, "params": params},
-        "tflite": {"kind": "convert", "inputs": {"data": "data", "model": "search"},
-                   "params": {"variants": ["int8"], "tolerance": {"int8_top1": 0.5}}},
-    }}
+    recipe = {
+        "stages": {
+            "data": {"kind": "data", "params": {"source": f"idx:{idx}", "val_fraction": 0.25}},
+            "search": {"kind": "search", "inputs": {"data": "data"}, "params": params},
+            "tflite": {
+                "kind": "convert",
+                "inputs": {"data": "data", "model": "search"},
+                "params": {"variants": ["int8"], "tolerance": {"int8_top1": 0.5}},
+            },
+        }
+    }
     return write_recipe(root / "s.yaml", recipe)
 
 
@@ -58,8 +77,9 @@ def test_search_chooses_the_most_accurate_model_within_the_budget(cli, tmp_path,
     done = cli("run", recipe)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     out = tmp_path / "runs/s/search"
-    assert {"model.h5", "metrics.json", "trials.csv", "front.json", "pareto.png", "search.json"} <= \
-        {p.name for p in out.iterdir()}
+    assert {"model.h5", "metrics.json", "trials.csv", "front.json", "pareto.png", "search.json"} <= {
+        p.name for p in out.iterdir()
+    }
     table = rows(tmp_path)
     assert [int(r["trial"]) for r in table] == [0, 1, 2, 3]
     for r in table:
@@ -71,10 +91,13 @@ def test_search_chooses_the_most_accurate_model_within_the_budget(cli, tmp_path,
     summary = json.loads((out / "search.json").read_text())
     chosen = summary["chosen"]
     feasible = [r for r in table if r["feasible"] == "True"]
-    assert chosen["trial"] == max(feasible, key=lambda r: float(r["val_accuracy"]))["trial"] or \
-        float(chosen["val_accuracy"]) == max(float(r["val_accuracy"]) for r in feasible)
-    assert chosen["flash_bytes"] <= 9000 and summary["trials"]["complete"] + summary["trials"]["over budget"] + \
-        summary["trials"]["pruned"] == 4
+    assert chosen["trial"] == max(feasible, key=lambda r: float(r["val_accuracy"]))["trial"] or float(
+        chosen["val_accuracy"]
+    ) == max(float(r["val_accuracy"]) for r in feasible)
+    assert (
+        chosen["flash_bytes"] <= 9000
+        and summary["trials"]["complete"] + summary["trials"]["over budget"] + summary["trials"]["pruned"] == 4
+    )
     # the output is the chosen trial's model: its values are the model's, and convert follows unchanged
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["search"]["trial"] == int(chosen["trial"]) and metrics["search"]["values"] == chosen["values"]
@@ -87,8 +110,9 @@ def test_a_budget_nothing_meets_is_one_line_with_the_closest_trial(cli, tmp_path
     done = cli("run", recipe)
     assert done.returncode == 1
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgepipe: error: search: no trial of 2 met the budget (flash_bytes <= 100 B); the "
-                           "closest: trial "), line
+    assert line.startswith(
+        "edgepipe: error: search: no trial of 2 met the budget (flash_bytes <= 100 B); the closest: trial "
+    ), line
     assert "fix: relax the budget" in line and "Traceback" not in done.stderr
     assert not (tmp_path / "runs/s/search").exists()
 
@@ -98,8 +122,10 @@ BAD_SPACES = [
     ({"space": {"lr": {"low": 0.01, "high": 0.01}}}, "is empty (low equals high)"),
     ({"space": {"lr": {"low": 0, "high": 0.1, "log": True}}}, "a log range needs low > 0"),
     ({"space": {"arch": {"choices": ["strided_cnn", "resnet9000"]}}}, "unknown architecture 'resnet9000'"),
-    ({"train": {"arch": "resnet9000", "lr": 0.005}, "space": {"lr": {"low": 0.003, "high": 0.03}}},
-     "train.arch: unknown architecture 'resnet9000'"),
+    (
+        {"train": {"arch": "resnet9000", "lr": 0.005}, "space": {"lr": {"low": 0.003, "high": 0.03}}},
+        "train.arch: unknown architecture 'resnet9000'",
+    ),
     ({"space": {"arch_args.widths.5": {"low": 2, "high": 4}}}, "indexes element 5 of a list of 3"),
     ({"space": {"lrr": {"low": 0.001, "high": 0.01}}}, "unknown key 'lrr'"),
     ({"space": {"lr": {"low": 0.001, "high": 20.0}}}, "space.lr = 20.0: lr: 20.0 is out of range"),
@@ -126,8 +152,11 @@ def test_bad_spaces_are_refused_at_load_in_one_line(tmp_path, idx, change, expec
 def test_a_space_that_distils_without_a_teacher_and_a_dead_storage_are_one_line(cli, tmp_path, idx):
     recipe = search_recipe(tmp_path, idx, space={"teacher": {"choices": [False, True]}})
     done = cli("run", recipe)
-    assert done.returncode == 1 and "the space distils (teacher, temperature or alpha) but the stage has no teacher " \
-        "input" in done.stderr.strip().splitlines()[-1]
+    assert (
+        done.returncode == 1
+        and "the space distils (teacher, temperature or alpha) but the stage has no teacher input"
+        in done.stderr.strip().splitlines()[-1]
+    )
     recipe = search_recipe(tmp_path, idx, storage="postgresql://nobody@127.0.0.1:9/none")
     done = cli("run", recipe)
     line = done.stderr.strip().splitlines()[-1]
@@ -139,8 +168,9 @@ def test_one_study_name_for_two_spaces_is_refused(cli, tmp_path, idx):
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     a = search_recipe(tmp_path, idx, storage=shared, study="mnist", trials=1)
     assert cli("run", a, "--until", "search").returncode == 0
-    b = search_recipe(tmp_path, idx, storage=shared, study="mnist", trials=1,
-                      space={"lr": {"low": 0.001, "high": 0.1, "log": True}})
+    b = search_recipe(
+        tmp_path, idx, storage=shared, study="mnist", trials=1, space={"lr": {"low": 0.001, "high": 0.1, "log": True}}
+    )
     done = cli("run", b, "--until", "search")
     line = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and "study 'mnist' in sqlite:///" in line and "another search space" in line, line
@@ -148,9 +178,15 @@ def test_one_study_name_for_two_spaces_is_refused(cli, tmp_path, idx):
 
 def _edgepipe(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", "from edgepipe.cli import entry; entry()", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from edgepipe.cli import entry; entry()", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, *needles: str, timeout: float = 600) -> list[str]:
@@ -192,8 +228,12 @@ def _finished(root: Path) -> list[int]:
 
 
 def test_two_workers_share_one_study_without_running_a_trial_twice(cli, tmp_path, idx):
-    recipe = search_recipe(tmp_path, idx, trials=6, space={"arch_args.widths.0": {"low": 2, "high": 8, "step": 2},
-                                                           "lr": {"low": 0.003, "high": 0.03, "log": True}})
+    recipe = search_recipe(
+        tmp_path,
+        idx,
+        trials=6,
+        space={"arch_args.widths.0": {"low": 2, "high": 8, "step": 2}, "lr": {"low": 0.003, "high": 0.03, "log": True}},
+    )
     assert cli("run", recipe, "--until", "data").returncode == 0
     chief = _edgepipe(["run", str(recipe), "--only", "search"], tmp_path)
     _wait_for(chief, "search", "running")
@@ -214,8 +254,11 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(cli, tmp_path
     assert len(set(values)) == 6
 
 
-@pytest.mark.skipif(not TOOLCHAIN, reason="needs gcc-arm-none-eabi and qemu-system-arm (apt-get install "
-                    "gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)")
+@pytest.mark.skipif(
+    not TOOLCHAIN,
+    reason="needs gcc-arm-none-eabi and qemu-system-arm (apt-get install "
+    "gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)",
+)
 def test_mnist_search_smoke_runs_the_chain_measured_on_the_emulated_m4(cli, tmp_path):
     """mnist_search --profile smoke: three tiny trials on the emulated Cortex-M4 under the reference's
     latency, then QAT, int8, host and M4 benches, the bundle and the report with the front."""
@@ -235,8 +278,9 @@ def test_mnist_search_smoke_runs_the_chain_measured_on_the_emulated_m4(cli, tmp_
     report = (tmp_path / "runs/mnist_search/report/report.md").read_text()
     assert "## Search `search` on cortex-m4" in report and "Chosen: trial " in report
     assert "Distillation for this configuration" in report
-    assert (tmp_path / "models/mnist_search/report/search_search.png").is_file() or \
-        (tmp_path / "models/mnist_search/search_search.png").is_file()
+    assert (tmp_path / "models/mnist_search/report/search_search.png").is_file() or (
+        tmp_path / "models/mnist_search/search_search.png"
+    ).is_file()
     assert (tmp_path / "models/mnist_search/cortex-m4/search_qat_int8.tflite").is_file()
 
 
@@ -262,17 +306,40 @@ def test_any_search_space_loads_or_is_refused_in_one_line(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("spaces")
     idx = write_idx_dataset(root / "idx", n_train=40, n_test=10)
-    keys = st.one_of(st.sampled_from(["lr", "arch", "epochs", "batch_size", "dropout", "arch_args.widths.0",
-                                      "arch_args.widths.3", "arch_args.blocks", "teacher", "temperature", "alpha",
-                                      "augment_scale", "schedule.kind", "folds", "seed", "label_smoothing"]),
-                     st.text(max_size=8))
+    keys = st.one_of(
+        st.sampled_from(
+            [
+                "lr",
+                "arch",
+                "epochs",
+                "batch_size",
+                "dropout",
+                "arch_args.widths.0",
+                "arch_args.widths.3",
+                "arch_args.blocks",
+                "teacher",
+                "temperature",
+                "alpha",
+                "augment_scale",
+                "schedule.kind",
+                "folds",
+                "seed",
+                "label_smoothing",
+            ]
+        ),
+        st.text(max_size=8),
+    )
     numbers = st.one_of(st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True, width=32))
     scalars = st.one_of(numbers, st.booleans(), st.none(), st.sampled_from(["strided_cnn", "tiny_conv", "nope", ""]))
     dims = st.one_of(
-        st.fixed_dictionaries({"low": numbers, "high": numbers},
-                              optional={"step": numbers, "log": st.booleans(), "type": st.sampled_from(["int", "x"])}),
+        st.fixed_dictionaries(
+            {"low": numbers, "high": numbers},
+            optional={"step": numbers, "log": st.booleans(), "type": st.sampled_from(["int", "x"])},
+        ),
         st.fixed_dictionaries({"choices": st.lists(scalars, max_size=4)}),
-        scalars, st.dictionaries(st.text(max_size=4), scalars, max_size=2))
+        scalars,
+        st.dictionaries(st.text(max_size=4), scalars, max_size=2),
+    )
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(space=st.dictionaries(keys, dims, max_size=3))
@@ -287,8 +354,9 @@ def test_any_search_space_loads_or_is_refused_in_one_line(tmp_path_factory):
     check()
 
 
-def test_a_trial_of_a_worker_that_died_on_another_host_fails_after_the_grace_period_and_is_retried(tmp_path,
-                                                                                                     monkeypatch):
+def test_a_trial_of_a_worker_that_died_on_another_host_fails_after_the_grace_period_and_is_retried(
+    tmp_path, monkeypatch
+):
     """Trials beat while they run (an ask/tell loop must do it itself); one whose beat stops, on a host this
     process cannot look into, is failed after the storage's grace period and asked again."""
     import optuna

@@ -11,8 +11,8 @@ from edgepipe.core.params import build
 from edgepipe.core.stage import StageIO
 from edgepipe.stages.data import DataParams, run_data_stage
 from edgepipe.stages.train import TrainParams, run_train_stage
-from edgepipe.testing import write_idx_dataset
 from edgepipe.tasks.classification import classification_metrics
+from edgepipe.testing import write_idx_dataset
 from edgepipe.training.fit import make_optimizer
 
 
@@ -22,8 +22,9 @@ def data_dir(tmp_path_factory):
     idx = write_idx_dataset(root / "idx", n_train=200, n_test=60)
     out = root / "data"
     out.mkdir()
-    run_data_stage(build(DataParams, {"source": f"idx:{idx}", "val_fraction": 0.2}, "t"),
-                   StageIO(inputs={}, out=out, work=root))
+    run_data_stage(
+        build(DataParams, {"source": f"idx:{idx}", "val_fraction": 0.2}, "t"), StageIO(inputs={}, out=out, work=root)
+    )
     return out
 
 
@@ -31,8 +32,15 @@ def train(tmp_path, data_dir, name="m", **params):
     out, work = tmp_path / name, tmp_path / f"{name}.work"
     out.mkdir()
     work.mkdir()
-    base = {"arch": "tiny_conv", "epochs": 8, "batch_size": 16, "lr": 0.02, "tensorboard": False,
-            "schedule": {"kind": "constant"}, "early_stopping": {"enabled": False}}
+    base = {
+        "arch": "tiny_conv",
+        "epochs": 8,
+        "batch_size": 16,
+        "lr": 0.02,
+        "tensorboard": False,
+        "schedule": {"kind": "constant"},
+        "early_stopping": {"enabled": False},
+    }
     p = build(TrainParams, {**base, **params}, "t")
     summary = run_train_stage(p, StageIO(inputs={"data": data_dir}, out=out, work=work))
     return out, json.loads((out / "metrics.json").read_text()), summary
@@ -69,14 +77,16 @@ def test_steps_per_execution_trains_the_same_model(tmp_path, data_dir, steps_per
 
 
 def test_early_stopping_stops(tmp_path, data_dir):
-    _, m, _ = train(tmp_path, data_dir, epochs=50, lr=1e-7,
-                    early_stopping={"enabled": True, "patience": 1, "min_delta": 0.01})
+    _, m, _ = train(
+        tmp_path, data_dir, epochs=50, lr=1e-7, early_stopping={"enabled": True, "patience": 1, "min_delta": 0.01}
+    )
     assert m["epochs_run"] < 50
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"])
-@pytest.mark.parametrize("schedule", [{"kind": "step", "step_epochs": 1}, {"kind": "cosine", "warmup_epochs": 1},
-                                      {"kind": "constant"}])
+@pytest.mark.parametrize(
+    "schedule", [{"kind": "step", "step_epochs": 1}, {"kind": "cosine", "warmup_epochs": 1}, {"kind": "constant"}]
+)
 def test_every_optimizer_and_schedule_builds(optimizer, schedule):
     p = build(TrainParams, {"optimizer": optimizer, "schedule": schedule, "clipnorm": 1.0, "epochs": 3}, "t")
     from edgepipe.core._tf import keras
@@ -94,20 +104,33 @@ def test_every_optimizer_and_schedule_builds(optimizer, schedule):
 
 
 def test_regularisation_knobs_and_plateau_schedule_train(tmp_path, data_dir):
-    _, m, _ = train(tmp_path, data_dir, epochs=2, l1=1e-5, l2=1e-4, dropout=0.2, label_smoothing=0.1,
-                    class_weights="balanced", initializer="glorot_uniform", schedule={"kind": "plateau"},
-                    arch="ds_student", arch_args={"alpha": 0.5})
+    _, m, _ = train(
+        tmp_path,
+        data_dir,
+        epochs=2,
+        l1=1e-5,
+        l2=1e-4,
+        dropout=0.2,
+        label_smoothing=0.1,
+        class_weights="balanced",
+        initializer="glorot_uniform",
+        schedule={"kind": "plateau"},
+        arch="ds_student",
+        arch_args={"alpha": 0.5},
+    )
     assert m["epochs_run"] == 2 and m["macs"] > 0
 
 
 def test_user_builder_module_function(tmp_path, data_dir, monkeypatch):
-    (tmp_path / "mynets.py").write_text(textwrap.dedent("""
+    (tmp_path / "mynets.py").write_text(
+        textwrap.dedent("""
         import tf_keras as keras
         def small(input_shape, num_classes, **kw):
             i = keras.Input(input_shape)
             x = keras.layers.Flatten()(i)
             return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax")(x))
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     _, m, _ = train(tmp_path, data_dir, arch="mynets:small", epochs=2)
     assert m["params"] == 12 * 12 * 4 + 4
@@ -141,10 +164,22 @@ def test_lr_auto_runs_a_range_test_and_trains_with_its_suggestion(tmp_path):
     data, out = tmp_path / "data", tmp_path / "model"
     data.mkdir()
     out.mkdir()
-    run_data_stage(build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=240)}"}, "d"),
-                   StageIO({}, data, tmp_path / ".d"))
-    params = build(TrainParams, {"arch": "tiny_conv", "lr": "auto", "epochs": 4, "batch_size": 16,
-                                 "tensorboard": False, "early_stopping": {"enabled": False}}, "m")
+    run_data_stage(
+        build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=240)}"}, "d"),
+        StageIO({}, data, tmp_path / ".d"),
+    )
+    params = build(
+        TrainParams,
+        {
+            "arch": "tiny_conv",
+            "lr": "auto",
+            "epochs": 4,
+            "batch_size": 16,
+            "tensorboard": False,
+            "early_stopping": {"enabled": False},
+        },
+        "m",
+    )
     summary = run_train_stage(params, StageIO({"data": data}, out, tmp_path / ".m"))
     sweep = json.loads((out / "lr_range.json").read_text())
     assert (out / "lr_range.png").is_file() and sweep["steps_run"] > 20
@@ -177,10 +212,25 @@ def test_k_fold_cross_validation_reports_mean_and_std_over_disjoint_folds(tmp_pa
     data, out = tmp_path / "data", tmp_path / "model"
     data.mkdir()
     out.mkdir()
-    run_data_stage(build(DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=150)}",
-                                      "val_fraction": 0.2}, "d"), StageIO({}, data, tmp_path / ".d"))
-    params = build(TrainParams, {"arch": "tiny_conv", "lr": 0.02, "folds": 3, "epochs": 3, "batch_size": 16,
-                                 "tensorboard": False, "early_stopping": {"enabled": False}}, "m")
+    run_data_stage(
+        build(
+            DataParams, {"source": f"idx:{write_idx_dataset(tmp_path / 'idx', n_train=150)}", "val_fraction": 0.2}, "d"
+        ),
+        StageIO({}, data, tmp_path / ".d"),
+    )
+    params = build(
+        TrainParams,
+        {
+            "arch": "tiny_conv",
+            "lr": 0.02,
+            "folds": 3,
+            "epochs": 3,
+            "batch_size": 16,
+            "tensorboard": False,
+            "early_stopping": {"enabled": False},
+        },
+        "m",
+    )
     summary = run_train_stage(params, StageIO({"data": data}, out, tmp_path / ".m"))
     cv = json.loads((out / "metrics.json").read_text())["cross_validation"]
     sizes = [f["val_samples"] for f in cv["folds"]]

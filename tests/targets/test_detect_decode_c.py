@@ -23,8 +23,10 @@ from edgepipe.targets.mcu.detect_decode import DecodeCase, run_decoder
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.toolchain import find_toolchain
 
-dd = pytest.importorskip("edgepipe.tasks.detection_decode",
-                         reason="needs the Python decoding (edgepipe/tasks/detection_decode.py, issue #32)")
+dd = pytest.importorskip(
+    "edgepipe.tasks.detection_decode",
+    reason="needs the Python decoding (edgepipe/tasks/detection_decode.py, issue #32)",
+)
 
 SCALE, ZERO = 1 / 256, -128  # a softmax output's int8 quantisation: p = (q + 128) / 256
 
@@ -35,8 +37,8 @@ def reference(case: DecodeCase) -> np.ndarray:
     if out.dtype == np.int8:
         out = dequantize_output(out, {"dtype": np.int8, "quantization": (case.scale, case.zero_point)})
     c1 = case.classes + 1
-    sizes = out[..., c1:c1 + 2] if case.has_size else None
-    return dd.decode(out[..., :c1], sizes, threshold=case.threshold, stride=case.stride)[:case.max_detections]
+    sizes = out[..., c1 : c1 + 2] if case.has_size else None
+    return dd.decode(out[..., :c1], sizes, threshold=case.threshold, stride=case.stride)[: case.max_detections]
 
 
 def quantise(p: np.ndarray, scale: float = SCALE, zero: int = ZERO) -> np.ndarray:
@@ -93,14 +95,39 @@ def edge_cases() -> list[tuple[str, DecodeCase, int | None]]:
     at = quantise(heat(4, 4, 1, {(1, 1, 0): 0.5, (2, 3, 0): 129 / 256}))
     assert at[1, 1, 1] == 0 and at[2, 3, 1] == 1
     out.append(("exactly at the threshold", DecodeCase(at, 1, scale=SCALE, zero_point=ZERO), 1))
-    out.append(("exactly at the threshold, float",
-                DecodeCase(heat(4, 4, 1, {(1, 1, 0): 0.5, (0, 0, 0): np.nextafter(np.float32(0.5), 1)}), 1), 1))
-    out.append(("threshold 0.3 as float32",
-                DecodeCase(heat(3, 3, 1, {(0, 0, 0): np.float32(0.3), (2, 2, 0): np.nextafter(np.float32(0.3), 1)}),
-                           1, threshold=0.3), 1))
+    out.append(
+        (
+            "exactly at the threshold, float",
+            DecodeCase(heat(4, 4, 1, {(1, 1, 0): 0.5, (0, 0, 0): np.nextafter(np.float32(0.5), 1)}), 1),
+            1,
+        )
+    )
+    out.append(
+        (
+            "threshold 0.3 as float32",
+            DecodeCase(
+                heat(3, 3, 1, {(0, 0, 0): np.float32(0.3), (2, 2, 0): np.nextafter(np.float32(0.3), 1)}),
+                1,
+                threshold=0.3,
+            ),
+            1,
+        )
+    )
     # a diagonal chain and an anti-diagonal pair: corners touch, so one blob each; a gap of one cell splits
-    corners = heat(6, 6, 1, {(0, 0, 0): 0.9, (1, 1, 0): 0.8, (2, 2, 0): 0.7, (0, 5, 0): 0.6, (1, 4, 0): 0.95,
-                             (4, 0, 0): 0.9, (4, 2, 0): 0.9})
+    corners = heat(
+        6,
+        6,
+        1,
+        {
+            (0, 0, 0): 0.9,
+            (1, 1, 0): 0.8,
+            (2, 2, 0): 0.7,
+            (0, 5, 0): 0.6,
+            (1, 4, 0): 0.95,
+            (4, 0, 0): 0.9,
+            (4, 2, 0): 0.9,
+        },
+    )
     out.append(("blobs touching at corners", int8_case(corners, 1), 4))
     # a plateau: the peak (the first of the tied cells in raster order) picks the box size
     tie = heat(5, 5, 1, {(1, 2, 0): 0.9, (2, 1, 0): 0.9, (2, 2, 0): 0.9, (3, 3, 0): 0.7}, sizes=(0.1, 0.2))
@@ -147,8 +174,13 @@ def edge_cases() -> list[tuple[str, DecodeCase, int | None]]:
     snake = np.zeros((9, 9), bool)
     snake[::2] = True
     snake[1, 8] = snake[3, 0] = snake[5, 8] = snake[7, 0] = True
-    sn = heat(9, 9, 1, {(r, q, 0): 0.51 + 0.005 * ((r * 7 + q * 3) % 90) for r, q in zip(*np.nonzero(snake))},
-              sizes=(0.3, 0.2))
+    sn = heat(
+        9,
+        9,
+        1,
+        {(r, q, 0): 0.51 + 0.005 * ((r * 7 + q * 3) % 90) for r, q in zip(*np.nonzero(snake))},
+        sizes=(0.3, 0.2),
+    )
     out.append(("serpentine", int8_case(sn, 1), 1))
     out.append(("serpentine, float", DecodeCase(sn, 1), 1))
     return out
@@ -167,9 +199,20 @@ def random_cases(seed: int = 32) -> list[tuple[str, DecodeCase, None]]:
         p = softmax_maps(rng, gh, gw, classes, int(rng.integers(0, 12)), sizes=bool(i % 2))
         scale = float(np.float32(rng.choice([1 / 255, 0.0041, 0.00392157, rng.uniform(0.002, 0.01)])))
         zero = int(rng.integers(-128, -100))
-        out.append((f"int8 scale {scale:.6g} zero {zero} {i}",
-                    int8_case(p, classes, scale=scale, zero_point=zero, threshold=float(rng.uniform(0.2, 0.8)),
-                              stride=int(rng.choice([4, 8, 16]))), None))
+        out.append(
+            (
+                f"int8 scale {scale:.6g} zero {zero} {i}",
+                int8_case(
+                    p,
+                    classes,
+                    scale=scale,
+                    zero_point=zero,
+                    threshold=float(rng.uniform(0.2, 0.8)),
+                    stride=int(rng.choice([4, 8, 16])),
+                ),
+                None,
+            )
+        )
     for i in range(100):  # float outputs: softmax maps, and uniform noise whose low thresholds make big blobs
         classes = int(rng.integers(1, 4))
         gh, gw = int(rng.integers(1, 24)), int(rng.integers(1, 24))
@@ -180,8 +223,15 @@ def random_cases(seed: int = 32) -> list[tuple[str, DecodeCase, None]]:
             p = rng.uniform(0.0, 1.0, (gh, gw, classes + 1 + 2 * (i % 4 == 0))).astype(np.float32)
             p *= np.float32(2.0) ** rng.integers(-12, 1, p.shape)  # mixed exponents: the sums round
             threshold = float(rng.uniform(0.0, 0.3))
-        out.append((f"float {i}", DecodeCase(p.astype(np.float32), classes, threshold=threshold,
-                                             max_detections=int(rng.choice([100, 5]))), None))
+        out.append(
+            (
+                f"float {i}",
+                DecodeCase(
+                    p.astype(np.float32), classes, threshold=threshold, max_detections=int(rng.choice([100, 5]))
+                ),
+                None,
+            )
+        )
     return out
 
 
@@ -207,23 +257,29 @@ def assert_equal_bits(results: list[np.ndarray], where: str) -> None:
         want = reference(case)
         assert got.shape == want.shape, f"{where}, {name}: {len(got)} detections, Python {len(want)}"
         same = got.view(np.uint32) == np.ascontiguousarray(want).view(np.uint32)
-        assert same.all(), (f"{where}, {name}: detection {np.argwhere(~same)[0].tolist()} differs:\n"
-                            f"C      {got.tolist()}\nPython {want.tolist()}")
+        assert same.all(), (
+            f"{where}, {name}: detection {np.argwhere(~same)[0].tolist()} differs:\n"
+            f"C      {got.tolist()}\nPython {want.tolist()}"
+        )
 
 
 def sanitizers_work(tmp_path) -> bool:
     cc = shutil.which("cc") or shutil.which("gcc")
     (tmp_path / "t.c").write_text("int main(void) { return 0; }\n")
-    done = subprocess.run([cc, "-fsanitize=address,undefined", "t.c", "-o", "t"], cwd=tmp_path,
-                          capture_output=True)
+    done = subprocess.run([cc, "-fsanitize=address,undefined", "t.c", "-o", "t"], cwd=tmp_path, capture_output=True)
     return done.returncode == 0 and subprocess.run([str(tmp_path / "t")], capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no host C compiler (apt-get install gcc)")
 def test_c_decoder_on_the_host_equals_python(tmp_path):
     t0 = time.monotonic()
-    results = run_decoder([c for _, c, _ in CASES], where="host", strict=True,
-                          sanitize=sanitizers_work(tmp_path), work_dir=tmp_path / "build")
+    results = run_decoder(
+        [c for _, c, _ in CASES],
+        where="host",
+        strict=True,
+        sanitize=sanitizers_work(tmp_path),
+        work_dir=tmp_path / "build",
+    )
     assert_equal_bits(results, "host")
     print(f"host: {len(CASES)} output tensors equal, {time.monotonic() - t0:.1f} s")
 
@@ -245,13 +301,16 @@ def test_c_decoder_on_the_emulated_cortex_m4_equals_python(tmp_path):
     print(f"Cortex-M4: {len(CASES)} output tensors equal, {time.monotonic() - t0:.1f} s")
 
 
-@pytest.mark.parametrize("case, message", [
-    (DecodeCase(np.zeros((4, 4, 3), np.int8), 1, scale=SCALE, zero_point=ZERO), "3 channels do not hold 1 classes"),
-    (DecodeCase(np.zeros((4, 4, 2), np.int8), 1), "needs its scale and zero_point"),
-    (DecodeCase(np.zeros((4, 4, 2), np.float64), 1), "int8 or float32, not float64"),
-    (DecodeCase(np.zeros((4, 4, 2), np.float32), 1, max_detections=-1), "max_detections -1 >= 0"),
-    (DecodeCase(np.zeros((300, 300, 2), np.float32), 1), "out of range"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (DecodeCase(np.zeros((4, 4, 3), np.int8), 1, scale=SCALE, zero_point=ZERO), "3 channels do not hold 1 classes"),
+        (DecodeCase(np.zeros((4, 4, 2), np.int8), 1), "needs its scale and zero_point"),
+        (DecodeCase(np.zeros((4, 4, 2), np.float64), 1), "int8 or float32, not float64"),
+        (DecodeCase(np.zeros((4, 4, 2), np.float32), 1, max_detections=-1), "max_detections -1 >= 0"),
+        (DecodeCase(np.zeros((300, 300, 2), np.float32), 1), "out of range"),
+    ],
+)
 def test_malformed_cases_are_refused_before_compiling(case, message):
     with pytest.raises(ValueError, match=message):
         run_decoder([case], where="host")

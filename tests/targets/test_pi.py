@@ -69,8 +69,9 @@ def _import_guarded(*targets, path: str | None = None) -> subprocess.CompletedPr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if path is not None:
         env["PATH"] = path
-    return subprocess.run([sys.executable, "-c", IMPORT_GUARD, *map(str, targets)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", IMPORT_GUARD, *map(str, targets)], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_importing_the_emulated_pi_or_collecting_its_tests_touches_no_binfmt_misc():
@@ -78,18 +79,28 @@ def test_importing_the_emulated_pi_or_collecting_its_tests_touches_no_binfmt_mis
     system image does it: importing edgepipe, its CLI, the emulated Pi's modules or the test helpers, or
     collecting this file, starts no process and opens or looks at nothing under /proc/sys/fs/binfmt_misc."""
     files = sorted(Path(emulated_pi.__file__).parent.glob("*.py"))
-    modules = ["edgepipe", "edgepipe.cli", "edgepipe.testing", "edgepipe.targets.emulated_pi",
-               *(f"edgepipe.targets.emulated_pi.{p.stem}" for p in files if p.stem != "__init__")]
+    modules = [
+        "edgepipe",
+        "edgepipe.cli",
+        "edgepipe.testing",
+        "edgepipe.targets.emulated_pi",
+        *(f"edgepipe.targets.emulated_pi.{p.stem}" for p in files if p.stem != "__init__"),
+    ]
     assert "edgepipe.targets.emulated_pi.binfmt" in modules and "edgepipe.targets.emulated_pi.__main__" in modules
     done = _import_guarded(*modules, __file__)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("planted, refused", [
-    ("from edgepipe.targets.emulated_pi import ensure_binfmt_aarch64\nensure_binfmt_aarch64()",
-     "os.stat /proc/sys/fs/binfmt_misc/qemu-aarch64"),
-    ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
-])
+@pytest.mark.parametrize(
+    "planted, refused",
+    [
+        (
+            "from edgepipe.targets.emulated_pi import ensure_binfmt_aarch64\nensure_binfmt_aarch64()",
+            "os.stat /proc/sys/fs/binfmt_misc/qemu-aarch64",
+        ),
+        ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
+    ],
+)
 def test_the_import_guard_refuses_what_a_module_does_at_import_time(tmp_path, planted, refused):
     """The check above can fail: a module enabling binfmt_misc, or starting anything, when imported is
     stopped before it acts. PATH is empty, so even a guard that let it through could not run `mount`."""
@@ -133,11 +144,34 @@ def _skip(variant: str) -> str | None:
 
 def _bench(cli, tmp_path, device, python: str):
     """`edgepipe bench mnist_student --profile smoke --target rpi4 --host ...`, as a user would type it."""
-    sets = ["--set", f"bench.identity={device.identity}", "--set", f"bench.python={python}",
-            "--set", f"bench.ssh_options=[{', '.join(device.ssh_options)}]", "--set", "bench.threads=[1]",
-            "--set", "bench.runs=5", "--set", "bench.warmup=1", "--set", "bench_m4.measure=estimate"]
-    done = cli("bench", REPO / "recipes" / "mnist_student.yaml", "--profile", "smoke", "--target", "rpi4",
-               "--host", device.host, *sets, timeout=3000)
+    sets = [
+        "--set",
+        f"bench.identity={device.identity}",
+        "--set",
+        f"bench.python={python}",
+        "--set",
+        f"bench.ssh_options=[{', '.join(device.ssh_options)}]",
+        "--set",
+        "bench.threads=[1]",
+        "--set",
+        "bench.runs=5",
+        "--set",
+        "bench.warmup=1",
+        "--set",
+        "bench_m4.measure=estimate",
+    ]
+    done = cli(
+        "bench",
+        REPO / "recipes" / "mnist_student.yaml",
+        "--profile",
+        "smoke",
+        "--target",
+        "rpi4",
+        "--host",
+        device.host,
+        *sets,
+        timeout=3000,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return json.loads((tmp_path / "runs/mnist_student/bench/bench.json").read_text()), done
 
@@ -161,8 +195,8 @@ def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli,
     assert "Cortex-A72" in bench["device"]["cpu"]
     report = (tmp_path / "runs/mnist_student/report/report.md").read_text()
     assert "n/a (emulated)" in report and "[tgt]" in report
-    section = report[report.index("## Rpi4 (emulated)"):]  # the device's own table leads, its device under it
-    assert "emulated (qemu-user cortex-a72)" in section[:section.index("\n## ")]
+    section = report[report.index("## Rpi4 (emulated)") :]  # the device's own table leads, its device under it
+    assert "emulated (qemu-user cortex-a72)" in section[: section.index("\n## ")]
 
 
 @pytest.mark.slow
@@ -181,8 +215,10 @@ def test_mnist_student_benches_on_an_emulated_pi_system_set_up_like_bookworm(cli
 def test_the_device_cpu_is_named_on_arm64_kernels_that_do_not_say_it():
     from edgepipe.targets.device_runner import cpu_description
 
-    virt = "processor\t: 0\nBogoMIPS\t: 125.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n\n" \
-           "processor\t: 1\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n"
+    virt = (
+        "processor\t: 0\nBogoMIPS\t: 125.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n\n"
+        "processor\t: 1\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n"
+    )
     assert cpu_description(virt, dt_model="linux,dummy-virt") == "linux,dummy-virt (2x Cortex-A72)"
     pi4 = virt + "Hardware\t: BCM2835\nModel\t: Raspberry Pi 4 Model B Rev 1.4\n"
     assert cpu_description(pi4, dt_model="") == "Raspberry Pi 4 Model B Rev 1.4 (2x Cortex-A72)"

@@ -39,16 +39,27 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     idx = write_idx_dataset(root / "idx", n_train=160, n_test=60)
     recipe = tiny_recipe(idx, epochs=4)
-    recipe["stages"]["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                                  "params": {"variants": ["float32", "int8"], "representative_samples": 50,
-                                             "parity_samples": 30, "tolerance": {"int8_top1": 0.9}}}
-    recipe["stages"]["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                 "params": {"warmup": 2, "runs": 20, "threads": [1]}}
+    recipe["stages"]["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {
+            "variants": ["float32", "int8"],
+            "representative_samples": 50,
+            "parity_samples": 30,
+            "tolerance": {"int8_top1": 0.9},
+        },
+    }
+    recipe["stages"]["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"warmup": 2, "runs": 20, "threads": [1]},
+    }
     recipe["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench"]}}
     write_recipe(root / "tiny.yaml", recipe)
     exe = Path(sys.executable).with_name("edgepipe")
-    done = subprocess.run([str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return root
 
@@ -61,17 +72,31 @@ def recipe(tmp_path, project):
     return tmp_path / "tiny.yaml"
 
 
-@pytest.mark.parametrize("target, sets, core", [
-    pytest.param("rpi4", ["--set", "bench.measure=emulated"], "cortex-a72", id="rpi4-bench-measure",
-                 marks=pytest.mark.skipif(_unmet("rpi4") is not None, reason=str(_unmet("rpi4")))),
-    pytest.param("my_pi5.yaml", [], "cortex-a76", id="profile-measure-rpi5-core",
-                 marks=pytest.mark.skipif(_unmet("rpi5") is not None, reason=str(_unmet("rpi5")))),
-])
+@pytest.mark.parametrize(
+    "target, sets, core",
+    [
+        pytest.param(
+            "rpi4",
+            ["--set", "bench.measure=emulated"],
+            "cortex-a72",
+            id="rpi4-bench-measure",
+            marks=pytest.mark.skipif(_unmet("rpi4") is not None, reason=str(_unmet("rpi4"))),
+        ),
+        pytest.param(
+            "my_pi5.yaml",
+            [],
+            "cortex-a76",
+            id="profile-measure-rpi5-core",
+            marks=pytest.mark.skipif(_unmet("rpi5") is not None, reason=str(_unmet("rpi5"))),
+        ),
+    ],
+)
 def test_a_pi_benched_emulated_has_the_hosts_accuracy_and_no_latency(cli, recipe, tmp_path, target, sets, core):
     """Every model the Pi runs, on the whole test split, in Debian's aarch64 Python and LiteRT under QEMU's
     model of the profile's core: the host's predictions exactly, tagged emulated; no latency, and why."""
-    (tmp_path / "my_pi5.yaml").write_text("description: a Pi 5 emulated\nkind: cpu\nreach: ssh\n"
-                                          "cpu: cortex-a76\nmeasure: emulated\n")
+    (tmp_path / "my_pi5.yaml").write_text(
+        "description: a Pi 5 emulated\nkind: cpu\nreach: ssh\ncpu: cortex-a76\nmeasure: emulated\n"
+    )
     done = cli("bench", recipe, "--target", target, *sets, timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
@@ -95,14 +120,23 @@ def test_a_pi_benched_emulated_has_the_hosts_accuracy_and_no_latency(cli, recipe
 def test_the_preflight_refuses_an_emulated_pi_without_qemu_in_one_line(cli, recipe, tmp_path):
     """No qemu-aarch64-static on PATH (and an empty cache: the root file system to build too): one line
     naming each missing tool and how to install it, before anything runs."""
-    done = cli("bench", recipe, "--target", "rpi4", "--set", "bench.measure=emulated",
-               env={"PATH": BARE_PATH, "EDGEPIPE_CACHE": str(tmp_path / "empty-cache")})
+    done = cli(
+        "bench",
+        recipe,
+        "--target",
+        "rpi4",
+        "--set",
+        "bench.measure=emulated",
+        env={"PATH": BARE_PATH, "EDGEPIPE_CACHE": str(tmp_path / "empty-cache")},
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("edgepipe: error: stage 'bench' needs qemu-aarch64-static to run the emulated "
-                               "rpi4's arm64 Python (qemu-aarch64-static is not installed); stage 'bench' needs "
-                               "mmdebstrap to build the emulated Pi's root file system (once)"), lines[0]
+    assert lines[0].startswith(
+        "edgepipe: error: stage 'bench' needs qemu-aarch64-static to run the emulated "
+        "rpi4's arm64 Python (qemu-aarch64-static is not installed); stage 'bench' needs "
+        "mmdebstrap to build the emulated Pi's root file system (once)"
+    ), lines[0]
     assert "; fix: " in lines[0] and "apt-get install -y qemu-user-static" in lines[0]
     assert not (tmp_path / "runs/tiny/bench").exists()
 
@@ -113,23 +147,37 @@ def test_a_cached_emulated_pi_needs_qemu_alone(monkeypatch):
 
     monkeypatch.setattr(emulated_pi, "user_build_state", lambda cpu, **kw: "built")
     assert [r.what for r in needs(BenchParams(target="rpi5", measure="emulated"))] == [
-        "qemu-aarch64-static to run the emulated rpi5's arm64 Python"]
+        "qemu-aarch64-static to run the emulated rpi5's arm64 Python"
+    ]
 
 
-@pytest.mark.parametrize("params, message, fix", [
-    (dict(target="rpi4", measure="estimate"),
-     "measure: estimate does not apply to target rpi4 (Linux device over SSH), which takes measure: emulated",
-     "drop measure from this bench stage, or use measure: emulated"),
-    (dict(target="rpi4", measure="emulated", host="pi@10.0.0.2"),
-     "target rpi4 is measured by the emulated Raspberry Pi (qemu-user), not over SSH, but a host was given",
-     "drop --host (or the host param), or drop measure: emulated to bench the device itself"),
-    (dict(target="rpi5", measure="emulated", python="~/litert/bin/python"),
-     "target rpi5 is emulated on this machine (measure: emulated), but the bench sets python, which reach a real "
-     "device", "drop python, or drop measure: emulated to bench the device itself"),
-    (dict(target="host", measure="emulated"),
-     "measure: emulated does not apply to target host (this host), which is measured one way only",
-     "drop measure from this bench stage"),
-], ids=["measure-estimate-on-a-pi", "host-with-emulated", "device-python-with-emulated", "emulated-host"])
+@pytest.mark.parametrize(
+    "params, message, fix",
+    [
+        (
+            dict(target="rpi4", measure="estimate"),
+            "measure: estimate does not apply to target rpi4 (Linux device over SSH), which takes measure: emulated",
+            "drop measure from this bench stage, or use measure: emulated",
+        ),
+        (
+            dict(target="rpi4", measure="emulated", host="pi@10.0.0.2"),
+            "target rpi4 is measured by the emulated Raspberry Pi (qemu-user), not over SSH, but a host was given",
+            "drop --host (or the host param), or drop measure: emulated to bench the device itself",
+        ),
+        (
+            dict(target="rpi5", measure="emulated", python="~/litert/bin/python"),
+            "target rpi5 is emulated on this machine (measure: emulated), but the bench sets python, which reach a real "
+            "device",
+            "drop python, or drop measure: emulated to bench the device itself",
+        ),
+        (
+            dict(target="host", measure="emulated"),
+            "measure: emulated does not apply to target host (this host), which is measured one way only",
+            "drop measure from this bench stage",
+        ),
+    ],
+    ids=["measure-estimate-on-a-pi", "host-with-emulated", "device-python-with-emulated", "emulated-host"],
+)
 def test_params_an_emulated_pi_cannot_take_are_refused_before_anything_runs(params, message, fix):
     with pytest.raises(EdgepipeError) as e:
         needs(BenchParams(**params))

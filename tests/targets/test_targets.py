@@ -22,9 +22,11 @@ DATA = Path(__file__).parent / "data"
 needs_toolchain = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm")),
     reason="no Cortex-M toolchain or QEMU (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
-           "libstdc++-arm-none-eabi-newlib qemu-system-arm)")
-needs_sshd = pytest.mark.skipif(not LocalSshd.available(),
-                                reason="OpenSSH server not installed (Debian: apt-get install openssh-server)")
+    "libstdc++-arm-none-eabi-newlib qemu-system-arm)",
+)
+needs_sshd = pytest.mark.skipif(
+    not LocalSshd.available(), reason="OpenSSH server not installed (Debian: apt-get install openssh-server)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +35,26 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     idx = write_idx_dataset(root / "idx", n_train=160, n_test=60)
     recipe = tiny_recipe(idx, epochs=4)
-    recipe["stages"]["tflite"] = {"kind": "convert", "inputs": {"data": "data", "model": "model"},
-                                  "params": {"variants": ["float32", "int8"], "representative_samples": 50,
-                                             "parity_samples": 30, "tolerance": {"int8_top1": 0.9}}}
-    recipe["stages"]["bench"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                 "params": {"warmup": 2, "runs": 20, "threads": [1]}}
+    recipe["stages"]["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {
+            "variants": ["float32", "int8"],
+            "representative_samples": 50,
+            "parity_samples": 30,
+            "tolerance": {"int8_top1": 0.9},
+        },
+    }
+    recipe["stages"]["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"warmup": 2, "runs": 20, "threads": [1]},
+    }
     write_recipe(root / "tiny.yaml", recipe)
     exe = Path(sys.executable).with_name("edgepipe")
-    done = subprocess.run([str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return root
 
@@ -52,11 +65,15 @@ def converted_recipe(tmp_path: Path, project: Path) -> Path:
     return tmp_path / "tiny.yaml"
 
 
-
-
 def ssh_sets(server, python=sys.executable):
-    return ["--set", f"bench.identity={server.identity}", "--set", f"bench.python={python}",
-            "--set", "bench.ssh_options=[" + ", ".join(server.ssh_options) + "]"]
+    return [
+        "--set",
+        f"bench.identity={server.identity}",
+        "--set",
+        f"bench.python={python}",
+        "--set",
+        "bench.ssh_options=[" + ", ".join(server.ssh_options) + "]",
+    ]
 
 
 def remote_dirs() -> set[str]:
@@ -75,23 +92,29 @@ def test_remote_bench_through_real_sshd_matches_host_exactly(cli, tmp_path, sshd
     for row in bench["rows"]:
         t = row["target"]
         assert t["accuracy"]["provenance"] == "target" and t["latency_p50_us"]["provenance"] == "target"
-        assert t["accuracy"]["value"] == row["accuracy"]       # the same file, the same code: exactly equal
+        assert t["accuracy"]["value"] == row["accuracy"]  # the same file, the same code: exactly equal
         assert t["same_predictions_as_host"] is True
         assert t["latency"]["threads_1"]["runs"] == 20 and t["latency_p50_us"]["value"] > 0
         assert t["memory"]["value"] is not None and t["peak_rss_bytes"] > 0
-    assert remote_dirs() == before                              # the device's temporary directory is gone
+    assert remote_dirs() == before  # the device's temporary directory is gone
     again = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd))
     assert "bench          skipped: up to date" in again.stdout
 
 
 @needs_sshd
-@pytest.mark.parametrize("case, expected", [
-    ("unreachable", "device unreachable"),
-    ("auth", "SSH authentication failed"),
-    ("runtime", "make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
-                "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python"),
-    ("no_host", "is reached over SSH but no host was given"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unreachable", "device unreachable"),
+        ("auth", "SSH authentication failed"),
+        (
+            "runtime",
+            "make a venv on the device and install LiteRT in it: python3 -m venv ~/litert && "
+            "~/litert/bin/pip install ai-edge-litert numpy; then set the bench param python: ~/litert/bin/python",
+        ),
+        ("no_host", "is reached over SSH but no host was given"),
+    ],
+)
 def test_remote_failures_are_one_line(cli, tmp_path, sshd, case, expected, project):
     recipe = converted_recipe(tmp_path, project)
     host, sets = sshd.host, ssh_sets(sshd)
@@ -179,26 +202,32 @@ def test_mcu_target_measured_on_the_emulated_core(cli, tmp_path, project):
 @needs_toolchain
 def test_a_model_that_does_not_fit_the_emulated_board_is_a_finding_naming_the_region(tmp_path, cli, project):
     board = tmp_path / "small_m4.yaml"
-    board.write_text("kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 65536\n"
-                     "flash_bytes: 16384\nclock_mhz: 64\ncpu: cortex-m4\nmeasure: emulated\n"
-                     "qemu_machine: mps2-an386\n")
+    board.write_text(
+        "kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 65536\n"
+        "flash_bytes: 16384\nclock_mhz: 64\ncpu: cortex-m4\nmeasure: emulated\n"
+        "qemu_machine: mps2-an386\n"
+    )
     done = cli("bench", converted_recipe(tmp_path, project), "--target", board)
     assert done.returncode == 0, done.stderr
-    q = [r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]
-         if r["variant"] == "int8"][0]["target"]
+    q = [
+        r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"] if r["variant"] == "int8"
+    ][0]["target"]
     assert q["fits"] is False and "accuracy" not in q
     assert q["why_not"].startswith("does not fit small_m4: FLASH overflowed by ") and " bytes" in q["why_not"]
 
 
 def test_mcu_that_does_not_fit_says_so(tmp_path, cli, project):
     board = tmp_path / "tiny_board.yaml"
-    board.write_text("kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 512\n"
-                     "flash_bytes: 4096\nclock_mhz: 16\ncycles_per_mac: 4\nmeasure: estimate\n")
+    board.write_text(
+        "kind: mcu\nruntime: tflite-micro\nreach: none\nneeds_int8: true\nram_bytes: 512\n"
+        "flash_bytes: 4096\nclock_mhz: 16\ncycles_per_mac: 4\nmeasure: estimate\n"
+    )
     recipe = converted_recipe(tmp_path, project)
     done = cli("bench", recipe, "--target", board)
     assert done.returncode == 0, done.stderr
-    q = [r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"]
-         if r["variant"] == "int8"][0]["target"]
+    q = [
+        r for r in json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())["rows"] if r["variant"] == "int8"
+    ][0]["target"]
     assert q["name"] == "tiny_board" and q["fits"] is False
     assert q["mcu"]["fits_ram"] is False and q["mcu"]["fits_flash"] is False
 
@@ -222,8 +251,17 @@ def test_target_profiles_validate_like_recipes(tmp_path):
 def test_targets_command_lists_and_shows_profiles(cli, tmp_path):
     listing = cli("targets")
     assert listing.returncode == 0
-    assert [line.split()[0] for line in listing.stdout.splitlines()] == \
-        ["host", "rpi4", "rpi5", "coral", "android", "cortex-m4", "cortex-m7", "cortex-m55", "esp32-s3"]
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == [
+        "host",
+        "rpi4",
+        "rpi5",
+        "coral",
+        "android",
+        "cortex-m4",
+        "cortex-m7",
+        "cortex-m55",
+        "esp32-s3",
+    ]
     shown = cli("targets", "cortex-m4")
     assert "ram_bytes            655360" in shown.stdout and "measure              emulated" in shown.stdout
     missing = cli("targets", "rpi9")
@@ -245,7 +283,8 @@ def test_mcu_bench_without_tflm_is_refused(cli, tmp_path, project):
     assert done.returncode == 1 and not (tmp_path / "runs/tiny/bench").exists()
     assert done.stderr.strip().splitlines() == [
         "edgepipe: error: target cortex-m4 is a microcontroller, measured with TFLite Micro, but tflm is false; "
-        "fix: drop tflm: false from this bench stage"]
+        "fix: drop tflm: false from this bench stage"
+    ]
 
 
 def planted_model(tmp_path: Path, shape=(8, 8, 1), classes=3) -> Path:
@@ -319,15 +358,20 @@ def test_lint_names_op_versions_the_edgetpu_compiler_refuses(tmp_path, project):
     clean = tmp_path / "runs/tiny/tflite/model_int8.tflite"
     first = runtime_of("coral").refused_versions["CONV_2D"]
     below = with_op_version(clean, tmp_path / "conv_below.tflite", "CONV_2D", first - 1)
-    assert not [f for f in lint.lint(below, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"]
+    assert not [
+        f for f in lint.lint(below, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"
+    ]
     refused = with_op_version(clean, tmp_path / "conv_refused.tflite", "CONV_2D", first)
     assert lint.op_versions(refused).count(first) >= 1
-    found = [f for f in lint.lint(refused, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"]
+    found = [
+        f for f in lint.lint(refused, int8=True, runtime=runtime_of("coral")) if f.code == "unsupported_op_version"
+    ]
     assert found and all(f.op == "CONV_2D" for f in found)
     assert f"is version {first}; edgetpu_compiler 16.0 takes it up to version {first - 1}" in found[0].message
     # the same file on a microcontroller: TFLite Micro's kernels take every version, nothing to say
-    assert not [f for f in lint.lint(refused, int8=True, runtime=runtime_of("cortex-m4"))
-                if f.code == "unsupported_op_version"]
+    assert not [
+        f for f in lint.lint(refused, int8=True, runtime=runtime_of("cortex-m4")) if f.code == "unsupported_op_version"
+    ]
 
 
 def test_bench_stage_prints_lint_findings_for_the_target(tmp_path, cli, project):
@@ -357,33 +401,44 @@ def test_coral_without_compiler_and_android_without_tools_say_how_to_get_them(tm
     done = cli("bench", recipe, "--target", "coral", "--host", "pi@192.0.2.1", env=env)
     assert done.returncode == 2  # the preflight: said before anything is measured
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgepipe: error: stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not "
-                           "installed)")
+    assert line.startswith(
+        "edgepipe: error: stage 'bench' needs the Edge TPU compiler (edgetpu_compiler is not installed)"
+    )
     assert "apt-get install edgetpu-compiler" in line
     done = cli("bench", recipe, "--target", "android", env=env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "edgepipe: error: stage 'bench' needs adb, to reach the Android phone (adb is not installed); fix: "
-        "apt-get install adb, then connect the phone with USB debugging on"]
+        "apt-get install adb, then connect the phone with USB debugging on"
+    ]
 
 
 def test_tool_output_parsers():
-    log = ("Edge TPU Compiler version 16.0.384591198\nModel compiled successfully in 27 ms.\n\n"
-           "Input model: model_int8.tflite\nNumber of Edge TPU subgraphs: 1\nTotal number of operations: 7\n"
-           "Operation log: model_int8_edgetpu.log\n\nNumber of operations that will run on Edge TPU: 6\n"
-           "Number of operations that will run on CPU: 1\n")
+    log = (
+        "Edge TPU Compiler version 16.0.384591198\nModel compiled successfully in 27 ms.\n\n"
+        "Input model: model_int8.tflite\nNumber of Edge TPU subgraphs: 1\nTotal number of operations: 7\n"
+        "Operation log: model_int8_edgetpu.log\n\nNumber of operations that will run on Edge TPU: 6\n"
+        "Number of operations that will run on CPU: 1\n"
+    )
     got = parse_log(log)
-    assert {k: got[k] for k in ("ops_edgetpu", "ops_cpu", "fully_mapped")} == {"ops_edgetpu": 6, "ops_cpu": 1,
-                                                                               "fully_mapped": False}
+    assert {k: got[k] for k in ("ops_edgetpu", "ops_cpu", "fully_mapped")} == {
+        "ops_edgetpu": 6,
+        "ops_cpu": 1,
+        "fully_mapped": False,
+    }
     assert got["on_chip_used_bytes"] is None  # this log printed no memory lines: unknown, not zero
-    log += ("On-chip memory used for caching model parameters: 1.25MiB\n"
-            "On-chip memory remaining for caching model parameters: 6.50MiB\n"
-            "Off-chip memory used for streaming uncached model parameters: 256.00KiB\n")
+    log += (
+        "On-chip memory used for caching model parameters: 1.25MiB\n"
+        "On-chip memory remaining for caching model parameters: 6.50MiB\n"
+        "Off-chip memory used for streaming uncached model parameters: 256.00KiB\n"
+    )
     got = parse_log(log)
     assert got["on_chip_used_bytes"] == int(1.25 * 1024 * 1024) and got["off_chip_bytes"] == 256 * 1024
-    out = ("INFO: Inference timings in us: Init: 2831, First inference: 3021, Warmup (avg): 1554.31, "
-           "Inference (avg): 1538.1\nINFO: Memory footprint delta from the start of the tool (MB): "
-           "init=2.63672 overall=3.10547\n")
+    out = (
+        "INFO: Inference timings in us: Init: 2831, First inference: 3021, Warmup (avg): 1554.31, "
+        "Inference (avg): 1538.1\nINFO: Memory footprint delta from the start of the tool (MB): "
+        "init=2.63672 overall=3.10547\n"
+    )
     got = parse_output(out)
     assert got["mean_us"] == pytest.approx(1538.1) and got["memory_bytes"] == int(3.10547 * 1024 * 1024)
     # LiteRT's own Python benchmark tool (ai-edge-litert), captured verbatim: milliseconds, one line each
@@ -424,16 +479,36 @@ def test_device_runner_is_standalone(tmp_path):
     assert "import tensorflow" not in src and "from edgepipe" not in src and "import edgepipe" not in src
     np.savez(tmp_path / "t.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64))
     (tmp_path / "bad.tflite").write_bytes(b"not a model")
-    done = subprocess.run([sys.executable, device_runner.__file__, "--data", str(tmp_path / "t.npz"),
-                           str(tmp_path / "bad.tflite")], capture_output=True, text=True, env={**os.environ,
-                                                                                              "PYTHONPATH": ""})
+    done = subprocess.run(
+        [sys.executable, device_runner.__file__, "--data", str(tmp_path / "t.npz"), str(tmp_path / "bad.tflite")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert done.returncode == device_runner.EXIT_FAILED
     assert json.loads(done.stdout)["error"].startswith("bad.tflite:")
 
 
-BUNDLE_FILES = {"model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h", "model_io.h", "labels.txt",
-                "preprocessing.json", "fit.json", "MODEL_CARD.md", "SHA256SUMS", "Makefile", "tflm_sources.mk",
-                "main.cc", "harness", "check_outputs.py", "sample_inputs.bin", "sample_outputs.bin", "sample_input.c"}
+BUNDLE_FILES = {
+    "model_int8.tflite",
+    "model_data.cc",
+    "model_data.h",
+    "model_ops.h",
+    "model_io.h",
+    "labels.txt",
+    "preprocessing.json",
+    "fit.json",
+    "MODEL_CARD.md",
+    "SHA256SUMS",
+    "Makefile",
+    "tflm_sources.mk",
+    "main.cc",
+    "harness",
+    "check_outputs.py",
+    "sample_inputs.bin",
+    "sample_outputs.bin",
+    "sample_input.c",
+}
 
 
 def bundle_recipe(tmp_path, project, measure: str):
@@ -441,12 +516,18 @@ def bundle_recipe(tmp_path, project, measure: str):
     import yaml
 
     spec = yaml.safe_load(recipe.read_text())
-    spec["stages"]["bench_host"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                    "params": {"target": "host", "warmup": 2, "runs": 20, "threads": [1]}}
+    spec["stages"]["bench_host"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"target": "host", "warmup": 2, "runs": 20, "threads": [1]},
+    }
     spec["stages"]["bench"]["params"]["measure"] = measure
-    spec["stages"]["firmware"] = {"kind": "bundle", "inputs": {"data": "data", "model": "tflite",
-                                                               "benches": ["bench_host", "bench"]},
-                                  "params": {"intended_use": "a test"}, "publish": ["cortex-m4/**/*"]}
+    spec["stages"]["firmware"] = {
+        "kind": "bundle",
+        "inputs": {"data": "data", "model": "tflite", "benches": ["bench_host", "bench"]},
+        "params": {"intended_use": "a test"},
+        "publish": ["cortex-m4/**/*"],
+    }
     recipe.write_text(yaml.safe_dump(spec))
     return recipe
 
@@ -462,12 +543,24 @@ def test_cortex_m4_bundle_compiles_and_lists_exactly_the_model_ops(cli, tmp_path
     (tmp_path / "check.cc").write_text(
         '#include <cstdio>\n#include <cstdint>\n#include "model_data.h"\nint main(int, char** argv) {\n'
         '  FILE* f = std::fopen(argv[1], "rb"); unsigned int n = 0; int c;\n'
-        '  while ((c = std::fgetc(f)) != EOF) { if (n >= g_model_data_len || g_model_data[n] != c) return 1; ++n; }\n'
-        '  return (n == g_model_data_len && reinterpret_cast<uintptr_t>(g_model_data) % 16 == 0) ? 0 : 2; }\n')
+        "  while ((c = std::fgetc(f)) != EOF) { if (n >= g_model_data_len || g_model_data[n] != c) return 1; ++n; }\n"
+        "  return (n == g_model_data_len && reinterpret_cast<uintptr_t>(g_model_data) % 16 == 0) ? 0 : 2; }\n"
+    )
     if shutil.which("g++"):
         exe = tmp_path / "check"
-        subprocess.run(["g++", "-std=c++17", "-I", str(out), str(tmp_path / "check.cc"), str(out / "model_data.cc"),
-                        "-o", str(exe)], check=True)
+        subprocess.run(
+            [
+                "g++",
+                "-std=c++17",
+                "-I",
+                str(out),
+                str(tmp_path / "check.cc"),
+                str(out / "model_data.cc"),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+        )
         assert subprocess.run([str(exe), str(out / "model_int8.tflite")]).returncode == 0
     ops = sorted({op.name for op in lint.read_graph(out / "model_int8.tflite")[0]})
     header = (out / "model_ops.h").read_text()
@@ -534,15 +627,28 @@ def test_coral_bundle_ships_the_model_the_bench_compiled(tmp_path, project):
     bench = tmp_path / "bench_coral"
     (bench / "edgetpu").mkdir(parents=True)
     compiled, counts = edgetpu.compile_model(model, bench / "edgetpu", str(compiler))
-    assert counts == {"ops_edgetpu": 5, "ops_cpu": 0, "fully_mapped": True, "on_chip_used_bytes": 20736,
-                      "on_chip_remaining_bytes": None, "off_chip_bytes": None}
+    assert counts == {
+        "ops_edgetpu": 5,
+        "ops_cpu": 0,
+        "fully_mapped": True,
+        "on_chip_used_bytes": 20736,
+        "on_chip_remaining_bytes": None,
+        "off_chip_bytes": None,
+    }
     (bench / "bench.json").write_text(json.dumps({"target": {"name": "coral"}, "rows": []}))
     inputs = {"data": str(tmp_path / "runs/tiny/data"), "model": str(model.parent)}
-    out = run_stage(tmp_path, "bundle_ok", run_bundle_stage, BundleParams, {"target": "coral"},
-                    **inputs, benches=[str(bench)])
+    out = run_stage(
+        tmp_path, "bundle_ok", run_bundle_stage, BundleParams, {"target": "coral"}, **inputs, benches=[str(bench)]
+    )
     files = {p.name for p in (out / "coral").iterdir()}
-    assert {"model_int8.tflite", "model_int8_edgetpu.tflite", "model_int8_edgetpu.log",
-            "model_int8_edgetpu.compile.log", "SHA256SUMS", "MODEL_CARD.md"} <= files
+    assert {
+        "model_int8.tflite",
+        "model_int8_edgetpu.tflite",
+        "model_int8_edgetpu.log",
+        "model_int8_edgetpu.compile.log",
+        "SHA256SUMS",
+        "MODEL_CARD.md",
+    } <= files
     assert (out / "coral/model_int8_edgetpu.tflite").read_bytes() == compiled.read_bytes()
     assert "model_int8_edgetpu.tflite" in (out / "coral/SHA256SUMS").read_text()
     with pytest.raises(EdgepipeError, match="no Edge TPU compilation of model_int8.tflite"):
@@ -554,9 +660,11 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
     import yaml
 
     spec = yaml.safe_load(recipe.read_text())
-    spec["stages"]["bench_m4"] = {"kind": "bench", "inputs": {"data": "data", "models": ["tflite"]},
-                                  "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1],
-                                             "measure": "estimate"}}
+    spec["stages"]["bench_m4"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"target": "cortex-m4", "warmup": 2, "runs": 20, "threads": [1], "measure": "estimate"},
+    }
     spec["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench", "bench_m4"]}}
     recipe.write_text(yaml.safe_dump(spec))
     done = cli("bench", recipe)  # `bench` runs the bench stages and what reads them: the report
@@ -565,7 +673,7 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
     report = json.loads((tmp_path / "runs/tiny/report/report.json").read_text())
     assert report["targets"] == ["host", "cortex-m4"]
     rows = {r["name"]: r for r in report["rows"]}
-    assert len(rows) == 2                                      # one row per model, not one per bench
+    assert len(rows) == 2  # one row per model, not one per bench
     m4 = rows["model/int8"]["targets"]["cortex-m4"]
     assert m4["accuracy"]["provenance"] == "tflm-host" and m4["latency_p50_us"]["provenance"] == "estimate"
     assert m4["memory"]["what"] == "arena" and m4["fits"] is True
@@ -579,8 +687,19 @@ def test_report_has_per_target_columns_tagged_with_provenance(cli, tmp_path, pro
 @needs_sshd
 def test_fleet_bench_fans_out_to_several_hosts_in_parallel(cli, tmp_path, sshd, project):
     recipe = converted_recipe(tmp_path, project)
-    done = cli("bench", recipe, "--target", "rpi4", "--host", sshd.host, *ssh_sets(sshd),
-               "--set", f"bench.fleet=[{sshd.other_name}]", "--set", "bench.parallel=2")
+    done = cli(
+        "bench",
+        recipe,
+        "--target",
+        "rpi4",
+        "--host",
+        sshd.host,
+        *ssh_sets(sshd),
+        "--set",
+        f"bench.fleet=[{sshd.other_name}]",
+        "--set",
+        "bench.parallel=2",
+    )
     assert done.returncode == 0, done.stderr
     bench = json.loads((tmp_path / "runs/tiny/bench/bench.json").read_text())
     assert set(bench["fleet"]) == {sshd.host, sshd.other_name}
@@ -596,11 +715,15 @@ def test_bench_summary_names_the_most_accurate_int8_model_beside_the_most_accura
     """Chosen on validation accuracy; the test figure is printed beside it, never chosen on."""
     from edgepipe.stages.bench import best_lines
 
-    rows = [{"name": "s/float32", "variant": "float32", "val_accuracy": 0.9950, "accuracy": 0.9930, "size_bytes": 94_208},
-            {"name": "s/int8", "variant": "int8", "val_accuracy": 0.9940, "accuracy": 0.9920, "size_bytes": 28_979},
-            {"name": "q/int8", "variant": "int8", "val_accuracy": 0.9910, "accuracy": 0.9990, "size_bytes": 29_320},
-            {"name": "t/float32", "variant": "float32", "val_accuracy": 0.9900, "accuracy": 0.9999, "size_bytes": 1024}]
-    assert best_lines(rows) == ("most accurate (val) s/float32 val 99.50 %, test 99.30 % (92.0 KB); most accurate "
-                                "int8 (val) s/int8 val 99.40 %, test 99.20 % (28.3 KB)")
+    rows = [
+        {"name": "s/float32", "variant": "float32", "val_accuracy": 0.9950, "accuracy": 0.9930, "size_bytes": 94_208},
+        {"name": "s/int8", "variant": "int8", "val_accuracy": 0.9940, "accuracy": 0.9920, "size_bytes": 28_979},
+        {"name": "q/int8", "variant": "int8", "val_accuracy": 0.9910, "accuracy": 0.9990, "size_bytes": 29_320},
+        {"name": "t/float32", "variant": "float32", "val_accuracy": 0.9900, "accuracy": 0.9999, "size_bytes": 1024},
+    ]
+    assert best_lines(rows) == (
+        "most accurate (val) s/float32 val 99.50 %, test 99.30 % (92.0 KB); most accurate "
+        "int8 (val) s/int8 val 99.40 %, test 99.20 % (28.3 KB)"
+    )
     assert best_lines(rows[1:3]) == "most accurate (val) s/int8 val 99.40 %, test 99.20 % (28.3 KB)"
     assert best_lines(rows[3:]) == "most accurate (val) t/float32 val 99.00 %, test 99.99 % (1.0 KB)"

@@ -26,8 +26,10 @@ score = st.one_of(st.sampled_from([0.25, 0.5, 0.75, 1.0]), st.floats(0, 1, width
 def image(draw, num_classes):
     """(ground truth (m, 5), predictions (n, 8)): predictions are near-copies of objects, with a shifted edge
     or another class, or boxes anywhere."""
-    gt = [[draw(st.integers(0, num_classes - 1)), x, y, x + w, y + h]
-          for x, y, w, h in draw(st.lists(st.tuples(coord, coord, extent, extent), max_size=5))]
+    gt = [
+        [draw(st.integers(0, num_classes - 1)), x, y, x + w, y + h]
+        for x, y, w, h in draw(st.lists(st.tuples(coord, coord, extent, extent), max_size=5))
+    ]
     preds = []
     for _ in range(draw(st.integers(0, 8))):
         if gt and draw(st.booleans()):
@@ -41,7 +43,7 @@ def image(draw, num_classes):
             x1, y1 = x0 + draw(extent), y0 + draw(extent)
         preds.append([c, draw(score), 0.5 * (x0 + x1), 0.5 * (y0 + y1), x0, y0, x1, y1])
     padded = np.full((max(len(gt), 1) + draw(st.integers(0, 2)), 5), -1, np.float32)
-    padded[:len(gt)] = np.array(gt, np.float32).reshape(-1, 5)
+    padded[: len(gt)] = np.array(gt, np.float32).reshape(-1, 5)
     return padded, np.array(preds, np.float32).reshape(-1, 8)
 
 
@@ -63,14 +65,28 @@ def cocoeval(num_classes, gts, preds) -> COCOeval:
     for i, gt in enumerate(gts):
         for c, *box in gt[gt[:, 0] != -1].tolist():
             xywh = _xywh(box)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c) + 1,
-                                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
-    results = [{"image_id": i + 1, "category_id": int(p[0]) + 1, "bbox": _xywh(p[4:8]), "score": float(p[1])}
-               for i, pred in enumerate(preds) for p in pred]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": xywh,
+                    "area": xywh[2] * xywh[3],
+                    "iscrowd": 0,
+                }
+            )
+    results = [
+        {"image_id": i + 1, "category_id": int(p[0]) + 1, "bbox": _xywh(p[4:8]), "score": float(p[1])}
+        for i, pred in enumerate(preds)
+        for p in pred
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
-        truth.dataset = {"images": [{"id": i + 1} for i in range(len(gts))], "annotations": annotations,
-                         "categories": [{"id": k + 1} for k in range(num_classes)]}
+        truth.dataset = {
+            "images": [{"id": i + 1} for i in range(len(gts))],
+            "annotations": annotations,
+            "categories": [{"id": k + 1} for k in range(num_classes)],
+        }
         truth.createIndex()
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate()
@@ -85,13 +101,30 @@ def _same(ours: float, theirs: float) -> bool:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dataset())
-@example((1, [np.array([[0, 0, 0, 10, 10], [0, 4, 0, 14, 10]], np.float32)],  # equal IoUs: the later object wins
-          [np.array([[0, .9, 7, 5, 2, 0, 12, 10], [0, .8, 4, 5, -1, 0, 9, 10]], np.float32)]))
-@example((2, [np.array([[1, 0, 0, 10, 10]], np.float32)] * 2,  # an inverted box (ignored) before a TP of equal score
-          [np.array([[1, .5, 5, 5, 9, 0, 1, 10]], np.float32), np.array([[1, .5, 5, 5, 0, 0, 10, 10]], np.float32)]))
-@example((1, [np.array([[0, 0, 0, 10, 10]], np.float32)] * 2,  # equal scores across images: image order first
-          [np.array([[0, .5, 55, 55, 50, 50, 60, 60]], np.float32),
-           np.array([[0, .5, 5, 5, 0, 0, 10, 10]], np.float32)]))
+@example(
+    (
+        1,
+        [np.array([[0, 0, 0, 10, 10], [0, 4, 0, 14, 10]], np.float32)],  # equal IoUs: the later object wins
+        [np.array([[0, 0.9, 7, 5, 2, 0, 12, 10], [0, 0.8, 4, 5, -1, 0, 9, 10]], np.float32)],
+    )
+)
+@example(
+    (
+        2,
+        [np.array([[1, 0, 0, 10, 10]], np.float32)] * 2,  # an inverted box (ignored) before a TP of equal score
+        [np.array([[1, 0.5, 5, 5, 9, 0, 1, 10]], np.float32), np.array([[1, 0.5, 5, 5, 0, 0, 10, 10]], np.float32)],
+    )
+)
+@example(
+    (
+        1,
+        [np.array([[0, 0, 0, 10, 10]], np.float32)] * 2,  # equal scores across images: image order first
+        [
+            np.array([[0, 0.5, 55, 55, 50, 50, 60, 60]], np.float32),
+            np.array([[0, 0.5, 5, 5, 0, 0, 10, 10]], np.float32),
+        ],
+    )
+)
 def test_the_built_in_map_equals_pycocotools(data):
     num_classes, gts, preds = data
     if not any(len(p) for p in preds):

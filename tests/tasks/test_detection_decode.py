@@ -9,8 +9,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepipe.tasks import detection_metrics as dm
-from edgepipe.tasks.detection_decode import CLASS, CX, CY, DETECTION_COLUMNS, SCORE, X0, X1, Y0, Y1, centre_cell, \
-    decode, decode_batch, encode, encode_batch, objects
+from edgepipe.tasks.detection_decode import (
+    CLASS,
+    CX,
+    CY,
+    DETECTION_COLUMNS,
+    SCORE,
+    X0,
+    X1,
+    Y0,
+    Y1,
+    centre_cell,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+    objects,
+)
 
 GRID = (12, 12)  # a 96x96 image at stride 8
 
@@ -26,11 +41,12 @@ def heat(cells: dict, classes: int = 2, grid=GRID) -> np.ndarray:
 
 def padded(rows, max_objects=8) -> np.ndarray:
     gt = np.full((max_objects, 5), -1, np.float32)
-    gt[:len(rows)] = np.array(rows, np.float32).reshape(-1, 5)
+    gt[: len(rows)] = np.array(rows, np.float32).reshape(-1, 5)
     return gt
 
 
 # -- decoding ---------------------------------------------------------------------------------------------------
+
 
 def test_a_cold_map_decodes_to_no_detection():
     out = decode(heat({}))
@@ -127,6 +143,7 @@ def test_decoding_is_deterministic_and_the_batch_is_the_images():
 
 # -- encoding ---------------------------------------------------------------------------------------------------
 
+
 def test_an_object_lights_the_cell_holding_its_centre_with_its_class_and_size():
     heat_t, size_t, mask = encode(padded([[1, 10, 20, 30, 44]]), GRID, num_classes=2)
     assert heat_t.shape == (12, 12, 3) and size_t.shape == (12, 12, 2) and mask.shape == (12, 12)
@@ -176,6 +193,7 @@ def test_the_batch_encoding_is_the_images():
 
 # -- the round trip ---------------------------------------------------------------------------------------------
 
+
 @st.composite
 def separated_objects(draw):
     """Up to 8 objects, 10-32 px, centres in distinct cells of even row and column (no two cells touch, so no
@@ -213,7 +231,7 @@ def test_encoding_then_decoding_a_perfect_heat_map_scores_f1_one(gts):
 
 def test_same_class_objects_in_touching_cells_fuse_into_one_detection_fomos_known_merge():
     gt = padded([[0, 10, 10, 22, 22], [0, 18, 10, 30, 22], [1, 34, 10, 46, 22]])  # centres x 16, 24, 40: cells
-    h, s, _ = encode(gt, GRID, 2)                                               # (2, 2), (2, 3), (2, 5)
+    h, s, _ = encode(gt, GRID, 2)  # (2, 2), (2, 3), (2, 5)
     assert np.argwhere(h[:, :, 0] == 0).tolist() == [[2, 2], [2, 3], [2, 5]]
     (pred,) = preds = [decode(h, s)]
     assert pred[:, [CLASS, CX, CY]].tolist() == [[0, 24, 20], [1, 44, 20]]

@@ -31,7 +31,7 @@ def obj(c, cx, cy, size=12.0, h=None):
 def truth(*images, max_objects=6):
     out = np.full((len(images), max_objects, 5), -1, np.float32)
     for i, rows in enumerate(images):
-        out[i, :len(rows)] = np.array(rows, np.float32).reshape(-1, 5)
+        out[i, : len(rows)] = np.array(rows, np.float32).reshape(-1, 5)
     return out
 
 
@@ -41,6 +41,7 @@ def counts(p, g, **kw):
 
 
 # -- the ratios -------------------------------------------------------------------------------------------------
+
 
 def test_the_ratios_follow_edge_impulse_on_empty_and_degenerate_counts():
     assert (Counts(0, 0, 0).precision, Counts(0, 0, 0).recall, Counts(0, 0, 0).f1) == (1.0, 1.0, 1.0)
@@ -52,6 +53,7 @@ def test_the_ratios_follow_edge_impulse_on_empty_and_degenerate_counts():
 
 
 # -- centroid matching ------------------------------------------------------------------------------------------
+
 
 def test_edge_impulse_lets_several_predictions_match_one_object_one_to_one_does_not():
     g = truth([obj(0, 48, 48)])
@@ -154,6 +156,7 @@ def test_matching_refuses_a_bad_rule_or_two_distances_and_mismatched_lengths():
 
 # -- counts -----------------------------------------------------------------------------------------------------
 
+
 def test_count_error_is_the_mean_absolute_difference_per_image():
     g = truth([obj(0, 10, 10)] * 3, [], [obj(1, 50, 50)])
     p = preds([det(0, 1, 10, 10)] * 2, [], [det(0, 1, 1, 1)] * 4)
@@ -163,6 +166,7 @@ def test_count_error_is_the_mean_absolute_difference_per_image():
 
 
 # -- by size ----------------------------------------------------------------------------------------------------
+
 
 def test_f1_by_size_puts_objects_in_bins_by_their_longer_side():
     """At 96 px: a 10x10 is small, a 4x20 (a thin "1") medium, 24x12 large (the bound goes up: 24 px = 1/4)."""
@@ -179,14 +183,18 @@ def test_f1_by_size_puts_objects_in_bins_by_their_longer_side():
 def test_with_boxes_a_false_positive_counts_in_its_own_bin_and_an_empty_bin_is_nan():
     g = truth([obj(0, 20, 20, 10)])
     p = preds([det(0, 0.9, 20, 20, [15, 15, 25, 25]), det(0, 0.8, 70, 70, [60, 60, 90, 90])])
-    assert counts_by_size(p, g, image_size=SIZE) == {"small": Counts(1, 0, 0), "medium": Counts(0, 0, 0),
-                                                     "large": Counts(0, 1, 0)}
+    assert counts_by_size(p, g, image_size=SIZE) == {
+        "small": Counts(1, 0, 0),
+        "medium": Counts(0, 0, 0),
+        "large": Counts(0, 1, 0),
+    }
     s = dm.summary(p, g, image_size=SIZE, num_classes=1)
     assert s["f1_d0.2_small"] == 1.0
     assert math.isnan(s["f1_d0.2_medium"]) and math.isnan(s["f1_d0.2_large"])
 
 
 # -- IoU --------------------------------------------------------------------------------------------------------
+
 
 def test_box_iou_by_hand():
     a = [[0, 0, 10, 10]]
@@ -199,23 +207,33 @@ def test_box_iou_by_hand():
 
 def test_mean_iou_is_over_the_centroid_matches():
     g = truth([obj(0, 5, 5, 10), obj(0, 60, 60, 10)])
-    p = preds([det(0, 0.9, 10, 5, [5, 0, 15, 10]), det(0, 0.9, 60, 60, [55, 55, 65, 65]),
-               det(0, 0.5, 90, 90, [85, 85, 95, 95])])
+    p = preds(
+        [
+            det(0, 0.9, 10, 5, [5, 0, 15, 10]),
+            det(0, 0.9, 60, 60, [55, 55, 65, 65]),
+            det(0, 0.5, 90, 90, [85, 85, 95, 95]),
+        ]
+    )
     assert dm.mean_iou(p, g, image_size=SIZE) == pytest.approx((1 / 3 + 1) / 2)
-    assert math.isnan(dm.mean_iou(preds([det(0, 1, 90, 90, [85, 85, 95, 95])]), truth([obj(0, 5, 5)]),
-                                  image_size=SIZE))
+    assert math.isnan(dm.mean_iou(preds([det(0, 1, 90, 90, [85, 85, 95, 95])]), truth([obj(0, 5, 5)]), image_size=SIZE))
     with pytest.raises(ValueError, match="no boxes"):
         dm.mean_iou(preds([det(0, 1, 5, 5)]), truth([obj(0, 5, 5)]), image_size=SIZE)
 
 
 # -- COCO AP ----------------------------------------------------------------------------------------------------
 
+
 def test_ap_by_hand_with_101_point_interpolation():
     """Two objects; detections by score TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1. The envelope
     is 1 up to recall 0.5 (51 points: 0, ..., 0.50) and 2/3 above (50 points): AP = (51 + 50 * 2/3) / 101."""
     g = truth([obj(0, 20, 20, 10), obj(0, 60, 60, 10)])
-    p = preds([det(0, 0.9, 20, 20, [15, 15, 25, 25]), det(0, 0.8, 80, 20, [75, 15, 85, 25]),
-               det(0, 0.7, 60, 60, [55, 55, 65, 65])])
+    p = preds(
+        [
+            det(0, 0.9, 20, 20, [15, 15, 25, 25]),
+            det(0, 0.8, 80, 20, [75, 15, 85, 25]),
+            det(0, 0.7, 60, 60, [55, 55, 65, 65]),
+        ]
+    )
     assert coco_map(p, g, 1, iou_thresholds=(0.5,)) == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
     assert coco_map(p, g, 1) == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)  # exact boxes: every IoU
 
@@ -224,8 +242,13 @@ def test_ap_reads_the_precision_envelope_so_a_false_positive_ranked_first_costs_
     """By score FP, TP, TP on two objects: precision 0, 1/2, 2/3 at recall 0, 1/2, 1. The envelope (the best
     precision at this recall or beyond) is 2/3 everywhere, so AP = 2/3; the raw curve would give less."""
     g = truth([obj(0, 20, 20, 10), obj(0, 60, 60, 10)])
-    p = preds([det(0, 0.9, 80, 20, [75, 15, 85, 25]), det(0, 0.8, 20, 20, [15, 15, 25, 25]),
-               det(0, 0.7, 60, 60, [55, 55, 65, 65])])
+    p = preds(
+        [
+            det(0, 0.9, 80, 20, [75, 15, 85, 25]),
+            det(0, 0.8, 20, 20, [15, 15, 25, 25]),
+            det(0, 0.7, 60, 60, [55, 55, 65, 65]),
+        ]
+    )
     assert coco_map(p, g, 1, iou_thresholds=(0.5,)) == pytest.approx(2 / 3, abs=1e-12)
 
 
@@ -284,6 +307,7 @@ def test_ap_gives_a_detection_with_equal_ious_the_last_such_object_as_cocoeval_d
 
 
 # -- the summary ------------------------------------------------------------------------------------------------
+
 
 def test_the_summary_names_every_metric_with_its_threshold_and_defines_it():
     g = truth([obj(0, 20, 20, 10)])

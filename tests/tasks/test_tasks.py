@@ -39,10 +39,11 @@ def test_classification_is_what_edgepipe_computed_before_tasks():
     c = TASKS["classification"]
     info = {"classes": ["a", "b", "c"]}
     y = np.array([0, 1, 2, 2])
-    probs = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .6, .3], [.1, .1, .8]], np.float32)
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0.1, 0.1, 0.8]], np.float32)
     m = c.metrics(y, probs, info)
     assert m["accuracy"] == 0.75 and m == classification_metrics(y, probs.argmax(1), info["classes"]) | {
-        "loss": pytest.approx(-np.mean(np.log([.8, .7, .3, .8])))}
+        "loss": pytest.approx(-np.mean(np.log([0.8, 0.7, 0.3, 0.8])))
+    }
     assert np.array_equal(c.targets(y, info), np.eye(3, dtype=np.float32)[y])
     assert c.agreement(probs, probs[:, [0, 2, 1]], info) == 0.25  # only image 0 (class a) keeps its class
     assert c.check_output((3,), info) is None and c.check_output((4,), info)
@@ -104,13 +105,16 @@ def test_detection_agreement_is_on_decoded_detections_not_raw_values():
     assert DET.agreement(a, b, INFO) == 0.5
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 5)), r"shape \[2, 5\], not \(images, max_objects, 5\)"),
-    (np.array([[[3, 0, 0, 5, 5]]], np.float32), r"box classes run 3..3 for 3 classes"),
-    (np.array([[[0.5, 0, 0, 5, 5]]], np.float32), r"box classes run"),
-    (np.array([[[0, 5, 0, 5, 5]]], np.float32), r"a box has no area"),
-    (np.array([[[0, 0, 0, np.nan, 5]]], np.float32), r"NaN or infinity"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 5)), r"shape \[2, 5\], not \(images, max_objects, 5\)"),
+        (np.array([[[3, 0, 0, 5, 5]]], np.float32), r"box classes run 3..3 for 3 classes"),
+        (np.array([[[0.5, 0, 0, 5, 5]]], np.float32), r"box classes run"),
+        (np.array([[[0, 5, 0, 5, 5]]], np.float32), r"a box has no area"),
+        (np.array([[[0, 0, 0, np.nan, 5]]], np.float32), r"NaN or infinity"),
+    ],
+)
 def test_detection_labels_are_refused_in_one_line(bad, message):
     with pytest.raises(EdgepipeError, match=message) as e:
         DET.check_labels(bad, INFO["classes"], "synth:digits: train")
@@ -118,8 +122,13 @@ def test_detection_labels_are_refused_in_one_line(bad, message):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=5, max_size=5),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=5, max_size=5),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_any_box_array_is_accepted_or_refused_in_one_line(rows):
     y = np.array([rows], np.float32)
     try:

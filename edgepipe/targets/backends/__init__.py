@@ -43,8 +43,10 @@ def backend_for(target: Target) -> Backend:
         if all(want is None or want == got for want, got in zip(pattern, facts)):
             backend.check_profile(target)
             return backend
-    raise RecipeError(f"target {target.name}: nothing measures a {target.kind} device reached by {target.reach}",
-                      "use reach: local, ssh or adb, or kind: mcu")
+    raise RecipeError(
+        f"target {target.name}: nothing measures a {target.kind} device reached by {target.reach}",
+        "use reach: local, ssh or adb, or kind: mcu",
+    )
 
 
 __all__ = ["Backend", "backend_for"]

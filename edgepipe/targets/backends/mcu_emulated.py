@@ -25,8 +25,10 @@ class EmulatedMcu(EstimatedMcu):
 
     def check_profile(self, target: Target) -> None:
         if not (target.cpu and target.qemu_machine):
-            raise RecipeError(f"target {target.name}: measure: emulated needs cpu and qemu_machine",
-                              "e.g. cpu: cortex-m4 and qemu_machine: mps2-an386, or measure: estimate")
+            raise RecipeError(
+                f"target {target.name}: measure: emulated needs cpu and qemu_machine",
+                "e.g. cpu: cortex-m4 and qemu_machine: mps2-an386, or measure: estimate",
+            )
         super().check_profile(target)
 
     def needs(self, target: Target, params) -> list[Requirement]:
@@ -39,16 +41,25 @@ class EmulatedMcu(EstimatedMcu):
 
         return {"emulator": mcu.environment(target)}  # the compiler, the emulator and the sources make the figures
 
-    def measure(self, target: Target, params, models: list[Path], x: np.ndarray, y: np.ndarray, *, work: Path,
-                host_top1: dict[str, np.ndarray], out: Path) -> dict:
+    def measure(
+        self,
+        target: Target,
+        params,
+        models: list[Path],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        work: Path,
+        host_top1: dict[str, np.ndarray],
+        out: Path,
+    ) -> dict:
         from edgepipe.targets.mcu.measure import emulate
 
         figures = emulate(models, x, y, host_top1, target, work=work / "emulated", timeout=params.emulator_timeout)
         first = next(iter(figures.values()), {}).get("emulator", {})
         return {"_provenance": {"emulated": True, **first}, **figures}
 
-    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
-                y: np.ndarray) -> dict:
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray) -> dict:
         out = {"emulated": device, "fits": device["fits"]}
         if "accuracy" not in device:  # it did not link for the board: nothing ran
             out["why_not"] = f"does not fit {target.name}: {device['why_not_fit']}"

@@ -28,7 +28,10 @@ from edgepipe.targets.profiles import Target
 from edgepipe.targets.tflm import mcu_figures, tflm_accuracy, tflm_check
 
 # Built-in operators of TFLite Micro's op resolver (tflite-micro `micro_mutable_op_resolver.h`, 2025).
-TFLITE_MICRO = Runtime("TFLite Micro", frozenset("""
+TFLITE_MICRO = Runtime(
+    "TFLite Micro",
+    frozenset(
+        """
 ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND BROADCAST_ARGS
 BROADCAST_TO CALL_ONCE CAST CEIL CONCATENATION CONV_2D COS CUMSUM DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE
 DIV ELU EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND
@@ -38,7 +41,9 @@ PAD PADV2 PRELU QUANTIZE READ_VARIABLE REDUCE_MAX RELU RELU6 RESHAPE RESIZE_BILI
 ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE
 SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM
 UNPACK VAR_HANDLE WHILE ZEROS_LIKE
-""".split()))
+""".split()
+    ),
+)
 
 
 class EstimatedMcu(Backend):
@@ -50,39 +55,48 @@ class EstimatedMcu(Backend):
     def check_profile(self, target: Target) -> None:
         missing = [k for k in ("ram_bytes", "flash_bytes", "clock_mhz") if getattr(target, k) is None]
         if missing:  # the fit verdict and every latency in ms need them
-            raise RecipeError(f"target {target.name}: a microcontroller profile needs {', '.join(missing)}",
-                              f"add {', '.join(f'{k}: ...' for k in missing)} (see `edgepipe targets cortex-m4`)")
+            raise RecipeError(
+                f"target {target.name}: a microcontroller profile needs {', '.join(missing)}",
+                f"add {', '.join(f'{k}: ...' for k in missing)} (see `edgepipe targets cortex-m4`)",
+            )
 
     def check(self, target: Target, params) -> None:
         if not params.tflm:
-            raise EdgepipeError(f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm "
-                                "is false", "drop tflm: false from this bench stage")
+            raise EdgepipeError(
+                f"target {target.name} is a microcontroller, measured with TFLite Micro, but tflm is false",
+                "drop tflm: false from this bench stage",
+            )
 
-    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
-                y: np.ndarray) -> dict:
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray) -> dict:
         mcu = mcu_figures(target, row, path)
         acc = tflm_accuracy(path, x, y, mcu["arena_bytes"]) if mcu["arena_bytes"] else None
-        return {"mcu": mcu, "fits": mcu["fits"],
-                "accuracy": {"value": acc, "provenance": "tflm-host"},
-                "latency_p50_us": {"value": mcu["latency_us_estimate"], "provenance": "estimate"},
-                "memory": {"value": mcu["arena_bytes"], "what": "arena", "provenance": "tflm-host"}}
+        return {
+            "mcu": mcu,
+            "fits": mcu["fits"],
+            "accuracy": {"value": acc, "provenance": "tflm-host"},
+            "latency_p50_us": {"value": mcu["latency_us_estimate"], "provenance": "estimate"},
+            "memory": {"value": mcu["arena_bytes"], "what": "arena", "provenance": "tflm-host"},
+        }
 
     def search_figures(self, target: Target, tflite: Path, x_float: np.ndarray, *, macs: int, work: Path) -> dict:
         din, _ = litert.io_details(litert.interpreter(tflite))
         tflm = tflm_check(tflite, device_runner.quantize_input(x_float, din), litert.predict(tflite, x_float).argmax(1))
         fit = mcu_figures(target, {"tflm": tflm, "size_bytes": tflite.stat().st_size, "macs": macs}, tflite)
-        return {"latency_p50_us": {"value": fit["latency_us_estimate"], "provenance": "estimate"},
-                "flash": {"value": fit["flash_needed_bytes"], "provenance": "estimate"},
-                "memory": {"value": fit["ram_needed_bytes"], "what": "arena + margin", "provenance": "estimate"},
-                "fits": fit["fits"]}
+        return {
+            "latency_p50_us": {"value": fit["latency_us_estimate"], "provenance": "estimate"},
+            "flash": {"value": fit["flash_needed_bytes"], "provenance": "estimate"},
+            "memory": {"value": fit["ram_needed_bytes"], "what": "arena + margin", "provenance": "estimate"},
+            "fits": fit["fits"],
+        }
 
     def bundle_needs(self, target: Target) -> list[Requirement]:
         from edgepipe.targets.mcu import sources
 
         return [sources.requirement(target.tflm_src)]  # the op resolver and the project are TFLite Micro's
 
-    def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
-                     bench_dirs: list[Path]) -> dict | None:
+    def bundle_files(
+        self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str, bench_dirs: list[Path]
+    ) -> dict | None:
         """The C array, op resolver, I/O header, and for an Arm core a project that builds and checks itself
         (Makefile, TFLite Micro source list, harness, example); fit.json. Returns the fit."""
         from edgepipe.targets.mcu.bundle import ALIGN, write_bundle
@@ -97,21 +111,38 @@ class EstimatedMcu(Backend):
         x_q = device_runner.quantize_input(x, din)
         tflm = tflm_check(model, x_q, pred)
         if not tflm["ok"]:
-            raise EdgepipeError(f"bundle: TFLite Micro cannot run {model.name}: {tflm['error']}",
-                                f"run `edgepipe lint {model.name} --target {target.name}` to see which op")
+            raise EdgepipeError(
+                f"bundle: TFLite Micro cannot run {model.name}: {tflm['error']}",
+                f"run `edgepipe lint {model.name} --target {target.name}` to see which op",
+            )
         fit = mcu_figures(target, {**side, "tflm": tflm}, model)
         if measured:  # the arena the board needed, not the host's estimate plus a margin
-            arena, note = measured["arena_bytes"], (f"the smallest arena in which the model ran on the emulated "
-                                                    f"{target.cpu} (arena_used_bytes() {measured['arena_used_bytes']})")
+            arena, note = (
+                measured["arena_bytes"],
+                (
+                    f"the smallest arena in which the model ran on the emulated "
+                    f"{target.cpu} (arena_used_bytes() {measured['arena_used_bytes']})"
+                ),
+            )
         else:
-            arena, note = fit["ram_needed_bytes"], (f"TFLite Micro needed {fit['arena_bytes']} bytes on the host; "
-                                                    "plus the target's margin")
+            arena, note = (
+                fit["ram_needed_bytes"],
+                (f"TFLite Micro needed {fit['arena_bytes']} bytes on the host; plus the target's margin"),
+            )
         sources = locate_sources(target.tflm_src)
         write_bundle(model, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note)
         if target.cpu:
             samples = x_q[:8]
-            write_project(out, model, sources, target.cpu, flash_bytes=target.flash_bytes, ram_bytes=target.ram_bytes,
-                          samples=samples, expected=tflm_python(model, samples))
+            write_project(
+                out,
+                model,
+                sources,
+                target.cpu,
+                flash_bytes=target.flash_bytes,
+                ram_bytes=target.ram_bytes,
+                samples=samples,
+                expected=tflm_python(model, samples),
+            )
         fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
         fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
         return fit

@@ -41,27 +41,35 @@ class EmulatedPi(Backend):
         from edgepipe.targets.emulated_pi import CPUS
 
         if target.cpu not in CPUS:
-            raise RecipeError(f"target {target.name}: measure: emulated needs the Pi's core as cpu, not {target.cpu}",
-                              f"cpu: one of {', '.join(CPUS)} (rpi4: cortex-a72, rpi5: cortex-a76)")
+            raise RecipeError(
+                f"target {target.name}: measure: emulated needs the Pi's core as cpu, not {target.cpu}",
+                f"cpu: one of {', '.join(CPUS)} (rpi4: cortex-a72, rpi5: cortex-a76)",
+            )
 
     def needs(self, target: Target, params) -> list[Requirement]:
         from edgepipe.targets.emulated_pi import user_build_state
 
         need = [tools([QEMU_USER], f"{QEMU_USER} to run the emulated {target.name}'s arm64 Python")]
         if user_build_state(target.cpu) == "none":  # the first build: Debian's arm64 packages, unpacked as root
-            need += [tools(["mmdebstrap"], "mmdebstrap to build the emulated Pi's root file system (once)"),
-                     Requirement("root to build the emulated Pi's root file system (once)",
-                                 lambda: None if os.geteuid() == 0 else "not root",
-                                 'run it once as root: sudo EDGEPIPE_CACHE="$HOME/.cache/edgepipe" and the same '
-                                 "command; later runs reuse the build")]
+            need += [
+                tools(["mmdebstrap"], "mmdebstrap to build the emulated Pi's root file system (once)"),
+                Requirement(
+                    "root to build the emulated Pi's root file system (once)",
+                    lambda: None if os.geteuid() == 0 else "not root",
+                    'run it once as root: sudo EDGEPIPE_CACHE="$HOME/.cache/edgepipe" and the same '
+                    "command; later runs reuse the build",
+                ),
+            ]
         return need
 
     def check(self, target: Target, params) -> None:
         given = [p for p in DEVICE_PARAMS if getattr(params, p)]
         if given:
-            raise EdgepipeError(f"target {target.name} is emulated on this machine (measure: emulated), but the "
-                                f"bench sets {', '.join(given)}, which reach a real device",
-                                f"drop {', '.join(given)}, or drop measure: emulated to bench the device itself")
+            raise EdgepipeError(
+                f"target {target.name} is emulated on this machine (measure: emulated), but the "
+                f"bench sets {', '.join(given)}, which reach a real device",
+                f"drop {', '.join(given)}, or drop measure: emulated to bench the device itself",
+            )
 
     def environment(self, target: Target, params) -> dict:
         from edgepipe.targets.emulated_pi.pins import WHEELS
@@ -71,11 +79,27 @@ class EmulatedPi(Backend):
         if qemu is None:
             raise EdgepipeError(f"{QEMU_USER} is not installed", "apt-get install qemu-user-static")
         version = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=60).stdout
-        return {"emulated_pi": {"cpu": target.cpu, "rootfs": user_device_name(target.cpu, 4),
-                                "qemu": version.strip().splitlines()[0], "wheels": sorted(WHEELS)}}
+        return {
+            "emulated_pi": {
+                "cpu": target.cpu,
+                "rootfs": user_device_name(target.cpu, 4),
+                "qemu": version.strip().splitlines()[0],
+                "wheels": sorted(WHEELS),
+            }
+        }
 
-    def measure(self, target: Target, params, models: list[Path], x: np.ndarray, y: np.ndarray, *, work: Path,
-                host_top1: dict[str, np.ndarray], out: Path) -> dict:
+    def measure(
+        self,
+        target: Target,
+        params,
+        models: list[Path],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        work: Path,
+        host_top1: dict[str, np.ndarray],
+        out: Path,
+    ) -> dict:
         from edgepipe.targets.emulated_pi import emulated_python
         from edgepipe.targets.remote import RUNNER
 
@@ -89,29 +113,51 @@ class EmulatedPi(Backend):
         test_set = folder / "test.npz"
         np.savez(test_set, x=x, y=y)
         # one process for every model (its memory is not reported), timing as little as it can (nor its latency)
-        argv = [str(python), str(runner), *(str(m.resolve()) for m in models), "--data", str(test_set),
-                "--threads", "1", "--warmup", "0", "--runs", "1"]
+        argv = [
+            str(python),
+            str(runner),
+            *(str(m.resolve()) for m in models),
+            "--data",
+            str(test_set),
+            "--threads",
+            "1",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+        ]
         timeout = params.emulator_timeout * len(models)
         progress.update(0, len(models), "model", f"on the emulated {target.name}")
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise EdgepipeError(f"the emulated {target.name} took more than {timeout:.0f} s for {len(models)} models",
-                                "raise the bench param emulator_timeout, or cap max_test_samples") from None
+            raise EdgepipeError(
+                f"the emulated {target.name} took more than {timeout:.0f} s for {len(models)} models",
+                "raise the bench param emulator_timeout, or cap max_test_samples",
+            ) from None
         result = _result(done, target, python, RUNNER)
         progress.update(len(models), len(models), "model", f"on the emulated {target.name}")
-        device = {**result["provenance"], "emulated": result["provenance"].get("emulated") or f"qemu-user {target.cpu}",
-                  "rootfs": python.parent.name}
-        return {"_provenance": device,
-                **{m.name: {**result["models"][m.name], "emulated": device["emulated"]} for m in models}}
+        device = {
+            **result["provenance"],
+            "emulated": result["provenance"].get("emulated") or f"qemu-user {target.cpu}",
+            "rootfs": python.parent.name,
+        }
+        return {
+            "_provenance": device,
+            **{m.name: {**result["models"][m.name], "emulated": device["emulated"]} for m in models},
+        }
 
-    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
-                y: np.ndarray) -> dict:
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray) -> dict:
         not_measured = {"value": None, "provenance": "emulated", "not_measured": "emulated"}
-        return {"accuracy": {"value": device["accuracy"], "provenance": "emulated"},
-                "latency_p50_us": not_measured, "memory": {**not_measured, "what": "RSS growth"}, "why_not": WHY_NOT,
-                "emulated_device": device["emulated"], "predictions_sha256": device["predictions_sha256"],
-                "same_predictions_as_host": device["predictions_sha256"] == row.get("predictions_sha256")}
+        return {
+            "accuracy": {"value": device["accuracy"], "provenance": "emulated"},
+            "latency_p50_us": not_measured,
+            "memory": {**not_measured, "what": "RSS growth"},
+            "why_not": WHY_NOT,
+            "emulated_device": device["emulated"],
+            "predictions_sha256": device["predictions_sha256"],
+            "same_predictions_as_host": device["predictions_sha256"] == row.get("predictions_sha256"),
+        }
 
     def missing_figure(self, target: Target, figure: str) -> str | None:
         return WHY_NOT if figure in ("latency_p50_us", "memory") else None
@@ -127,6 +173,8 @@ def _result(done: subprocess.CompletedProcess, target: Target, python: Path, run
         raise EdgepipeError(f"the emulated {target.name}: {result['error']}", result.get("fix"))
     if done.returncode != 0 or not isinstance(result, dict):
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise EdgepipeError(f"the emulated {target.name}'s device runner failed with exit {done.returncode} ({last})",
-                            f"run it by hand to see why: {python} {runner} --help")
+        raise EdgepipeError(
+            f"the emulated {target.name}'s device runner failed with exit {done.returncode} ({last})",
+            f"run it by hand to see why: {python} {runner} --help",
+        )
     return result

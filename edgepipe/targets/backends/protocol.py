@@ -62,8 +62,18 @@ class Backend(abc.ABC):
         key). Raises EdgepipeError when this machine lacks what reads them: the preflight says which."""
         return {}
 
-    def measure(self, target: Target, params, models: list[Path], x: np.ndarray, y: np.ndarray, *, work: Path,
-                host_top1: dict[str, np.ndarray], out: Path) -> dict:
+    def measure(
+        self,
+        target: Target,
+        params,
+        models: list[Path],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        work: Path,
+        host_top1: dict[str, np.ndarray],
+        out: Path,
+    ) -> dict:
         """Figures measured on the device itself or its emulator, by model file name, plus `_provenance` (what
         they were measured on) and `_fleet` (every device, when several were); nothing when the host's own
         figures are the target's. `models` are the files the target runs; `out` is the bench's output folder
@@ -71,8 +81,7 @@ class Backend(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
-                y: np.ndarray) -> dict:
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray) -> dict:
         """The tagged figures of one model the target runs: its bench row (host figures), its file, what
         `measure` returned for it (None if nothing), and the test split (`x` preprocessed)."""
 
@@ -83,15 +92,18 @@ class Backend(abc.ABC):
     def search_figures(self, target: Target, tflite: Path, x_float: np.ndarray, *, macs: int, work: Path) -> dict:
         """A search trial's tagged figures for int8 model `tflite` (`latency_p50_us`, `instructions`, `flash`,
         `memory`, `fits`), from a few preprocessed validation images. Only a `searchable` backend has them."""
-        raise EdgepipeError(f"a search cannot measure on {target.name} ({self.name})",
-                            "search for host or a microcontroller profile; bench on the device afterwards")
+        raise EdgepipeError(
+            f"a search cannot measure on {target.name} ({self.name})",
+            "search for host or a microcontroller profile; bench on the device afterwards",
+        )
 
     def bundle_needs(self, target: Target) -> list[Requirement]:
         """What writing this device's bundle needs from this machine, checked before the run starts."""
         return []
 
-    def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
-                     bench_dirs: list[Path]) -> dict | None:
+    def bundle_files(
+        self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str, bench_dirs: list[Path]
+    ) -> dict | None:
         """Write what this device needs beside the `.tflite` into the bundle folder `out`; returns its fit
         verdict for the model card when it has one."""
         return None

@@ -37,15 +37,20 @@ from edgepipe.targets.profiles import Target
 # #879 (QUANTIZE) and google-coral/libedgetpu #71 (EXP). Newer TensorFlow converters write these versions;
 # an op not listed is not known to be refused.
 EDGE_TPU = Runtime(
-    "the Edge TPU", frozenset("""
+    "the Edge TPU",
+    frozenset(
+        """
 ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXPAND_DIMS FULLY_CONNECTED HARD_SWISH
 L2_NORMALIZATION LOGISTIC LSTM MAXIMUM MAX_POOL_2D MEAN MINIMUM MUL PACK PAD PRELU QUANTIZE DEQUANTIZE REDUCE_MAX
 REDUCE_MIN RELU RELU6 RELU_N1_TO_1 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR RSQRT SLICE SOFTMAX
 SPACE_TO_DEPTH SPLIT SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM TANH TRANSPOSE TRANSPOSE_CONV
-""".split()),
-    refused_versions={"CONV_2D": 6, "TRANSPOSE_CONV": 4, "QUANTIZE": 3, "EXP": 2}, refused_by="edgetpu_compiler 16.0",
+""".split()
+    ),
+    refused_versions={"CONV_2D": 6, "TRANSPOSE_CONV": 4, "QUANTIZE": 3, "EXP": 2},
+    refused_by="edgetpu_compiler 16.0",
     refused_fix="convert with an older TensorFlow (2.8 and before write versions it takes), or keep this op off the "
-                "Edge TPU")
+    "Edge TPU",
+)
 
 
 class SshLinux(Backend):
@@ -54,26 +59,45 @@ class SshLinux(Backend):
     measure_choices = ("emulated",)  # a Pi's profile: its emulation on this machine (pi_emulated)
 
     def needs(self, target: Target, params) -> list[Requirement]:
-        return [tools(["ssh"], "an SSH client, to reach the device"),
-                *[_answers(h, params.identity, tuple(params.ssh_options))
-                  for h in dict.fromkeys([params.host, *params.fleet]) if h]]
+        return [
+            tools(["ssh"], "an SSH client, to reach the device"),
+            *[
+                _answers(h, params.identity, tuple(params.ssh_options))
+                for h in dict.fromkeys([params.host, *params.fleet])
+                if h
+            ],
+        ]
 
     def check(self, target: Target, params) -> None:
         if not params.host:
-            raise EdgepipeError(f"target {target.name} is reached over SSH but no host was given",
-                                "pass --host user@address (or set the bench stage's host param)")
+            raise EdgepipeError(
+                f"target {target.name} is reached over SSH but no host was given",
+                "pass --host user@address (or set the bench stage's host param)",
+            )
 
     def environment(self, target: Target, params) -> dict:
         key: dict = {"device": [params.host, *params.fleet]}
         if params.host:  # upgrading LiteRT on the device re-benches
             from edgepipe.targets import remote
 
-            key["device_runtime"] = {h: remote.runtime_version(_ssh_host(h, params), params.python or target.python)
-                                     for h in dict.fromkeys([params.host, *params.fleet])}
+            key["device_runtime"] = {
+                h: remote.runtime_version(_ssh_host(h, params), params.python or target.python)
+                for h in dict.fromkeys([params.host, *params.fleet])
+            }
         return key
 
-    def measure(self, target: Target, params, models: list[Path], x: np.ndarray, y: np.ndarray, *, work: Path,
-                host_top1: dict[str, np.ndarray], out: Path) -> dict:
+    def measure(
+        self,
+        target: Target,
+        params,
+        models: list[Path],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        work: Path,
+        host_top1: dict[str, np.ndarray],
+        out: Path,
+    ) -> dict:
         from concurrent.futures import ThreadPoolExecutor
 
         from edgepipe.targets import remote
@@ -85,31 +109,45 @@ class SshLinux(Backend):
         files = [prepared[m.name][0] for m in models]
 
         def one(host):
-            return remote.bench_over_ssh(host, files, test_set, python=params.python or target.python,
-                                         threads=params.threads, warmup=params.warmup, runs=params.runs,
-                                         delegate=target.delegate)
+            return remote.bench_over_ssh(
+                host,
+                files,
+                test_set,
+                python=params.python or target.python,
+                threads=params.threads,
+                warmup=params.warmup,
+                runs=params.runs,
+                delegate=target.delegate,
+            )
 
         with ThreadPoolExecutor(min(params.parallel, len(hosts))) as pool:  # a device failing fails the stage
             got_all = list(pool.map(one, hosts))
         first = got_all[0]
         measured: dict = {"_provenance": {**first["provenance"], "host": str(hosts[0])}}
         for m, f in zip(models, files):
-            measured[m.name] = {**first["models"][f.name], **prepared[m.name][1],
-                                "emulated": first["provenance"].get("emulated")}
+            measured[m.name] = {
+                **first["models"][f.name],
+                **prepared[m.name][1],
+                "emulated": first["provenance"].get("emulated"),
+            }
         if len(hosts) > 1:
             measured["_fleet"] = {
-                str(h): {"provenance": g["provenance"],
-                         **{m.name: {**g["models"][f.name], "emulated": g["provenance"].get("emulated")}
-                            for m, f in zip(models, files)}}
-                for h, g in zip(hosts, got_all)}
+                str(h): {
+                    "provenance": g["provenance"],
+                    **{
+                        m.name: {**g["models"][f.name], "emulated": g["provenance"].get("emulated")}
+                        for m, f in zip(models, files)
+                    },
+                }
+                for h, g in zip(hosts, got_all)
+            }
         return measured
 
     def _device_files(self, models: list[Path], params, out: Path) -> dict[str, tuple[Path, dict]]:
         """Model file name -> (the file the device runs, what preparing it adds to the row): the model itself."""
         return {m.name: (m, {}) for m in models}
 
-    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray,
-                y: np.ndarray) -> dict:
+    def figures(self, target: Target, row: dict, path: Path, device: dict | None, x: np.ndarray, y: np.ndarray) -> dict:
         out = {k: device[k] for k in ("latency", "predictions_sha256", "peak_rss_bytes", "edgetpu") if k in device}
         dev_one = device["latency"].get("threads_1")
         out["accuracy"] = {"value": device["accuracy"], "provenance": "target"}
@@ -144,8 +182,9 @@ class Coral(SshLinux):
             prepared[m.name] = (compiled, {"edgetpu": counts})
         return prepared
 
-    def bundle_files(self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str,
-                     bench_dirs: list[Path]) -> dict | None:
+    def bundle_files(
+        self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str, bench_dirs: list[Path]
+    ) -> dict | None:
         """The model compiled for the Edge TPU, as the bench that measured it compiled it, and the compiler's log."""
         for d in bench_dirs:
             compiled = Path(d) / "edgetpu" / f"{model.stem}_edgetpu.tflite"
@@ -153,8 +192,10 @@ class Coral(SshLinux):
                 for f in compiled.parent.glob(f"{model.stem}_edgetpu*"):
                     shutil.copyfile(f, out / f.name)
                 return None
-        raise EdgepipeError(f"bundle: no Edge TPU compilation of {model.name} among the benches given",
-                            f"give this bundle a bench of target {target.name} as input benches")
+        raise EdgepipeError(
+            f"bundle: no Edge TPU compilation of {model.name} among the benches given",
+            f"give this bundle a bench of target {target.name} as input benches",
+        )
 
 
 def _ssh_host(spec: str, params):
@@ -177,5 +218,8 @@ def _answers(spec: str, identity: str | None, options: tuple[str, ...]) -> Requi
             return e.message
         return None if done.returncode == 0 else f"`true` exited {done.returncode} on {spec}"
 
-    return Requirement(f"the device {spec} to answer over SSH", unmet,
-                       f"check that `ssh {spec} true` works without a password prompt (ssh-copy-id), and the address")
+    return Requirement(
+        f"the device {spec} to answer over SSH",
+        unmet,
+        f"check that `ssh {spec} true` works without a password prompt (ssh-copy-id), and the address",
+    )

@@ -57,5 +57,14 @@ from edgepipe.targets.emulated_pi.tools import BuildError, missing_tools
 from edgepipe.targets.emulated_pi.user_device import EmulatedPi
 from edgepipe.targets.emulated_pi.vm import EmulatedPiVM
 
-__all__ = ["CPUS", "BuildError", "EmulatedPi", "EmulatedPiVM", "build_device", "emulated_python",
-           "ensure_binfmt_aarch64", "missing_tools", "user_build_state"]
+__all__ = [
+    "CPUS",
+    "BuildError",
+    "EmulatedPi",
+    "EmulatedPiVM",
+    "build_device",
+    "emulated_python",
+    "ensure_binfmt_aarch64",
+    "missing_tools",
+    "user_build_state",
+]

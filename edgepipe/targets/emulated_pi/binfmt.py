@@ -29,13 +29,13 @@ def ensure_binfmt_aarch64(progress: Progress = print) -> None:
     if binfmt_aarch64_enabled():
         return
     if os.geteuid() != 0:
-        raise BuildError("aarch64 binfmt_misc emulation is not enabled and this is not root",
-                         "as root: mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; "
-                         "update-binfmts --enable qemu-aarch64")
+        raise BuildError(
+            "aarch64 binfmt_misc emulation is not enabled and this is not root",
+            "as root: mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-aarch64",
+        )
     show_progress(progress, "pi: system: enabling binfmt_misc for qemu-aarch64 (machine-wide)")
     if not Path("/proc/sys/fs/binfmt_misc/register").exists():
-        run_step(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
-                 what="mount binfmt_misc")
+        run_step(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], what="mount binfmt_misc")
     run_step(["update-binfmts", "--enable", "qemu-aarch64"], what="update-binfmts --enable qemu-aarch64")
     if not binfmt_aarch64_enabled():
         raise BuildError("qemu-aarch64 binfmt entry still not enabled", "apt-get install qemu-user-static")

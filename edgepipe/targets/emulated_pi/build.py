@@ -11,8 +11,15 @@ from edgepipe.targets.emulated_pi.system_image import system_entry
 from edgepipe.targets.emulated_pi.tools import Progress, require_tools
 
 
-def build_device(cache_dir: str | Path | None = None, *, cpu: str = "cortex-a72", variant: str = "user",
-                 progress: Progress = print, cores: int = 4, setup_binfmt: bool = False) -> Path:
+def build_device(
+    cache_dir: str | Path | None = None,
+    *,
+    cpu: str = "cortex-a72",
+    variant: str = "user",
+    progress: Progress = print,
+    cores: int = 4,
+    setup_binfmt: bool = False,
+) -> Path:
     """Build (once) and return the cached emulated device.
 
     variant="user": a directory with `python` (the wrapper script: the bench param `python`), `rootfs/`
@@ -54,8 +61,9 @@ def user_build_state(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = 
     return "base" if (root / user_base_name() / "manifest.json").is_file() else "none"
 
 
-def emulated_python(cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4,
-                    progress: Progress = print) -> Path:
+def emulated_python(
+    cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None, cores: int = 4, progress: Progress = print
+) -> Path:
     """The user variant's `python` alone, no SSH around it: Debian's aarch64 CPython 3.11 under
     `qemu-aarch64-static -cpu <cpu>` with the pinned wheels, built into the cache first if need be (see
     `build_device`). What a bench with `measure: emulated` runs the device runner with."""

@@ -80,8 +80,14 @@ def entry_name(kind: str, spec: dict) -> str:
     return f"{kind}-{cache_key(spec)[:16]}"
 
 
-def cached_entry(root: Path, kind: str, spec: dict, build: Callable[[Path, Callable[[str], None]], dict],
-                 progress: Progress, label: str) -> Path:
+def cached_entry(
+    root: Path,
+    kind: str,
+    spec: dict,
+    build: Callable[[Path, Callable[[str], None]], dict],
+    progress: Progress,
+    label: str,
+) -> Path:
     """The cache entry of `kind` for `spec` under `root`, built with `build(tmpdir, say)` first if it is not there.
 
     Only a build needs what goes into it: `build` makes the entries it is made from (cached entries
@@ -116,10 +122,19 @@ def cached_entry(root: Path, kind: str, spec: dict, build: Callable[[Path, Calla
             extra = build(tmp, say)
             end = time.monotonic()
             seconds = round(end - start, 1)
-            steps = [{"step": line, "seconds": round(((marks[i + 1][1] if i + 1 < len(marks) else end) - t), 1)}
-                     for i, (line, t) in enumerate(marks)]
-            manifest = {"name": name, "spec": spec, "key": cache_key(spec), "built_at": time.strftime(
-                "%Y-%m-%dT%H:%M:%S%z"), "build_seconds": seconds, "steps": steps, **extra}
+            steps = [
+                {"step": line, "seconds": round(((marks[i + 1][1] if i + 1 < len(marks) else end) - t), 1)}
+                for i, (line, t) in enumerate(marks)
+            ]
+            manifest = {
+                "name": name,
+                "spec": spec,
+                "key": cache_key(spec),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "build_seconds": seconds,
+                "steps": steps,
+                **extra,
+            }
             manifest["disk_bytes"] = disk_bytes(tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             os.rename(tmp, final)

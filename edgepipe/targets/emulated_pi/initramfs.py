@@ -14,7 +14,6 @@ from typing import Iterable
 from edgepipe.targets.emulated_pi.pins import INITRAMFS_MODULES, VM_UID, VM_USER
 from edgepipe.targets.emulated_pi.tools import BuildError
 
-
 #: /init of the initramfs (aarch64 busybox). The modules to load, in order, are listed in /etc/edgepipe-modules.
 INITRAMFS_INIT = r"""#!/bin/busybox sh
 # initramfs of edgepipe's emulated Raspberry Pi: load the virtio and ext4 modules, mount /dev/vda,
@@ -71,8 +70,21 @@ def cpio_newc(entries: Iterable[tuple[str, int, bytes | str | tuple[int, int]]])
             data = content.encode()
         else:
             data = content
-        fields = [ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data), 0, 0, rdev[0], rdev[1],
-                  len(name.encode()) + 1, 0]
+        fields = [
+            ino,
+            mode,
+            0,
+            0,
+            2 if stat.S_ISDIR(mode) else 1,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(name.encode()) + 1,
+            0,
+        ]
         out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
         out.extend(name.encode() + b"\0")
         pad4()
@@ -114,8 +126,9 @@ def base_initramfs(kern: Path, moddir: Path) -> tuple[bytes, list[str]]:
     """The base initramfs: busybox, the modules (in load order), /init. Returns (cpio, module names)."""
     modules = _resolve_modules(moddir, INITRAMFS_MODULES)
     entries: list[tuple[str, int, bytes | str | tuple[int, int]]] = [
-        (d, stat.S_IFDIR | 0o755, b"") for d in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc",
-                                                  "sys", "edgepipe")]
+        (d, stat.S_IFDIR | 0o755, b"")
+        for d in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "sys", "edgepipe")
+    ]
     entries.append(("dev/console", stat.S_IFCHR | 0o600, (5, 1)))
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, (kern / "bin" / "busybox").read_bytes()))
     entries.append(("bin/sh", stat.S_IFLNK | 0o777, "busybox"))
@@ -128,8 +141,10 @@ def base_initramfs(kern: Path, moddir: Path) -> tuple[bytes, list[str]]:
 
 def instance_cpio(host_key: Path, authorized_keys: bytes) -> bytes:
     """The per-boot part appended to the initramfs: this instance's SSH host key and client key."""
-    return cpio_newc([
-        ("edgepipe/ssh_host_ed25519_key", stat.S_IFREG | 0o600, host_key.read_bytes()),
-        ("edgepipe/ssh_host_ed25519_key.pub", stat.S_IFREG | 0o644, Path(f"{host_key}.pub").read_bytes()),
-        ("edgepipe/authorized_keys", stat.S_IFREG | 0o644, authorized_keys),
-    ])
+    return cpio_newc(
+        [
+            ("edgepipe/ssh_host_ed25519_key", stat.S_IFREG | 0o600, host_key.read_bytes()),
+            ("edgepipe/ssh_host_ed25519_key.pub", stat.S_IFREG | 0o644, Path(f"{host_key}.pub").read_bytes()),
+            ("edgepipe/authorized_keys", stat.S_IFREG | 0o644, authorized_keys),
+        ]
+    )

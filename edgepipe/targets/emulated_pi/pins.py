@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 #: Bump when the build steps change in a way the other inputs do not show.
 BUILDER_VERSION = "2"
 
@@ -16,8 +15,18 @@ USER_PACKAGES = ("python3", "libstdc++6")
 #: Debian packages of the system variant (installed and configured by mmdebstrap, minbase variant).
 #: python3-venv and python3-pip are what a Bookworm user installs to make a venv; ca-certificates lets
 #: pip reach PyPI over TLS; sudo, iproute2, procps and netbase are there on any Raspberry Pi OS.
-SYSTEM_PACKAGES = ("openssh-server", "python3", "python3-venv", "python3-pip", "libstdc++6", "ca-certificates",
-                   "netbase", "sudo", "iproute2", "procps")
+SYSTEM_PACKAGES = (
+    "openssh-server",
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "libstdc++6",
+    "ca-certificates",
+    "netbase",
+    "sudo",
+    "iproute2",
+    "procps",
+)
 
 #: Extracted (not installed) for the VM: the kernel and an aarch64 static busybox for the initramfs.
 KERNEL_PACKAGES = ("linux-image-arm64", "busybox-static")
@@ -41,8 +50,12 @@ WHEELS = {
 
 #: Platform tags for `pip download`. The 2.x LiteRT wheels are manylinux_2_27_aarch64, which pip does not
 #: infer from the others; bookworm's glibc is 2.36, so any tag up to 2_36 would run.
-WHEEL_PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux2014_aarch64",
-                   "manylinux_2_17_aarch64")
+WHEEL_PLATFORMS = (
+    "manylinux_2_27_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux2014_aarch64",
+    "manylinux_2_17_aarch64",
+)
 WHEEL_PYTHON = "311"  # bookworm's CPython 3.11
 
 #: Where the system variant's build-time venv lives on the device (the EmulatedPiVM's `python`).

@@ -19,8 +19,15 @@ from typing import Callable, Iterable
 
 from edgepipe.targets.emulated_pi.build_cache import cache_key, cached_entry, entry_name, read_manifest
 from edgepipe.targets.emulated_pi.cpus import CPUS, cpu_model, cpuinfo_text, write_cpuinfo
-from edgepipe.targets.emulated_pi.pins import (BUILDER_VERSION, MIRROR, SUITE, USER_PACKAGES, WHEEL_PLATFORMS,
-                                              WHEEL_PYTHON, WHEELS)
+from edgepipe.targets.emulated_pi.pins import (
+    BUILDER_VERSION,
+    MIRROR,
+    SUITE,
+    USER_PACKAGES,
+    WHEEL_PLATFORMS,
+    WHEEL_PYTHON,
+    WHEELS,
+)
 from edgepipe.targets.emulated_pi.tools import QEMU_USER, BuildError, Progress, require_tools, run_step
 from edgepipe.targets.emulated_pi.wheels import unpack_wheels, wheels_entry
 
@@ -29,9 +36,20 @@ def mmdebstrap_extract(target: Path, packages: Iterable[str], log: Path) -> list
     """`mmdebstrap --variant=extract --arch=arm64`: unpack the packages and their dependencies, no
     emulation, no configuration. Returns the .deb file names (the exact versions) it unpacked."""
     debs = target.parent / f"{target.name}.debs"
-    run_step(["mmdebstrap", "--variant=extract", "--arch=arm64", f"--include={','.join(packages)}",
-              f"--extract-hook=ls \"$1\"/var/cache/apt/archives/ > {shlex.quote(str(debs))}",
-              SUITE, str(target), f"deb {MIRROR} {SUITE} main"], log, "mmdebstrap (extract)")
+    run_step(
+        [
+            "mmdebstrap",
+            "--variant=extract",
+            "--arch=arm64",
+            f"--include={','.join(packages)}",
+            f'--extract-hook=ls "$1"/var/cache/apt/archives/ > {shlex.quote(str(debs))}',
+            SUITE,
+            str(target),
+            f"deb {MIRROR} {SUITE} main",
+        ],
+        log,
+        "mmdebstrap (extract)",
+    )
     names = sorted(n for n in debs.read_text().split() if n.endswith(".deb"))
     debs.unlink()
     return [_deb_name(n) for n in names]
@@ -89,8 +107,19 @@ def _precompile(dirs: list[Path], log: Path, emulated_python: Path, built: Path,
     (tracebacks) are rewritten to the entry's `final` place. Returns which interpreter compiled.
     """
     py = _host_python311()
-    cmd = [py or str(emulated_python), "-m", "compileall", "-q", "-j", "0" if py else "2",
-           "-s", str(built), "-p", str(final), *map(str, dirs)]
+    cmd = [
+        py or str(emulated_python),
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "0" if py else "2",
+        "-s",
+        str(built),
+        "-p",
+        str(final),
+        *map(str, dirs),
+    ]
     # compileall exits 1 when a file does not compile (test data with Python 2 syntax); that is fine
     done = subprocess.run(cmd, capture_output=True, text=True)
     with open(log, "a") as f:
@@ -100,8 +129,9 @@ def _precompile(dirs: list[Path], log: Path, emulated_python: Path, built: Path,
     return "host " + py if py else "emulated"
 
 
-def wrapper_text(cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/usr/bin/qemu-aarch64-static",
-                 note: str = "") -> str:
+def wrapper_text(
+    cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/usr/bin/qemu-aarch64-static", note: str = ""
+) -> str:
     """The `python` wrapper script of the user variant: bookworm's aarch64 python3.11 under qemu-user.
 
     * `-cpu` names the Pi's core (never qemu's `max`).
@@ -114,12 +144,31 @@ def wrapper_text(cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/u
     """
     cpu_model(cpu)
     r, s = str(rootfs), str(site)
-    args = [qemu, "-cpu", cpu, "-L", r, "-E", f"PYTHONPATH={s}", "-E", "PYTHONNOUSERSITE=1",
-            "-E", "PYTHONDONTWRITEBYTECODE=1", "-U", "PYTHONHOME", "-U", "LD_PRELOAD", "-U", "LD_LIBRARY_PATH",
-            f"{r}/usr/bin/python3.11"]
-    head = ("#!/bin/sh\n"
-            f"# python of an emulated Raspberry Pi ({cpu}): Debian {SUITE} arm64 CPython 3.11 under qemu-user.\n"
-            "# Made by edgepipe's pi builder; use its path as the bench param `python`. Do not edit.\n")
+    args = [
+        qemu,
+        "-cpu",
+        cpu,
+        "-L",
+        r,
+        "-E",
+        f"PYTHONPATH={s}",
+        "-E",
+        "PYTHONNOUSERSITE=1",
+        "-E",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "-U",
+        "PYTHONHOME",
+        "-U",
+        "LD_PRELOAD",
+        "-U",
+        "LD_LIBRARY_PATH",
+        f"{r}/usr/bin/python3.11",
+    ]
+    head = (
+        "#!/bin/sh\n"
+        f"# python of an emulated Raspberry Pi ({cpu}): Debian {SUITE} arm64 CPython 3.11 under qemu-user.\n"
+        "# Made by edgepipe's pi builder; use its path as the bench param `python`. Do not edit.\n"
+    )
     if note:
         head += f"# {note}\n"
     return head + "exec " + " ".join(shlex.quote(a) for a in args) + ' "$@"\n'
@@ -132,14 +181,18 @@ def _hardlink_copy(src: Path, dst: Path) -> None:
 
 def _smoke_test_user(python: Path) -> dict:
     """Run the built interpreter once: machine, versions, a LiteRT interpreter made (the cpuinfo crash)."""
-    code = ("import json, platform, numpy, importlib.metadata as m\n"
-            "from ai_edge_litert.interpreter import Interpreter\n"
-            "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),"
-            " 'numpy': numpy.__version__, 'ai_edge_litert': m.version('ai-edge-litert')}))\n")
+    code = (
+        "import json, platform, numpy, importlib.metadata as m\n"
+        "from ai_edge_litert.interpreter import Interpreter\n"
+        "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),"
+        " 'numpy': numpy.__version__, 'ai_edge_litert': m.version('ai-edge-litert')}))\n"
+    )
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        raise BuildError(f"the emulated python does not run: {done.stderr.strip()[-400:]}",
-                         "check qemu-user-static and the rootfs/proc/cpuinfo file")
+        raise BuildError(
+            f"the emulated python does not run: {done.stderr.strip()[-400:]}",
+            "check qemu-user-static and the rootfs/proc/cpuinfo file",
+        )
     info = json.loads(done.stdout.strip().splitlines()[-1])
     if info["machine"] != "aarch64":
         raise BuildError(f"the emulated python reports machine {info['machine']!r}, not aarch64")
@@ -147,9 +200,16 @@ def _smoke_test_user(python: Path) -> dict:
 
 
 def _user_base_spec() -> dict:
-    return {"builder": BUILDER_VERSION, "kind": "user-base", "suite": SUITE, "mirror": MIRROR,
-            "packages": sorted(USER_PACKAGES), "wheels": WHEELS, "platforms": list(WHEEL_PLATFORMS),
-            "python_tag": WHEEL_PYTHON}
+    return {
+        "builder": BUILDER_VERSION,
+        "kind": "user-base",
+        "suite": SUITE,
+        "mirror": MIRROR,
+        "packages": sorted(USER_PACKAGES),
+        "wheels": WHEELS,
+        "platforms": list(WHEEL_PLATFORMS),
+        "python_tag": WHEEL_PYTHON,
+    }
 
 
 def user_base_name() -> str:
@@ -161,20 +221,28 @@ def _user_base_entry(root: Path, progress: Progress) -> Path:
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
         require_tools("build")
         if os.geteuid() != 0:
-            raise BuildError("building the emulated Pi's root file system needs root (mmdebstrap)",
-                             "run it once as root with EDGEPIPE_CACHE naming this cache; later runs reuse it")
+            raise BuildError(
+                "building the emulated Pi's root file system needs root (mmdebstrap)",
+                "run it once as root with EDGEPIPE_CACHE naming this cache; later runs reuse it",
+            )
         wheels = wheels_entry(root, progress)
         log = tmp / "build.log"
-        say(f"pi: user base: [1/3] mmdebstrap --variant=extract --arch=arm64 --include={','.join(USER_PACKAGES)} "
-            f"{SUITE}")
+        say(
+            f"pi: user base: [1/3] mmdebstrap --variant=extract --arch=arm64 --include={','.join(USER_PACKAGES)} "
+            f"{SUITE}"
+        )
         debs = mmdebstrap_extract(tmp / "rootfs", USER_PACKAGES, log)
         say("pi: user base: [2/3] unpacking the wheels into site/")
         unpack_wheels(sorted(wheels.glob("*.whl")), tmp / "site")
         say("pi: user base: [3/3] making absolute symlinks relative to the rootfs")
         n = _relativize_symlinks(tmp / "rootfs")
         (tmp / "rootfs" / "proc").mkdir(exist_ok=True)
-        return {"debs": debs, "wheels": read_manifest(wheels)["wheels"], "symlinks_relativized": n,
-                "python_deb": deb_version(debs, "python3.11")}
+        return {
+            "debs": debs,
+            "wheels": read_manifest(wheels)["wheels"],
+            "symlinks_relativized": n,
+            "python_deb": deb_version(debs, "python3.11"),
+        }
 
     return cached_entry(root, "user-base", _user_base_spec(), build, progress, "user base")
 
@@ -187,9 +255,16 @@ def emulated_marker(cpu: str) -> str:
 
 def _user_device_spec(cpu: str, cores: int) -> dict:
     qemu = shutil.which(QEMU_USER) or f"/usr/bin/{QEMU_USER}"
-    return {"builder": BUILDER_VERSION, "kind": "user", "base": cache_key(_user_base_spec()), "cpu": cpu,
-            "cpuinfo": cpuinfo_text(cpu, cores), "qemu": qemu, "marker": emulated_marker(cpu),
-            "wrapper": wrapper_text(cpu, "ROOTFS", "SITE", qemu)}
+    return {
+        "builder": BUILDER_VERSION,
+        "kind": "user",
+        "base": cache_key(_user_base_spec()),
+        "cpu": cpu,
+        "cpuinfo": cpuinfo_text(cpu, cores),
+        "qemu": qemu,
+        "marker": emulated_marker(cpu),
+        "wrapper": wrapper_text(cpu, "ROOTFS", "SITE", qemu),
+    }
 
 
 def user_device_name(cpu: str, cores: int) -> str:
@@ -209,8 +284,7 @@ def user_device_entry(root: Path, cpu: str, cores: int, progress: Progress) -> P
         say(f"pi: user {cpu}: [1/4] hard-link copy of the base rootfs and site")
         _hardlink_copy(base / "rootfs", tmp / "rootfs")
         _hardlink_copy(base / "site", tmp / "site")
-        say(f"pi: user {cpu}: [2/4] ARM /proc/cpuinfo ({CPUS[cpu].board}, {CPUS[cpu].core} "
-            f"part {CPUS[cpu].part:#05x})")
+        say(f"pi: user {cpu}: [2/4] ARM /proc/cpuinfo ({CPUS[cpu].board}, {CPUS[cpu].core} part {CPUS[cpu].part:#05x})")
         (tmp / "rootfs" / "proc" / "cpuinfo").unlink(missing_ok=True)  # never write through a hard link
         write_cpuinfo(tmp / "rootfs", cpu, cores)
         (tmp / "rootfs" / "etc" / "edgepipe-emulated").write_text(emulated_marker(cpu) + "\n")
@@ -227,8 +301,17 @@ def user_device_entry(root: Path, cpu: str, cores: int, progress: Progress) -> P
         info = _smoke_test_user(probe)
         probe.unlink()
         base_m = read_manifest(base)
-        return {"variant": "user", "cpu": cpu, "cores": cores, "python": str(final / "python"),
-                "compiled_by": compiled_by, "smoke": info, "base": base.name, "debs": base_m["debs"],
-                "wheels": base_m["wheels"], "python_deb": base_m["python_deb"]}
+        return {
+            "variant": "user",
+            "cpu": cpu,
+            "cores": cores,
+            "python": str(final / "python"),
+            "compiled_by": compiled_by,
+            "smoke": info,
+            "base": base.name,
+            "debs": base_m["debs"],
+            "wheels": base_m["wheels"],
+            "python_deb": base_m["python_deb"],
+        }
 
     return cached_entry(root, f"user-{cpu}", spec, build, progress, f"user {cpu}")

@@ -105,13 +105,25 @@ class SshDevice:
 
     def ssh_command(self, remote: str) -> list[str]:
         """An `ssh` argument list that runs the shell command line `remote` on the device."""
-        args = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(self.port), "-i",
-                str(self.identity), "-o", "IdentitiesOnly=yes"]
+        args = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.identity),
+            "-o",
+            "IdentitiesOnly=yes",
+        ]
         for o in self.ssh_options:
             args += ["-o", o]
         return [*args, f"{self.user}@127.0.0.1", "--", remote]
 
     def run(self, remote: str, timeout: float = 3600) -> subprocess.CompletedProcess:
         """Run a shell command line on the device, capturing its output (text)."""
-        return subprocess.run(self.ssh_command(remote), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.ssh_command(remote), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )

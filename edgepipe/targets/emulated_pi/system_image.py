@@ -17,13 +17,24 @@ from typing import Callable
 from edgepipe.targets.emulated_pi.binfmt import binfmt_aarch64_enabled, ensure_binfmt_aarch64
 from edgepipe.targets.emulated_pi.build_cache import cached_entry, disk_bytes, entry_name, read_manifest, remove_tree
 from edgepipe.targets.emulated_pi.initramfs import INITRAMFS_INIT, base_initramfs
-from edgepipe.targets.emulated_pi.pins import (BUILDER_VERSION, INITRAMFS_MODULES, KERNEL_PACKAGES, MIRROR, SUITE,
-                                              SYSTEM_PACKAGES, VM_HOSTNAME, VM_IMAGE_BYTES, VM_UID, VM_USER, VM_VENV,
-                                              WHEEL_PLATFORMS, WHEELS)
+from edgepipe.targets.emulated_pi.pins import (
+    BUILDER_VERSION,
+    INITRAMFS_MODULES,
+    KERNEL_PACKAGES,
+    MIRROR,
+    SUITE,
+    SYSTEM_PACKAGES,
+    VM_HOSTNAME,
+    VM_IMAGE_BYTES,
+    VM_UID,
+    VM_USER,
+    VM_VENV,
+    WHEEL_PLATFORMS,
+    WHEELS,
+)
 from edgepipe.targets.emulated_pi.rootfs import deb_version, mmdebstrap_extract
 from edgepipe.targets.emulated_pi.tools import BuildError, Progress, run_step
 from edgepipe.targets.emulated_pi.wheels import wheels_entry
-
 
 #: PID 1 of the root file system (minbase has no init system; this is all the device needs).
 GUEST_INIT = r"""#!/bin/sh
@@ -51,7 +62,8 @@ while :; do wait; sleep 5; done
 
 #: mmdebstrap --customize-hook script (runs on the host, $1 = the new root; chroot runs arm64 programs
 #: through binfmt_misc). $2 = the wheels dir, $3 = the guest init script.
-CUSTOMIZE_HOOK = r"""#!/bin/sh
+CUSTOMIZE_HOOK = (
+    r"""#!/bin/sh
 set -eu
 R="$1"; WHEELS="$2"; INIT="$3"
 C() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$R" "$@"; }
@@ -77,17 +89,33 @@ C python3 -m venv @VENV@
 C @VENV@/bin/pip install --no-index --no-cache-dir --disable-pip-version-check --require-hashes \
   --find-links /tmp/edgepipe-wheels -r /tmp/edgepipe-wheels/requirements.txt
 rm -rf "$R/tmp/edgepipe-wheels"
-""".replace("@USER@", VM_USER).replace("@UID@", str(VM_UID)).replace("@HOSTNAME@", VM_HOSTNAME).replace(
-    "@VENV@", VM_VENV)
+""".replace("@USER@", VM_USER)
+    .replace("@UID@", str(VM_UID))
+    .replace("@HOSTNAME@", VM_HOSTNAME)
+    .replace("@VENV@", VM_VENV)
+)
 
 
 def system_spec() -> dict:
-    return {"builder": BUILDER_VERSION, "kind": "system", "suite": SUITE, "mirror": MIRROR,
-            "packages": sorted(SYSTEM_PACKAGES), "kernel_packages": sorted(KERNEL_PACKAGES),
-            "modules": list(INITRAMFS_MODULES), "wheels": WHEELS, "platforms": list(WHEEL_PLATFORMS),
-            "guest_init": GUEST_INIT, "initramfs_init": INITRAMFS_INIT, "customize_hook": CUSTOMIZE_HOOK,
-            "image_bytes": VM_IMAGE_BYTES, "user": VM_USER, "uid": VM_UID, "hostname": VM_HOSTNAME,
-            "venv": VM_VENV}
+    return {
+        "builder": BUILDER_VERSION,
+        "kind": "system",
+        "suite": SUITE,
+        "mirror": MIRROR,
+        "packages": sorted(SYSTEM_PACKAGES),
+        "kernel_packages": sorted(KERNEL_PACKAGES),
+        "modules": list(INITRAMFS_MODULES),
+        "wheels": WHEELS,
+        "platforms": list(WHEEL_PLATFORMS),
+        "guest_init": GUEST_INIT,
+        "initramfs_init": INITRAMFS_INIT,
+        "customize_hook": CUSTOMIZE_HOOK,
+        "image_bytes": VM_IMAGE_BYTES,
+        "user": VM_USER,
+        "uid": VM_UID,
+        "hostname": VM_HOSTNAME,
+        "venv": VM_VENV,
+    }
 
 
 def system_name() -> str:
@@ -101,24 +129,43 @@ def system_entry(root: Path, progress: Progress, setup_binfmt: bool) -> Path:
 
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
         if os.geteuid() != 0:
-            raise BuildError("building the system variant needs root (mmdebstrap's root mode, mke2fs -d with "
-                             "owners)", "run the build once as root; the cache can then be used by others")
+            raise BuildError(
+                "building the system variant needs root (mmdebstrap's root mode, mke2fs -d with owners)",
+                "run the build once as root; the cache can then be used by others",
+            )
         if setup_binfmt:
             ensure_binfmt_aarch64(progress)
         elif not binfmt_aarch64_enabled():
-            raise BuildError("aarch64 binfmt_misc emulation is not enabled (mmdebstrap configures the arm64 "
-                             "packages in a chroot)", "pass setup_binfmt=True, or enable it by hand (update-binfmts)")
+            raise BuildError(
+                "aarch64 binfmt_misc emulation is not enabled (mmdebstrap configures the arm64 packages in a chroot)",
+                "pass setup_binfmt=True, or enable it by hand (update-binfmts)",
+            )
         wheels = wheels_entry(root, progress)
         log = tmp / "build.log"
         (tmp / "edgepipe-init").write_text(GUEST_INIT)
         (tmp / "customize.sh").write_text(CUSTOMIZE_HOOK)
-        hook = (f"sh {shlex.quote(str(tmp / 'customize.sh'))} \"$1\" {shlex.quote(str(wheels))} "
-                f"{shlex.quote(str(tmp / 'edgepipe-init'))}")
-        say(f"pi: system: [1/5] mmdebstrap --variant=minbase --arch=arm64 (configured under "
-            f"qemu-user via binfmt_misc; a few minutes) + user {VM_USER}, venv {VM_VENV}")
-        run_step(["mmdebstrap", "--variant=minbase", "--arch=arm64", f"--include={','.join(SYSTEM_PACKAGES)}",
-                  f"--customize-hook={hook}", SUITE, str(tmp / "rootfs"), f"deb {MIRROR} {SUITE} main"],
-                 log, "mmdebstrap (minbase, arm64)")
+        hook = (
+            f'sh {shlex.quote(str(tmp / "customize.sh"))} "$1" {shlex.quote(str(wheels))} '
+            f"{shlex.quote(str(tmp / 'edgepipe-init'))}"
+        )
+        say(
+            f"pi: system: [1/5] mmdebstrap --variant=minbase --arch=arm64 (configured under "
+            f"qemu-user via binfmt_misc; a few minutes) + user {VM_USER}, venv {VM_VENV}"
+        )
+        run_step(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--arch=arm64",
+                f"--include={','.join(SYSTEM_PACKAGES)}",
+                f"--customize-hook={hook}",
+                SUITE,
+                str(tmp / "rootfs"),
+                f"deb {MIRROR} {SUITE} main",
+            ],
+            log,
+            "mmdebstrap (minbase, arm64)",
+        )
         (tmp / "edgepipe-init").unlink()
         (tmp / "customize.sh").unlink()
         admin = tmp / "rootfs" / "var" / "lib" / "dpkg"
@@ -131,20 +178,44 @@ def system_entry(root: Path, progress: Progress, setup_binfmt: bool) -> Path:
         vmlinuz = sorted((tmp / "kernel" / "boot").glob("vmlinuz-*"))
         if not vmlinuz:
             raise BuildError("no vmlinuz-* in the extracted linux-image-arm64", f"see {log}")
-        release = vmlinuz[-1].name[len("vmlinuz-"):]
+        release = vmlinuz[-1].name[len("vmlinuz-") :]
         shutil.copy2(vmlinuz[-1], tmp / "vmlinuz")
         say(f"pi: system: [3/5] initramfs (busybox + {', '.join(INITRAMFS_MODULES)} for {release})")
         cpio, mods = base_initramfs(tmp / "kernel", tmp / "kernel" / "lib" / "modules" / release)
         (tmp / "initrd.cpio").write_bytes(cpio)
         remove_tree(tmp / "kernel")
         say(f"pi: system: [4/5] mke2fs -t ext4 -d rootfs root.ext4 ({VM_IMAGE_BYTES // 2**30} GiB sparse)")
-        run_step(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-d", str(tmp / "rootfs"),
-                  str(tmp / "root.ext4"), str(VM_IMAGE_BYTES // 1024) + "k"], log, "mke2fs")
+        run_step(
+            [
+                "mke2fs",
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                "rootfs",
+                "-d",
+                str(tmp / "rootfs"),
+                str(tmp / "root.ext4"),
+                str(VM_IMAGE_BYTES // 1024) + "k",
+            ],
+            log,
+            "mke2fs",
+        )
         say("pi: system: [5/5] removing the rootfs directory (the image has it)")
         rootfs_bytes = disk_bytes(tmp / "rootfs")
         remove_tree(tmp / "rootfs")
-        return {"variant": "system", "kernel_release": release, "initramfs_modules": mods, "debs": debs,
-                "kernel_debs": kdebs, "python_deb": deb_version(debs, "python3.11"), "rootfs_bytes": rootfs_bytes,
-                "wheels": read_manifest(wheels)["wheels"], "venv": VM_VENV, "user": VM_USER}
+        return {
+            "variant": "system",
+            "kernel_release": release,
+            "initramfs_modules": mods,
+            "debs": debs,
+            "kernel_debs": kdebs,
+            "python_deb": deb_version(debs, "python3.11"),
+            "rootfs_bytes": rootfs_bytes,
+            "wheels": read_manifest(wheels)["wheels"],
+            "venv": VM_VENV,
+            "user": VM_USER,
+        }
 
     return cached_entry(root, "system", system_spec(), build, progress, "system")

@@ -39,12 +39,19 @@ def missing_tools(variant: str = "user") -> list[str]:
     if variant == "user":
         need[SSHD] = "openssh-server"
     elif variant == "system":
-        need |= {QEMU_SYSTEM: "qemu-system-arm", "mke2fs": "e2fsprogs", "arch-test": "arch-test",
-                 "update-binfmts": "binfmt-support"}
+        need |= {
+            QEMU_SYSTEM: "qemu-system-arm",
+            "mke2fs": "e2fsprogs",
+            "arch-test": "arch-test",
+            "update-binfmts": "binfmt-support",
+        }
     elif variant not in ("python", "build"):
         raise ValueError(f"variant must be 'python', 'build', 'user' or 'system', not {variant!r}")
-    return [f"{tool} ({pkg})" for tool, pkg in need.items()
-            if not (Path(tool).is_file() if tool.startswith("/") else shutil.which(tool))]
+    return [
+        f"{tool} ({pkg})"
+        for tool, pkg in need.items()
+        if not (Path(tool).is_file() if tool.startswith("/") else shutil.which(tool))
+    ]
 
 
 def require_tools(variant: str) -> None:
@@ -67,6 +74,7 @@ def run_step(cmd: list[str], log: Path | None = None, what: str = "", **kw) -> s
         out = log.read_text()[-2000:]
     if done.returncode != 0:
         tail = " | ".join(line for line in out.strip().splitlines()[-4:])
-        raise BuildError(f"{what or cmd[0]} failed (exit {done.returncode}): {tail[-600:]}",
-                         f"see {log}" if log else None)
+        raise BuildError(
+            f"{what or cmd[0]} failed (exit {done.returncode}): {tail[-600:]}", f"see {log}" if log else None
+        )
     return done

@@ -28,8 +28,15 @@ class EmulatedPi(SshDevice):
     the bench param `python`), description, device (the cache entry), port, user, workdir.
     """
 
-    def __init__(self, cpu: str = "cortex-a72", *, cache_dir: str | Path | None = None,
-                 workdir: str | Path | None = None, progress: Progress = print, cores: int = 4):
+    def __init__(
+        self,
+        cpu: str = "cortex-a72",
+        *,
+        cache_dir: str | Path | None = None,
+        workdir: str | Path | None = None,
+        progress: Progress = print,
+        cores: int = 4,
+    ):
         self.cpu, self.cache_dir, self.progress, self.cores = cpu, cache_dir, progress, cores
         self._workdir_arg = workdir
 
@@ -40,12 +47,15 @@ class EmulatedPi(SshDevice):
         return f"missing {', '.join(missing)}" if missing else None
 
     def _prepare(self) -> None:
-        self.device = build_device(self.cache_dir, cpu=self.cpu, variant="user", progress=self.progress,
-                                   cores=self.cores)
+        self.device = build_device(
+            self.cache_dir, cpu=self.cpu, variant="user", progress=self.progress, cores=self.cores
+        )
         m = read_manifest(self.device)
         self.python = str(self.device / "python")
-        self.description = (f"qemu-user {self.cpu}, Debian {SUITE} arm64, Python {m['smoke']['python']} "
-                            f"(ai-edge-litert {m['smoke']['ai_edge_litert']}, numpy {m['smoke']['numpy']})")
+        self.description = (
+            f"qemu-user {self.cpu}, Debian {SUITE} arm64, Python {m['smoke']['python']} "
+            f"(ai-edge-litert {m['smoke']['ai_edge_litert']}, numpy {m['smoke']['numpy']})"
+        )
 
     def _start(self, r: Path) -> None:
         """This machine's sshd on a free port, trusting this instance's client key alone."""
@@ -56,8 +66,9 @@ class EmulatedPi(SshDevice):
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory, as root
         self._log = open(r / "sshd.log", "w")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(r / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(r / "sshd_config")], stdout=subprocess.DEVNULL, stderr=self._log
+        )
         deadline = time.monotonic() + 10
         while True:
             with socket.socket() as s:

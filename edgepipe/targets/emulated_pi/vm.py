@@ -19,8 +19,18 @@ from edgepipe.targets.emulated_pi.system_image import system_name
 from edgepipe.targets.emulated_pi.tools import QEMU_SYSTEM, BuildError, Progress, missing_tools, show_progress
 
 
-def vm_command(device: Path, *, cpu: str = "cortex-a72", smp: int = 2, memory: str = "2G", port: int,
-               initrd: Path, console: Path, internet: bool = True, qemu: str = QEMU_SYSTEM) -> list[str]:
+def vm_command(
+    device: Path,
+    *,
+    cpu: str = "cortex-a72",
+    smp: int = 2,
+    memory: str = "2G",
+    port: int,
+    initrd: Path,
+    console: Path,
+    internet: bool = True,
+    qemu: str = QEMU_SYSTEM,
+) -> list[str]:
     """The qemu-system-aarch64 command line of an EmulatedPiVM.
 
     `-snapshot`: the cached root image is never written (a boot's changes go to a temporary file and are
@@ -29,13 +39,43 @@ def vm_command(device: Path, *, cpu: str = "cortex-a72", smp: int = 2, memory: s
     """
     cpu_model(cpu)
     net = f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22" + ("" if internet else ",restrict=on")
-    return [qemu, "-M", "virt", "-cpu", cpu, "-smp", str(smp), "-m", memory, "-accel", "tcg,thread=multi",
-            "-kernel", str(device / "vmlinuz"), "-initrd", str(initrd),
-            "-append", "console=ttyAMA0 quiet panic=-1",
-            "-drive", f"if=none,id=root,format=raw,cache=unsafe,file={device / 'root.ext4'}",
-            "-device", "virtio-blk-pci,drive=root", "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
-            "-device", "virtio-rng-pci", "-snapshot", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{console}", "-no-reboot"]
+    return [
+        qemu,
+        "-M",
+        "virt",
+        "-cpu",
+        cpu,
+        "-smp",
+        str(smp),
+        "-m",
+        memory,
+        "-accel",
+        "tcg,thread=multi",
+        "-kernel",
+        str(device / "vmlinuz"),
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyAMA0 quiet panic=-1",
+        "-drive",
+        f"if=none,id=root,format=raw,cache=unsafe,file={device / 'root.ext4'}",
+        "-device",
+        "virtio-blk-pci,drive=root",
+        "-netdev",
+        net,
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+        "-device",
+        "virtio-rng-pci",
+        "-snapshot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{console}",
+        "-no-reboot",
+    ]
 
 
 class EmulatedPiVM(SshDevice):
@@ -53,9 +93,19 @@ class EmulatedPiVM(SshDevice):
     stop_timeout = 20
     _prefix = "edgepipe-pivm-"
 
-    def __init__(self, cpu: str = "cortex-a72", *, smp: int = 2, memory: str = "2G",
-                 cache_dir: str | Path | None = None, workdir: str | Path | None = None, progress: Progress = print,
-                 internet: bool = False, boot_timeout: float = 600, setup_binfmt: bool = False):
+    def __init__(
+        self,
+        cpu: str = "cortex-a72",
+        *,
+        smp: int = 2,
+        memory: str = "2G",
+        cache_dir: str | Path | None = None,
+        workdir: str | Path | None = None,
+        progress: Progress = print,
+        internet: bool = False,
+        boot_timeout: float = 600,
+        setup_binfmt: bool = False,
+    ):
         cpu_model(cpu)
         self.cpu, self.smp, self.memory, self.cache_dir, self.progress = cpu, smp, memory, cache_dir, progress
         self.internet, self.boot_timeout, self.setup_binfmt = internet, boot_timeout, setup_binfmt
@@ -73,32 +123,52 @@ class EmulatedPiVM(SshDevice):
         return None
 
     def _prepare(self) -> None:
-        self.device = build_device(self.cache_dir, cpu=self.cpu, variant="system", progress=self.progress,
-                                   setup_binfmt=self.setup_binfmt)
+        self.device = build_device(
+            self.cache_dir, cpu=self.cpu, variant="system", progress=self.progress, setup_binfmt=self.setup_binfmt
+        )
         m = read_manifest(self.device)
         pyver = (m.get("python_deb") or "3.11").split("-")[0]
         self.python = f"{VM_VENV}/bin/python"
-        self.description = (f"qemu-system virt {self.cpu} x{self.smp}, {self.memory}, Debian {SUITE} arm64 "
-                            f"(kernel {m['kernel_release']}), Python {pyver}")
+        self.description = (
+            f"qemu-system virt {self.cpu} x{self.smp}, {self.memory}, Debian {SUITE} arm64 "
+            f"(kernel {m['kernel_release']}), Python {pyver}"
+        )
 
     def _start(self, r: Path) -> None:
         """Boot the image with this instance's keys in its initramfs; return once its sshd lets us in."""
         self._keys(r, "edgepipe-pivm", free_port(), VM_USER)
         initrd = r / "initrd.cpio"
-        initrd.write_bytes((self.device / "initrd.cpio").read_bytes()
-                           + instance_cpio(r / "host_key", (r / "client_key.pub").read_bytes()))
+        initrd.write_bytes(
+            (self.device / "initrd.cpio").read_bytes()
+            + instance_cpio(r / "host_key", (r / "client_key.pub").read_bytes())
+        )
         self.console = r / "console.log"
-        cmd = vm_command(self.device, cpu=self.cpu, smp=self.smp, memory=self.memory, port=self.port,
-                         initrd=initrd, console=self.console, internet=self.internet)
+        cmd = vm_command(
+            self.device,
+            cpu=self.cpu,
+            smp=self.smp,
+            memory=self.memory,
+            port=self.port,
+            initrd=initrd,
+            console=self.console,
+            internet=self.internet,
+        )
         show_progress(self.progress, f"pi: booting {self.description} (ssh on 127.0.0.1:{self.port})")
         start = time.monotonic()
         self._log = open(r / "qemu.log", "w")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "TMPDIR": str(r)})  # -snapshot's overlay lives here
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(r)},
+        )  # -snapshot's overlay lives here
         while True:
             if self.proc.poll() is not None:
-                raise BuildError(f"qemu exited ({self.proc.returncode}) before sshd answered: "
-                                 f"{self._tail(r / 'qemu.log')} / console: {self._tail(self.console)}")
+                raise BuildError(
+                    f"qemu exited ({self.proc.returncode}) before sshd answered: "
+                    f"{self._tail(r / 'qemu.log')} / console: {self._tail(self.console)}"
+                )
             if time.monotonic() - start > self.boot_timeout:
                 raise BuildError(f"no sshd after {self.boot_timeout:.0f} s; console: {self._tail(self.console)}")
             if self._banner() and self.run("true", timeout=60).returncode == 0:

@@ -30,16 +30,37 @@ def _download_wheels(dest: Path, log: Path) -> list[str]:
     req = dest / "requirements.txt"
     dest.mkdir(parents=True, exist_ok=True)
     req.write_text(requirements_text())
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--require-hashes", "-r", str(req),
-           "-d", str(dest), "--python-version", WHEEL_PYTHON, "--implementation", "cp",
-           "--abi", f"cp{WHEEL_PYTHON}", "--abi", "abi3", "--abi", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--only-binary=:all:",
+        "--require-hashes",
+        "-r",
+        str(req),
+        "-d",
+        str(dest),
+        "--python-version",
+        WHEEL_PYTHON,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{WHEEL_PYTHON}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for p in WHEEL_PLATFORMS:
         cmd += ["--platform", p]
     run_step(cmd, log, "pip download (aarch64 wheels)")
     wheels = sorted(p.name for p in dest.glob("*.whl"))
     if len(wheels) != len(WHEELS):
-        raise BuildError(f"pip downloaded {len(wheels)} wheels, {len(WHEELS)} are pinned: {wheels}",
-                         "update WHEELS (a new dependency?) and BUILDER_VERSION")
+        raise BuildError(
+            f"pip downloaded {len(wheels)} wheels, {len(WHEELS)} are pinned: {wheels}",
+            "update WHEELS (a new dependency?) and BUILDER_VERSION",
+        )
     return wheels
 
 
@@ -62,12 +83,18 @@ def unpack_wheels(wheels: Iterable[Path], site: Path) -> None:
 
 
 def _wheels_spec() -> dict:
-    return {"builder": BUILDER_VERSION, "kind": "wheels", "wheels": WHEELS, "platforms": list(WHEEL_PLATFORMS),
-            "python_tag": WHEEL_PYTHON}
+    return {
+        "builder": BUILDER_VERSION,
+        "kind": "wheels",
+        "wheels": WHEELS,
+        "platforms": list(WHEEL_PLATFORMS),
+        "python_tag": WHEEL_PYTHON,
+    }
 
 
 def wheels_entry(root: Path, progress: Progress) -> Path:
     """The cache entry of the pinned aarch64 wheels (downloaded the first time)."""
+
     def build(tmp: Path, say: Callable[[str], None]) -> dict:
         say("pi: wheels: pip download of the pinned aarch64 wheels (manylinux_2_27_aarch64 et al.)")
         return {"wheels": _download_wheels(tmp, tmp / "build.log")}

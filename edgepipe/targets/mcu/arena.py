@@ -8,8 +8,9 @@ from typing import Callable, Sequence
 __all__ = ["smallest_arena"]
 
 
-def smallest_arena(works: Callable[[int], bool], first: int, *, failing: int = 0, growth: Sequence[int] = (0,),
-                   multiple: int = 1) -> int | None:
+def smallest_arena(
+    works: Callable[[int], bool], first: int, *, failing: int = 0, growth: Sequence[int] = (0,), multiple: int = 1
+) -> int | None:
     """The smallest arena size, to within 16 bytes, in which `works(size)` holds.
 
     Tries `first + step` for each step of `growth` in turn until a size works, then bisects between it and
@@ -32,8 +33,10 @@ def smallest_arena(works: Callable[[int], bool], first: int, *, failing: int = 0
     # of the scratch kernels ask for while AllocateTensors plans), so the size is searched for: grown until the
     # model allocates, then bisected to 16 bytes, the alignment of TFLite Micro's buffers.
     if 16 % multiple or any(n % multiple for n in (first, failing, *growth)):
-        raise ValueError(f"the sizes tried ({first}, {failing}, {tuple(growth)}) must be multiples of {multiple}, "
-                         "itself a divisor of 16")
+        raise ValueError(
+            f"the sizes tried ({first}, {failing}, {tuple(growth)}) must be multiples of {multiple}, "
+            "itself a divisor of 16"
+        )
     below = failing
     for step in growth:
         size = first + step

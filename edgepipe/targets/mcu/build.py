@@ -33,8 +33,15 @@ from typing import Callable, Iterable
 
 from edgepipe.targets.mcu._util import cache_root
 from edgepipe.targets.mcu.compiler import Compiler, _archive, _member_name
-from edgepipe.targets.mcu.cores import (OPT_CORE, OPT_KERNEL, OPT_THIRD_PARTY, Core, compile_flags, get_core,
-                                         include_dirs)
+from edgepipe.targets.mcu.cores import (
+    OPT_CORE,
+    OPT_KERNEL,
+    OPT_THIRD_PARTY,
+    Core,
+    compile_flags,
+    get_core,
+    include_dirs,
+)
 from edgepipe.targets.mcu.errors import McuError
 from edgepipe.targets.mcu.model import ModelInfo
 from edgepipe.targets.mcu.source_lists import plan
@@ -81,9 +88,11 @@ class BuildResult:
         return [str(self.sources.root / i) for i in include_dirs(self.core)]
 
     def summary(self) -> str:
-        return (f"{self.core.name}: {self.objects} objects "
-                f"({self.compiled} compiled, {self.cached} cached), "
-                f"{len(self.ops)} ops, {self.seconds:.1f} s")
+        return (
+            f"{self.core.name}: {self.objects} objects "
+            f"({self.compiled} compiled, {self.cached} cached), "
+            f"{len(self.ops)} ops, {self.seconds:.1f} s"
+        )
 
 
 def _default_progress(target: str) -> Callable[[int, int], None]:
@@ -93,25 +102,28 @@ def _default_progress(target: str) -> Callable[[int, int], None]:
     def cb(done: int, total: int) -> None:
         if tty:
             end = "\n" if done == total else ""
-            print(f"\rbuilding TFLite Micro for {target}: {done}/{total} objects",
-                  end=end, file=sys.stderr, flush=True)
+            print(f"\rbuilding TFLite Micro for {target}: {done}/{total} objects", end=end, file=sys.stderr, flush=True)
         else:
             step = max(1, total // 10)
             if done == total or done // step != state["last"]:
                 state["last"] = done // step
-                print(f"building TFLite Micro for {target}: {done}/{total} objects",
-                      file=sys.stderr, flush=True)
+                print(f"building TFLite Micro for {target}: {done}/{total} objects", file=sys.stderr, flush=True)
+
     return cb
 
 
-def build(sources: TflmSources, core: str | Core = "cortex-m4", *,
-          model: ModelInfo | str | Path | None = None,
-          ops: Iterable[str] | None = None,
-          int8_kernels: bool = False,
-          jobs: int | None = None,
-          toolchain: Toolchain | None = None,
-          cache_dir: str | Path | None = None,
-          progress: Callable[[int, int], None] | None | bool = True) -> BuildResult:
+def build(
+    sources: TflmSources,
+    core: str | Core = "cortex-m4",
+    *,
+    model: ModelInfo | str | Path | None = None,
+    ops: Iterable[str] | None = None,
+    int8_kernels: bool = False,
+    jobs: int | None = None,
+    toolchain: Toolchain | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None | bool = True,
+) -> BuildResult:
     """Compile TFLM core, CMSIS-NN and the kernels a model needs.
 
     Args:
@@ -141,9 +153,11 @@ def build(sources: TflmSources, core: str | Core = "cortex-m4", *,
     fl_cxx = compile_flags(t, "c++")
     fl_c = compile_flags(t, "c")
     jobs_list = []  # (group, src, lang, flags)
-    for group, srcs, opt in (("tflm_core", csrcs, OPT_CORE),
-                             ("tflm_kernels", ksrcs, OPT_KERNEL),
-                             ("cmsis_nn", nsrcs, OPT_THIRD_PARTY)):
+    for group, srcs, opt in (
+        ("tflm_core", csrcs, OPT_CORE),
+        ("tflm_kernels", ksrcs, OPT_KERNEL),
+        ("cmsis_nn", nsrcs, OPT_THIRD_PARTY),
+    ):
         for s in srcs:
             lang = "c" if s.endswith(".c") else "c++"
             fl = (fl_c if lang == "c" else fl_cxx) + [opt]
@@ -183,8 +197,17 @@ def build(sources: TflmSources, core: str | Core = "cortex-m4", *,
     archives = {}
     for g in ("tflm_kernels", "tflm_core", "cmsis_nn"):
         archives[g] = _archive(tc, cache, f"ep_{g}", sorted(groups[g]))
-    return BuildResult(core=t, sources=sources, toolchain=tc, archives=archives,
-                       ops=chosen, kernel_sources=ksrcs, objects=total,
-                       compiled=comp.stats["compiled"], cached=comp.stats["cached"],
-                       seconds=time.monotonic() - t0, int8_kernels=int8_kernels,
-                       compiler=comp)
+    return BuildResult(
+        core=t,
+        sources=sources,
+        toolchain=tc,
+        archives=archives,
+        ops=chosen,
+        kernel_sources=ksrcs,
+        objects=total,
+        compiled=comp.stats["compiled"],
+        cached=comp.stats["cached"],
+        seconds=time.monotonic() - t0,
+        int8_kernels=int8_kernels,
+        compiler=comp,
+    )

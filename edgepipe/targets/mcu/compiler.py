@@ -88,10 +88,16 @@ class Compiler:
         self.man_dir = self.cache / "obj" / "manifests"
         self.man_dir.mkdir(parents=True, exist_ok=True)
         gcc_dir = Path(self.toolchain.gcc).resolve().parent.parent
-        self.sysdirs = tuple({str(gcc_dir / "lib" / "gcc"), str(gcc_dir / "include" / "newlib"),
-                              str(gcc_dir / "lib" / "arm-none-eabi"),
-                              "/usr/lib/gcc/arm-none-eabi", "/usr/include/newlib",
-                              "/usr/lib/arm-none-eabi"})
+        self.sysdirs = tuple(
+            {
+                str(gcc_dir / "lib" / "gcc"),
+                str(gcc_dir / "include" / "newlib"),
+                str(gcc_dir / "lib" / "arm-none-eabi"),
+                "/usr/lib/gcc/arm-none-eabi",
+                "/usr/include/newlib",
+                "/usr/lib/arm-none-eabi",
+            }
+        )
         self._lock = threading.Lock()
 
     def _abs(self, p: str) -> str:
@@ -105,10 +111,8 @@ class Compiler:
     def key1(self, src: str, flags: list[str], includes: list[str]) -> str:
         h = _MEMO.get(self._abs(src))
         if h is None:
-            raise McuError(f"source {src} not found under {self.root}",
-                           "pass a complete TFLite Micro source tree")
-        return sha256_bytes(json.dumps(
-            [self.toolchain.compiler_id, self._rel(src), h, flags, includes]).encode())
+            raise McuError(f"source {src} not found under {self.root}", "pass a complete TFLite Micro source tree")
+        return sha256_bytes(json.dumps([self.toolchain.compiler_id, self._rel(src), h, flags, includes]).encode())
 
     def lookup(self, k1: str) -> Path | None:
         """The cached object for key1 if all recorded headers are unchanged."""
@@ -123,8 +127,7 @@ class Compiler:
         obj = self.obj_dir / entry["obj"][:2] / f"{entry['obj']}.o"
         return obj if obj.is_file() else None
 
-    def compile(self, src: str, lang: str, flags: list[str],
-                includes: list[str]) -> Path:
+    def compile(self, src: str, lang: str, flags: list[str], includes: list[str]) -> Path:
         """Compile *src* (relative to root or absolute); return the cached object."""
         k1 = self.key1(src, flags, includes)
         hit = self.lookup(k1)
@@ -138,21 +141,19 @@ class Compiler:
         fd, tmp_o = tempfile.mkstemp(suffix=".o", dir=tmpdir)
         os.close(fd)
         tmp_d = tmp_o[:-2] + ".d"
-        cmd = [*nice_prefix(), exe, *flags, *[f"-I{i}" for i in includes],
-               "-MD", "-MF", tmp_d, "-c", src, "-o", tmp_o]
+        cmd = [*nice_prefix(), exe, *flags, *[f"-I{i}" for i in includes], "-MD", "-MF", tmp_d, "-c", src, "-o", tmp_o]
         try:
             r = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
             if r.returncode != 0:
-                err = next((l for l in r.stderr.splitlines() if "error" in l),
-                           r.stderr.strip()[:300])
+                err = next((l for l in r.stderr.splitlines() if "error" in l), r.stderr.strip()[:300])
                 log = self.cache / "logs" / f"compile-{k1[:12]}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(" ".join(cmd) + "\n\n" + r.stderr)
-                raise McuError(f"compiling {src} failed: {one_line(err, 200)} "
-                               f"(log: {log})",
-                               "check the TFLite Micro tree and toolchain "
-                               "versions; the log has the compiler output",
-                               detail=r.stderr)
+                raise McuError(
+                    f"compiling {src} failed: {one_line(err, 200)} (log: {log})",
+                    "check the TFLite Micro tree and toolchain versions; the log has the compiler output",
+                    detail=r.stderr,
+                )
             deps = {}
             for d in _parse_depfile(Path(tmp_d).read_text())[1:]:
                 a = os.path.normpath(self._abs(d))
@@ -165,9 +166,9 @@ class Compiler:
             obj = self.obj_dir / content[:2] / f"{content}.o"
             obj.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_o, obj)
-            fsio.write_text(self.man_dir / k1[:2] / f"{k1}.json",
-                            json.dumps({"src": self._rel(src), "obj": content,
-                                        "deps": deps}))
+            fsio.write_text(
+                self.man_dir / k1[:2] / f"{k1}.json", json.dumps({"src": self._rel(src), "obj": content, "deps": deps})
+            )
         finally:
             for t in (tmp_o, tmp_d):
                 try:
@@ -185,11 +186,9 @@ def _member_name(src: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", s).rsplit(".", 1)[0] + ".o"
 
 
-def _archive(tc: Toolchain, cache: Path, name: str,
-             members: list[tuple[str, Path]]) -> Path:
+def _archive(tc: Toolchain, cache: Path, name: str, members: list[tuple[str, Path]]) -> Path:
     """Static archive of (member name, object) pairs, cached by content."""
-    key = sha256_bytes(json.dumps([tc.compiler_id, name] +
-                                  [(m, o.name) for m, o in members]).encode())[:24]
+    key = sha256_bytes(json.dumps([tc.compiler_id, name] + [(m, o.name) for m, o in members]).encode())[:24]
     out = cache / "lib" / key / f"lib{name}.a"
     if out.is_file():
         return out
@@ -201,10 +200,11 @@ def _archive(tc: Toolchain, cache: Path, name: str,
             shutil.copyfile(o, dst)
             names.append(m)
         tmp_a = Path(td) / f"lib{name}.a"
-        r = subprocess.run([tc.ar, "rcs", tmp_a.name, *names], cwd=td,
-                           capture_output=True, text=True)
+        r = subprocess.run([tc.ar, "rcs", tmp_a.name, *names], cwd=td, capture_output=True, text=True)
         if r.returncode != 0:
-            raise McuError(f"creating lib{name}.a failed: {one_line(r.stderr, 200)}",
-                           "check binutils-arm-none-eabi is installed and the disk is not full")
+            raise McuError(
+                f"creating lib{name}.a failed: {one_line(r.stderr, 200)}",
+                "check binutils-arm-none-eabi is installed and the disk is not full",
+            )
         os.replace(tmp_a, out)
     return out

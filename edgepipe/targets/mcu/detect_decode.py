@@ -43,8 +43,16 @@ WHERE = ("board", "host")
 _CPU_FLAGS = ("-mcpu=cortex-m4", "-mfpu=auto", "-mfloat-abi=hard", "-mthumb")
 _MACHINE, _QEMU_CPU, _LINKER_SCRIPT = "mps2-an386", "cortex-m4", "mps2_an386.ld"
 # The decoder's own flags: C99 as documented, and the warnings a firmware team's strict build would show.
-_C_FLAGS = ("-std=c99", "-ffp-contract=off", "-Wall", "-Wextra", "-Wpedantic", "-Wconversion", "-Wshadow",
-            "-Wdouble-promotion")
+_C_FLAGS = (
+    "-std=c99",
+    "-ffp-contract=off",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Wconversion",
+    "-Wshadow",
+    "-Wdouble-promotion",
+)
 _SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 _CHECK = "detect_decode_check.c"
 _CASES = "detect_decode_cases.inc"
@@ -89,8 +97,9 @@ def _check_case(i: int, case: DecodeCase) -> None:
         raise ValueError(f"case {i}: an output is a (rows, cols, channels) array, not {getattr(out, 'shape', out)}")
     rows, cols, channels = out.shape
     if case.classes < 1 or channels not in (case.classes + 1, case.classes + 3):
-        raise ValueError(f"case {i}: {channels} channels do not hold {case.classes} classes + background "
-                         f"(+ 2 size channels)")
+        raise ValueError(
+            f"case {i}: {channels} channels do not hold {case.classes} classes + background (+ 2 size channels)"
+        )
     if rows < 1 or cols < 1 or rows * cols > _MAX_CELLS:
         raise ValueError(f"case {i}: a {rows} x {cols} grid is out of range (1 to {_MAX_CELLS} cells)")
     if out.dtype == np.int8:
@@ -102,8 +111,7 @@ def _check_case(i: int, case: DecodeCase) -> None:
     else:
         raise ValueError(f"case {i}: outputs are int8 or float32, not {out.dtype}")
     if case.stride < 1 or case.max_detections < 0:
-        raise ValueError(f"case {i}: stride {case.stride} must be >= 1 and max_detections "
-                         f"{case.max_detections} >= 0")
+        raise ValueError(f"case {i}: stride {case.stride} must be >= 1 and max_detections {case.max_detections} >= 0")
 
 
 def _f32_bits(x: float) -> str:
@@ -111,7 +119,7 @@ def _f32_bits(x: float) -> str:
 
 
 def _array(ctype: str, name: str, values: list[str]) -> str:
-    rows = [", ".join(values[i:i + 16]) for i in range(0, len(values), 16)]
+    rows = [", ".join(values[i : i + 16]) for i in range(0, len(values), 16)]
     return f"static const {ctype} {name}[] = {{\n  " + ",\n  ".join(rows) + "\n};\n"
 
 
@@ -129,21 +137,24 @@ def cases_source(cases: Sequence[DecodeCase]) -> str:
             parts.append(_array("uint32_t", f"kF{i}", [f"0x{int(v):08x}u" for v in flat.view(np.uint32)]))
             head = f"NULL, kF{i}, 0u, 0"
             max_values = max(max_values, flat.size)
-        table.append(f"  {{{head}, {rows}, {cols}, {case.classes}, {int(case.has_size)}, {case.stride}, "
-                     f"{_f32_bits(case.threshold)}, {case.max_detections}}},")
+        table.append(
+            f"  {{{head}, {rows}, {cols}, {case.classes}, {int(case.has_size)}, {case.stride}, "
+            f"{_f32_bits(case.threshold)}, {case.max_detections}}},"
+        )
     parts.append("static const check_case kCases[] = {\n" + "\n".join(table) + "\n};\n")
     shapes = [c.output.shape for c in cases]
-    parts.append(f"#define CHECK_CASE_COUNT {len(cases)}\n#define CHECK_MAX_VALUES {max_values}\n"
-                 f"#define CHECK_MAX_ROWS {max(s[0] for s in shapes)}\n"
-                 f"#define CHECK_MAX_COLS {max(s[1] for s in shapes)}\n"
-                 f"#define CHECK_MAX_DETECTIONS {max(c.max_detections for c in cases)}\n")
+    parts.append(
+        f"#define CHECK_CASE_COUNT {len(cases)}\n#define CHECK_MAX_VALUES {max_values}\n"
+        f"#define CHECK_MAX_ROWS {max(s[0] for s in shapes)}\n"
+        f"#define CHECK_MAX_COLS {max(s[1] for s in shapes)}\n"
+        f"#define CHECK_MAX_DETECTIONS {max(c.max_detections for c in cases)}\n"
+    )
     return "\n".join(parts)
 
 
 def _run(cmd: list[str], cwd: Path, what: str, timeout: float) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise McuError(f"{what} exceeded {timeout:g} s", "raise the timeout, or decode fewer tensors") from None
     (cwd / f"{what.split()[0]}.log").write_text(" ".join(cmd) + "\n\n" + done.stdout + done.stderr)
@@ -161,8 +172,11 @@ def _build(where: str, work: Path, strict: bool, sanitize: bool, timeout: float)
         cmd = [*nice_prefix(), cc, "-O2", *flags, *(_SANITIZE if sanitize else ()), *srcs, "-o", "check"]
         done = _run(cmd, work, "compile (host)", timeout)
         if done.returncode != 0:
-            raise McuError(f"the C decoder did not compile on the host: {one_line(done.stderr, 200)}",
-                           f"see {work / 'compile.log'}", detail=done.stderr)
+            raise McuError(
+                f"the C decoder did not compile on the host: {one_line(done.stderr, 200)}",
+                f"see {work / 'compile.log'}",
+                detail=done.stderr,
+            )
         return [str(work / "check")]
     from edgepipe.targets.mcu.toolchain import find_toolchain
 
@@ -170,32 +184,72 @@ def _build(where: str, work: Path, strict: bool, sanitize: bool, timeout: float)
     cmd = [*nice_prefix(), tc.gcc, *_CPU_FLAGS, "-Os", "-ffunction-sections", "-fdata-sections", *flags, "-c", *srcs]
     done = _run(cmd, work, "compile (board)", timeout)
     if done.returncode != 0:
-        raise McuError(f"the C decoder did not compile for the Cortex-M4: {one_line(done.stderr, 200)}",
-                       f"see {work / 'compile.log'}", detail=done.stderr)
+        raise McuError(
+            f"the C decoder did not compile for the Cortex-M4: {one_line(done.stderr, 200)}",
+            f"see {work / 'compile.log'}",
+            detail=done.stderr,
+        )
     # startup.c and syscalls.c are the MCU bench's, linked as its firmware is (raw semihosting, newlib nano).
-    cmd = [*nice_prefix(), tc.gcc, *_CPU_FLAGS, "-Os", "-ffunction-sections", "-fdata-sections",
-           f"-I{FIRMWARE_DIR}", str(FIRMWARE_DIR / "startup.c"), str(FIRMWARE_DIR / "syscalls.c"),
-           "detect_decode.o", "detect_decode_check.o", "-nostartfiles", "--specs=nano.specs",
-           "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments", f"-L{FIRMWARE_DIR}",
-           f"-T{FIRMWARE_DIR / _LINKER_SCRIPT}", "-o", "check.elf"]
+    cmd = [
+        *nice_prefix(),
+        tc.gcc,
+        *_CPU_FLAGS,
+        "-Os",
+        "-ffunction-sections",
+        "-fdata-sections",
+        f"-I{FIRMWARE_DIR}",
+        str(FIRMWARE_DIR / "startup.c"),
+        str(FIRMWARE_DIR / "syscalls.c"),
+        "detect_decode.o",
+        "detect_decode_check.o",
+        "-nostartfiles",
+        "--specs=nano.specs",
+        "-Wl,--gc-sections",
+        "-Wl,--no-warn-rwx-segments",
+        f"-L{FIRMWARE_DIR}",
+        f"-T{FIRMWARE_DIR / _LINKER_SCRIPT}",
+        "-o",
+        "check.elf",
+    ]
     done = _run(cmd, work, "link (board)", timeout)
     if done.returncode != 0:
-        raise McuError(f"the decoder's check firmware did not link: {one_line(done.stderr, 200)}",
-                       f"see {work / 'link.log'}", detail=done.stderr)
-    return [*nice_prefix(), tc.qemu, "-M", _MACHINE, "-cpu", _QEMU_CPU, "-nographic", "-monitor", "none",
-            "-serial", "none", "-semihosting-config", "enable=on,target=native",
-            "-icount", "shift=0,align=off,sleep=off", "-kernel", str(work / "check.elf")]
+        raise McuError(
+            f"the decoder's check firmware did not link: {one_line(done.stderr, 200)}",
+            f"see {work / 'link.log'}",
+            detail=done.stderr,
+        )
+    return [
+        *nice_prefix(),
+        tc.qemu,
+        "-M",
+        _MACHINE,
+        "-cpu",
+        _QEMU_CPU,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0,align=off,sleep=off",
+        "-kernel",
+        str(work / "check.elf"),
+    ]
 
 
 def parse_output(text: str, count: int) -> list[np.ndarray]:
     """The check program's lines to one float32 `(n, 8)` array per case (see `detect_decode_check.c`)."""
     lines = text.splitlines()
     if "api ok" not in lines:
-        raise McuError("the C decoder's argument checks did not pass: "
-                       + one_line(next((l for l in lines if "EDGEPIPE-" in l), text or "no output"), 200),
-                       "fix detect_decode.c")
+        raise McuError(
+            "the C decoder's argument checks did not pass: "
+            + one_line(next((l for l in lines if "EDGEPIPE-" in l), text or "no output"), 200),
+            "fix detect_decode.c",
+        )
     results: list[np.ndarray] = []
-    it = iter(lines[lines.index("api ok") + 1:])
+    it = iter(lines[lines.index("api ok") + 1 :])
     for line in it:
         if line == "EDGEPIPE-DONE":
             break
@@ -213,17 +267,25 @@ def parse_output(text: str, count: int) -> list[np.ndarray]:
             bits.append([int(w, 16) for w in words[1:]])
         results.append(np.array(bits, np.uint32).reshape(n, 8).view(np.float32))
     else:
-        raise McuError("the C decoder's check ended early: "
-                       + one_line(next((l for l in lines if "EDGEPIPE-" in l), lines[-1] if lines else "no output"),
-                                  200), "see the firmware's output")
+        raise McuError(
+            "the C decoder's check ended early: "
+            + one_line(next((l for l in lines if "EDGEPIPE-" in l), lines[-1] if lines else "no output"), 200),
+            "see the firmware's output",
+        )
     if len(results) != count:
         raise McuError(f"the C decoder reported {len(results)} cases of {count}", "fix detect_decode_check.c")
     return results
 
 
-def run_decoder(cases: Sequence[DecodeCase], *, where: str = "board", strict: bool = False,
-                sanitize: bool = False, timeout: float = 300.0, work_dir: str | Path | None = None
-                ) -> list[np.ndarray]:
+def run_decoder(
+    cases: Sequence[DecodeCase],
+    *,
+    where: str = "board",
+    strict: bool = False,
+    sanitize: bool = False,
+    timeout: float = 300.0,
+    work_dir: str | Path | None = None,
+) -> list[np.ndarray]:
     """Decode each case's output tensor with the C decoder, on the emulated Cortex-M4 or on the host.
 
     Args:
@@ -265,14 +327,24 @@ def run_decoder(cases: Sequence[DecodeCase], *, where: str = "board", strict: bo
         t1 = time.monotonic()
         done = _run(cmd, work, "run", timeout)
         if done.returncode != 0:
-            line = next((l for l in (done.stdout + "\n" + done.stderr).splitlines() if "EDGEPIPE-" in l),
-                        one_line(done.stderr or done.stdout or "no output", 200))
-            raise McuError(f"the C decoder's check failed on the {where} (exit {done.returncode}): {line}",
-                           f"see {work / 'run.log'}", detail=done.stdout + done.stderr)
+            line = next(
+                (l for l in (done.stdout + "\n" + done.stderr).splitlines() if "EDGEPIPE-" in l),
+                one_line(done.stderr or done.stdout or "no output", 200),
+            )
+            raise McuError(
+                f"the C decoder's check failed on the {where} (exit {done.returncode}): {line}",
+                f"see {work / 'run.log'}",
+                detail=done.stdout + done.stderr,
+            )
         # QEMU writes the semihosting console to stderr; the host program writes to stdout
         results = parse_output(done.stdout + done.stderr, len(cases))
-        log.debug("C decoder on the %s: %d cases, built in %.2f s, ran in %.2f s", where, len(cases), t1 - t0,
-                  time.monotonic() - t1)
+        log.debug(
+            "C decoder on the %s: %d cases, built in %.2f s, ran in %.2f s",
+            where,
+            len(cases),
+            t1 - t0,
+            time.monotonic() - t1,
+        )
     except BaseException:
         if scratch:
             log.info("C decoder: the failed build is kept in %s", work)

@@ -69,9 +69,10 @@ def _fit_error(over: list[tuple[str, int]], flash: int, ram: int) -> McuError:
     for region, n in over:
         size = flash if region.upper() == "FLASH" else ram
         parts.append(f"{region} overflowed by {n:,} bytes (region is {size:,} B)")
-    return McuError("model does not fit the board: " + "; ".join(parts),
-                    "use a board with more flash/RAM, a smaller or more "
-                    "quantized model, or a smaller tensor arena/stack")
+    return McuError(
+        "model does not fit the board: " + "; ".join(parts),
+        "use a board with more flash/RAM, a smaller or more quantized model, or a smaller tensor arena/stack",
+    )
 
 
 def _bundle_files(bundle) -> dict[str, Path]:
@@ -87,21 +88,18 @@ def _bundle_files(bundle) -> dict[str, Path]:
     need = ("model_data.h", "model_ops.h", "model_io.h")
     missing = [n for n in need if n not in files]
     if missing:
-        raise McuError(f"bundle lacks {', '.join(missing)}",
-                       "generate it with mcu.bundle.write_bundle()")
+        raise McuError(f"bundle lacks {', '.join(missing)}", "generate it with mcu.bundle.write_bundle()")
     return files
 
 
-def _script(board: dict, work: Path, flash_size: int | None,
-            ram_size: int | None, stack_size: int | None,
-            heap_size: int | None) -> tuple[Path, int, int]:
+def _script(
+    board: dict, work: Path, flash_size: int | None, ram_size: int | None, stack_size: int | None, heap_size: int | None
+) -> tuple[Path, int, int]:
     text = (FIRMWARE_DIR / board["script"]).read_text()
     fl = flash_size or board["flash"][1]
     rm = ram_size or board["ram"][1]
-    text = re.sub(r"(FLASH\s*\(rx\)\s*:\s*ORIGIN\s*=\s*\w+,\s*LENGTH\s*=\s*)\w+",
-                  lambda m: m.group(1) + hex(fl), text)
-    text = re.sub(r"(RAM\s*\(rwx\)\s*:\s*ORIGIN\s*=\s*\w+,\s*LENGTH\s*=\s*)\w+",
-                  lambda m: m.group(1) + hex(rm), text)
+    text = re.sub(r"(FLASH\s*\(rx\)\s*:\s*ORIGIN\s*=\s*\w+,\s*LENGTH\s*=\s*)\w+", lambda m: m.group(1) + hex(fl), text)
+    text = re.sub(r"(RAM\s*\(rwx\)\s*:\s*ORIGIN\s*=\s*\w+,\s*LENGTH\s*=\s*)\w+", lambda m: m.group(1) + hex(rm), text)
     head = ""
     if stack_size:
         head += f"__stack_size = {int(stack_size):#x};\n"
@@ -112,13 +110,18 @@ def _script(board: dict, work: Path, flash_size: int | None,
     return p, fl, rm
 
 
-def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
-                  core: str | Core, build: BuildResult, *,
-                  work_dir: str | os.PathLike | None = None,
-                  flash_size: int | None = None, ram_size: int | None = None,
-                  stack_size: int | None = None,
-                  heap_size: int | None = None,
-                  defines: Sequence[str] = ()) -> Firmware:
+def link_firmware(
+    bundle: Bundle | str | os.PathLike | Iterable,
+    core: str | Core,
+    build: BuildResult,
+    *,
+    work_dir: str | os.PathLike | None = None,
+    flash_size: int | None = None,
+    ram_size: int | None = None,
+    stack_size: int | None = None,
+    heap_size: int | None = None,
+    defines: Sequence[str] = (),
+) -> Firmware:
     """Compile the harness against *bundle* and link it with *build*'s archives.
 
     Args:
@@ -144,12 +147,10 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
     t0 = time.monotonic()
     t = get_core(core)
     if build.core.name != t.name:
-        raise McuError(f"build is for {build.core.name}, not {t.name}",
-                       f"build for {t.name} first")
+        raise McuError(f"build is for {build.core.name}, not {t.name}", f"build for {t.name} first")
     machine = t.machine
     board = BOARDS[machine]
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(
-        prefix="fw-", dir=work_root()))
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="fw-", dir=work_root()))
     (work / "bundle").mkdir(parents=True, exist_ok=True)
     (work / "obj").mkdir(exist_ok=True)
     files = _bundle_files(bundle)
@@ -163,14 +164,14 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
     comp = Compiler(work, tc, cache_root())
     tflm_incs = [str(build.sources.root / i) for i in include_dirs(t)]
     incs = ["bundle", str(FIRMWARE_DIR), *tflm_incs]
-    defs = ([f"-DEDGEPIPE_TIMER_BASE={board['timer']:#x}u"] if board["timer"]
-            else ["-DEDGEPIPE_USE_SYSTICK"]) + [f"-D{d}" for d in defines]
+    defs = ([f"-DEDGEPIPE_TIMER_BASE={board['timer']:#x}u"] if board["timer"] else ["-DEDGEPIPE_USE_SYSTICK"]) + [
+        f"-D{d}" for d in defines
+    ]
     srcs = [(str(FIRMWARE_DIR / n), lang, n) for n, lang in _HARNESS_SRCS]
     srcs.append((str(FIRMWARE_DIR / "arena.cc"), "c++", "arena.cc"))
     mdc = next((files[n] for n in ("model_data.cc", "model_data.c") if n in files), None)
     if mdc is not None:
-        srcs.append((f"bundle/{mdc.name}", "c++" if mdc.suffix == ".cc" else "c",
-                     "model_data.cc"))
+        srcs.append((f"bundle/{mdc.name}", "c++" if mdc.suffix == ".cc" else "c", "model_data.cc"))
     else:
         (work / "bundle" / "model_data_def.cc").write_text('#include "model_data.h"\n')
         srcs.append(("bundle/model_data_def.cc", "c++", "model_data.cc"))
@@ -181,16 +182,30 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
         dst = work / "obj" / (Path(name).stem + ".o")
         shutil.copyfile(o, dst)
         objs.append(str(dst.relative_to(work)))
-    script, fl_size, ram = _script(board, work, flash_size, ram_size,
-                                   stack_size, heap_size)
-    shutil.copyfile(FIRMWARE_DIR / "edgepipe_sections.ld",
-                    work / "edgepipe_sections.ld")
+    script, fl_size, ram = _script(board, work, flash_size, ram_size, stack_size, heap_size)
+    shutil.copyfile(FIRMWARE_DIR / "edgepipe_sections.ld", work / "edgepipe_sections.ld")
     a = build.archives
-    cmd = [*nice_prefix(), tc.gxx, *t.cpu_flags, "-nostartfiles",
-           "--specs=nano.specs", "-Wl,--gc-sections", "-Wl,-Map=fw.map",
-           "-Wl,--no-warn-rwx-segments", f"-T{script.name}", "-L.",
-           *objs, "-Wl,--start-group", str(a["tflm_kernels"]), str(a["tflm_core"]),
-           str(a["cmsis_nn"]), "-Wl,--end-group", "-lm", "-o", "fw.elf"]
+    cmd = [
+        *nice_prefix(),
+        tc.gxx,
+        *t.cpu_flags,
+        "-nostartfiles",
+        "--specs=nano.specs",
+        "-Wl,--gc-sections",
+        "-Wl,-Map=fw.map",
+        "-Wl,--no-warn-rwx-segments",
+        f"-T{script.name}",
+        "-L.",
+        *objs,
+        "-Wl,--start-group",
+        str(a["tflm_kernels"]),
+        str(a["tflm_core"]),
+        str(a["cmsis_nn"]),
+        "-Wl,--end-group",
+        "-lm",
+        "-o",
+        "fw.elf",
+    ]
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if r.returncode != 0:
         (work / "link.log").write_text(" ".join(cmd) + "\n\n" + r.stderr)
@@ -199,20 +214,31 @@ def link_firmware(bundle: Bundle | str | os.PathLike | Iterable,
             raise _fit_error(over, fl_size, ram)
         undef = re.findall(r"undefined reference to [`']([^']+)'", r.stderr)
         if undef:
-            raise McuError(f"link failed: undefined {', '.join(sorted(set(undef))[:3])} "
-                           f"(log: {work / 'link.log'})",
-                           "a kernel's helper source was not compiled; add the op "
-                           "with build(ops=[...]) or report the TFLM version",
-                           detail=r.stderr)
-        first = next((l for l in r.stderr.splitlines() if "error" in l),
-                     r.stderr[:200])
-        raise McuError(f"link failed: {one_line(first, 200)} (log: {work / 'link.log'})",
-                       "check the bundle files and the toolchain", detail=r.stderr)
+            raise McuError(
+                f"link failed: undefined {', '.join(sorted(set(undef))[:3])} (log: {work / 'link.log'})",
+                "a kernel's helper source was not compiled; add the op "
+                "with build(ops=[...]) or report the TFLM version",
+                detail=r.stderr,
+            )
+        first = next((l for l in r.stderr.splitlines() if "error" in l), r.stderr[:200])
+        raise McuError(
+            f"link failed: {one_line(first, 200)} (log: {work / 'link.log'})",
+            "check the bundle files and the toolchain",
+            detail=r.stderr,
+        )
     arena = _arena_from_header(work / "bundle" / "model_io.h")
-    return Firmware(elf=work / "fw.elf", map=work / "fw.map", work_dir=work,
-                    core=t, machine=machine, flash_size=fl_size, ram_size=ram,
-                    arena_size=arena, link_seconds=time.monotonic() - t0,
-                    build=build)
+    return Firmware(
+        elf=work / "fw.elf",
+        map=work / "fw.map",
+        work_dir=work,
+        core=t,
+        machine=machine,
+        flash_size=fl_size,
+        ram_size=ram,
+        arena_size=arena,
+        link_seconds=time.monotonic() - t0,
+        build=build,
+    )
 
 
 def _arena_from_header(p: Path) -> int:

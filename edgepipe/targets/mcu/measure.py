@@ -23,10 +23,10 @@ from edgepipe.core import progress, ui
 from edgepipe.targets.mcu.build import build
 from edgepipe.targets.mcu.cores import BOARDS, get_core
 from edgepipe.targets.mcu.errors import McuError
-from edgepipe.targets.mcu.model import read_model
-from edgepipe.targets.mcu.reference import compare, tflm_python
 from edgepipe.targets.mcu.memory import memory_report
+from edgepipe.targets.mcu.model import read_model
 from edgepipe.targets.mcu.prepare import prepare_firmware
+from edgepipe.targets.mcu.reference import compare, tflm_python
 from edgepipe.targets.mcu.run import run_many
 from edgepipe.targets.mcu.sources import locate_sources
 from edgepipe.targets.mcu.toolchain import find_toolchain
@@ -39,8 +39,16 @@ def environment(target) -> dict:
     return {**tc.versions(), "tflm_sources": locate_sources(target.tflm_src).fingerprint}
 
 
-def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: dict[str, np.ndarray], target, *,
-            work: Path, timeout: float = 900.0) -> dict[str, dict]:
+def emulate(
+    models: list[Path],
+    x_float: np.ndarray,
+    y: np.ndarray,
+    host_top1: dict[str, np.ndarray],
+    target,
+    *,
+    work: Path,
+    timeout: float = 900.0,
+) -> dict[str, dict]:
     """Emulated figures of each int8 `.tflite` in `models`, by file name.
 
     Args:
@@ -58,22 +66,27 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
     sources = locate_sources(target.tflm_src)
     core = get_core(target.cpu)
     if BOARDS[core.machine]["cpu"] != target.cpu or (target.qemu_machine and target.qemu_machine != core.machine):
-        raise McuError(f"target {target.name}: qemu_machine {target.qemu_machine} does not emulate {target.cpu}",
-                       f"use qemu_machine: {core.machine} for {target.cpu}")
+        raise McuError(
+            f"target {target.name}: qemu_machine {target.qemu_machine} does not emulate {target.cpu}",
+            f"use qemu_machine: {core.machine} for {target.cpu}",
+        )
     jobs, prepared, out = [], [], {}
     for k, path in enumerate(models):
         progress.update(k, len(models), "firmware", path.name)
         info = read_model(path)
-        built = build(sources, core, model=info, int8_kernels=True, toolchain=toolchain,
-                      progress=_progress(core.name))
+        built = build(sources, core, model=info, int8_kernels=True, toolchain=toolchain, progress=_progress(core.name))
         try:  # linked for the profile's flash and RAM: what overflows them does not fit the board
-            fw, sizing = prepare_firmware(info, built, work_dir=work / path.stem, flash_size=target.flash_bytes,
-                                          ram_size=target.ram_bytes)
+            fw, sizing = prepare_firmware(
+                info, built, work_dir=work / path.stem, flash_size=target.flash_bytes, ram_size=target.ram_bytes
+            )
         except McuError as e:
             if not e.message.startswith("model does not fit"):
                 raise
-            out[path.name] = {"fits": False, "why_not_fit": e.message.removeprefix("model does not fit the board: "),
-                              "ops": [m.op for m in built.ops]}
+            out[path.name] = {
+                "fits": False,
+                "why_not_fit": e.message.removeprefix("model does not fit the board: "),
+                "ops": [m.op for m in built.ops],
+            }
             continue
         din, _ = io_details(interpreter(path))
         x_q = quantize_input(x_float, din)
@@ -82,8 +95,11 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
     names = [path.name for path, *_ in prepared]
     if jobs:
         progress.update(0, len(jobs), "model", "on the emulator")
-    results = run_many(jobs, max_parallel=os.cpu_count(),
-                       on_done=lambda k, i: progress.update(k, len(jobs), "model", f"emulated {names[i]}"))
+    results = run_many(
+        jobs,
+        max_parallel=os.cpu_count(),
+        on_done=lambda k, i: progress.update(k, len(jobs), "model", f"emulated {names[i]}"),
+    )
     for (path, built, fw, sizing, x_q), res in zip(prepared, results):
         if isinstance(res, Exception):
             raise res
@@ -93,24 +109,40 @@ def emulate(models: list[Path], x_float: np.ndarray, y: np.ndarray, host_top1: d
         memory = memory_report(fw.elf, fw.map, size_exe=toolchain.size).with_measured(res.summary)
         stats = res.stats()
         out[path.name] = {
-            "accuracy": float(np.mean(pred == y)), "test_samples": int(len(y)),
-            "per_class_accuracy": [float(np.mean(pred[y == c] == c)) if np.any(y == c) else None
-                                   for c in range(scores.shape[1])],
+            "accuracy": float(np.mean(pred == y)),
+            "test_samples": int(len(y)),
+            "per_class_accuracy": [
+                float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(scores.shape[1])
+            ],
             "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
             "top1_agreement_with_host_litert": float(np.mean(pred == host_top1[path.name])),
             "outputs_bit_exact_with_tflite_micro": reference["bit_exact"],
-            "instructions": {"min": stats["instr_min"], "median": float(np.median(res.instructions)),
-                             "mean": stats["instr_mean"], "max": stats["instr_max"]},
+            "instructions": {
+                "min": stats["instr_min"],
+                "median": float(np.median(res.instructions)),
+                "mean": stats["instr_mean"],
+                "max": stats["instr_max"],
+            },
             "latency_ms": latency_ms(float(np.median(res.instructions)), target),
             "fits": memory.flash_bytes <= target.flash_bytes and memory.measured["ram_used_bytes"] <= target.ram_bytes,
-            "flash_bytes": memory.flash_bytes, "flash_by_origin": memory.flash_by_origin,
-            "ram_used_bytes": memory.measured["ram_used_bytes"], "ram_linked_bytes": memory.ram_bytes,
-            "ram_by_origin": memory.ram_by_origin, "arena_used_bytes": memory.measured["arena_used_bytes"],
-            "arena_bytes": sizing["arena_size"], "stack_used_bytes": memory.measured["stack_used_bytes"],
+            "flash_bytes": memory.flash_bytes,
+            "flash_by_origin": memory.flash_by_origin,
+            "ram_used_bytes": memory.measured["ram_used_bytes"],
+            "ram_linked_bytes": memory.ram_bytes,
+            "ram_by_origin": memory.ram_by_origin,
+            "arena_used_bytes": memory.measured["arena_used_bytes"],
+            "arena_bytes": sizing["arena_size"],
+            "stack_used_bytes": memory.measured["stack_used_bytes"],
             "heap_used_bytes": memory.measured["heap_used_bytes"],
-            "ops": [m.op for m in built.ops], "kernels": "int8 (CMSIS-NN)",
-            "emulator": {"machine": core.machine, "cpu": core.name, **toolchain.versions(),
-                         "wall_seconds": round(res.wall_seconds, 2), "instructions_per_tick": res.instr_per_tick},
+            "ops": [m.op for m in built.ops],
+            "kernels": "int8 (CMSIS-NN)",
+            "emulator": {
+                "machine": core.machine,
+                "cpu": core.name,
+                **toolchain.versions(),
+                "wall_seconds": round(res.wall_seconds, 2),
+                "instructions_per_tick": res.instr_per_tick,
+            },
         }
     return out
 

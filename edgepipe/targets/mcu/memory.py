@@ -12,14 +12,21 @@ from edgepipe.targets.mcu.errors import McuError, one_line
 
 __all__ = ["MemoryReport", "memory_report", "parse_map", "classify"]
 
-FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx",
-                  ".preinit_array", ".init_array", ".fini_array")
+FLASH_SECTIONS = (
+    ".vectors",
+    ".text",
+    ".rodata",
+    ".ARM.extab",
+    ".ARM.exidx",
+    ".preinit_array",
+    ".init_array",
+    ".fini_array",
+)
 RAM_SECTIONS = (".data", ".bss", ".heap", ".stack")
 
 #: "padding" is alignment fill; it can be slightly negative when the linker
 #: merged duplicate strings (the map lists input sizes before merging).
-ORIGINS = ("model data", "CMSIS-NN", "TFLM kernels", "TFLM runtime",
-           "libc/libm/libgcc", "harness", "padding", "other")
+ORIGINS = ("model data", "CMSIS-NN", "TFLM kernels", "TFLM runtime", "libc/libm/libgcc", "harness", "padding", "other")
 
 
 def classify(file: str, section: str = "") -> str:
@@ -33,12 +40,13 @@ def classify(file: str, section: str = "") -> str:
         return "TFLM kernels"
     if "libep_tflm_core.a" in base:
         member = base.split("(", 1)[-1]
-        if member.startswith(("tensorflow_lite_kernels_",
-                              "tensorflow_lite_micro_kernels_")):
+        if member.startswith(("tensorflow_lite_kernels_", "tensorflow_lite_micro_kernels_")):
             return "TFLM kernels"
         return "TFLM runtime"
-    if re.search(r"lib(c|c_nano|m|gcc|g|g_nano|stdc\+\+|stdc\+\+_nano|supc\+\+|supc\+\+_nano|nosys)\.a",
-                 base) or "crt" in base:
+    if (
+        re.search(r"lib(c|c_nano|m|gcc|g|g_nano|stdc\+\+|stdc\+\+_nano|supc\+\+|supc\+\+_nano|nosys)\.a", base)
+        or "crt" in base
+    ):
         return "libc/libm/libgcc"
     if base in ("harness.o", "startup.o", "syscalls.o", "arena.o"):
         return "harness"
@@ -55,17 +63,15 @@ def parse_map(text: str) -> list[tuple[str, str, int, str]]:
     out = []
     lines = text.splitlines()
     try:
-        start = next(i for i, l in enumerate(lines)
-                     if l.startswith("Linker script and memory map"))
+        start = next(i for i, l in enumerate(lines) if l.startswith("Linker script and memory map"))
     except StopIteration:
-        raise McuError("not a GNU ld map file (no 'Linker script and memory map')",
-                       "link with -Wl,-Map=FILE")
+        raise McuError("not a GNU ld map file (no 'Linker script and memory map')", "link with -Wl,-Map=FILE")
     cur = None
     pending = None
     rx_full = re.compile(r"^ (\S+)\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)\s+(\S.*)$")
     rx_cont = re.compile(r"^\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)\s+(\S.*)$")
     rx_fill = re.compile(r"^ \*fill\*\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)")
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         if not line[0].isspace():
@@ -96,8 +102,7 @@ def parse_map(text: str) -> list[tuple[str, str, int, str]]:
             pending = None
             continue
         s = line.strip()
-        if line.startswith(" ") and not line.startswith("  ") and " " not in s \
-                and not s.startswith("*"):
+        if line.startswith(" ") and not line.startswith("  ") and " " not in s and not s.startswith("*"):
             pending = s
     return out
 
@@ -129,13 +134,13 @@ class MemoryReport:
     measured: dict = field(default_factory=dict)
 
     def with_measured(self, summary: dict) -> "MemoryReport":
-        statics = (self.sections.get(".data", (0, 0))[0]
-                   + self.sections.get(".bss", (0, 0))[0])
+        statics = self.sections.get(".data", (0, 0))[0] + self.sections.get(".bss", (0, 0))[0]
         arena_used = int(summary.get("arena_used_bytes", 0))
         stack = int(summary.get("stack_used_bytes", 0))
         heap = int(summary.get("heap_used_bytes", 0))
         self.measured = {
-            "arena_used_bytes": arena_used, "stack_used_bytes": stack,
+            "arena_used_bytes": arena_used,
+            "stack_used_bytes": stack,
             "heap_used_bytes": heap,
             "statics_without_arena_bytes": statics - self.arena_bytes,
             "ram_used_bytes": statics - self.arena_bytes + arena_used + stack + heap,
@@ -143,12 +148,15 @@ class MemoryReport:
         return self
 
     def as_dict(self) -> dict:
-        return {"flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
-                "arena_bytes": self.arena_bytes,
-                "flash_by_origin": self.flash_by_origin,
-                "ram_by_origin": self.ram_by_origin,
-                "sections": {k: v[0] for k, v in self.sections.items()},
-                "measured": self.measured}
+        return {
+            "flash_bytes": self.flash_bytes,
+            "ram_bytes": self.ram_bytes,
+            "arena_bytes": self.arena_bytes,
+            "flash_by_origin": self.flash_by_origin,
+            "ram_by_origin": self.ram_by_origin,
+            "sections": {k: v[0] for k, v in self.sections.items()},
+            "measured": self.measured,
+        }
 
     def table(self) -> str:
         rows = [f"flash {self.flash_bytes:>9,} B"]
@@ -157,18 +165,19 @@ class MemoryReport:
         rows += [f"  {k:<18}{v:>9,}" for k, v in self.ram_by_origin.items() if v]
         if self.measured:
             m = self.measured
-            rows.append(f"RAM used {m['ram_used_bytes']:>6,} B (arena_used "
-                        f"{m['arena_used_bytes']:,}, stack {m['stack_used_bytes']:,}, "
-                        f"heap {m['heap_used_bytes']:,}, other statics "
-                        f"{m['statics_without_arena_bytes']:,})")
+            rows.append(
+                f"RAM used {m['ram_used_bytes']:>6,} B (arena_used "
+                f"{m['arena_used_bytes']:,}, stack {m['stack_used_bytes']:,}, "
+                f"heap {m['heap_used_bytes']:,}, other statics "
+                f"{m['statics_without_arena_bytes']:,})"
+            )
         return "\n".join(rows)
 
 
 def _size_a(size_exe: str, elf: Path) -> dict:
     r = subprocess.run([size_exe, "-A", "-d", str(elf)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise McuError(f"arm-none-eabi-size failed on {elf}: {one_line(r.stderr, 150)}",
-                       "pass a linked ELF file")
+        raise McuError(f"arm-none-eabi-size failed on {elf}: {one_line(r.stderr, 150)}", "pass a linked ELF file")
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split()
@@ -177,8 +186,7 @@ def _size_a(size_exe: str, elf: Path) -> dict:
     return out
 
 
-def memory_report(elf: str | Path, map_path: str | Path, *,
-                  size_exe: str | None = None) -> MemoryReport:
+def memory_report(elf: str | Path, map_path: str | Path, *, size_exe: str | None = None) -> MemoryReport:
     """Flash and RAM of *elf* (``size -A``), broken down by origin from *map_path*.
 
     Test inputs are never in the image (they are streamed over semihosting),
@@ -186,6 +194,7 @@ def memory_report(elf: str | Path, map_path: str | Path, *,
     """
     if size_exe is None:
         from edgepipe.targets.mcu.toolchain import find_toolchain
+
         size_exe = find_toolchain().size
     secs = _size_a(size_exe, Path(elf))
     flash = sum(secs.get(s, (0, 0))[0] for s in FLASH_SECTIONS) + secs.get(".data", (0, 0))[0]
@@ -213,5 +222,6 @@ def memory_report(elf: str | Path, map_path: str | Path, *,
     ram_o["heap (reserved)"] = secs.get(".heap", (0, 0))[0]
     ram_o["stack (reserved)"] = secs.get(".stack", (0, 0))[0]
     ram_o["padding"] += ram - sum(ram_o.values())
-    return MemoryReport(sections=secs, flash_bytes=flash, ram_bytes=ram,
-                        flash_by_origin=fl_o, ram_by_origin=ram_o, arena_bytes=arena)
+    return MemoryReport(
+        sections=secs, flash_bytes=flash, ram_bytes=ram, flash_by_origin=fl_o, ram_by_origin=ram_o, arena_bytes=arena
+    )

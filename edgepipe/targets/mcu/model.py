@@ -21,11 +21,26 @@ from edgepipe.targets.mcu.errors import McuError
 __all__ = ["TensorInfo", "ModelInfo", "read_model", "builtin_operator_names"]
 
 # TensorType enum of the TFLite schema (stable since its first versions).
-_TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8",
-                 4: "int64", 5: "string", 6: "bool", 7: "int16",
-                 8: "complex64", 9: "int8", 10: "float64", 11: "complex128",
-                 12: "uint64", 13: "resource", 14: "variant", 15: "uint32",
-                 16: "uint16", 17: "int4"}
+_TENSOR_TYPES = {
+    0: "float32",
+    1: "float16",
+    2: "int32",
+    3: "uint8",
+    4: "int64",
+    5: "string",
+    6: "bool",
+    7: "int16",
+    8: "complex64",
+    9: "int8",
+    10: "float64",
+    11: "complex128",
+    12: "uint64",
+    13: "resource",
+    14: "variant",
+    15: "uint32",
+    16: "uint16",
+    17: "int4",
+}
 _SCHEMA_REL = "tensorflow/compiler/mlir/lite/schema/schema.fbs"
 
 
@@ -66,7 +81,7 @@ class _Table:
         if p is None:
             return None
         n = struct.unpack_from("<I", self.buf, p)[0]
-        return self.buf[p + 4: p + 4 + n].decode("utf-8", "replace")
+        return self.buf[p + 4 : p + 4 + n].decode("utf-8", "replace")
 
     def vector(self, idx: int, fmt: str) -> list:
         p = self._indirect(idx)
@@ -93,7 +108,7 @@ class TensorInfo:
 
     name: str
     shape: tuple
-    dtype: str          # numpy dtype name ("int8", "uint8", "float32", ...)
+    dtype: str  # numpy dtype name ("int8", "uint8", "float32", ...)
     scale: float | None
     zero_point: int | None
 
@@ -140,9 +155,9 @@ def _tensor(t: _Table) -> TensorInfo:
         if sc:
             scale = float(sc[0])
             zp = int(z[0]) if z else 0
-    return TensorInfo(name=name, shape=shape,
-                      dtype=_TENSOR_TYPES.get(ttype, f"type{ttype}"),
-                      scale=scale, zero_point=zp)
+    return TensorInfo(
+        name=name, shape=shape, dtype=_TENSOR_TYPES.get(ttype, f"type{ttype}"), scale=scale, zero_point=zp
+    )
 
 
 def read_model(path: str | Path) -> ModelInfo:
@@ -155,11 +170,12 @@ def read_model(path: str | Path) -> ModelInfo:
     try:
         buf = path.read_bytes()
     except OSError as e:
-        raise McuError(f"cannot read model {path} ({e.strerror})",
-                       "pass the path of an existing .tflite file")
+        raise McuError(f"cannot read model {path} ({e.strerror})", "pass the path of an existing .tflite file")
     if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise McuError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)",
-                       "pass a .tflite model exported by the TFLite converter")
+        raise McuError(
+            f"{path} is not a TFLite flatbuffer (no TFL3 identifier)",
+            "pass a .tflite model exported by the TFLite converter",
+        )
     try:
         model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
         codes = []
@@ -193,11 +209,18 @@ def read_model(path: str | Path) -> ModelInfo:
         inputs = tuple(_tensor(tens[i]) for i in main.vector(1, "i"))
         outputs = tuple(_tensor(tens[i]) for i in main.vector(2, "i"))
     except (struct.error, IndexError) as e:
-        raise McuError(f"{path} is a corrupt TFLite flatbuffer ({e})",
-                       "re-export the model")
-    return ModelInfo(path=path, size=len(buf), builtin_codes=tuple(sorted(builtins)),
-                     custom_codes=tuple(sorted(customs)), op_types=op_types,
-                     inputs=inputs, outputs=outputs, num_operators=nops, op_versions=tuple(versions))
+        raise McuError(f"{path} is a corrupt TFLite flatbuffer ({e})", "re-export the model")
+    return ModelInfo(
+        path=path,
+        size=len(buf),
+        builtin_codes=tuple(sorted(builtins)),
+        custom_codes=tuple(sorted(customs)),
+        op_types=op_types,
+        inputs=inputs,
+        outputs=outputs,
+        num_operators=nops,
+        op_versions=tuple(versions),
+    )
 
 
 def builtin_operator_names(tflm_root: str | Path) -> dict[int, str]:
@@ -206,12 +229,10 @@ def builtin_operator_names(tflm_root: str | Path) -> dict[int, str]:
     try:
         text = p.read_text()
     except OSError:
-        raise McuError(f"TFLM schema {p} not found",
-                       "pass a complete TFLite Micro source tree")
+        raise McuError(f"TFLM schema {p} not found", "pass a complete TFLite Micro source tree")
     m = re.search(r"enum\s+BuiltinOperator\s*:\s*\w+\s*\{(.*?)\}", text, re.S)
     if not m:
-        raise McuError(f"no enum BuiltinOperator in {p}",
-                       "pass a complete TFLite Micro source tree")
+        raise McuError(f"no enum BuiltinOperator in {p}", "pass a complete TFLite Micro source tree")
     body = re.sub(r"//[^\n]*", "", m.group(1))
     out = {}
     for name, val in re.findall(r"([A-Z0-9_]+)\s*=\s*(-?\d+)", body):

@@ -71,15 +71,34 @@ class EmulatorRun:
         i = self.instructions
         if len(i) == 0:
             return {"inferences": 0}
-        return {"inferences": int(len(i)), "instr_min": int(i.min()),
-                "instr_mean": float(i.mean()), "instr_max": int(i.max())}
+        return {
+            "inferences": int(len(i)),
+            "instr_min": int(i.min()),
+            "instr_mean": float(i.mean()),
+            "instr_max": int(i.max()),
+        }
 
 
 def _qemu_cmd(qemu: str, machine: str, cpu: str, elf: Path) -> list[str]:
-    return [*nice_prefix(), qemu, "-M", machine, "-cpu", cpu, "-nographic",
-            "-monitor", "none", "-serial", "none",
-            "-semihosting-config", "enable=on,target=native",
-            "-icount", "shift=0,align=off,sleep=off", "-kernel", str(elf)]
+    return [
+        *nice_prefix(),
+        qemu,
+        "-M",
+        machine,
+        "-cpu",
+        cpu,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0,align=off,sleep=off",
+        "-kernel",
+        str(elf),
+    ]
 
 
 def _read_summary(p: Path) -> dict:
@@ -94,10 +113,16 @@ def _read_summary(p: Path) -> dict:
     return out
 
 
-def run(elf: str | Path | Firmware, machine: str | None = None,
-        inputs: np.ndarray | None = None, timeout: float = 600.0, *,
-        run_dir: str | Path | None = None, qemu: str | None = None,
-        keep: bool = False) -> EmulatorRun:
+def run(
+    elf: str | Path | Firmware,
+    machine: str | None = None,
+    inputs: np.ndarray | None = None,
+    timeout: float = 600.0,
+    *,
+    run_dir: str | Path | None = None,
+    qemu: str | None = None,
+    keep: bool = False,
+) -> EmulatorRun:
     """Run the firmware on QEMU over *inputs*.
 
     Args:
@@ -118,18 +143,20 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
         elf = elf.elf
     elf = Path(elf)
     if machine not in BOARDS:
-        raise McuError(f"unknown QEMU machine {machine!r}",
-                       "use one of " + ", ".join(BOARDS))
+        raise McuError(f"unknown QEMU machine {machine!r}", "use one of " + ", ".join(BOARDS))
     board = BOARDS[machine]
     if qemu is None:
         from edgepipe.targets.mcu.toolchain import find_toolchain
+
         qemu = find_toolchain().qemu
     if inputs is None:
         inputs = np.zeros((0, 0), np.int8)
     arr = np.asarray(inputs)
     if arr.dtype not in (np.int8, np.uint8):
-        raise McuError(f"inputs have dtype {arr.dtype}, not int8/uint8",
-                       "quantize the inputs with the model's input scale and zero point")
+        raise McuError(
+            f"inputs have dtype {arr.dtype}, not int8/uint8",
+            "quantize the inputs with the model's input scale and zero point",
+        )
     n = arr.shape[0] if arr.ndim else 0
     rec = arr.reshape(n, -1) if n else arr.reshape(0, 0)
     rec_bytes = rec.shape[1] if n else 0
@@ -148,9 +175,14 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
             f.write(np.ascontiguousarray(rec).tobytes())
         cmd = _qemu_cmd(qemu, machine, board["cpu"], elf.resolve())
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=rd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=rd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -159,41 +191,54 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
             except ProcessLookupError:
                 pass
             proc.communicate()
-            raise McuError(f"emulation of {elf.name} exceeded the {timeout:g} s "
-                           f"wall-clock limit (QEMU killed)",
-                           "raise the timeout, or run fewer inputs")
+            raise McuError(
+                f"emulation of {elf.name} exceeded the {timeout:g} s wall-clock limit (QEMU killed)",
+                "raise the timeout, or run fewer inputs",
+            )
         wall = time.monotonic() - t0
         out_s = out.decode(errors="replace")
         err_s = err.decode(errors="replace")
         if proc.returncode != 0:
-            line = next((l.strip() for l in (out_s + "\n" + err_s).splitlines()
-                         if l.strip().startswith(("EDGEPIPE-FAULT", "EDGEPIPE-ERROR",
-                                                  "EDGEPIPE-ABORT"))),
-                        None)
+            line = next(
+                (
+                    l.strip()
+                    for l in (out_s + "\n" + err_s).splitlines()
+                    if l.strip().startswith(("EDGEPIPE-FAULT", "EDGEPIPE-ERROR", "EDGEPIPE-ABORT"))
+                ),
+                None,
+            )
             if line and line.startswith("EDGEPIPE-FAULT"):
-                raise McuError(f"firmware fault on {machine}: {line[15:]}",
-                               "look up the pc with arm-none-eabi-addr2line -e "
-                               f"{elf}; a stack overflow needs a bigger stack_size")
+                raise McuError(
+                    f"firmware fault on {machine}: {line[15:]}",
+                    f"look up the pc with arm-none-eabi-addr2line -e {elf}; a stack overflow needs a bigger stack_size",
+                )
             if line and "code=3" in line:
-                raise McuError(f"AllocateTensors failed: tensor arena of "
-                               f"{_read_summary(rd / 'summary.txt').get('arena_size', '?')} B "
-                               "is too small",
-                               "link with a larger arena (prepare_firmware sizes it)")
+                raise McuError(
+                    f"AllocateTensors failed: tensor arena of "
+                    f"{_read_summary(rd / 'summary.txt').get('arena_size', '?')} B "
+                    "is too small",
+                    "link with a larger arena (prepare_firmware sizes it)",
+                )
             if line and "code=6" in line:
-                raise McuError(f"input record size mismatch on the board ({line[15:]})",
-                               "pass inputs shaped like the model's input tensors")
+                raise McuError(
+                    f"input record size mismatch on the board ({line[15:]})",
+                    "pass inputs shaped like the model's input tensors",
+                )
             if line:
-                raise McuError(f"firmware failed on {machine}: {line[15:]}",
-                               "see the harness exit codes in firmware/harness.cc")
+                raise McuError(
+                    f"firmware failed on {machine}: {line[15:]}", "see the harness exit codes in firmware/harness.cc"
+                )
             first_err = one_line(err_s or out_s or "no output", 200)
-            raise McuError(f"QEMU exited with status {proc.returncode} running "
-                           f"{elf.name}: {first_err}",
-                           f"check that qemu-system-arm supports -M {machine} and "
-                           "that the ELF is for this board")
+            raise McuError(
+                f"QEMU exited with status {proc.returncode} running {elf.name}: {first_err}",
+                f"check that qemu-system-arm supports -M {machine} and that the ELF is for this board",
+            )
         summary = _read_summary(rd / "summary.txt")
         if summary.get("status") != 0 or "EDGEPIPE-DONE" not in out_s + err_s:
-            raise McuError(f"firmware on {machine} ended without a summary",
-                           "check the harness build; console: " + one_line(out_s, 100))
+            raise McuError(
+                f"firmware on {machine} ended without a summary",
+                "check the harness build; console: " + one_line(out_s, 100),
+            )
         ob = summary["output_record_bytes"]
         data = (rd / "outputs.bin").read_bytes()
         hdr = data[:16]
@@ -201,34 +246,45 @@ def run(elf: str | Path | Firmware, machine: str | None = None,
             raise McuError("outputs.bin has no EPO1 header", "re-run")
         body = np.frombuffer(data, np.uint8, offset=16)
         if body.size != n * (4 + ob):
-            raise McuError(f"outputs.bin holds {body.size} bytes, expected "
-                           f"{n * (4 + ob)}", "re-run; the disk may be full")
+            raise McuError(
+                f"outputs.bin holds {body.size} bytes, expected {n * (4 + ob)}", "re-run; the disk may be full"
+            )
         body = body.reshape(n, 4 + ob)
         ticks = body[:, :4].copy().view("<u4").reshape(n).astype(np.int64)
         outputs = body[:, 4:].copy()
         if summary["calib_ticks"] <= 0:
-            raise McuError(f"the timer on {machine} did not count",
-                           "check the timer base address and -icount in BOARDS")
+            raise McuError(
+                f"the timer on {machine} did not count", "check the timer base address and -icount in BOARDS"
+            )
         calib = summary["calib_instructions"] / summary["calib_ticks"]
         # Boards without a nominal figure use the measured ratio.
         ipt = board["instr_per_tick"] or round(calib, 2)
         if abs(calib - ipt) / ipt > 1e-3:
-            raise McuError(f"timer calibration on {machine} gives {calib:.3f} "
-                           f"instructions per tick, expected {ipt}",
-                           "this QEMU clocks the timer differently; update BOARDS")
+            raise McuError(
+                f"timer calibration on {machine} gives {calib:.3f} instructions per tick, expected {ipt}",
+                "this QEMU clocks the timer differently; update BOARDS",
+            )
         instr = ticks * ipt
         instr = instr.astype(np.int64) if float(ipt).is_integer() else instr
-        res = EmulatorRun(outputs=outputs, ticks=ticks, instructions=instr,
-                        instr_per_tick=ipt, calib_instr_per_tick=calib,
-                        summary=summary, wall_seconds=wall, stdout=out_s)
+        res = EmulatorRun(
+            outputs=outputs,
+            ticks=ticks,
+            instructions=instr,
+            instr_per_tick=ipt,
+            calib_instr_per_tick=calib,
+            summary=summary,
+            wall_seconds=wall,
+            stdout=out_s,
+        )
         return res
     finally:
         if tmp_ctx is not None and not keep:
             tmp_ctx.cleanup()
 
 
-def run_many(jobs: Sequence[dict], max_parallel: int | None = None,
-             on_done: Callable[[int, int], None] | None = None) -> list:
+def run_many(
+    jobs: Sequence[dict], max_parallel: int | None = None, on_done: Callable[[int, int], None] | None = None
+) -> list:
     """Run several :func:`run` calls in parallel (up to the core count).
 
     Args:
@@ -245,6 +301,7 @@ def run_many(jobs: Sequence[dict], max_parallel: int | None = None,
             return run(**kw)
         except McuError as e:
             return e
+
     with ThreadPoolExecutor(max_workers=n) as ex:
         futures = [ex.submit(one, kw) for kw in jobs]
         if on_done is not None:

@@ -29,10 +29,12 @@ _KDIR = "tensorflow/lite/micro/kernels"
 _OPT_KDIR = f"{_KDIR}/cmsis_nn"
 _TARGET_DIR = "tensorflow/lite/micro/cortex_m_generic"
 #: Test-support sources in TFLM's core list that no deployed app links.
-_TEST_SUPPORT = {"tensorflow/lite/micro/test_helpers.cc",
-                 "tensorflow/lite/micro/test_helper_custom_ops.cc",
-                 "tensorflow/lite/micro/fake_micro_context.cc",
-                 "tensorflow/lite/micro/mock_micro_graph.cc"}
+_TEST_SUPPORT = {
+    "tensorflow/lite/micro/test_helpers.cc",
+    "tensorflow/lite/micro/test_helper_custom_ops.cc",
+    "tensorflow/lite/micro/fake_micro_context.cc",
+    "tensorflow/lite/micro/mock_micro_graph.cc",
+}
 
 
 def _make_list(text: str, var: str) -> list[str]:
@@ -53,8 +55,7 @@ def _specialize(files: Iterable[str], root: Path, directory: str) -> list[str]:
     """TFLM's specialize_files.py: same basename in *directory* wins."""
     d = root / directory
     names = set(os.listdir(d)) if d.is_dir() else set()
-    return [f"{directory}/{os.path.basename(f)}" if os.path.basename(f) in names
-            else f for f in files]
+    return [f"{directory}/{os.path.basename(f)}" if os.path.basename(f) in names else f for f in files]
 
 
 def _sources_inc(root: Path) -> str:
@@ -70,22 +71,31 @@ def core_sources(root: Path) -> list[str]:
     text = _sources_inc(root)
     tests = set(_make_list(text, "MICROLITE_TEST_SRCS"))
     files = []
-    for sub in ("tensorflow/lite/micro", "tensorflow/lite/micro/arena_allocator",
-                "tensorflow/lite/micro/memory_planner",
-                "tensorflow/lite/micro/tflite_bridge"):
+    for sub in (
+        "tensorflow/lite/micro",
+        "tensorflow/lite/micro/arena_allocator",
+        "tensorflow/lite/micro/memory_planner",
+        "tensorflow/lite/micro/tflite_bridge",
+    ):
         files += sorted(str(p.relative_to(root)) for p in (root / sub).glob("*.cc"))
     # TFL_CC_SRCS: every .cc/.c under tensorflow/ except lite/micro and
     # lite/experimental; lite/array.cc excluded for TF_LITE_STATIC_MEMORY.
     tf = root / "tensorflow"
     for p in sorted(tf.rglob("*")):
         rel = str(p.relative_to(root))
-        if (rel.startswith(("tensorflow/lite/micro/", "tensorflow/lite/experimental/"))
-                or p.suffix not in (".cc", ".c") or not p.is_file()):
+        if (
+            rel.startswith(("tensorflow/lite/micro/", "tensorflow/lite/experimental/"))
+            or p.suffix not in (".cc", ".c")
+            or not p.is_file()
+        ):
             continue
         if rel != "tensorflow/lite/array.cc":
             files.append(rel)
-    files = [f for f in files if f not in tests and not f.endswith("_test.cc")
-             and not f.endswith("benchmark.cc") and f not in _TEST_SUPPORT]
+    files = [
+        f
+        for f in files
+        if f not in tests and not f.endswith("_test.cc") and not f.endswith("benchmark.cc") and f not in _TEST_SUPPORT
+    ]
     files = _specialize(files, root, _TARGET_DIR)
     files.append(f"{_KDIR}/kernel_util.cc")
     return files
@@ -109,8 +119,7 @@ def _kernel_candidates(root: Path) -> list[str]:
     k = _specialize(k, root, _OPT_KDIR)
     sig = _make_list(text, "MICROLITE_CC_SIGNAL_KERNEL_SRCS")
     if not k:
-        raise McuError(f"no MICROLITE_CC_KERNEL_SRCS in {_SOURCES_INC}",
-                       "pass an unmodified TFLite Micro source tree")
+        raise McuError(f"no MICROLITE_CC_KERNEL_SRCS in {_SOURCES_INC}", "pass an unmodified TFLite Micro source tree")
     return k + sig
 
 
@@ -142,8 +151,8 @@ def _kernel_index(root: Path) -> _KernelIndex:
 
 def _header_stem_dir(inc: str) -> str | None:
     for d in (_KDIR + "/", "signal/micro/kernels/", "signal/src/"):
-        if inc.startswith(d) and inc.endswith(".h") and "/" not in inc[len(d):]:
-            return inc[len(d):-2]
+        if inc.startswith(d) and inc.endswith(".h") and "/" not in inc[len(d) :]:
+            return inc[len(d) : -2]
     return None
 
 
@@ -168,8 +177,9 @@ def kernel_sources_for(root: Path, register_fns: Iterable[str]) -> list[str]:
         elif f not in chosen:
             chosen.append(f)
     if missing:
-        raise McuError(f"no TFLM kernel source defines {', '.join(missing)}",
-                       "use a TFLite Micro tree that has these kernels")
+        raise McuError(
+            f"no TFLM kernel source defines {', '.join(missing)}", "use a TFLite Micro tree that has these kernels"
+        )
     registering = set(idx.defines.values())
     seen_headers: set[str] = set()
     queue = list(chosen)
@@ -187,9 +197,13 @@ def kernel_sources_for(root: Path, register_fns: Iterable[str]) -> list[str]:
             cands = idx.by_stem.get(stem, []) + idx.by_stem.get(stem + "_common", [])
             if inc.startswith("signal/src/"):
                 # signal/src/x.h is implemented by x.cc or x_<variant>.cc.
-                cands += [c for st, fs in idx.by_stem.items()
-                          if st.startswith(stem + "_") for c in fs
-                          if c.startswith("signal/src/")]
+                cands += [
+                    c
+                    for st, fs in idx.by_stem.items()
+                    if st.startswith(stem + "_")
+                    for c in fs
+                    if c.startswith("signal/src/")
+                ]
             for cand in cands:
                 if cand in chosen:
                     continue
@@ -204,16 +218,20 @@ def kernel_sources_for(root: Path, register_fns: Iterable[str]) -> list[str]:
     return [f for f in chosen if f != f"{_KDIR}/kernel_util.cc"]
 
 
-def ops_for_model(model: ModelInfo | str | Path, root: Path, *,
-                  int8_kernels: bool = False) -> list[ResolverMethod]:
+def ops_for_model(model: ModelInfo | str | Path, root: Path, *, int8_kernels: bool = False) -> list[ResolverMethod]:
     """The resolver methods a model needs (its builtin and custom ops)."""
     if not isinstance(model, ModelInfo):
         model = read_model(model)
     return model_ops_header(model, root, int8_kernels=int8_kernels)[1]
 
 
-def plan(sources: TflmSources, *, model: ModelInfo | str | Path | None = None, ops: Iterable[str] | None = None,
-         int8_kernels: bool = False) -> tuple[list[ResolverMethod], list[str], list[str], list[str]]:
+def plan(
+    sources: TflmSources,
+    *,
+    model: ModelInfo | str | Path | None = None,
+    ops: Iterable[str] | None = None,
+    int8_kernels: bool = False,
+) -> tuple[list[ResolverMethod], list[str], list[str], list[str]]:
     """What a build compiles, without compiling: (resolver methods, core sources, kernel sources, CMSIS-NN
     sources), the sources relative to the TFLM root. A bundle's Makefile lists the same files."""
     root = sources.root
@@ -225,9 +243,10 @@ def plan(sources: TflmSources, *, model: ModelInfo | str | Path | None = None, o
     for o in ops or ():
         m = methods.get(o) or by_name.get(o) or methods.get(str(o).upper())
         if m is None:
-            raise McuError(f"unknown TFLM op {o!r}",
-                           "use a BuiltinOperator name such as CONV_2D, "
-                           "'custom:<name>' or an Add<Op> method name")
+            raise McuError(
+                f"unknown TFLM op {o!r}",
+                "use a BuiltinOperator name such as CONV_2D, 'custom:<name>' or an Add<Op> method name",
+            )
         if m not in chosen:
             chosen.append(m)
     reg_fns = []
@@ -239,6 +258,5 @@ def plan(sources: TflmSources, *, model: ModelInfo | str | Path | None = None, o
                 reg_fns.append(m.register_fn + "_INT8")
     # _INT8 variants that are only inline aliases are not defined anywhere:
     idx = _kernel_index(root)
-    reg_fns = [f for f in dict.fromkeys(reg_fns)
-               if f in idx.defines or not f.endswith("_INT8")]
+    reg_fns = [f for f in dict.fromkeys(reg_fns) if f in idx.defines or not f.endswith("_INT8")]
     return chosen, core_sources(root), kernel_sources_for(root, reg_fns), cmsis_nn_sources(root)

@@ -55,11 +55,19 @@ _LAYOUT = {
     "kissfft": f"{DOWNLOADS_REL}/kissfft",
 }
 #: Third-party folders a build needs (kissfft only for signal / micro_speech).
-_REQUIRED_DOWNLOADS = ("cmsis/CMSIS/Core/Include", "cmsis/Cortex_DFP/Device",
-                       "cmsis_nn/Source", "flatbuffers/include", "gemmlowp", "ruy")
+_REQUIRED_DOWNLOADS = (
+    "cmsis/CMSIS/Core/Include",
+    "cmsis/Cortex_DFP/Device",
+    "cmsis_nn/Source",
+    "flatbuffers/include",
+    "gemmlowp",
+    "ruy",
+)
 #: (downloads dir, patch path relative to TFLM root), as TFLM's scripts do.
-_PATCHES = (("flatbuffers", "tensorflow/lite/micro/tools/make/flatbuffers.patch"),
-            ("kissfft", "third_party/kissfft/kissfft.patch"))
+_PATCHES = (
+    ("flatbuffers", "tensorflow/lite/micro/tools/make/flatbuffers.patch"),
+    ("kissfft", "third_party/kissfft/kissfft.patch"),
+)
 #: Folders whose ``*BUILD`` files TFLM's download step deletes.
 _DELETE_BUILD_IN = ("flatbuffers", "gemmlowp", "ruy", "kissfft")
 
@@ -68,7 +76,8 @@ _HOW_TO_GET = (
     "make download step (make -f tensorflow/lite/micro/tools/make/Makefile "
     "TARGET=cortex_m_generic OPTIMIZED_KERNEL_DIR=cmsis_nn third_party_downloads), "
     f"then pass that checkout; offline: set {ENV_VAR} to a mirror folder with "
-    "src/*.tar.gz, like ../shared/mcu")
+    "src/*.tar.gz, like ../shared/mcu"
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,7 @@ class TflmSources:
         return self.root / DOWNLOADS_REL
 
 
-def locate_sources(path: os.PathLike | str | None = None, *,
-                   cache_dir: os.PathLike | str | None = None) -> TflmSources:
+def locate_sources(path: os.PathLike | str | None = None, *, cache_dir: os.PathLike | str | None = None) -> TflmSources:
     """Find (and if needed unpack) the TFLM sources.
 
     Args:
@@ -123,14 +131,16 @@ def _resolve(path: os.PathLike | str | None) -> tuple[Path, str]:
         elif mirror is not None:
             path, how = mirror, str(mirror)
         else:
-            raise McuError(f"TFLite Micro sources not found (no tflm_src in the target profile, {ENV_VAR} is not "
-                           "set, and no ../shared/mcu mirror)", _HOW_TO_GET)
+            raise McuError(
+                f"TFLite Micro sources not found (no tflm_src in the target profile, {ENV_VAR} is not "
+                "set, and no ../shared/mcu mirror)",
+                _HOW_TO_GET,
+            )
     else:
         how = str(path)
     p = Path(path).expanduser()
     if not p.exists():
-        raise McuError(f"TFLite Micro source path {how} does not exist",
-                       _HOW_TO_GET)
+        raise McuError(f"TFLite Micro source path {how} does not exist", _HOW_TO_GET)
     p = p.resolve()
     if not (p / "tensorflow" / "lite" / "micro").is_dir():
         _mirror_src(p, how)
@@ -141,8 +151,9 @@ def _mirror_src(p: Path, how: str = "") -> Path:
     for src in (p / "src", p):
         if (src / "tflite-micro.tar.gz").is_file():
             return src
-    raise McuError(f"{how or p} is neither a TFLite Micro checkout nor a mirror "
-                   "with src/tflite-micro.tar.gz", _HOW_TO_GET)
+    raise McuError(
+        f"{how or p} is neither a TFLite Micro checkout nor a mirror with src/tflite-micro.tar.gz", _HOW_TO_GET
+    )
 
 
 def requirement(path: os.PathLike | str | None) -> Requirement:
@@ -173,12 +184,13 @@ def _checkout(root: Path) -> TflmSources:
             f"TFLite Micro checkout {root} lacks downloads/{', downloads/'.join(missing)}",
             "run its make download step online (make -f tensorflow/lite/micro/tools/"
             "make/Makefile TARGET=cortex_m_generic OPTIMIZED_KERNEL_DIR=cmsis_nn "
-            f"third_party_downloads), or set {ENV_VAR} to a tarball mirror")
-    return TflmSources(root=root, kind="checkout",
-                       fingerprint=f"checkout:{root}", origin=root)
+            f"third_party_downloads), or set {ENV_VAR} to a tarball mirror",
+        )
+    return TflmSources(root=root, kind="checkout", fingerprint=f"checkout:{root}", origin=root)
 
 
 # ----------------------------------------------------------------- mirror ---
+
 
 def _tarball_hashes(src: Path, cache: Path) -> dict[str, str]:
     """SHA-256 of each tarball, memoised by (size, mtime_ns) in the cache."""
@@ -193,9 +205,9 @@ def _tarball_hashes(src: Path, cache: Path) -> dict[str, str]:
         if not tb.is_file():
             if name == "kissfft":
                 continue
-            raise McuError(f"mirror {src} lacks {tb.name}",
-                           "copy the complete mirror (all src/*.tar.gz), e.g. "
-                           "from ../shared/mcu")
+            raise McuError(
+                f"mirror {src} lacks {tb.name}", "copy the complete mirror (all src/*.tar.gz), e.g. from ../shared/mcu"
+            )
         st = tb.stat()
         key = f"{tb}:{st.st_size}:{st.st_mtime_ns}"
         if key not in memo:
@@ -217,8 +229,7 @@ def _mirror(src: Path, cache: Path) -> TflmSources:
     marker = final / "edgepipe-unpacked.json"
     if not marker.is_file():
         _unpack(src, hashes, final, cache)
-    return TflmSources(root=final / "tflite-micro", kind="mirror",
-                       fingerprint=key, origin=src)
+    return TflmSources(root=final / "tflite-micro", kind="mirror", fingerprint=key, origin=src)
 
 
 def _extract(tb: Path, dest_parent: Path, expect_top: str) -> Path:
@@ -228,21 +239,20 @@ def _extract(tb: Path, dest_parent: Path, expect_top: str) -> Path:
         except TypeError:  # Python < 3.11.4: no filter argument
             for m in tf.getmembers():
                 if m.name.startswith("/") or ".." in Path(m.name).parts:
-                    raise McuError(f"unsafe path {m.name!r} in {tb}",
-                                   "use an untampered mirror")
+                    raise McuError(f"unsafe path {m.name!r} in {tb}", "use an untampered mirror")
             tf.extractall(dest_parent)
     top = dest_parent / expect_top
     if not top.is_dir():
-        raise McuError(f"{tb.name} does not unpack to a folder {expect_top}/",
-                       "rebuild the mirror with git archive --prefix="
-                       f"{expect_top}/")
+        raise McuError(
+            f"{tb.name} does not unpack to a folder {expect_top}/",
+            f"rebuild the mirror with git archive --prefix={expect_top}/",
+        )
     return top
 
 
 def _apply_patch(folder: Path, patch: Path) -> None:
     if shutil.which("git"):
-        cmd = ["git", "apply", "--ignore-space-change", "--ignore-whitespace",
-               str(patch)]
+        cmd = ["git", "apply", "--ignore-space-change", "--ignore-whitespace", str(patch)]
     elif shutil.which("patch"):
         cmd = ["patch", "-p1", "--batch", "--forward", "-l", "-i", str(patch)]
     else:
@@ -254,10 +264,11 @@ def _apply_patch(folder: Path, patch: Path) -> None:
     r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env)
     shutil.rmtree(folder / ".edgepipe-nogit", ignore_errors=True)
     if r.returncode != 0:
-        raise McuError(f"applying {patch.name} to {folder.name} failed: "
-                       f"{(r.stderr or r.stdout).strip()[:200]}",
-                       "use a mirror whose tarballs are at the pinned commits",
-                       detail=r.stderr)
+        raise McuError(
+            f"applying {patch.name} to {folder.name} failed: {(r.stderr or r.stdout).strip()[:200]}",
+            "use a mirror whose tarballs are at the pinned commits",
+            detail=r.stderr,
+        )
 
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -270,7 +281,10 @@ def _apply_unified_diff(folder: Path, patch: Path) -> None:
     lines are compared ignoring whitespace changes (like ``git apply
     --ignore-whitespace``); a hunk may sit at an offset from its stated line.
     """
-    norm = lambda l: " ".join(l.split())
+
+    def norm(text: str) -> str:  # whitespace-insensitive, as patch --ignore-whitespace
+        return " ".join(text.split())
+
     lines = patch.read_text().splitlines()
     i, files = 0, []
     while i < len(lines):
@@ -317,12 +331,14 @@ def _apply_unified_diff(folder: Path, patch: Path) -> None:
                 k = want + off
                 if k < pos or k + len(old) > len(src):
                     continue
-                if all(norm(a) == norm(b) for a, b in zip(src[k:k + len(old)], old)):
+                if all(norm(a) == norm(b) for a, b in zip(src[k : k + len(old)], old)):
                     found = k
                     break
             if found is None:
-                raise McuError(f"patch {patch.name} does not apply to {target}",
-                               "use a mirror whose tarballs are at the pinned commits")
+                raise McuError(
+                    f"patch {patch.name} does not apply to {target}",
+                    "use a mirror whose tarballs are at the pinned commits",
+                )
             out += src[pos:found] + new
             pos = found + len(old)
         out += src[pos:]
@@ -354,8 +370,9 @@ def _unpack(src: Path, hashes: dict[str, str], final: Path, cache: Path) -> None
             if (dl / d).is_dir():
                 _apply_patch(dl / d, root / patch)
         (dl / "pigweed").mkdir(exist_ok=True)
-        (tmp / "edgepipe-unpacked.json").write_text(json.dumps(
-            {"mirror": str(src), "tarballs_sha256": hashes}, indent=1))
+        (tmp / "edgepipe-unpacked.json").write_text(
+            json.dumps({"mirror": str(src), "tarballs_sha256": hashes}, indent=1)
+        )
         try:
             os.rename(tmp, final)
         except OSError:

@@ -54,17 +54,14 @@ class Toolchain:
         return self.gcc_version
 
     def versions(self) -> dict:
-        return {"arm-none-eabi-gcc": self.gcc_version,
-                "qemu-system-arm": self.qemu_version}
+        return {"arm-none-eabi-gcc": self.gcc_version, "qemu-system-arm": self.qemu_version}
 
 
 def _first_line(exe: str) -> str:
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise McuError(f"cannot run {exe} --version ({e})",
-                       f"reinstall it: {_fix()}")
+        raise McuError(f"cannot run {exe} --version ({e})", f"reinstall it: {_fix()}")
     lines = (out.stdout or out.stderr).strip().splitlines()
     return lines[0].strip() if lines else "unknown"
 
@@ -82,9 +79,10 @@ def _find(search_path: str | None) -> Toolchain:
     if missing:
         raise McuError(
             f"measuring on an emulated Cortex-M needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
-            " not installed", f"{_fix()}; or bench with measure: estimate (no toolchain)")
-    return Toolchain(gcc_version=_first_line(found["gcc"]),
-                     qemu_version=_first_line(found["qemu"]), **found)
+            " not installed",
+            f"{_fix()}; or bench with measure: estimate (no toolchain)",
+        )
+    return Toolchain(gcc_version=_first_line(found["gcc"]), qemu_version=_first_line(found["qemu"]), **found)
 
 
 def find_toolchain(search_path: str | None = None) -> Toolchain:
@@ -114,8 +112,12 @@ def _unmet() -> str | None:
     tc = find_toolchain()
     # The C and C++ libraries come in packages of their own; ask the compiler where it would link them from.
     for lib in ("libc_nano.a", "libstdc++_nano.a"):
-        found = subprocess.run([tc.gcc, "-mthumb", "-mcpu=cortex-m4", f"-print-file-name={lib}"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        found = subprocess.run(
+            [tc.gcc, "-mthumb", "-mcpu=cortex-m4", f"-print-file-name={lib}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         if not Path(found).is_absolute():
             return f"the Arm toolchain has no {lib} (newlib's C{'++' if 'stdc' in lib else ''} library)"
     return None

@@ -13,15 +13,19 @@ import pytest
 from edgepipe.core import system
 from edgepipe.targets.mcu.sources import default_mirrors
 
-MIRROR = Path(os.environ["EDGEPIPE_TFLM_SRC"]) if os.environ.get("EDGEPIPE_TFLM_SRC") else next(
-    (m for m in default_mirrors() if m.is_dir()), default_mirrors()[0])
+MIRROR = (
+    Path(os.environ["EDGEPIPE_TFLM_SRC"])
+    if os.environ.get("EDGEPIPE_TFLM_SRC")
+    else next((m for m in default_mirrors() if m.is_dir()), default_mirrors()[0])
+)
 MLPERF = MIRROR / "mlperf_tiny"
 APT = system.install_command([p for p in system.PACKAGES if p.group == "run"])
 
 
 def have_toolchain() -> bool:
-    return all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-size",
-                                         "qemu-system-arm"))
+    return all(
+        shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-size", "qemu-system-arm")
+    )
 
 
 needs_toolchain = pytest.mark.skipif(not have_toolchain(), reason=f"no Cortex-M toolchain or QEMU ({APT})")

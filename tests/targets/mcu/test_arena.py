@@ -12,6 +12,7 @@ def model_needing(need: int, tried: list[int]):
     def works(size: int) -> bool:
         tried.append(size)
         return size >= need
+
     return works
 
 

@@ -19,10 +19,16 @@ MIRROR_SRC = MIRROR / "src"
 
 
 def _tc(version="gcc 12.2"):
-    return Toolchain(gcc="/usr/bin/arm-none-eabi-gcc", gxx="/usr/bin/arm-none-eabi-g++",
-                     ar="/usr/bin/arm-none-eabi-ar", size="/usr/bin/arm-none-eabi-size",
-                     nm="/usr/bin/arm-none-eabi-nm", qemu="/usr/bin/qemu-system-arm",
-                     gcc_version=version, qemu_version="qemu 7.2")
+    return Toolchain(
+        gcc="/usr/bin/arm-none-eabi-gcc",
+        gxx="/usr/bin/arm-none-eabi-g++",
+        ar="/usr/bin/arm-none-eabi-ar",
+        size="/usr/bin/arm-none-eabi-size",
+        nm="/usr/bin/arm-none-eabi-nm",
+        qemu="/usr/bin/qemu-system-arm",
+        gcc_version=version,
+        qemu_version="qemu 7.2",
+    )
 
 
 def test_cache_key_depends_on_content_flags_compiler(tmp_path):
@@ -30,14 +36,13 @@ def test_cache_key_depends_on_content_flags_compiler(tmp_path):
     src.write_text("int a;\n")
     c = Compiler(tmp_path, _tc(), tmp_path / "cache")
     k = c.key1("a.cc", ["-O2"], ["."])
-    assert k == c.key1("a.cc", ["-O2"], ["."])              # deterministic
-    assert k != c.key1("a.cc", ["-Os"], ["."])              # flags
-    assert k != c.key1("a.cc", ["-O2"], [".", "inc"])       # include set
-    assert k != Compiler(tmp_path, _tc("gcc 13"), tmp_path / "cache").key1(
-        "a.cc", ["-O2"], ["."])                             # compiler version
+    assert k == c.key1("a.cc", ["-O2"], ["."])  # deterministic
+    assert k != c.key1("a.cc", ["-Os"], ["."])  # flags
+    assert k != c.key1("a.cc", ["-O2"], [".", "inc"])  # include set
+    assert k != Compiler(tmp_path, _tc("gcc 13"), tmp_path / "cache").key1("a.cc", ["-O2"], ["."])  # compiler version
     time.sleep(0.01)
     src.write_text("int b;\n")
-    assert k != c.key1("a.cc", ["-O2"], ["."])              # content
+    assert k != c.key1("a.cc", ["-O2"], ["."])  # content
 
 
 def test_manifest_invalidated_by_header_change(tmp_path):
@@ -47,13 +52,13 @@ def test_manifest_invalidated_by_header_change(tmp_path):
     c = Compiler(tmp_path, _tc(), tmp_path / "cache")
     k = c.key1("a.cc", [], ["."])
     from edgepipe.targets.mcu.compiler import _MEMO
+
     obj = c.obj_dir / "ab" / "abcd.o"
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"obj")
     man = c.man_dir / k[:2] / f"{k}.json"
     man.parent.mkdir(parents=True, exist_ok=True)
-    man.write_text(json.dumps({"src": "a.cc", "obj": "abcd",
-                               "deps": {"h.h": _MEMO.get(str(h))}}))
+    man.write_text(json.dumps({"src": "a.cc", "obj": "abcd", "deps": {"h.h": _MEMO.get(str(h))}}))
     assert c.lookup(k) == obj
     time.sleep(0.01)
     h.write_text("#define X 2\n")
@@ -74,6 +79,7 @@ def test_depfile_and_makefile_helpers(tmp_path):
 
 
 # ---------------------------------------------------------------- sources
+
 
 def _tarball(path: Path, top: str, files: dict):
     with tarfile.open(path, "w:gz") as tf:
@@ -97,16 +103,21 @@ PATCH = """diff --git a/include/flatbuffers/base.h b/include/flatbuffers/base.h
 def _mirror(tmp_path) -> Path:
     src = tmp_path / "mirror" / "src"
     src.mkdir(parents=True)
-    _tarball(src / "tflite-micro.tar.gz", "tflite-micro", {
-        "tensorflow/lite/micro/micro_interpreter.h": "",
-        "tensorflow/lite/micro/tools/make/flatbuffers.patch": PATCH})
-    _tarball(src / "flatbuffers.tar.gz", "flatbuffers",
-             {"include/flatbuffers/base.h": "#ifndef B\n#endif\n", "BUILD": "x"})
-    for name, files in {"cmsis": {"CMSIS/Core/Include/core_cm4.h": ""},
-                        "Cortex_DFP": {"Device/ARMCM4/Include/ARMCM4.h": ""},
-                        "cmsis_nn": {"Source/a.c": ""},
-                        "gemmlowp": {"fixedpoint/fixedpoint.h": "", "BUILD": ""},
-                        "ruy": {"ruy/x.h": ""}}.items():
+    _tarball(
+        src / "tflite-micro.tar.gz",
+        "tflite-micro",
+        {"tensorflow/lite/micro/micro_interpreter.h": "", "tensorflow/lite/micro/tools/make/flatbuffers.patch": PATCH},
+    )
+    _tarball(
+        src / "flatbuffers.tar.gz", "flatbuffers", {"include/flatbuffers/base.h": "#ifndef B\n#endif\n", "BUILD": "x"}
+    )
+    for name, files in {
+        "cmsis": {"CMSIS/Core/Include/core_cm4.h": ""},
+        "Cortex_DFP": {"Device/ARMCM4/Include/ARMCM4.h": ""},
+        "cmsis_nn": {"Source/a.c": ""},
+        "gemmlowp": {"fixedpoint/fixedpoint.h": "", "BUILD": ""},
+        "ruy": {"ruy/x.h": ""},
+    }.items():
         _tarball(src / f"{name}.tar.gz", name, files)
     return tmp_path / "mirror"
 
@@ -123,18 +134,20 @@ def test_mirror_unpack_layout_patch_and_second_call(tmp_path):
     assert not (dl / "gemmlowp" / "BUILD").exists()
     assert "#define PATCHED 1" in (dl / "flatbuffers/include/flatbuffers/base.h").read_text()
     t = time.monotonic()
-    s2 = locate_sources(m / "src", cache_dir=cache)       # the src folder works too
+    s2 = locate_sources(m / "src", cache_dir=cache)  # the src folder works too
     assert time.monotonic() - t < 0.5 and s2.root == s.root
     assert not list((cache / "src").glob(".tmp-*"))
 
 
 def test_killed_unpack_leaves_nothing_final(tmp_path, monkeypatch):
     import edgepipe.targets.mcu.sources as S
+
     m = _mirror(tmp_path)
     cache = tmp_path / "cache"
 
     def boom(*a, **k):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(S, "_apply_patch", boom)
     with pytest.raises(KeyboardInterrupt):
         locate_sources(m, cache_dir=cache)
@@ -155,10 +168,10 @@ def test_missing_sources_errors(tmp_path, monkeypatch):
     assert "git clone https://github.com/tensorflow/tflite-micro" in s and ENV_VAR in s
     assert "\n" not in s
     with pytest.raises(McuError):
-        locate_sources(tmp_path)                    # neither shape
+        locate_sources(tmp_path)  # neither shape
     (tmp_path / "tensorflow" / "lite" / "micro").mkdir(parents=True)
     with pytest.raises(McuError) as ei:
-        locate_sources(tmp_path)                    # checkout without downloads
+        locate_sources(tmp_path)  # checkout without downloads
     assert "downloads/" in str(ei.value)
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope"))
     with pytest.raises(McuError) as ei:
@@ -171,13 +184,17 @@ def test_pure_python_patch_matches_git(tflm_sources, tmp_path):
     import tarfile
 
     from edgepipe.targets.mcu.sources import _apply_unified_diff
+
     with tarfile.open(MIRROR_SRC / "flatbuffers.tar.gz") as tf:
         tf.extractall(tmp_path, filter="data")
     patch = tflm_sources.root / "tensorflow/lite/micro/tools/make/flatbuffers.patch"
     _apply_unified_diff(tmp_path / "flatbuffers", patch)
     ref = tflm_sources.downloads / "flatbuffers"
-    for rel in ("include/flatbuffers/base.h", "include/flatbuffers/default_allocator.h",
-                "include/flatbuffers/flatbuffer_builder.h"):
+    for rel in (
+        "include/flatbuffers/base.h",
+        "include/flatbuffers/default_allocator.h",
+        "include/flatbuffers/flatbuffer_builder.h",
+    ):
         assert (tmp_path / "flatbuffers" / rel).read_text() == (ref / rel).read_text(), rel
 
 

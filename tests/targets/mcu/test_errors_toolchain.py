@@ -2,8 +2,8 @@
 
 import pytest
 
-from edgepipe.targets.mcu.errors import McuError, one_line
 from edgepipe.core import system
+from edgepipe.targets.mcu.errors import McuError, one_line
 from edgepipe.targets.mcu.toolchain import find_toolchain
 
 
@@ -26,6 +26,7 @@ def test_missing_toolchain_names_debian_packages(tmp_path):
     msg = str(ei.value)
     assert "\n" not in msg
     assert "arm-none-eabi-gcc" in msg and "qemu-system-arm" in msg
-    assert ("apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib "
-            "qemu-system-arm") in msg
+    assert (
+        "apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm"
+    ) in msg
     assert all(p.name in msg for p in system.PACKAGES if p.group == "run")

@@ -66,8 +66,8 @@ LOAD obj/startup.o
 def test_parse_map_skips_discarded_and_joins_long_names():
     secs = parse_map(MAP)
     names = [s[1] for s in secs]
-    assert ".text.unused" not in names          # discarded list ignored
-    assert ".text.Reset_Handler" in names       # name on its own line
+    assert ".text.unused" not in names  # discarded list ignored
+    assert ".text.Reset_Handler" in names  # name on its own line
     by = {s[1]: s for s in secs}
     assert by[".text._ZN6tflite16MicroInterpreter6InvokeEv"][2] == 0x80
     assert by[".text.Eval"][0] == ".text"
@@ -96,10 +96,12 @@ def test_not_a_map():
 
 
 def test_overflow_parsing_and_fit_error_line():
-    err = ("/usr/bin/ld: fw.elf section `.rodata' will not fit in region `FLASH'\n"
-           "/usr/bin/ld: region `FLASH' overflowed by 33296 bytes\n"
-           "/usr/bin/ld: region `RAM' overflowed by 12 bytes\n"
-           "collect2: error: ld returned 1 exit status\n")
+    err = (
+        "/usr/bin/ld: fw.elf section `.rodata' will not fit in region `FLASH'\n"
+        "/usr/bin/ld: region `FLASH' overflowed by 33296 bytes\n"
+        "/usr/bin/ld: region `RAM' overflowed by 12 bytes\n"
+        "collect2: error: ld returned 1 exit status\n"
+    )
     over = parse_overflow(err)
     assert over == [("FLASH", 33296), ("RAM", 12)]
     e = _fit_error(over, 65536, 1024)

@@ -32,8 +32,7 @@ def test_op_names_from_schema(tflm_sources):
     assert names[9] == "FULLY_CONNECTED" and names[0] == "ADD"
 
 
-@pytest.mark.parametrize("f,ops", [("ad01_int8.tflite", (9,)),
-                                   ("pretrainedResnet_quant.tflite", (0, 1, 3, 9, 22, 25))])
+@pytest.mark.parametrize("f,ops", [("ad01_int8.tflite", (9,)), ("pretrainedResnet_quant.tflite", (0, 1, 3, 9, 22, 25))])
 def test_mlperf_ops(f, ops):
     p = MLPERF / f
     if not p.exists():

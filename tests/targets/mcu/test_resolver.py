@@ -38,8 +38,7 @@ class MicroMutableOpResolver : public MicroOpResolver {
 
 def test_parse_snippet():
     m = parse_resolver_header(SNIPPET)
-    assert set(m) == {"PADV2", "UNIDIRECTIONAL_SEQUENCE_LSTM",
-                      "custom:CIRCULAR_BUFFER", "custom:SignalDelay"}
+    assert set(m) == {"PADV2", "UNIDIRECTIONAL_SEQUENCE_LSTM", "custom:CIRCULAR_BUFFER", "custom:SignalDelay"}
     assert m["PADV2"].method == "AddPadV2"
     assert m["PADV2"].register_fn == "Register_PADV2"
     assert m["PADV2"].takes_registration
@@ -55,6 +54,7 @@ def test_parse_empty_raises():
 
 def test_real_header_known_names(tflm_sources):
     from edgepipe.targets.mcu.resolver import RESOLVER_REL
+
     m = parse_resolver_header((tflm_sources.root / RESOLVER_REL).read_text())
     assert len(m) > 100
     # The names a guesser gets wrong:
@@ -69,13 +69,12 @@ def test_real_header_known_names(tflm_sources):
 def test_model_header_uses_tflm_names(tflm_sources, mnist_model):
     from edgepipe.targets.mcu.model import read_model
     from edgepipe.targets.mcu.resolver import model_ops_header
+
     MNIST_MODEL = mnist_model
     h, ms = model_ops_header(read_model(MNIST_MODEL), tflm_sources.root)
-    assert [m.method for m in ms] == ["AddConv2D", "AddFullyConnected",
-                                      "AddReshape", "AddSoftmax"]
+    assert [m.method for m in ms] == ["AddConv2D", "AddFullyConnected", "AddReshape", "AddSoftmax"]
     assert "kModelOpCount = 4" in h
-    h8, _ = model_ops_header(read_model(MNIST_MODEL), tflm_sources.root,
-                             int8_kernels=True)
+    h8, _ = model_ops_header(read_model(MNIST_MODEL), tflm_sources.root, int8_kernels=True)
     assert "AddConv2D(tflite::Register_CONV_2D_INT8())" in h8
     assert "AddReshape()" in h8  # no INT8 variant for RESHAPE
 
@@ -85,18 +84,30 @@ def test_all_ops_header_compiles(tflm_sources, toolchain):
     """Every op TFLM has, compiled against the real headers (-fsyntax-only)."""
     from edgepipe.targets.mcu.cores import compile_flags, include_dirs
     from edgepipe.targets.mcu.resolver import all_ops_header, check_header_compiles
+
     h, ms = all_ops_header(tflm_sources.root)
     assert len(ms) > 100
-    check_header_compiles(h, tflm_sources.root, include_dirs=include_dirs("cortex-m4"),
-                          flags=compile_flags("cortex-m4", "c++"), gxx=toolchain.gxx)
+    check_header_compiles(
+        h,
+        tflm_sources.root,
+        include_dirs=include_dirs("cortex-m4"),
+        flags=compile_flags("cortex-m4", "c++"),
+        gxx=toolchain.gxx,
+    )
 
 
 @pytest.mark.e2e
 def test_wrong_method_name_fails_compile(tflm_sources, toolchain):
     from edgepipe.targets.mcu.cores import compile_flags, include_dirs
     from edgepipe.targets.mcu.resolver import _header, check_header_compiles
+
     bad = _header(["AddPadv2()"], [], "guessed name")
     with pytest.raises(McuError) as ei:
-        check_header_compiles(bad, tflm_sources.root, include_dirs=include_dirs("cortex-m4"),
-                              flags=compile_flags("cortex-m4", "c++"), gxx=toolchain.gxx)
+        check_header_compiles(
+            bad,
+            tflm_sources.root,
+            include_dirs=include_dirs("cortex-m4"),
+            flags=compile_flags("cortex-m4", "c++"),
+            gxx=toolchain.gxx,
+        )
     assert "does not compile" in str(ei.value) and "\n" not in str(ei.value)
