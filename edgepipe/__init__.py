@@ -12,10 +12,10 @@ import os
 # tfmot needs the Keras 2 API; this must be set before TensorFlow is imported anywhere.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from edgepipe.core.errors import EdgepipeError, RecipeError  # noqa: E402
-from edgepipe.pipeline.api import RunResult, run  # noqa: E402
-from edgepipe.pipeline.recipe import find_recipe, load_recipe  # noqa: E402
-from edgepipe.pipeline.runner import Runner  # noqa: E402
+from edgepipe.core.errors import EdgepipeError, RecipeError
+from edgepipe.pipeline.api import RunResult, run
+from edgepipe.pipeline.recipe import find_recipe, load_recipe
+from edgepipe.pipeline.runner import Runner
 
 __version__ = "0.1.0"
 __all__ = ["EdgepipeError", "RecipeError", "RunResult", "Runner", "find_recipe", "load_recipe", "run", "__version__"]

@@ -11,13 +11,13 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ log noise (cuInit, NodeDef attrs) is not for users
 
-from edgepipe.core.native import quiet_native  # noqa: E402
+from edgepipe.core.native import quiet_native
 
 # TensorFlow's native code logs oneDNN and CUDA notices to fd 2 at import, before TF_CPP_MIN_LOG_LEVEL
 # is read, which would bury edgepipe's one-line errors. Import failures still raise as usual.
 with quiet_native():
-    import tensorflow as tf  # noqa: E402
-    import tf_keras as keras  # noqa: E402
+    import tensorflow as tf
+    import tf_keras as keras
 
 tf.get_logger().setLevel("ERROR")
 

@@ -99,7 +99,7 @@ def reporting(stage: str, sink: Sink | None) -> Iterator[None]:
 def _send(event: Event) -> None:
     try:
         _sink(event)
-    except Exception:  # noqa: BLE001 - progress is for watching: it must never fail the stage it watches
+    except Exception:  # progress is for watching: it must never fail the stage it watches
         log.debug("progress event %s not delivered", event, exc_info=True)
 
 
@@ -124,7 +124,7 @@ class Channel:
                 continue
             try:
                 self._sink(event)
-            except Exception:  # noqa: BLE001 - a display that cannot draw must not stop the run
+            except Exception:  # a display that cannot draw must not stop the run
                 log.debug("progress event %s not shown", event, exc_info=True)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -151,7 +151,7 @@ def _load_keras(name: str, mirror: list[str]):
 
     try:
         (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
-    except Exception as e:  # keras raises plain Exception on network failure
+    except Exception as e:  # noqa: BLE001 - keras raises plain Exception on network failure
         raise EdgepipeError(
             f"keras:{name}: not found locally and the download failed ({type(e).__name__})", _mirror_fix(name)
         ) from None

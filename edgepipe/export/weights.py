@@ -18,7 +18,7 @@ def tflite_weight_stats(path: Path) -> list[dict]:
     interp = litert.interpreter(path)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     out = []
-    for op in interp._get_ops_details():  # noqa: SLF001 - the interpreter's only per-op listing
+    for op in interp._get_ops_details():  # the interpreter's only per-op listing
         if op["op_name"] not in WEIGHTED_OPS or len(op["inputs"]) < 2:
             continue
         index = int(op["inputs"][1])

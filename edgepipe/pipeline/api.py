@@ -48,7 +48,7 @@ def run(
     recipe: str | Path | dict,
     set: dict[str, Any] | None = None,
     profile: str | None = None,
-    *,  # noqa: A002
+    *,
     until: str | None = None,
     only: str | None = None,
     force: bool = False,

@@ -229,7 +229,7 @@ class Scheduler:
                 _fresh_keras_session()
             with progress.reporting(stage.name, self._sink):
                 summary = stage.kind.run(stage.params, io) or ""
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever stopped the stage (Ctrl-C too), its half output goes
             shutil.rmtree(io.out, ignore_errors=True)
             raise _named(e, stage, io.out) from None
         return self.outputs.finished(job, summary)

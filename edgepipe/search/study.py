@@ -205,7 +205,7 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
             # Study.optimize beats for its trials; an ask/tell loop has to, or a dead worker's trial on another
             # host would stay running forever instead of failing after the grace period.
             with _quiet_optuna():
-                beat = get_heartbeat_thread(trial._trial_id, study._storage)  # noqa: SLF001 - Optuna's own helper
+                beat = get_heartbeat_thread(trial._trial_id, study._storage)  # Optuna's own helper
             with beat:
                 values = objective(trial)
         except optuna.TrialPruned:

@@ -161,7 +161,7 @@ def _load_keras(path: str):
 
     import tensorflow_model_optimization as tfmot
 
-    from edgepipe.core._tf import keras  # noqa: I001 - first: TensorFlow's import noise silenced
+    from edgepipe.core._tf import keras  # first: TensorFlow's import noise silenced
 
     try:
         with tfmot.quantization.keras.quantize_scope(), warnings.catch_warnings():

@@ -88,7 +88,7 @@ def read_graph(path: Path) -> tuple[list[Op], dict[int, dict], set[int], set[int
     ops = [
         Op(o["index"], o["op_name"], tuple(i for i in o["inputs"] if i >= 0), tuple(o["outputs"]))
         for o in interp._get_ops_details()
-    ]  # noqa: SLF001 - the interpreter's only per-op listing
+    ]  # the interpreter's only per-op listing
     ins = {d["index"] for d in interp.get_input_details()}
     outs = {d["index"] for d in interp.get_output_details()}
     return ops, tensors, ins, outs
