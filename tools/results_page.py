@@ -71,7 +71,7 @@ def _git(root: Path, *args: str) -> str:
 def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
     """A recipe's figures as its report prints them: each target's own table first (a microcontroller's,
     with its tags), then this host's results table, the devices, the gates and any search."""
-    from edgepipe.stages.report import search_lines
+    from edgepipe.stages.report_search import search_lines
     from edgepipe.stages.report_tables import COLUMNS, row_cells, target_tables
 
     recipe, stage = path.parent.parent.name, path.parent.name

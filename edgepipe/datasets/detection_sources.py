@@ -88,19 +88,19 @@ def load_detection(
                 f"source {source!r}: no such generator", f"use synth:{' or synth:'.join(SYNTH_SOURCES)}"
             )
         return _synth_digits(synth, mirror, seed)
-    from edgepipe.datasets import boxes
+    from edgepipe.datasets import coco, yolo
 
     options = dict(max_objects=MAX_OBJECTS, image_size=image_size, channels=channels)
     if scheme == "coco":
-        whole = boxes.read_coco(rest, **options)
+        whole = coco.read_coco(rest, **options)
         return _trimmed(_random_splits(whole.images, whole.boxes, val_fraction, test_fraction, seed)), whole.classes
     if scheme == "yolo":
         root = Path(rest)
         folders = [d.name for d in sorted((root / "images").glob("*")) if d.is_dir() and d.name in YOLO_SPLITS]
         if "train" not in folders:  # one folder of images: split here
-            whole = boxes.read_yolo(root, **options)
+            whole = yolo.read_yolo(root, **options)
             return _trimmed(_random_splits(whole.images, whole.boxes, val_fraction, test_fraction, seed)), whole.classes
-        parts = {YOLO_SPLITS[f]: boxes.read_yolo(root, split=f, **options) for f in folders}
+        parts = {YOLO_SPLITS[f]: yolo.read_yolo(root, split=f, **options) for f in folders}
         classes = parts["train"].classes
         splits = {name: (part.images, part.boxes) for name, part in parts.items()}
         if "val" not in splits or "test" not in splits:  # carve what the folders lack out of train

@@ -154,24 +154,12 @@ def measure(
     warmup: int,
     runs: int,
     delegate: str | None = None,
-    misclassified_kept: int = 32,
-    keep_predictions: bool = False,
 ) -> dict:
     """Accuracy on every sample and latency at each thread count (0 = every core) of one model.
 
     Run one model per process for a clean memory figure (the SSH harness does).
     """
-    return measure_many(
-        [model_path],
-        x,
-        y,
-        threads,
-        warmup,
-        runs,
-        delegate=delegate,
-        misclassified_kept=misclassified_kept,
-        keep_predictions=keep_predictions,
-    )[model_path]
+    return measure_many([model_path], x, y, threads, warmup, runs, delegate=delegate)[model_path]
 
 
 def measure_many(
@@ -258,14 +246,8 @@ def invoke_times(interp, x_q: np.ndarray, warmup: int, runs: int, start: int = 0
 
 def latency_stats(times: np.ndarray) -> dict:
     """Percentiles, mean (microseconds) and FPS of a set of invoke times."""
-    return {
-        "p50_us": float(np.percentile(times, 50)),
-        "p90_us": float(np.percentile(times, 90)),
-        "p99_us": float(np.percentile(times, 99)),
-        "mean_us": float(times.mean()),
-        "fps": float(1e6 / times.mean()),
-        "runs": int(len(times)),
-    }
+    percentiles = {f"p{q}_us": float(np.percentile(times, q)) for q in (50, 90, 99)}
+    return percentiles | {"mean_us": float(times.mean()), "fps": float(1e6 / times.mean()), "runs": int(len(times))}
 
 
 def accuracy(
@@ -296,41 +278,19 @@ def accuracy(
     return row
 
 
-#: (implementer, part) of the MIDR -> the core's name. ARM Ltd = 0x41. Covers every Raspberry Pi
-#: (ARM1176, Cortex-A7/A53/A72/A76) and the common boards and servers around them.
-ARM_CORES = {
-    (0x41, 0xB76): "ARM1176",
-    (0x41, 0xC07): "Cortex-A7",
-    (0x41, 0xC09): "Cortex-A9",
-    (0x41, 0xC0F): "Cortex-A15",
-    (0x41, 0xD03): "Cortex-A53",
-    (0x41, 0xD04): "Cortex-A35",
-    (0x41, 0xD05): "Cortex-A55",
-    (0x41, 0xD07): "Cortex-A57",
-    (0x41, 0xD08): "Cortex-A72",
-    (0x41, 0xD09): "Cortex-A73",
-    (0x41, 0xD0A): "Cortex-A75",
-    (0x41, 0xD0B): "Cortex-A76",
-    (0x41, 0xD0C): "Neoverse-N1",
-    (0x41, 0xD0D): "Cortex-A77",
-    (0x41, 0xD0E): "Cortex-A76AE",
-    (0x41, 0xD40): "Neoverse-V1",
-    (0x41, 0xD41): "Cortex-A78",
-    (0x41, 0xD42): "Cortex-A78AE",
-    (0x41, 0xD44): "Cortex-X1",
-    (0x41, 0xD46): "Cortex-A510",
-    (0x41, 0xD47): "Cortex-A710",
-    (0x41, 0xD48): "Cortex-X2",
-    (0x41, 0xD49): "Neoverse-N2",
-    (0x41, 0xD4B): "Cortex-A78C",
-    (0x41, 0xD4D): "Cortex-A715",
-    (0x41, 0xD4E): "Cortex-X3",
-    (0x41, 0xD4F): "Neoverse-V2",
-    (0x41, 0xD80): "Cortex-A520",
-    (0x41, 0xD81): "Cortex-A720",
-    (0x41, 0xD82): "Cortex-X4",
-    (0x46, 0x001): "A64FX",
-}
+#: The core's name by the MIDR's (implementer, part), /proc/cpuinfo's "CPU implementer" and "CPU part", in
+#: IMPLEMENTER:PART:NAME entries (hex; ARM Ltd = 41, Fujitsu = 46). Covers every Raspberry Pi (ARM1176,
+#: Cortex-A7/A53/A72/A76) and the common boards and servers around them.
+_CORE_NAMES = """
+    41:B76:ARM1176       41:C07:Cortex-A7     41:C09:Cortex-A9     41:C0F:Cortex-A15    41:D03:Cortex-A53
+    41:D04:Cortex-A35    41:D05:Cortex-A55    41:D07:Cortex-A57    41:D08:Cortex-A72    41:D09:Cortex-A73
+    41:D0A:Cortex-A75    41:D0B:Cortex-A76    41:D0C:Neoverse-N1   41:D0D:Cortex-A77    41:D0E:Cortex-A76AE
+    41:D40:Neoverse-V1   41:D41:Cortex-A78    41:D42:Cortex-A78AE  41:D44:Cortex-X1     41:D46:Cortex-A510
+    41:D47:Cortex-A710   41:D48:Cortex-X2     41:D49:Neoverse-N2   41:D4B:Cortex-A78C   41:D4D:Cortex-A715
+    41:D4E:Cortex-X3     41:D4F:Neoverse-V2   41:D80:Cortex-A520   41:D81:Cortex-A720   41:D82:Cortex-X4
+    46:001:A64FX
+"""
+ARM_CORES = {(int(i, 16), int(p, 16)): name for i, p, name in (e.split(":") for e in _CORE_NAMES.split())}
 
 
 def _read(path: str) -> str:
@@ -418,12 +378,10 @@ def main(argv: list[str] | None = None) -> int:
                 path, x, y, args.threads, args.warmup, args.runs, delegate=args.delegate
             )
         except (ValueError, RuntimeError, OSError) as e:
-            what = "delegate" if args.delegate and "delegate" in str(e).lower() else "model"
-            fix = (
-                f"check that {args.delegate} is installed on the device (Coral: the libedgetpu1-std package)"
-                if what == "delegate"
-                else "re-run the convert stage; check the file copied intact"
-            )
+            if args.delegate and "delegate" in str(e).lower():
+                fix = f"check that {args.delegate} is installed on the device (Coral: the libedgetpu1-std package)"
+            else:
+                fix = "re-run the convert stage; check the file copied intact"
             return fail(f"{os.path.basename(path)}: {' '.join(str(e).split())[:200]}", fix)
     out = {
         "provenance": provenance(runtime),

@@ -6,7 +6,9 @@
   - `detection_decode`: a FOMO-style heat map (and optional size head) to detections, and ground-truth boxes
     to training targets; written to be ported to C line for line (`targets/mcu/firmware/detect_decode.c`);
   - `detection_metrics`: Edge Impulse's centroid precision/recall/F1, a strict one-cell F1, count error, F1
-    by object size, and with boxes mean IoU, mAP@0.5 and COCO mAP@[.5:.95] (equal to pycocotools');
+    by object size, and with boxes mean IoU, mAP@0.5 and COCO mAP@[.5:.95];
+  - `detection_coco`: COCO AP (mAP@0.5, mAP@[.5:.95]) and IoU, equal to pycocotools';
+  - `detection_inputs`: the metrics' predictions and ground truth, checked and paired per image;
   - `detection_pictures`: scenes with their boxes and detections drawn.
 
 A dataset artifact names its task; `task_of` is where the name meets its implementation. Adding a task is one

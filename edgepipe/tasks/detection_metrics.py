@@ -1,5 +1,5 @@
 """Detection metrics: Edge Impulse's centroid precision/recall/F1, a strict F1, count error, F1 by object
-size, and with boxes mean IoU, mAP@0.5 and COCO mAP@[.5:.95]. Numpy only.
+size, and with boxes mean IoU, mAP@0.5 and COCO mAP@[.5:.95] (`detection_coco`). Numpy only.
 
 Inputs, for a set of N images:
 
@@ -28,17 +28,6 @@ In both, ties in distance go to the object listed first. Counts are summed over 
 precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean, with Edge Impulse's conventions
 (`non_background_metrics_from_confusion`): all three are 1.0 when TP = FP = FN = 0 (nothing to find and
 nothing found), and a ratio with a zero denominator is 0.0.
-
-**COCO AP** follows pycocotools' `COCOeval` (bbox, area range all, maxDets 100, no crowd or ignored
-objects) step for step: per image and class, detections sorted by score (stable) and cut at 100, each
-matched to the unmatched object of highest IoU >= t (`min(t, 1 - 1e-10)`; an equal IoU later in the list
-wins, as in COCOeval); per class, all images' detections sorted by score (stable mergesort, images in input
-order), precision made monotone from the right and read at the 101 recall points 0, 0.01, ..., 1
-(`searchsorted` left; 0 past the last recall reached); mAP is the mean over IoU thresholds, recall points
-and the classes that have at least one object. A class with no object anywhere is left out (COCO's -1),
-even if it has predictions. An unmatched detection whose area `w * h` is outside COCO's range "all",
-[0, 1e10] (an inverted box, `x1 < x0`), is ignored, as COCOeval ignores it; ground-truth boxes are assumed
-inside that range (`objects` refuses inverted ones). IoU is pycocotools' `bbIou` on `[x, y, w, h]` boxes, `w = x1 - x0`.
 """
 
 from __future__ import annotations
@@ -49,7 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepipe.tasks.detection_decode import CLASS, CX, CY, DETECTION_COLUMNS, SCORE, STRIDE, X0, X1, Y0, Y1, objects
+from edgepipe.tasks.detection_coco import box_iou, coco_map
+from edgepipe.tasks.detection_decode import CLASS, CX, CY, SCORE, STRIDE, X0, Y1, objects
+from edgepipe.tasks.detection_inputs import as_predictions, needs_boxes, per_image
 
 #: Edge Impulse's match distance: 0.2 of the image size, between centroids in normalised coordinates
 EI_DISTANCE = 0.2
@@ -60,14 +51,6 @@ SIZE_BINS: tuple[tuple[str, float, float], ...] = (
     ("medium", 1 / 6, 1 / 4),
     ("large", 1 / 4, math.inf),
 )
-#: COCO's IoU thresholds 0.50, 0.55, ..., 0.95, built as pycocotools builds them (so equal bit for bit)
-COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
-#: COCO's 101 recall points 0, 0.01, ..., 1 (pycocotools' `recThrs`)
-COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-#: COCO's area range "all" (`areaRng[0]`), in square pixels
-COCO_AREA_RANGE = (0**2, 1e5**2)
-#: COCO's cap on detections per image and class (`maxDets[-1]`)
-COCO_MAX_DETS = 100
 
 RULES = ("ei", "one_to_one")
 
@@ -129,24 +112,6 @@ class Counts:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _predictions(pred) -> np.ndarray:
-    pred = np.asarray(pred, np.float32)
-    if pred.size == 0:
-        return np.zeros((0, len(DETECTION_COLUMNS)), np.float64)
-    if pred.ndim != 2 or pred.shape[1] != len(DETECTION_COLUMNS):
-        raise ValueError(
-            f"predictions are (n, {len(DETECTION_COLUMNS)}) rows {', '.join(DETECTION_COLUMNS)}, not {pred.shape}"
-        )
-    return pred.astype(np.float64)
-
-
-def _pairs(preds: Sequence, gts: Sequence) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each image's (predictions float64 (n, 8), object classes (m,), object boxes (m, 4))."""
-    if len(preds) != len(gts):
-        raise ValueError(f"{len(preds)} images of predictions but {len(gts)} of ground truth")
-    return [(_predictions(p), *objects(g)) for p, g in zip(preds, gts)]
-
-
 def _distance_bound(image_size, max_distance, max_distance_px) -> tuple[float, float, float]:
     """(x scale, y scale, bound): a distance is `hypot(dx * sx, dy * sy) <= bound`."""
     if (max_distance is None) == (max_distance_px is None):
@@ -181,7 +146,7 @@ def match_centroids(
     if rule not in RULES:
         raise ValueError(f"rule {rule!r} is not one of {', '.join(RULES)}")
     sx, sy, bound = _distance_bound(image_size, max_distance, max_distance_px)
-    pred = _predictions(pred)
+    pred = as_predictions(pred)
     gcx = 0.5 * (gt_boxes[:, 0] + gt_boxes[:, 2])
     gcy = 0.5 * (gt_boxes[:, 1] + gt_boxes[:, 3])
     dist = np.hypot((pred[:, CX, None] - gcx[None, :]) * sx, (pred[:, CY, None] - gcy[None, :]) * sy)
@@ -219,7 +184,7 @@ def centroid_counts(
     at confidence 0.5; the strict one-cell F1 is `max_distance_px=8` (the stride).
     """
     total = Counts(0, 0, 0)
-    for pred, classes, boxes in _pairs(preds, gts):
+    for pred, classes, boxes in per_image(preds, gts):
         match = match_centroids(
             pred,
             classes,
@@ -255,7 +220,7 @@ def counts_by_size(
     unknown, so each bin's precision is a lower bound then, while recall by size is exact.
     """
     out = {name: Counts(0, 0, 0) for name, _, _ in bins}
-    for pred, classes, boxes in _pairs(preds, gts):
+    for pred, classes, boxes in per_image(preds, gts):
         match = match_centroids(pred, classes, boxes, image_size=image_size, max_distance=max_distance, rule=rule)
         obj_size = _relative_size(boxes, image_size)
         pred_size = _relative_size(pred[:, X0 : Y1 + 1], image_size)
@@ -276,7 +241,7 @@ def count_mae(preds: Sequence, gts: Sequence) -> float:
         raise ValueError(f"{len(preds)} images of predictions but {len(gts)} of ground truth")
     if not len(preds):
         return math.nan
-    return float(np.mean([abs(len(_predictions(p)) - len(objects(g)[0])) for p, g in zip(preds, gts)]))
+    return float(np.mean([abs(len(as_predictions(p)) - len(objects(g)[0])) for p, g in zip(preds, gts)]))
 
 
 def count_exact(preds: Sequence, gts: Sequence) -> float:
@@ -285,27 +250,7 @@ def count_exact(preds: Sequence, gts: Sequence) -> float:
         raise ValueError(f"{len(preds)} images of predictions but {len(gts)} of ground truth")
     if not len(preds):
         return math.nan
-    return float(np.mean([len(_predictions(p)) == len(objects(g)[0]) for p, g in zip(preds, gts)]))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU `(len(a), len(b))` of `[x0, y0, x1, y1]` boxes, computed as pycocotools' `bbIou` does (on
-    `[x, y, w, h]` with `w = x1 - x0`, in float64), so the IoUs compared with a threshold are the same."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ax, ay, aw, ah = a[:, 0, None], a[:, 1, None], (a[:, 2] - a[:, 0])[:, None], (a[:, 3] - a[:, 1])[:, None]
-    bx, by, bw, bh = b[None, :, 0], b[None, :, 1], (b[:, 2] - b[:, 0])[None, :], (b[:, 3] - b[:, 1])[None, :]
-    w = np.minimum(aw + ax, bw + bx) - np.maximum(ax, bx)
-    h = np.minimum(ah + ay, bh + by) - np.maximum(ay, by)
-    inter = w * h
-    union = aw * ah + bw * bh - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((w > 0) & (h > 0), inter / union, 0.0)
-
-
-def _needs_boxes(pred: np.ndarray) -> None:
-    if np.isnan(pred[:, X0 : Y1 + 1]).any():
-        raise ValueError("these predictions have no boxes (decoded without a size head): box metrics need them")
+    return float(np.mean([len(as_predictions(p)) == len(objects(g)[0]) for p, g in zip(preds, gts)]))
 
 
 def mean_iou(
@@ -315,95 +260,12 @@ def mean_iou(
     (normalised, 0.2); NaN when nothing matches. Matching by centroid, not by IoU, keeps the mean free of an
     IoU threshold's floor: it measures the boxes of the objects that were found."""
     ious = []
-    for pred, classes, boxes in _pairs(preds, gts):
-        _needs_boxes(pred)
+    for pred, classes, boxes in per_image(preds, gts):
+        needs_boxes(pred)
         match = match_centroids(pred, classes, boxes, image_size=image_size, max_distance=max_distance)
         for p in np.flatnonzero(match >= 0):
             ious.append(box_iou(pred[p, X0 : Y1 + 1], boxes[match[p]])[0, 0])
     return float(np.mean(ious)) if ious else math.nan
-
-
-def coco_precision(
-    preds: Sequence,
-    gts: Sequence,
-    num_classes: int,
-    *,
-    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
-    max_dets: int = COCO_MAX_DETS,
-) -> np.ndarray:
-    """COCOeval's precision table `(T, 101, num_classes)`: interpolated precision per IoU threshold, recall
-    point and class; -1 for a class without objects (the module docstring's rules)."""
-    thresholds = np.asarray(iou_thresholds, np.float64)
-    pairs = _pairs(preds, gts)
-    for pred, _, _ in pairs:
-        _needs_boxes(pred)
-    n_t, n_r = len(thresholds), len(COCO_RECALL_POINTS)
-    precision = -np.ones((n_t, n_r, num_classes))
-    for k in range(num_classes):
-        scores, matched, ignored, n_objects = [], [], [], 0
-        for pred, classes, boxes in pairs:
-            det = pred[pred[:, CLASS] == k]
-            obj = boxes[classes == k]
-            if not len(det) and not len(obj):
-                continue
-            det = det[np.argsort(-det[:, SCORE], kind="mergesort")[:max_dets]]
-            iou = box_iou(det[:, X0 : Y1 + 1], obj)
-            det_matched = np.zeros((n_t, len(det)), bool)
-            obj_taken = np.zeros((n_t, len(obj)), bool)
-            for t, threshold in enumerate(thresholds):
-                for d in range(len(det)):
-                    best, m = min(threshold, 1 - 1e-10), -1
-                    for g in range(len(obj)):
-                        if obj_taken[t, g] or iou[d, g] < best:
-                            continue
-                        best, m = iou[d, g], g
-                    if m >= 0:
-                        det_matched[t, d] = obj_taken[t, m] = True
-            # COCOeval ignores an unmatched detection whose area w * h is outside the area range [0, 1e5 ** 2]:
-            # an inverted box (x1 < x0) has a negative area, so it is neither a TP nor an FP
-            area = (det[:, X1] - det[:, X0]) * (det[:, Y1] - det[:, Y0])
-            outside = (area < COCO_AREA_RANGE[0]) | (area > COCO_AREA_RANGE[1])
-            scores.append(det[:, SCORE])
-            matched.append(det_matched)
-            ignored.append(~det_matched & outside[None, :])
-            n_objects += len(obj)
-        if n_objects == 0:
-            continue
-        all_scores = np.concatenate(scores)
-        order = np.argsort(-all_scores, kind="mergesort")
-        tps = np.concatenate(matched, axis=1)[:, order]
-        counted = ~np.concatenate(ignored, axis=1)[:, order]
-        tp_sum = np.cumsum(tps & counted, axis=1).astype(float)
-        fp_sum = np.cumsum(~tps & counted, axis=1).astype(float)
-        for t in range(n_t):
-            tp, fp = tp_sum[t], fp_sum[t]
-            recall = tp / n_objects
-            prec = tp / (fp + tp + np.spacing(1))
-            prec = np.maximum.accumulate(prec[::-1])[::-1]  # the precision envelope, from the right
-            at = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
-            q = np.zeros(n_r)
-            reached = at < len(prec)
-            q[reached] = prec[at[reached]]
-            precision[t, :, k] = q
-    return precision
-
-
-def coco_map(
-    preds: Sequence,
-    gts: Sequence,
-    num_classes: int,
-    *,
-    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
-    max_dets: int = COCO_MAX_DETS,
-) -> float:
-    """COCO mAP: the mean of `coco_precision` over IoU thresholds, recall points and classes with objects.
-
-    `iou_thresholds=(0.5,)` gives mAP@0.5 (COCOeval's `stats[1]`), the default COCO's mAP@[.5:.95]
-    (`stats[0]`). NaN (COCOeval: -1) when no class has an object.
-    """
-    table = coco_precision(preds, gts, num_classes, iou_thresholds=iou_thresholds, max_dets=max_dets)
-    present = table[table > -1]
-    return float(np.mean(present)) if present.size else math.nan
 
 
 def summary(
@@ -448,7 +310,7 @@ def summary(
         out[f"recall_d0.2_{name}"] = math.nan if empty else c.recall
         out[f"f1_d0.2_{name}"] = math.nan if empty else c.f1
     if boxes is None:
-        all_preds = [_predictions(p) for p in preds]
+        all_preds = [as_predictions(p) for p in preds]
         boxes = any(len(p) for p in all_preds) and not any(np.isnan(p[:, X0 : Y1 + 1]).any() for p in all_preds)
     if boxes:
         out["mean_iou_d0.2"] = mean_iou(preds, gts, image_size=image_size)

@@ -16,6 +16,9 @@ from PIL import Image
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.datasets import boxes as bx
 from edgepipe.datasets import synth_digits as sd
+from edgepipe.datasets import yolo as yolo_txt
+from edgepipe.datasets.coco import read_coco
+from edgepipe.datasets.yolo import read_yolo
 
 SLOW = os.environ.get("EDGEPIPE_SLOW") == "1"
 PROPERTY = settings(
@@ -107,17 +110,17 @@ def assert_same(read: bx.DetectionSet, images, boxes, classes):
 def test_a_generated_set_round_trips_through_coco_json(tmp_path, scenes):
     images, boxes = scenes
     assert (boxes[..., 0] >= 0).sum() > 10 and ((boxes[..., 0] >= 0).sum(1) == 0).any()  # objects, and empty images
-    read = bx.read_coco(write_coco(tmp_path, images, boxes, CLASSES), max_objects=5)
+    read = read_coco(write_coco(tmp_path, images, boxes, CLASSES), max_objects=5)
     assert_same(read, images, boxes, CLASSES)
     assert read.files[0] == str(tmp_path / "pics/000.png")
 
 
 def test_a_generated_set_round_trips_through_yolo_txt_with_and_without_empty_label_files(tmp_path, scenes):
     images, boxes = scenes
-    assert_same(bx.read_yolo(write_yolo(tmp_path / "a", images, boxes, CLASSES), max_objects=5), images, boxes, CLASSES)
+    assert_same(read_yolo(write_yolo(tmp_path / "a", images, boxes, CLASSES), max_objects=5), images, boxes, CLASSES)
     root = write_yolo(tmp_path / "b", images, boxes, CLASSES, skip_empty_labels=True)
     assert len(list((root / "labels").iterdir())) < len(images)  # YOLO's background images: no label file
-    assert_same(bx.read_yolo(root, max_objects=5), images, boxes, CLASSES)
+    assert_same(read_yolo(root, max_objects=5), images, boxes, CLASSES)
 
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
@@ -125,11 +128,11 @@ def test_non_square_images_keep_width_and_height_apart_and_resizing_scales_the_b
     images, boxes = odd_sized()
     if fmt == "coco":
         path = write_coco(tmp_path, images, boxes, CLASSES)
-        read, resized = bx.read_coco(path, max_objects=3), bx.read_coco(path, max_objects=3, image_size=(15, 80))
+        read, resized = read_coco(path, max_objects=3), read_coco(path, max_objects=3, image_size=(15, 80))
     else:
         write_yolo(tmp_path, images, boxes, CLASSES)
-        read = bx.read_yolo(tmp_path, max_objects=3)
-        resized = bx.read_yolo(tmp_path, max_objects=3, image_size=(15, 80))
+        read = read_yolo(tmp_path, max_objects=3)
+        resized = read_yolo(tmp_path, max_objects=3, image_size=(15, 80))
     assert_same(read, images, boxes, CLASSES)
     assert resized.images.shape == (2, 15, 80, 1)
     scaled = boxes.copy()
@@ -155,7 +158,7 @@ def test_coco_skips_crowd_regions_and_reads_sizes_from_the_files_when_the_json_h
         }
     )
     path.write_text(json.dumps(data))
-    assert_same(bx.read_coco(path, max_objects=5), images, boxes, CLASSES)
+    assert_same(read_coco(path, max_objects=5), images, boxes, CLASSES)
 
 
 def test_yolo_split_folders_and_class_names_from_data_yaml(tmp_path, scenes):
@@ -167,9 +170,9 @@ def test_yolo_split_folders_and_class_names_from_data_yaml(tmp_path, scenes):
         (tmp_path / split / "images").rename(tmp_path / "images" / split)
         (tmp_path / split / "labels").rename(tmp_path / "labels" / split)
     (tmp_path / "data.yaml").write_text("path: .\nnames:\n  0: '0'\n  1: '1'\n  2: '7'\n")
-    assert_same(bx.read_yolo(tmp_path, split="train", max_objects=5), images, boxes, CLASSES)
+    assert_same(read_yolo(tmp_path, split="train", max_objects=5), images, boxes, CLASSES)
     (tmp_path / "data.yaml").write_text("names: [0, 1, 7]\n")  # YAML numbers, used as names
-    assert_same(bx.read_yolo(tmp_path, split="val", max_objects=5), images[:2], boxes[:2], CLASSES)
+    assert_same(read_yolo(tmp_path, split="val", max_objects=5), images[:2], boxes[:2], CLASSES)
 
 
 def test_edge_rounding_is_clipped_but_a_box_further_out_is_refused(tmp_path):
@@ -178,7 +181,7 @@ def test_edge_rounding_is_clipped_but_a_box_further_out_is_refused(tmp_path):
     data = json.loads(path.read_text())
     data["annotations"][0]["bbox"] = [-0.3, -0.2, 40.6, 30.4]  # within EDGE_TOLERANCE of the edges
     path.write_text(json.dumps(data))
-    assert bx.read_coco(path, max_objects=3).boxes[0, 0].tolist() == [2, 0, 0, 40, 30]
+    assert read_coco(path, max_objects=3).boxes[0, 0].tolist() == [2, 0, 0, 40, 30]
     data["annotations"][0]["bbox"] = [0, 0, 40.6, 30]
     path.write_text(json.dumps(data))
     with pytest.raises(
@@ -186,7 +189,7 @@ def test_edge_rounding_is_clipped_but_a_box_further_out_is_refused(tmp_path):
         match=r"annotation id 7 \(image 'pics/000.png'\): bbox .* reaches outside the "
         r"40x30 image",
     ):
-        bx.read_coco(path, max_objects=3)
+        read_coco(path, max_objects=3)
 
 
 # -- bad input, by hand ----------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_each_bad_coco_input_is_one_error_naming_where(coco, change, says):
     path, data = coco
     path.write_text(json.dumps(change(data)))
     with pytest.raises(EdgepipeError) as e:
-        bx.read_coco(path, max_objects=3)
+        read_coco(path, max_objects=3)
     assert says in one_line(e.value) and str(path) in str(e.value)
 
 
@@ -271,13 +274,13 @@ def test_malformed_json_names_its_line_and_column(coco):
     path, data = coco
     path.write_text(json.dumps(data, indent=1).replace('"bbox"', "bbox", 1))
     with pytest.raises(EdgepipeError, match=r"annotations.json:\d+:\d+: malformed JSON \(Expecting property name"):
-        bx.read_coco(path, max_objects=3)
+        read_coco(path, max_objects=3)
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(EdgepipeError, match="not UTF-8 text"):
-        bx.read_coco(path)
+        read_coco(path)
     path.write_text("[" * 100_000)
     with pytest.raises(EdgepipeError, match="unreadable JSON|malformed JSON"):
-        bx.read_coco(path)
+        read_coco(path)
 
 
 @pytest.fixture
@@ -309,7 +312,7 @@ def test_each_bad_yolo_line_is_one_error_naming_file_and_line(yolo, line, says):
     label = yolo / "labels" / "001.txt"
     label.write_text("1 0.5 0.5 0.2 0.2\n\n" + line + "\n")
     with pytest.raises(EdgepipeError) as e:
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     text = one_line(e.value)
     assert f"{label}:3: " in text and says in text
 
@@ -317,57 +320,57 @@ def test_each_bad_yolo_line_is_one_error_naming_file_and_line(yolo, line, says):
 def test_yolo_lines_end_as_ultralytics_reads_them(yolo):
     label = yolo / "labels" / "001.txt"
     label.write_bytes(b"1 0.5 0.5 0.2 0.2\r2 0.5 0.5 0.5 0.5\r\n\r0 0.5 0.5 0.1 0.1\n")  # old Mac, Windows, Unix
-    assert (bx.read_yolo(yolo, max_objects=3).boxes[1, :, 0] == [1, 2, 0]).all()
+    assert (read_yolo(yolo, max_objects=3).boxes[1, :, 0] == [1, 2, 0]).all()
     label.write_bytes(b"1 0.5 0.5 0.2 0.2\r1 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n")
     with pytest.raises(EdgepipeError, match="001.txt:3: '1 0.5 0.5 0.2' has 4 fields"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
 
 
 def test_yolo_folder_problems_are_named(yolo):
     (yolo / "labels" / "001.txt").write_text("1 0.5 0.5 0.2 0.2\n" * 4)
     with pytest.raises(EdgepipeError, match="001.txt: 4 objects, more than max_objects 3"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "labels" / "001.txt").write_text("")
     (yolo / "labels" / "002.txt").write_text("")
     with pytest.raises(EdgepipeError, match=r"002.txt: a label file without an image \(looked for .*002.\*\)"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "labels" / "002.txt").unlink()
     (yolo / "labels" / "001.txt").write_bytes(b"1 0.5 \xff 0.2 0.2\n")
     with pytest.raises(EdgepipeError, match="001.txt: not UTF-8 text"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "labels" / "001.txt").write_text("")
     save_png(yolo / "images" / "001.jpg", np.zeros((30, 40), np.uint8))
     with pytest.raises(EdgepipeError, match="share the label file"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "images" / "001.jpg").unlink()
     (yolo / "classes.txt").write_text("a\n\nb\n")
     with pytest.raises(EdgepipeError, match=r"classes.txt:2: empty line: class 1 has no name"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "classes.txt").unlink()
     with pytest.raises(EdgepipeError, match="no class names .looked for classes.txt, obj.names"):
-        bx.read_yolo(yolo, max_objects=3)
+        read_yolo(yolo, max_objects=3)
     (yolo / "data.yaml").write_text("names: [a, b\n")
     with pytest.raises(EdgepipeError, match=r"data.yaml:\d+: malformed YAML"):
-        bx.read_yolo(yolo, max_objects=3)
-    assert bx.read_yolo(yolo, max_objects=3, classes=["a", "b", "c"]).classes == ["a", "b", "c"]
+        read_yolo(yolo, max_objects=3)
+    assert read_yolo(yolo, max_objects=3, classes=["a", "b", "c"]).classes == ["a", "b", "c"]
     (yolo / "images" / "000.png").write_bytes(b"not a png")
     with pytest.raises(EdgepipeError, match="000.png: corrupt or unreadable image"):
-        bx.read_yolo(yolo, max_objects=3, classes=["a", "b", "c"])
+        read_yolo(yolo, max_objects=3, classes=["a", "b", "c"])
     with pytest.raises(EdgepipeError, match="no folder"):
-        bx.read_yolo(yolo / "nowhere")
+        read_yolo(yolo / "nowhere")
 
 
 def test_images_of_different_sizes_need_image_size(yolo):
     save_png(yolo / "images" / "002.png", np.zeros((31, 40), np.uint8))
     with pytest.raises(EdgepipeError, match=r"002.png: image is 40x31, .*000.png is 40x30; fix: give image_size"):
-        bx.read_yolo(yolo, max_objects=3)
-    assert bx.read_yolo(yolo, max_objects=3, image_size=(30, 40)).images.shape == (3, 30, 40, 1)
+        read_yolo(yolo, max_objects=3)
+    assert read_yolo(yolo, max_objects=3, image_size=(30, 40)).images.shape == (3, 30, 40, 1)
 
 
 @pytest.mark.parametrize("option", [{"max_objects": -1}, {"image_size": (0, 4)}, {"channels": 2}, {"classes": "ab"}])
 def test_bad_options_are_refused(yolo, option):
     with pytest.raises(EdgepipeError):
-        bx.read_yolo(yolo, **option)
+        read_yolo(yolo, **option)
 
 
 # -- bad input, generated ----------------------------------------------------------------------------------------
@@ -400,7 +403,7 @@ NOT_NUMBERS = st.one_of(
         ["nan", "NaN", "inf", "-inf", "1e999", "0x10", "1,5", "1_0", "½", "١", "e3", ".", "--1", "1e", "None", "0.5.5"]
     ),
     st.text(NO_LINE_BREAK, min_size=1, max_size=6)
-    .filter(lambda t: len(t.split()) == 1 and not bx._NUMBER.fullmatch(t.strip()))
+    .filter(lambda t: len(t.split()) == 1 and not yolo_txt._NUMBER.fullmatch(t.strip()))
     .map(str.strip),
 )
 
@@ -445,7 +448,7 @@ def test_a_bad_yolo_line_is_always_one_error_at_its_line(yolo_root, before, bad,
     lines = [*before, bad, *after]
     label.write_bytes(end.join(lines).encode())
     with pytest.raises(EdgepipeError) as e:
-        bx.read_yolo(yolo_root, max_objects=4)
+        read_yolo(yolo_root, max_objects=4)
     assert f"{label}:{len(before) + 1}: " in one_line(e.value)
 
 
@@ -454,7 +457,7 @@ def test_a_bad_yolo_line_is_always_one_error_at_its_line(yolo_root, before, bad,
 def test_any_yolo_label_file_reads_or_is_one_error(yolo_root, content):
     (yolo_root / "labels" / "a.txt").write_bytes(content)
     try:
-        read = bx.read_yolo(yolo_root, max_objects=4)
+        read = read_yolo(yolo_root, max_objects=4)
     except EdgepipeError as e:
         one_line(e)
     else:
@@ -585,7 +588,7 @@ def test_a_broken_coco_file_is_always_one_error_naming_where(coco_root, case):
     path = coco_root / "annotations.json"
     path.write_bytes(content)
     with pytest.raises(EdgepipeError) as e:
-        bx.read_coco(path, max_objects=4)
+        read_coco(path, max_objects=4)
     text = one_line(e.value)
     assert name in text and ("annotations.json" in text or "image not found" in text)
 
@@ -615,7 +618,7 @@ def test_any_value_anywhere_in_a_coco_file_reads_or_is_one_error(coco_root, plac
     path = coco_root / "annotations.json"
     path.write_text(json.dumps(data, allow_nan=True))
     try:
-        read = bx.read_coco(path, max_objects=4)
+        read = read_coco(path, max_objects=4)
     except EdgepipeError as e:
         one_line(e)
     else:

@@ -8,6 +8,7 @@ import pytest
 
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build
+from edgepipe.datasets import synth_backgrounds
 from edgepipe.datasets import synth_digits as sd
 from tests.datasets.conftest import LEVEL0, LEVEL_STEP
 
@@ -17,7 +18,7 @@ CLASSES = ["0", "1", "7"]
 @pytest.fixture
 def black_background(monkeypatch):
     """Scenes on a black canvas: with a fixed contrast and no noise, a pixel's grey level is ink x coverage."""
-    monkeypatch.setattr(sd, "_background", lambda rng, kind: np.zeros((sd.CANVAS, sd.CANVAS), np.float32))
+    monkeypatch.setattr(synth_backgrounds, "background", lambda rng, kind: np.zeros((sd.CANVAS, sd.CANVAS), np.float32))
 
 
 def labelled(boxes_of_one_image):
@@ -223,8 +224,10 @@ def upright_sizes(x, y, **kw):
 def test_the_heldout_family_paints_other_backgrounds_and_other_sizes(fake_digits, monkeypatch):
     x, y = fake_digits
     painted = []
-    background = sd._background
-    monkeypatch.setattr(sd, "_background", lambda rng, kind: painted.append(str(kind)) or background(rng, kind))
+    background = synth_backgrounds.background
+    monkeypatch.setattr(
+        synth_backgrounds, "background", lambda rng, kind: painted.append(str(kind)) or background(rng, kind)
+    )
     assert not set(sd.FAMILIES["base"].backgrounds) & set(sd.FAMILIES["heldout"].backgrounds)
     assert sd.FAMILIES["base"].size_range == (10, 32) and sd.FAMILIES["heldout"].size_range != (10, 32)
     for family in ("base", "heldout"):

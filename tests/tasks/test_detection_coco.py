@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from edgepipe.tasks.detection_metrics import coco_map, coco_precision
+from edgepipe.tasks.detection_coco import coco_map, coco_precision
 
 pycocotools = pytest.importorskip("pycocotools", reason="the COCO reference: pip install -e '.[test]'")
 from pycocotools.coco import COCO  # noqa: E402

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from edgepipe.tasks import detection_metrics as dm
-from edgepipe.tasks.detection_metrics import Counts, box_iou, centroid_counts, coco_map, counts_by_size
+from edgepipe.tasks.detection_coco import box_iou, coco_map
+from edgepipe.tasks.detection_inputs import per_image
+from edgepipe.tasks.detection_metrics import Counts, centroid_counts, counts_by_size
 
 SIZE = (96, 96)
 NAN = math.nan
@@ -100,18 +102,18 @@ def test_one_to_one_goes_by_score_and_takes_the_nearest_free_object():
     0.9 -> B would match both, but 0.9 takes A first and B is 12 px from 0.5."""
     g = truth([obj(0, 40, 40), obj(0, 52, 40)])  # A, B
     p = preds([det(0, 0.5, 40, 40), det(0, 0.9, 44, 40)])
-    pred, classes, boxes = dm._pairs(p, g)[0]
+    pred, classes, boxes = per_image(p, g)[0]
     assert dm.match_centroids(pred, classes, boxes, image_size=SIZE, max_distance=0.2).tolist() == [1, 0]
     assert counts(p, g, max_distance=0.2) == (2, 0, 0)
     assert counts(p, g, max_distance_px=8) == (1, 1, 1)
     p = preds([det(0, 0.9, 40, 40), det(0, 0.9, 41, 40)])  # equal scores: the first listed goes first
-    pred, classes, boxes = dm._pairs(p, truth([obj(0, 40, 40)]))[0]
+    pred, classes, boxes = per_image(p, truth([obj(0, 40, 40)]))[0]
     assert dm.match_centroids(pred, classes, boxes, image_size=SIZE, max_distance=0.2).tolist() == [0, -1]
 
 
 def test_equal_distances_go_to_the_object_listed_first():
     g = truth([obj(0, 40, 40), obj(0, 50, 40)])
-    pred, classes, boxes = dm._pairs(preds([det(0, 1, 45, 40)]), g)[0]
+    pred, classes, boxes = per_image(preds([det(0, 1, 45, 40)]), g)[0]
     for rule in dm.RULES:
         assert dm.match_centroids(pred, classes, boxes, image_size=SIZE, max_distance=0.2, rule=rule).tolist() == [0]
 
