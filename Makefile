@@ -24,12 +24,13 @@ else
 .DEFAULT_GOAL := help
 endif
 
-.PHONY: help setup system system-test run status test test-all lint format bench clean
+.PHONY: help setup system system-test run status test test-recipes test-all lint format bench clean
 
 help:
 	@echo "make recipe=NAME [profile=P] [until=STAGE] [jobs=N]   run recipes/NAME.yaml (e.g. make recipe=mnist_student)"
 	@echo "make status recipe=NAME                       which stages are stale, and why"
 	@echo "make test                                     the fast test suite"
+	@echo "make test-recipes                             the recipes' smoke profiles end to end (CI runs them too)"
 	@echo "make test-all                                 every test, slow ones included"
 	@echo "make lint | make format                      ruff check and format --check | apply both"
 	@echo "make bench                                    benchmarks under benchmarks/"
@@ -74,6 +75,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# the recipes' smoke profiles end to end, which make test leaves out to stay fast; CI runs both
+test-recipes: system-test setup
+	$(BIN)/python -m pytest -q -n $(test_workers) --recipes -m recipe --durations=10
 
 test-all: system-test setup
 	$(BIN)/python -m pytest -q -n $(test_workers) --runslow

@@ -32,16 +32,20 @@ def tflm_mirror():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (and recipe)")
+    parser.addoption("--recipes", action="store_true", help="also run tests marked recipe (make test-recipes)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow") or os.environ.get("EDGEPIPE_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow or EDGEPIPE_SLOW=1")
+    slow = config.getoption("--runslow") or os.environ.get("EDGEPIPE_SLOW") == "1"
+    recipes = slow or config.getoption("--recipes") or os.environ.get("EDGEPIPE_RECIPES") == "1"
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow or EDGEPIPE_SLOW=1")
+    skip_recipe = pytest.mark.skip(reason="a recipe end to end: make test-recipes (CI runs it after make test)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not slow:
+            item.add_marker(skip_slow)
+        elif "recipe" in item.keywords and not recipes:
+            item.add_marker(skip_recipe)
 
 
 @pytest.fixture(scope="session")

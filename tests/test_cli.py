@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from edgepipe.testing import tiny_recipe, write_idx_dataset, write_png_folder, write_recipe
 
@@ -162,6 +163,7 @@ def test_offline_imagenet_weights_is_one_line(tmp_path, cli):
     assert not (tmp_path / "runs/tl/tl").exists(), "a failed stage leaves no output"
 
 
+@pytest.mark.recipe
 def test_mnist_student_smoke_profile_end_to_end(tmp_path, cli):
     """The first recipe users type, in its smoke profile: every stage runs and the report has every variant."""
     from tests.conftest import REPO
@@ -184,6 +186,7 @@ def test_mnist_student_smoke_profile_end_to_end(tmp_path, cli):
     assert (tmp_path / "models/mnist_student/student_qat_int8.tflite").is_file()
 
 
+@pytest.mark.recipe
 def test_fashion_transfer_smoke_profile_end_to_end(tmp_path, cli):
     """The shipped transfer recipe on a few hundred images: MNIST backbone -> Fashion-MNIST, QAT, int8, report."""
     from tests.conftest import REPO

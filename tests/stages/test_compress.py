@@ -381,6 +381,7 @@ def test_compression_that_cannot_apply_to_the_model_is_one_line(cli, tmp_path, i
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.recipe
 def test_mnist_compress_smoke_runs_every_variant_to_the_report(cli, tmp_path):
     """recipes/mnist_compress.yaml --profile smoke: pruned, clustered, PQAT/CQAT, int16x8, per-tensor and mixed
     int8 models of the teacher and the student, benched on the host and the (emulated when QEMU is there)

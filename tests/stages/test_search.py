@@ -254,6 +254,7 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(cli, tmp_path
     assert len(set(values)) == 6
 
 
+@pytest.mark.recipe
 @pytest.mark.skipif(
     not TOOLCHAIN,
     reason="needs gcc-arm-none-eabi and qemu-system-arm (apt-get install "

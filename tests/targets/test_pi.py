@@ -186,6 +186,7 @@ def _same_as_host(bench: dict) -> None:
         assert t["predictions_sha256"] == r["predictions_sha256"] and t["same_predictions_as_host"], r["name"]
 
 
+@pytest.mark.recipe
 @pytest.mark.skipif(_skip("user") is not None, reason=str(_skip("user")))
 def test_mnist_student_benches_on_an_emulated_pi_with_the_hosts_predictions(cli, tmp_path):
     with emulated_pi.EmulatedPi(cpu="cortex-a72", workdir=tmp_path / "pi") as device:
