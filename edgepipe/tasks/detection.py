@@ -110,7 +110,12 @@ class Detection(Task):
         preds = self.decode(outputs, info)
         h, w = info["input_shape"][:2]
         out = detection_metrics.summary(
-            preds, np.asarray(y, np.float32), image_size=(h, w), num_classes=len(info["classes"]), stride=STRIDE
+            preds,
+            np.asarray(y, np.float32),
+            image_size=(h, w),
+            num_classes=len(info["classes"]),
+            stride=STRIDE,
+            boxes=outputs.shape[-1] > len(info["classes"]) + 1,  # a size head: box metrics, even with no detection
         )
         out["samples"] = len(preds)
         out["definitions"] = {k: detection_metrics.DEFINITIONS[k] for k in out if k in detection_metrics.DEFINITIONS}

@@ -61,6 +61,11 @@ def test_detection_of_perfect_outputs_scores_one_and_boxes_match():
     # no size head: centroids only, no box metrics
     m = DET.metrics(y, perfect_outputs(y, size_head=False), INFO)
     assert m["f1_d0.2"] == 1.0 and "map_iou0.5" not in m
+    # a model with a size head that finds nothing scores 0 on the box metrics, it does not lose them
+    silent = perfect_outputs(y)
+    silent[..., 0], silent[..., 1:4] = 1.0, 0.0
+    m = DET.metrics(y, silent, INFO)
+    assert m["f1_d0.2"] == 0.0 and m["map_iou0.5"] == 0.0 and m["map_iou0.5-0.95"] == 0.0
 
 
 def test_detection_training_targets_carry_the_size_and_its_mask():
