@@ -107,6 +107,40 @@ def tiny_recipe(data_dir: Path, epochs: int = 2, arch: str = "tiny_conv") -> dic
     }
 
 
+def converted_project(root: Path, *, report: bool = False) -> Path:
+    """`root/tiny.yaml` (data -> tiny_conv -> float32 + int8 -> bench [-> report]) run by the `edgepipe`
+    command up to the conversion, so that a test benches it on a target of its choice; returns `root`."""
+    import subprocess
+    import sys
+
+    recipe = tiny_recipe(write_idx_dataset(root / "idx", n_train=160, n_test=60), epochs=4)
+    recipe["stages"]["tflite"] = {
+        "kind": "convert",
+        "inputs": {"data": "data", "model": "model"},
+        "params": {
+            "variants": ["float32", "int8"],
+            "representative_samples": 50,
+            "parity_samples": 30,
+            "tolerance": {"int8_top1": 0.9},
+        },
+    }
+    recipe["stages"]["bench"] = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"warmup": 2, "runs": 20, "threads": [1]},
+    }
+    if report:
+        recipe["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench"]}}
+    write_recipe(root / "tiny.yaml", recipe)
+    exe = Path(sys.executable).with_name("edgepipe")
+    done = subprocess.run(
+        [str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the tiny project did not convert: {done.stderr[-2000:]}")
+    return root
+
+
 def write_tfds_dataset(data_dir: Path, name: str = "tiny_shapes", n_train: int = 60, n_test: int = 20) -> Path:
     """A prepared TensorFlow Datasets dataset, written by tfds itself into `data_dir/<name>/1.0.0`."""
     from edgepipe.core._tf import tf  # noqa: I001 - first: TensorFlow's import noise silenced

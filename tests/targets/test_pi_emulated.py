@@ -8,7 +8,6 @@ own preflight would refuse. The refusals themselves need nothing but edgepipe.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.stages.bench import BenchParams, needs
 from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
-from edgepipe.testing import tiny_recipe, write_idx_dataset, write_recipe
+from edgepipe.testing import converted_project
 
 WHY_NOT = "emulated: QEMU's timing is not the Pi's"
 BARE_PATH = str(Path(sys.executable).parent)  # this Python's folder alone: no qemu, whatever the machine has
@@ -36,32 +35,7 @@ def _unmet(target: str) -> str | None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """tiny.yaml (data -> tiny_conv -> float32 + int8 -> bench -> report), run up to the conversion."""
-    root = tmp_path_factory.mktemp("project")
-    idx = write_idx_dataset(root / "idx", n_train=160, n_test=60)
-    recipe = tiny_recipe(idx, epochs=4)
-    recipe["stages"]["tflite"] = {
-        "kind": "convert",
-        "inputs": {"data": "data", "model": "model"},
-        "params": {
-            "variants": ["float32", "int8"],
-            "representative_samples": 50,
-            "parity_samples": 30,
-            "tolerance": {"int8_top1": 0.9},
-        },
-    }
-    recipe["stages"]["bench"] = {
-        "kind": "bench",
-        "inputs": {"data": "data", "models": ["tflite"]},
-        "params": {"warmup": 2, "runs": 20, "threads": [1]},
-    }
-    recipe["stages"]["report"] = {"kind": "report", "inputs": {"benches": ["bench"]}}
-    write_recipe(root / "tiny.yaml", recipe)
-    exe = Path(sys.executable).with_name("edgepipe")
-    done = subprocess.run(
-        [str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
-    return root
+    return converted_project(tmp_path_factory.mktemp("project"), report=True)
 
 
 @pytest.fixture

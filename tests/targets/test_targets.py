@@ -15,7 +15,7 @@ from edgepipe.targets import device_runner, lint
 from edgepipe.targets.android import parse_output
 from edgepipe.targets.edgetpu import parse_log
 from edgepipe.targets.profiles import load_target
-from edgepipe.testing import LocalSshd, tiny_recipe, write_idx_dataset, write_recipe
+from edgepipe.testing import LocalSshd, converted_project
 
 DATA = Path(__file__).parent / "data"
 
@@ -32,31 +32,7 @@ needs_sshd = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A folder with tiny.yaml (data -> tiny_conv -> float32 + int8 -> bench) run up to the conversion."""
-    root = tmp_path_factory.mktemp("project")
-    idx = write_idx_dataset(root / "idx", n_train=160, n_test=60)
-    recipe = tiny_recipe(idx, epochs=4)
-    recipe["stages"]["tflite"] = {
-        "kind": "convert",
-        "inputs": {"data": "data", "model": "model"},
-        "params": {
-            "variants": ["float32", "int8"],
-            "representative_samples": 50,
-            "parity_samples": 30,
-            "tolerance": {"int8_top1": 0.9},
-        },
-    }
-    recipe["stages"]["bench"] = {
-        "kind": "bench",
-        "inputs": {"data": "data", "models": ["tflite"]},
-        "params": {"warmup": 2, "runs": 20, "threads": [1]},
-    }
-    write_recipe(root / "tiny.yaml", recipe)
-    exe = Path(sys.executable).with_name("edgepipe")
-    done = subprocess.run(
-        [str(exe), "run", "tiny.yaml", "--until", "tflite"], cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
-    return root
+    return converted_project(tmp_path_factory.mktemp("project"))
 
 
 def converted_recipe(tmp_path: Path, project: Path) -> Path:
