@@ -230,17 +230,13 @@ def _mistakes(rows, benches, upstream: dict[str, Path], deployable: str | None) 
 
 def _detections(row: dict, data: Path) -> str:
     """The deployable detector's detections (red) and the truth (green) on the first test scenes."""
-    import tempfile
-
-    from edgepipe.tasks.detection_pictures import box_grid
+    from edgepipe.tasks.detection_pictures import box_grid_figure
 
     shown = [np.asarray(d, np.float32).reshape(-1, 8) for d in row["detections_shown"]]
     with np.load(data / "dataset.npz") as z:
         images, truth = z["x_test"][: len(shown)], z["y_test"][: len(shown)]
     classes = json.loads((data / "dataset.json").read_text())["classes"]
-    with tempfile.TemporaryDirectory() as tmp:
-        box_grid(images, truth, shown, classes, Path(tmp) / "d.png")
-        png = (Path(tmp) / "d.png").read_bytes()
+    png = _png(box_grid_figure(images, truth, shown, classes))
     return (
         "<h2 id='misclassified'>What the deployable model finds</h2>"
         f"<p>{_e(row['name'])} on the first {len(shown)} test scenes: truth in green, its detections in red "

@@ -22,7 +22,19 @@ def box_grid(
     columns: int = 8,
     title: str = "",
 ) -> None:
-    """A PNG grid of `images` with their ground truth (green boxes, class names) and `preds` (red: a cross at
+    """`box_grid_figure` saved as a PNG at `dest` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = box_grid_figure(images, gts, preds, classes, columns=columns, title=title)
+    with fsio.atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def box_grid_figure(
+    images: np.ndarray, gts: np.ndarray, preds: list[np.ndarray] | None, classes: list[str], *, columns=8, title=""
+):
+    """A grid of `images` with their ground truth (green boxes, class names) and `preds` (red: a cross at
     each detected centre with its class and score, and its box when the model has a size head)."""
     import matplotlib
 
@@ -69,6 +81,4 @@ def box_grid(
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    with fsio.atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
