@@ -27,6 +27,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
+from edgepipe.tasks import classifiers_only
 from edgepipe.training.backbones import (
     BACKBONES,
     Head,
@@ -119,6 +120,7 @@ class TransferParams(Fit):
 def run_transfer_stage(params: TransferParams, io: StageIO) -> str:
     """Build backbone + head, train the head on frozen features, fine-tune, evaluate; outputs as for train."""
     ds = load_dataset(io.inputs["data"])
+    classifiers_only(ds.info, "transfer learning")  # its heads are a classifier's
     if params.backbone == "stage":
         if "backbone" not in io.inputs:
             raise EdgepipeError("backbone: stage needs an input stage", "add inputs: {backbone: <stage name>}")

@@ -36,4 +36,14 @@ def task_of(info: dict) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Task", "task_of"]
+def classifiers_only(info: dict, what: str) -> None:
+    """Refuse, in one line, a dataset whose task `what` (a stage's work) is not built for yet."""
+    name = info.get("task", "classification")
+    if name != "classification":
+        raise EdgepipeError(
+            f"{what} is built for classifiers; this data's task is {name}",
+            f"train the {name} model with a train stage ({what} of it is not built yet)",
+        )
+
+
+__all__ = ["TASKS", "Task", "classifiers_only", "task_of"]

@@ -16,6 +16,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
+from edgepipe.tasks import classifiers_only
 from edgepipe.training.fit import fit, make_optimizer, steps_per_epoch
 from edgepipe.training.params import TrainParams
 
@@ -122,7 +123,8 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
 
 
 def check_teacher(teacher, ds: Dataset) -> None:
-    """The teacher must map the data's input shape to its classes."""
+    """The teacher must map the data's input shape to its classes (a classifier's: distillation's loss is)."""
+    classifiers_only(ds.info, "distillation")
     if tuple(teacher.input_shape[1:]) != ds.input_shape or teacher.output_shape[-1] != len(ds.classes):
         raise EdgepipeError(
             f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "

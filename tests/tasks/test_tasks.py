@@ -1,5 +1,7 @@
 """The task protocol: what a dataset's task means for training targets, loss, metrics and a conversion's parity."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -143,3 +145,25 @@ def test_any_box_array_is_accepted_or_refused_in_one_line(rows):
         return
     real = out[..., 0] >= 0
     assert np.all(out[..., 0] == np.round(out[..., 0])) and np.all((out[..., 3] > out[..., 1])[real])
+
+
+def test_stages_built_for_classifiers_refuse_a_detection_dataset_in_one_line(tmp_path):
+    from edgepipe.core.params import build
+    from edgepipe.core.stage import StageIO
+    from edgepipe.datasets.artifact import Dataset, write_npz
+    from edgepipe.stages.transfer import TransferParams, run_transfer_stage
+    from edgepipe.training.distill import check_teacher
+
+    y = np.stack([boxes((0, 10, 10, 30, 34))])
+    ds = Dataset(dict(INFO), {s: (np.zeros((1, 96, 96, 1), np.uint8), y) for s in ("train", "val", "test")})
+    with pytest.raises(
+        EdgepipeError, match=r"^distillation is built for classifiers; this data's task is detection; fix: "
+    ):
+        check_teacher(None, ds)  # refused before the teacher is looked at
+    (tmp_path / "data").mkdir()
+    write_npz(tmp_path / "data/dataset.npz", {f"{k}_{s}": a for s, xy in ds.splits.items() for k, a in zip("xy", xy)})
+    (tmp_path / "data/dataset.json").write_text(json.dumps(INFO))
+    io = StageIO(inputs={"data": str(tmp_path / "data")}, out=tmp_path / "out", work=tmp_path)
+    with pytest.raises(EdgepipeError, match=r"^transfer learning is built for classifiers; .*fix: train the detection"):
+        run_transfer_stage(build(TransferParams, {}, "t"), io)
+    assert not (tmp_path / "out").exists()
