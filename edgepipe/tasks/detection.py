@@ -7,6 +7,14 @@ as fractions of the image): `(gh, gw, C + 1)` or `(gh, gw, C + 3)`. It is traine
 cross-entropy (an object's cell weighs `object_weight` times a background cell: most cells are background),
 plus an L1 loss on the size of the cells that hold an object. It is judged by the centroid F1 at 0.2 of the
 image size, one prediction per object (`detection_metrics.DEFINITIONS` has every metric's thresholds).
+
+The training targets differ from FOMO's in one way: an object claims its centre's cell (as in FOMO) and also
+every cell whose square lies within `CENTRE_MARGIN_PX` of its centre. FOMO's single cell makes the target
+flip between two neighbouring cells as a centre crosses their border, which the input hardly shows: a
+model then splits its probability between the two, and at the 0.5 threshold finds neither unless
+`object_weight` is large, which in turn fires on distractors and textures. With the margin, a centre near a
+border lights both cells, which the decoding fuses into one detection (adjacent hot cells are one blob);
+the centre's own cell stays a positive by at least the margin. See `targets`.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from edgepipe.tasks.protocol import Task
 SHOWN = 24
 #: two decoded detections agree when their classes are equal and their centres this many pixels apart at most
 AGREEMENT_PX = STRIDE / 2
+#: a cell is an object's training target when its square lies within this many pixels of the object's centre
+#: (its centre's own cell always is); 0 gives FOMO's single cell
+CENTRE_MARGIN_PX = 3.0
 
 
 class Detection(Task):
@@ -77,8 +88,14 @@ class Detection(Task):
         return None
 
     def targets(self, y, info):
+        """Per cell: the one-hot heat map, the size and the size mask (`detection_decode.encode`), with every
+        background cell within `CENTRE_MARGIN_PX` of an object's centre claimed by that object too (class,
+        size and mask; the nearest centre wins a cell several claim)."""
         gh, gw, _ = self.output_shape(info)
-        heat, size, mask = encode_batch(np.asarray(y, np.float32), (gh, gw), len(info["classes"]), stride=STRIDE)
+        y = np.asarray(y, np.float32)
+        heat, size, mask = encode_batch(y, (gh, gw), len(info["classes"]), stride=STRIDE)
+        if CENTRE_MARGIN_PX > 0 and y.size:
+            _claim_margin(y, heat, size, mask, CENTRE_MARGIN_PX)
         return np.concatenate([heat, size, mask[..., None]], axis=-1)
 
     def loss(self, info, fit=None):
@@ -140,6 +157,27 @@ class Detection(Task):
     def agreement(self, reference, outputs, info):
         a, b = self.decode(reference, info), self.decode(outputs, info)
         return float(np.mean([_same(p, q) for p, q in zip(a, b)])) if a else 1.0
+
+
+def _claim_margin(y: np.ndarray, heat: np.ndarray, size: np.ndarray, mask: np.ndarray, margin: float) -> None:
+    """In place: every background cell whose square is within `margin` px of an object's centre becomes that
+    object's (the nearest centre's when several are), with its class, size and size mask."""
+    _, gh, gw, _ = heat.shape
+    cls = y[..., 0]
+    cx, cy = (y[..., 1] + y[..., 3]) / 2, (y[..., 2] + y[..., 4]) / 2  # (n, max_objects)
+    left, top = np.arange(gw) * STRIDE, np.arange(gh) * STRIDE
+    # distance from each centre to each cell's square [left, left + STRIDE] x [top, top + STRIDE]
+    dx = np.maximum(0, np.maximum(left - cx[..., None], cx[..., None] - (left + STRIDE)))  # (n, m, gw)
+    dy = np.maximum(0, np.maximum(top - cy[..., None], cy[..., None] - (top + STRIDE)))  # (n, m, gh)
+    dist = np.where((cls >= 0)[..., None, None], np.hypot(dy[..., :, None], dx[..., None, :]), np.inf)
+    nearest, best = dist.argmin(1), dist.min(1)  # (n, gh, gw)
+    i, r, q = np.nonzero((best <= margin) & (heat[..., 0] == 1))
+    k = nearest[i, r, q]
+    heat[i, r, q, 0] = 0
+    heat[i, r, q, cls[i, k].astype(np.int64) + 1] = 1
+    size[i, r, q, 0] = (y[i, k, 3] - y[i, k, 1]) / (gw * STRIDE)
+    size[i, r, q, 1] = (y[i, k, 4] - y[i, k, 2]) / (gh * STRIDE)
+    mask[i, r, q] = 1
 
 
 def _same(p: np.ndarray, q: np.ndarray) -> bool:

@@ -77,14 +77,41 @@ def test_detection_training_targets_carry_the_size_and_its_mask():
     r, c = 62 // 8, 72 // 8  # the cell of the centre (72, 62)
     assert t[0, r, c, 3] == 1 and t[0, r, c, 0] == 0 and t[0, r, c, 6] == 1
     assert t[0, r, c, 4:6] == pytest.approx([24 / 96, 24 / 96])
-    assert t[..., 0].sum() == 143 and t[..., 6].sum() == 1
+    # the margin (3 px): the centre is on column 8's edge and 2 px from row 8's, so those cells are the
+    # object's too, with its class, size and mask; row 6 (6 px away) and column 10 (8 px) are not
+    claimed = {(int(i), int(j)) for i, j in zip(*np.nonzero(t[0, :, :, 0] == 0))}
+    assert claimed == {(7, 8), (7, 9), (8, 8), (8, 9)}
+    for i, j in claimed:
+        assert t[0, i, j, 3] == 1 and t[0, i, j, 6] == 1 and t[0, i, j, 4:6] == pytest.approx([0.25, 0.25])
+    assert t[..., 0].sum() == 140 and t[..., 6].sum() == 4
+
+
+def test_detection_targets_with_no_margin_are_fomos_single_cell(monkeypatch):
+    from edgepipe.tasks import detection
+
+    monkeypatch.setattr(detection, "CENTRE_MARGIN_PX", 0.0)
+    y = np.stack([boxes((2, 60, 50, 84, 74))])
+    t = DET.targets(y, INFO)
+    assert t[..., 0].sum() == 143 and t[..., 6].sum() == 1 and t[0, 7, 9, 3] == 1
+    assert np.array_equal(t[..., :4], encode_batch(y, (12, 12), 3)[0])
+
+
+def test_a_cell_two_objects_claim_goes_to_the_nearest_centre_and_no_centre_cell_is_taken():
+    # centres (22, 20) and (34, 20): cells (2, 2) and (2, 4); column 3 (24-32 px) is 2 px from both
+    y = np.stack([boxes((0, 12, 10, 32, 30), (1, 24, 8, 44, 32)), boxes((0, 13, 10, 31, 30), (1, 25, 8, 45, 32))])
+    t = DET.targets(y, INFO)
+    assert t[0, 2, 2, 1] == 1 and t[0, 2, 4, 2] == 1  # each centre's own cell is its own
+    assert t[0, 2, 3, 1] == 1  # equally near: the first object listed
+    assert t[1, 2, 3, 1] == 1  # 2 px from (22, 20), 3 px from (35, 20): the nearer
+    assert t[1, 2, 3, 4:6] == pytest.approx([18 / 96, 20 / 96])
 
 
 def test_detection_loss_weighs_object_cells_and_learns_sizes_only_where_objects_are():
     tf = pytest.importorskip("edgepipe.core._tf").tf
     y = np.stack([boxes((0, 10, 10, 30, 34))])
     t = DET.targets(y, INFO)
-    perfect = perfect_outputs(y)
+    perfect = t[..., :6].copy()  # what the targets ask for: the centre's cell and the cell 2 px below it
+    assert t[..., 6].sum() == 2
     loss = DET.loss(INFO)
     assert float(loss(tf.constant(t), tf.constant(perfect))) == pytest.approx(0.0, abs=1e-4)
     missed = perfect.copy()
@@ -98,7 +125,7 @@ def test_detection_loss_weighs_object_cells_and_learns_sizes_only_where_objects_
     moved = perfect.copy()
     moved[0, 5, 5, 4:] = 0.9  # a size where no object is: not learnt
     assert float(loss(tf.constant(t), tf.constant(moved))) == pytest.approx(0.0, abs=1e-4)
-    moved[0, r, c, 4:] += 0.1  # the object's size off by 0.1 in w and h: L1 0.2
+    moved[t[..., 6] == 1, 4:] += 0.1  # the object's size off by 0.1 in w and h: L1 0.2
     assert float(loss(tf.constant(t), tf.constant(moved))) == pytest.approx(0.2, abs=1e-3)
 
 
@@ -167,3 +194,21 @@ def test_stages_built_for_classifiers_refuse_a_detection_dataset_in_one_line(tmp
     with pytest.raises(EdgepipeError, match=r"^transfer learning is built for classifiers; .*fix: train the detection"):
         run_transfer_stage(build(TransferParams, {}, "t"), io)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_detection_nets_output_the_task_grid_and_fomo_keeps_fast_batchnorm_statistics():
+    keras = pytest.importorskip("edgepipe.core._tf").keras
+    from edgepipe.training.nets import build_model
+
+    fomo = build_model("fomo", (96, 96, 1), 3, {}, check_output=lambda s: DET.check_output(s, INFO))
+    assert fomo.output_shape == (None, 12, 12, 4)
+    norms = [layer for layer in fomo.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)  # not Keras' 0.999: see fomo's docstring
+    cand = build_model(
+        "centroid_net",
+        (96, 96, 1),
+        3,
+        {"size_head": True, "widths": [8, 24, 32, 32, 32]},
+        check_output=lambda s: DET.check_output(s, INFO),
+    )
+    assert cand.output_shape == (None, 12, 12, 6)
