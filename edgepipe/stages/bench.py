@@ -31,7 +31,7 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.export.sidecar import sidecars
 from edgepipe.targets import device_runner, lint, litert
-from edgepipe.targets.backends import Backend, backend_for
+from edgepipe.targets.backends import Backend, backend_for, takers
 from edgepipe.targets.backends.host import host_provenance
 from edgepipe.targets.profiles import Target, load_target
 from edgepipe.targets.tflm import tflm_check
@@ -138,18 +138,25 @@ def _check(target: Target, backend: Backend, params: BenchParams) -> None:
     backend.check(target, params)
 
 
+def check_task(params: BenchParams, task: str) -> None:
+    """Refuse a task (`edgepipe.tasks`) whose raw outputs the target's backend cannot bring back to be judged."""
+    target, backend = effective_target(params)
+    if task != "classification" and task not in backend.tasks:
+        raise EdgepipeError(
+            f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
+            f"data's task is {task}",
+            f"bench {task} models on a target measured by {' or '.join(takers(task))} (e.g. target: host, or "
+            "cortex-m4 with measure: emulated)",
+        )
+
+
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     """Lint every model for the target, measure it on this host and on the target; write bench.json."""
     target, backend = effective_target(params)
     _check(target, backend, params)
     ds = load_dataset(io.inputs["data"])
     task = task_of(ds.info)
-    if task.name != "classification" and task.name not in backend.tasks:
-        raise EdgepipeError(
-            f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
-            f"data's task is {task.name}",
-            f"bench {task.name} models on host (target: host)",
-        )
+    check_task(params, task.name)
     x_test, y_test = ds.splits["test"]
     if params.max_test_samples:
         x_test, y_test = x_test[: params.max_test_samples], y_test[: params.max_test_samples]
@@ -174,9 +181,10 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
             rounds=params.rounds,
             keep_predictions=True,
         )
-    for m in measured.values():
+    host_outputs = {}
+    for p, m in measured.items():
         if "outputs" in m:  # raw outputs (a detector's): the task judges them
-            outputs = m.pop("outputs")
+            outputs = host_outputs[Path(p).name] = m.pop("outputs")
             m["checked_outputs"] = outputs[:TFLM_SAMPLES]  # what TFLite Micro's are compared with
             m["task_metrics"] = task.metrics(y_test, outputs, ds.info)
             m["accuracy"] = m["task_metrics"][task.headline]
@@ -184,6 +192,7 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     host_top1 = {Path(p).name: m["predictions"] for p, m in measured.items() if "predictions" in m}
     val = _val_accuracy(models, ds)
     device = backend.measure(target, params, deployable, x, y_test, work=io.work, host_top1=host_top1, out=io.out)
+    _judge_device_outputs(device, task, y_test, ds.info, host_outputs)
     rows = [
         _row(path, side, measured[str(path)] | val[path], findings, target, backend, params, device, x, y_test, ds.info)
         for path, side in models
@@ -211,6 +220,19 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     lint_note = f"; {len(counted)} lint findings" if counted else ""
     runnable = [r for r in rows if r["target"]["deployable"]] or rows  # an MCU runs only the int8 models
     return f"{len(rows)} models benched{where}; {best_lines(runnable)}{lint_note}"
+
+
+def _judge_device_outputs(device: dict, task, y: np.ndarray, info: dict, host_outputs: dict) -> None:
+    """In place: a device's raw outputs (a detector's, from a backend in `Backend.tasks`) become the task's
+    metrics, its headline as `accuracy`, and its agreement with LiteRT's outputs on this host."""
+    for name, figures in device.items():
+        if name.startswith("_") or not isinstance(figures, dict) or "outputs" not in figures:
+            continue
+        outputs = figures.pop("outputs")
+        figures["task_metrics"] = task.metrics(y[: len(outputs)], outputs, info)
+        figures["accuracy"] = figures["task_metrics"][task.headline]
+        reference = host_outputs[name][: len(outputs)]
+        figures[f"{task.agreement_name}_with_host_litert"] = task.agreement(reference, outputs, info)
 
 
 #: test images TFLite Micro runs on this host, to check it agrees with LiteRT and to size the arena
@@ -388,5 +410,6 @@ KIND = StageKind(
     environment=environment,
     exclusive=True,
     needs=needs,
+    check_task=check_task,
     doc="lint, accuracy, latency, FPS, size and memory of each .tflite, measured on this host and the target",
 )

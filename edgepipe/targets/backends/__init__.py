@@ -49,4 +49,9 @@ def backend_for(target: Target) -> Backend:
     )
 
 
-__all__ = ["Backend", "backend_for"]
+def takers(task: str) -> list[str]:
+    """The names of the backends that bring back a model's raw outputs for `task` to be judged."""
+    return [backend.name for _, backend in REGISTRY if task in backend.tasks]
+
+
+__all__ = ["Backend", "backend_for", "takers"]

@@ -22,6 +22,7 @@ from edgepipe.targets.profiles import Target
 
 class EmulatedMcu(EstimatedMcu):
     name = "microcontroller (emulated)"
+    tasks = ("detection",)  # the board's output tensors come back whole: the bench's task judges them
 
     def check_profile(self, target: Target) -> None:
         if not (target.cpu and target.qemu_machine):

@@ -103,19 +103,11 @@ def emulate(
     for (path, built, fw, sizing, x_q), res in zip(prepared, results):
         if isinstance(res, Exception):
             raise res
-        scores = res.outputs.view(np.dtype(read_model(path).outputs[0].dtype))
-        pred = scores.argmax(1)
         reference = compare(res.outputs, tflm_python(path, x_q), np.int8)
         memory = memory_report(fw.elf, fw.map, size_exe=toolchain.size).with_measured(res.summary)
         stats = res.stats()
         out[path.name] = {
-            "accuracy": float(np.mean(pred == y)),
-            "test_samples": int(len(y)),
-            "per_class_accuracy": [
-                float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(scores.shape[1])
-            ],
-            "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
-            "top1_agreement_with_host_litert": float(np.mean(pred == host_top1[path.name])),
+            **_judged(res.outputs, read_model(path).outputs[0], y, host_top1.get(path.name)),
             "outputs_bit_exact_with_tflite_micro": reference["bit_exact"],
             "instructions": {
                 "min": stats["instr_min"],
@@ -145,6 +137,29 @@ def emulate(
             },
         }
     return out
+
+
+def _judged(record: np.ndarray, output, y: np.ndarray, host_top1: np.ndarray | None) -> dict:
+    """A classifier's figures from the board's output bytes (labels `y` are classes); for another task (a
+    detector's boxes), the dequantized raw outputs, which the bench's task judges like the host's."""
+    raw = record.view(np.dtype(output.dtype))
+    if y.ndim != 1:
+        scores = (raw.astype(np.float32) - (output.zero_point or 0)) * (output.scale or 1.0)
+        return {
+            "outputs": scores.reshape((len(raw), *output.shape[1:])),
+            "test_samples": int(len(raw)),
+            "outputs_sha256": hashlib.sha256(raw.tobytes()).hexdigest(),
+        }
+    pred = raw.argmax(1)
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "test_samples": int(len(y)),
+        "per_class_accuracy": [
+            float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(raw.shape[1])
+        ],
+        "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
+        "top1_agreement_with_host_litert": float(np.mean(pred == host_top1)),
+    }
 
 
 def _progress(cpu: str):
