@@ -92,6 +92,11 @@ class StageKind:
             auto-named layers per process and the names are saved in model.h5 (without it, a stage's bytes
             would depend on what ran before it in the same process). False for a kind that builds no Keras
             model, so that it leaves the caller's session alone where it runs in the caller's process.
+        output_task: params -> the task (`edgepipe.tasks`) of the dataset a stage of this kind outputs: what
+            its labels mean. None: not a dataset maker.
+        check_task: `(params, task)` raises EdgepipeError when a stage of this kind with these params cannot
+            work on its `data` input's task (a classifier's loss, a device that scores class scores only);
+            the recipe is refused at load, before anything trains. None: any task.
         reads_upstream: the stage also reads the outputs its inputs were made from (the report shows the
             training curves and the dataset images behind the models its benches measured): the runner
             hands them in `StageIO.upstream` and puts their digests in the stage's key.
@@ -115,6 +120,8 @@ class StageKind:
     findings: Callable[[Path], list[str]] = findings_in
     resets_keras: bool = True
     reads_upstream: bool = False
+    output_task: Callable[[Any], str] | None = None
+    check_task: Callable[[Any, str], None] | None = None
     output_for: Callable[[Any], str] | None = None
     also_outputs: tuple[str, ...] = ()
     doc: str = ""

@@ -132,6 +132,7 @@ def load_recipe(
     table = kinds()
     stages = {name: _build_stage(name, spec, table, raw_stages, where) for name, spec in raw_stages.items()}
     _apply_target(stages, target or raw.get("target"), host, where, default_target, hosts or {})
+    _check_tasks(stages, where)
     order = _topological(stages, where)
     given = raw.get("name")  # runs/<name>/ and models/<name>/ are the run's folders: one safe name
     if given is None:
@@ -285,6 +286,22 @@ def _apply_target(
             f"--host {host}: no stage of {where} benches an SSH target",
             "add --target rpi4 (or another SSH target), or drop --host",
         )
+
+
+def _check_tasks(stages: dict[str, Stage], where: str) -> None:
+    """Refuse a stage that cannot work on its data's task (a detection dataset into a classifier's
+    distillation, or benched on a device that scores class scores only) at load, not after the training."""
+    for name, stage in stages.items():
+        ref = stage.inputs.get("data")
+        if stage.kind.check_task is None or not isinstance(ref, str) or ref not in stages:
+            continue
+        source = stages[ref]
+        if source.kind.output_task is None:
+            continue
+        try:
+            stage.kind.check_task(stage.params, source.kind.output_task(source.params))
+        except EdgepipeError as e:
+            raise RecipeError(f"{where}: stages.{name}: {e.message}", e.fix) from None
 
 
 def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:

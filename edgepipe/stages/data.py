@@ -227,6 +227,7 @@ KIND = StageKind(
     run=run_data_stage,
     inputs={},
     output="dataset",
+    output_task=lambda p: p.task,
     main_output="dataset.npz",
     deps=dataset_files,
     needs=lambda p: [r for r in [sources.requirement(p.source, p.mirror)] if r],

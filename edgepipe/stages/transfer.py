@@ -205,6 +205,7 @@ KIND = StageKind(
     inputs={"data": False, "backbone": False},
     output="model",
     accepts={"data": ("dataset",), "backbone": ("model",)},
+    check_task=lambda p, task: classifiers_only({"task": task}, "transfer learning"),
     optional_inputs=("backbone",),
     deps=weights_files,
     main_output="model.h5",

@@ -43,11 +43,6 @@ RECIPE = {
             "params": {"warmup": 1, "runs": 5, "rounds": 1, "threads": [1]},
         },
         "report": {"kind": "report", "inputs": {"benches": ["bench"]}},
-        "bench_m4": {
-            "kind": "bench",
-            "inputs": {"data": "data", "models": ["tflite"]},
-            "params": {"target": "cortex-m4", "measure": "estimate", "warmup": 1, "runs": 5},
-        },
     }
 }
 
@@ -73,8 +68,21 @@ def test_a_detector_is_trained_converted_benched_and_reported_by_its_task_metric
     html = (tmp_path / "runs/det/report/report.html").read_text()
     assert "id='task'" in html and "What the deployable model finds" in html and "detections on test scenes" in html
 
-    refused = cli("run", "det.yaml", "--only", "bench_m4")
+
+def test_stages_that_cannot_work_on_detection_refuse_the_recipe_at_load(cli, tmp_path):
+    """Before anything trains: a device that scores class scores only, a classifier's transfer learning."""
+    estimate = {
+        "kind": "bench",
+        "inputs": {"data": "data", "models": ["tflite"]},
+        "params": {"target": "cortex-m4", "measure": "estimate"},
+    }
+    write_recipe(tmp_path / "m4.yaml", {"stages": {**RECIPE["stages"], "bench_m4": estimate}})
     one_error_line(
-        refused, "cortex-m4", "scores a classifier's class scores only", "fix: bench detection models on host"
+        cli("run", "m4.yaml"),
+        "m4.yaml: stages.bench_m4: bench: cortex-m4 (microcontroller (estimated)) scores a classifier's class scores",
+        "fix: bench detection models on a target measured by microcontroller (emulated) or this host",
     )
-    assert not (tmp_path / "runs/det/bench_m4").exists()
+    transfer = {"kind": "transfer", "inputs": {"data": "data"}, "params": {"backbone": "MobileNetV2", "weights": None}}
+    write_recipe(tmp_path / "tl.yaml", {"stages": {"data": RECIPE["stages"]["data"], "tl": transfer}})
+    one_error_line(cli("run", "tl.yaml"), "stages.tl: transfer learning is built for classifiers")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
