@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import nets
-from edgepipe.training.distill import DistillParams, check_teacher, distil
+from edgepipe.training.distill import DistillParams, check_task, check_teacher, distil
 from edgepipe.training.fit import seed_everything
 from edgepipe.training.modelio import load_model
 from edgepipe.training.outputs import test_figure, write_training_outputs
@@ -30,6 +30,7 @@ KIND = StageKind(
     inputs={"data": False, "teacher": False},
     output="model",
     accepts={"data": ("dataset",), "teacher": ("model",)},
+    check_task=lambda p, task: check_task(task),
     main_output="model.h5",
     deps=lambda p: nets.builder_files(p.arch),
     doc="distil a teacher model into a small student",

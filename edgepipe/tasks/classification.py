@@ -49,6 +49,7 @@ class Classification(Task):
     headline_short = "accuracy"
     agreement_name = "top1_agreement"
     agreement_label = "top-1 agreement"
+    distils = True
 
     def check_labels(self, y, classes, where):
         y = np.asarray(y)

@@ -52,6 +52,7 @@ class Detection(Task):
     )
     agreement_name = "detections_agreement"
     agreement_label = "share of images with the same detections"
+    distils = True
 
     def check_labels(self, y, classes, where):
         y = np.asarray(y)
@@ -116,6 +117,31 @@ class Detection(Task):
             return loss
 
         return detection_loss
+
+    def soft_loss(self, info, fit, temperature):
+        """Per cell, KL between the teacher's and the student's class distributions softened by `temperature`
+        (T^2-scaled as Hinton's), an object-like cell weighing `object_weight` times as in the hard loss; with
+        two size heads, L1 to the teacher's sizes weighted by its object probability. The heat maps are
+        probabilities: softmax(log p / T) is softmax(logits / T), so no logits are needed."""
+        from edgepipe.core._tf import tf
+
+        c1 = len(info["classes"]) + 1
+        object_weight = fit.object_weight if fit else 100.0
+
+        def detection_soft_loss(teacher, student):
+            log_t = tf.math.log(tf.clip_by_value(teacher[..., :c1], 1e-7, 1.0)) / temperature
+            log_s = tf.math.log(tf.clip_by_value(student[..., :c1], 1e-7, 1.0)) / temperature
+            p_t = tf.nn.softmax(log_t)
+            kl = tf.reduce_sum(p_t * (tf.nn.log_softmax(log_t) - tf.nn.log_softmax(log_s)), axis=-1)
+            objectness = 1.0 - teacher[..., 0]
+            weight = 1.0 + (object_weight - 1.0) * objectness
+            loss = temperature**2 * tf.reduce_mean(weight * kl)  # the scale of the hard loss's weighted mean
+            if teacher.shape[-1] == c1 + 2 and student.shape[-1] == c1 + 2:
+                l1 = tf.reduce_sum(tf.abs(student[..., c1:] - teacher[..., c1:]), axis=-1)
+                loss += tf.reduce_sum(objectness * l1) / tf.maximum(tf.reduce_sum(objectness), 1.0)
+            return loss
+
+        return detection_soft_loss
 
     def decode(self, outputs, info):
         """Per image, `(n, 8)` detections (`detection_decode.decode`)."""

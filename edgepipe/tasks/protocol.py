@@ -30,6 +30,8 @@ class Task(abc.ABC):
     #: the key and words of a conversion's parity figure (`agreement`)
     agreement_name: str = ""
     agreement_label: str = ""
+    #: a distill stage can train a student of this task (`soft_loss`, or a classifier's logits)
+    distils: bool = False
 
     @abc.abstractmethod
     def check_labels(self, y: np.ndarray, classes: list[str], where: str) -> np.ndarray:
@@ -43,6 +45,12 @@ class Task(abc.ABC):
     def loss(self, info: dict, fit=None):
         """The Keras loss between `targets` and a model's outputs; `fit` (a training stage's `Fit` knobs) may
         shape it (label smoothing, a detector's object weight); None: the defaults."""
+
+    def soft_loss(self, info: dict, fit, temperature: float):
+        """Distillation's term between a frozen teacher's and a student's raw outputs, `(teacher, student) ->
+        loss` on Keras tensors; None: this task's models are not distilled this way (a classifier distils its
+        logits: `edgepipe.training.distill.make_distiller`)."""
+        return None
 
     def keras_metrics(self) -> list:
         """What Keras reports during training beside the loss (its history's columns)."""

@@ -16,7 +16,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
-from edgepipe.tasks import classifiers_only
+from edgepipe.tasks import TASKS, classifiers_only, task_of
 from edgepipe.training.fit import fit, make_optimizer, steps_per_epoch
 from edgepipe.training.params import TrainParams
 
@@ -122,9 +122,26 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
     return Distiller()
 
 
+def check_task(task: str) -> None:
+    """Refuse a task without a distillation loss (`Task.soft_loss`), in one line."""
+    if not TASKS[task].distils:
+        classifiers_only({"task": task}, "distillation")
+
+
 def check_teacher(teacher, ds: Dataset) -> None:
-    """The teacher must map the data's input shape to its classes (a classifier's: distillation's loss is)."""
-    classifiers_only(ds.info, "distillation")
+    """The teacher must map the data's input shape to what the task's models output (a classifier's classes,
+    a detector's grid with or without sizes)."""
+    task = task_of(ds.info)
+    check_task(task.name)
+    if task.name != "classification":
+        fits = task.check_output(tuple(teacher.output_shape[1:]), ds.info) is None
+        if not fits or tuple(teacher.input_shape[1:]) != ds.input_shape:
+            raise EdgepipeError(
+                f"teacher maps {teacher.input_shape} to {teacher.output_shape}, not what a {task.name} model of this "
+                f"data outputs ({ds.input_shape} to {task.output_shape(ds.info)})",
+                "distil on the teacher's dataset",
+            )
+        return
     if tuple(teacher.input_shape[1:]) != ds.input_shape or teacher.output_shape[-1] != len(ds.classes):
         raise EdgepipeError(
             f"teacher maps {teacher.input_shape} to {teacher.output_shape}, the data is "
@@ -133,8 +150,53 @@ def check_teacher(teacher, ds: Dataset) -> None:
         )
 
 
+def make_task_distiller(student, teacher, hard, soft, alpha: float):
+    """A keras Model whose fit() trains `student` on `alpha` x its task's loss `hard(targets, outputs)` plus
+    (1 - alpha) x the task's `soft(teacher outputs, outputs)` against frozen `teacher` (`Task.soft_loss`)."""
+    from edgepipe.core._tf import keras, tf
+
+    class TaskDistiller(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            self.teacher = teacher
+            self.teacher.trainable = False
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker]
+
+        def call(self, x, training=False):
+            return self.student(x, training=training)
+
+        def train_step(self, data):
+            x, y = data[0], data[1]
+            if isinstance(y, (tuple, list)):  # teacher_outputs: cached, y = (targets, teacher outputs)
+                y, taught = y
+            else:
+                taught = self.teacher(x, training=False)
+            with tf.GradientTape() as tape:
+                out = self.student(x, training=True)
+                loss = alpha * hard(y, out) + (1 - alpha) * soft(taught, out)
+                loss += tf.add_n(self.student.losses) if self.student.losses else 0.0
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.loss_tracker.update_state(loss)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):  # validation judges the student on the labels alone, as a trained model is
+            self.loss_tracker.update_state(hard(data[1], self.student(data[0], training=False)))
+            return {m.name: m.result() for m in self.metrics}
+
+    return TaskDistiller()
+
+
 def distil(student, teacher, ds: Dataset, params: DistillParams, io: StageIO, callbacks=()) -> list[dict]:
     """Fit `student` to `teacher` and the labels as `params` say; returns the history rows."""
+    task = task_of(ds.info)
+    if task.name != "classification":
+        return _distil_task(student, teacher, ds, params, io, callbacks)
     distiller = make_distiller(student, teacher, params.alpha, params.temperature, params.label_smoothing)
     distiller.compile(
         optimizer=make_optimizer(params, steps_per_epoch(ds, params.batch_size)),
@@ -143,4 +205,20 @@ def distil(student, teacher, ds: Dataset, params: DistillParams, io: StageIO, ca
     cached = None
     if params.teacher_outputs == "cached":
         cached = logits_of(teacher).predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)
+    return fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached, callbacks=callbacks)
+
+
+def _distil_task(student, teacher, ds: Dataset, params: DistillParams, io: StageIO, callbacks) -> list[dict]:
+    """`distil` for a task whose models end in probabilities (a detector's heat map): the task's own soft loss."""
+    task = task_of(ds.info)
+    distiller = make_task_distiller(
+        student, teacher, task.loss(ds.info, params), task.soft_loss(ds.info, params, params.temperature), params.alpha
+    )
+    distiller.compile(
+        optimizer=make_optimizer(params, steps_per_epoch(ds, params.batch_size)),
+        steps_per_execution=params.steps_per_execution,
+    )
+    cached = None
+    if params.teacher_outputs == "cached":
+        cached = teacher.predict(ds.preprocess(ds.splits["train"][0]), batch_size=512, verbose=0)
     return fit(distiller, ds, params, io, compile_model=False, target=student, train_extra=cached, callbacks=callbacks)

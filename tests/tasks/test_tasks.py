@@ -175,6 +175,8 @@ def test_any_box_array_is_accepted_or_refused_in_one_line(rows):
 
 
 def test_stages_built_for_classifiers_refuse_a_detection_dataset_in_one_line(tmp_path):
+    from types import SimpleNamespace
+
     from edgepipe.core.params import build
     from edgepipe.core.stage import StageIO
     from edgepipe.datasets.artifact import Dataset, write_npz
@@ -183,10 +185,11 @@ def test_stages_built_for_classifiers_refuse_a_detection_dataset_in_one_line(tmp
 
     y = np.stack([boxes((0, 10, 10, 30, 34))])
     ds = Dataset(dict(INFO), {s: (np.zeros((1, 96, 96, 1), np.uint8), y) for s in ("train", "val", "test")})
-    with pytest.raises(
-        EdgepipeError, match=r"^distillation is built for classifiers; this data's task is detection; fix: "
-    ):
-        check_teacher(None, ds)  # refused before the teacher is looked at
+    classifier = SimpleNamespace(input_shape=(None, 96, 96, 1), output_shape=(None, 3))
+    with pytest.raises(EdgepipeError, match=r"^teacher maps .* not what a detection model of this data outputs"):
+        check_teacher(classifier, ds)  # a detector distils from a detector
+    for shape in [(None, 12, 12, 4), (None, 12, 12, 6)]:  # with or without sizes
+        check_teacher(SimpleNamespace(input_shape=(None, 96, 96, 1), output_shape=shape), ds)
     (tmp_path / "data").mkdir()
     write_npz(tmp_path / "data/dataset.npz", {f"{k}_{s}": a for s, xy in ds.splits.items() for k, a in zip("xy", xy)})
     (tmp_path / "data/dataset.json").write_text(json.dumps(INFO))
