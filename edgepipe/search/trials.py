@@ -28,7 +28,7 @@ from edgepipe.search import figures as target_figures
 from edgepipe.search import front, study
 from edgepipe.search.params import BUDGETS, SearchParams
 from edgepipe.search.space import AUGMENT_SCALE, SCALED_AUGMENT, TEACHER, fingerprint, sample, uses_teacher
-from edgepipe.targets.backends import backend_for
+from edgepipe.targets.backends import check_task
 from edgepipe.targets.profiles import load_target
 from edgepipe.tasks import task_of
 from edgepipe.training import nets
@@ -50,12 +50,7 @@ class Search:
                 f"search: {why}", "search for host or a microcontroller profile; bench on the device afterwards"
             )
         self.ds = load_dataset(io.inputs["data"])
-        task = task_of(self.ds.info)
-        if task.name != "classification" and task.name not in backend_for(self.target).tasks:
-            raise EdgepipeError(
-                f"search: {self.target.name} scores a classifier's class scores only; this data's task is {task.name}",
-                f"search {task.name} models on host (target: host)",
-            )
+        check_task(self.target, task_of(self.ds.info).name, "search")
         self.has_teacher = "teacher" in io.inputs
         if (TEACHER in p.space or any(k in p.space for k in ("temperature", "alpha"))) and not self.has_teacher:
             raise EdgepipeError(

@@ -30,8 +30,8 @@ from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.export.sidecar import sidecars
-from edgepipe.targets import device_runner, lint, litert
-from edgepipe.targets.backends import Backend, backend_for, takers
+from edgepipe.targets import backends, device_runner, lint, litert
+from edgepipe.targets.backends import Backend, backend_for
 from edgepipe.targets.backends.host import host_provenance
 from edgepipe.targets.profiles import Target, load_target
 from edgepipe.targets.tflm import tflm_check
@@ -140,14 +140,7 @@ def _check(target: Target, backend: Backend, params: BenchParams) -> None:
 
 def check_task(params: BenchParams, task: str) -> None:
     """Refuse a task (`edgepipe.tasks`) whose raw outputs the target's backend cannot bring back to be judged."""
-    target, backend = effective_target(params)
-    if task != "classification" and task not in backend.tasks:
-        raise EdgepipeError(
-            f"bench: {target.name} ({backend.name}) scores a classifier's class scores only; this "
-            f"data's task is {task}",
-            f"bench {task} models on a target measured by {' or '.join(takers(task))} (e.g. target: host, or "
-            "cortex-m4 with measure: emulated)",
-        )
+    backends.check_task(effective_target(params)[0], task, "bench")
 
 
 def run_bench_stage(params: BenchParams, io: StageIO) -> str:

@@ -31,6 +31,7 @@ from edgepipe.search import study
 from edgepipe.search.outcome import finish
 from edgepipe.search.params import SearchParams
 from edgepipe.search.trials import Search
+from edgepipe.targets.backends import check_task
 from edgepipe.targets.profiles import load_target
 from edgepipe.training import nets
 
@@ -80,6 +81,7 @@ KIND = StageKind(
     join=join_search,
     deps=lambda p: builder_files(p),
     needs=lambda p: target_figures.needs(load_target(p.target or "host")),
+    check_task=lambda p, task: check_task(load_target(p.target or "host"), task, "search"),
     exclusive=True,
     joinable=lambda p: "own" if p.storage else "chief",  # no storage: the study is a file in the chief's work folder
     doc="search architectures and training knobs for the most accurate model within the target's budget",

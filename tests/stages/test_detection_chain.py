@@ -2,6 +2,7 @@
 float32 and int8 -> host bench -> report, judged by the task's metric everywhere; a target whose backend
 scores class scores only refuses the detection bench in one line."""
 
+import csv
 import json
 
 from edgepipe.testing import write_recipe
@@ -47,6 +48,27 @@ RECIPE = {
 }
 
 
+# A detector by hand (96x96 grey in, 12x12 cells of background + 3 classes and sizes out): a cell darker or
+# brighter than middle grey is class '0' (unless `dark_bias` is very negative) or '1'. Trained with a learning rate of 0, it stays as made.
+CONTRAST_DETECTOR = """
+import numpy as np
+from edgepipe.core._tf import keras
+
+
+def build(input_shape, num_classes, dark_bias=9.0, **_):
+    L = keras.layers
+    inputs = L.Input(tuple(input_shape))
+    cells = L.AveragePooling2D(8)(inputs)
+    logits = L.Conv2D(4, 1, name="logits")(cells)
+    size = L.Conv2D(2, 1, activation="sigmoid", name="size")(cells)
+    model = keras.Model(inputs, L.Concatenate()([L.Softmax()(logits), size]))
+    w = np.array([[[[0.0, -30.0, 30.0, -5.0]]]], np.float32)
+    model.get_layer("logits").set_weights([w, np.array([0.0, dark_bias, -21.0, -5.0], np.float32)])
+    model.get_layer("size").set_weights([np.full((1, 1, 1, 2), 2.0, np.float32), np.full(2, -1.0, np.float32)])
+    return model
+"""
+
+
 def test_a_detector_is_trained_converted_benched_and_reported_by_its_task_metric(cli, tmp_path, mnist_dir):
     write_recipe(tmp_path / "det.yaml", RECIPE)
     done = cli("run", "det.yaml", "--until", "report")
@@ -86,3 +108,47 @@ def test_stages_that_cannot_work_on_detection_refuse_the_recipe_at_load(cli, tmp
     write_recipe(tmp_path / "tl.yaml", {"stages": {"data": RECIPE["stages"]["data"], "tl": transfer}})
     one_error_line(cli("run", "tl.yaml"), "stages.tl: transfer learning is built for classifiers")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_search_on_detection_ranks_its_trials_by_the_tasks_metric(cli, tmp_path, mnist_dir):
+    """The objective is the int8 model's F1 on the validation scenes: of two made detectors (trained at a
+    learning rate of 0, so they stay as made), the search chooses the one that finds more."""
+    from edgepipe.datasets.artifact import load_dataset
+    from edgepipe.targets import litert
+    from edgepipe.tasks import task_of
+
+    (tmp_path / "contrast_det.py").write_text(CONTRAST_DETECTOR)
+    search = {
+        "kind": "search",
+        "inputs": {"data": "data"},
+        "params": {
+            "target": "host",
+            "trials": 2,
+            "startup_trials": 2,
+            "measure_samples": 2,
+            "representative_samples": 16,
+            "train": {"arch": "contrast_det:build", "epochs": 1, "lr": 0.0, "batch_size": 16},
+            "space": {"arch_args.dark_bias": {"choices": [9.0, -100.0]}},
+        },
+    }
+    convert = {**RECIPE["stages"]["tflite"], "inputs": {"data": "data", "model": "search"}}
+    write_recipe(
+        tmp_path / "s.yaml", {"stages": {"data": RECIPE["stages"]["data"], "search": search, "tflite": convert}}
+    )
+    done = cli("run", "s.yaml", env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test F1 (centroid within 0.2 of the image, one-to-one)" in done.stdout
+    trials = list(csv.DictReader((tmp_path / "runs/s/search/trials.csv").open()))
+    f1 = {float(t["arch_args.dark_bias"]): float(t["val_accuracy"]) for t in trials}
+    assert len(f1) == 2 and f1[9.0] != f1[-100.0], f1  # the two detectors are told apart
+    chosen = json.loads((tmp_path / "runs/s/search/search.json").read_text())["chosen"]
+    assert chosen["val_accuracy"] == max(f1.values()) and chosen["values"]["arch_args.dark_bias"] == max(f1, key=f1.get)
+    metrics = json.loads((tmp_path / "runs/s/search/metrics.json").read_text())
+    assert metrics["metric"] == "f1_d0.2" and "accuracy" not in metrics["test"]
+    # the chosen figure is the F1 of an int8 model of the chosen detector on the validation scenes (the
+    # convert stage's: the same converter, another representative sample)
+    ds = load_dataset(tmp_path / "runs/s/data")
+    x_val, y_val = ds.splits["val"]
+    tflite = tmp_path / "runs/s/tflite/search_int8.tflite"
+    got = task_of(ds.info).metrics(y_val, litert.predict(tflite, ds.preprocess(x_val)), ds.info)["f1_d0.2"]
+    assert abs(got - chosen["val_accuracy"]) <= 0.05, (got, chosen["val_accuracy"])

@@ -6,31 +6,10 @@ import json
 import numpy as np
 
 from edgepipe.testing import write_recipe
-from tests.stages.test_detection_chain import RECIPE
+from tests.stages.test_detection_chain import CONTRAST_DETECTOR, RECIPE
 from tests.targets.mcu.conftest import needs_toolchain
 
 SAMPLES = 8
-
-
-# A detector by hand (96x96 grey in, 12x12 cells of background + 3 classes and sizes out): a cell darker or
-# brighter than middle grey is class '0' or '1'. Trained with a learning rate of 0, it stays as made.
-CONTRAST_DETECTOR = """
-import numpy as np
-from edgepipe.core._tf import keras
-
-
-def build(input_shape, num_classes, **_):
-    L = keras.layers
-    inputs = L.Input(tuple(input_shape))
-    cells = L.AveragePooling2D(8)(inputs)
-    logits = L.Conv2D(4, 1, name="logits")(cells)
-    size = L.Conv2D(2, 1, activation="sigmoid", name="size")(cells)
-    model = keras.Model(inputs, L.Concatenate()([L.Softmax()(logits), size]))
-    w = np.array([[[[0.0, -30.0, 30.0, -5.0]]]], np.float32)
-    model.get_layer("logits").set_weights([w, np.array([0.0, 9.0, -21.0, -5.0], np.float32)])
-    model.get_layer("size").set_weights([np.full((1, 1, 1, 2), 2.0, np.float32), np.full(2, -1.0, np.float32)])
-    return model
-"""
 
 
 @needs_toolchain

@@ -15,7 +15,7 @@ besides the backends themselves, that reads a profile's `kind`, `reach` and `mea
 
 from __future__ import annotations
 
-from edgepipe.core.errors import RecipeError
+from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.targets.backends import android, host, mcu_emulated, mcu_estimate, pi_emulated, ssh
 from edgepipe.targets.backends.protocol import Backend
 from edgepipe.targets.profiles import Target
@@ -49,9 +49,18 @@ def backend_for(target: Target) -> Backend:
     )
 
 
-def takers(task: str) -> list[str]:
-    """The names of the backends that bring back a model's raw outputs for `task` to be judged."""
-    return [backend.name for _, backend in REGISTRY if task in backend.tasks]
+def check_task(target: Target, task: str, what: str) -> None:
+    """Refuse, in one line, a task (`edgepipe.tasks`) whose raw outputs `target`'s backend cannot bring back to
+    be judged; `what` is the stage's work ("bench", "search")."""
+    backend = backend_for(target)
+    if task != "classification" and task not in backend.tasks:
+        takers = [b.name for _, b in REGISTRY if task in b.tasks]
+        raise EdgepipeError(
+            f"{what}: {target.name} ({backend.name}) scores a classifier's class scores only; this data's task "
+            f"is {task}",
+            f"{what} {task} models on a target measured by {' or '.join(takers)} (e.g. target: host, or "
+            "cortex-m4 with measure: emulated)",
+        )
 
 
-__all__ = ["Backend", "backend_for", "takers"]
+__all__ = ["Backend", "backend_for", "check_task"]
