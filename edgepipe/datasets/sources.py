@@ -170,7 +170,10 @@ _DOWNLOAD_HOSTS = {
 
 def requirement(source: str, mirror: list[str]) -> Requirement | None:
     """A keras dataset must be in a mirror or its download host must answer (checked before a run starts);
-    None for the other schemes (a missing path is refused when the key is computed, tfds checks itself)."""
+    None for the other schemes (a missing path is refused when the key is computed, tfds checks itself).
+    `synth:digits` draws MNIST's digits, so it needs MNIST."""
+    if source.startswith("synth:"):
+        source = "keras:mnist"
     scheme, _, name = source.partition(":")
     if scheme != "keras" or name not in _DOWNLOAD_HOSTS:
         return None

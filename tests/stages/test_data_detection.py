@@ -128,3 +128,11 @@ def test_missing_files_are_refused_before_anything_is_read(tmp_path):
     p = build(DataParams, {"source": f"yolo:{tmp_path / 'nowhere'}", "task": "detection"}, "t")
     with pytest.raises(EdgepipeError, match=r"yolo:.*nowhere: no such folder; fix: give the path"):
         dataset_files(p)
+
+
+def test_drawn_scenes_need_mnist_and_the_preflight_says_so_before_the_run(tmp_path):
+    from edgepipe.datasets import sources
+
+    need = sources.requirement("synth:digits", [str(tmp_path)])
+    assert need is not None and need.what == "the mnist dataset"
+    assert sources.requirement("synth:digits", [str(tmp_path)]).fix == sources.requirement("keras:mnist", []).fix
