@@ -10,6 +10,7 @@ cells are hot, which gives blobs of every size, classes side by side and boxes, 
 """
 
 import copy
+import json
 import os
 import shutil
 import struct
@@ -140,6 +141,11 @@ def test_a_detection_bundle_ships_the_c_decoding_and_its_grid_facts(detection_bu
         "detect_decode_int8(out->data.int8, kOutputScale, kOutputZeroPoint, &kDetectGrid"
         in (out / "main.cc").read_text()
     )
+    card = (out / "MODEL_CARD.md").read_text()  # what a firmware author reads: how to call the decoder
+    assert "## Decoding on the device" in card and "int n = detect_decode_int8(output->data.int8" in card
+    assert "`make check` runs it on the emulated board on every sample test image" in card
+    assert "A classifier" not in card and "A detector of object centres" in card
+    assert "detect_decode.h on a microcontroller" in json.loads((out / "preprocessing.json").read_text())["output"]
     # Python's decoding of the sample outputs finds objects, or the board's check would compare nothing.
     images = read_detections(out / "sample_detections.bin")
     assert len(images) == 16 and sum(len(d) // 32 for d in images) >= 16

@@ -107,7 +107,7 @@ class EstimatedMcu(Backend):
         model and the decoding on every sample, the first `SAMPLES` test images, not a classifier's 8."""
         from edgepipe.targets.mcu.bundle import ALIGN, write_bundle
         from edgepipe.targets.mcu.project import write_project
-        from edgepipe.targets.mcu.project_detect import grid_facts, python_detections
+        from edgepipe.targets.mcu.project_detect import grid_facts, python_detections, write_decoder
         from edgepipe.targets.mcu.reference import tflm_python
         from edgepipe.targets.mcu.sources import locate_sources
         from edgepipe.tasks import task_of
@@ -146,6 +146,8 @@ class EstimatedMcu(Backend):
         write_bundle(
             model, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note, detect=detect
         )
+        if detect is not None:
+            write_decoder(out)
         if target.cpu:
             samples = x_q if detect else x_q[:8]
             expected = tflm_python(model, samples)
@@ -161,6 +163,8 @@ class EstimatedMcu(Backend):
                 detections=None if detect is None else python_detections(expected, detect),
             )
         fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
+        if detect is not None:  # the grid facts of the C decoding the bundle ships
+            fit["detect"] = {**detect, "checked_on_board": bool(target.cpu)}
         fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
         return fit
 

@@ -214,12 +214,17 @@ def detections_bytes(detections: list[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def write_detection_files(out: Path, detections: list[np.ndarray]) -> list[str]:
-    """The decoder, the detection `main.cc`, the check firmware and the expected detections, into `out`."""
+def write_decoder(out: Path) -> list[str]:
+    """The C decoding, `detect_decode.{h,c}`, into `out` (every detection bundle for a microcontroller)."""
     for src in source_files():
         shutil.copyfile(src, out / src.name)
+    return [p.name for p in source_files()]
+
+
+def write_detection_files(out: Path, detections: list[np.ndarray]) -> list[str]:
+    """For an Arm core's project: the detection `main.cc`, the check firmware and the expected detections."""
     shutil.copyfile(FIRMWARE_DIR / CHECK_SOURCE, out / "harness" / CHECK_SOURCE)
     (out / "main.cc").write_text(MAIN_CC)
     (out / "check_detections.py").write_text(CHECK_PY)
     (out / "sample_detections.bin").write_bytes(detections_bytes(detections))
-    return [*(p.name for p in source_files()), "check_detections.py", "sample_detections.bin"]
+    return ["check_detections.py", "sample_detections.bin"]
