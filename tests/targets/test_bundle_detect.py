@@ -186,6 +186,11 @@ def test_make_check_decodes_every_sample_on_the_board_as_python_does(detection_b
     )
     assert (bundle / "build/detections.bin").read_bytes()[16:] == (bundle / "sample_detections.bin").read_bytes()[16:]
 
+    # main.cc's example: its exit status is the number of objects detect() finds in the first sample input.
+    example = subprocess.run([*make[:-1], "run-example"], cwd=bundle, capture_output=True, text=True, timeout=600)
+    first_count = len(read_detections(bundle / "sample_detections.bin")[0]) // 32
+    assert f"objects in the first sample input: {first_count}\n" in example.stdout, example.stderr[-2000:]
+
     # A detection that differs in one bit fails make check loudly, naming the image and the detection.
     want = bytearray((bundle / "sample_detections.bin").read_bytes())
     first = next(i for i, d in enumerate(read_detections(bundle / "sample_detections.bin")) if d)
@@ -196,3 +201,17 @@ def test_make_check_decodes_every_sample_on_the_board_as_python_does(detection_b
     assert bad.returncode != 0
     assert f"DETECTIONS DIFFER on sample image {first}" in bad.stdout and "15 of 16 sample images" in bad.stdout
     print(f"make check on the emulated Cortex-M4: {found} detections equal, {time.monotonic() - t0:.1f} s")
+
+
+@needs_board
+@pytest.mark.slow
+def test_the_detection_bundle_builds_tflite_micro_itself_and_checks(detection_bundle, tmp_path):
+    """Copied to a clean folder, the bundle's Makefile compiles TFLite Micro too (minutes) and checks."""
+    from edgepipe.targets.mcu.sources import locate_sources
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(detection_bundle, bundle)
+    make = ["make", "-j2", f"TFLM_DIR={locate_sources(None).root}", "check"]
+    done = subprocess.run(make, cwd=bundle, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "16 of 16 sample images: the C decoding on the board equals edgepipe's Python decoding" in done.stdout
