@@ -111,7 +111,7 @@ sys.exit(1 if bad else 0)
 '''
 
 # The Makefile's detection parts (edgepipe.targets.mcu.project's `_makefile` puts them in place).
-MAKE_USAGE = "#                                            and the C decoding of every output, compare detections\n"
+MAKE_USAGE = "#" + " " * 46 + "then detect() (model and C decoding) on each, compare detections\n"
 MAKE_RULES = """
 $(BUILD)/detect_decode.o: detect_decode.c detect_decode.h
 \t@mkdir -p $(dir $@)
