@@ -28,6 +28,7 @@ from edgepipe.export.sidecar import sidecars
 from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
 from edgepipe.targets.provenance import rows_by_name
+from edgepipe.tasks import task_of
 
 
 @dataclasses.dataclass
@@ -47,9 +48,16 @@ class BundleParams:
             )
 
 
-def preprocessing_spec(side: dict) -> dict:
-    """How firmware turns raw pixels into the model's input, spelled out."""
+def preprocessing_spec(side: dict, task: str = "classification") -> dict:
+    """How firmware turns raw pixels into the model's input, and reads its output, spelled out."""
     p = side["preprocessing"]
+    output = (
+        "class scores in class order (labels.txt)"
+        if task == "classification"
+        else "per cell of a grid at 1/8 of the input, background then class probabilities (labels.txt), "
+        "then with a size head the box's width and height as fractions of the image; objects: "
+        "edgepipe.tasks.detection_decode.decode, or detect_decode.h on a microcontroller"
+    )
     return {
         "input_shape": side["input"]["shape"],
         "input_dtype": side["input"]["dtype"],
@@ -64,7 +72,7 @@ def preprocessing_spec(side: dict) -> dict:
         ),
         "input_scale": side["input"]["scale"],
         "input_zero_point": side["input"]["zero_point"],
-        "output": "class scores in class order (labels.txt); dequantize: (q - output_zero_point) * output_scale",
+        "output": f"{output}; dequantize: (q - output_zero_point) * output_scale",
         "output_scale": side["output"]["scale"],
         "output_zero_point": side["output"]["zero_point"],
         "recorded": p,
@@ -88,12 +96,13 @@ def run_bundle_stage(params: BundleParams, io: StageIO) -> str:
             "bundle the int8 variant for this target",
         )
     ds = load_dataset(io.inputs["data"])
+    task = task_of(ds.info).name
     src = model_dir / side["file"]
     out = io.out / target.name
     out.mkdir(parents=True)
     shutil.copyfile(src, out / src.name)
     fsio.write_text(out / "labels.txt", "\n".join(side["classes"]) + "\n")
-    fsio.write_json(out / "preprocessing.json", preprocessing_spec(side))
+    fsio.write_json(out / "preprocessing.json", preprocessing_spec(side, task))
     bench_dirs = [Path(b) for b in io.inputs.get("benches", [])]
     benches = [json.loads((b / "bench.json").read_text()) for b in bench_dirs]
     fit = backend_for(target).bundle_files(target, out, src, side, ds, symbol=params.symbol, bench_dirs=bench_dirs)
@@ -123,6 +132,8 @@ def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], in
     lines = _card_header(side, ds, target) + _card_metrics(side, rows, benches) + _card_limits(ds)
     if fit:
         lines += _card_fit(side, target, fit)
+    if fit and fit.get("detect"):
+        lines += _card_decoding(fit["detect"])
     lines += ["## Intended use", "", intended_use or "Not stated by the recipe (bundle param `intended_use`).", ""]
     return "\n".join(lines)
 
@@ -185,8 +196,43 @@ def _card_limits(ds) -> list[str]:
     return [
         f"- Measured only on `{ds.info.get('source')}`'s test split; inputs unlike it (other sensors, "
         "lighting, sizes) are untested.",
-        "- A classifier: it always answers one of the classes above, even for inputs of none of them.",
+        "- A classifier: it always answers one of the classes above, even for inputs of none of them."
+        if task_of(ds.info).name == "classification"
+        else "- A detector of object centres on a grid of cells: objects whose centres fall in touching cells "
+        "are found as one.",
         "",
+    ]
+
+
+def _card_decoding(facts: dict) -> list[str]:
+    """How firmware turns a detection model's output into objects with the C decoding this bundle ships."""
+    return [
+        "## Decoding on the device",
+        "",
+        f"The model keeps to builtin ops: its output is a {facts['rows']} x {facts['cols']} grid of cells, "
+        f"{facts['stride']} input pixels each, of background and class probabilities"
+        + (" and box sizes" if facts["has_size"] else "")
+        + ". `detect_decode.h` / `detect_decode.c` (C99, no allocation, no libm) turn it into objects (class, "
+        "score, centre" + (", box" if facts["has_size"] else "") + " in input pixels) exactly as edgepipe's "
+        f"Python decoding does (a cell is hot above {facts['threshold']}). `model_io.h` holds the grid facts "
+        "it needs (`kDetectGrid`, `kDetectWorkBytes`, `kDetectMaxDetections`); after the model runs:",
+        "",
+        "```c++",
+        "static double work[kDetectWorkBytes / sizeof(double)];",
+        "detect_detection found[kDetectMaxDetections];",
+        "int n = detect_decode_int8(output->data.int8, kOutputScale, kOutputZeroPoint, &kDetectGrid, work,",
+        "                           sizeof work, found, kDetectMaxDetections);",
+        "```",
+        "",
+        *(
+            [
+                "`main.cc`'s `detect()` does both; `make check` runs it on the emulated board on every sample test "
+                "image and compares the objects with edgepipe's Python decoding of the same outputs, bit for bit.",
+                "",
+            ]
+            if facts["checked_on_board"]
+            else []
+        ),
     ]
 
 

@@ -27,6 +27,9 @@ from edgepipe.targets.lint import Runtime
 from edgepipe.targets.profiles import Target
 from edgepipe.targets.tflm import mcu_figures, tflm_accuracy, tflm_check
 
+#: test images a bundle's sample check runs (a classifier's bundle ships the first 8 of them)
+SAMPLES = 100
+
 # Built-in operators of TFLite Micro's op resolver (tflite-micro `micro_mutable_op_resolver.h`, 2025).
 TFLITE_MICRO = Runtime(
     "TFLite Micro",
@@ -98,18 +101,28 @@ class EstimatedMcu(Backend):
         self, target: Target, out: Path, model: Path, side: dict, ds, *, symbol: str, bench_dirs: list[Path]
     ) -> dict | None:
         """The C array, op resolver, I/O header, and for an Arm core a project that builds and checks itself
-        (Makefile, TFLite Micro source list, harness, example); fit.json. Returns the fit."""
+        (Makefile, TFLite Micro source list, harness, example); fit.json. Returns the fit.
+
+        A detection model's bundle also ships the C decoding of its output, and its `make check` runs the
+        model and the decoding on every sample, the first `SAMPLES` test images, not a classifier's 8."""
         from edgepipe.targets.mcu.bundle import ALIGN, write_bundle
         from edgepipe.targets.mcu.project import write_project
+        from edgepipe.targets.mcu.project_detect import grid_facts, python_detections, write_decoder
         from edgepipe.targets.mcu.reference import tflm_python
         from edgepipe.targets.mcu.sources import locate_sources
+        from edgepipe.tasks import task_of
 
         measured = _emulated_figures(bench_dirs, target, side["file"])
-        x = ds.preprocess(ds.splits["test"][0][:100])
-        pred = litert.predict(model, x).argmax(1)
+        task = task_of(ds.info)
+        detect = grid_facts(side, ds.info) if task.name == "detection" else None
+        x = ds.preprocess(ds.splits["test"][0][:SAMPLES])
+        raw = litert.predict(model, x)
         din, _ = litert.io_details(litert.interpreter(model))
         x_q = device_runner.quantize_input(x, din)
-        tflm = tflm_check(model, x_q, pred)
+        if detect is None:
+            tflm = tflm_check(model, x_q, raw.argmax(1))
+        else:
+            tflm = tflm_check(model, x_q, raw, lambda a, b: task.agreement(a, b, ds.info))
         if not tflm["ok"]:
             raise EdgepipeError(
                 f"bundle: TFLite Micro cannot run {model.name}: {tflm['error']}",
@@ -130,9 +143,14 @@ class EstimatedMcu(Backend):
                 (f"TFLite Micro needed {fit['arena_bytes']} bytes on the host; plus the target's margin"),
             )
         sources = locate_sources(target.tflm_src)
-        write_bundle(model, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note)
+        write_bundle(
+            model, out, sources.root, arena_size=arena, symbol=symbol, side=side, arena_note=note, detect=detect
+        )
+        if detect is not None:
+            write_decoder(out)
         if target.cpu:
-            samples = x_q[:8]
+            samples = x_q if detect else x_q[:8]
+            expected = tflm_python(model, samples)
             write_project(
                 out,
                 model,
@@ -141,9 +159,12 @@ class EstimatedMcu(Backend):
                 flash_bytes=target.flash_bytes,
                 ram_bytes=target.ram_bytes,
                 samples=samples,
-                expected=tflm_python(model, samples),
+                expected=expected,
+                detections=None if detect is None else python_detections(expected, detect),
             )
         fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
+        if detect is not None:  # the grid facts of the C decoding the bundle ships
+            fit["detect"] = {**detect, "checked_on_board": bool(target.cpu)}
         fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
         return fit
 

@@ -27,6 +27,9 @@ Modules:
     reference     host reference outputs (tflite_micro, ai_edge_litert)
     calibrate     MLPerf Tiny calibration of cycles per instruction
     measure       a bench's figures for a set of models: accuracy, instructions, flash, RAM
+    project       a bundle's Makefile, main.cc and make check for an Arm core
+    project_detect  what a detection bundle adds: the C decoding, its grid facts, its board check
+    detect_decode   build and run the C decoding on the board or host (its equality with Python)
 """
 
 from edgepipe.targets.mcu.errors import McuError

@@ -7,7 +7,8 @@ emulated bench, so what is measured is exactly what ships.
 * ``model_ops.h``: ``RegisterModelOps()``, exactly the ops the model uses, with the method names of
   TFLite Micro's own ``micro_mutable_op_resolver.h`` (`edgepipe.targets.mcu.resolver`);
 * ``model_io.h``: ``kTensorArenaSize`` and, given the model's sidecar, its input shape and type, the
-  I/O scale and zero point and the class names.
+  I/O scale and zero point and the class names; for a detection model also the grid facts the C decoding
+  (``detect_decode.h``) needs (`edgepipe.targets.mcu.project_detect.grid_facts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from edgepipe.targets.mcu._util import sha256_bytes, write_if_changed
 from edgepipe.targets.mcu.model import ModelInfo, read_model
+from edgepipe.targets.mcu.project_detect import io_header_lines
 from edgepipe.targets.mcu.resolver import model_ops_header
 
 __all__ = ["Bundle", "write_bundle", "write_model_io", "model_data_files", "model_io_header", "BUNDLE_FILES", "ALIGN"]
@@ -61,8 +63,11 @@ def model_data_files(blob: bytes, symbol: str = "g_model_data", source: str = ""
     return body, header
 
 
-def model_io_header(arena_bytes: int, side: dict | None = None, source: str = "", note: str = "") -> str:
-    """``model_io.h``: the arena size and, given a sidecar, input shape and type, I/O quantization, classes."""
+def model_io_header(
+    arena_bytes: int, side: dict | None = None, source: str = "", note: str = "", detect: dict | None = None
+) -> str:
+    """``model_io.h``: the arena size and, given a sidecar, input shape and type, I/O quantization, classes;
+    given a detection model's `grid_facts`, the constants its C decoding is called with."""
     arena = -(-int(arena_bytes) // ALIGN) * ALIGN
     origin = f" from {source}" if source else ""
     lines = [
@@ -73,6 +78,8 @@ def model_io_header(arena_bytes: int, side: dict | None = None, source: str = ""
         "#include <cstdint>",
         "",
     ]
+    if detect is not None:
+        lines[-2:] = ["#include <cstddef>", "#include <cstdint>", "", '#include "detect_decode.h"', ""]
     if side is not None:
         i, o = side["input"], side["output"]
         ctype = {"int8": "int8_t", "uint8": "uint8_t", "float32": "float"}
@@ -91,6 +98,8 @@ def model_io_header(arena_bytes: int, side: dict | None = None, source: str = ""
             f"constexpr const char* kClassNames[kNumClasses] = {{{labels}}};",
             "",
         ]
+        if detect is not None:
+            lines += io_header_lines(detect)
     if note:
         lines.append(f"// {note}")
     lines += [f"constexpr unsigned int kTensorArenaSize = {arena};", "", "#endif  // EDGEPIPE_MODEL_IO_H_", ""]
@@ -116,8 +125,10 @@ def write_bundle(
     symbol: str = "g_model_data",
     side: dict | None = None,
     arena_note: str = "",
+    detect: dict | None = None,
 ) -> Bundle:
-    """Generate the four files for *model* in *out_dir*.
+    """Generate the four files for *model* in *out_dir* (`detect`: a detection model's grid facts, for
+    ``model_io.h``).
 
     Files are rewritten only when their content changes, so the object cache keeps hitting on an
     unchanged model.
@@ -130,5 +141,5 @@ def write_bundle(
     write_if_changed(out / "model_data.cc", body)
     ops_h, _ = model_ops_header(info, tflm_root, int8_kernels=int8_kernels)
     write_if_changed(out / "model_ops.h", ops_h)
-    write_if_changed(out / "model_io.h", model_io_header(arena_size, side, info.path.name, arena_note))
+    write_if_changed(out / "model_io.h", model_io_header(arena_size, side, info.path.name, arena_note, detect))
     return Bundle(dir=out, model=info, arena_size=-(-arena_size // ALIGN) * ALIGN)
