@@ -147,6 +147,15 @@ def test_a_detection_bundle_ships_the_c_decoding_and_its_grid_facts(detection_bu
     assert "`make check` runs it on the emulated board on every sample test image" in card
     assert "A classifier" not in card and "A detector of object centres" in card
     assert "detect_decode.h on a microcontroller" in json.loads((out / "preprocessing.json").read_text())["output"]
+    # every test image's outputs decoded on the emulated board when the bundle was written (a failure stops it)
+    check = json.loads((out / "fit.json").read_text())["detect"]["every_test_image"]
+    from edgepipe.targets.mcu import toolchain
+
+    if toolchain.requirement("cortex-m4").unmet() is not None:
+        assert check["images"] == 0 and check["why_not"] in card
+    else:
+        assert check == {"images": 16, "equal": 16, "detections": check["detections"], "where": "board"}
+        assert check["detections"] >= 16 and "over the int8 outputs of all 16 test images" in card
     # Python's decoding of the sample outputs finds objects, or the board's check would compare nothing.
     images = read_detections(out / "sample_detections.bin")
     assert len(images) == 16 and sum(len(d) // 32 for d in images) >= 16

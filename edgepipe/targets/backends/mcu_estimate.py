@@ -163,10 +163,27 @@ class EstimatedMcu(Backend):
                 detections=None if detect is None else python_detections(expected, detect),
             )
         fit = {**fit, "arena_hint_bytes": -(-arena // ALIGN) * ALIGN, "measured": measured}
-        if detect is not None:  # the grid facts of the C decoding the bundle ships
-            fit["detect"] = {**detect, "checked_on_board": bool(target.cpu)}
+        if detect is not None:  # the grid facts of the C decoding the bundle ships, checked on every test image
+            fit["detect"] = {
+                **detect,
+                "checked_on_board": bool(target.cpu),
+                "every_test_image": _decode_check(model, ds, din, detect, target),
+            }
         fsio.write_json(out / "fit.json", {"target": dataclasses.asdict(target), **fit})
         return fit
+
+
+def _decode_check(model: Path, ds, din: dict, facts: dict, target: Target) -> dict:
+    """The shipped C decoding run on the emulated Cortex-M4 over every test image's int8 outputs, equal to the
+    Python decoding (or why it was not run: no Arm toolchain or QEMU here, which the bundle does not need)."""
+    from edgepipe.targets.mcu import toolchain
+    from edgepipe.targets.mcu.project_detect import check_every_image
+
+    if not target.cpu:
+        return {"images": 0, "why_not": f"{target.name} has no Arm core to emulate"}
+    if (missing := toolchain.requirement(target.cpu).unmet()) is not None:
+        return {"images": 0, "why_not": missing}
+    return check_every_image(model, device_runner.quantize_input(ds.preprocess(ds.splits["test"][0]), din), facts)
 
 
 def _emulated_figures(bench_dirs: list[Path], target: Target, file: str) -> dict | None:

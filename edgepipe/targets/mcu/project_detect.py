@@ -228,3 +228,37 @@ def write_detection_files(out: Path, detections: list[np.ndarray]) -> list[str]:
     (out / "check_detections.py").write_text(CHECK_PY)
     (out / "sample_detections.bin").write_bytes(detections_bytes(detections))
     return ["check_detections.py", "sample_detections.bin"]
+
+
+def check_every_image(model: Path, x_q: np.ndarray, facts: dict) -> dict:
+    """The shipped C decoding on the emulated Cortex-M4 over the int8 outputs TFLite Micro gives for every test
+    image `x_q` (the bundle's `make check` runs the model too, on its first samples), against edgepipe's Python
+    decoding, bit for bit. Raises EdgepipeError naming the first image that differs."""
+    from edgepipe.targets.mcu.detect_decode import DecodeCase, run_decoder
+    from edgepipe.targets.mcu.reference import tflm_python
+
+    expected = tflm_python(model, x_q)
+    python = python_detections(expected, facts)
+    q = np.ascontiguousarray(expected).view(np.int8).reshape(len(expected), facts["rows"], facts["cols"], -1)
+    blobs = ((facts["rows"] + 1) // 2) * ((facts["cols"] + 1) // 2)  # DETECT_DECODE_MAX_BLOBS: none is capped
+    cases = [
+        DecodeCase(
+            o,
+            facts["classes"],
+            scale=facts["output_scale"],
+            zero_point=facts["output_zero_point"],
+            threshold=facts["threshold"],
+            stride=facts["stride"],
+            max_detections=facts["classes"] * blobs,
+        )
+        for o in q
+    ]
+    board = run_decoder(cases, where="board")  # its scratch folder is kept, with the logs, only after a failure
+    for i, (c, p) in enumerate(zip(board, python)):
+        if c.shape != p.shape or not np.array_equal(c.view(np.uint32), np.asarray(p, np.float32).view(np.uint32)):
+            raise EdgepipeError(
+                f"bundle: the C decoding on the emulated board differs from edgepipe's Python decoding on test "
+                f"image {i} ({len(c)} detections against {len(p)})",
+                "report it as a bug of edgepipe's detect_decode.c, with the model and the data stage's parameters",
+            )
+    return {"images": len(q), "equal": len(q), "detections": int(sum(len(p) for p in python)), "where": "board"}
