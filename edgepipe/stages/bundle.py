@@ -131,7 +131,7 @@ def model_card(side: dict, ds, target, fit: dict | None, benches: list[dict], in
     rows = list(rows_by_name(benches).values())  # a model benched on several targets is one row
     lines = _card_header(side, ds, target) + _card_metrics(side, rows, benches) + _card_limits(ds)
     if fit:
-        lines += _card_fit(side, target, fit)
+        lines += _card_fit(side, target, fit, task_of(ds.info))
     if fit and fit.get("detect"):
         lines += _card_decoding(fit["detect"])
     lines += ["## Intended use", "", intended_use or "Not stated by the recipe (bundle param `intended_use`).", ""]
@@ -165,12 +165,14 @@ def _card_metrics(side: dict, rows: list[dict], benches: list[dict]) -> list[str
     """Every benched variant's figures, then the model's weakest classes (the start of the limits)."""
     if not rows:
         return ["## Limits", ""]
+    metric = benches[0].get("metric") or {"label": "accuracy", "short": "accuracy"}
     lines = [
         "## Metrics of every variant",
         "",
-        "Accuracy from each `.tflite` on the full test split; latency p50 at one thread on the host named below.",
+        f"{metric['label'][:1].upper()}{metric['label'][1:]} from each `.tflite` on the full test split; latency p50 "
+        "at one thread on the host named below.",
         "",
-        "| model | quant | size | accuracy | p50 (host) |",
+        f"| model | quant | size | {metric['short']} | p50 (host) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -244,12 +246,12 @@ def _every_image(check: dict) -> str:
         return f"The decoding was not run over every test image when this bundle was written: {check['why_not']}."
     return (
         f"When this bundle was written, the shipped decoding ran on the emulated board over the int8 outputs of "
-        f"all {check['images']:,} test images ({check['detections']:,} objects) and equalled edgepipe's Python "
+        f"all {check['images']:,} test images ({check['detections']:,} detections) and equalled edgepipe's Python "
         "decoding on every one, bit for bit."
     )
 
 
-def _card_fit(side: dict, target, fit: dict) -> list[str]:
+def _card_fit(side: dict, target, fit: dict, task) -> list[str]:
     m = fit.get("measured")
     if m:  # measured on the emulated core: the figures of the firmware this bundle builds
         origin = ", ".join(f"{k} {v:,}" for k, v in m["flash_by_origin"].items() if v > 0 and k != "padding")
@@ -267,9 +269,15 @@ def _card_fit(side: dict, target, fit: dict) -> list[str]:
             f"Measured on QEMU's {m['emulator']['machine']} ({target.cpu}) with TFLite Micro and CMSIS-NN int8 "
             f"kernels, the firmware built from this folder's files, over {m['test_samples']:,} test images.",
             "",
-            f"- Accuracy on the emulated board: {100 * m['accuracy']:.2f} %; the output bytes equal the "
-            f"tflite_micro interpreter's on {m['outputs_bit_exact_with_tflite_micro']:,} of {m['test_samples']:,} "
-            f"images, the class equals LiteRT's on this host for {100 * m['top1_agreement_with_host_litert']:.2f} %.",
+            f"- {task.headline_label[:1].upper()}{task.headline_label[1:]} on the emulated board: "
+            f"{100 * m['accuracy']:.2f} %; the output bytes equal the tflite_micro interpreter's on "
+            f"{m['outputs_bit_exact_with_tflite_micro']:,} of {m['test_samples']:,} images, "
+            + (
+                f"the class equals LiteRT's on this host for {100 * m['top1_agreement_with_host_litert']:.2f} %."
+                if task.name == "classification"
+                else f"{task.agreement_label} as LiteRT's on this host: "
+                f"{100 * m[task.agreement_name + '_with_host_litert']:.2f} %."
+            ),
             f"- Flash: {m['flash_bytes']:,} of {target.flash_bytes:,} bytes ({origin}).",
             f"- RAM: {m['ram_used_bytes']:,} of {target.ram_bytes:,} bytes used (tensor arena "
             f"{m['arena_used_bytes']:,}, stack {m['stack_used_bytes']:,}, heap {m['heap_used_bytes']:,}, other "
