@@ -1,9 +1,11 @@
 """A detection recipe through the real `edgepipe` command: drawn scenes -> a tiny centroid net with boxes ->
-float32 and int8 -> host bench -> report, judged by the task's metric everywhere; a target whose backend
-scores class scores only refuses the detection bench in one line."""
+float32 and int8 -> host bench -> report, judged by the task's metric everywhere; stages that cannot work on
+detection refuse the recipe at load; a search ranks detectors by F1; the shipped recipe's smoke profile."""
 
 import csv
 import json
+
+import pytest
 
 from edgepipe.testing import write_recipe
 from tests.test_cli import one_error_line
@@ -152,3 +154,26 @@ def test_a_search_on_detection_ranks_its_trials_by_the_tasks_metric(cli, tmp_pat
     tflite = tmp_path / "runs/s/tflite/search_int8.tflite"
     got = task_of(ds.info).metrics(y_val, litert.predict(tflite, ds.preprocess(x_val)), ds.info)["f1_d0.2"]
     assert abs(got - chosen["val_accuracy"]) <= 0.05, (got, chosen["val_accuracy"])
+
+
+@pytest.mark.recipe
+def test_digits_detect_smoke_profile_end_to_end(tmp_path, cli):
+    """The shipped detection recipe in its smoke profile: both models, host and emulated-board figures by F1,
+    the firmware bundle with its C decoding checked on the board over every test image, the report."""
+    from tests.conftest import REPO
+    from tests.targets.mcu.conftest import have_toolchain
+
+    if not have_toolchain():
+        pytest.skip("no Cortex-M toolchain or QEMU: the recipe benches on the emulated board")
+    p = cli("run", REPO / "recipes/digits_detect.yaml", "--profile", "smoke")
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((tmp_path / "models/digits_detect/report.json").read_text())
+    assert {r["name"] for r in report["rows"]} == {"fomo/int8", "cand/float32", "cand/int8", "cand_qat/int8"}
+    bench = json.loads((tmp_path / "runs/digits_detect/bench_m4/bench.json").read_text())
+    for row in bench["rows"]:  # the emulated board's figures are the task's, from the board's own outputs
+        board = row["target"]["emulated"]
+        assert row["target"]["accuracy"]["provenance"] == "emulated" and "f1_d0.2" in board["task_metrics"]
+        assert board["instructions"]["median"] > 0 and board["fits"]
+    fit = json.loads((tmp_path / "models/digits_detect/cortex-m4/fit.json").read_text())
+    assert fit["detect"]["every_test_image"]["images"] == 100 == fit["detect"]["every_test_image"]["equal"]
+    assert (tmp_path / "models/digits_detect/cortex-m4/detect_decode.c").is_file()
