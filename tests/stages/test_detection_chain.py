@@ -5,6 +5,7 @@ detection refuse the recipe at load; a search ranks detectors by F1; the shipped
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from edgepipe.testing import write_recipe
@@ -154,6 +155,46 @@ def test_a_search_on_detection_ranks_its_trials_by_the_tasks_metric(cli, tmp_pat
     tflite = tmp_path / "runs/s/tflite/search_int8.tflite"
     got = task_of(ds.info).metrics(y_val, litert.predict(tflite, ds.preprocess(x_val)), ds.info)["f1_d0.2"]
     assert abs(got - chosen["val_accuracy"]) <= 0.05, (got, chosen["val_accuracy"])
+
+
+def test_cross_validation_of_a_detector_deals_whole_scenes_into_folds_and_scores_them_by_f1(tmp_path, monkeypatch):
+    """k folds over train+val: each scene with all its boxes in exactly one fold, each fold judged by F1."""
+    from edgepipe.core.params import build
+    from edgepipe.core.stage import StageIO
+    from edgepipe.datasets.artifact import Dataset
+    from edgepipe.stages import train as train_stage
+    from edgepipe.tasks import TASKS
+
+    rng = np.random.default_rng(0)
+    n = 20
+    x = rng.integers(0, 255, (n, 96, 96, 1), dtype=np.uint8)
+    y = np.full((n, 6, 5), -1.0, np.float32)
+    y[:, 0] = [[i % 3, 10, 10, 30, 30] for i in range(n)]
+    y[:, 0, 1] = np.arange(n)  # x0 names the scene: a fold that split a scene from its boxes would show it
+    x[:, 0, 0, 0] = np.arange(n)
+    info = {
+        "task": "detection",
+        "classes": ["0", "1", "7"],
+        "input_shape": [96, 96, 1],
+        "augment": {},
+        "preprocessing": {"scale": 1 / 255.0, "mean": 0.0, "std": 1.0},
+    }
+    ds = Dataset(info, {"train": (x[:15], y[:15]), "val": (x[15:], y[15:]), "test": (x[:2], y[:2])})
+    seen = []
+
+    def fake_fit(model, fold, params, io):  # what each fold trains on and is judged on, without training
+        xv, yv = fold.splits["val"]
+        assert np.array_equal(xv[:, 0, 0, 0], yv[:, 0, 1].astype(np.uint8))  # every scene with its own boxes
+        seen.append(sorted(yv[:, 0, 1].astype(int)))
+        (io.out / "history.csv").write_text("epoch,loss\n0,1.0\n")
+
+    params = build(train_stage.TrainParams, {"folds": 3, "epochs": 1, "seed": 0}, "test")
+    io = StageIO(inputs={}, out=tmp_path, work=tmp_path)
+    model = type("M", (), {"predict": lambda self, x, **_: np.zeros((len(x), 12, 12, 4), np.float32)})()
+    monkeypatch.setattr(train_stage, "fit", fake_fit)
+    cv = train_stage.cross_validate(lambda: model, ds, params, io)
+    assert sorted(sum(seen, [])) == list(range(n)) and len(seen) == 3  # each scene in one fold exactly
+    assert cv["metric"] == TASKS["detection"].headline and [f["val_samples"] for f in cv["folds"]] == [7, 7, 6]
 
 
 @pytest.mark.recipe
