@@ -106,7 +106,10 @@ def plot_curves(rows: list[dict], dest: Path, title: str = "") -> None:
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:  # a detector: Keras computes no accuracy while it trains; its task metric comes after
+            ax.text(0.5, 0.5, f"no {metric} while training", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

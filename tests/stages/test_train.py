@@ -238,3 +238,16 @@ def test_k_fold_cross_validation_reports_mean_and_std_over_disjoint_folds(tmp_pa
     accuracies = np.array([f["accuracy"] for f in cv["folds"]])
     assert cv["mean"] == pytest.approx(accuracies.mean()) and cv["std"] == pytest.approx(accuracies.std(ddof=1))
     assert "3-fold val accuracy" in summary
+
+
+def test_training_curves_of_a_model_without_an_accuracy_column_draw_without_a_warning(tmp_path):
+    """A detector's history has losses only: the picture says so, and nothing reaches stderr."""
+    import warnings
+
+    from edgepipe.training.outputs import plot_curves
+
+    rows = [{"epoch": str(i), "loss": str(1 / (i + 1)), "val_loss": str(1.2 / (i + 1))} for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_curves(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
