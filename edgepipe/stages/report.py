@@ -40,6 +40,7 @@ from edgepipe.stages.report_tables import (
     metric_of,
     table_row,
     target_tables,
+    targets_notes,
     targets_table,
     task_table,
     text_table,
@@ -107,12 +108,15 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
     report["searches"] = [{k: v for k, v in x.items() if k != "png"} for x in searches]
     fsio.write_json(io.out / "report.json", report)
     target_table = targets_table(rows, targets, metric["short"])
+    legend = " ".join([TAG_LEGEND + ".", *targets_notes(rows, targets)]) if target_table else TAG_LEGEND
     own = target_tables(rows, targets, measured, devices, metric["short"])
     tasks = task_table(rows, metric)
     host = capital(measured[-1]["label"])
     # a title without {targets} is kept as written; the line under it names them instead
     subtitle = None if TARGETS in params.title else f"Measured on {joined([m['label'] for m in measured])}."
-    md = _markdown(heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle, metric, tasks)
+    md = _markdown(
+        heading, table, gates, provenance, int8_cost, target_table, own, host, subtitle, metric, tasks, legend
+    )
     fsio.write_text(io.out / "report.md", md + "".join("\n" + "\n".join(search_lines(x)) + "\n" for x in searches))
     write_pareto(rows, targets, measured, io.out / "pareto.png", metric["short"])
     write_html(
@@ -129,7 +133,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
         deployable=params.gates[0].model if params.gates else None,
         int8_cost=int8_cost,
         target_table=target_table,
-        legend=TAG_LEGEND,
+        legend=legend,
         target_tables=own,
         host_heading=host,
         subtitle=subtitle,
@@ -137,7 +141,7 @@ def run_report_stage(params: ReportParams, io: StageIO) -> str:
         metric=metric,
         task_table=tasks,
     )
-    _print(table, target_table, own, host, metric["short"], tasks)
+    _print(table, target_table, own, host, metric["short"], tasks, legend)
     failed = [g for g in gates if not g["passed"]]
     if failed:
         g = failed[0]
@@ -182,6 +186,7 @@ def _print(
     host: str,
     short: str = "accuracy",
     tasks: list[list[str]] = (),
+    legend: str = TAG_LEGEND,
 ) -> None:
     """Each target's own table, this host's results table, the task's other metrics, and every target side by
     side when there are any."""
@@ -204,7 +209,7 @@ def _print(
         ui.say("")
         for line in text_table(target_table[1:], target_table[0]):
             ui.say(line)
-        ui.say("  " + TAG_LEGEND)
+        ui.say("  " + legend)
 
 
 def int8_class_cost(rows: list[dict], classes: list[str] | None, pairs: dict[str, str] | None = None) -> list[dict]:
@@ -250,6 +255,7 @@ def _markdown(
     subtitle=None,
     metric=None,
     tasks=(),
+    legend=TAG_LEGEND + ".",
 ) -> str:
     """The heading, each target's own table, this host's results table, gates, int8's cost per class, and
     every target side by side."""
@@ -305,7 +311,7 @@ def _markdown(
             "|" + "---|" * len(target_table[0]),
         ]
         lines += ["| " + " | ".join(r) + " |" for r in target_table[1:]]
-        lines += ["", TAG_LEGEND + "."]
+        lines += ["", legend]
     if provenance:
         lines += ["", "Measured on: " + ", ".join(f"{k} {v}" for k, v in provenance.items() if v is not None)]
     return "\n".join(lines) + "\n"

@@ -290,6 +290,25 @@ def targets_table(rows: list[dict], targets: dict, short: str = "accuracy") -> l
     return table
 
 
+def targets_notes(rows: list[dict], targets: dict) -> list[str]:
+    """Why the side-by-side table reads n/a: per target, the models it did not bench or cannot run."""
+    names = [t for t in dict.fromkeys(t for per in targets.values() for t in per) if t != "host"]
+    notes = []
+    for t in names:
+        why: dict[str, list[str]] = {}
+        for r in rows:
+            f = targets.get(r["name"], {}).get(t)
+            if f is None:
+                reason = f"not among the models of a bench on {t}"
+            elif not f.get("deployable", True) or "accuracy" not in f:
+                reason = f.get("why_not") or f"not run on {t}"
+            else:
+                continue
+            why.setdefault(reason, []).append(r["name"])
+        notes += [f"n/a on {', '.join(models)}: {reason}." for reason, models in why.items()]
+    return notes
+
+
 def _cell(f: dict | None, key: str, fmt) -> str:
     """One model's figure `key` on one target (`f`: its figures there), formatted and tagged; n/a when the
     target did not run it, `n/a (why)` when the figure was not measured, `uncalibrated` for an emulated

@@ -265,6 +265,11 @@ def test_mcu_latency_in_ms_and_fps_each_tagged(host_and_m4, tmp_path):
     assert set(m4["student_scratch/float32"].values()) == {"student_scratch/float32", "n/a"}
     md = (host_and_m4 / "report.md").read_text()
     assert "- n/a on student_scratch/float32: cortex-m4 runs full-int8 models only." in md
+    # the side-by-side table says why every n/a is there: a model the target cannot run, one not benched on it
+    side = md[md.index("## Every target side by side") :]
+    not_benched = [n for n in MODELS if n not in ("student_scratch/float32", "student_qat/int8", "tfmot_ref_qat/int8")]
+    assert "n/a on student_scratch/float32: cortex-m4 runs full-int8 models only." in side
+    assert f"n/a on {', '.join(not_benched)}: not among the models of a bench on cortex-m4." in side
     # report.json: the same figures in ms and FPS beside the existing microseconds, tagged alike
     rows = {r["name"]: r for r in json.loads((host_and_m4 / "report.json").read_text())["rows"]}
     fig = rows["student_qat/int8"]["targets"]["cortex-m4"]
