@@ -25,7 +25,7 @@ from edgepipe.core.yamlio import load_yaml
 from edgepipe.pipeline import overrides
 from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
-from edgepipe.targets.backends import backend_for
+from edgepipe.targets.backends import backend_for, measured_as
 from edgepipe.targets.profiles import load_target
 
 # The keys a recipe may have at its top level, and in each stage (their meanings: docs/recipes.md).
@@ -272,7 +272,9 @@ def _apply_target(
             stage.params.target = default or fallback or "host"
         try:
             profile = load_target(stage.params.target)
-            backend = backend_for(profile)  # which also checks what its kind of device needs from the profile
+            backend_for(profile)  # which also checks what its kind of device needs from the profile
+            # a bench's measure may move the device to another backend (rpi4 measured emulated: no SSH)
+            backend = measured_as(profile, getattr(stage.params, "measure", None))[1]
         except EdgepipeError as e:
             raise RecipeError(f"{where}: stages.{name}.target: {e.message}", e.fix) from None
         if host and hasattr(stage.params, "host") and backend.takes_host:

@@ -103,12 +103,7 @@ def needs(params: BenchParams) -> list:
 def effective_target(params: BenchParams) -> tuple[Target, Backend]:
     """The target profile, with the bench's `measure` override applied where the device takes one, and the
     backend that measures on it."""
-    target = load_target(params.target or "host")
-    backend = backend_for(target)
-    if params.measure in backend.measure_choices:
-        target = dataclasses.replace(target, measure=params.measure)
-        backend = backend_for(target)
-    return target, backend
+    return backends.measured_as(load_target(params.target or "host"), params.measure)
 
 
 def _check(target: Target, backend: Backend, params: BenchParams) -> None:

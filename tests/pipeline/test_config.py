@@ -85,6 +85,9 @@ def test_default_target_and_device_hosts(tmp_path):
     assert (r.stages["bench"].params.target, r.stages["bench"].params.host) == ("rpi4", "pi@10.0.0.2:2222")
     r = load_recipe(recipe, target="host", default_target=cfg.target, hosts=cfg.hosts)  # --target wins
     assert (r.stages["bench"].params.target, r.stages["bench"].params.host) == ("host", None)
+    # a bench of the same device measured emulated reaches no host: the config's address is not given to it
+    r = load_recipe(recipe, sets=("bench.measure=emulated",), default_target=cfg.target, hosts=cfg.hosts)
+    assert (r.stages["bench"].params.target, r.stages["bench"].params.host) == ("rpi4", None)
 
 
 @pytest.mark.parametrize(

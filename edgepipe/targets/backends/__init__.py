@@ -15,6 +15,8 @@ besides the backends themselves, that reads a profile's `kind`, `reach` and `mea
 
 from __future__ import annotations
 
+import dataclasses
+
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.targets.backends import android, host, mcu_emulated, mcu_estimate, pi_emulated, ssh
 from edgepipe.targets.backends.protocol import Backend
@@ -49,6 +51,16 @@ def backend_for(target: Target) -> Backend:
     )
 
 
+def measured_as(target: Target, measure: str | None) -> tuple[Target, Backend]:
+    """`target` with a stage's `measure` override applied where its device takes one (rpi4 measured
+    emulated), and the backend that then measures on it."""
+    backend = backend_for(target)
+    if measure in backend.measure_choices:
+        target = dataclasses.replace(target, measure=measure)
+        backend = backend_for(target)
+    return target, backend
+
+
 def check_task(target: Target, task: str, what: str) -> None:
     """Refuse, in one line, a task (`edgepipe.tasks`) whose raw outputs `target`'s backend cannot bring back to
     be judged; `what` is the stage's work ("bench", "search")."""
@@ -63,4 +75,4 @@ def check_task(target: Target, task: str, what: str) -> None:
         )
 
 
-__all__ = ["Backend", "backend_for", "check_task"]
+__all__ = ["Backend", "backend_for", "check_task", "measured_as"]
