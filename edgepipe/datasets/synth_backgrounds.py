@@ -79,6 +79,34 @@ def _rings(rng):
     return 0.5 + 0.5 * np.sin(r * (2 * math.pi / rng.uniform(8, 20)) + rng.uniform(0, 2 * math.pi))
 
 
+def _cells(rng):
+    """Irregular flat regions with sharp edges (pebbles, tiles of random shapes): each pixel takes the grey of
+    its nearest of 6-39 random seeds (a Voronoi diagram)."""
+    n = int(rng.integers(6, 40))
+    seed_y, seed_x = rng.uniform(0, CANVAS, n), rng.uniform(0, CANVAS, n)
+    nearest = ((_YY[..., None] - seed_y) ** 2 + (_XX[..., None] - seed_x) ** 2).argmin(-1)
+    return rng.random(n).astype(np.float32)[nearest]
+
+
+def _warped(rng):
+    """A gradient, noise or stripes pattern pushed through a smooth random displacement of up to 4-20 px
+    (bent stripes, swirled noise): the same textures, not the same shapes."""
+    pattern = _PATTERNS[("gradient", "noise", "stripes")[int(rng.integers(3))]](rng)
+    reach = rng.uniform(4, 20)
+    dy, dx = ((_value_noise(rng) - 0.5) * 2 * reach for _ in range(2))
+    return _sample(pattern, _YY - 0.5 + dy, _XX - 0.5 + dx)
+
+
+def _sample(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`a` read bilinearly at fractional (row, column) positions, clamped to the canvas (elementwise, no BLAS)."""
+    rows, cols = np.clip(rows, 0, CANVAS - 1.001), np.clip(cols, 0, CANVAS - 1.001)
+    r, c = rows.astype(np.intp), cols.astype(np.intp)
+    fr, fc = rows - r, cols - c
+    top = a[r, c] * (1 - fc) + a[r, c + 1] * fc
+    bottom = a[r + 1, c] * (1 - fc) + a[r + 1, c + 1] * fc
+    return (top * (1 - fr) + bottom * fr).astype(np.float32)
+
+
 def _blotches(rng):
     out = np.zeros((CANVAS, CANVAS), np.float32)
     at = _XX[0]
@@ -97,4 +125,6 @@ _PATTERNS = {
     "checker": _checker,
     "rings": _rings,
     "blotches": _blotches,
+    "cells": _cells,
+    "warped": _warped,
 }

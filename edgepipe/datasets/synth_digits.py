@@ -47,10 +47,13 @@ class Family:
 
 # "base" is the training distribution (and in-distribution validation/test); "heldout" paints other
 # backgrounds with another size range, for a test of transfer rather than of memorised synthesis artefacts:
-# it has none of base's smallest digits (10-13 px) and some larger than any in base (33-36 px).
+# it has none of base's smallest digits (10-13 px) and some larger than any in base (33-36 px). "varied" is a
+# wider training family: base's backgrounds plus irregular flat cells and warped base patterns, none of them
+# heldout's (a model trained on it is still judged on backgrounds it never saw).
 FAMILIES = {
     "base": Family(("gradient", "noise", "stripes"), (10, 32)),
     "heldout": Family(("checker", "rings", "blotches"), (14, 36)),
+    "varied": Family(("gradient", "noise", "stripes", "cells", "warped"), (10, 32)),
 }
 
 
@@ -58,7 +61,9 @@ FAMILIES = {
 class SynthParams:
     """How scenes are drawn. Each default is documented here once; `generate` takes these as keywords."""
 
-    family: Literal["base", "heldout"] = param("base", "backgrounds and default size range (heldout: a test family)")
+    family: Literal["base", "heldout", "varied"] = param(
+        "base", "backgrounds and default size range (heldout: a test family; varied: base's and two more)"
+    )
     size_range: list[int] | None = param(None, "[min, max] digit size in px (longer side, upright); None: the family's")
     max_objects: int = param(
         6, "most digits on a canvas (labelled or not), and the rows of the boxes array", min=0, max=32

@@ -242,6 +242,25 @@ def test_the_heldout_family_paints_other_backgrounds_and_other_sizes(fake_digits
         )
 
 
+def test_the_varied_family_adds_training_backgrounds_that_heldout_never_shows(fake_digits, monkeypatch):
+    x, y = fake_digits
+    painted = []
+    background = synth_backgrounds.background
+    monkeypatch.setattr(
+        synth_backgrounds, "background", lambda rng, kind: painted.append(str(kind)) or background(rng, kind)
+    )
+    varied = sd.FAMILIES["varied"]
+    assert set(sd.FAMILIES["base"].backgrounds) < set(varied.backgrounds)
+    assert not set(varied.backgrounds) & set(sd.FAMILIES["heldout"].backgrounds)
+    assert varied.size_range == sd.FAMILIES["base"].size_range
+    sd.generate(x, y, 100, seed=0, classes=CLASSES, family="varied")
+    assert set(painted) == set(varied.backgrounds)
+    for kind in ("cells", "warped"):
+        a, b, c = (background(np.random.default_rng(s), kind) for s in (1, 1, 2))
+        assert a.shape == (sd.CANVAS, sd.CANVAS) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 255
+        assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes() and a.std() > 1, kind
+
+
 def test_size_range_overrides_the_familys(fake_digits):
     x, y = fake_digits
     sizes = upright_sizes(x, y, size_range=[20, 20])
