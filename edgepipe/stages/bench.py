@@ -152,7 +152,7 @@ def run_bench_stage(params: BenchParams, io: StageIO) -> str:
     models = _benchable_models(io, ds, x)
 
     # The lint runs first: what a target cannot run is said before anything is copied anywhere.
-    findings = _lint_models(models, target, backend)
+    findings = lint.lint_models(models, target, backend.runtime)
     if findings:
         fsio.write_json(io.out / "diagnostics.json", findings)
 
@@ -266,28 +266,6 @@ def _benchable_models(io: StageIO, ds, x: np.ndarray) -> list[tuple[Path, dict]]
                 )
             models.append((path, side))
     return models
-
-
-def _lint_models(models: list[tuple[Path, dict]], target: Target, backend: Backend) -> list[dict]:
-    """Lint findings of every model; the op checks of the target's runtime (its backend's) apply to the models
-    it can run."""
-    findings = []
-    for path, side in models:
-        runtime = backend.runtime if target.runs(side["variant"]) else None
-        kept = side.get("quantization", {}).get("float_layers", ())
-        for f in lint.lint(path, int8=side["variant"] == "int8", runtime=runtime, kept_float=kept):
-            findings.append(
-                {
-                    "source": "keep_float" if f.intended else "lint",
-                    "model": path.name,
-                    "code": f.code,
-                    "op": f.op,
-                    "layer": f.layer,
-                    "line": f.line(path.name),
-                    **({"intended": True} if f.intended else {}),
-                }
-            )
-    return findings
 
 
 def _row(

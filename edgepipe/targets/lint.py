@@ -287,3 +287,29 @@ def lint_for(path: Path, target, runtime: Runtime | None, int8: bool | None = No
     """
     meant_int8 = int8 if int8 is not None else (target.needs_int8 or integer_input(path))
     return lint(path, int8=meant_int8, runtime=runtime)
+
+
+def lint_models(models: list[tuple[Path, dict]], target, runtime: Runtime | None) -> list[dict]:
+    """Lint findings of every model (`.tflite` path and its sidecar), as bench.json records them; the op checks
+    of the target's `runtime` (its backend's) apply to the models it can run."""
+    findings = []
+    for path, side in models:
+        kept = side.get("quantization", {}).get("float_layers", ())
+        for f in lint(
+            path,
+            int8=side["variant"] == "int8",
+            runtime=runtime if target.runs(side["variant"]) else None,
+            kept_float=kept,
+        ):
+            findings.append(
+                {
+                    "source": "keep_float" if f.intended else "lint",
+                    "model": path.name,
+                    "code": f.code,
+                    "op": f.op,
+                    "layer": f.layer,
+                    "line": f.line(path.name),
+                    **({"intended": True} if f.intended else {}),
+                }
+            )
+    return findings
