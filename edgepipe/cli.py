@@ -239,9 +239,11 @@ def gc(recipe, root, keep):
     from edgepipe.core.fsio import human_size
     from edgepipe.pipeline.runcache import when
 
-    gone, freed = _runner(_load(recipe, None, ()), root).gc(keep)
+    gone, damaged, freed = _runner(_load(recipe, None, ()), root).gc(keep)
     for e in gone:
         ui.say(f"  removed {e.stage:<14} run of {when(e.created)}  key {e.key[:12]}")
+    for path in damaged:
+        ui.say(f"  removed damaged entry {path}")
     ui.say(
         f"{len(gone)} run cache entr{'y' if len(gone) == 1 else 'ies'} removed, {human_size(freed)} of cached "
         "files freed"

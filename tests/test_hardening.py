@@ -105,6 +105,16 @@ def test_a_lock_file_of_the_wrong_shape_is_treated_as_unreadable(tmp_path):
         {"version": 1, "stages": ["data"]},
         {"version": 1, "stages": {"data": {"key": 3}}},
         {"version": 1, "stages": {"data": {"key": "k", "digest": "d", "outputs": {"a": "b"}}}},
+        {  # an output path leading out: the run cache would keep and later restore it there
+            "version": 1,
+            "stages": {
+                "data": {
+                    "key": "k",
+                    "digest": "d",
+                    "outputs": {"../../x": {"sha256": "0" * 64, "size": 1, "mtime_ns": 1}},
+                }
+            },
+        },
         [1, 2],
     ):
         (tmp_path / "runs/r").mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,16 @@ every training stage), and the machine. A record is appended as one `write` of a
 opened with O_APPEND, so concurrent writers (two recipes never share the file; a record is written under
 the run folder's lock anyway) cannot interleave, and a run killed mid-write leaves at most a torn last
 line, which reading skips.
+
+The history is a file anything can damage, so each line is read through
+`edgepipe.pipeline.schema.history_record`: one that is not a record edgepipe wrote (a time that is a
+number, no metrics, a torn line in the middle) keeps its number but is a damaged record, shown as one
+line by `edgepipe runs` and refused in one line by `edgepipe compare`; the rest stay usable.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -18,12 +24,12 @@ from pathlib import Path
 
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import to_dict
+from edgepipe.pipeline import schema
 from edgepipe.pipeline.keys import changed_keys
 from edgepipe.pipeline.recipe import Recipe
 
 FILE = "history.jsonl"
-# The report row fields a record keeps (validation figures first, should the bench report them).
-HEADLINE = ("accuracy", "val_accuracy", "test_accuracy", "size_bytes", "latency_p50_us", "arena_bytes")
+HEADLINE = schema.HEADLINE  # the report row fields a record keeps (validation figures first)
 
 
 def record(
@@ -100,8 +106,12 @@ def append(run_dir: Path, rec: dict) -> int:
     """Append `rec` to the history as one line; return its number (1 for the first)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(rec, sort_keys=False, default=str) + "\n").encode()
-    fd = os.open(run_dir / FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # so that no other append is half-way through while the end is read
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end and os.pread(fd, 1, end - 1) != b"\n":  # a torn last line: end it, or this record would join it
+            line = b"\n" + line
         written = os.write(fd, line)
         while written < len(line):  # a regular file takes it whole; this is for the file system that does not
             written += os.write(fd, line[written:])
@@ -112,29 +122,45 @@ def append(run_dir: Path, rec: dict) -> int:
 
 
 def read(run_dir: Path) -> list[dict]:
-    """Every record, numbered from 1 (`number`), skipping a torn or foreign line."""
+    """Every record, numbered from 1 (`number`), as `schema.history_record` returns it; a line that is not
+    one is `{"number": n, "damaged": why}`. A torn last line (a run killed mid-write) is skipped."""
     path = Path(run_dir) / FILE
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
+    text = path.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
         try:
-            rec = json.loads(line)
+            json.loads(lines[-1])
         except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("params"), dict):
-            out.append({**rec, "number": len(out) + 1})
+            lines.pop()
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append({**schema.history_record(json.loads(line)), "number": n})
+        except schema.Damaged as e:
+            out.append({"number": n, "damaged": str(e)})
+        except ValueError:
+            out.append({"number": n, "damaged": "not JSON (a torn or foreign line)"})
     return out
 
 
 def pick(records: list[dict], which: str, recipe: str) -> dict:
-    """Record `which` (a number, or `last`) of `records`, or one error line saying which exist."""
+    """Record `which` (a number, or `last`: the last undamaged one) of `records`, or one error line saying
+    which exist."""
     if not records:
         raise EdgepipeError(
             f"{recipe} has no run history yet (runs/{recipe}/{FILE})", f"run `edgepipe run {recipe}` first", exit_code=2
         )
     if which == "last":
-        return records[-1]
+        usable = [r for r in records if "damaged" not in r]
+        if not usable:
+            raise EdgepipeError(
+                f"{recipe}: every run record is damaged (runs/{recipe}/{FILE})",
+                f"run `edgepipe run {recipe}` to record a new one",
+                exit_code=2,
+            )
+        return usable[-1]
     try:
         n = int(which)
     except ValueError:
@@ -143,6 +169,12 @@ def pick(records: list[dict], which: str, recipe: str) -> dict:
         raise EdgepipeError(
             f"{recipe}: no run record {which!r} (there {'is' if len(records) == 1 else 'are'} {len(records)})",
             f"use a number from 1 to {len(records)}, or last (`edgepipe runs {recipe}` lists them)",
+            exit_code=2,
+        )
+    if "damaged" in records[n - 1]:
+        raise EdgepipeError(
+            f"{recipe}: run record {n} is damaged ({records[n - 1]['damaged']})",
+            f"compare other records (`edgepipe runs {recipe}` lists them)",
             exit_code=2,
         )
     return records[n - 1]
@@ -182,15 +214,21 @@ def headline(rec: dict) -> str:
 
 
 def listing(records: list[dict]) -> list[str]:
-    """`edgepipe runs`: one line per record, oldest first."""
-    heads = [headline(rec) for rec in records]
-    width = max([len("headline"), *map(len, heads)])
+    """`edgepipe runs`: one line per record, oldest first; a damaged record says so, and what changed is
+    told against the last undamaged record before it."""
+    heads = {rec["number"]: headline(rec) for rec in records if "damaged" not in rec}
+    width = max([len("headline"), *map(len, heads.values())])
     lines = [f"{'#':>3}  {'date (UTC)':<16}  {'status':<6}  {'headline':<{width}}  changed vs previous"]
-    for i, rec in enumerate(records):
+    previous = None
+    for rec in records:
+        if "damaged" in rec:
+            lines.append(f"{rec['number']:>3}  damaged record, skipped: {rec['damaged']}")
+            continue
         lines.append(
-            f"{rec['number']:>3}  {_date(rec):<16}  {rec.get('status', '?'):<6}  {heads[i]:<{width}}  "
-            f"{changes(records[i - 1] if i else None, rec)}"
+            f"{rec['number']:>3}  {_date(rec):<16}  {rec['status']:<6}  {heads[rec['number']]:<{width}}  "
+            f"{changes(previous, rec)}"
         )
+        previous = rec
     return lines
 
 

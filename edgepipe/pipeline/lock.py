@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edgepipe.core import fsio, ui
+from edgepipe.pipeline import schema
 from edgepipe.pipeline.recipe import Recipe
 
 LOCK_VERSION = 1
@@ -49,18 +50,17 @@ class Lock:
 
 
 def _well_formed(entry) -> bool:
-    """A lock entry as `Lock.record` writes it (a hand-edited or foreign file is treated as unreadable)."""
-    return (
+    """A lock entry as `Lock.record` writes it (a hand-edited or foreign file is treated as unreadable): its
+    output paths inside the stage's folder, as the run cache needs them (`edgepipe.pipeline.schema`)."""
+    if not (
         isinstance(entry, dict)
         and isinstance(entry.get("key"), str)
         and isinstance(entry.get("digest"), str)
         and isinstance(entry.get("parts", {}), dict)
-        and isinstance(entry.get("outputs"), dict)
-        and all(
-            isinstance(r, dict)
-            and isinstance(r.get("sha256"), str)
-            and isinstance(r.get("size"), int)
-            and isinstance(r.get("mtime_ns"), int)
-            for r in entry["outputs"].values()
-        )
-    )
+    ):
+        return False
+    try:
+        schema.file_records(entry.get("outputs"))
+    except schema.Damaged:
+        return False
+    return True

@@ -198,15 +198,15 @@ class Runner:
             what = "; ".join(f"stage '{n}' needs {w} ({u})" for n, w, u, _ in problems)
             raise EdgepipeError(what, "; ".join(dict.fromkeys(f for *_, f in problems)), exit_code=2)
 
-    def gc(self, keep: int) -> tuple[list, int]:
-        """Keep the `keep` most recently used run cache entries of each stage, drop the others; returns
-        (the dropped entries, the bytes freed)."""
+    def gc(self, keep: int) -> tuple[list, list[str], int]:
+        """Keep the `keep` most recently used run cache entries of each stage, drop the others and every
+        damaged entry; returns (the dropped entries, the damaged ones removed, the bytes freed)."""
         if keep < 0:
             raise EdgepipeError(f"--keep {keep}: must be 0 or more", "use --keep 0 to empty the cache", exit_code=2)
         with self._exclusive():
             before = self.cache.size()
-            gone = self.cache.prune(keep)
-            return gone, before - self.cache.size()
+            gone, damaged = self.cache.prune(keep)
+            return gone, damaged, before - self.cache.size()
 
     def _recorded(self, command: str, plan: list[str], force: set[str], jobs: int) -> list[Result]:
         """Run the plan, then append one record of the run (finished or failed) to the run history."""
