@@ -33,7 +33,7 @@ def finish(s: Search) -> str:
         if failed and len(failed) == len(rows):  # nothing was measured: say why, not which budget
             raise EdgepipeError(
                 f"search: every trial of {len(rows)} failed; trial {failed[0]['trial']}: {failed[0].get('note')}",
-                "see the stage's log; fix the train parameters or the space that make the trials fail",
+                "read the trials' errors in the stage's output, and correct the train parameters or space that cause them",
             )
         raise EdgepipeError(
             f"search: no trial of {len(rows)} met the budget ({front.budget_text(s.budgets)}){what}",

@@ -168,3 +168,36 @@ def test_an_interrupted_search_stops_in_one_line_and_resumes(cli, tmp_path, idx,
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resuming study 'search': " in done.stdout
     assert sorted(r["state"] != "failed" for r in rows(tmp_path)) == [True, True, True]
+
+
+FAILING_BUILDER = """
+import tensorflow as tf
+import tf_keras as keras
+
+
+def _refuse(x):
+    raise ValueError("this layer fails in training")
+
+
+def build(input_shape, num_classes, kernel_initializer="he_normal", width=4, **_):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Lambda(lambda t: tf.ensure_shape(tf.py_function(_refuse, [t], t.dtype), t.shape))(inputs)
+    x = keras.layers.Conv2D(width, 3, kernel_initializer=kernel_initializer)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+"""
+
+
+def test_a_search_whose_every_trial_fails_stops_at_its_budget_naming_the_failure(cli, tmp_path, idx):
+    """A trial that fails (here the model raises inside TensorFlow while training) spends its place: the
+    stage stops after `trials` of them, in one line naming the first failure, not after trial 61 of 2."""
+    (tmp_path / "failing_arch.py").write_text(FAILING_BUILDER)
+    train = {"arch": "failing_arch:build", "lr": 0.01, "epochs": 1, "batch_size": 16}
+    recipe = search_recipe(tmp_path, idx, trials=2, train=train, space={"arch_args.width": {"choices": [2, 4]}})
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = cli("run", recipe, "--until", "search", env={"PYTHONPATH": path}, timeout=900)
+    line = done.stderr.strip().splitlines()[-1]  # TensorFlow's own start-up lines come before it
+    assert not (tmp_path / "runs/s/.tmp/search").exists() and not (tmp_path / "runs/s/search").exists()
+    assert done.returncode == 1 and "search: every trial of 2 failed; trial 0: " in line, done.stderr[-2000:]
+    assert "InvalidArgumentError" in line and line.count("; fix: ") == 1, line  # TensorFlow's error, as the trial's
+    assert "trial 2/2" in done.stdout and "trial 3/" not in done.stdout, done.stdout[-2000:]
