@@ -63,3 +63,13 @@ class RecipeError(EdgepipeError):
 
     def __init__(self, message: str, fix: str | None = None):
         super().__init__(message, fix, exit_code=2)
+
+
+class ArgumentTypeError(RecipeError, TypeError):
+    """A Python API argument of the wrong type (`edgepipe.run(jobs="2")`): a TypeError, as Python's own are,
+    and an EdgepipeError with the one line the CLI would print."""
+
+
+class ArgumentValueError(RecipeError, ValueError):
+    """A Python API argument of the right type but a value it cannot take (`edgepipe.run(jobs=0)`): a
+    ValueError, as Python's own are, and an EdgepipeError with the one line the CLI would print."""

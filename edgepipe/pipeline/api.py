@@ -9,6 +9,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
+from edgepipe.core import arguments
 from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline import config as project_config
 from edgepipe.pipeline.outputs import Result
@@ -90,8 +91,11 @@ def run(
 
     Raises:
         EdgepipeError: any bad input (a RecipeError for the recipe or an override), a failed stage or a
-            failed accuracy gate, as one line with its fix; never SystemExit.
+            failed accuracy gate, as one line with its fix; never SystemExit. An argument of the wrong
+            type is an `ArgumentTypeError` (also a TypeError), a value it cannot take an
+            `ArgumentValueError` (also a ValueError), raised before anything runs.
     """
+    _check_arguments(recipe, set, profile, until, only, force, jobs, root, target, host, isolate)
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own "still starting" test
         raise EdgepipeError(
             "edgepipe.run was called while a worker process of a run was starting (a script calling it at import time)",
@@ -117,3 +121,19 @@ def run(
         if r.stages[result.stage].kind.name == "report" and report.is_file():
             reports[result.stage] = json.loads(report.read_text()).get("rows", [])
     return RunResult(r.name, results, next(iter(reports.values()), []), reports, runner.run_dir, runner.record_number)
+
+
+def _check_arguments(recipe, overrides, profile, until, only, force, jobs, root, target, host, isolate) -> None:
+    """Each of `run`'s arguments, where it enters: the one line the CLI would print for a bad option."""
+    f = "edgepipe.run"
+    arguments.recipe(f, recipe)
+    arguments.overrides(f, "set", overrides)
+    arguments.text(f, "profile", profile, "a profile's name")
+    arguments.text(f, "until", until, "a stage's name")
+    arguments.text(f, "only", only, "a stage's name")
+    arguments.flag(f, "force", force)
+    arguments.count(f, "jobs", jobs, least=1, what="the stages to run at once")
+    arguments.path(f, "root", root, "the folder that holds runs/ and models/")
+    arguments.text(f, "target", target, "a target's name or profile path")
+    arguments.text(f, "host", host, "user@address[:port]")
+    arguments.flag(f, "isolate", isolate)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edgepipe.core import arguments
 from edgepipe.core.errors import EdgepipeError, RecipeError
 from edgepipe.core.params import build
 from edgepipe.core.paths import relative_pattern, safe_name
@@ -78,6 +79,7 @@ class Recipe:
 
 def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
     """Resolve `mnist_student`, `recipes/mnist_student.yaml` or any path to an existing file."""
+    recipes_dir = arguments.find_recipe_arguments(name_or_path, recipes_dir)
     p = Path(name_or_path)
     candidates = [p, recipes_dir / p, recipes_dir / f"{name_or_path}.yaml"]
     for c in candidates:
@@ -113,8 +115,10 @@ def load_recipe(
             applied after `sets`.
 
     Raises:
-        RecipeError: on anything invalid, naming the file and the key.
+        RecipeError: on anything invalid, naming the file and the key (an `ArgumentTypeError`, also a
+            TypeError, for an argument of the wrong type).
     """
+    arguments.load_recipe_arguments(path, profile, sets, target, host, default_target, hosts, values)
     if isinstance(path, dict):
         raw, path = _from_mapping(path)
     else:

@@ -19,8 +19,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from edgepipe.core import progress, runlock
-from edgepipe.core.errors import EdgepipeError
+from edgepipe.core import arguments, progress, runlock
+from edgepipe.core.errors import ArgumentValueError, EdgepipeError
 from edgepipe.pipeline.keys import CodeVersion, stage_key
 from edgepipe.pipeline.lock import Lock
 from edgepipe.pipeline.outputs import Outputs, Result, rel
@@ -53,6 +53,7 @@ class Runner:
         track: str | None = None,
         on_progress: progress.Sink | None = None,
     ):
+        arguments.runner_arguments(recipe, Recipe, root, cache_size, isolate, track, on_progress)
         self.recipe = recipe
         self.root = Path(root)
         self.track = track
@@ -71,6 +72,8 @@ class Runner:
 
     def plan(self, until: str | None = None, only: str | None = None) -> list[str]:
         """Names of the stages a run would consider, in order."""
+        arguments.text("Runner.plan", "until", until, "a stage's name")
+        arguments.text("Runner.plan", "only", only, "a stage's name")
         for flag, name in (("--until", until), ("--only", only)):
             if name is not None and name not in self.recipe.stages:
                 raise EdgepipeError(
@@ -106,8 +109,13 @@ class Runner:
         Each worker's output goes to ``runs/R/.logs/<stage>.log``. Stages of an `exclusive` kind (the
         bench, which times things) run alone.
         """
+        arguments.text("Runner.run", "until", until, "a stage's name")
+        arguments.text("Runner.run", "only", only, "a stage's name")
+        arguments.flag("Runner.run", "force", force)
+        arguments.flag("Runner.run", "dry_run", dry_run)
+        arguments.check("Runner.run", "jobs", jobs, (int,), "an integer", "pass jobs=1 (default) or more")
         if jobs < 1:
-            raise EdgepipeError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more", exit_code=2)
+            raise ArgumentValueError(f"--jobs {jobs}: must be at least 1", "use --jobs 1 (default) or more")
         plan = self.plan(until, only)
         if dry_run:
             return self.scheduler.dry_run(plan, force)

@@ -29,6 +29,12 @@ def finish(s: Search) -> str:
         what = (
             f"; the closest: trial {near['trial']} ({'; '.join(near['over_budget']) or 'not measured'})" if near else ""
         )
+        failed = [r for r in rows if r["state"] == "failed"]
+        if failed and len(failed) == len(rows):  # nothing was measured: say why, not which budget
+            raise EdgepipeError(
+                f"search: every trial of {len(rows)} failed; trial {failed[0]['trial']}: {failed[0].get('note')}",
+                "read the trials' errors in the stage's output, and correct the train parameters or space that cause them",
+            )
         raise EdgepipeError(
             f"search: no trial of {len(rows)} met the budget ({front.budget_text(s.budgets)}){what}",
             "relax the budget, or move the space toward smaller models (fewer channels)",

@@ -82,6 +82,12 @@ class SearchParams:
     study: str | None = param(None, "study name in the storage; null: the stage's name")
 
     def __post_init__(self):
+        for knob in (*BUDGETS, "min_val_accuracy"):
+            value = getattr(self, knob)
+            if isinstance(value, (int, float)) and not value > 0:  # every trial's excess is relative to it
+                raise ValueError(
+                    f"{knob}: {value} is no budget (it must be > 0); fix: give a limit above 0, or drop it"
+                )
         if not self.space:
             raise ValueError("space is empty: nothing to search; fix: add e.g. lr: {low: 0.001, high: 0.01}")
         if len(self.objectives) != len(set(self.objectives)) or "val_accuracy" not in self.objectives:

@@ -6,17 +6,22 @@ stage's key is unchanged, so a killed search resumes with its finished trials), 
 which several machines can work on at once (`edgepipe worker RECIPE STAGE`).
 
 Every process, the chief and each worker, runs the same loop: ask for a trial, run it, tell the result,
-until the study holds `trials` trials that are finished or running. The budget is shared: a trial asked
-for beyond it (two processes asked at the same moment) is told as failed with `surplus` set and is left
-out of every table. A trial that was running in a process that no longer exists (killed) is failed
-and its parameters are asked again, so a resumed search neither loses nor repeats it.
+until the study holds `trials` trials that are finished (complete, pruned or failed) or running: a trial
+that fails (a NaN loss, a figure that cannot be computed) spends its place, so a search whose every
+trial fails stops after `trials` of them. The budget is shared: a trial asked for beyond it (two
+processes asked at the same moment) is told as failed with `surplus` set and is left out of every table.
+A trial abandoned through no fault of its own (its process was killed, interrupted with Ctrl-C or
+SIGTERM, or stopped by an EdgepipeError such as a missing tool) is failed with `abandoned` set and its
+parameters are asked again, so a resumed search neither loses nor repeats it, and it does not count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +34,7 @@ SPACE_ATTR = "edgepipe_space"
 RUNNER_ATTR = "runner"  # host:pid of the process that runs a trial
 SURPLUS_ATTR = "surplus"
 RETRY_OF_ATTR = "retry_of"
+ABANDONED_ATTR = "abandoned"
 HEARTBEAT_SECONDS = 30
 
 
@@ -160,36 +166,89 @@ def fail_orphans(study) -> int:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(t.user_attrs.get(RUNNER_ATTR, "")) is False:
             with contextlib.suppress(Exception):  # another process may fail it at the same moment
-                study.tell(t.number, state=TrialState.FAIL)
-                study.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
+                abandon(study, t._trial_id, t.number, t.params)
                 n += 1
     return n
 
 
-def counted(study) -> list:
-    """The trials that count against the budget: finished (complete or pruned) and running or queued."""
+def abandon(study, trial_id: int, number: int, params: dict) -> None:
+    """Fail a running trial that stopped through no fault of its own, and ask its parameters again."""
     from optuna.trial import TrialState
 
+    study._storage.set_trial_user_attr(trial_id, ABANDONED_ATTR, True)  # while it runs: tell freezes it
+    study.tell(number, state=TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: number})
+
+
+def counted(study) -> list:
+    """The trials that count against the budget: finished (complete, pruned or failed) and running; not
+    a surplus trial, nor an abandoned one whose parameters were asked again (the retry counts instead)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
+    spent = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
     return [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        if not t.user_attrs.get(SURPLUS_ATTR)
+        for t in trials
+        if t.state in spent
+        and not t.user_attrs.get(SURPLUS_ATTR)
+        and not (t.state == TrialState.FAIL and (t.user_attrs.get(ABANDONED_ATTR) or t.number in retried))
     ]
+
+
+@contextlib.contextmanager
+def _noting_signals():
+    """Note SIGINT and SIGTERM while trials run, then let the handlers in place act as before.
+
+    A library can turn the KeyboardInterrupt a handler raises into an ordinary exception (TensorFlow does
+    for one raised inside a py_function or a tf.data generator); the trial would then count as failed and
+    the search go on. The note lets the loop stop anyway. Only the main thread can set handlers.
+    """
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    before = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if not callable(handler):  # SIG_DFL for SIGTERM ends the process anyway; SIG_IGN: ignored as asked
+            continue
+
+        def note(n, frame, handler=handler):
+            noted.append(n)
+            handler(n, frame)
+
+        before[signum] = handler
+        signal.signal(signum, note)
+    try:
+        yield noted
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def run_trials(study, objective: Callable, budget: int, on_done: Callable[[object], None]) -> int:
     """Ask, run and tell trials until the study has `budget` counted trials; returns how many ran here.
 
     `objective(trial)` returns the value(s), or raises optuna.TrialPruned; any other exception fails the
-    trial (its message kept as the `error` user attribute) and the search goes on, except an
-    EdgepipeError or an interrupt, which stop it.
+    trial (its message kept as the `error` user attribute; it counts against the budget) and the search
+    goes on, except an EdgepipeError or an interrupt (Ctrl-C, SIGTERM), which abandon the trial (its
+    parameters are asked again when the search resumes) and stop the search.
     """
+    with _noting_signals() as signals:
+        return _run_trials(study, objective, budget, on_done, signals)
+
+
+def _run_trials(study, objective: Callable, budget: int, on_done: Callable, signals: list[int]) -> int:
     import optuna
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
     ran = 0
     while True:
+        if signals:  # an interrupt that came between trials, or during a pruned one
+            raise KeyboardInterrupt
         fail_orphans(study)
         if len(counted(study)) >= budget:
             return ran
@@ -208,13 +267,19 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
                 beat = get_heartbeat_thread(trial._trial_id, study._storage)  # Optuna's own helper
             with beat:
                 values = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            if signals:
+                raise KeyboardInterrupt  # the interrupt arrived, but what the trial ran swallowed it
         except (EdgepipeError, KeyboardInterrupt, SystemExit):
             with contextlib.suppress(Exception):
-                study.tell(trial, state=TrialState.FAIL)
+                abandon(study, trial._trial_id, trial.number, trial.params)
             raise
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
         except Exception as e:  # noqa: BLE001 - a trial that crashes (NaN, a builder's error) is one failed trial
+            if signals:  # an interrupt turned into an ordinary exception on its way out of a library
+                with contextlib.suppress(Exception):
+                    abandon(study, trial._trial_id, trial.number, trial.params)
+                raise KeyboardInterrupt from None
             trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
             study.tell(trial, state=TrialState.FAIL)
         else:

@@ -173,9 +173,10 @@ class Search:
                         "add inputs: {reference: <a convert stage with an int8 model>}",
                     )
                 value = self.reference.get(figure)
-                if value is None:
+                if value is None or not value > 0:  # a limit of 0 (or NaN) is no budget: nothing is relative to it
+                    got = "no" if value is None else f"a {figure} of {value} for"
                     raise EdgepipeError(
-                        f"search: {knob}: reference, but {self.target.name} gives no {figure} for the reference model",
+                        f"search: {knob}: reference, but {self.target.name} gives {got} the reference model",
                         "use a calibrated profile (cortex-m4) or a number",
                     )
             if value is not None:
@@ -196,7 +197,7 @@ class Search:
             value = row.get(figure)
             if value is None:
                 continue
-            excess = (limit - value) / limit if figure == "val_accuracy" else (value - limit) / limit
+            excess = _excess(figure, value, limit)
             worst = excess if worst is None else max(worst, excess)
             if excess > 0:
                 missed.append(
@@ -314,9 +315,7 @@ class Search:
         for figure, limit in self.budgets.items():  # Optuna's constraints: feasible when every value is <= 0
             value = row.get(figure)
             if value is not None:
-                trial.set_constraint(
-                    figure, (limit - value) / limit if figure == "val_accuracy" else (value - limit) / limit
-                )
+                trial.set_constraint(figure, _excess(figure, value, limit))
 
     def _said(self, t) -> None:
         """One line per finished trial: its figures, the best so far, an ETA."""
@@ -343,7 +342,7 @@ class Search:
     # -- the outcome -------------------------------------------------------------------------------------
 
     def rows(self) -> list[dict]:
-        """Every trial of the study as a row (surplus trials and retried orphans left out)."""
+        """Every trial of the study as a row (surplus trials and abandoned or retried ones left out)."""
         from optuna.trial import TrialState
 
         states = {
@@ -352,13 +351,16 @@ class Search:
             TrialState.FAIL: "failed",
             TrialState.RUNNING: "running",
         }
-        retried = {t.user_attrs.get(study.RETRY_OF_ATTR) for t in self.study.get_trials(deepcopy=False)}
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get(study.RETRY_OF_ATTR) for t in trials} | {
+            t.system_attrs.get("failed_trial") for t in trials
+        }
         out = []
         for t in self.study.get_trials(deepcopy=False):
             if (
                 t.state not in states
                 or t.user_attrs.get(study.SURPLUS_ATTR)
-                or (t.state == TrialState.FAIL and t.number in retried)
+                or (t.state == TrialState.FAIL and (t.number in retried or t.user_attrs.get(study.ABANDONED_ATTR)))
             ):
                 continue
             row = {
@@ -378,6 +380,13 @@ class Search:
             row["feasible"] = row["state"] == "complete" and row.get("val_accuracy") is not None and not missed
             out.append(row)
         return out
+
+
+def _excess(figure: str, value: float, limit: float) -> float:
+    """How far `value` misses `limit`, relative to it (<= 0: within). Budgets are > 0 (checked at load and for
+    a reference); a limit of 0 would still give a number, the absolute overshoot, never a division by zero."""
+    over = limit - value if figure == "val_accuracy" else value - limit
+    return over / limit if limit > 0 else over
 
 
 def _history(path: Path) -> list[dict]:
