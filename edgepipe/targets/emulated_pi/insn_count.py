@@ -133,7 +133,9 @@ def run_counted(
         args = [f"out={out}", f"mode={mode}"] + (["mnemonics=on"] if mnemonics else [])
         cmd = qemu_user_args(cpu, device / "rootfs", device / "site", qemu)
         cmd[1:1] = ["-plugin", ",".join([str(plugin), *args])] if plugin_enabled else []
-        cmd[1:1] = ["-E", "PYTHONHASHSEED=0"]
+        # numpy's OpenBLAS starts a worker per host core (qemu-user shows the host's affinity) that
+        # spins on NOPs for as long as the wall clock lets it: no part of an inference, so none here
+        cmd[1:1] = ["-E", "PYTHONHASHSEED=0", "-E", "OPENBLAS_NUM_THREADS=1"]
         cmd += [str(INVOKE_LOOP), str(Path(model).resolve()), str(invokes), str(threads)]
         log.debug("running %s", " ".join(cmd))
         start = time.monotonic()
@@ -162,9 +164,9 @@ def steady_state(run_n: dict, run_2n: dict, invokes: int) -> dict:
     inference threads.
 
     Inference threads are those that run vector work in the 2N run. The others are left out of
-    `per_invoke` and listed in `idle_threads`: with LiteRT 2.x under qemu there is one that spins
-    (NOPs, a load, a branch) for as long as the wall clock lets it, so its count is no property of the
-    model and differs from run to run, even in sign after subtraction.
+    `per_invoke` and listed in `idle_threads`: a thread that only waits (numpy's OpenBLAS worker, when
+    it is not switched off, spins on NOPs for as long as the wall clock lets it) counts nothing that
+    belongs to the model and differs from run to run, even in sign after subtraction.
     """
     ta, tb = _thread_totals(run_n), _thread_totals(run_2n)
     classes = run_n["classes"]
