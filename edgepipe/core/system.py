@@ -37,6 +37,7 @@ PACKAGES = (
     Package("openssh-server", "/usr/sbin/sshd", "test", "the SSH 'device' the tests bench on 127.0.0.1"),
     Package("chromium", "chromium", "test", "renders report.html headless"),
     Package("qemu-user-static", "qemu-aarch64-static", "test", "runs arm64 LiteRT for the emulated Raspberry Pi"),
+    Package("qemu-user", "qemu-aarch64", "test", "loads the TCG plugin that counts the emulated Pi's instructions"),
     Package("mmdebstrap", "mmdebstrap", "test", "builds the emulated Pi's root file system"),
     Package("arch-test", "arch-test", "test", "lets mmdebstrap check the foreign architecture"),
     Package("binfmt-support", "update-binfmts", "test", "registers qemu for the emulated Pi's whole-system test"),

@@ -44,8 +44,11 @@ Modules:
     ssh           what both devices share: keys, ports, the SSH endpoint, starting and stopping
     user_device   EmulatedPi: this machine's sshd and the emulated python
     vm            EmulatedPiVM: the booted arm64 VM
+    insn_count    instruction classes a LiteRT inference executes on the emulated core, counted by a
+                  TCG plugin (plugin/insn_classes.c) under Debian's dynamic qemu-user (issue #31)
+    invoke_loop   what the counted runs execute on the emulated python: N invokes of one model
 
-Requires: Debian's qemu-user-static, qemu-system-arm, mmdebstrap, arch-test (system variant),
+Requires: Debian's qemu-user-static (qemu-user and a C compiler for insn_count), qemu-system-arm, mmdebstrap, arch-test (system variant),
 binfmt-support (system variant), e2fsprogs, openssh-server/-client; root for building (mmdebstrap's root
 mode). Standard library only.
 """

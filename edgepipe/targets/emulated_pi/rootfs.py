@@ -129,22 +129,14 @@ def _precompile(dirs: list[Path], log: Path, emulated_python: Path, built: Path,
     return "host " + py if py else "emulated"
 
 
-def wrapper_text(
-    cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/usr/bin/qemu-aarch64-static", note: str = ""
-) -> str:
-    """The `python` wrapper script of the user variant: bookworm's aarch64 python3.11 under qemu-user.
-
-    * `-cpu` names the Pi's core (never qemu's `max`).
-    * `-L ROOTFS`: the guest's absolute paths are looked up in ROOTFS first (libraries, /proc/cpuinfo),
-      then on the host (the harness's /tmp/edgepipe.* files).
-    * the interpreter is started by its host path inside ROOTFS, so sys.prefix is ROOTFS/usr and Python
-      never picks up the host's site directories.
-    * PYTHONPATH is the wheels; no user site, no .pyc writes (the cache stays read-only), and the
-      host's PYTHONHOME/LD_PRELOAD/LD_LIBRARY_PATH are not handed to the ARM process.
-    """
+def qemu_user_args(
+    cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/usr/bin/qemu-aarch64-static"
+) -> list[str]:
+    """The command line that runs bookworm's aarch64 python3.11 under qemu-user `qemu` (what the wrapper
+    script execs, without the script's arguments); see `wrapper_text`."""
     cpu_model(cpu)
     r, s = str(rootfs), str(site)
-    args = [
+    return [
         qemu,
         "-cpu",
         cpu,
@@ -164,6 +156,22 @@ def wrapper_text(
         "LD_LIBRARY_PATH",
         f"{r}/usr/bin/python3.11",
     ]
+
+
+def wrapper_text(
+    cpu: str, rootfs: str | Path, site: str | Path, qemu: str = "/usr/bin/qemu-aarch64-static", note: str = ""
+) -> str:
+    """The `python` wrapper script of the user variant: bookworm's aarch64 python3.11 under qemu-user.
+
+    * `-cpu` names the Pi's core (never qemu's `max`).
+    * `-L ROOTFS`: the guest's absolute paths are looked up in ROOTFS first (libraries, /proc/cpuinfo),
+      then on the host (the harness's /tmp/edgepipe.* files).
+    * the interpreter is started by its host path inside ROOTFS, so sys.prefix is ROOTFS/usr and Python
+      never picks up the host's site directories.
+    * PYTHONPATH is the wheels; no user site, no .pyc writes (the cache stays read-only), and the
+      host's PYTHONHOME/LD_PRELOAD/LD_LIBRARY_PATH are not handed to the ARM process.
+    """
+    args = qemu_user_args(cpu, rootfs, site, qemu)
     head = (
         "#!/bin/sh\n"
         f"# python of an emulated Raspberry Pi ({cpu}): Debian {SUITE} arm64 CPython 3.11 under qemu-user.\n"
