@@ -35,7 +35,8 @@ def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str |
 def _runner(r, root: Path, track: str | None = None):
     from edgepipe.pipeline.runner import Runner
 
-    return Runner(r, root, cache_size=_config().cache_bytes, track=track)
+    config = _config()
+    return Runner(r, root, cache_size=config.cache_bytes, track=track, tracking_uri=config.tracking_store)
 
 
 class _Once(click.Option):
