@@ -107,11 +107,13 @@ target_options = _stack(target_opt, host_opt)
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """edgepipe: from a dataset to benchmarked LiteRT models, one recipe at a time."""
+    from edgepipe.core import native
     from edgepipe.pipeline import config
 
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
     ctx.obj = {"debug": debug, "config": config.load()}
     ctx.with_resource(config.environment(ctx.obj["config"]))
+    ctx.with_resource(native.library_noise_to_log())  # a library's warnings go to the log (--debug), not stderr
 
 
 @main.command()
