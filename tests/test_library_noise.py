@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from edgepipe.testing import check_clean_outcome, run_cli, tiny_recipe, write_idx_dataset
 
 NOISY_BUILDER = """
-import json, os, warnings
+import builtins, json, os, warnings
 from edgepipe.training.nets import tiny_conv
 
 def build(input_shape, num_classes, **kw):
     with open(os.environ["NOISE_FILE"]) as f:
         said = json.load(f)
-    warnings.warn(said["message"], getattr(__builtins__, said["category"], None) or UserWarning)
+    warnings.warn(said["message"], getattr(builtins, said["category"]))
     return tiny_conv(input_shape, num_classes, **kw)
 """
 CATEGORIES = ["UserWarning", "DeprecationWarning", "FutureWarning", "RuntimeWarning", "PendingDeprecationWarning"]
