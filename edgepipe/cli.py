@@ -35,7 +35,8 @@ def _load(recipe: str, profile: str | None, sets: tuple[str, ...], target: str |
 def _runner(r, root: Path, track: str | None = None):
     from edgepipe.pipeline.runner import Runner
 
-    return Runner(r, root, cache_size=_config().cache_bytes, track=track)
+    config = _config()
+    return Runner(r, root, cache_size=config.cache_bytes, track=track, tracking_uri=config.tracking_store)
 
 
 class _Once(click.Option):
@@ -106,11 +107,13 @@ target_options = _stack(target_opt, host_opt)
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """edgepipe: from a dataset to benchmarked LiteRT models, one recipe at a time."""
+    from edgepipe.core import native
     from edgepipe.pipeline import config
 
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
     ctx.obj = {"debug": debug, "config": config.load()}
     ctx.with_resource(config.environment(ctx.obj["config"]))
+    ctx.with_resource(native.library_noise_to_log())  # a library's warnings go to the log (--debug), not stderr
 
 
 @main.command()

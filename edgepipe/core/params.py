@@ -21,6 +21,11 @@ from edgepipe.core.errors import RecipeError
 FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
+# The most epochs any stage trains for: a bound so that a typo (epochs: 1000000000) is refused at load, not run
+# for years; no edgepipe recipe needs more than a few hundred.
+MAX_EPOCHS = 10_000
+
+
 def param(default: Any, doc: str, *, min: float | None = None, max: float | None = None) -> Any:
     """A parameter field: its default, its one-line meaning and an optional inclusive range."""
     meta = {"doc": doc, "min": min, "max": max}

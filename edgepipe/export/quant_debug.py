@@ -127,6 +127,7 @@ def debug(
         rows.append(
             {
                 "layer": layers[-1] if layers else r["tensor_name"].split(";")[0],
+                "is_layer": bool(layers),  # False: `layer` is the debugger's tensor name, no Keras layer's
                 "op": r["op_name"],
                 "tensor": r["tensor_name"],
                 "unresolved_channels": float(np.mean(live < scale)) if live.size else 0.0,
@@ -201,13 +202,26 @@ def _cell(v) -> str:
 
 
 def worst_layers(rows: list[dict], n: int) -> list[str]:
-    """The layers of the n worst operators (each layer once)."""
+    """The Keras layers of the n worst operators (each layer once), in Keras' names: `keep_float` takes those.
+
+    An operator the debugger names by a tensor no Keras layer can be traced to (a reshape LiteRT added, the
+    graph call's own output) is passed over, not looked up as a layer name it is not.
+
+    Raises:
+        EdgepipeError: no operator of the rows belongs to a Keras layer.
+    """
     out: list[str] = []
     for r in rows:
-        if r["layer"] not in out:
+        if r.get("is_layer", True) and r["layer"] not in out:
             out.append(r["layer"])
         if len(out) == n:
             break
+    if rows and not out:
+        raise EdgepipeError(
+            "keep_float_worst: no quantized operator the debugger ranked belongs to a Keras layer (it names "
+            f"{', '.join(dict.fromkeys(r['op'] + ' ' + r['layer'] for r in rows[:3]))})",
+            "name the layers to keep float with keep_float (see quant_debug.csv)",
+        )
     return out
 
 

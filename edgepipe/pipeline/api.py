@@ -106,7 +106,7 @@ def run(
     r = load_recipe(
         source, profile=profile, target=target, host=host, default_target=cfg.target, hosts=cfg.hosts, values=set
     )
-    runner = Runner(r, Path(root), cache_size=cfg.cache_bytes, isolate=isolate)
+    runner = Runner(r, Path(root), cache_size=cfg.cache_bytes, isolate=isolate, tracking_uri=cfg.tracking_store)
     with project_config.environment(cfg):
         try:
             results = runner.run(until=until, only=only, force=force, jobs=jobs)

@@ -40,6 +40,7 @@ UNITS = {
     "T": 1024**4,
     "TB": 1024**4,
 }
+BARE_URIS = ("databricks", "databricks-uc", "uc")  # tracking URIs MLflow takes without a scheme; a folder otherwise
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 
 
@@ -60,7 +61,11 @@ class ProjectConfig:
     hosts: dict[str, str] = param(
         {}, "target name -> user@address[:port] of that device, for SSH targets; --host and a stage's host param win"
     )
-    tracking_uri: str | None = param(None, "experiment tracking URI (an MLflow server, or a local folder)")
+    tracking_uri: str | None = param(
+        None,
+        "MLflow tracking URI (a server, or a folder relative to the config file) of runs that track; "
+        "--track URI, the recipe's tracking.uri and $EDGEPIPE_TRACKING_URI / $MLFLOW_TRACKING_URI win",
+    )
     run_cache_size: int | str = param(
         "2 GB", "bytes each recipe's run cache may hold (e.g. 500 MB, 10 GB); 0 turns the run cache off"
     )
@@ -80,6 +85,16 @@ class ProjectConfig:
         for name, host in self.hosts.items():
             if not HOST.match(host):
                 raise ValueError(f"hosts.{name}: {host!r} is not user@address[:port]; fix: e.g. pi@192.168.1.20")
+
+    @property
+    def tracking_store(self) -> str | None:
+        """`tracking_uri` as the tracker takes it: a URI as written, a folder made absolute from the config
+        file's folder (so every command, from any subfolder, tracks into the same store)."""
+        uri = self.tracking_uri
+        if uri is None or uri in BARE_URIS or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", uri):
+            return uri
+        base = self.path.parent if self.path else Path.cwd()
+        return os.path.abspath(base / Path(uri).expanduser())
 
     @property
     def cache_bytes(self) -> int:

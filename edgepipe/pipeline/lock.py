@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edgepipe.core import fsio, ui
+from edgepipe.core.errors import EdgepipeError
 from edgepipe.pipeline import schema
 from edgepipe.pipeline.recipe import Recipe
 
@@ -33,6 +34,11 @@ class Lock:
         fsio.write_json(self.path, {"version": LOCK_VERSION, "recipe": str(self.recipe.path), "stages": kept})
 
     def _read(self) -> dict[str, dict]:
+        if self.path.exists() and not self.path.is_file():  # refused before a stage runs: it could never be written
+            raise EdgepipeError(
+                f"{self.path} is not a file (a folder or a device), so the run's lock file cannot be written there",
+                f"remove it (rm -r '{self.path}'); every stage then reruns",
+            )
         if not self.path.is_file():
             return {}
         try:

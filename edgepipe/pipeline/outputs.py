@@ -66,9 +66,10 @@ class Outputs:
     # -- the run's record ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def tracked(self, track: str | None) -> Iterator[None]:
-        """Track the stages run inside (`--track`, the recipe's `tracking:` block); say how it ended."""
-        self.tracker = tracking.start(self.recipe, self.root, track)  # before anything is written
+    def tracked(self, track: str | None, configured: str | None = None) -> Iterator[None]:
+        """Track the stages run inside (`--track`, the recipe's `tracking:` block, into the `configured`
+        store unless they or the environment name one); say how it ended."""
+        self.tracker = tracking.start(self.recipe, self.root, track, configured)  # before anything is written
         ok = False
         try:
             yield

@@ -24,10 +24,12 @@ from edgepipe.core.paths import relative_pattern, safe_name
 from edgepipe.core.stage import StageKind
 from edgepipe.core.yamlio import load_yaml
 from edgepipe.pipeline import overrides
+from edgepipe.pipeline.recipe_file import find_recipe, read_text  # noqa: F401 - find_recipe: callers import it from here
 from edgepipe.pipeline.tracking import TrackingParams
 from edgepipe.stages.registry import kinds
 from edgepipe.targets.backends import backend_for, measured_as
 from edgepipe.targets.profiles import load_target
+from edgepipe.targets.remote import check_addresses
 
 # The keys a recipe may have at its top level, and in each stage (their meanings: docs/recipes.md).
 TOP_KEYS = ("name", "description", "vars", "profiles", "target", "tracking", "stages")
@@ -75,19 +77,6 @@ class Recipe:
                 wanted.add(n)
                 todo.extend(self.stages[n].upstream())
         return [n for n in self.stages if n in wanted]
-
-
-def find_recipe(name_or_path: str, recipes_dir: Path = Path("recipes")) -> Path:
-    """Resolve `mnist_student`, `recipes/mnist_student.yaml` or any path to an existing file."""
-    recipes_dir = arguments.find_recipe_arguments(name_or_path, recipes_dir)
-    p = Path(name_or_path)
-    candidates = [p, recipes_dir / p, recipes_dir / f"{name_or_path}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted(x.stem for x in recipes_dir.glob("*.yaml")) if recipes_dir.is_dir() else []
-    fix = f"use one of: {', '.join(known)}" if known else "give the path of a recipe YAML file"
-    raise RecipeError(f"recipe '{name_or_path}' not found", fix)
 
 
 def load_recipe(
@@ -179,7 +168,7 @@ def _read(path: Path) -> dict:
     """The recipe file as a mapping, its top-level keys and stage names checked."""
     where = str(path)
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -287,6 +276,8 @@ def _apply_target(
             given = (hosts or {}).get(stage.params.target) or (hosts or {}).get(profile.name)
             if given:
                 stage.params.host = given
+        if backend.takes_host:
+            check_addresses(stage.params, f"{where}: stages.{name}.params", from_cli=bool(host))
     if host and not took_host:
         raise RecipeError(
             f"--host {host}: no stage of {where} benches an SSH target",

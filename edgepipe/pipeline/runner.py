@@ -40,6 +40,8 @@ class Runner:
             TensorFlow state (op determinism, the Keras session) is left as it was (the Python API).
         track: `--track`; None tracks as the recipe's `tracking:` block says, "" tracks to the default
             URI, anything else is the MLflow tracking URI (see `edgepipe.pipeline.tracking`).
+        tracking_uri: the project config's tracking store (`ProjectConfig.tracking_store`), for runs that
+            track without a URI of their own.
         on_progress: receives the running stages' progress events (`edgepipe.core.progress.Event`), from
             worker processes too; None: live lines in the terminal when stdout is one (`edgepipe.core.live`).
     """
@@ -51,12 +53,13 @@ class Runner:
         cache_size: int = DEFAULT_SIZE,
         isolate: bool = False,
         track: str | None = None,
+        tracking_uri: str | None = None,
         on_progress: progress.Sink | None = None,
     ):
         arguments.runner_arguments(recipe, Recipe, root, cache_size, isolate, track, on_progress)
         self.recipe = recipe
         self.root = Path(root)
-        self.track = track
+        self.track, self.tracking_uri = track, tracking_uri
         self.run_dir = self.root / "runs" / recipe.name
         self.lock = Lock(self.run_dir / "lock.json", recipe)
         self.cache = RunCache(self.run_dir / ".cache", cache_size)
@@ -120,7 +123,7 @@ class Runner:
         if dry_run:
             return self.scheduler.dry_run(plan, force)
         self.preflight(plan, force)
-        with self.outputs.tracked(self.track), self._exclusive():
+        with self.outputs.tracked(self.track, self.tracking_uri), self._exclusive():
             return self._recorded("run", plan, set(plan) if force else set(), jobs)
 
     def run_kind(self, kind: str, force: bool = False, jobs: int = 1) -> list[Result]:

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from edgepipe.core import live, progress, ui
 from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.native import library_noise_to_log
 from edgepipe.core.stage import StageIO
 from edgepipe.pipeline.keys import CodeVersion, stage_key, why_stale
 from edgepipe.pipeline.lock import Lock
@@ -227,7 +228,7 @@ class Scheduler:
         try:
             if stage.kind.resets_keras:
                 _fresh_keras_session()
-            with progress.reporting(stage.name, self._sink):
+            with progress.reporting(stage.name, self._sink), library_noise_to_log():
                 summary = stage.kind.run(stage.params, io) or ""
         except BaseException as e:  # noqa: BLE001 - whatever stopped the stage (Ctrl-C too), its half output goes
             shutil.rmtree(io.out, ignore_errors=True)

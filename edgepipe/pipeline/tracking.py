@@ -223,7 +223,7 @@ class Tracker:
             ui.warn(f"{self.stopped}; tracking stopped, the run goes on")
 
 
-def start(recipe, root: Path, track: str | None) -> Tracker | None:
+def start(recipe, root: Path, track: str | None, configured: str | None = None) -> Tracker | None:
     """The tracker of this run, or None when tracking is off.
 
     Args:
@@ -231,6 +231,8 @@ def start(recipe, root: Path, track: str | None) -> Tracker | None:
         root: the project folder (runs/, models/ and the default `mlruns/`).
         track: `--track`: None (as the recipe says), "" (on, the URI as the recipe or environment says),
             or a URI.
+        configured: the project config's `tracking_uri` (`ProjectConfig.tracking_store`), used when none
+            of those nor the environment gives one; a folder there is a store like the default one.
 
     Raises:
         EdgepipeError: tracking is on and MLflow is not installed, or `--track` is not a URI.
@@ -253,15 +255,19 @@ def start(recipe, root: Path, track: str | None) -> Tracker | None:
             f"{INSTALL} (or drop --track and the recipe's tracking block)",
         ) from None
     uri = track or (block.uri if block else None) or next((os.environ[v] for v in URI_ENV if os.environ.get(v)), None)
-    artifacts = None
-    if uri is None:  # MLflow's file store refuses new runs since 3.x; its own default is SQLite
-        store = Path(root).resolve() / "mlruns"
+    artifacts = store = None
+    if uri is None and configured is not None and Path(configured).is_absolute():
+        store = Path(configured)  # the config's folder (tracking_store made it absolute)
+    elif uri is None:
+        uri = configured
+    if uri is None or store is not None:  # MLflow's file store refuses new runs since 3.x; its own default is SQLite
+        store = store or Path(root).resolve() / "mlruns"
         uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
     name = (block.experiment if block else None) or recipe.name
     try:
         with _mlflow_quiet():
-            if artifacts:
-                Path(root, "mlruns").mkdir(parents=True, exist_ok=True)
+            if store is not None:
+                store.mkdir(parents=True, exist_ok=True)
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(name)
             experiment_id = (

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Literal
 
 from edgepipe.core.errors import EdgepipeError, RecipeError
-from edgepipe.core.params import build, key_text, param
+from edgepipe.core.params import MAX_EPOCHS, build, key_text, param
 from edgepipe.search import study
 from edgepipe.search.space import AUGMENT_SCALE, TEACHER, Dimension, trial_params
 from edgepipe.training import nets
@@ -68,6 +68,7 @@ class SearchParams:
         None,
         "retrain the chosen configuration for this many epochs as the output (null: the chosen trial's own model)",
         min=1,
+        max=MAX_EPOCHS,
     )
     compare_distillation: bool = param(
         False,

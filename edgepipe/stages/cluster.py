@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from edgepipe.core import fsio
-from edgepipe.core.params import param
+from edgepipe.core.params import MAX_EPOCHS, param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
@@ -28,7 +28,7 @@ class ClusterParams(Fit):
     layers: list[str] = param([], "layers to cluster (default: every Conv2D, DepthwiseConv2D and Dense)")
     skip: list[str] = param([], "layers never clustered")
     lr: float = param(1e-4, "fine-tuning learning rate", min=0.0, max=1.0)
-    epochs: int = param(3, "fine-tuning epochs", min=1)
+    epochs: int = param(3, f"fine-tuning epochs (at most {MAX_EPOCHS})", min=1, max=MAX_EPOCHS)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping")
 

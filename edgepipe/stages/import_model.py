@@ -24,6 +24,7 @@ from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import Dataset, load_dataset
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+QUANTIZED = ("int8", "uint8", "int16")  # integer tensors edgepipe feeds and reads, through their scale and zero point
 WHAT = "an .h5 or .keras file, a SavedModel folder or a .tflite file"
 
 
@@ -102,6 +103,7 @@ def _import_tflite(params: ImportParams, ds: Dataset, io: StageIO) -> str:
         raise EdgepipeError(
             f"import: {params.path} is not a model LiteRT can run ({e.message})", f"give {WHAT}"
         ) from None
+    _check_types(params.path, din, dout)
     _check_shapes(params.path, list(din["shape"][1:]), int(dout["shape"][-1]), ds)
     path = io.out / f"{name}_{facts['variant']}.tflite"
     fsio.copy_file(src, path)
@@ -179,6 +181,26 @@ def _load_keras(path: str):
             "save the model with tf_keras' model.save()",
         )
     return model
+
+
+def _check_types(path: str, din: dict, dout: dict) -> None:
+    """Refuse a .tflite whose input or output edgepipe cannot feed or read (bool, string, an unquantized
+    integer, float16), naming what it supports, before anything else reads it."""
+    for what, d in (("input", din), ("output", dout)):
+        dtype = np.dtype(d["dtype"])
+        if dtype == np.float32 or (dtype.name in QUANTIZED and (d.get("quantization") or (0.0,))[0] > 0):
+            continue
+        kind = dtype.name if dtype.name in QUANTIZED else _dtype_name(dtype)
+        raise EdgepipeError(
+            f"import: {path}: its {what} is {kind}{' without quantization' if dtype.name in QUANTIZED else ''}, "
+            "which edgepipe does not run",
+            f"give an image classifier whose input and output are float32, or {'/'.join(QUANTIZED)} quantized "
+            "(as LiteRT's converter writes them)",
+        )
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return "string" if dtype.kind in "SUO" else dtype.name
 
 
 def _check_shapes(path: str, input_shape: list, classes, ds: Dataset) -> None:

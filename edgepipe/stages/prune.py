@@ -13,7 +13,7 @@ import math
 
 from edgepipe.core import fsio
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.params import param
+from edgepipe.core.params import MAX_EPOCHS, param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
@@ -44,7 +44,7 @@ class PruneParams(Fit):
     layers: list[str] = param([], "layers to prune (default: every layer tfmot can prune)")
     skip: list[str] = param([], "layers never pruned (the first conv and the classifier are usual picks)")
     lr: float = param(3e-4, "fine-tuning learning rate", min=0.0, max=1.0)
-    epochs: int = param(4, "fine-tuning epochs", min=1)
+    epochs: int = param(4, f"fine-tuning epochs (at most {MAX_EPOCHS})", min=1, max=MAX_EPOCHS)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(
         EarlyStopping(enabled=False), "early stopping (off: it would stop before the ramp ends)"

@@ -11,7 +11,7 @@ import dataclasses
 import re
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.params import param
+from edgepipe.core.params import MAX_EPOCHS, param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.training import compress
@@ -25,7 +25,7 @@ class QatParams(Fit):
     """Parameters of the qat stage (the training knobs, with fine-tuning defaults)."""
 
     lr: float = param(1e-4, "fine-tuning learning rate (low: the float weights are already good)", min=0.0, max=1.0)
-    epochs: int = param(2, "fine-tuning epochs", min=1)
+    epochs: int = param(2, f"fine-tuning epochs (at most {MAX_EPOCHS})", min=1, max=MAX_EPOCHS)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(EarlyStopping(enabled=False), "early stopping")
     preserve: compress.Preserve = param(

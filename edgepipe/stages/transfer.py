@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from edgepipe.core.errors import EdgepipeError
-from edgepipe.core.params import param
+from edgepipe.core.params import MAX_EPOCHS, param
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.tasks import classifiers_only
@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 class FineTune(Fit):
     """Phase 2: the training knobs again, with fine-tuning defaults, and which layers to unfreeze."""
 
-    epochs: int = param(0, "fine-tuning epochs; 0 stops after the head (phase 1)", min=0)
+    epochs: int = param(
+        0, f"fine-tuning epochs; 0 stops after the head (phase 1) (at most {MAX_EPOCHS})", min=0, max=MAX_EPOCHS
+    )
     lr: float = param(1e-4, "learning rate, lower than the head's so pretrained features move little", min=0.0, max=1.0)
     schedule: Schedule = param(Schedule(kind="constant"), "learning-rate schedule")
     early_stopping: EarlyStopping = param(EarlyStopping(patience=3), "early stopping")
@@ -96,7 +98,7 @@ class TransferParams(Fit):
     )
     head: Head = param(Head(), "the new classifier")
     fine_tune: FineTune = param(FineTune(), "phase 2 (fine-tuning)")
-    epochs: int = param(10, "phase 1 (head) epochs", min=1)
+    epochs: int = param(10, f"phase 1 (head) epochs (at most {MAX_EPOCHS})", min=1, max=MAX_EPOCHS)
     lr: float = param(1e-3, "phase 1 (head) learning rate", min=0.0, max=10.0)
 
     def __post_init__(self):

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from edgepipe.core.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,16 @@ RUNNER = Path(__file__).with_name("device_runner.py")
 HOST = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$"
 )
+
+
+def check_addresses(params, where: str, from_cli: bool = False) -> None:
+    """Refuse a malformed SSH address of a stage (its host, each of its fleet) when the recipe is loaded,
+    naming the param it came from (or --host), not after the stages before it have run."""
+    given = [("--host" if from_cli else f"{where}.host", params.host)] if params.host else []
+    given += [(f"{where}.fleet[{i}]", a) for i, a in enumerate(getattr(params, "fleet", None) or [])]
+    for what, address in given:
+        if not isinstance(address, str) or not HOST.match(address):
+            raise RecipeError(f"{what}: {address!r} is not user@address[:port]", "write it as e.g. pi@192.168.1.20")
 
 
 @dataclasses.dataclass(frozen=True)

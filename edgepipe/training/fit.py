@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgepipe.core import progress
-from edgepipe.core.params import param
+from edgepipe.core.params import MAX_EPOCHS, param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
 from edgepipe.datasets.augment import tf_dataset
@@ -28,8 +28,8 @@ class Schedule:
     """Learning-rate schedule."""
 
     kind: Literal["constant", "step", "cosine", "plateau"] = param("cosine", "how the learning rate evolves")
-    warmup_epochs: int = param(0, "linear warm-up from 0 (cosine only)", min=0)
-    step_epochs: int = param(10, "epochs between decays (step only)", min=1)
+    warmup_epochs: int = param(0, "linear warm-up from 0 (cosine only)", min=0, max=MAX_EPOCHS)
+    step_epochs: int = param(10, "epochs between decays (step only)", min=1, max=MAX_EPOCHS)
     gamma: float = param(0.1, "decay factor (step, plateau)", min=0.0, max=1.0)
     patience: int = param(2, "epochs without improvement before decaying (plateau only)", min=1)
     min_lr: float = param(0.0, "floor of the learning rate (cosine end value, plateau floor)", min=0.0)
@@ -63,7 +63,7 @@ class Fit:
         "callbacks see every Nth batch",
         min=1,
     )
-    epochs: int = param(10, "maximum epochs", min=1)
+    epochs: int = param(10, f"maximum epochs (at most {MAX_EPOCHS})", min=1, max=MAX_EPOCHS)
     early_stopping: EarlyStopping = param(EarlyStopping(), "early stopping")
     label_smoothing: float = param(0.0, "cross-entropy label smoothing (classification)", min=0.0, max=0.5)
     object_weight: float = param(

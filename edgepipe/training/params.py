@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Literal
 
 from edgepipe.core.params import param
+from edgepipe.training.arch_args import check_arch_args
 from edgepipe.training.fit import Fit
 
 
@@ -43,6 +44,7 @@ class TrainParams(Fit):
     )
 
     def __post_init__(self):
+        check_arch_args(self.arch, self.arch_args)
         if self.strategy != "default" and (self.folds > 1 or self.lr == "auto"):
             raise ValueError(
                 f"strategy {self.strategy} trains one model; it cannot be combined with folds or "
