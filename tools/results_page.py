@@ -72,7 +72,7 @@ def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
     """A recipe's figures as its report prints them: each target's own table first (a microcontroller's,
     with its tags), then this host's results table, the devices, the gates and any search."""
     from edgepipe.stages.report_search import search_lines
-    from edgepipe.stages.report_tables import COLUMNS, row_cells, target_tables
+    from edgepipe.stages.report_tables import ACCURACY, columns, row_cells, target_tables, task_table
 
     recipe, stage = path.parent.parent.name, path.parent.name
     measured_on = report.get("provenance") or {}
@@ -96,7 +96,9 @@ def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
     devices = report.get("devices") or {}
     measured = report.get("measured_on") or []
     targets = {r["name"]: r.get("targets") or {} for r in rows}
-    for own in target_tables(rows, targets, measured, devices):
+    metric = report.get("metric") or ACCURACY  # a detector's F1, a classifier's accuracy
+    head = columns(metric["short"])
+    for own in target_tables(rows, targets, measured, devices, metric["short"]):
         lines += [
             "",
             f"### {own['label']}",
@@ -110,10 +112,14 @@ def recipe_section(path: Path, report: dict, host: dict) -> list[str]:
         "",
         "### This host (the machine stamped above)",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    tasks = task_table(rows, metric)  # the task's other metrics (a detector's precision, recall, mAP)
+    if tasks:
+        lines += ["", "| " + " | ".join(tasks[0]) + " |", "|" + "---|" * len(tasks[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in tasks[1:]]
     gates = report.get("gates") or []
     if devices or gates:
         lines.append("")
@@ -150,7 +156,7 @@ def page(paths: list[Path], root: Path) -> str:
         stamp(root, host),
         "",
         "The figures the shipped recipes measured, copied from each recipe's `report.json` and formatted as its "
-        "report prints them. Accuracies are from the `.tflite` files (`val accuracy` on the validation split, "
+        "report prints them. Accuracies (a detector's F1) are from the `.tflite` files (`val accuracy` on the validation split, "
         "what the gates judge; `test accuracy` on the test split, the final figure: see "
         "[Validation and test](recipes.md#validation-and-test-which-figure-is-which)); `delta` is test points "
         "against the report's reference; latency is single-image invoke time after warm-up at one thread (1T) "

@@ -125,7 +125,8 @@ def _number(v: object) -> bool:
 
 
 def _figure(v: object) -> bool:
-    return v is None or _number(v)
+    """A measured figure: None, or any number, NaN included (json writes a diverged model's NaN as NaN)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _kind(v: object) -> str:

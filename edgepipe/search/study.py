@@ -10,9 +10,10 @@ until the study holds `trials` trials that are finished (complete, pruned or fai
 that fails (a NaN loss, a figure that cannot be computed) spends its place, so a search whose every
 trial fails stops after `trials` of them. The budget is shared: a trial asked for beyond it (two
 processes asked at the same moment) is told as failed with `surplus` set and is left out of every table.
-A trial abandoned through no fault of its own (its process was killed, interrupted with Ctrl-C or
-SIGTERM, or stopped by an EdgepipeError such as a missing tool) is failed with `abandoned` set and its
-parameters are asked again, so a resumed search neither loses nor repeats it, and it does not count.
+A trial abandoned through no fault of its own (its process was killed, or interrupted with Ctrl-C or
+SIGTERM) is failed with `abandoned` set and its parameters are asked again, so a resumed search neither
+loses nor repeats it, and it does not count. An EdgepipeError stops the search in one line and spends its
+trial: it may come from the trial's own parameters, which a resume would otherwise ask again forever.
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ def run_trials(study, objective: Callable, budget: int, on_done: Callable[[objec
 
     `objective(trial)` returns the value(s), or raises optuna.TrialPruned; any other exception fails the
     trial (its message kept as the `error` user attribute; it counts against the budget) and the search
-    goes on, except an EdgepipeError or an interrupt (Ctrl-C, SIGTERM), which abandon the trial (its
-    parameters are asked again when the search resumes) and stop the search.
+    goes on, except an interrupt (Ctrl-C, SIGTERM), which abandons the trial (its parameters are asked again
+    when the search resumes), and an EdgepipeError, which fails it; both stop the search.
     """
     with _noting_signals() as signals:
         return _run_trials(study, objective, budget, on_done, signals)
@@ -269,9 +270,14 @@ def _run_trials(study, objective: Callable, budget: int, on_done: Callable, sign
                 values = objective(trial)
             if signals:
                 raise KeyboardInterrupt  # the interrupt arrived, but what the trial ran swallowed it
-        except (EdgepipeError, KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit):  # not the trial's fault: its parameters are asked again on resume
             with contextlib.suppress(Exception):
                 abandon(study, trial._trial_id, trial.number, trial.params)
+            raise
+        except EdgepipeError as e:  # the search stops in one line; the trial is spent, or a resume would repeat it
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+                study.tell(trial, state=TrialState.FAIL)
             raise
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)

@@ -25,6 +25,7 @@ from edgepipe.core.paths import C_IDENTIFIER, CPP_KEYWORDS
 from edgepipe.core.stage import StageIO, StageKind
 from edgepipe.datasets.artifact import load_dataset
 from edgepipe.export.sidecar import sidecars
+from edgepipe.stages.report_tables import metric_of
 from edgepipe.targets.backends import backend_for
 from edgepipe.targets.profiles import load_target
 from edgepipe.targets.provenance import rows_by_name
@@ -165,7 +166,7 @@ def _card_metrics(side: dict, rows: list[dict], benches: list[dict]) -> list[str
     """Every benched variant's figures, then the model's weakest classes (the start of the limits)."""
     if not rows:
         return ["## Limits", ""]
-    metric = benches[0].get("metric") or {"label": "accuracy", "short": "accuracy"}
+    metric = metric_of(benches)
     lines = [
         "## Metrics of every variant",
         "",

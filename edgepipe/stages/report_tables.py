@@ -92,6 +92,8 @@ def flat_row(r: dict, ref: float | None) -> dict:
         "tflm_ok": (r.get("tflm") or {}).get("ok"),
         "test_samples": r["test_samples"],
         "parity": r["parity"],
+        # a task's other metrics (a detector's precision, recall, mAP); a classifier's row has none
+        **({"task_metrics": r["task_metrics"]} if "task_metrics" in r else {}),
     }
 
 

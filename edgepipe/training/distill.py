@@ -16,7 +16,7 @@ from edgepipe.core.errors import EdgepipeError
 from edgepipe.core.params import param
 from edgepipe.core.stage import StageIO
 from edgepipe.datasets.artifact import Dataset
-from edgepipe.tasks import TASKS, classifiers_only, task_of
+from edgepipe.tasks import TASKS, task_of
 from edgepipe.training.fit import fit, make_optimizer, steps_per_epoch
 from edgepipe.training.params import TrainParams
 
@@ -125,7 +125,9 @@ def make_distiller(student, teacher, alpha: float, temperature: float, label_smo
 def check_task(task: str) -> None:
     """Refuse a task without a distillation loss (`Task.soft_loss`), in one line."""
     if not TASKS[task].distils:
-        classifiers_only({"task": task}, "distillation")
+        raise EdgepipeError(
+            f"distillation has no loss for this data's task ({task})", f"train the {task} model with a train stage"
+        )
 
 
 def check_teacher(teacher, ds: Dataset) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core import progress, ui
+from edgepipe.targets.device_runner import dequantize_output
 from edgepipe.targets.mcu.build import build
 from edgepipe.targets.mcu.cores import BOARDS, get_core
 from edgepipe.targets.mcu.errors import McuError
@@ -107,7 +108,7 @@ def emulate(
         memory = memory_report(fw.elf, fw.map, size_exe=toolchain.size).with_measured(res.summary)
         stats = res.stats()
         out[path.name] = {
-            **_judged(res.outputs, read_model(path).outputs[0], y, host_top1.get(path.name)),
+            **_judged(res.outputs, read_model(path).outputs[0], y, host_top1, path.name),
             "outputs_bit_exact_with_tflite_micro": reference["bit_exact"],
             "instructions": {
                 "min": stats["instr_min"],
@@ -139,14 +140,14 @@ def emulate(
     return out
 
 
-def _judged(record: np.ndarray, output, y: np.ndarray, host_top1: np.ndarray | None) -> dict:
+def _judged(record: np.ndarray, output, y: np.ndarray, host_top1: dict[str, np.ndarray], name: str) -> dict:
     """A classifier's figures from the board's output bytes (labels `y` are classes); for another task (a
     detector's boxes), the dequantized raw outputs, which the bench's task judges like the host's."""
     raw = record.view(np.dtype(output.dtype))
     if y.ndim != 1:
-        scores = (raw.astype(np.float32) - (output.zero_point or 0)) * (output.scale or 1.0)
+        detail = {"dtype": raw.dtype, "quantization": (output.scale or 1.0, output.zero_point or 0)}
         return {
-            "outputs": scores.reshape((len(raw), *output.shape[1:])),
+            "outputs": dequantize_output(raw, detail).reshape((len(raw), *output.shape[1:])),
             "test_samples": int(len(raw)),
             "outputs_sha256": hashlib.sha256(raw.tobytes()).hexdigest(),
         }
@@ -158,7 +159,7 @@ def _judged(record: np.ndarray, output, y: np.ndarray, host_top1: np.ndarray | N
             float(np.mean(pred[y == c] == c)) if np.any(y == c) else None for c in range(raw.shape[1])
         ],
         "predictions_sha256": hashlib.sha256(pred.astype(np.int64).tobytes()).hexdigest(),
-        "top1_agreement_with_host_litert": float(np.mean(pred == host_top1)),
+        "top1_agreement_with_host_litert": float(np.mean(pred == host_top1[name])),
     }
 
 

@@ -265,6 +265,7 @@ static void on_block_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             if (per_class[c])
                 qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &inline_counts[c],
                                                          per_class[c]);
+        free(key_of); /* mnemonics with inline counts: the keys are interned, this block's list is not kept */
         return;
     }
     unsigned nc = 0, nk = 0;
