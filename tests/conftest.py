@@ -48,6 +48,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_recipe)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sigint_is_ctrl_c():
+    """SIGINT raises KeyboardInterrupt in every test process and the processes they start, as at a terminal:
+    a suite started in the background (`make test &`) inherits SIGINT ignored, and the interrupt tests send it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a caught signal is SIG_DFL after exec
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     d = SHARED_DATASETS / "mnist"

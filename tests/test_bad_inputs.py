@@ -360,7 +360,7 @@ CASES = {
     "non_utf8_recipe": (lambda r: _latin1_recipe(r), "not UTF-8 text"),
     "zero_width_layer": (
         lambda r: recipe(r, idx_stages(r, arch="strided_cnn", arch_args={"widths": [0, 8, 8]})),
-        "arch 'strided_cnn' could not be built",
+        "stages.model.params: arch_args.widths: [0, 8, 8] holds a value that is not a whole number of at least 1",
     ),
     "unknown_initializer": (
         lambda r: recipe(r, idx_stages(r, initializer="he_wonky")),

@@ -15,7 +15,6 @@ line by `edgepipe runs` and refused in one line by `edgepipe compare`; the rest 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -27,6 +26,11 @@ from edgepipe.core.params import to_dict
 from edgepipe.pipeline import schema
 from edgepipe.pipeline.keys import changed_keys
 from edgepipe.pipeline.recipe import Recipe
+
+try:
+    import fcntl
+except ImportError:  # Windows, or a Python built without it: appends are then not serialised across processes
+    fcntl = None
 
 FILE = "history.jsonl"
 HEADLINE = schema.HEADLINE  # the report row fields a record keeps (validation figures first)
@@ -108,7 +112,8 @@ def append(run_dir: Path, rec: dict) -> int:
     line = (json.dumps(rec, sort_keys=False, default=str) + "\n").encode()
     fd = os.open(run_dir / FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # so that no other append is half-way through while the end is read
+        if fcntl is not None:  # so that no other append is half-way through while the end is read
+            fcntl.flock(fd, fcntl.LOCK_EX)
         end = os.lseek(fd, 0, os.SEEK_END)
         if end and os.pread(fd, 1, end - 1) != b"\n":  # a torn last line: end it, or this record would join it
             line = b"\n" + line
