@@ -218,3 +218,13 @@ def test_digits_detect_smoke_profile_end_to_end(tmp_path, cli):
     fit = json.loads((tmp_path / "models/digits_detect/cortex-m4/fit.json").read_text())
     assert fit["detect"]["every_test_image"]["images"] == 100 == fit["detect"]["every_test_image"]["equal"]
     assert (tmp_path / "models/digits_detect/cortex-m4/detect_decode.c").is_file()
+
+
+def test_a_task_no_target_scores_is_refused_with_a_fix_that_says_so():
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.targets.backends import check_task
+    from edgepipe.targets.profiles import load_target
+
+    check_task(load_target("host"), "detection", "bench")  # the host scores detectors
+    with pytest.raises(EdgepipeError, match=r"fix: no target edgepipe knows scores segmentation models yet"):
+        check_task(load_target("host"), "segmentation", "bench")

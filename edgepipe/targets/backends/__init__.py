@@ -67,11 +67,16 @@ def check_task(target: Target, task: str, what: str) -> None:
     backend = backend_for(target)
     if task != "classification" and task not in backend.tasks:
         takers = [b.name for _, b in REGISTRY if task in b.tasks]
+        fix = (
+            f"{what} {task} models on a target measured by {' or '.join(takers)} (e.g. target: host, or "
+            "cortex-m4 with measure: emulated)"
+            if takers
+            else f"no target edgepipe knows scores {task} models yet; drop this stage"
+        )
         raise EdgepipeError(
             f"{what}: {target.name} ({backend.name}) scores a classifier's class scores only; this data's task "
             f"is {task}",
-            f"{what} {task} models on a target measured by {' or '.join(takers)} (e.g. target: host, or "
-            "cortex-m4 with measure: emulated)",
+            fix,
         )
 
 
